@@ -1,0 +1,235 @@
+//! Counters and drop reasons.
+//!
+//! Every frame the engine does not forward or answer is dropped for exactly one
+//! [`DropReason`] and counted under it; nothing is logged per packet.
+//!
+//! Each engine (one per worker thread) owns one [`Counters`]. Only that worker
+//! writes it, so an increment is a relaxed load and store (no locked
+//! read-modify-write instruction on the packet path); any other thread may read
+//! it at any time through an `Arc` and sees each counter's value as of some
+//! recent moment. Counters only grow.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing counter with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker calls this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// The current value; any thread.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+macro_rules! drop_reasons {
+    ($( $(#[doc = $doc:literal])* $name:ident => $label:literal, )*) => {
+        /// Why a frame was dropped. Each variant's label is its metric name.
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $( $(#[doc = $doc])* $name, )*
+        }
+
+        impl DropReason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            /// How many reasons there are.
+            pub const COUNT: usize = DropReason::ALL.len();
+
+            /// The reason's stable label (used as the `reason` metric label).
+            pub const fn label(self) -> &'static str {
+                match self { $(DropReason::$name => $label,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Shorter than an Ethernet header, or than its own headers claim.
+    Truncated => "truncated",
+    /// An EtherType other than IPv4 and ARP.
+    UnsupportedEthertype => "unsupported_ethertype",
+    /// Destination MAC is neither ours nor broadcast.
+    NotForUs => "not_for_us",
+    /// Malformed ARP (hardware or protocol type, lengths).
+    BadArp => "bad_arp",
+    /// IPv4 version field is not 4.
+    BadIpVersion => "bad_ip_version",
+    /// IPv4 header length below 20 bytes or beyond the total length.
+    BadIpHeaderLength => "bad_ip_header_length",
+    /// IPv4 total length beyond the frame or below the header length.
+    BadIpTotalLength => "bad_ip_total_length",
+    /// IPv4 header checksum does not verify.
+    BadIpChecksum => "bad_ip_checksum",
+    /// Source or destination address that is never forwarded (multicast,
+    /// broadcast, loopback, unspecified).
+    BadAddress => "bad_address",
+    /// TCP/UDP/ICMP header truncated or its length field inconsistent.
+    BadL4Header => "bad_l4_header",
+    /// An IP protocol other than TCP, UDP and ICMP.
+    UnsupportedProtocol => "unsupported_protocol",
+    /// An ICMP type that is neither echo nor a translatable error.
+    UnsupportedIcmp => "unsupported_icmp",
+    /// ICMP checksum (or the embedded IP header checksum of an error) is bad.
+    BadIcmpChecksum => "bad_icmp_checksum",
+    /// An ICMP error whose embedded packet matches no session.
+    IcmpErrorNoSession => "icmp_error_no_session",
+    /// TTL reached zero here (an ICMP time exceeded is sent when allowed).
+    TtlExceeded => "ttl_exceeded",
+    /// DF set and larger than the egress MTU (fragmentation needed is sent).
+    MtuExceeded => "mtu_exceeded",
+    /// Inside source address not assigned to the attachment it came from.
+    Spoofed => "spoofed_source",
+    /// Inside frame to an address the gateway does not route.
+    NoRoute => "no_route",
+    /// Environment not bound to any shared ENI (or its ENI has no address).
+    NoEni => "no_eni",
+    /// The environment's security groups do not allow this new flow.
+    PolicyDenied => "policy_denied",
+    /// No free port on the ENI address for this protocol.
+    PortsExhausted => "ports_exhausted",
+    /// The environment has used its port quota.
+    QuotaExceeded => "quota_exceeded",
+    /// The session table is full.
+    TableFull => "table_full",
+    /// Inbound frame matching no session and no mapping (unsolicited).
+    NoSession => "no_session",
+    /// Inbound frame refused by the filtering behaviour.
+    Filtered => "filtered",
+    /// A TCP segment that may not open a session (no SYN, or SYN+ACK, RST).
+    TcpNotSyn => "tcp_not_syn",
+    /// Fragment buffer full, too many fragments, or an incomplete datagram
+    /// timed out.
+    Fragment => "fragment",
+    /// Waiting for ARP resolution: queue full, or resolution failed.
+    ArpUnresolved => "arp_unresolved",
+    /// Addressed to the gateway itself, and not something it answers.
+    Local => "local",
+}
+
+/// Protocols sessions are counted by.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ProtoIndex {
+    /// TCP.
+    Tcp = 0,
+    /// UDP.
+    Udp = 1,
+    /// ICMP query (echo).
+    Icmp = 2,
+}
+
+/// Packets and bytes in one direction.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Frames.
+    pub packets: Counter,
+    /// Bytes of IP datagram (Ethernet header excluded).
+    pub bytes: Counter,
+}
+
+impl Traffic {
+    /// Counts one frame carrying an IP datagram of `bytes` bytes.
+    #[inline]
+    pub fn count(&self, bytes: usize) {
+        self.packets.inc();
+        self.bytes.add(bytes as u64);
+    }
+}
+
+/// The per-worker counter block.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames received, all ports.
+    pub rx_frames: Counter,
+    /// Translated inside → outside (including hairpinned).
+    pub outbound: Traffic,
+    /// Translated outside → inside.
+    pub inbound: Traffic,
+    /// ICMP errors generated (time exceeded, fragmentation needed,
+    /// unreachable).
+    pub icmp_generated: Counter,
+    /// ICMP errors from outside translated to an environment.
+    pub icmp_errors_translated: Counter,
+    /// ARP requests answered.
+    pub arp_replies: Counter,
+    /// ARP requests sent to resolve a next hop.
+    pub arp_requests: Counter,
+    /// Gratuitous ARPs sent.
+    pub arp_gratuitous: Counter,
+    /// Frames between two environments through their mappings.
+    pub hairpinned: Counter,
+    /// Sessions created, by [`ProtoIndex`].
+    pub sessions_created: [Counter; 3],
+    /// Sessions expired, by [`ProtoIndex`].
+    pub sessions_expired: [Counter; 3],
+    /// Drops, by [`DropReason`] (`as usize`).
+    pub drops: [Counter; DropReason::COUNT],
+}
+
+impl Counters {
+    /// Counts a drop.
+    #[inline]
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops[reason as usize].inc();
+    }
+
+    /// The count for one drop reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].get()
+    }
+
+    /// All drops.
+    pub fn dropped_total(&self) -> u64 {
+        self.drops.iter().map(Counter::get).sum()
+    }
+
+    /// Live sessions of one protocol (created minus expired).
+    pub fn live_sessions(&self, p: ProtoIndex) -> u64 {
+        let i = p as usize;
+        self.sessions_created[i].get() - self.sessions_expired[i].get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_unique_and_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for r in DropReason::ALL {
+            assert!(seen.insert(r.label()), "duplicate label {}", r.label());
+            assert!(r.label().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+    }
+
+    #[test]
+    fn counts_are_visible_from_another_thread() {
+        let c = std::sync::Arc::new(Counters::default());
+        c.count_drop(DropReason::Spoofed);
+        c.count_drop(DropReason::Spoofed);
+        c.outbound.count(100);
+        let r = std::sync::Arc::clone(&c);
+        let (d, b) = std::thread::spawn(move || (r.dropped(DropReason::Spoofed), r.outbound.bytes.get()))
+            .join()
+            .unwrap();
+        assert_eq!((d, b), (2, 100));
+        assert_eq!(c.dropped_total(), 2);
+    }
+}
