@@ -215,7 +215,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for r in DropReason::ALL {
             assert!(seen.insert(r.label()), "duplicate label {}", r.label());
-            assert!(r.label().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(r.label().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
         }
     }
 
