@@ -6,9 +6,23 @@
 //! what to do with it. It never reads a clock and never does I/O; drivers (the
 //! TAP gateway, tests, benches) own sockets, buffers and time.
 
+pub mod arp;
+pub mod bindings;
 pub mod checksum;
+pub mod config;
 pub mod counters;
+pub mod engine;
+pub mod flow;
+pub mod frag;
+pub mod policy;
+pub mod ports;
+pub mod session;
+pub mod tcp;
+pub mod testkit;
 pub mod time;
+pub mod wire;
+
+pub use engine::{Action, Engine, Event};
 
 /// A port of the engine: where a frame arrived or where it leaves.
 ///

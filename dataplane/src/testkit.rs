@@ -1,0 +1,229 @@
+//! Frame builders and checkers for tests, benches, fuzzing and load
+//! generators.
+//!
+//! Every builder writes a complete Ethernet frame with valid IPv4 and
+//! transport checksums computed in full (never incrementally), so a test can
+//! compare the engine's incremental updates against [`checksums_ok`].
+
+use crate::bindings::{Bindings, Eni, Env, InsidePort, Mac, OutsidePort};
+use crate::checksum;
+use crate::flow::{ICMP, TCP, UDP};
+use crate::policy::RuleSet;
+use crate::wire::{get16, put16, put_ip, ETH_LEN};
+use crate::PortId;
+use core::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// The gateway's MAC on the VPC side in [`Topology`].
+pub const OUTSIDE_MAC: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+/// The VPC router's MAC in [`Topology`].
+pub const ROUTER_MAC: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
+/// The VPC router in [`Topology`].
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// A VPC server on the ENI subnet.
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+/// A second VPC server, off-link (through the router).
+pub const SERVER2: Ipv4Addr = Ipv4Addr::new(10, 0, 9, 9);
+/// The environments' gateway address on every attachment.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
+
+/// IP header fields a builder lets the caller choose.
+#[derive(Copy, Clone, Debug)]
+pub struct IpOpts {
+    /// TTL.
+    pub ttl: u8,
+    /// Identification.
+    pub ident: u16,
+    /// Don't fragment.
+    pub df: bool,
+    /// More fragments.
+    pub mf: bool,
+    /// Fragment offset in bytes (multiple of 8).
+    pub frag_off: u16,
+    /// IP options (length a multiple of 4, at most 40).
+    pub options: &'static [u8],
+}
+
+impl Default for IpOpts {
+    fn default() -> IpOpts {
+        IpOpts { ttl: 64, ident: 1, df: false, mf: false, frag_off: 0, options: &[] }
+    }
+}
+
+/// An Ethernet + IPv4 frame around `payload` (the transport header and data
+/// as they should appear, checksum fields already filled in).
+pub fn ipv4_frame(dst_mac: Mac, src_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, o: IpOpts, payload: &[u8]) -> Vec<u8> {
+    let hlen = 20 + o.options.len();
+    let total = hlen + payload.len();
+    let mut f = vec![0u8; ETH_LEN + total];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let h = &mut f[ETH_LEN..];
+    h[0] = 0x40 | (hlen / 4) as u8;
+    put16(h, 2, total as u16);
+    put16(h, 4, o.ident);
+    let flags = (u16::from(o.df) << 14) | (u16::from(o.mf) << 13) | (o.frag_off / 8);
+    put16(h, 6, flags);
+    h[8] = o.ttl;
+    h[9] = proto;
+    put_ip(h, 12, src);
+    put_ip(h, 16, dst);
+    h[20..hlen].copy_from_slice(o.options);
+    let c = checksum::checksum(&h[..hlen]);
+    put16(h, 10, c);
+    h[hlen..].copy_from_slice(payload);
+    f
+}
+
+/// A UDP header and `data`, checksummed for `src` → `dst`.
+pub fn udp_segment(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, data: &[u8]) -> Vec<u8> {
+    let mut s = vec![0u8; 8 + data.len()];
+    put16(&mut s, 0, sport);
+    put16(&mut s, 2, dport);
+    let n = s.len() as u16;
+    put16(&mut s, 4, n);
+    s[8..].copy_from_slice(data);
+    let c = match checksum::transport(src, dst, UDP, &s) {
+        0 => 0xffff,
+        c => c,
+    };
+    put16(&mut s, 6, c);
+    s
+}
+
+/// TCP flag bits.
+pub mod flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}
+
+/// A 20-byte TCP header and `data`, checksummed for `src` → `dst`.
+pub fn tcp_segment(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+    let mut s = vec![0u8; 20 + data.len()];
+    put16(&mut s, 0, sport);
+    put16(&mut s, 2, dport);
+    s[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    s[12] = 5 << 4;
+    s[13] = flags;
+    put16(&mut s, 14, 65535);
+    s[20..].copy_from_slice(data);
+    let c = checksum::transport(src, dst, TCP, &s);
+    put16(&mut s, 16, c);
+    s
+}
+
+/// An ICMP message of `kind`/`code` with the 4-byte `rest` and `data`.
+pub fn icmp_message(kind: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut s = vec![0u8; 8 + data.len()];
+    s[0] = kind;
+    s[1] = code;
+    s[4..8].copy_from_slice(&rest);
+    s[8..].copy_from_slice(data);
+    let c = checksum::checksum(&s);
+    put16(&mut s, 2, c);
+    s
+}
+
+/// An ICMP echo request (`request`) or reply with identifier `ident`.
+pub fn echo(request: bool, ident: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+    let mut rest = [0u8; 4];
+    rest[..2].copy_from_slice(&ident.to_be_bytes());
+    rest[2..].copy_from_slice(&seq.to_be_bytes());
+    icmp_message(if request { 8 } else { 0 }, 0, rest, data)
+}
+
+/// Whether the IPv4 header checksum and the TCP, UDP or ICMP checksum of a
+/// frame's datagram verify when computed in full. For ICMP errors the
+/// embedded IP header checksum is checked too. A later fragment's transport
+/// checksum is not checked (its header is elsewhere); a first fragment's is
+/// not either (it covers bytes not in this frame).
+pub fn checksums_ok(frame: &[u8]) -> bool {
+    let Ok(ip) = crate::wire::parse_ipv4(frame, ETH_LEN) else {
+        return false;
+    };
+    if ip.is_fragment() {
+        return true;
+    }
+    let seg = &frame[ip.l4()..ip.end()];
+    match ip.proto {
+        TCP => checksum::fold(checksum::sum(checksum::pseudo_header(ip.src, ip.dst, TCP, seg.len() as u16), seg)) == 0xffff,
+        UDP => get16(seg, 6) == 0 || checksum::fold(checksum::sum(checksum::pseudo_header(ip.src, ip.dst, UDP, seg.len() as u16), seg)) == 0xffff,
+        ICMP => {
+            let ok = checksum::fold(checksum::sum(0, seg)) == 0xffff;
+            if ok && crate::wire::is_icmp_error(seg[0]) && seg.len() >= 28 {
+                let e = &seg[8..];
+                let hl = usize::from(e[0] & 0x0f) * 4;
+                return e.len() >= hl && checksum::fold(checksum::sum(0, &e[..hl])) == 0xffff;
+            }
+            ok
+        }
+        _ => true,
+    }
+}
+
+/// A ready-made topology: one outside port on 10.0.0.0/24 with router
+/// 10.0.0.1, `attachments` inside ports (1..), `envs` environments
+/// 172.16.x.y spread over the attachments round-robin, all bound to ENI 1
+/// (address 10.0.0.10) with an allow-all egress rule.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// Outside port.
+    pub outside: OutsidePort,
+    /// Inside ports.
+    pub inside: Vec<InsidePort>,
+    /// ENIs.
+    pub enis: Vec<Eni>,
+    /// Environments.
+    pub envs: Vec<Env>,
+}
+
+impl Topology {
+    /// See the type's doc.
+    pub fn new(attachments: u16, envs: u32) -> Topology {
+        let outside = OutsidePort {
+            mac: OUTSIDE_MAC,
+            on_link: vec!["10.0.0.0/24".parse().expect("literal prefix")],
+            router: Some(ROUTER),
+            mtu: 1500,
+        };
+        let inside = (1..=attachments)
+            .map(|i| InsidePort { id: PortId(i), mac: inside_mac(i), gateway: GATEWAY, mtu: 1500 })
+            .collect();
+        let enis = vec![Eni { id: 1, addrs: vec![Ipv4Addr::new(10, 0, 0, 10)], egress: Arc::new(RuleSet::allow_all()) }];
+        let envs = (0..envs)
+            .map(|i| Env { ip: env_ip(i), port: PortId(1 + (i % u32::from(attachments)) as u16), eni: 1 })
+            .collect();
+        Topology { outside, inside, enis, envs }
+    }
+
+    /// The validated snapshot.
+    pub fn bindings(&self) -> Arc<Bindings> {
+        Arc::new(
+            Bindings::new(self.outside.clone(), self.inside.clone(), self.enis.clone(), self.envs.clone())
+                .expect("test topology is valid"),
+        )
+    }
+}
+
+/// The gateway's MAC on inside port `i`.
+pub fn inside_mac(i: u16) -> Mac {
+    [0x02, 0x00, 0x00, 0x01, (i >> 8) as u8, i as u8]
+}
+
+/// The address of environment `i` in [`Topology`]: 172.16.0.0/12 from .2.
+pub fn env_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 2)) + i)
+}
+
+/// The MAC of environment `i`.
+pub fn env_mac(i: u32) -> Mac {
+    let b = i.to_be_bytes();
+    [0x02, 0xee, b[0], b[1], b[2], b[3]]
+}
