@@ -56,12 +56,15 @@
 //! # Drop accounting
 //! Every fragment passed to [`FragTable::later`] ends in exactly one of:
 //! translated ([`Later::Translate`], or returned by
-//! [`FragTable::poll_released`]), or dropped — returned as [`Later::Drop`],
-//! counted in the return value of [`FragTable::expire`], or counted by
-//! [`FragTable::take_dropped`] (buffered fragments dropped by eviction, by
-//! giving a datagram up, by a record found timed out before `expire` got to
-//! it, or by a `poll_released` buffer too small for the frame). The caller
-//! counts all drops as `DropReason::Fragment`.
+//! [`FragTable::poll_released`]), or dropped: returned as [`Later::Drop`], or
+//! counted in the return value of [`FragTable::expire`]. Besides the timed-out
+//! ones, `expire` reports the buffered fragments dropped since its last call
+//! by eviction, by giving a datagram up, with a record found timed out before
+//! `expire` got to it, or because a `poll_released` buffer was too small for
+//! the frame; while any such drop is unreported, [`FragTable::poll_timeout`]
+//! is due at once. [`FragTable::take_dropped`] reports (and resets) that
+//! second kind early, for a caller that wants its counters current. The
+//! caller counts every drop as `DropReason::Fragment`.
 //!
 //! # Memory and complexity
 //! Everything is allocated in [`FragTable::new`]: the records, a chained hash
@@ -421,8 +424,8 @@ impl<T: Copy> FragTable<T> {
     /// and returns its translation record, arrival port and length. The
     /// caller then translates it with the record.
     ///
-    /// A frame longer than `buf` is dropped (counted by
-    /// [`FragTable::take_dropped`]) and the next one is tried.
+    /// A frame longer than `buf` is dropped (reported by
+    /// [`FragTable::expire`]) and the next one is tried.
     pub fn poll_released(&mut self, buf: &mut [u8]) -> Option<(T, PortId, usize)> {
         loop {
             let s = self.released.0;
@@ -455,10 +458,11 @@ impl<T: Copy> FragTable<T> {
     }
 
     /// Frees the datagrams whose timeout has passed at `now`; returns how many
-    /// buffered fragments were dropped with them.
+    /// buffered fragments were dropped with them, plus those dropped otherwise
+    /// since the last call and not yet taken by [`FragTable::take_dropped`].
     pub fn expire(&mut self, now: Instant) -> usize {
         let now = self.tick(now);
-        let mut n = 0usize;
+        let mut n = core::mem::take(&mut self.dropped);
         loop {
             let i = self.ends[List::Age as usize].0;
             match self.dgrams.get(i as usize) {
@@ -470,17 +474,22 @@ impl<T: Copy> FragTable<T> {
         }
     }
 
-    /// When [`FragTable::expire`] next has something to do, if ever.
+    /// When [`FragTable::expire`] next has something to do, if ever: the
+    /// oldest record's deadline, or at once (the latest `now` seen) if drops
+    /// are waiting to be reported.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.dropped > 0 {
+            return Some(self.clock);
+        }
         let i = self.ends[List::Age as usize].0;
         self.dgrams
             .get(i as usize)
             .map(|d| d.created + self.config.timeout)
     }
 
-    /// Buffered fragments dropped outside [`FragTable::expire`] and
-    /// [`Later::Drop`] since the last call (see the module docs); resets the
-    /// count. Call it once per batch and count the result as drops.
+    /// Buffered fragments dropped other than by timeout since the last call
+    /// of this or [`FragTable::expire`] (see the module docs), which
+    /// `expire` would otherwise report; resets the count.
     pub fn take_dropped(&mut self) -> usize {
         core::mem::take(&mut self.dropped)
     }
@@ -1059,6 +1068,7 @@ mod tests {
         let f = frame(0, 1514);
         let mut now = T0;
         let mut outcomes = [0usize; 3];
+        let mut dropped = 0;
         for n in 0..100_000u32 {
             now = Instant::from_millis(u64::from(n / 100)); // 1000 s in all
             let k = FragKey {
@@ -1076,13 +1086,16 @@ mod tests {
             assert!(t.datagrams() <= cfg.max_datagrams);
             assert!(t.buffered_bytes() <= cfg.max_buffered_bytes);
             if n % 1000 == 0 {
-                t.expire(now);
+                dropped += t.expire(now);
             }
         }
         assert_eq!(outcomes[0], 0);
         // Eviction keeps buffering fresh fragments instead of refusing them.
         assert_eq!(outcomes[2], 0);
-        assert!(t.take_dropped() > 90_000);
+        dropped += t.take_dropped();
+        // Every buffered fragment is either still held or counted dropped.
+        assert_eq!(dropped + t.buffered_bytes() / 1514, outcomes[1]);
+        assert!(dropped > 90_000);
         t.check();
 
         // In order: first then later.
@@ -1122,6 +1135,27 @@ mod tests {
         // After the timeout, room again.
         assert_eq!(t.expire(Instant::from_secs(5)), 0);
         assert!(t.first(Instant::from_secs(5), key(10), 10, 8));
+        t.check();
+    }
+
+    #[test]
+    fn expire_reports_other_drops() {
+        let mut t = FragTable::<u32>::new(small());
+        let f = frame(0, 40);
+        for i in 0..5 {
+            assert_eq!(
+                t.later(T0, key(i), PortId(1), &f, 8, 8, true),
+                Later::Buffered
+            );
+        }
+        // key 0 was evicted: expire is due now and reports it once.
+        assert_eq!(t.poll_timeout(), Some(T0));
+        assert_eq!(t.expire(T0), 1);
+        assert_eq!(t.poll_timeout(), Some(Instant::from_secs(5)));
+        assert_eq!(t.expire(T0), 0);
+        assert_eq!(t.take_dropped(), 0);
+        assert_eq!(t.expire(Instant::from_secs(5)), 4);
+        assert_eq!(t.poll_timeout(), None);
         t.check();
     }
 
@@ -1337,6 +1371,7 @@ mod tests {
         Wait(u64),
         Expire,
         Drain,
+        Take,
     }
 
     /// Datagram `d` has `n` fragments of 8 bytes; fragment 0 is the first.
@@ -1391,16 +1426,17 @@ mod tests {
                 Op::Wait(ms) => now = now + Duration::from_millis(ms),
                 Op::Expire => dropped += t.expire(now),
                 Op::Drain => drain(&mut t, &mut translated),
+                Op::Take => dropped += t.take_dropped(),
             }
-            dropped += t.take_dropped();
             t.check();
             assert!(t.datagrams() <= cfg.max_datagrams);
             assert!(t.buffered_bytes() <= cfg.max_buffered_bytes);
         }
         drain(&mut t, &mut translated);
-        dropped += t.take_dropped();
+        // expire reports every drop not yet taken.
         dropped += t.expire(Instant::FAR_FUTURE);
-        dropped += t.take_dropped();
+        assert_eq!(t.take_dropped(), 0);
+        assert_eq!(t.poll_timeout(), None);
         assert_eq!(t.datagrams(), 0);
         assert_eq!(t.buffered_bytes(), 0);
         t.check();
@@ -1418,6 +1454,7 @@ mod tests {
             1 => (0u64..3000).prop_map(Op::Wait),
             1 => Just(Op::Expire),
             2 => Just(Op::Drain),
+            1 => Just(Op::Take),
         ]
     }
 

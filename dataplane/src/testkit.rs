@@ -227,3 +227,53 @@ pub fn env_mac(i: u32) -> Mac {
     let b = i.to_be_bytes();
     [0x02, 0xee, b[0], b[1], b[2], b[3]]
 }
+
+/// Splits the IPv4 datagram in `frame` into fragments whose IP datagrams
+/// are at most `mtu` bytes (the way a sending host fragments), keeping the
+/// identification; returns whole Ethernet frames in offset order.
+pub fn fragment(frame: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+    let hlen = usize::from(frame[ETH_LEN] & 0x0f) * 4;
+    let total = usize::from(get16(frame, ETH_LEN + 2));
+    let payload = &frame[ETH_LEN + hlen..ETH_LEN + total];
+    let step = (mtu - hlen) / 8 * 8;
+    let mut out = vec![];
+    let mut off = 0;
+    while off < payload.len() {
+        let end = (off + step).min(payload.len());
+        let mut f = frame[..ETH_LEN + hlen].to_vec();
+        f.extend_from_slice(&payload[off..end]);
+        let h = &mut f[ETH_LEN..];
+        put16(h, 2, (hlen + end - off) as u16);
+        let mf = u16::from(end < payload.len());
+        put16(h, 6, (mf << 13) | (off / 8) as u16);
+        put16(h, 10, 0);
+        let c = checksum::checksum(&h[..hlen]);
+        put16(h, 10, c);
+        out.push(f);
+        off = end;
+    }
+    out
+}
+
+/// Reassembles the fragments' payload (any order) and returns the whole IP
+/// payload, or `None` if there is a hole.
+pub fn reassemble(frames: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let mut parts: Vec<(usize, &[u8])> = frames
+        .iter()
+        .map(|f| {
+            let hlen = usize::from(f[ETH_LEN] & 0x0f) * 4;
+            let total = usize::from(get16(f, ETH_LEN + 2));
+            let off = usize::from(get16(f, ETH_LEN + 6) & 0x1fff) * 8;
+            (off, &f[ETH_LEN + hlen..ETH_LEN + total])
+        })
+        .collect();
+    parts.sort_by_key(|p| p.0);
+    let mut out = vec![];
+    for (off, p) in parts {
+        if off != out.len() {
+            return None;
+        }
+        out.extend_from_slice(p);
+    }
+    Some(out)
+}
