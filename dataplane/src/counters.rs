@@ -9,7 +9,7 @@
 //! it at any time through an `Arc` and sees each counter's value as of some
 //! recent moment. Counters only grow.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A monotonically increasing counter with a single writer.
 #[derive(Debug, Default)]
@@ -152,8 +152,49 @@ impl Traffic {
     }
 }
 
-/// The per-worker counter block.
+/// How many ENI addresses one worker publishes port use for.
+pub const ADDR_GAUGES: usize = 256;
+
+/// Port use on one ENI address, published for other threads. A slot whose
+/// address is 0 is unused.
 #[derive(Debug, Default)]
+pub struct AddrGauge {
+    addr: AtomicU32,
+    in_use: [AtomicU32; 3],
+}
+
+impl AddrGauge {
+    /// The address, if the slot is in use.
+    pub fn addr(&self) -> Option<core::net::Ipv4Addr> {
+        match self.addr.load(Ordering::Relaxed) {
+            0 => None,
+            a => Some(a.into()),
+        }
+    }
+
+    /// Ports in use for TCP, UDP and ICMP (see [`ProtoIndex`]).
+    pub fn in_use(&self) -> [u32; 3] {
+        [0, 1, 2].map(|i| self.in_use[i].load(Ordering::Relaxed))
+    }
+
+    /// Publishes the slot's address (0 frees it). Owning worker only.
+    pub fn set_addr(&self, a: Option<core::net::Ipv4Addr>) {
+        self.addr.store(a.map_or(0, u32::from), Ordering::Relaxed);
+        if a.is_none() {
+            for g in &self.in_use {
+                g.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Publishes ports in use for one protocol. Owning worker only.
+    pub fn set_in_use(&self, proto: usize, n: u32) {
+        self.in_use[proto].store(n, Ordering::Relaxed);
+    }
+}
+
+/// The per-worker counter block.
+#[derive(Debug)]
 pub struct Counters {
     /// Frames received, all ports.
     pub rx_frames: Counter,
@@ -180,9 +221,36 @@ pub struct Counters {
     pub sessions_expired: [Counter; 3],
     /// Drops, by [`DropReason`] (`as usize`).
     pub drops: [Counter; DropReason::COUNT],
+    /// Port use per ENI address (the first [`ADDR_GAUGES`] addresses).
+    pub addrs: [AddrGauge; ADDR_GAUGES],
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            rx_frames: Counter::default(),
+            outbound: Traffic::default(),
+            inbound: Traffic::default(),
+            icmp_generated: Counter::default(),
+            icmp_errors_translated: Counter::default(),
+            arp_replies: Counter::default(),
+            arp_requests: Counter::default(),
+            arp_gratuitous: Counter::default(),
+            hairpinned: Counter::default(),
+            sessions_created: Default::default(),
+            sessions_expired: Default::default(),
+            drops: core::array::from_fn(|_| Counter::default()),
+            addrs: core::array::from_fn(|_| AddrGauge::default()),
+        }
+    }
 }
 
 impl Counters {
+    /// Port use per ENI address, as last published.
+    pub fn port_use(&self) -> Vec<(core::net::Ipv4Addr, [u32; 3])> {
+        self.addrs.iter().filter_map(|g| Some((g.addr()?, g.in_use()))).collect()
+    }
+
     /// Counts a drop.
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {

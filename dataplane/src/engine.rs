@@ -120,6 +120,8 @@ pub struct PortUse {
 /// One ENI address's port pools.
 struct Addr {
     pools: [PortPool; 3],
+    /// Slot in [`Counters::addrs`], if one was free.
+    gauge: Option<usize>,
     /// Sessions per protocol under address-and-port-dependent mapping.
     apdm: [u32; 3],
     high: [bool; 3],
@@ -244,7 +246,11 @@ impl Engine {
                     PortPool::new(range.clone(), q, seed ^ 2),
                     PortPool::new(range.clone(), q, seed ^ 3),
                 ];
-                self.addrs.insert(addr, Addr { pools, apdm: [0; 3], high: [false; 3], bound: true });
+                let gauge = self.counters.addrs.iter().position(|g| g.addr().is_none());
+                if let Some(g) = gauge {
+                    self.counters.addrs[g].set_addr(Some(addr));
+                }
+                self.addrs.insert(addr, Addr { pools, gauge, apdm: [0; 3], high: [false; 3], bound: true });
                 let mut f = [0u8; TX_FRAME];
                 let n = arp::write_announcement(&mut f, EthernetAddress(b.outside().mac), addr);
                 if n > 0 && self.tx.len() < TX_QUEUE {
@@ -259,7 +265,23 @@ impl Engine {
 
     fn forget_idle_addrs(&mut self) {
         let m = self.cfg.mapping;
-        self.addrs.retain(|_, a| a.bound || (0..3).any(|i| a.in_use(i, m) > 0));
+        let counters = &self.counters;
+        self.addrs.retain(|_, a| {
+            let keep = a.bound || (0..3).any(|i| a.in_use(i, m) > 0);
+            if !keep {
+                if let Some(g) = a.gauge {
+                    counters.addrs[g].set_addr(None);
+                }
+            }
+            keep
+        });
+    }
+
+    /// Publishes one address's port use for other threads.
+    fn publish(counters: &Counters, a: &Addr, pi: usize, mapping: Mapping) {
+        if let Some(g) = a.gauge {
+            counters.addrs[g].set_in_use(pi, a.in_use(pi, mapping));
+        }
     }
 
     /// Port use per ENI address.
@@ -327,6 +349,7 @@ impl Engine {
                 if a.in_use(pi, cfg.mapping) < cfg.high_water {
                     a.high[pi] = false;
                 }
+                Engine::publish(counters, a, pi, cfg.mapping);
             }
         });
         for a in self.addrs.values_mut() {
@@ -654,6 +677,7 @@ impl Engine {
         if self.cfg.mapping == Mapping::EndpointIndependent {
             if let Some(a) = self.addrs.get_mut(&ep.ip) {
                 a.pools[pi].release(now, ep.port);
+                Engine::publish(&self.counters, a, pi, self.cfg.mapping);
             }
         }
     }
@@ -663,6 +687,7 @@ impl Engine {
         let hw = self.cfg.high_water;
         let m = self.cfg.mapping;
         let Some(a) = self.addrs.get_mut(&addr) else { return };
+        Engine::publish(&self.counters, a, pi, m);
         let in_use = a.in_use(pi, m);
         if in_use >= hw && !a.high[pi] {
             a.high[pi] = true;

@@ -502,3 +502,19 @@ fn unresolved_next_hop_queues_then_releases_after_arp() {
     assert_eq!(&tx[0].1[0..6], &mac);
     assert!(testkit::checksums_ok(&tx[0].1));
 }
+
+#[test]
+fn port_use_is_published_for_other_threads() {
+    let mut h = Harness::default();
+    for p in 0..3 {
+        h.out_ok(0, UDP, 5000 + p, SERVER, 9, 0);
+    }
+    h.out_ok(0, TCP, 5000, SERVER, 9, SYN);
+    let c = h.engine.counters();
+    let seen = std::thread::spawn(move || c.port_use()).join().unwrap();
+    assert_eq!(seen, vec![(ENI, [1, 3, 0])]);
+    h.advance(Duration::from_secs(241));
+    assert_eq!(h.engine.counters().port_use(), vec![(ENI, [0, 3, 0])], "SYN_SENT expired after 240 s");
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.engine.counters().port_use(), vec![(ENI, [0, 0, 0])], "UDP after 300 s");
+}
