@@ -96,7 +96,8 @@ pub struct Bindings {
     inside: Vec<InsidePort>,
     enis: Vec<Eni>,
     envs: Vec<Env>,
-    inside_by_port: HashMap<PortId, usize>,
+    /// Index into `inside` by port number (dense: port numbers are small).
+    inside_by_port: Vec<Option<u16>>,
     eni_by_id: HashMap<u32, usize>,
     env_by_ip: HashMap<Ipv4Addr, usize>,
 }
@@ -116,7 +117,7 @@ impl Bindings {
         if outside.mtu < 68 {
             return fail("outside.mtu".into(), "must be at least 68 bytes");
         }
-        let mut inside_by_port = HashMap::new();
+        let mut inside_by_port: Vec<Option<u16>> = Vec::new();
         for (i, p) in inside.iter().enumerate() {
             if !p.id.is_inside() {
                 return fail(format!("inside[{i}].id"), "port 0 is the outside port");
@@ -124,7 +125,11 @@ impl Bindings {
             if p.mtu < 68 {
                 return fail(format!("inside[{i}].mtu"), "must be at least 68 bytes");
             }
-            if inside_by_port.insert(p.id, i).is_some() {
+            let slot = usize::from(p.id.0);
+            if inside_by_port.len() <= slot {
+                inside_by_port.resize(slot + 1, None);
+            }
+            if inside_by_port[slot].replace(i as u16).is_some() {
                 return fail(format!("inside[{i}].id"), format!("port {} listed twice", p.id.0));
             }
         }
@@ -145,7 +150,7 @@ impl Bindings {
         }
         let mut env_by_ip = HashMap::new();
         for (i, v) in envs.iter().enumerate() {
-            if !inside_by_port.contains_key(&v.port) {
+            if inside_by_port.get(usize::from(v.port.0)).copied().flatten().is_none() {
                 return fail(format!("envs[{i}].port"), format!("no inside port {}", v.port.0));
             }
             if !eni_by_id.contains_key(&v.eni) {
@@ -169,7 +174,7 @@ impl Bindings {
     /// An inside attachment.
     #[inline]
     pub fn inside(&self, port: PortId) -> Option<&InsidePort> {
-        self.inside.get(*self.inside_by_port.get(&port)?)
+        self.inside.get(usize::from((*self.inside_by_port.get(usize::from(port.0))?)?))
     }
 
     /// Every inside attachment.

@@ -38,7 +38,7 @@
 //! [`crate::frag::FragConfig`]. Outbound fragmented datagrams get a fresh IP
 //! identification so two environments' datagrams cannot collide behind one
 //! ENI address (RFC 7857 §10). A DF=0 datagram larger than the egress MTU is
-//! dropped and counted (`mtu_exceeded`); DF=1 gets ICMP fragmentation needed.
+//! fragmented (in order); DF=1 gets ICMP fragmentation needed.
 
 use crate::arp::{self, ArpTable};
 use crate::bindings::{Bindings, Mac};
@@ -175,6 +175,10 @@ pub struct Engine {
     arp: ArpTable,
     frags: FragTable<FragXlate>,
     tx: VecDeque<(PortId, [u8; TX_FRAME], usize)>,
+    /// Fragments of a datagram the engine split, waiting to be sent.
+    frag_out: VecDeque<(PortId, Vec<u8>)>,
+    /// Buffers of sent fragments, reused.
+    spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     counters: Arc<Counters>,
     ident: u16,
@@ -193,6 +197,8 @@ impl Engine {
             addrs: HashMap::default(),
             envs: HashMap::default(),
             tx: VecDeque::with_capacity(TX_QUEUE),
+            frag_out: VecDeque::with_capacity(TX_QUEUE),
+            spare: Vec::with_capacity(TX_QUEUE),
             events: VecDeque::with_capacity(64),
             counters: Arc::new(Counters::default()),
             ident: (config.seed >> 16) as u16,
@@ -372,6 +378,12 @@ impl Engine {
             buf[..n].copy_from_slice(&f[..n]);
             return Some((port, n));
         }
+        if let Some((port, f)) = self.frag_out.pop_front() {
+            let n = f.len().min(buf.len());
+            buf[..n].copy_from_slice(&f[..n]);
+            self.spare.push(f);
+            return Some((port, n));
+        }
         if let Some((port, n)) = self.arp.poll_transmit(buf) {
             if port == PortId::OUTSIDE && n >= ETH_LEN && wire::ethertype(buf) == wire::ETHERTYPE_ARP {
                 self.counters.arp_requests.inc();
@@ -393,7 +405,13 @@ impl Engine {
     pub fn process(&mut self, now: Instant, port: PortId, frame: &mut [u8], len: usize) -> Action {
         self.counters.rx_frames.inc();
         let len = len.min(frame.len());
-        let action = self.dispatch(now, port, frame, len);
+        let mut action = self.dispatch(now, port, frame, len);
+        if let Action::Forward { port, len } = action {
+            let mtu = self.mtu(port);
+            if len - ETH_LEN > mtu {
+                action = self.fragment(frame, port, len, mtu);
+            }
+        }
         if let Action::Drop(r) = action {
             self.counters.count_drop(r);
         }
@@ -482,7 +500,7 @@ impl Engine {
             return self.later_fragment(now, port, frame, ip);
         }
         let hairpin = self.addrs.contains_key(&ip.dst);
-        if !hairpin && ip.total > usize::from(self.bindings.outside().mtu) {
+        if ip.df && !hairpin && ip.total > usize::from(self.bindings.outside().mtu) {
             let mtu = u32::from(self.bindings.outside().mtu);
             return self.too_big(frame, ip, mtu, gateway);
         }
@@ -798,7 +816,7 @@ impl Engine {
             return Action::Drop(DropReason::NoRoute);
         };
         let (mtu, port_mac) = (usize::from(inside.mtu), inside.mac);
-        if ip.total > mtu {
+        if ip.df && ip.total > mtu {
             // Quote the packet as it arrived: undo nothing, it is untouched.
             return self.too_big(frame, ip, mtu as u32, ip.dst);
         }
@@ -948,14 +966,56 @@ impl Engine {
         Action::Reply { len: ETH_LEN + total }
     }
 
-    /// A datagram larger than the egress MTU: ICMP fragmentation needed if
-    /// DF is set (RFC 1191 next-hop MTU), else dropped.
+    /// A DF datagram larger than the egress MTU: ICMP fragmentation needed
+    /// with the next-hop MTU (RFC 1191).
     fn too_big(&mut self, frame: &mut [u8], ip: Ipv4, mtu: u32, src: Ipv4Addr) -> Action {
-        if ip.df {
-            self.icmp_error(frame, ip, icmp::UNREACHABLE, icmp::FRAG_NEEDED, mtu & 0xffff, src, DropReason::MtuExceeded)
+        self.icmp_error(frame, ip, icmp::UNREACHABLE, icmp::FRAG_NEEDED, mtu & 0xffff, src, DropReason::MtuExceeded)
+    }
+
+    /// The largest IP datagram `port` carries.
+    fn mtu(&self, port: PortId) -> usize {
+        if port == PortId::OUTSIDE {
+            usize::from(self.bindings.outside().mtu)
         } else {
-            Action::Drop(DropReason::MtuExceeded)
+            self.bindings.inside(port).map_or(usize::MAX, |p| usize::from(p.mtu))
         }
+    }
+
+    /// Fragments a forwarded DF=0 datagram that is larger than its egress
+    /// MTU (RFC 791 §3.2, RFC 4787 REQ-13a): the first fragment is written
+    /// over the frame and returned, the others queue for
+    /// [`Engine::poll_transmit`] in order. Later fragments carry only the
+    /// options marked "copied".
+    fn fragment(&mut self, frame: &mut [u8], port: PortId, len: usize, mtu: usize) -> Action {
+        let Ok(ip) = wire::parse_ipv4(&frame[..len], ETH_LEN) else {
+            return Action::Drop(DropReason::MtuExceeded);
+        };
+        let mut opts = [0u8; 40];
+        let olen = copied_options(&frame[ip.off + 20..ip.off + ip.hlen], &mut opts);
+        let first = mtu.saturating_sub(ip.hlen) / 8 * 8;
+        let step = mtu.saturating_sub(20 + olen) / 8 * 8;
+        let payload = ip.payload_len();
+        if first == 0 || step == 0 {
+            return Action::Drop(DropReason::MtuExceeded);
+        }
+        let mut off = first;
+        while off < payload {
+            let end = (off + step).min(payload);
+            if self.frag_out.len() >= TX_QUEUE {
+                return Action::Drop(DropReason::Fragment);
+            }
+            let mut f = self.spare.pop().unwrap_or_default();
+            f.clear();
+            f.extend_from_slice(&frame[..ip.off + 20]);
+            f.extend_from_slice(&opts[..olen]);
+            f.extend_from_slice(&frame[ip.l4() + off..ip.l4() + end]);
+            let more = end < payload || ip.mf;
+            write_fragment_header(&mut f[ip.off..], 20 + olen, end - off, ip.frag_off + off, more);
+            self.frag_out.push_back((port, f));
+            off = end;
+        }
+        write_fragment_header(&mut frame[ip.off..], ip.hlen, first, ip.frag_off, true);
+        Action::Forward { port, len: ip.off + ip.hlen + first }
     }
 
     // ----- fragments -----------------------------------------------------
@@ -1117,6 +1177,44 @@ fn rewrite_inbound(frame: &mut [u8], ip: &Ipv4, l4: L4, new: Endpoint, dec_ttl: 
             L4::IcmpError { .. } => {}
         }
     }
+}
+
+/// Keeps the options whose "copied" flag is set (RFC 791), padded with
+/// end-of-list to a multiple of 4 bytes; returns their length.
+fn copied_options(opts: &[u8], out: &mut [u8; 40]) -> usize {
+    let mut i = 0;
+    let mut n = 0;
+    while i < opts.len() {
+        let kind = opts[i];
+        let len = match kind {
+            0 => break,
+            1 => 1,
+            _ => match opts.get(i + 1) {
+                Some(&l) if l >= 2 && i + usize::from(l) <= opts.len() => usize::from(l),
+                _ => break,
+            },
+        };
+        if kind & 0x80 != 0 && n + len <= out.len() {
+            out[n..n + len].copy_from_slice(&opts[i..i + len]);
+            n += len;
+        }
+        i += len;
+    }
+    let padded = n.div_ceil(4) * 4;
+    out[n..padded].fill(0);
+    padded
+}
+
+/// Rewrites an IP header (at `h[0..]`) for a fragment: header length,
+/// total length, offset and MF; recomputes its checksum.
+fn write_fragment_header(h: &mut [u8], hlen: usize, payload: usize, offset: usize, more: bool) {
+    h[0] = 0x40 | (hlen / 4) as u8;
+    put16(h, 2, (hlen + payload) as u16);
+    let df_bit = get16(h, 6) & 0x4000;
+    put16(h, 6, df_bit | (u16::from(more) << 13) | ((offset / 8) as u16 & 0x1fff));
+    put16(h, ip::CHECKSUM, 0);
+    let c = checksum::checksum(&h[..hlen]);
+    put16(h, ip::CHECKSUM, c);
 }
 
 fn set_ident(frame: &mut [u8], ip: &Ipv4, id: u16) {

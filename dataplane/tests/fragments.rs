@@ -118,3 +118,30 @@ fn a_flood_of_incomplete_fragments_does_not_stall_other_traffic() {
     h.advance(Duration::from_secs(6));
     assert!(h.dropped(DropReason::Fragment) > 0);
 }
+
+#[test]
+fn a_df0_datagram_over_the_egress_mtu_is_fragmented_in_order() {
+    let mut topo = testkit::Topology::new(1, 1);
+    topo.outside.mtu = 576;
+    let mut h = Harness::new(dataplane::config::EngineConfig::default(), topo);
+    let data: Vec<u8> = (0..1400u32).map(|i| (i * 7) as u8).collect();
+    let o = IpOpts { options: &[0x94, 0x04, 0, 0, 0x07, 0x03, 0x04, 0], ..IpOpts::default() };
+    let f = h.from_env_opts(0, UDP, 5000, SERVER, 9, 0, &data, o);
+    let first = h.send(h.env_port(0), f);
+    assert_eq!(first.forwarded(), Some(PortId::OUTSIDE));
+    let mut frames = vec![first.frame];
+    frames.extend(h.drain().into_iter().map(|(p, f)| {
+        assert_eq!(p, PortId::OUTSIDE);
+        f
+    }));
+    assert_eq!(frames.len(), 3);
+    for (i, f) in frames.iter().enumerate() {
+        let ip = parse_ipv4(f, 14).expect("valid header");
+        assert!(ip.total <= 576);
+        assert_eq!(ip.src, ENI);
+        assert_eq!(ip.mf, i < 2, "MF on all but the last");
+        assert_eq!(ip.hlen, if i == 0 { 28 } else { 24 }, "only the copied option (router alert) is repeated");
+    }
+    assert!(udp_checksum_ok(&frames));
+    assert_eq!(&testkit::reassemble(&frames).unwrap()[8..], &data[..]);
+}
