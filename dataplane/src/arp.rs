@@ -41,8 +41,7 @@ use std::time::Duration;
 
 use foldhash::fast::RandomState;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    ETHERNET_HEADER_LEN,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, ETHERNET_HEADER_LEN,
 };
 
 /// Length of the ARP body for Ethernet/IPv4 (RFC 826), in bytes.
@@ -205,12 +204,7 @@ pub fn write_reply(frame: &mut [u8], msg: &ArpMessage, our_mac: EthernetAddress)
 /// Writes a broadcast who-has request for `target_ip` from
 /// (`our_mac`, `sender_ip`) into `buf`; returns [`FRAME_LEN`], or 0 if `buf`
 /// is too small.
-pub fn write_request(
-    buf: &mut [u8],
-    our_mac: EthernetAddress,
-    sender_ip: Ipv4Addr,
-    target_ip: Ipv4Addr,
-) -> usize {
+pub fn write_request(buf: &mut [u8], our_mac: EthernetAddress, sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> usize {
     emit_request(buf, our_mac, sender_ip, target_ip)
 }
 
@@ -301,10 +295,7 @@ struct List {
 }
 
 impl List {
-    const EMPTY: List = List {
-        head: NIL,
-        tail: NIL,
-    };
+    const EMPTY: List = List { head: NIL, tail: NIL };
 }
 
 /// The outside port's ARP cache and its queue of frames waiting for
@@ -339,10 +330,7 @@ impl ArpTable {
     /// `u32::MAX - 1`.
     pub fn new(config: ArpConfig, our_mac: EthernetAddress) -> ArpTable {
         let n = config.queue_frames.min(NIL as usize - 1);
-        let config = ArpConfig {
-            queue_frames: n,
-            ..config
-        };
+        let config = ArpConfig { queue_frames: n, ..config };
         let storage_len = n.saturating_mul(config.frame_capacity);
         let slots = (0..n)
             .map(|i| Slot {
@@ -352,26 +340,13 @@ impl ArpTable {
                 next: if i + 1 < n { i as u32 + 1 } else { NIL },
             })
             .collect();
-        let free = if n == 0 {
-            List::EMPTY
-        } else {
-            List {
-                head: 0,
-                tail: n as u32 - 1,
-            }
-        };
+        let free = if n == 0 { List::EMPTY } else { List { head: 0, tail: n as u32 - 1 } };
         let max_entries = config.max_entries;
         ArpTable {
             config,
             our_mac,
-            entries: HashMap::with_capacity_and_hasher(
-                max_entries.saturating_mul(2),
-                RandomState::default(),
-            ),
-            pending_index: HashMap::with_capacity_and_hasher(
-                n.saturating_mul(2),
-                RandomState::default(),
-            ),
+            entries: HashMap::with_capacity_and_hasher(max_entries.saturating_mul(2), RandomState::default()),
+            pending_index: HashMap::with_capacity_and_hasher(n.saturating_mul(2), RandomState::default()),
             pending: vec![Pending::FREE; n],
             pending_free: (0..n as u32).rev().collect(),
             requests: vec![NIL; n],
@@ -442,13 +417,7 @@ impl ArpTable {
             if self.entries.len() >= self.config.max_entries {
                 self.evict_oldest();
             }
-            self.entries.insert(
-                ip,
-                Entry {
-                    mac,
-                    confirmed: now,
-                },
-            );
+            self.entries.insert(ip, Entry { mac, confirmed: now });
         }
         if let Some(p) = waiting {
             self.release(p, mac);
@@ -457,11 +426,7 @@ impl ArpTable {
 
     /// Removes the least recently confirmed entry.
     fn evict_oldest(&mut self) {
-        let oldest = self
-            .entries
-            .iter()
-            .min_by_key(|(_, e)| e.confirmed)
-            .map(|(ip, _)| *ip);
+        let oldest = self.entries.iter().min_by_key(|(_, e)| e.confirmed).map(|(ip, _)| *ip);
         if let Some(ip) = oldest {
             self.entries.remove(&ip);
         }
@@ -478,10 +443,7 @@ impl ArpTable {
             slot.dst = mac;
             i = slot.next;
         }
-        self.append_ready(List {
-            head: pend.head,
-            tail: pend.tail,
-        });
+        self.append_ready(List { head: pend.head, tail: pend.tail });
         self.free_pending(p);
     }
 
@@ -502,10 +464,7 @@ impl ArpTable {
         if let Some(pend) = self.pending.get_mut(p as usize) {
             if pend.active {
                 self.pending_index.remove(&pend.ip);
-                *pend = Pending {
-                    scheduled: pend.scheduled,
-                    ..Pending::FREE
-                };
+                *pend = Pending { scheduled: pend.scheduled, ..Pending::FREE };
                 self.pending_free.push(p);
             }
         }
@@ -582,9 +541,7 @@ impl ArpTable {
         let resolved = self.lookup(now, next_hop);
         let existing = self.pending_index.get(&next_hop).copied();
         if resolved.is_none() {
-            let per_ip = existing
-                .and_then(|p| self.pending.get(p as usize))
-                .map_or(0, |pend| pend.count);
+            let per_ip = existing.and_then(|p| self.pending.get(p as usize)).map_or(0, |pend| pend.count);
             if per_ip >= self.config.queue_per_ip {
                 return Queued::Full;
             }
@@ -678,11 +635,7 @@ impl ArpTable {
             if buf.len() < FRAME_LEN {
                 return None;
             }
-            let p = self
-                .requests
-                .get(self.requests_head)
-                .copied()
-                .unwrap_or(NIL);
+            let p = self.requests.get(self.requests_head).copied().unwrap_or(NIL);
             self.requests_head = (self.requests_head + 1) % self.requests.len().max(1);
             self.requests_len -= 1;
             let Some(pend) = self.pending.get_mut(p as usize) else {
@@ -759,11 +712,7 @@ impl ArpTable {
     /// [`expire`]: ArpTable::expire
     /// [`lookup`]: ArpTable::lookup
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending
-            .iter()
-            .filter(|p| p.active)
-            .map(|p| p.last_request + self.config.retry)
-            .min()
+        self.pending.iter().filter(|p| p.active).map(|p| p.last_request + self.config.retry).min()
     }
 
     /// Entries held, including stale ones not yet forgotten by [`expire`].
@@ -825,11 +774,7 @@ mod tests {
     }
 
     fn small() -> ArpConfig {
-        ArpConfig {
-            queue_frames: 4,
-            queue_per_ip: 2,
-            ..ArpConfig::default()
-        }
+        ArpConfig { queue_frames: 4, queue_per_ip: 2, ..ArpConfig::default() }
     }
 
     /// An IPv4-ish frame of `len` bytes whose payload bytes are all `tag`.
@@ -996,10 +941,7 @@ mod tests {
         assert_eq!(out[0].0, PortId::OUTSIDE);
         let req = parse(&out[0].1).unwrap();
         assert_eq!(req.operation, ArpOp::Request);
-        assert_eq!(
-            (req.sender_mac, req.sender_ip, req.target_ip),
-            (OUR_MAC, ENI, GW)
-        );
+        assert_eq!((req.sender_mac, req.sender_ip, req.target_ip), (OUR_MAC, ENI, GW));
         assert_eq!(out[0].1[..6], [0xff; 6]);
 
         // The reply names us as target but create=false must still create,
@@ -1010,9 +952,7 @@ mod tests {
         assert_eq!(t.poll_timeout(), None);
         let out = drain(&mut t);
         assert_eq!(out.len(), 3);
-        for ((port, bytes), (want_port, want)) in
-            out.iter()
-                .zip([(PortId(3), &f1), (PortId(4), &f2), (PortId(3), &f3)])
+        for ((port, bytes), (want_port, want)) in out.iter().zip([(PortId(3), &f1), (PortId(4), &f2), (PortId(3), &f3)])
         {
             assert_eq!(*port, want_port);
             assert_eq!(bytes.len(), want.len());
@@ -1028,10 +968,7 @@ mod tests {
     fn queue_to_resolved_next_hop_is_ready_at_once() {
         let mut t = table(ArpConfig::default());
         t.learn(ms(0), GW, GW_MAC, true);
-        assert_eq!(
-            t.queue(ms(1), PortId(2), GW, ENI, &frame(7, 80)),
-            Queued::Waiting
-        );
+        assert_eq!(t.queue(ms(1), PortId(2), GW, ENI, &frame(7, 80)), Queued::Waiting);
         assert_eq!(t.resolving(), 0);
         let out = drain(&mut t);
         assert_eq!(out.len(), 1, "no request, just the frame");
@@ -1044,87 +981,35 @@ mod tests {
         let mut t = table(small());
         let other = Ipv4Addr::new(10, 0, 0, 2);
         let third = Ipv4Addr::new(10, 0, 0, 3);
-        assert_eq!(
-            t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 60)),
-            Queued::Waiting
-        );
-        assert_eq!(
-            t.queue(ms(0), PortId(1), GW, ENI, &frame(2, 60)),
-            Queued::Waiting
-        );
-        assert_eq!(
-            t.queue(ms(0), PortId(1), GW, ENI, &frame(3, 60)),
-            Queued::Full,
-            "per ip"
-        );
-        assert_eq!(
-            t.queue(ms(0), PortId(1), other, ENI, &frame(4, 60)),
-            Queued::Waiting
-        );
-        assert_eq!(
-            t.queue(ms(0), PortId(1), other, ENI, &frame(5, 60)),
-            Queued::Waiting
-        );
+        assert_eq!(t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 60)), Queued::Waiting);
+        assert_eq!(t.queue(ms(0), PortId(1), GW, ENI, &frame(2, 60)), Queued::Waiting);
+        assert_eq!(t.queue(ms(0), PortId(1), GW, ENI, &frame(3, 60)), Queued::Full, "per ip");
+        assert_eq!(t.queue(ms(0), PortId(1), other, ENI, &frame(4, 60)), Queued::Waiting);
+        assert_eq!(t.queue(ms(0), PortId(1), other, ENI, &frame(5, 60)), Queued::Waiting);
         assert_eq!(t.queued_frames(), 4);
-        assert_eq!(
-            t.queue(ms(0), PortId(1), third, ENI, &frame(6, 60)),
-            Queued::Full,
-            "total"
-        );
-        assert_eq!(
-            t.resolving(),
-            2,
-            "a refused frame leaves no pending address"
-        );
+        assert_eq!(t.queue(ms(0), PortId(1), third, ENI, &frame(6, 60)), Queued::Full, "total");
+        assert_eq!(t.resolving(), 2, "a refused frame leaves no pending address");
 
         // Released frames still count against the total until transmitted.
         t.learn(ms(1), GW, GW_MAC, false);
         assert_eq!(t.queued_frames(), 4);
-        assert_eq!(
-            t.queue(ms(1), PortId(1), third, ENI, &frame(6, 60)),
-            Queued::Full
-        );
-        assert_eq!(
-            drain(&mut t).len(),
-            1 + 2,
-            "one request (GW resolved first), two frames"
-        );
-        assert_eq!(
-            t.queue(ms(1), PortId(1), third, ENI, &frame(6, 60)),
-            Queued::Waiting
-        );
+        assert_eq!(t.queue(ms(1), PortId(1), third, ENI, &frame(6, 60)), Queued::Full);
+        assert_eq!(drain(&mut t).len(), 1 + 2, "one request (GW resolved first), two frames");
+        assert_eq!(t.queue(ms(1), PortId(1), third, ENI, &frame(6, 60)), Queued::Waiting);
 
         // Frame length bounds.
         let mut t = table(small());
-        assert_eq!(
-            t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 1519)),
-            Queued::Full
-        );
+        assert_eq!(t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 1519)), Queued::Full);
         assert_eq!(t.queue(ms(0), PortId(1), GW, ENI, &[0u8; 13]), Queued::Full);
         assert_eq!(t.queued_frames(), 0);
         assert_eq!(t.resolving(), 0);
-        assert_eq!(
-            t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 1518)),
-            Queued::Waiting
-        );
+        assert_eq!(t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 1518)), Queued::Waiting);
 
         // Zero-sized queues refuse everything.
-        let mut t = table(ArpConfig {
-            queue_frames: 0,
-            ..ArpConfig::default()
-        });
-        assert_eq!(
-            t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 60)),
-            Queued::Full
-        );
-        let mut t = table(ArpConfig {
-            queue_per_ip: 0,
-            ..ArpConfig::default()
-        });
-        assert_eq!(
-            t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 60)),
-            Queued::Full
-        );
+        let mut t = table(ArpConfig { queue_frames: 0, ..ArpConfig::default() });
+        assert_eq!(t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 60)), Queued::Full);
+        let mut t = table(ArpConfig { queue_per_ip: 0, ..ArpConfig::default() });
+        assert_eq!(t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 60)), Queued::Full);
         assert_eq!(drain(&mut t), vec![]);
     }
 
@@ -1132,16 +1017,10 @@ mod tests {
     fn retries_then_give_up() {
         let mut t = table(ArpConfig::default());
         assert_eq!(t.poll_timeout(), None);
-        assert_eq!(
-            t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 60)),
-            Queued::Waiting
-        );
+        assert_eq!(t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 60)), Queued::Waiting);
         assert_eq!(drain(&mut t).len(), 1, "first request at 0 s");
         // Another frame within `retry` sends nothing.
-        assert_eq!(
-            t.queue(ms(500), PortId(1), GW, ENI, &frame(2, 60)),
-            Queued::Waiting
-        );
+        assert_eq!(t.queue(ms(500), PortId(1), GW, ENI, &frame(2, 60)), Queued::Waiting);
         assert_eq!(drain(&mut t).len(), 0);
         assert_eq!(t.poll_timeout(), Some(ms(1000)));
 
@@ -1157,10 +1036,7 @@ mod tests {
         assert_eq!(drain(&mut t).len(), 1, "third request at 2 s");
         assert_eq!(t.poll_timeout(), Some(ms(3000)));
         // A frame queued after the last request does not trigger a fourth.
-        assert_eq!(
-            t.queue(ms(2500), PortId(1), GW, ENI, &frame(3, 60)),
-            Queued::Waiting
-        );
+        assert_eq!(t.queue(ms(2500), PortId(1), GW, ENI, &frame(3, 60)), Queued::Waiting);
         assert_eq!(drain(&mut t).len(), 0);
 
         assert_eq!(t.expire(ms(2999)), 0);
@@ -1176,10 +1052,7 @@ mod tests {
         assert!(t.is_empty());
 
         // The freed capacity is usable again and starts a fresh round.
-        assert_eq!(
-            t.queue(ms(4000), PortId(1), GW, ENI, &frame(4, 60)),
-            Queued::Waiting
-        );
+        assert_eq!(t.queue(ms(4000), PortId(1), GW, ENI, &frame(4, 60)), Queued::Waiting);
         assert_eq!(drain(&mut t).len(), 1);
         assert_eq!(t.poll_timeout(), Some(ms(5000)));
     }
@@ -1199,10 +1072,7 @@ mod tests {
 
     #[test]
     fn resolved_while_request_scheduled() {
-        let mut t = table(ArpConfig {
-            queue_frames: 2,
-            ..ArpConfig::default()
-        });
+        let mut t = table(ArpConfig { queue_frames: 2, ..ArpConfig::default() });
         let other = Ipv4Addr::new(10, 0, 0, 2);
         let _ = t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 60));
         // Resolved before its request left: that request is not sent.
@@ -1266,10 +1136,7 @@ mod tests {
 
     #[test]
     fn eviction_when_full() {
-        let mut t = table(ArpConfig {
-            max_entries: 3,
-            ..ArpConfig::default()
-        });
+        let mut t = table(ArpConfig { max_entries: 3, ..ArpConfig::default() });
         let ip = |n| Ipv4Addr::new(10, 0, 0, n);
         t.learn(ms(0), ip(1), GW_MAC, true);
         t.learn(ms(10), ip(2), GW_MAC, true);
@@ -1277,11 +1144,7 @@ mod tests {
         t.learn(ms(30), ip(1), GW_MAC, false); // ip(1) is now the newest
         t.learn(ms(40), ip(4), GW_MAC, true);
         assert_eq!(t.len(), 3);
-        assert_eq!(
-            t.lookup(ms(40), ip(2)),
-            None,
-            "least recently confirmed evicted"
-        );
+        assert_eq!(t.lookup(ms(40), ip(2)), None, "least recently confirmed evicted");
         for n in [1, 3, 4] {
             assert_eq!(t.lookup(ms(40), ip(n)), Some(GW_MAC));
         }
@@ -1293,10 +1156,7 @@ mod tests {
         assert_eq!(t.lookup(ms(60), ip(5)), Some(GW_MAC));
 
         // With no room at all, waiting frames are still released.
-        let mut t = table(ArpConfig {
-            max_entries: 0,
-            ..ArpConfig::default()
-        });
+        let mut t = table(ArpConfig { max_entries: 0, ..ArpConfig::default() });
         let _ = t.queue(ms(0), PortId(1), GW, ENI, &frame(1, 60));
         assert_eq!(drain(&mut t).len(), 1, "the request");
         t.learn(ms(0), GW, GW_MAC, true);
@@ -1306,11 +1166,7 @@ mod tests {
 
     #[test]
     fn churn_never_grows_the_maps() {
-        let config = ArpConfig {
-            max_entries: 16,
-            queue_frames: 8,
-            ..ArpConfig::default()
-        };
+        let config = ArpConfig { max_entries: 16, queue_frames: 8, ..ArpConfig::default() };
         let mut t = table(config);
         let (entries, pending) = (t.entries.capacity(), t.pending_index.capacity());
         let storage = t.storage.as_ptr();

@@ -141,10 +141,7 @@ impl Bindings {
             }
             for (j, a) in e.addrs.iter().enumerate() {
                 if let Some(other) = addr_owner.insert(*a, e.id) {
-                    return fail(
-                        format!("enis[{i}].addrs[{j}]"),
-                        format!("{a} already belongs to ENI {other}"),
-                    );
+                    return fail(format!("enis[{i}].addrs[{j}]"), format!("{a} already belongs to ENI {other}"));
                 }
             }
         }
@@ -229,7 +226,12 @@ mod tests {
     }
 
     fn inside(id: u16) -> InsidePort {
-        InsidePort { id: PortId(id), mac: [2, 0, 0, 0, 1, id as u8], gateway: "169.254.0.1".parse().unwrap(), mtu: 1500 }
+        InsidePort {
+            id: PortId(id),
+            mac: [2, 0, 0, 0, 1, id as u8],
+            gateway: "169.254.0.1".parse().unwrap(),
+            mtu: 1500,
+        }
     }
 
     fn eni(id: u32, a: &str) -> Eni {

@@ -67,11 +67,8 @@ pub fn update16(check: u16, old: u16, new: u16) -> u16 {
 /// RFC 1624 eqn. 3 for a 32-bit field (an IPv4 address): two words at once.
 #[inline]
 pub fn update32(check: u16, old: u32, new: u32) -> u16 {
-    let acc = u32::from(!check)
-        + u32::from(!(old >> 16) as u16)
-        + u32::from(!(old as u16))
-        + (new >> 16)
-        + (new & 0xffff);
+    let acc =
+        u32::from(!check) + u32::from(!(old >> 16) as u16) + u32::from(!(old as u16)) + (new >> 16) + (new & 0xffff);
     !fold(acc)
 }
 
@@ -155,9 +152,7 @@ mod tests {
         data[16..20].copy_from_slice(&0x0a00_0001u32.to_be_bytes());
         let inc = update32(update16(check, old5, 0xbeef), old_addr, 0x0a00_0001);
         assert_eq!(inc, checksum(&data));
-        let delta = Delta::ZERO
-            .word(old5, 0xbeef)
-            .addr(Ipv4Addr::from(old_addr), Ipv4Addr::new(10, 0, 0, 1));
+        let delta = Delta::ZERO.word(old5, 0xbeef).addr(Ipv4Addr::from(old_addr), Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(delta.apply(check), checksum(&data));
     }
 

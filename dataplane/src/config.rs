@@ -162,9 +162,7 @@ impl EngineConfig {
         if self.port_range.is_empty() || *self.port_range.start() == 0 {
             return err("port_range", "must be a non-empty range of ports 1-65535");
         }
-        if self.mapping == Mapping::AddressAndPortDependent
-            && self.filtering != Filtering::AddressAndPortDependent
-        {
+        if self.mapping == Mapping::AddressAndPortDependent && self.filtering != Filtering::AddressAndPortDependent {
             return err(
                 "filtering",
                 "address-and-port-dependent mapping reuses ports across destinations, so it needs address-and-port-dependent filtering",

@@ -294,9 +294,8 @@ mod tests {
         c.count_drop(DropReason::Spoofed);
         c.outbound.count(100);
         let r = std::sync::Arc::clone(&c);
-        let (d, b) = std::thread::spawn(move || (r.dropped(DropReason::Spoofed), r.outbound.bytes.get()))
-            .join()
-            .unwrap();
+        let (d, b) =
+            std::thread::spawn(move || (r.dropped(DropReason::Spoofed), r.outbound.bytes.get())).join().unwrap();
         assert_eq!((d, b), (2, 100));
         assert_eq!(c.dropped_total(), 2);
     }

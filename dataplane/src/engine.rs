@@ -51,7 +51,7 @@ use crate::ports::PortPool;
 use crate::session::{Session, SessionTable, NIL};
 use crate::tcp::{self, Dir};
 use crate::time::Instant;
-use crate::wire::{self, get16, get_ip, icmp, ip, put16, put_ip, Ipv4, L4, ETH_LEN};
+use crate::wire::{self, get16, get_ip, icmp, ip, put16, put_ip, Ipv4, ETH_LEN, L4};
 use crate::PortId;
 use core::net::Ipv4Addr;
 use smoltcp::wire::EthernetAddress;
@@ -193,7 +193,7 @@ impl Engine {
         let mut e = Engine {
             table: SessionTable::new(config.max_sessions, config.timeouts, config.seed),
             arp: ArpTable::new(config.arp.clone(), EthernetAddress(bindings.outside().mac)),
-            frags: FragTable::new(config.frag.clone()),
+            frags: FragTable::new(config.frag),
             addrs: HashMap::default(),
             envs: HashMap::default(),
             tx: VecDeque::with_capacity(TX_QUEUE),
@@ -324,10 +324,7 @@ impl Engine {
 
     /// When [`Engine::expire`] next has work, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.table.poll_timeout(), self.arp.poll_timeout(), self.frags.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [self.table.poll_timeout(), self.arp.poll_timeout(), self.frags.poll_timeout()].into_iter().flatten().min()
     }
 
     /// Expires idle sessions (freeing their ports into quarantine), gives up
@@ -515,7 +512,8 @@ impl Engine {
             L4::Echo { request: false, .. } => return Action::Drop(DropReason::UnsupportedIcmp),
             L4::IcmpError { .. } => return self.icmp_error_out(now, port, frame, ip),
         };
-        let key = FlowKey { proto: ip.proto, local: Endpoint::new(ip.src, sport), remote: Endpoint::new(ip.dst, dport) };
+        let key =
+            FlowKey { proto: ip.proto, local: Endpoint::new(ip.src, sport), remote: Endpoint::new(ip.dst, dport) };
         let sid = match self.table.find_inside(&key) {
             Some(sid) => {
                 let s = self.table.get_mut(sid);
@@ -555,7 +553,7 @@ impl Engine {
             let ip2 = Ipv4 { src: eni.ip, ttl: ip.ttl - 1, ..ip };
             self.inbound(now, frame, ip2, true)
         } else {
-            self.to_outside(now, frame, ip.end(), eni.ip, ip.dst)
+            self.send_outside(now, frame, ip.end(), eni.ip, ip.dst)
         };
         if ip.mf {
             self.remember_first_fragment(now, port, frame, &ip, action);
@@ -564,7 +562,15 @@ impl Engine {
     }
 
     /// Creates the session for a new outbound flow.
-    fn new_outbound(&mut self, now: Instant, port: PortId, key: FlowKey, flags: u8, src_mac: Mac, bytes: usize) -> Result<u32, DropReason> {
+    fn new_outbound(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        key: FlowKey,
+        flags: u8,
+        src_mac: Mac,
+        bytes: usize,
+    ) -> Result<u32, DropReason> {
         let b = Arc::clone(&self.bindings);
         let env = b.env(key.local.ip).filter(|e| e.port == port).ok_or(DropReason::Spoofed)?;
         if key.proto == TCP && !tcp::Flags::from_byte(flags).opens() {
@@ -724,7 +730,7 @@ impl Engine {
     }
 
     /// Sends a translated frame to its next hop on the VPC side.
-    fn to_outside(&mut self, now: Instant, frame: &mut [u8], end: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Action {
+    fn send_outside(&mut self, now: Instant, frame: &mut [u8], end: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Action {
         let out = self.bindings.outside();
         let our_mac = out.mac;
         let Some(hop) = self.bindings.next_hop(dst) else {
@@ -788,7 +794,8 @@ impl Engine {
             L4::Echo { request: true, .. } => return Action::Drop(DropReason::NoSession),
             L4::IcmpError { .. } => return self.icmp_error_in(now, frame, ip, hairpin),
         };
-        let key = FlowKey { proto: ip.proto, local: Endpoint::new(ip.dst, dport), remote: Endpoint::new(ip.src, sport) };
+        let key =
+            FlowKey { proto: ip.proto, local: Endpoint::new(ip.dst, dport), remote: Endpoint::new(ip.src, sport) };
         let sid = match self.table.find_outside(&key) {
             Some(sid) => {
                 let s = self.table.get_mut(sid);
@@ -876,7 +883,11 @@ impl Engine {
             Err(r) => return Action::Drop(r),
         };
         // The embedded packet went ENI → remote.
-        let key = FlowKey { proto: emb.proto, local: Endpoint::new(emb.src, emb.sport), remote: Endpoint::new(emb.dst, emb.dport) };
+        let key = FlowKey {
+            proto: emb.proto,
+            local: Endpoint::new(emb.src, emb.sport),
+            remote: Endpoint::new(emb.dst, emb.dport),
+        };
         let Some(sid) = self.table.find_outside(&key) else {
             return Action::Drop(DropReason::IcmpErrorNoSession);
         };
@@ -904,7 +915,11 @@ impl Engine {
             Ok(e) => e,
             Err(r) => return Action::Drop(r),
         };
-        let key = FlowKey { proto: emb.proto, local: Endpoint::new(emb.dst, emb.dport), remote: Endpoint::new(emb.src, emb.sport) };
+        let key = FlowKey {
+            proto: emb.proto,
+            local: Endpoint::new(emb.dst, emb.dport),
+            remote: Endpoint::new(emb.src, emb.sport),
+        };
         let Some(sid) = self.table.find_inside(&key) else {
             return Action::Drop(DropReason::IcmpErrorNoSession);
         };
@@ -921,17 +936,25 @@ impl Engine {
             let ip2 = Ipv4 { src: s.eni.ip, ttl: ip.ttl - 1, ..ip };
             return self.inbound(now, frame, ip2, true);
         }
-        self.to_outside(now, frame, ip.end(), s.eni.ip, ip.dst)
+        self.send_outside(now, frame, ip.end(), s.eni.ip, ip.dst)
     }
 
     /// Writes an ICMP error about the datagram in `frame` over it, to go back
     /// where it came from, from `src`. Never about an ICMP error or a later
     /// fragment (RFC 1122 §3.2.2).
     #[allow(clippy::too_many_arguments)]
-    fn icmp_error(&mut self, frame: &mut [u8], ip: Ipv4, kind: u8, code: u8, rest: u32, src: Ipv4Addr, counted: DropReason) -> Action {
-        let about_error = ip.proto == ICMP
-            && ip.frag_off == 0
-            && frame.get(ip.l4()).is_some_and(|&t| wire::is_icmp_error(t));
+    fn icmp_error(
+        &mut self,
+        frame: &mut [u8],
+        ip: Ipv4,
+        kind: u8,
+        code: u8,
+        rest: u32,
+        src: Ipv4Addr,
+        counted: DropReason,
+    ) -> Action {
+        let about_error =
+            ip.proto == ICMP && ip.frag_off == 0 && frame.get(ip.l4()).is_some_and(|&t| wire::is_icmp_error(t));
         let allowed = match kind {
             icmp::TIME_EXCEEDED => self.cfg.icmp_time_exceeded,
             _ => true,
@@ -1069,7 +1092,7 @@ impl Engine {
         put16(frame, ip.off + ip::CHECKSUM, c);
         if t.egress == PortId::OUTSIDE {
             self.counters.outbound.count(ip.total);
-            self.to_outside(now, frame, ip.end(), t.src, t.dst)
+            self.send_outside(now, frame, ip.end(), t.src, t.dst)
         } else {
             let Some(mac) = self.port_mac(t.egress) else {
                 return Action::Drop(DropReason::NoRoute);

@@ -250,18 +250,9 @@ impl<T: Copy> FragTable<T> {
         let n = config.max_datagrams.min(MAX_ENTRIES);
         let nb = n.max(16).next_power_of_two();
         let cap = config.frame_capacity;
-        let nslots = config
-            .max_buffered_bytes
-            .checked_div(cap)
-            .unwrap_or(0)
-            .min(MAX_ENTRIES);
+        let nslots = config.max_buffered_bytes.checked_div(cap).unwrap_or(0).min(MAX_ENTRIES);
         let blank = Datagram {
-            key: FragKey {
-                src: Ipv4Addr::UNSPECIFIED,
-                dst: Ipv4Addr::UNSPECIFIED,
-                protocol: 0,
-                ident: 0,
-            },
+            key: FragKey { src: Ipv4Addr::UNSPECIFIED, dst: Ipv4Addr::UNSPECIFIED, protocol: 0, ident: 0 },
             state: State::Pending,
             created: Instant::ZERO,
             total: UNKNOWN,
@@ -276,15 +267,7 @@ impl<T: Copy> FragTable<T> {
         for (i, d) in dgrams.iter_mut().enumerate() {
             d.h_next = if i + 1 < n { (i + 1) as u32 } else { NIL };
         }
-        let mut slots = vec![
-            Slot {
-                len: 0,
-                port: PortId(0),
-                next: NIL,
-                t: None
-            };
-            nslots
-        ];
+        let mut slots = vec![Slot { len: 0, port: PortId(0), next: NIL, t: None }; nslots];
         for (i, s) in slots.iter_mut().enumerate() {
             s.next = if i + 1 < nslots { (i + 1) as u32 } else { NIL };
         }
@@ -407,10 +390,7 @@ impl<T: Copy> FragTable<T> {
                 Later::Translate(t)
             }
             State::Pending => {
-                if !self.fragment_allowed(&d)
-                    || frame.len() > self.cap
-                    || !self.buffer(i, port, frame)
-                {
+                if !self.fragment_allowed(&d) || frame.len() > self.cap || !self.buffer(i, port, frame) {
                     self.give_up(i);
                     return Later::Drop;
                 }
@@ -482,9 +462,7 @@ impl<T: Copy> FragTable<T> {
             return Some(self.clock);
         }
         let i = self.ends[List::Age as usize].0;
-        self.dgrams
-            .get(i as usize)
-            .map(|d| d.created + self.config.timeout)
+        self.dgrams.get(i as usize).map(|d| d.created + self.config.timeout)
     }
 
     /// Buffered fragments dropped other than by timeout since the last call
@@ -682,10 +660,7 @@ impl<T: Copy> FragTable<T> {
         }
         let s = self.free_slot;
         let start = (s as usize).saturating_mul(self.cap);
-        let Some(dst) = self
-            .frames
-            .get_mut(start..start.saturating_add(frame.len()))
-        else {
+        let Some(dst) = self.frames.get_mut(start..start.saturating_add(frame.len())) else {
             return false;
         };
         dst.copy_from_slice(frame);
@@ -693,12 +668,7 @@ impl<T: Copy> FragTable<T> {
             return false;
         };
         self.free_slot = slot.next;
-        *slot = Slot {
-            len,
-            port,
-            next: NIL,
-            t: None,
-        };
+        *slot = Slot { len, port, next: NIL, t: None };
         self.buffered_bytes += frame.len();
         let Some(d) = self.dgrams.get_mut(i as usize) else {
             return false;
@@ -733,12 +703,7 @@ impl<T: Copy> FragTable<T> {
     fn free_slot(&mut self, s: u32) {
         if let Some(slot) = self.slots.get_mut(s as usize) {
             self.buffered_bytes = self.buffered_bytes.saturating_sub(slot.len as usize);
-            *slot = Slot {
-                len: 0,
-                port: PortId(0),
-                next: self.free_slot,
-                t: None,
-            };
+            *slot = Slot { len: 0, port: PortId(0), next: self.free_slot, t: None };
             self.free_slot = s;
         }
     }
@@ -876,12 +841,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn key(ident: u16) -> FragKey {
-        FragKey {
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: 17,
-            ident,
-        }
+        FragKey { src: Ipv4Addr::new(10, 0, 0, 1), dst: Ipv4Addr::new(10, 0, 0, 2), protocol: 17, ident }
     }
 
     fn frame(tag: u8, len: usize) -> Vec<u8> {
@@ -906,14 +866,8 @@ mod tests {
         assert!(t.first(T0, key(1), 7, 1480));
         assert_eq!(t.datagrams(), 1);
         let f = frame(0, 1514);
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &f, 1480, 1480, true),
-            Later::Translate(7)
-        );
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &f, 2960, 100, false),
-            Later::Translate(7)
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 1480, 1480, true), Later::Translate(7));
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 2960, 100, false), Later::Translate(7));
         // All 3060 bytes have passed: the record is gone.
         assert_eq!(t.datagrams(), 0);
         assert_eq!(t.buffered_bytes(), 0);
@@ -926,14 +880,8 @@ mod tests {
         let mut t = FragTable::<u32>::new(FragConfig::default());
         let f3 = frame(30, 120);
         let f2 = frame(20, 1514);
-        assert_eq!(
-            t.later(T0, key(9), PortId(3), &f3, 2960, 100, false),
-            Later::Buffered
-        );
-        assert_eq!(
-            t.later(T0, key(9), PortId(4), &f2, 1480, 1480, true),
-            Later::Buffered
-        );
+        assert_eq!(t.later(T0, key(9), PortId(3), &f3, 2960, 100, false), Later::Buffered);
+        assert_eq!(t.later(T0, key(9), PortId(4), &f2, 1480, 1480, true), Later::Buffered);
         assert_eq!(t.buffered_bytes(), 120 + 1514);
         assert!(!t.has_released());
         let mut buf = [0u8; 2048];
@@ -958,15 +906,9 @@ mod tests {
     fn middle_first_then_rest_translates() {
         let mut t = FragTable::<u32>::new(small());
         let f = frame(1, 60);
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &f, 16, 8, true),
-            Later::Buffered
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 16, 8, true), Later::Buffered);
         assert!(t.first(T0, key(1), 5, 16));
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &f, 24, 8, false),
-            Later::Translate(5)
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 24, 8, false), Later::Translate(5));
         assert_eq!(t.datagrams(), 0);
         let mut buf = [0u8; 100];
         assert_eq!(t.poll_released(&mut buf), Some((5, PortId(1), 60)));
@@ -979,20 +921,11 @@ mod tests {
         let f = frame(0, 50);
         assert!(t.first(T0, key(1), 1, 16));
         // Last fragment first: total known (48), 16 + 8 seen.
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &f, 40, 8, false),
-            Later::Translate(1)
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 40, 8, false), Later::Translate(1));
         assert_eq!(t.datagrams(), 1);
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &f, 16, 16, true),
-            Later::Translate(1)
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 16, 16, true), Later::Translate(1));
         assert_eq!(t.datagrams(), 1);
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &f, 32, 8, true),
-            Later::Translate(1)
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 32, 8, true), Later::Translate(1));
         assert_eq!(t.datagrams(), 0);
         t.check();
     }
@@ -1001,18 +934,9 @@ mod tests {
     fn timeout_drops_buffered_and_frees_memory() {
         let mut t = FragTable::<u32>::new(FragConfig::default());
         let f = frame(0, 600);
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &f, 8, 8, true),
-            Later::Buffered
-        );
-        assert_eq!(
-            t.later(Instant::from_secs(1), key(1), PortId(1), &f, 16, 8, true),
-            Later::Buffered
-        );
-        assert_eq!(
-            t.later(Instant::from_secs(2), key(2), PortId(1), &f, 16, 8, true),
-            Later::Buffered
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 8, 8, true), Later::Buffered);
+        assert_eq!(t.later(Instant::from_secs(1), key(1), PortId(1), &f, 16, 8, true), Later::Buffered);
+        assert_eq!(t.later(Instant::from_secs(2), key(2), PortId(1), &f, 16, 8, true), Later::Buffered);
         assert_eq!(t.poll_timeout(), Some(Instant::from_secs(5)));
         assert_eq!(t.expire(Instant::from_millis(4999)), 0);
         assert_eq!(t.datagrams(), 2);
@@ -1036,16 +960,10 @@ mod tests {
         let f = frame(0, 50);
         assert!(t.first(T0, key(1), 1, 8));
         // Same key after the timeout, expire not called: a new datagram.
-        assert_eq!(
-            t.later(Instant::from_secs(6), key(1), PortId(1), &f, 8, 8, true),
-            Later::Buffered
-        );
+        assert_eq!(t.later(Instant::from_secs(6), key(1), PortId(1), &f, 8, 8, true), Later::Buffered);
         assert_eq!(t.datagrams(), 1);
         assert_eq!(t.take_dropped(), 0);
-        assert_eq!(
-            t.later(Instant::from_secs(12), key(1), PortId(1), &f, 8, 8, true),
-            Later::Buffered
-        );
+        assert_eq!(t.later(Instant::from_secs(12), key(1), PortId(1), &f, 8, 8, true), Later::Buffered);
         assert_eq!(t.take_dropped(), 1);
         t.check();
     }
@@ -1100,16 +1018,10 @@ mod tests {
 
         // In order: first then later.
         assert!(t.first(now, key(1), 11, 1480));
-        assert_eq!(
-            t.later(now, key(1), PortId(2), &f, 1480, 100, false),
-            Later::Translate(11)
-        );
+        assert_eq!(t.later(now, key(1), PortId(2), &f, 1480, 100, false), Later::Translate(11));
         // Reverse order: the later fragment is buffered (evicting junk) and
         // released by the first.
-        assert_eq!(
-            t.later(now, key(2), PortId(2), &f, 1480, 100, false),
-            Later::Buffered
-        );
+        assert_eq!(t.later(now, key(2), PortId(2), &f, 1480, 100, false), Later::Buffered);
         assert!(t.first(now, key(2), 12, 1480));
         let mut buf = [0u8; 1518];
         assert_eq!(t.poll_released(&mut buf), Some((12, PortId(2), 1514)));
@@ -1123,15 +1035,9 @@ mod tests {
             assert!(t.first(T0, key(i), u32::from(i), 8));
         }
         assert!(!t.first(T0, key(10), 10, 8));
-        assert_eq!(
-            t.later(T0, key(11), PortId(1), &frame(0, 40), 8, 8, true),
-            Later::Drop
-        );
+        assert_eq!(t.later(T0, key(11), PortId(1), &frame(0, 40), 8, 8, true), Later::Drop);
         // Existing ones still work.
-        assert_eq!(
-            t.later(T0, key(3), PortId(1), &frame(0, 40), 8, 8, true),
-            Later::Translate(3)
-        );
+        assert_eq!(t.later(T0, key(3), PortId(1), &frame(0, 40), 8, 8, true), Later::Translate(3));
         // After the timeout, room again.
         assert_eq!(t.expire(Instant::from_secs(5)), 0);
         assert!(t.first(Instant::from_secs(5), key(10), 10, 8));
@@ -1143,10 +1049,7 @@ mod tests {
         let mut t = FragTable::<u32>::new(small());
         let f = frame(0, 40);
         for i in 0..5 {
-            assert_eq!(
-                t.later(T0, key(i), PortId(1), &f, 8, 8, true),
-                Later::Buffered
-            );
+            assert_eq!(t.later(T0, key(i), PortId(1), &f, 8, 8, true), Later::Buffered);
         }
         // key 0 was evicted: expire is due now and reports it once.
         assert_eq!(t.poll_timeout(), Some(T0));
@@ -1165,32 +1068,15 @@ mod tests {
         let f = frame(0, 40);
         assert!(t.first(T0, key(0), 0, 8));
         for i in 1..4 {
-            assert_eq!(
-                t.later(
-                    Instant::from_millis(u64::from(i)),
-                    key(i),
-                    PortId(1),
-                    &f,
-                    8,
-                    8,
-                    true
-                ),
-                Later::Buffered
-            );
+            assert_eq!(t.later(Instant::from_millis(u64::from(i)), key(i), PortId(1), &f, 8, 8, true), Later::Buffered);
         }
         // Full: a new first evicts the oldest pending (key 1), not key 0.
         assert!(t.first(Instant::from_millis(5), key(9), 9, 8));
         assert_eq!(t.take_dropped(), 1);
         assert_eq!(t.datagrams(), 4);
-        assert_eq!(
-            t.later(T0, key(0), PortId(1), &f, 8, 8, true),
-            Later::Translate(0)
-        );
+        assert_eq!(t.later(T0, key(0), PortId(1), &f, 8, 8, true), Later::Translate(0));
         // key 1 is gone: its fragment starts a new pending record (evicting key 2).
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &f, 16, 8, true),
-            Later::Buffered
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 16, 8, true), Later::Buffered);
         assert_eq!(t.take_dropped(), 1);
         assert!(t.first(T0, key(3), 3, 8));
         let mut buf = [0u8; 100];
@@ -1200,36 +1086,21 @@ mod tests {
 
     #[test]
     fn slot_exhaustion_evicts_other_pending_but_not_own() {
-        let cfg = FragConfig {
-            max_fragments: 64,
-            ..small()
-        }; // 8 slots
+        let cfg = FragConfig { max_fragments: 64, ..small() }; // 8 slots
         let mut t = FragTable::<u32>::new(cfg);
         let f = frame(0, 100);
         for j in 0..5 {
-            assert_eq!(
-                t.later(T0, key(1), PortId(1), &f, 8 * (j + 1), 8, true),
-                Later::Buffered
-            );
+            assert_eq!(t.later(T0, key(1), PortId(1), &f, 8 * (j + 1), 8, true), Later::Buffered);
         }
         for j in 0..3 {
-            assert_eq!(
-                t.later(T0, key(2), PortId(1), &f, 8 * (j + 1), 8, true),
-                Later::Buffered
-            );
+            assert_eq!(t.later(T0, key(2), PortId(1), &f, 8 * (j + 1), 8, true), Later::Buffered);
         }
         assert_eq!(t.buffered_bytes(), 800);
         // key 2 needs a slot: evicts key 1 (5 fragments).
-        assert_eq!(
-            t.later(T0, key(2), PortId(1), &f, 32, 8, true),
-            Later::Buffered
-        );
+        assert_eq!(t.later(T0, key(2), PortId(1), &f, 32, 8, true), Later::Buffered);
         assert_eq!(t.take_dropped(), 5);
         for j in 5..9 {
-            assert_eq!(
-                t.later(T0, key(2), PortId(1), &f, 8 * j, 8, true),
-                Later::Buffered
-            );
+            assert_eq!(t.later(T0, key(2), PortId(1), &f, 8 * j, 8, true), Later::Buffered);
         }
         assert_eq!(t.buffered_bytes(), 800);
         // key 2 holds every slot and there is nobody else to evict: given up.
@@ -1237,10 +1108,7 @@ mod tests {
         assert_eq!(t.take_dropped(), 8);
         assert_eq!(t.buffered_bytes(), 0);
         assert!(!t.first(T0, key(2), 2, 8));
-        assert_eq!(
-            t.later(T0, key(2), PortId(1), &f, 88, 8, false),
-            Later::Drop
-        );
+        assert_eq!(t.later(T0, key(2), PortId(1), &f, 88, 8, false), Later::Drop);
         t.check();
     }
 
@@ -1249,27 +1117,18 @@ mod tests {
         let mut t = FragTable::<u32>::new(small()); // 4 fragments
         let f = frame(0, 40);
         for j in 1..=3 {
-            assert_eq!(
-                t.later(T0, key(1), PortId(1), &f, 8 * j, 8, true),
-                Later::Buffered
-            );
+            assert_eq!(t.later(T0, key(1), PortId(1), &f, 8 * j, 8, true), Later::Buffered);
         }
         assert!(t.first(T0, key(1), 1, 8)); // 4th
         assert_eq!(t.later(T0, key(1), PortId(1), &f, 32, 8, true), Later::Drop); // 5th
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &f, 40, 8, false),
-            Later::Drop
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 40, 8, false), Later::Drop);
         let mut buf = [0u8; 100];
         for _ in 0..3 {
             assert!(t.poll_released(&mut buf).is_some());
         }
         // Buffered and pending: the limit gives the datagram up.
         for j in 1..=4 {
-            assert_eq!(
-                t.later(T0, key(2), PortId(1), &f, 8 * j, 8, true),
-                Later::Buffered
-            );
+            assert_eq!(t.later(T0, key(2), PortId(1), &f, 8 * j, 8, true), Later::Buffered);
         }
         assert_eq!(t.later(T0, key(2), PortId(1), &f, 40, 8, true), Later::Drop);
         assert_eq!(t.take_dropped(), 4);
@@ -1282,41 +1141,23 @@ mod tests {
     fn oversize_frame_refused() {
         let mut t = FragTable::<u32>::new(small());
         let big = frame(0, 101);
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &big, 8, 8, true),
-            Later::Drop
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &big, 8, 8, true), Later::Drop);
         assert_eq!(t.datagrams(), 0);
         // A pending datagram that loses an oversize fragment is given up.
-        assert_eq!(
-            t.later(T0, key(2), PortId(1), &frame(0, 100), 8, 8, true),
-            Later::Buffered
-        );
-        assert_eq!(
-            t.later(T0, key(2), PortId(1), &big, 16, 8, true),
-            Later::Drop
-        );
+        assert_eq!(t.later(T0, key(2), PortId(1), &frame(0, 100), 8, 8, true), Later::Buffered);
+        assert_eq!(t.later(T0, key(2), PortId(1), &big, 16, 8, true), Later::Drop);
         assert_eq!(t.take_dropped(), 1);
         // Once the first has been seen, size does not matter (nothing is copied).
         assert!(t.first(T0, key(3), 3, 8));
-        assert_eq!(
-            t.later(T0, key(3), PortId(1), &big, 8, 8, true),
-            Later::Translate(3)
-        );
+        assert_eq!(t.later(T0, key(3), PortId(1), &big, 8, 8, true), Later::Translate(3));
         t.check();
     }
 
     #[test]
     fn small_poll_buffer_drops_frame() {
         let mut t = FragTable::<u32>::new(small());
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &frame(0, 80), 8, 8, true),
-            Later::Buffered
-        );
-        assert_eq!(
-            t.later(T0, key(1), PortId(1), &frame(0, 20), 16, 8, true),
-            Later::Buffered
-        );
+        assert_eq!(t.later(T0, key(1), PortId(1), &frame(0, 80), 8, 8, true), Later::Buffered);
+        assert_eq!(t.later(T0, key(1), PortId(1), &frame(0, 20), 16, 8, true), Later::Buffered);
         assert!(t.first(T0, key(1), 1, 8));
         let mut buf = [0u8; 50];
         assert_eq!(t.poll_released(&mut buf), Some((1, PortId(1), 20)));
@@ -1328,26 +1169,11 @@ mod tests {
     #[test]
     fn degenerate_configs_do_not_panic() {
         for cfg in [
-            FragConfig {
-                max_datagrams: 0,
-                ..small()
-            },
-            FragConfig {
-                max_buffered_bytes: 0,
-                ..small()
-            },
-            FragConfig {
-                frame_capacity: 0,
-                ..small()
-            },
-            FragConfig {
-                max_fragments: 0,
-                ..small()
-            },
-            FragConfig {
-                max_fragments: 1,
-                ..small()
-            },
+            FragConfig { max_datagrams: 0, ..small() },
+            FragConfig { max_buffered_bytes: 0, ..small() },
+            FragConfig { frame_capacity: 0, ..small() },
+            FragConfig { max_fragments: 0, ..small() },
+            FragConfig { max_fragments: 1, ..small() },
         ] {
             let mut t = FragTable::<u32>::new(cfg);
             let _ = t.later(T0, key(1), PortId(1), &frame(0, 40), 8, 8, true);
@@ -1383,18 +1209,17 @@ mod tests {
         let mut buffered = 0usize;
         let mut later_total = 0usize;
         let mut buf = [0u8; 64];
-        let mut drain =
-            |t: &mut FragTable<u32>, translated: &mut std::collections::HashSet<(u32, u32)>| {
-                while let Some((tr, port, len)) = t.poll_released(&mut buf) {
-                    // The frame encodes (datagram, fragment) and the port the datagram.
-                    let (d, j) = (u32::from(buf[0]), u32::from(buf[1]));
-                    assert_eq!(len, 16 + j as usize);
-                    assert_eq!(tr, d);
-                    assert_eq!(port, PortId(d as u16));
-                    assert!(buf[2..len].iter().all(|&b| b == buf[0] ^ buf[1]));
-                    assert!(translated.insert((d, j)), "released twice");
-                }
-            };
+        let mut drain = |t: &mut FragTable<u32>, translated: &mut std::collections::HashSet<(u32, u32)>| {
+            while let Some((tr, port, len)) = t.poll_released(&mut buf) {
+                // The frame encodes (datagram, fragment) and the port the datagram.
+                let (d, j) = (u32::from(buf[0]), u32::from(buf[1]));
+                assert_eq!(len, 16 + j as usize);
+                assert_eq!(tr, d);
+                assert_eq!(port, PortId(d as u16));
+                assert!(buf[2..len].iter().all(|&b| b == buf[0] ^ buf[1]));
+                assert!(translated.insert((d, j)), "released twice");
+            }
+        };
         let mut sent = std::collections::HashSet::new();
         for op in ops {
             match *op {
@@ -1440,11 +1265,7 @@ mod tests {
         assert_eq!(t.datagrams(), 0);
         assert_eq!(t.buffered_bytes(), 0);
         t.check();
-        assert_eq!(
-            translated.len() + dropped,
-            later_total,
-            "buffered {buffered}"
-        );
+        assert_eq!(translated.len() + dropped, later_total, "buffered {buffered}");
         (translated.len(), dropped)
     }
 

@@ -417,7 +417,7 @@ impl PortPool {
         for i in 0..self.run_len {
             let run = self.runs[(self.run_head + i) % RUNS];
             assert!(run.count > 0);
-            assert!(prev.map_or(true, |p| p < run.at), "run times strictly increase");
+            assert!(prev.is_none_or(|p| p < run.at), "run times strictly increase");
             prev = Some(run.at);
             sum += run.count;
         }
@@ -773,7 +773,7 @@ mod tests {
                 // Ports that are certainly available after draining at `now`.
                 let surely_free = |allocated: &BTreeSet<u16>, rel: &HashMap<u16, u64>, now: u64| {
                     (LO..=HI).filter(|x| !allocated.contains(x)
-                        && rel.get(x).map_or(true, |&t| now - t >= q + slack)).count()
+                        && rel.get(x).is_none_or(|&t| now - t >= q + slack)).count()
                 };
                 for op in ops {
                     let t = Instant::from_millis(now);
@@ -789,7 +789,7 @@ mod tests {
                             let got = p.allocate_preferred(t, want);
                             drained = true;
                             let free = (LO..=HI).contains(&want) && !allocated.contains(&want)
-                                && released_at.get(&want).map_or(true, |&r| now - r >= q + slack);
+                                && released_at.get(&want).is_none_or(|&r| now - r >= q + slack);
                             if free {
                                 prop_assert_eq!(got, Some(want));
                             }

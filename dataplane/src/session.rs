@@ -29,7 +29,7 @@
 //! Everything is allocated in [`SessionTable::new`]; a full table refuses new
 //! sessions (the caller counts the drop) and never grows. Memory per session
 //! slot: `size_of::<Session>()` (112 bytes) plus 8 bytes of index buckets;
-//! per mapping slot `size_of::<Mapping>()` (44 bytes) plus 8 bytes.
+//! per mapping slot `size_of::<Mapping>()` (40 bytes) plus 8 bytes.
 
 use crate::bindings::Mac;
 use crate::config::Timeouts;
@@ -90,7 +90,15 @@ pub struct Session {
 
 impl Session {
     /// A new session; links are filled in by [`SessionTable::insert`].
-    pub fn new(proto: u8, inside: Endpoint, remote: Endpoint, eni: Endpoint, port: PortId, env_mac: Mac, now: Instant) -> Session {
+    pub fn new(
+        proto: u8,
+        inside: Endpoint,
+        remote: Endpoint,
+        eni: Endpoint,
+        port: PortId,
+        env_mac: Mac,
+        now: Instant,
+    ) -> Session {
         Session {
             proto,
             tcp: tcp::State::SynOut,
@@ -208,7 +216,15 @@ impl SessionTable {
     /// A table for `capacity` sessions (and as many mappings).
     pub fn new(capacity: usize, timeouts: Timeouts, seed: u64) -> SessionTable {
         let nb = buckets_for(capacity);
-        let blank = Session::new(0, Endpoint::new(0.into(), 0), Endpoint::new(0.into(), 0), Endpoint::new(0.into(), 0), PortId(0), [0; 6], Instant::ZERO);
+        let blank = Session::new(
+            0,
+            Endpoint::new(0.into(), 0),
+            Endpoint::new(0.into(), 0),
+            Endpoint::new(0.into(), 0),
+            PortId(0),
+            [0; 6],
+            Instant::ZERO,
+        );
         let blank_map = Mapping {
             proto: 0,
             port: PortId(0),
@@ -360,7 +376,14 @@ impl SessionTable {
     }
 
     /// Creates a mapping with no sessions yet.
-    pub fn insert_mapping(&mut self, proto: u8, inside: Endpoint, eni: Endpoint, port: PortId, env_mac: Mac) -> Result<u32, Full> {
+    pub fn insert_mapping(
+        &mut self,
+        proto: u8,
+        inside: Endpoint,
+        eni: Endpoint,
+        port: PortId,
+        env_mac: Mac,
+    ) -> Result<u32, Full> {
         let id = self.map_free.pop().ok_or(Full)?;
         let bi = (hash2(&self.hasher, proto, inside) & self.mask) as usize;
         let bo = (hash2(&self.hasher, proto, eni) & self.mask) as usize;
@@ -602,5 +625,110 @@ fn unlink<T: Chained>(head: &mut u32, slab: &mut [T], id: u32, l: Link) {
             return;
         }
         cur = *next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::Ipv4Addr;
+
+    fn ep(a: u8, p: u16) -> Endpoint {
+        Endpoint::new(Ipv4Addr::new(10, 0, 0, a), p)
+    }
+
+    fn table() -> SessionTable {
+        SessionTable::new(8, Timeouts::default(), 7)
+    }
+
+    #[test]
+    fn memory_per_session_is_as_documented() {
+        assert_eq!(core::mem::size_of::<Session>(), 112);
+        assert_eq!(core::mem::size_of::<Mapping>(), 40);
+    }
+
+    #[test]
+    fn insert_find_remove_by_both_keys() {
+        let mut t = table();
+        let s = Session::new(UDP, ep(2, 1000), ep(100, 53), ep(10, 40000), PortId(1), [0; 6], Instant::ZERO);
+        let id = t.insert(s, NIL).unwrap();
+        assert_eq!(t.find_inside(&s.inside_key()), Some(id));
+        assert_eq!(t.find_outside(&s.outside_key()), Some(id));
+        let other = FlowKey { proto: TCP, ..s.inside_key() };
+        assert_eq!(t.find_inside(&other), None, "keys include the protocol");
+        assert!(t.remove(id).is_none());
+        assert_eq!(t.find_inside(&s.inside_key()), None);
+        assert_eq!(t.find_outside(&s.outside_key()), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn mapping_lives_while_it_has_sessions() {
+        let mut t = table();
+        let m = t.insert_mapping(UDP, ep(2, 1000), ep(10, 40000), PortId(1), [0; 6]).unwrap();
+        let a = t
+            .insert(Session::new(UDP, ep(2, 1000), ep(100, 53), ep(10, 40000), PortId(1), [0; 6], Instant::ZERO), m)
+            .unwrap();
+        let b = t
+            .insert(Session::new(UDP, ep(2, 1000), ep(101, 53), ep(10, 40000), PortId(1), [0; 6], Instant::ZERO), m)
+            .unwrap();
+        assert!(t.mapping_has_remote(m, ep(101, 9), false));
+        assert!(!t.mapping_has_remote(m, ep(101, 9), true));
+        assert!(t.remove(a).is_none());
+        assert_eq!(t.find_mapping_outside(UDP, ep(10, 40000)), Some(m));
+        let gone = t.remove(b).expect("last session takes the mapping with it");
+        assert_eq!(gone.eni, ep(10, 40000));
+        assert_eq!(t.find_mapping_inside(UDP, ep(2, 1000)), None);
+        assert_eq!(t.mappings_len(), 0);
+    }
+
+    #[test]
+    fn full_table_refuses() {
+        let mut t = table();
+        for i in 0..8 {
+            t.insert(Session::new(UDP, ep(2, i), ep(100, 53), ep(10, i), PortId(1), [0; 6], Instant::ZERO), NIL)
+                .unwrap();
+        }
+        let s = Session::new(UDP, ep(2, 99), ep(100, 53), ep(10, 99), PortId(1), [0; 6], Instant::ZERO);
+        assert_eq!(t.insert(s, NIL), Err(Full));
+    }
+
+    #[test]
+    fn wheel_expires_on_the_deadline_rounded_up_and_never_early() {
+        let mut t = table();
+        let s = Session::new(UDP, ep(2, 1), ep(100, 53), ep(10, 1), PortId(1), [0; 6], Instant::from_millis(500));
+        let id = t.insert(s, NIL).unwrap();
+        // Deadline 300.5 s: not at 300 s, gone by 301 s.
+        assert_eq!(t.expire(Instant::from_millis(300_499), |_, _| {}), 0);
+        // A refresh without any wheel operation moves the deadline.
+        t.get_mut(id).last_seen = Instant::from_secs(200);
+        assert_eq!(t.expire(Instant::from_secs(301), |_, _| {}), 0);
+        assert_eq!(t.expire(Instant::from_secs(499), |_, _| {}), 0);
+        let mut seen = vec![];
+        assert_eq!(t.expire(Instant::from_secs(500), |s, _| seen.push(s.inside)), 1);
+        assert_eq!(seen, [ep(2, 1)]);
+    }
+
+    #[test]
+    fn deadlines_beyond_the_wheel_span_and_big_clock_jumps() {
+        let mut t = table();
+        let mut s = Session::new(TCP, ep(2, 1), ep(100, 80), ep(10, 1), PortId(1), [0; 6], Instant::ZERO);
+        s.tcp = tcp::State::Established;
+        t.insert(s, NIL).unwrap();
+        // 7440 s fits in the 8192-slot wheel; jump in big steps past it.
+        assert_eq!(t.expire(Instant::from_secs(5000), |_, _| {}), 0);
+        assert_eq!(t.expire(Instant::from_secs(7439), |_, _| {}), 0);
+        assert_eq!(t.expire(Instant::from_secs(100_000), |_, _| {}), 1);
+    }
+
+    #[test]
+    fn reschedule_shortens_a_deadline() {
+        let mut t = table();
+        let mut s = Session::new(TCP, ep(2, 1), ep(100, 80), ep(10, 1), PortId(1), [0; 6], Instant::ZERO);
+        s.tcp = tcp::State::Established;
+        let id = t.insert(s, NIL).unwrap();
+        t.get_mut(id).tcp = tcp::State::FinBoth;
+        t.reschedule(id);
+        assert_eq!(t.expire(Instant::from_secs(241), |_, _| {}), 1);
     }
 }

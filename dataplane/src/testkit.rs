@@ -52,7 +52,15 @@ impl Default for IpOpts {
 
 /// An Ethernet + IPv4 frame around `payload` (the transport header and data
 /// as they should appear, checksum fields already filled in).
-pub fn ipv4_frame(dst_mac: Mac, src_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, o: IpOpts, payload: &[u8]) -> Vec<u8> {
+pub fn ipv4_frame(
+    dst_mac: Mac,
+    src_mac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    o: IpOpts,
+    payload: &[u8],
+) -> Vec<u8> {
     let hlen = 20 + o.options.len();
     let total = hlen + payload.len();
     let mut f = vec![0u8; ETH_LEN + total];
@@ -153,8 +161,14 @@ pub fn checksums_ok(frame: &[u8]) -> bool {
     }
     let seg = &frame[ip.l4()..ip.end()];
     match ip.proto {
-        TCP => checksum::fold(checksum::sum(checksum::pseudo_header(ip.src, ip.dst, TCP, seg.len() as u16), seg)) == 0xffff,
-        UDP => get16(seg, 6) == 0 || checksum::fold(checksum::sum(checksum::pseudo_header(ip.src, ip.dst, UDP, seg.len() as u16), seg)) == 0xffff,
+        TCP => {
+            checksum::fold(checksum::sum(checksum::pseudo_header(ip.src, ip.dst, TCP, seg.len() as u16), seg)) == 0xffff
+        }
+        UDP => {
+            get16(seg, 6) == 0
+                || checksum::fold(checksum::sum(checksum::pseudo_header(ip.src, ip.dst, UDP, seg.len() as u16), seg))
+                    == 0xffff
+        }
         ICMP => {
             let ok = checksum::fold(checksum::sum(0, seg)) == 0xffff;
             if ok && crate::wire::is_icmp_error(seg[0]) && seg.len() >= 28 {
@@ -196,7 +210,8 @@ impl Topology {
         let inside = (1..=attachments)
             .map(|i| InsidePort { id: PortId(i), mac: inside_mac(i), gateway: GATEWAY, mtu: 1500 })
             .collect();
-        let enis = vec![Eni { id: 1, addrs: vec![Ipv4Addr::new(10, 0, 0, 10)], egress: Arc::new(RuleSet::allow_all()) }];
+        let enis =
+            vec![Eni { id: 1, addrs: vec![Ipv4Addr::new(10, 0, 0, 10)], egress: Arc::new(RuleSet::allow_all()) }];
         let envs = (0..envs)
             .map(|i| Env { ip: env_ip(i), port: PortId(1 + (i % u32::from(attachments)) as u16), eni: 1 })
             .collect();

@@ -39,18 +39,21 @@ fn udp_checksum_ok(frames: &[Vec<u8>]) -> bool {
 fn outbound_udp_fragments_in_reverse_order_are_translated() {
     let mut h = Harness::default();
     let data: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
-    let whole = h.from_env_opts(0, UDP, 5000, SERVER, 9, 0, &data, IpOpts { ident: 77, ..IpOpts::default() });
+    let whole = h.env_frame_opts(0, UDP, 5000, SERVER, 9, 0, &data, IpOpts { ident: 77, ..IpOpts::default() });
     let mut frags = testkit::fragment(&whole, 1500);
     assert_eq!(frags.len(), 3);
     frags.reverse();
     let port = h.env_port(0);
     let out = send_all(&mut h, port, &frags);
     assert_eq!(out.len(), 3, "all three fragments leave");
-    let frames: Vec<Vec<u8>> = out.iter().map(|(p, f)| {
-        assert_eq!(*p, PortId::OUTSIDE);
-        assert!(testkit::checksums_ok(f), "IP header checksum");
-        f.clone()
-    }).collect();
+    let frames: Vec<Vec<u8>> = out
+        .iter()
+        .map(|(p, f)| {
+            assert_eq!(*p, PortId::OUTSIDE);
+            assert!(testkit::checksums_ok(f), "IP header checksum");
+            f.clone()
+        })
+        .collect();
     let idents: Vec<u16> = frames.iter().map(|f| get16(f, 14 + 4)).collect();
     assert!(idents.iter().all(|&i| i == idents[0]), "one identification for the datagram");
     for f in &frames {
@@ -69,16 +72,20 @@ fn inbound_udp_fragments_in_reverse_order_reach_the_environment() {
     let e = h.out_ok(0, UDP, 5000, SERVER, 9, 0).src();
     let data = vec![0x5au8; 3000];
     let seg = testkit::udp_segment(SERVER, 9, e.0, e.1, &data);
-    let whole = testkit::ipv4_frame(OUTSIDE_MAC, SERVER_MAC, SERVER, e.0, UDP, IpOpts { ident: 9, ..IpOpts::default() }, &seg);
+    let whole =
+        testkit::ipv4_frame(OUTSIDE_MAC, SERVER_MAC, SERVER, e.0, UDP, IpOpts { ident: 9, ..IpOpts::default() }, &seg);
     let mut frags = testkit::fragment(&whole, 1500);
     frags.reverse();
     let out = send_all(&mut h, PortId::OUTSIDE, &frags);
     assert_eq!(out.len(), frags.len());
-    let frames: Vec<Vec<u8>> = out.into_iter().map(|(p, f)| {
-        assert_eq!(p, h.env_port(0));
-        assert_eq!(&f[0..6], &testkit::env_mac(0));
-        f
-    }).collect();
+    let frames: Vec<Vec<u8>> = out
+        .into_iter()
+        .map(|(p, f)| {
+            assert_eq!(p, h.env_port(0));
+            assert_eq!(&f[0..6], &testkit::env_mac(0));
+            f
+        })
+        .collect();
     assert!(udp_checksum_ok(&frames));
     let payload = testkit::reassemble(&frames).unwrap();
     assert_eq!(get16(&payload, 2), 5000, "destination port restored");
@@ -89,7 +96,8 @@ fn two_environments_with_the_same_ip_id_do_not_collide() {
     let mut h = Harness::default();
     let mut idents = vec![];
     for env in 0..2 {
-        let whole = h.from_env_opts(env, UDP, 5000, SERVER, 9, 0, &[1u8; 3000], IpOpts { ident: 1234, ..IpOpts::default() });
+        let whole =
+            h.env_frame_opts(env, UDP, 5000, SERVER, 9, 0, &[1u8; 3000], IpOpts { ident: 1234, ..IpOpts::default() });
         let port = h.env_port(env);
         let out = send_all(&mut h, port, &testkit::fragment(&whole, 1500));
         assert_eq!(out.len(), 3);
@@ -103,14 +111,23 @@ fn a_flood_of_incomplete_fragments_does_not_stall_other_traffic() {
     let mut h = Harness::default();
     // 20,000 datagrams whose first fragment never comes.
     for id in 0..20_000u32 {
-        let whole = h.from_env_opts(0, UDP, 6000, SERVER, 9, 0, &[2u8; 2000], IpOpts { ident: id as u16, ..IpOpts::default() });
+        let whole = h.env_frame_opts(
+            0,
+            UDP,
+            6000,
+            SERVER,
+            9,
+            0,
+            &[2u8; 2000],
+            IpOpts { ident: id as u16, ..IpOpts::default() },
+        );
         let frags = testkit::fragment(&whole, 1500);
         let a = h.send(h.env_port(0), frags[1].clone()).action;
         assert!(matches!(a, Action::Consumed | Action::Drop(DropReason::Fragment)));
     }
     // Unfragmented traffic and a complete fragmented datagram still pass.
     h.out_ok(1, UDP, 5000, SERVER, 9, 0);
-    let whole = h.from_env_opts(1, UDP, 5001, SERVER, 9, 0, &[3u8; 3000], IpOpts { ident: 4242, ..IpOpts::default() });
+    let whole = h.env_frame_opts(1, UDP, 5001, SERVER, 9, 0, &[3u8; 3000], IpOpts { ident: 4242, ..IpOpts::default() });
     let port = h.env_port(1);
     let out = send_all(&mut h, port, &testkit::fragment(&whole, 1500));
     assert_eq!(out.len(), 3);
@@ -126,7 +143,7 @@ fn a_df0_datagram_over_the_egress_mtu_is_fragmented_in_order() {
     let mut h = Harness::new(dataplane::config::EngineConfig::default(), topo);
     let data: Vec<u8> = (0..1400u32).map(|i| (i * 7) as u8).collect();
     let o = IpOpts { options: &[0x94, 0x04, 0, 0, 0x07, 0x03, 0x04, 0], ..IpOpts::default() };
-    let f = h.from_env_opts(0, UDP, 5000, SERVER, 9, 0, &data, o);
+    let f = h.env_frame_opts(0, UDP, 5000, SERVER, 9, 0, &data, o);
     let first = h.send(h.env_port(0), f);
     assert_eq!(first.forwarded(), Some(PortId::OUTSIDE));
     let mut frames = vec![first.frame];

@@ -20,7 +20,7 @@ fn secs(s: u64) -> Duration {
 /// Opens a TCP connection env 0:5000 → SERVER:80 through the full handshake.
 fn established(h: &mut Harness) -> (Ipv4Addr, u16) {
     let e = h.out_ok(0, TCP, 5000, SERVER, 80, SYN).src();
-    let f = h.from_vpc(SERVER, 80, e.0, e.1, TCP, SYN | ACK, b"");
+    let f = h.vpc_frame(SERVER, 80, e.0, e.1, TCP, SYN | ACK, b"");
     assert!(h.send(PortId::OUTSIDE, f).forwarded().is_some());
     h.out_ok(0, TCP, 5000, SERVER, 80, ACK);
     e
@@ -28,7 +28,7 @@ fn established(h: &mut Harness) -> (Ipv4Addr, u16) {
 
 fn reply_passes(h: &mut Harness, e: (Ipv4Addr, u16), proto: u8, fl: u8) -> bool {
     let sport = if proto == TCP { 80 } else { 53 };
-    let f = h.from_vpc(SERVER, sport, e.0, e.1, proto, fl, b"late");
+    let f = h.vpc_frame(SERVER, sport, e.0, e.1, proto, fl, b"late");
     h.send(PortId::OUTSIDE, f).forwarded().is_some()
 }
 
@@ -133,13 +133,13 @@ fn inbound_syn_on_a_mapping_opens_a_session_held_six_seconds() {
     let _ = e;
     let m = h.out_ok(0, TCP, 5000, SERVER, 80, ACK).src();
     // A second remote sends a SYN to the TCP mapping (EIF admits it).
-    let f = h.from_vpc(testkit::SERVER2, 7000, m.0, m.1, TCP, SYN, b"");
+    let f = h.vpc_frame(testkit::SERVER2, 7000, m.0, m.1, TCP, SYN, b"");
     assert_eq!(h.send(PortId::OUTSIDE, f).forwarded(), Some(h.env_port(0)));
     assert_eq!(h.engine.sessions().len(), 3);
     h.advance(secs(7));
     assert_eq!(h.engine.sessions().len(), 2, "unanswered inbound SYN gone after 6 s");
     // A non-SYN from a new remote never opens anything.
-    let f = h.from_vpc(testkit::SERVER2, 7001, m.0, m.1, TCP, ACK, b"");
+    let f = h.vpc_frame(testkit::SERVER2, 7001, m.0, m.1, TCP, ACK, b"");
     assert_eq!(h.send(PortId::OUTSIDE, f).action, Action::Drop(DropReason::Filtered));
 }
 
@@ -148,7 +148,7 @@ fn icmp_echo_session_lives_60_seconds() {
     let mut h = Harness::default();
     let id = h.out_ok(0, ICMP, 77, SERVER, 0, 0).echo_id();
     h.advance(secs(59));
-    let f = h.from_vpc(SERVER, 0, ENI, id, ICMP, 0, b"hello");
+    let f = h.vpc_frame(SERVER, 0, ENI, id, ICMP, 0, b"hello");
     assert!(h.send(PortId::OUTSIDE, f.clone()).forwarded().is_some(), "late reply at 59 s");
     h.advance(secs(2));
     assert_eq!(h.send(PortId::OUTSIDE, f).action, Action::Drop(DropReason::NoSession));
@@ -222,7 +222,7 @@ fn icmp_error_embedded_fields_are_reverted() {
     assert_eq!(&emb[12..16], &testkit::env_ip(0).octets(), "embedded source is the environment");
     assert_eq!(u16::from_be_bytes([emb[20], emb[21]]), 5000, "embedded source port");
     // The embedded datagram, taken out, is exactly what the environment sent.
-    let sent = h.from_env(0, UDP, 5000, SERVER, 9999, 0, b"hello");
+    let sent = h.env_frame(0, UDP, 5000, SERVER, 9999, 0, b"hello");
     assert_eq!(&emb[20..], &sent[14 + 20..], "transport header, checksum and data as the environment sent them");
     assert_eq!(dataplane::checksum::checksum(&emb[..20]), 0, "embedded IP header checksum valid");
 }
@@ -269,7 +269,7 @@ fn icmp_errors_with_bad_checksums_are_dropped() {
 #[test]
 fn icmp_error_with_no_session_is_dropped() {
     let mut h = Harness::default();
-    let sent = h.from_env(0, UDP, 5000, SERVER, 9999, 0, b"x");
+    let sent = h.env_frame(0, UDP, 5000, SERVER, 9999, 0, b"x");
     // Pretend it left as ENI:4444 (no such session).
     let mut fake = sent.clone();
     fake[26..30].copy_from_slice(&ENI.octets());
@@ -294,7 +294,7 @@ fn icmp_error_neither_refreshes_nor_deletes_a_session() {
     let err = icmp_error_about(&out.frame, 3, 1, [0; 4], ROUTER);
     assert!(h.send(PortId::OUTSIDE, err).forwarded().is_some());
     assert_eq!(h.engine.sessions().len(), 1, "not deleted");
-    let f = h.from_vpc(SERVER, 9999, e.0, e.1, UDP, 0, b"x");
+    let f = h.vpc_frame(SERVER, 9999, e.0, e.1, UDP, 0, b"x");
     assert!(h.send(PortId::OUTSIDE, f).forwarded().is_some(), "mapping still works (REQ-12)");
     h.advance(Duration::from_secs(101));
     assert_eq!(h.engine.sessions().len(), 0, "the error did not refresh it");
@@ -304,13 +304,21 @@ fn icmp_error_neither_refreshes_nor_deletes_a_session() {
 fn icmp_error_from_an_environment_is_translated_outbound() {
     let mut h = Harness::default();
     let e = h.out_ok(0, UDP, 5000, SERVER, 53, 0).src();
-    let reply = h.from_vpc(SERVER, 53, e.0, e.1, UDP, 0, b"data");
+    let reply = h.vpc_frame(SERVER, 53, e.0, e.1, UDP, 0, b"data");
     let delivered = h.send(PortId::OUTSIDE, reply);
     // The environment answers it with port unreachable.
     let ip = delivered.ip();
     let msg = testkit::icmp_message(3, 3, [0; 4], &delivered.frame[14..ip.end()]);
     let port = h.env_port(0);
-    let f = testkit::ipv4_frame(testkit::inside_mac(port.0), testkit::env_mac(0), testkit::env_ip(0), SERVER, ICMP, IpOpts::default(), &msg);
+    let f = testkit::ipv4_frame(
+        testkit::inside_mac(port.0),
+        testkit::env_mac(0),
+        testkit::env_ip(0),
+        SERVER,
+        ICMP,
+        IpOpts::default(),
+        &msg,
+    );
     let out = h.send(port, f);
     assert_eq!(out.forwarded(), Some(PortId::OUTSIDE));
     assert!(testkit::checksums_ok(&out.frame));
@@ -326,7 +334,8 @@ fn inbound_ttl_expiry_answers_from_the_eni_address() {
     let mut h = Harness::default();
     let e = h.out_ok(0, UDP, 5000, SERVER, 53, 0).src();
     let seg = testkit::udp_segment(SERVER, 53, e.0, e.1, b"x");
-    let f = testkit::ipv4_frame(OUTSIDE_MAC, ROUTER_MAC, SERVER, e.0, UDP, IpOpts { ttl: 1, ..IpOpts::default() }, &seg);
+    let f =
+        testkit::ipv4_frame(OUTSIDE_MAC, ROUTER_MAC, SERVER, e.0, UDP, IpOpts { ttl: 1, ..IpOpts::default() }, &seg);
     let out = h.send(PortId::OUTSIDE, f);
     assert!(matches!(out.action, Action::Reply { .. }));
     assert_eq!((out.ip().src, out.ip().dst), (ENI, SERVER));
@@ -340,7 +349,8 @@ fn reply_larger_than_the_inside_mtu() {
     let mut h = Harness::new(EngineConfig::default(), topo);
     let e = h.out_ok(0, UDP, 5000, SERVER, 53, 0).src();
     let seg = testkit::udp_segment(SERVER, 53, e.0, e.1, &[1u8; 800]);
-    let f = testkit::ipv4_frame(OUTSIDE_MAC, ROUTER_MAC, SERVER, e.0, UDP, IpOpts { df: true, ..IpOpts::default() }, &seg);
+    let f =
+        testkit::ipv4_frame(OUTSIDE_MAC, ROUTER_MAC, SERVER, e.0, UDP, IpOpts { df: true, ..IpOpts::default() }, &seg);
     let out = h.send(PortId::OUTSIDE, f);
     assert!(matches!(out.action, Action::Reply { .. }));
     let l = out.ip().l4();

@@ -26,7 +26,7 @@ fn outbound_udp_is_translated_and_reply_restored() {
     assert_eq!(out.dst_mac(), SERVER_MAC, "on-link destination's MAC");
     assert_eq!(out.ip().ttl, 63);
 
-    let reply = h.from_vpc(SERVER, 53, ENI, eport, UDP, 0, b"answer");
+    let reply = h.vpc_frame(SERVER, 53, ENI, eport, UDP, 0, b"answer");
     let back = h.send(PortId::OUTSIDE, reply);
     assert_eq!(back.forwarded(), Some(h.env_port(0)));
     assert!(testkit::checksums_ok(&back.frame));
@@ -77,9 +77,9 @@ fn symmetric_mapping_gives_each_destination_its_own_session() {
     assert_eq!(h.engine.sessions().len(), 2);
     assert_eq!(h.engine.sessions().mappings_len(), 0);
     // Filtering is address-and-port dependent: S:3000 cannot reach either.
-    let f = h.from_vpc(SERVER, 3000, ENI, a.1, UDP, 0, b"x");
+    let f = h.vpc_frame(SERVER, 3000, ENI, a.1, UDP, 0, b"x");
     assert_eq!(h.send(PortId::OUTSIDE, f).action, Action::Drop(DropReason::NoSession));
-    let f = h.from_vpc(SERVER, 2000, ENI, b.1, UDP, 0, b"x");
+    let f = h.vpc_frame(SERVER, 2000, ENI, b.1, UDP, 0, b"x");
     assert_eq!(h.send(PortId::OUTSIDE, f).forwarded(), Some(h.env_port(0)));
 }
 
@@ -90,7 +90,7 @@ fn filtering(f: Filtering) -> (Harness, u16) {
 }
 
 fn inbound_delivered(h: &mut Harness, src: Ipv4Addr, sport: u16, eport: u16) -> bool {
-    let f = h.from_vpc(src, sport, ENI, eport, UDP, 0, b"probe");
+    let f = h.vpc_frame(src, sport, ENI, eport, UDP, 0, b"probe");
     let out = h.send(PortId::OUTSIDE, f);
     if out.forwarded().is_some() {
         assert!(testkit::checksums_ok(&out.frame));
@@ -126,7 +126,7 @@ fn address_and_port_dependent_filtering_admits_only_contacted_endpoints() {
 fn unsolicited_inbound_is_dropped_silently_and_counted() {
     let mut h = Harness::default();
     for (proto, fl) in [(UDP, 0), (TCP, SYN)] {
-        let f = h.from_vpc(SERVER, 1234, ENI, 40000, proto, fl, b"");
+        let f = h.vpc_frame(SERVER, 1234, ENI, 40000, proto, fl, b"");
         assert_eq!(h.send(PortId::OUTSIDE, f).action, Action::Drop(DropReason::NoSession));
     }
     assert_eq!(h.dropped(DropReason::NoSession), 2);
@@ -137,7 +137,7 @@ fn unsolicited_inbound_is_dropped_silently_and_counted() {
 fn a_mapping_of_one_protocol_admits_nothing_of_another() {
     let mut h = Harness::default();
     let e = h.out_ok(0, TCP, 5000, SERVER, 80, SYN).src().1;
-    let f = h.from_vpc(SERVER, 80, ENI, e, UDP, 0, b"x");
+    let f = h.vpc_frame(SERVER, 80, ENI, e, UDP, 0, b"x");
     assert_eq!(h.send(PortId::OUTSIDE, f).action, Action::Drop(DropReason::NoSession));
 }
 
@@ -145,7 +145,7 @@ fn a_mapping_of_one_protocol_admits_nothing_of_another() {
 fn spoofed_source_is_dropped() {
     let mut h = Harness::default();
     // Environment 0 sits on port 1; the same frame arriving on port 2 is spoofed.
-    let mut f = h.from_env(0, UDP, 5000, SERVER, 53, 0, b"x");
+    let mut f = h.env_frame(0, UDP, 5000, SERVER, 53, 0, b"x");
     f[0..6].copy_from_slice(&testkit::inside_mac(2));
     assert_eq!(h.send(PortId(2), f.clone()).action, Action::Drop(DropReason::Spoofed));
     // An address no environment has.
@@ -169,7 +169,7 @@ fn spoofed_source_is_dropped() {
 #[test]
 fn tcp_needs_a_syn_to_open() {
     let mut h = Harness::default();
-    let f = h.from_env(0, TCP, 5000, SERVER, 80, ACK, b"");
+    let f = h.env_frame(0, TCP, 5000, SERVER, 80, ACK, b"");
     assert_eq!(h.send(h.env_port(0), f).action, Action::Drop(DropReason::TcpNotSyn));
 }
 
@@ -179,7 +179,7 @@ fn icmp_echo_identifier_is_translated() {
     let out = h.out_ok(0, ICMP, 0x1234, SERVER, 0, 0);
     let id = out.echo_id();
     assert_eq!(out.src().0, ENI);
-    let reply = h.from_vpc(SERVER, 0, ENI, id, ICMP, 0, b"hello");
+    let reply = h.vpc_frame(SERVER, 0, ENI, id, ICMP, 0, b"hello");
     let back = h.send(PortId::OUTSIDE, reply);
     assert_eq!(back.forwarded(), Some(h.env_port(0)));
     assert!(testkit::checksums_ok(&back.frame));
@@ -192,7 +192,7 @@ fn icmp_echo_identifier_is_translated() {
 fn ping_to_the_gateway_is_answered() {
     let mut h = Harness::default();
     let gw = h.gateway();
-    let f = h.from_env(0, ICMP, 7, gw, 0, 0, b"ping");
+    let f = h.env_frame(0, ICMP, 7, gw, 0, 0, b"ping");
     let out = h.send(h.env_port(0), f);
     assert!(matches!(out.action, Action::Reply { .. }));
     assert!(testkit::checksums_ok(&out.frame));
@@ -210,10 +210,10 @@ fn security_group_blocks_new_flows_and_an_edit_spares_established_ones() {
     ]));
     let mut h = Harness::new(EngineConfig::default(), topo.clone());
     h.out_ok(0, TCP, 5000, SERVER, 443, SYN);
-    let f = h.from_env(0, TCP, 5001, SERVER, 80, SYN, b"");
+    let f = h.env_frame(0, TCP, 5001, SERVER, 80, SYN, b"");
     assert_eq!(h.send(h.env_port(0), f).action, Action::Drop(DropReason::PolicyDenied));
     assert!(h.drain().is_empty(), "policy drops are silent");
-    let f = h.from_env(0, UDP, 5001, Ipv4Addr::new(192, 0, 2, 1), 53, 0, b"");
+    let f = h.env_frame(0, UDP, 5001, Ipv4Addr::new(192, 0, 2, 1), 53, 0, b"");
     assert_eq!(h.send(h.env_port(0), f).action, Action::Drop(DropReason::PolicyDenied));
 
     // Tighten: no more 443. The established flow continues; new ones are refused.
@@ -224,7 +224,7 @@ fn security_group_blocks_new_flows_and_an_edit_spares_established_ones() {
     }]));
     h.engine.set_bindings(topo.bindings());
     h.out_ok(0, TCP, 5000, SERVER, 443, ACK);
-    let f = h.from_env(0, TCP, 5002, SERVER, 443, SYN, b"");
+    let f = h.env_frame(0, TCP, 5002, SERVER, 443, SYN, b"");
     assert_eq!(h.send(h.env_port(0), f).action, Action::Drop(DropReason::PolicyDenied));
     assert_eq!(h.dropped(DropReason::PolicyDenied), 3);
 }
@@ -242,7 +242,7 @@ fn rebinding_to_a_new_eni_moves_new_flows_and_keeps_old_ones() {
     assert_eq!(grat.len(), 1, "gratuitous ARP for the new address");
     assert_eq!(dataplane::arp::parse(&grat[0].1).unwrap().sender_ip, Ipv4Addr::new(10, 0, 0, 11));
     assert_eq!(h.out_ok(0, TCP, 5000, SERVER, 443, ACK).src(), old, "established flow keeps its ENI");
-    let reply = h.from_vpc(SERVER, 443, old.0, old.1, TCP, ACK, b"");
+    let reply = h.vpc_frame(SERVER, 443, old.0, old.1, TCP, ACK, b"");
     assert_eq!(h.send(PortId::OUTSIDE, reply).forwarded(), Some(PortId(1)), "old address still answers while draining");
     assert_eq!(h.out_ok(0, TCP, 5001, SERVER, 443, SYN).src().0, Ipv4Addr::new(10, 0, 0, 11));
     assert!(h.engine.port_use().iter().any(|p| p.addr == ENI && !p.bound));
@@ -254,7 +254,7 @@ fn hairpinning_delivers_with_the_senders_mapping_as_source() {
     // B (env 1) opens a mapping; A (env 0) sends to B's ENI endpoint.
     let eb = h.out_ok(1, UDP, 6000, SERVER, 9, 0).src();
     let ea = h.out_ok(0, UDP, 5000, SERVER, 9, 0).src();
-    let f = h.from_env(0, UDP, 5000, eb.0, eb.1, 0, b"hairpin");
+    let f = h.env_frame(0, UDP, 5000, eb.0, eb.1, 0, b"hairpin");
     let out = h.send(h.env_port(0), f);
     assert_eq!(out.forwarded(), Some(h.env_port(1)));
     assert!(testkit::checksums_ok(&out.frame));
@@ -274,7 +274,7 @@ fn port_exhaustion_drops_counts_answers_and_never_evicts() {
     }
     got.sort();
     assert_eq!(got, [2000, 2001, 2002, 2003]);
-    let f = h.from_env(4, UDP, 5000, SERVER, 9, 0, b"x");
+    let f = h.env_frame(4, UDP, 5000, SERVER, 9, 0, b"x");
     let out = h.send(h.env_port(4), f);
     assert!(matches!(out.action, Action::Reply { .. }), "ICMP 3/13 to the sender");
     let ip = out.ip();
@@ -296,7 +296,7 @@ fn no_two_environments_ever_share_an_external_endpoint_under_pressure() {
     let mut h = Harness::new(cfg, Topology::new(2, 200));
     let mut owner = std::collections::HashMap::new();
     for env in 0..200 {
-        let f = h.from_env(env, UDP, 4000, SERVER, 9, 0, b"x");
+        let f = h.env_frame(env, UDP, 4000, SERVER, 9, 0, b"x");
         let out = h.send(h.env_port(env), f);
         if out.forwarded().is_some() {
             assert!(owner.insert(out.src(), env).is_none());
@@ -312,7 +312,7 @@ fn per_environment_quota() {
     for p in 0..3 {
         h.out_ok(0, UDP, 5000 + p, SERVER, 9, 0);
     }
-    let f = h.from_env(0, UDP, 5003, SERVER, 9, 0, b"x");
+    let f = h.env_frame(0, UDP, 5003, SERVER, 9, 0, b"x");
     assert!(matches!(h.send(h.env_port(0), f).action, Action::Reply { .. }));
     assert_eq!(h.dropped(DropReason::QuotaExceeded), 1);
     // Another environment is unaffected; reusing a mapping needs no new port.
@@ -330,7 +330,7 @@ fn a_freed_port_is_quarantined_for_120_seconds() {
     // One port left: the other one is free, the freed one is quarantined.
     let p1 = h.out_ok(1, UDP, 5000, SERVER, 9, 0).src().1;
     assert_ne!(p0, p1);
-    let f = h.from_env(2, UDP, 5000, SERVER, 9, 0, b"x");
+    let f = h.env_frame(2, UDP, 5000, SERVER, 9, 0, b"x");
     assert!(!matches!(h.send(h.env_port(2), f).action, Action::Forward { .. }));
     h.advance(Duration::from_secs(121));
     assert_eq!(h.out_ok(2, UDP, 5000, SERVER, 9, 0).src().1, p0);
@@ -343,7 +343,7 @@ fn session_table_full_is_a_counted_drop() {
     for p in 0..4 {
         h.out_ok(0, UDP, 5000 + p, SERVER, 9, 0);
     }
-    let f = h.from_env(0, UDP, 5010, SERVER, 9, 0, b"x");
+    let f = h.env_frame(0, UDP, 5010, SERVER, 9, 0, b"x");
     assert_eq!(h.send(h.env_port(0), f).action, Action::Drop(DropReason::TableFull));
     let pu = h.engine.port_use();
     assert_eq!(pu[0].in_use[1], 4, "the refused flow's port went back");
@@ -379,7 +379,7 @@ fn a_second_eni_address_takes_new_mappings_past_the_high_water_mark() {
 fn ttl_expiry_is_answered_with_time_exceeded() {
     let mut h = Harness::default();
     let o = IpOpts { ttl: 1, ..IpOpts::default() };
-    let f = h.from_env_opts(0, UDP, 5000, SERVER, 33434, 0, b"trace", o);
+    let f = h.env_frame_opts(0, UDP, 5000, SERVER, 33434, 0, b"trace", o);
     let out = h.send(h.env_port(0), f.clone());
     assert!(matches!(out.action, Action::Reply { .. }));
     assert!(testkit::checksums_ok(&out.frame));
@@ -398,7 +398,7 @@ fn df_datagram_over_the_outside_mtu_gets_fragmentation_needed() {
     topo.outside.mtu = 1000;
     let mut h = Harness::new(EngineConfig::default(), topo);
     let o = IpOpts { df: true, ..IpOpts::default() };
-    let f = h.from_env_opts(0, UDP, 5000, SERVER, 9, 0, &[7u8; 1200], o);
+    let f = h.env_frame_opts(0, UDP, 5000, SERVER, 9, 0, &[7u8; 1200], o);
     let out = h.send(h.env_port(0), f);
     assert!(matches!(out.action, Action::Reply { .. }));
     assert!(testkit::checksums_ok(&out.frame));
@@ -414,7 +414,7 @@ fn df_datagram_over_the_outside_mtu_gets_fragmentation_needed() {
 fn ip_options_pass_through() {
     let mut h = Harness::default();
     let o = IpOpts { options: &[1, 1, 1, 1], ..IpOpts::default() };
-    let f = h.from_env_opts(0, UDP, 5000, SERVER, 9, 0, b"opt", o);
+    let f = h.env_frame_opts(0, UDP, 5000, SERVER, 9, 0, b"opt", o);
     let out = h.send(h.env_port(0), f);
     assert_eq!(out.forwarded(), Some(PortId::OUTSIDE));
     assert!(testkit::checksums_ok(&out.frame));
@@ -426,7 +426,7 @@ fn ip_options_pass_through() {
 #[test]
 fn bad_headers_are_dropped_by_reason() {
     let mut h = Harness::default();
-    let good = h.from_env(0, UDP, 5000, SERVER, 9, 0, b"x");
+    let good = h.env_frame(0, UDP, 5000, SERVER, 9, 0, b"x");
     let port = h.env_port(0);
     let mut cases: Vec<(Vec<u8>, DropReason)> = vec![];
     cases.push((good[..10].to_vec(), DropReason::Truncated));
@@ -449,11 +449,35 @@ fn bad_headers_are_dropped_by_reason() {
     let mut f = good.clone();
     f[0] = 0x04;
     cases.push((f, DropReason::NotForUs));
-    let f = testkit::ipv4_frame(testkit::inside_mac(port.0), testkit::env_mac(0), testkit::env_ip(0), SERVER, 47, IpOpts::default(), &[0; 8]);
+    let f = testkit::ipv4_frame(
+        testkit::inside_mac(port.0),
+        testkit::env_mac(0),
+        testkit::env_ip(0),
+        SERVER,
+        47,
+        IpOpts::default(),
+        &[0; 8],
+    );
     cases.push((f, DropReason::UnsupportedProtocol));
-    let f = testkit::ipv4_frame(testkit::inside_mac(port.0), testkit::env_mac(0), testkit::env_ip(0), SERVER, UDP, IpOpts::default(), &[0; 4]);
+    let f = testkit::ipv4_frame(
+        testkit::inside_mac(port.0),
+        testkit::env_mac(0),
+        testkit::env_ip(0),
+        SERVER,
+        UDP,
+        IpOpts::default(),
+        &[0; 4],
+    );
     cases.push((f, DropReason::BadL4Header));
-    let f = testkit::ipv4_frame(testkit::inside_mac(port.0), testkit::env_mac(0), testkit::env_ip(0), Ipv4Addr::new(224, 0, 0, 5), UDP, IpOpts::default(), &[0; 8]);
+    let f = testkit::ipv4_frame(
+        testkit::inside_mac(port.0),
+        testkit::env_mac(0),
+        testkit::env_ip(0),
+        Ipv4Addr::new(224, 0, 0, 5),
+        UDP,
+        IpOpts::default(),
+        &[0; 8],
+    );
     cases.push((f, DropReason::BadAddress));
     for (f, why) in cases {
         assert_eq!(h.send(port, f).action, Action::Drop(why), "{why:?}");
@@ -465,7 +489,12 @@ fn bad_headers_are_dropped_by_reason() {
 fn arp_is_answered_for_the_gateway_inside_and_the_eni_outside() {
     let mut h = Harness::default();
     let mut f = vec![0u8; 64];
-    let n = dataplane::arp::write_request(&mut f, smoltcp::wire::EthernetAddress(testkit::env_mac(0)), testkit::env_ip(0), h.gateway());
+    let n = dataplane::arp::write_request(
+        &mut f,
+        smoltcp::wire::EthernetAddress(testkit::env_mac(0)),
+        testkit::env_ip(0),
+        h.gateway(),
+    );
     f.truncate(n);
     let out = h.send(h.env_port(0), f);
     assert!(matches!(out.action, Action::Reply { .. }));
@@ -475,7 +504,12 @@ fn arp_is_answered_for_the_gateway_inside_and_the_eni_outside() {
     assert_eq!(m.target_ip, testkit::env_ip(0));
     // Not for an address that is not ours.
     let mut f = vec![0u8; 64];
-    let n = dataplane::arp::write_request(&mut f, smoltcp::wire::EthernetAddress(ROUTER_MAC), testkit::ROUTER, Ipv4Addr::new(10, 0, 0, 77));
+    let n = dataplane::arp::write_request(
+        &mut f,
+        smoltcp::wire::EthernetAddress(ROUTER_MAC),
+        testkit::ROUTER,
+        Ipv4Addr::new(10, 0, 0, 77),
+    );
     f.truncate(n);
     assert!(matches!(h.send(PortId::OUTSIDE, f).action, Action::Drop(_)));
 }
@@ -484,7 +518,7 @@ fn arp_is_answered_for_the_gateway_inside_and_the_eni_outside() {
 fn unresolved_next_hop_queues_then_releases_after_arp() {
     let mut h = Harness::default();
     let dst = Ipv4Addr::new(10, 0, 0, 200);
-    let f = h.from_env(0, UDP, 5000, dst, 9, 0, b"queued");
+    let f = h.env_frame(0, UDP, 5000, dst, 9, 0, b"queued");
     assert_eq!(h.send_raw(h.env_port(0), f).action, Action::Consumed);
     let tx = h.drain();
     assert_eq!(tx.len(), 1, "one ARP request");

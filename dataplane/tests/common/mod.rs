@@ -1,5 +1,5 @@
 //! A harness that drives one engine with byte buffers and a virtual clock.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::too_many_arguments)]
 
 use dataplane::arp;
 use dataplane::bindings::Mac;
@@ -154,12 +154,31 @@ impl Harness {
     }
 
     /// A frame from environment `env` on its attachment.
-    pub fn from_env(&self, env: u32, proto: u8, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
-        self.from_env_opts(env, proto, sport, dst, dport, flags, data, IpOpts::default())
+    pub fn env_frame(
+        &self,
+        env: u32,
+        proto: u8,
+        sport: u16,
+        dst: Ipv4Addr,
+        dport: u16,
+        flags: u8,
+        data: &[u8],
+    ) -> Vec<u8> {
+        self.env_frame_opts(env, proto, sport, dst, dport, flags, data, IpOpts::default())
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn from_env_opts(&self, env: u32, proto: u8, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, data: &[u8], o: IpOpts) -> Vec<u8> {
+    pub fn env_frame_opts(
+        &self,
+        env: u32,
+        proto: u8,
+        sport: u16,
+        dst: Ipv4Addr,
+        dport: u16,
+        flags: u8,
+        data: &[u8],
+        o: IpOpts,
+    ) -> Vec<u8> {
         let src = testkit::env_ip(env);
         let seg = match proto {
             TCP => testkit::tcp_segment(src, sport, dst, dport, flags, data),
@@ -172,7 +191,16 @@ impl Harness {
 
     /// A frame from the VPC host `src` to `dst`, through the router's MAC.
     #[allow(clippy::too_many_arguments)]
-    pub fn from_vpc(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8, flags: u8, data: &[u8]) -> Vec<u8> {
+    pub fn vpc_frame(
+        &self,
+        src: Ipv4Addr,
+        sport: u16,
+        dst: Ipv4Addr,
+        dport: u16,
+        proto: u8,
+        flags: u8,
+        data: &[u8],
+    ) -> Vec<u8> {
         let seg = match proto {
             TCP => testkit::tcp_segment(src, sport, dst, dport, flags, data),
             UDP => testkit::udp_segment(src, sport, dst, dport, data),
@@ -184,7 +212,7 @@ impl Harness {
     /// Sends from an environment and expects it forwarded outside with
     /// valid checksums; returns the translated frame.
     pub fn out_ok(&mut self, env: u32, proto: u8, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Out {
-        let f = self.from_env(env, proto, sport, dst, dport, flags, b"hello");
+        let f = self.env_frame(env, proto, sport, dst, dport, flags, b"hello");
         let out = self.send(self.env_port(env), f);
         assert_eq!(out.forwarded(), Some(PortId::OUTSIDE), "forwarded outside: {:?}", out.action);
         assert!(testkit::checksums_ok(&out.frame), "checksums after outbound rewrite");
