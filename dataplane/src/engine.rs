@@ -659,7 +659,9 @@ impl Engine {
         if let Some(p) = paired.filter(|p| addrs.contains(p) && free(p)) {
             return p;
         }
-        let below = |a: &Ipv4Addr| self.addrs.get(a).is_some_and(|s| s.in_use(pi, m) < self.cfg.high_water);
+        // Below the high-water mark *and* with a port left: a mark above the
+        // pool's capacity must not pin new flows to a full address.
+        let below = |a: &Ipv4Addr| free(a) && self.addrs.get(a).is_some_and(|s| s.in_use(pi, m) < self.cfg.high_water);
         addrs.iter().find(|a| below(a)).or_else(|| addrs.iter().find(|a| free(a))).copied().unwrap_or(addrs[0])
     }
 
@@ -959,7 +961,10 @@ impl Engine {
             icmp::TIME_EXCEEDED => self.cfg.icmp_time_exceeded,
             _ => true,
         };
-        if about_error || ip.frag_off != 0 || !allowed {
+        // The reply needs room for its own IP and ICMP headers in the
+        // caller's buffer; a buffer that cannot hold them gets no error.
+        let fits = frame.len() >= ETH_LEN + 28;
+        if about_error || ip.frag_off != 0 || !allowed || !fits {
             return Action::Drop(counted);
         }
         self.counters.count_drop(counted);

@@ -161,6 +161,8 @@ pub fn checksums_ok(frame: &[u8]) -> bool {
     }
     let seg = &frame[ip.l4()..ip.end()];
     match ip.proto {
+        TCP | UDP if seg.len() < if ip.proto == TCP { 20 } else { 8 } => false,
+        ICMP if seg.len() < 8 => false,
         TCP => {
             checksum::fold(checksum::sum(checksum::pseudo_header(ip.src, ip.dst, TCP, seg.len() as u16), seg)) == 0xffff
         }

@@ -552,3 +552,18 @@ fn port_use_is_published_for_other_threads() {
     h.advance(Duration::from_secs(60));
     assert_eq!(h.engine.counters().port_use(), vec![(ENI, [0, 0, 0])], "UDP after 300 s");
 }
+
+#[test]
+fn a_full_address_spills_to_the_next_even_below_the_high_water_mark() {
+    // Two ports per address, default high-water mark (65,000, far above the
+    // pool): the third mapping must go to the second address.
+    let mut topo = Topology::new(1, 4);
+    topo.enis[0].addrs.push(Ipv4Addr::new(10, 0, 0, 12));
+    let cfg = EngineConfig { port_range: 2000..=2001, ..EngineConfig::default() };
+    let mut h = Harness::new(cfg, topo);
+    let a = h.out_ok(0, UDP, 1, SERVER, 9, 0).src().0;
+    let b = h.out_ok(1, UDP, 1, SERVER, 9, 0).src().0;
+    let c = h.out_ok(2, UDP, 1, SERVER, 9, 0).src().0;
+    assert_eq!((a, b), (ENI, ENI));
+    assert_eq!(c, Ipv4Addr::new(10, 0, 0, 12));
+}

@@ -1,0 +1,185 @@
+//! The established-flow path allocates nothing: a counting global allocator
+//! watches the engine translate packets of established UDP, TCP and ICMP echo
+//! sessions in both directions.
+//!
+//! Everything runs in ONE `#[test]` so no other test of this binary runs
+//! concurrently; counting is further limited to the test's own thread (a
+//! thread-local flag), so the test harness's threads cannot disturb it.
+
+mod common;
+
+use common::*;
+use dataplane::flow::{ICMP, TCP, UDP};
+use dataplane::testkit::{self, flags::*, SERVER, SERVER2};
+use dataplane::{Action, PortId};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Allocations (alloc, alloc_zeroed, realloc) made while counting.
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+/// Deallocations made while counting.
+static FREES: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Whether this thread's allocations are counted. Const-initialised and
+    /// without a destructor, so reading it never allocates.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counting() -> bool {
+    COUNTING.try_with(Cell::get).unwrap_or(false)
+}
+
+struct Counting;
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged, so `System`'s guarantees carry over; the counting touches only
+// atomics and a const thread-local, neither of which allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if counting() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if counting() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if counting() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if counting() {
+            FREES.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` with counting on; returns (allocations, deallocations) it made.
+fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
+    ALLOCS.store(0, Ordering::SeqCst);
+    FREES.store(0, Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    (r, ALLOCS.load(Ordering::SeqCst), FREES.load(Ordering::SeqCst))
+}
+
+/// A frame to replay: its ingress port, bytes, and the port it must leave by.
+struct Template {
+    name: &'static str,
+    port: PortId,
+    frame: Vec<u8>,
+    egress: PortId,
+}
+
+#[test]
+fn established_flows_do_not_allocate() {
+    // The counter counts: a deliberate allocation while counting is seen.
+    let ((), allocs, frees) = count(|| {
+        let v: Vec<u8> = Vec::with_capacity(10);
+        black_box(&v);
+    });
+    assert!(allocs >= 1, "the counting allocator counts allocations (saw {allocs})");
+    assert!(frees >= 1, "the counting allocator counts deallocations (saw {frees})");
+
+    let mut h = Harness::default();
+    let mut t: Vec<Template> = vec![];
+
+    // UDP, on-link server.
+    let out = h.out_ok(0, UDP, 5000, SERVER, 53, 0);
+    let (eni, eport) = out.src();
+    assert_eq!(eni, ENI);
+    let f = h.env_frame(0, UDP, 5000, SERVER, 53, 0, b"query");
+    t.push(Template { name: "udp out", port: h.env_port(0), frame: f, egress: PortId::OUTSIDE });
+    let f = h.vpc_frame(SERVER, 53, ENI, eport, UDP, 0, b"answer");
+    t.push(Template { name: "udp in", port: PortId::OUTSIDE, frame: f, egress: h.env_port(0) });
+
+    // UDP, off-link server (through the router).
+    let out = h.out_ok(3, UDP, 5001, SERVER2, 443, 0);
+    let (_, eport2) = out.src();
+    let f = h.env_frame(3, UDP, 5001, SERVER2, 443, 0, b"quic");
+    t.push(Template { name: "udp out (routed)", port: h.env_port(3), frame: f, egress: PortId::OUTSIDE });
+    let f = h.vpc_frame(SERVER2, 443, ENI, eport2, UDP, 0, b"quic back");
+    t.push(Template { name: "udp in (routed)", port: PortId::OUTSIDE, frame: f, egress: h.env_port(3) });
+
+    // TCP: three-way handshake, then data segments both ways.
+    let out = h.out_ok(1, TCP, 6000, SERVER, 443, SYN);
+    let (_, tport) = out.src();
+    let synack = h.vpc_frame(SERVER, 443, ENI, tport, TCP, SYN | ACK, b"");
+    assert_eq!(h.send(PortId::OUTSIDE, synack).forwarded(), Some(h.env_port(1)));
+    h.out_ok(1, TCP, 6000, SERVER, 443, ACK);
+    let f = h.env_frame(1, TCP, 6000, SERVER, 443, ACK, b"GET / HTTP/1.1");
+    t.push(Template { name: "tcp out", port: h.env_port(1), frame: f, egress: PortId::OUTSIDE });
+    let f = h.vpc_frame(SERVER, 443, ENI, tport, TCP, ACK, b"HTTP/1.1 200 OK");
+    t.push(Template { name: "tcp in", port: PortId::OUTSIDE, frame: f, egress: h.env_port(1) });
+
+    // ICMP echo.
+    let out = h.out_ok(2, ICMP, 77, SERVER, 0, 0);
+    let ident = out.echo_id();
+    let f = h.env_frame(2, ICMP, 77, SERVER, 0, 0, b"ping");
+    t.push(Template { name: "echo request", port: h.env_port(2), frame: f, egress: PortId::OUTSIDE });
+    let f = h.vpc_frame(SERVER, 0, ENI, ident, ICMP, 0, b"ping");
+    t.push(Template { name: "echo reply", port: PortId::OUTSIDE, frame: f, egress: h.env_port(2) });
+
+    // Every template is forwarded as expected, with valid checksums, before
+    // any counting (a dropped packet would not exercise the path).
+    let mut buf = vec![0u8; 2048];
+    for tp in &t {
+        let n = tp.frame.len();
+        buf[..n].copy_from_slice(&tp.frame);
+        let a = h.engine.process(h.now, tp.port, &mut buf, n);
+        match a {
+            Action::Forward { port, len } => {
+                assert_eq!(port, tp.egress, "{}: egress", tp.name);
+                assert!(testkit::checksums_ok(&buf[..len]), "{}: checksums", tp.name);
+            }
+            other => panic!("{}: expected forward, got {other:?}", tp.name),
+        }
+    }
+    assert!(h.drain().is_empty(), "nothing is queued for ARP or fragments");
+    let sessions = h.engine.sessions().len();
+    assert_eq!(sessions, 4);
+
+    const ROUNDS: usize = 10_000;
+    let now = h.now;
+    let engine = &mut h.engine;
+    let (forwarded, allocs, frees) = count(|| {
+        let mut forwarded = 0usize;
+        for _ in 0..ROUNDS {
+            for tp in &t {
+                let n = tp.frame.len();
+                buf[..n].copy_from_slice(&tp.frame);
+                let a = engine.process(now, tp.port, black_box(&mut buf), n);
+                if matches!(a, Action::Forward { port, .. } if port == tp.egress) {
+                    forwarded += 1;
+                }
+            }
+            while engine.poll_transmit(now, &mut buf).is_some() {}
+        }
+        forwarded
+    });
+    assert_eq!(forwarded, ROUNDS * t.len(), "every packet was forwarded");
+    assert_eq!(allocs, 0, "established-flow packets allocated {allocs} times");
+    assert_eq!(frees, 0, "established-flow packets freed {frees} times");
+    assert_eq!(h.engine.sessions().len(), sessions, "no session was created or lost");
+}

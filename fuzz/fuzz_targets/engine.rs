@@ -1,0 +1,169 @@
+//! Feeds arbitrary frames to one engine, on the outside port and on inside
+//! attachments, with an advancing virtual clock.
+//!
+//! Input: a sequence of records `[control, len_hi, len_lo, frame...]`:
+//! - `control & 0x03` picks the port: outside, attachment 1, attachment 2
+//!   (MTU 576) or an attachment that does not exist;
+//! - `control & 0x04` calls `expire` after the frame;
+//! - `control & 0x08` recomputes the frame's IPv4 header checksum and its
+//!   TCP, UDP or ICMP checksum first (so mutations reach past validation);
+//! - `control >> 4` advances the clock by one of 16 steps (0 s to 2 h).
+//!
+//! The length is taken modulo 1600 and cut to the bytes left. Every frame
+//! the engine hands back (in place or through `poll_transmit`) must fit its
+//! buffer, and must have valid checksums when every input so far had.
+#![no_main]
+
+use dataplane::checksum;
+use dataplane::config::EngineConfig;
+use dataplane::flow::{ICMP, TCP, UDP};
+use dataplane::testkit::{self, Topology, ROUTER, ROUTER_MAC, SERVER};
+use dataplane::time::Instant;
+use dataplane::wire::{self, get16, put16, ETH_LEN};
+use dataplane::{Action, Engine, PortId};
+use libfuzzer_sys::fuzz_target;
+use smoltcp::wire::EthernetAddress;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+const ENI: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+const SERVER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x64];
+const PORTS: [PortId; 4] = [PortId::OUTSIDE, PortId(1), PortId(2), PortId(9)];
+const STEPS: [u64; 16] = [0, 0, 0, 1, 1, 2, 5, 10, 30, 61, 121, 241, 301, 351, 900, 7500];
+/// At least the 590 bytes the engine asks for, room for any input frame.
+const BUF: usize = 2048;
+
+fn engine() -> Engine {
+    let mut topo = Topology::new(2, 8);
+    topo.inside[1].mtu = 576;
+    let cfg = EngineConfig { max_sessions: 64, port_range: 1024..=1055, ..EngineConfig::default() };
+    let mut e = Engine::new(cfg, topo.bindings()).expect("valid config");
+    // The router and a server announce themselves (ARP requests for the ENI
+    // address), so forwarding does not always wait for ARP.
+    let mut buf = [0u8; BUF];
+    for (ip, mac) in [(ROUTER, ROUTER_MAC), (SERVER, SERVER_MAC)] {
+        let n = dataplane::arp::write_request(&mut buf, EthernetAddress(mac), ip, ENI);
+        e.process(Instant::ZERO, PortId::OUTSIDE, &mut buf, n);
+    }
+    while e.poll_transmit(Instant::ZERO, &mut buf).is_some() {}
+    e
+}
+
+/// Recomputes the IP header checksum and, for a whole datagram, the
+/// transport checksum (for an ICMP error the quoted header's first).
+fn fix_checksums(f: &mut [u8]) {
+    let o = ETH_LEN;
+    if f.len() < o + 20 {
+        return;
+    }
+    let hl = usize::from(f[o] & 0x0f) * 4;
+    if hl < 20 || o + hl > f.len() {
+        return;
+    }
+    put16(f, o + 10, 0);
+    let c = checksum::checksum(&f[o..o + hl]);
+    put16(f, o + 10, c);
+    let total = usize::from(get16(f, o + 2));
+    if total < hl || o + total > f.len() || get16(f, o + 6) & 0x3fff != 0 {
+        return;
+    }
+    let src = wire::get_ip(f, o + 12);
+    let dst = wire::get_ip(f, o + 16);
+    let proto = f[o + 9];
+    let seg = &mut f[o + hl..o + total];
+    match proto {
+        TCP if seg.len() >= 20 => {
+            put16(seg, 16, 0);
+            let c = checksum::transport(src, dst, TCP, seg);
+            put16(seg, 16, c);
+        }
+        UDP if seg.len() >= 8 && get16(seg, 6) != 0 => {
+            put16(seg, 6, 0);
+            let c = match checksum::transport(src, dst, UDP, seg) {
+                0 => 0xffff,
+                c => c,
+            };
+            put16(seg, 6, c);
+        }
+        ICMP if seg.len() >= 8 => {
+            if wire::is_icmp_error(seg[0]) && seg.len() >= 28 {
+                let ehl = usize::from(seg[8] & 0x0f) * 4;
+                if ehl >= 20 && seg.len() >= 8 + ehl {
+                    put16(seg, 18, 0);
+                    let c = checksum::checksum(&seg[8..8 + ehl]);
+                    put16(seg, 18, c);
+                }
+            }
+            put16(seg, 2, 0);
+            let c = checksum::checksum(seg);
+            put16(seg, 2, c);
+        }
+        _ => {}
+    }
+}
+
+/// `testkit::checksums_ok`, except that an IPv4 datagram too short for its
+/// transport header counts as invalid (the testkit helper would index past
+/// its end).
+fn checksums_ok(frame: &[u8]) -> bool {
+    let Ok(ip) = wire::parse_ipv4(frame, ETH_LEN) else {
+        return false;
+    };
+    let min = match ip.proto {
+        TCP => 20,
+        UDP | ICMP => 8,
+        _ => 0,
+    };
+    if !ip.is_fragment() && ip.payload_len() < min {
+        return false;
+    }
+    testkit::checksums_ok(frame)
+}
+
+fn is_ipv4(frame: &[u8]) -> bool {
+    frame.len() >= ETH_LEN && wire::ethertype(frame) == wire::ETHERTYPE_IPV4
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut e = engine();
+    let mut now = Instant::from_secs(1);
+    let mut buf = vec![0u8; BUF];
+    let mut out = vec![0u8; BUF];
+    let mut all_valid = true;
+    let mut rest = data;
+    while rest.len() >= 3 {
+        let control = rest[0];
+        let len = (usize::from(u16::from_be_bytes([rest[1], rest[2]])) % 1600).min(rest.len() - 3);
+        let frame = &rest[3..3 + len];
+        rest = &rest[3 + len..];
+
+        now = now + Duration::from_secs(STEPS[usize::from(control >> 4)]);
+        buf.fill(0);
+        buf[..len].copy_from_slice(frame);
+        if control & 0x08 != 0 {
+            fix_checksums(&mut buf[..len]);
+        }
+        let valid = checksums_ok(&buf[..len]);
+        all_valid &= valid || !is_ipv4(&buf[..len]);
+
+        let action = e.process(now, PORTS[usize::from(control & 0x03)], &mut buf, len);
+        if let Action::Forward { len: n, .. } | Action::Reply { len: n } = action {
+            assert!((ETH_LEN..=BUF).contains(&n), "{action:?}");
+            if valid && is_ipv4(&buf[..n]) {
+                assert!(checksums_ok(&buf[..n]), "{action:?} with bad checksums: {:02x?}", &buf[..n]);
+            }
+        }
+        if control & 0x04 != 0 {
+            e.expire(now);
+        }
+        while let Some((_, n)) = e.poll_transmit(now, &mut out) {
+            assert!(n <= BUF);
+            if all_valid && is_ipv4(&out[..n]) {
+                assert!(checksums_ok(&out[..n]), "transmitted frame with bad checksums: {:02x?}", &out[..n]);
+            }
+        }
+        while e.poll_event().is_some() {}
+    }
+    let _ = e.poll_timeout();
+    let _ = e.port_use();
+});
