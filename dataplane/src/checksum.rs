@@ -109,6 +109,16 @@ impl Delta {
         !fold(u32::from(!check) + u32::from(fold(self.0)))
     }
 
+    /// Applies the delta to a *partial* transport checksum (checksum
+    /// offload, Linux `CHECKSUM_PARTIAL`): the field holds the folded
+    /// pseudo-header sum, not complemented, and the sender of the frame sums
+    /// the segment over it later. Only pseudo-header changes (addresses)
+    /// belong in the delta; port changes are summed by the completer.
+    #[inline]
+    pub fn apply_partial(self, partial: u16) -> u16 {
+        fold(u32::from(partial) + u32::from(fold(self.0)))
+    }
+
     /// Applies the delta to a UDP checksum, where zero means "no checksum"
     /// (RFC 768): an absent checksum stays absent and a computed zero is sent
     /// as `0xffff`.

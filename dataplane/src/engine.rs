@@ -79,6 +79,30 @@ pub enum Action {
     Consumed,
     /// Dropped, and counted under the reason.
     Drop(DropReason),
+    /// A hairpinned frame, translated outbound, addressed to a mapping in a
+    /// port range this engine does not own (a sharded gateway gives each
+    /// worker's engine its own slice of the ports): hand `frame[..len]` to
+    /// the owner's engine as a frame from the outside port. Its MACs are set
+    /// to the outside port's, so the owner accepts it.
+    Redirect {
+        /// Frame length.
+        len: usize,
+    },
+}
+
+/// What the device told us about a frame's offloads (virtio-net header).
+/// The default is a plain frame with complete checksums.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// The transport checksum is partial (`VIRTIO_NET_HDR_F_NEEDS_CSUM`):
+    /// the field holds the pseudo-header sum and the next device completes
+    /// it. The engine keeps it partial (addresses folded in, ports left to
+    /// the completer).
+    pub csum_partial: bool,
+    /// Segment payload size of a TCP/UDP GSO superframe (0: not GSO). The
+    /// frame is forwarded whole and segmented by the next device; MTU checks
+    /// use the segment size and the engine never fragments it.
+    pub gso_size: u16,
 }
 
 /// Something the control plane should know about.
@@ -183,6 +207,8 @@ pub struct Engine {
     counters: Arc<Counters>,
     ident: u16,
     seed: u64,
+    /// Offloads of the frame being processed.
+    rx: Offload,
 }
 
 impl Engine {
@@ -203,6 +229,7 @@ impl Engine {
             counters: Arc::new(Counters::default()),
             ident: (config.seed >> 16) as u16,
             seed: config.seed,
+            rx: Offload::default(),
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
@@ -391,7 +418,8 @@ impl Engine {
             match self.forward_fragment(now, t, buf, n) {
                 Action::Forward { port, len } => return Some((port, len)),
                 Action::Drop(r) => self.counters.count_drop(r),
-                Action::Reply { .. } | Action::Consumed => {}
+                // A fragment is never redirected: see `remember_first_fragment`.
+                Action::Reply { .. } | Action::Consumed | Action::Redirect { .. } => {}
             }
         }
         None
@@ -400,12 +428,28 @@ impl Engine {
     /// Handles one frame that arrived on `port`; `frame[..len]` holds it and
     /// the rest of `frame` is room for a reply.
     pub fn process(&mut self, now: Instant, port: PortId, frame: &mut [u8], len: usize) -> Action {
+        self.process_offload(now, port, frame, len, Offload::default())
+    }
+
+    /// [`Engine::process`] for a frame that carries offload state from the
+    /// device (a TAP with `IFF_VNET_HDR`). A forwarded frame keeps it: the
+    /// caller sends it on with the same offload header. Replies the engine
+    /// writes (ARP, ICMP errors) carry none.
+    pub fn process_offload(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &mut [u8],
+        len: usize,
+        offload: Offload,
+    ) -> Action {
         self.counters.rx_frames.inc();
+        self.rx = offload;
         let len = len.min(frame.len());
         let mut action = self.dispatch(now, port, frame, len);
         if let Action::Forward { port, len } = action {
             let mtu = self.mtu(port);
-            if len - ETH_LEN > mtu {
+            if len - ETH_LEN > mtu && offload.gso_size == 0 {
                 action = self.fragment(frame, port, len, mtu);
             }
         }
@@ -437,10 +481,13 @@ impl Engine {
                 if dst_mac != our_mac {
                     return Action::Drop(DropReason::NotForUs);
                 }
-                let ip = match wire::parse_ipv4(&frame[..len], ETH_LEN) {
+                let mut ip = match wire::parse_ipv4(&frame[..len], ETH_LEN) {
                     Ok(ip) => ip,
                     Err(r) => return Action::Drop(r),
                 };
+                if self.rx != Offload::default() {
+                    self.apply_offload(frame, &mut ip);
+                }
                 if port.is_inside() {
                     self.outbound(now, port, frame, ip)
                 } else {
@@ -448,6 +495,21 @@ impl Engine {
                 }
             }
             _ => Action::Drop(DropReason::UnsupportedEthertype),
+        }
+    }
+
+    /// Marks a parsed header with the frame's offloads: a partial checksum
+    /// only on TCP/UDP first fragments, and the on-wire length of one GSO
+    /// segment (IP header + transport header + `gso_size`).
+    fn apply_offload(&self, frame: &[u8], ip: &mut Ipv4) {
+        let transport = (ip.proto == TCP || ip.proto == UDP) && ip.frag_off == 0;
+        ip.partial = self.rx.csum_partial && transport;
+        if self.rx.gso_size != 0 && transport {
+            let l4_len = match ip.proto {
+                TCP => frame.get(ip.l4() + 12).map_or(20, |b| usize::from(b >> 4) * 4),
+                _ => 8,
+            };
+            ip.wire_len = (ip.hlen + l4_len + usize::from(self.rx.gso_size)).min(ip.total);
         }
     }
 
@@ -497,7 +559,7 @@ impl Engine {
             return self.later_fragment(now, port, frame, ip);
         }
         let hairpin = self.addrs.contains_key(&ip.dst);
-        if ip.df && !hairpin && ip.total > usize::from(self.bindings.outside().mtu) {
+        if ip.df && !hairpin && ip.wire_len > usize::from(self.bindings.outside().mtu) {
             let mtu = u32::from(self.bindings.outside().mtu);
             return self.too_big(frame, ip, mtu, gateway);
         }
@@ -548,7 +610,15 @@ impl Engine {
             set_ident(frame, &ip, id);
         }
         self.counters.outbound.count(ip.total);
-        let action = if hairpin {
+        let foreign = hairpin && ip.proto != ICMP && !self.cfg.port_range.contains(&dport);
+        let action = if foreign {
+            // Another worker's mapping: it continues there, as a frame from
+            // the VPC addressed to the ENI.
+            self.counters.hairpinned.inc();
+            let mac = self.bindings.outside().mac;
+            wire::set_macs(frame, mac, mac);
+            Action::Redirect { len: ip.end() }
+        } else if hairpin {
             self.counters.hairpinned.inc();
             let ip2 = Ipv4 { src: eni.ip, ttl: ip.ttl - 1, ..ip };
             self.inbound(now, frame, ip2, true)
@@ -825,7 +895,7 @@ impl Engine {
             return Action::Drop(DropReason::NoRoute);
         };
         let (mtu, port_mac) = (usize::from(inside.mtu), inside.mac);
-        if ip.df && ip.total > mtu {
+        if ip.df && ip.wire_len > mtu {
             // Quote the packet as it arrived: undo nothing, it is untouched.
             return self.too_big(frame, ip, mtu as u32, ip.dst);
         }
@@ -1153,58 +1223,43 @@ fn rewrite_ip(frame: &mut [u8], ip: &Ipv4, side: Side, new: Ipv4Addr, dec_ttl: b
 #[inline]
 fn rewrite(frame: &mut [u8], ip: &Ipv4, l4: L4, side: Side, new: Endpoint) {
     let addr = rewrite_ip(frame, ip, side, new.ip, true);
+    rewrite_l4(frame, ip, l4, side, addr, new.port);
+}
+
+/// Rewrites the transport port (or echo identifier) on `side` and updates
+/// the transport checksum with the address delta `addr` from
+/// [`rewrite_ip`]. A partial checksum (offload) takes only the address
+/// delta: the ports are summed by whoever completes it.
+#[inline]
+fn rewrite_l4(frame: &mut [u8], ip: &Ipv4, l4: L4, side: Side, addr: Delta, port: u16) {
     let l = ip.l4();
     let port_off = if side == Side::Src { 0 } else { 2 };
-    match l4 {
-        L4::Tcp { .. } => {
-            let old = get16(frame, l + port_off);
-            put16(frame, l + port_off, new.port);
-            let c = addr.word(old, new.port).apply(get16(frame, l + 16));
-            put16(frame, l + 16, c);
-        }
-        L4::Udp { .. } => {
-            let old = get16(frame, l + port_off);
-            put16(frame, l + port_off, new.port);
-            let c = addr.word(old, new.port).apply_udp(get16(frame, l + 6));
-            put16(frame, l + 6, c);
-        }
-        L4::Echo { .. } => {
-            let old = get16(frame, l + 4);
-            put16(frame, l + 4, new.port);
-            let c = Delta::ZERO.word(old, new.port).apply(get16(frame, l + 2));
-            put16(frame, l + 2, c);
-        }
-        L4::IcmpError { .. } => {}
-    }
+    let (at, coff, udp, pseudo) = match l4 {
+        L4::Tcp { .. } => (l + port_off, l + 16, false, true),
+        L4::Udp { .. } => (l + port_off, l + 6, true, true),
+        L4::Echo { .. } => (l + 4, l + 2, false, false),
+        L4::IcmpError { .. } => return,
+    };
+    let old = get16(frame, at);
+    put16(frame, at, port);
+    let base = if pseudo { addr } else { Delta::ZERO };
+    let c = get16(frame, coff);
+    let c = if ip.partial {
+        base.apply_partial(c)
+    } else if udp {
+        base.word(old, port).apply_udp(c)
+    } else {
+        base.word(old, port).apply(c)
+    };
+    put16(frame, coff, c);
 }
 
 /// The inbound rewrite: destination endpoint.
 #[inline]
 fn rewrite_inbound(frame: &mut [u8], ip: &Ipv4, l4: L4, new: Endpoint, dec_ttl: bool) {
-    if dec_ttl {
-        rewrite(frame, ip, l4, Side::Dst, new);
-    } else {
-        // Hairpinned: the TTL was decremented on the way out.
-        let addr = rewrite_ip(frame, ip, Side::Dst, new.ip, false);
-        let l = ip.l4();
-        match l4 {
-            L4::Tcp { .. } | L4::Udp { .. } => {
-                let (coff, udp) = if ip.proto == TCP { (16, false) } else { (6, true) };
-                let old = get16(frame, l + 2);
-                put16(frame, l + 2, new.port);
-                let d = addr.word(old, new.port);
-                let c = get16(frame, l + coff);
-                put16(frame, l + coff, if udp { d.apply_udp(c) } else { d.apply(c) });
-            }
-            L4::Echo { .. } => {
-                let old = get16(frame, l + 4);
-                put16(frame, l + 4, new.port);
-                let c = Delta::ZERO.word(old, new.port).apply(get16(frame, l + 2));
-                put16(frame, l + 2, c);
-            }
-            L4::IcmpError { .. } => {}
-        }
-    }
+    // Hairpinned frames had their TTL decremented on the way out.
+    let addr = rewrite_ip(frame, ip, Side::Dst, new.ip, dec_ttl);
+    rewrite_l4(frame, ip, l4, Side::Dst, addr, new.port);
 }
 
 /// Keeps the options whose "copied" flag is set (RFC 791), padded with

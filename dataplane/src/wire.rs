@@ -96,6 +96,13 @@ pub struct Ipv4 {
     pub mf: bool,
     /// Fragment offset, bytes.
     pub frag_off: usize,
+    /// The transport checksum is partial (checksum offload): the field holds
+    /// only the pseudo-header sum, and whoever sends the frame on completes
+    /// it. Set by the engine from [`crate::engine::Offload`].
+    pub partial: bool,
+    /// Length of the largest datagram this one becomes on the wire: `total`,
+    /// or one segment of a GSO superframe. MTU checks use it.
+    pub wire_len: usize,
 }
 
 impl Ipv4 {
@@ -170,6 +177,8 @@ pub fn parse_ipv4(frame: &[u8], off: usize) -> Result<Ipv4, DropReason> {
         df: p.dont_frag(),
         mf: p.more_frags(),
         frag_off: usize::from(p.frag_offset()),
+        partial: false,
+        wire_len: total,
     })
 }
 

@@ -1,0 +1,2 @@
+//! The `hyperplane` binary.
+fn main() {}

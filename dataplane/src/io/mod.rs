@@ -1,0 +1,1 @@
+//! The I/O edge: TAP devices, AF_PACKET sockets and readiness polling.
