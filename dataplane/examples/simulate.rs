@@ -38,7 +38,7 @@ impl Sim {
         match self.engine.process(self.now, port, &mut self.buf, frame.len()) {
             Action::Forward { port, len } => Some((port, self.buf[..len].to_vec())),
             Action::Reply { len } => Some((port, self.buf[..len].to_vec())),
-            Action::Consumed | Action::Drop(_) => None,
+            Action::Consumed | Action::Drop(_) | Action::Redirect { .. } => None,
         }
     }
 

@@ -147,7 +147,7 @@ fuzz_target!(|data: &[u8]| {
         all_valid &= valid || !is_ipv4(&buf[..len]);
 
         let action = e.process(now, PORTS[usize::from(control & 0x03)], &mut buf, len);
-        if let Action::Forward { len: n, .. } | Action::Reply { len: n } = action {
+        if let Action::Forward { len: n, .. } | Action::Reply { len: n } | Action::Redirect { len: n } = action {
             assert!((ETH_LEN..=BUF).contains(&n), "{action:?}");
             if valid && is_ipv4(&buf[..n]) {
                 assert!(checksums_ok(&buf[..n]), "{action:?} with bad checksums: {:02x?}", &buf[..n]);
