@@ -245,6 +245,7 @@ fn run_op(h: &mut Harness, seen: &mut Vec<Seen>, op: &Op) -> Result<(), TestCase
                     }
                 }
                 Action::Reply { .. } => prop_assert!(testkit::checksums_ok(&out.frame), "generated ICMP checksums"),
+                Action::Redirect { .. } => prop_assert!(false, "one engine owns every port"),
                 Action::Consumed | Action::Drop(_) => {}
             }
         }
