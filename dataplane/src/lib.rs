@@ -17,6 +17,7 @@ pub mod frag;
 pub mod policy;
 pub mod ports;
 pub mod session;
+pub mod steer;
 pub mod tcp;
 pub mod testkit;
 pub mod time;
