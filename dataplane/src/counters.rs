@@ -120,6 +120,11 @@ drop_reasons! {
     ArpUnresolved => "arp_unresolved",
     /// Addressed to the gateway itself, and not something it answers.
     Local => "local",
+    /// The egress device refused the frame (its queue was full, or it is
+    /// gone), or it needs an offload the egress device lacks.
+    TxFailed => "tx_failed",
+    /// A frame for another worker found its inbox full.
+    InboxFull => "inbox_full",
 }
 
 /// Protocols sessions are counted by.

@@ -14,6 +14,7 @@ pub mod counters;
 pub mod engine;
 pub mod flow;
 pub mod frag;
+pub mod io;
 pub mod policy;
 pub mod ports;
 pub mod session;
@@ -22,6 +23,7 @@ pub mod tcp;
 pub mod testkit;
 pub mod time;
 pub mod wire;
+pub mod worker;
 
 pub use engine::{Action, Engine, Event, Offload};
 
