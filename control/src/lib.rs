@@ -1,7 +1,22 @@
-//! The hyperplane control plane.
+//! The hyperplane control plane and the gateway's runtime.
 //!
-//! The shared-ENI lifecycle, the typed configuration, IPAM and the runtime API
-//! arrive with their issue; today this crate re-exports the dataplane so the
-//! workspace layout is the one users will build on.
+//! - [`config`]: the one typed, validated TOML schema (`hyperplane run`,
+//!   `hyperplane apply`);
+//! - [`ipam`]: addresses from subnets, skipping the ones AWS reserves;
+//! - [`plan`]: a config compiled into shared ENIs (one per subnet and
+//!   security-group set) and dataplane bindings;
+//! - [`gateway`]: devices opened, engines sharded over workers, started;
+//! - [`netlab`] and [`lab`]: network-namespace topologies for the demo, the
+//!   end-to-end tests and the benchmarks; [`demo`]: `hyperplane demo`;
+//! - [`signals`]: SIGINT/SIGTERM as a flag for clean shutdown.
+
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod ipam;
+pub mod lab;
+pub mod netlab;
+pub mod plan;
+pub mod signals;
 
 pub use dataplane;

@@ -1,2 +1,186 @@
-//! The `hyperplane` binary.
-fn main() {}
+//! The `hyperplane` binary: the gateway, its demo and its tools.
+
+use clap::{Parser, Subcommand};
+use control::{config, demo, gateway, lab, plan, signals};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "hyperplane", version, about = "A userspace shared-ENI NAT gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway as the config file describes, until SIGINT/SIGTERM.
+    Run {
+        /// The TOML config (see control/examples/gateway.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Self-contained demo (root): N environments behind one shared ENI.
+    Demo {
+        /// Execution environments, each in its own namespace on its own TAP.
+        #[arg(long, default_value_t = 16)]
+        envs: usize,
+        /// Worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Turn TAP offloads (TSO, checksum offload) off.
+        #[arg(long)]
+        no_offloads: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a config file and print the plan it gives (ENIs, addresses).
+    Check {
+        /// The TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = signals::install() {
+        eprintln!("hyperplane: cannot install signal handling: {e}");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Demo { envs, workers, no_offloads, json } => run_demo(envs, workers, !no_offloads, json),
+        Command::Check { config } => check(&config),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hyperplane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &PathBuf) -> Result<plan::Plan, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cfg = config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    plan::plan(&cfg, &BTreeMap::new()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn check(path: &PathBuf) -> Result<(), String> {
+    let p = load(path)?;
+    println!(
+        "config ok: {} ENI(s), {} attachment(s), {} environment(s)",
+        p.enis.len(),
+        p.attachments.len(),
+        p.bindings.envs().len()
+    );
+    for e in &p.enis {
+        let addrs: Vec<String> = e.addrs.iter().map(ToString::to_string).collect();
+        println!(
+            "  eni {} subnet {} groups [{}] addresses [{}] functions [{}]",
+            e.id,
+            e.key.subnet,
+            e.key.security_groups.join(","),
+            addrs.join(","),
+            e.functions.join(",")
+        );
+    }
+    Ok(())
+}
+
+fn run(path: &PathBuf) -> Result<(), String> {
+    let p = load(path)?;
+    let g = gateway::start(&p).map_err(|e| e.to_string())?;
+    eprintln!(
+        "hyperplane: running: {} worker(s), outside {}, {} attachment(s), offloads {}",
+        g.workers(),
+        p.outside.name,
+        p.attachments.len(),
+        if g.offloads { "on" } else { "off" }
+    );
+    while !signals::stopped() {
+        while let Ok((w, ev)) = g.events.try_recv() {
+            tracing::warn!(worker = w, event = ?ev, "engine event");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t = g.totals();
+    g.stop().map_err(|e| e.to_string())?;
+    eprintln!("hyperplane: stopped after {} packets out, {} in", t.outbound.0, t.inbound.0);
+    Ok(())
+}
+
+fn run_demo(envs: usize, workers: usize, offloads: bool, json: bool) -> Result<(), String> {
+    if envs == 0 || envs > 1000 {
+        return Err(format!("--envs {envs}: must be between 1 and 1000"));
+    }
+    let opts = lab::Options { envs, workers, offloads, ..lab::Options::default() };
+    let r = demo::run(&opts).map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+    } else {
+        print_report(&r);
+    }
+    if r.envs_ok == r.envs && r.server_saw_sources == [r.eni_address] {
+        Ok(())
+    } else {
+        Err(format!("{} of {} environments did not complete their exchanges", r.envs - r.envs_ok, r.envs))
+    }
+}
+
+fn print_report(r: &demo::Report) {
+    let sources: Vec<String> = r.server_saw_sources.iter().map(ToString::to_string).collect();
+    println!("hyperplane demo: {} execution environments, one shared ENI {}", r.envs, r.eni_address);
+    println!("  gateway: {} worker(s), offloads {}", r.workers, if r.offloads { "on" } else { "off" });
+    println!(
+        "  server saw {} environment(s) arrive from: {}{}",
+        r.per_env.iter().filter(|e| e.tcp_seen_as.is_some()).count(),
+        sources.join(", "),
+        if r.server_saw_sources == [r.eni_address] { "  (the shared ENI address only)" } else { "" }
+    );
+    println!("  TCP, UDP and ping worked for {}/{} environments", r.envs_ok, r.envs);
+    println!();
+    println!("  cold-start story:");
+    println!("    one-time shared ENI setup        {:>9.1} ms  (once per subnet + security groups)", r.eni_setup_ms);
+    println!(
+        "    first connection per environment {:>9.1} ms p50, {:.1} ms p99, {:.1} ms max  (no ENI work)",
+        r.first_connection_ms.p50, r.first_connection_ms.p99, r.first_connection_ms.max
+    );
+    println!();
+    println!(
+        "  {:>4}  {:<14} {:>10} {:<22} {:>8} {:>8}",
+        "env", "address", "first ms", "server saw (tcp)", "ping ms", "sessions"
+    );
+    for e in &r.per_env {
+        println!(
+            "  {:>4}  {:<14} {:>10} {:<22} {:>8} {:>8}{}",
+            e.env,
+            e.address.to_string(),
+            e.first_connection_ms.map_or("-".into(), |v| format!("{v:.1}")),
+            e.tcp_seen_as.clone().unwrap_or_else(|| "-".into()),
+            e.ping_ms.map_or("-".into(), |v| format!("{v:.2}")),
+            e.sessions,
+            if e.errors.is_empty() { String::new() } else { format!("  {}", e.errors.join("; ")) }
+        );
+    }
+    println!();
+    let s: Vec<String> = r.sessions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("  sessions: {}", s.join(", "));
+    let p: Vec<String> = r.packets.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("  packets: {}", p.join(", "));
+    let d: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("  drops: {}", if d.is_empty() { "none".into() } else { d.join(", ") });
+    println!("  finished in {:.1} s; every namespace and TAP it made is gone", r.elapsed_s);
+}

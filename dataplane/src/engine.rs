@@ -814,6 +814,14 @@ impl Engine {
                 Action::Forward { port: PortId::OUTSIDE, len: end }
             }
             None => {
+                // A queued frame leaves later without its offload header:
+                // finish a partial checksum now; a superframe cannot wait.
+                if self.rx.gso_size != 0 {
+                    return Action::Drop(DropReason::ArpUnresolved);
+                }
+                if self.rx.csum_partial {
+                    finish_partial(&mut frame[..end]);
+                }
                 wire::set_macs(frame, wire::BROADCAST, our_mac);
                 match self.arp.queue(now, PortId::OUTSIDE, hop, src, &frame[..end]) {
                     arp::Queued::Waiting => Action::Consumed,
@@ -1180,6 +1188,21 @@ impl Engine {
 }
 
 // ----- rewriting ---------------------------------------------------------
+
+/// Completes a partial TCP/UDP checksum (the field holds the pseudo-header
+/// sum) over the segment, as a device with checksum offload would.
+fn finish_partial(frame: &mut [u8]) {
+    let Ok(ip) = wire::parse_ipv4(frame, ETH_LEN) else {
+        return;
+    };
+    let at = match ip.proto {
+        TCP if ip.end() >= ip.l4() + 20 => ip.l4() + 16,
+        UDP if ip.end() >= ip.l4() + 8 => ip.l4() + 6,
+        _ => return,
+    };
+    let c = !checksum::fold(checksum::sum(0, &frame[ip.l4()..ip.end()]));
+    put16(frame, at, if c == 0 && ip.proto == UDP { 0xffff } else { c });
+}
 
 /// Which endpoint of a packet is rewritten.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

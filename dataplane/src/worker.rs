@@ -207,7 +207,8 @@ impl Worker {
         self.flush(&mut buf);
         while !self.fabric.stop.load(Ordering::Relaxed) {
             let now = self.fabric.now();
-            let timeout = self.engine.poll_timeout().map(|t| Duration::from_millis(t.millis().saturating_sub(now.millis())));
+            let timeout =
+                self.engine.poll_timeout().map(|t| Duration::from_millis(t.millis().saturating_sub(now.millis())));
             poller.wait(&mut events, timeout)?;
             ready.clear();
             ready.extend(events.tokens());
@@ -362,9 +363,7 @@ impl Worker {
         let ok = if port == PortId::OUTSIDE {
             match &mut self.outside {
                 OutsideTx::Tap(t) => write(t, buf, len, hdr),
-                OutsideTx::AfPacket(a) => {
-                    finish_in_software(buf, len, hdr) && a.send(&buf[HDR..HDR + len]).is_ok()
-                }
+                OutsideTx::AfPacket(a) => finish_in_software(buf, len, hdr) && a.send(&buf[HDR..HDR + len]).is_ok(),
             }
         } else {
             match self.fabric.inside.get(usize::from(port.0)).and_then(Option::as_ref) {
@@ -521,9 +520,12 @@ impl Gateway {
         let (tx, rx) = crossbeam_channel::bounded(self.workers());
         for i in 0..self.workers() {
             let (f, tx) = (Arc::clone(&f), tx.clone());
-            self.send(i, Msg::Call(Box::new(move |e| {
-                let _ = tx.send((i, f(e)));
-            })));
+            self.send(
+                i,
+                Msg::Call(Box::new(move |e| {
+                    let _ = tx.send((i, f(e)));
+                })),
+            );
         }
         drop(tx);
         let mut out: Vec<(usize, R)> = rx.iter().collect();

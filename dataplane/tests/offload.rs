@@ -120,3 +120,37 @@ fn a_hairpin_into_another_workers_ports_is_redirected_translated() {
     let (action, _) = run(&mut h, PortId(1), &f, Offload::default());
     assert!(matches!(action, Action::Drop(_)), "{action:?}");
 }
+
+#[test]
+fn a_partial_frame_queued_for_arp_leaves_with_a_complete_checksum() {
+    // A router whose MAC the engine has not learned yet.
+    let mut topo = Topology::new(1, 2);
+    topo.outside.router = Some(std::net::Ipv4Addr::new(10, 0, 0, 99));
+    let mut h = Harness::new(EngineConfig::default(), topo);
+    let dst = std::net::Ipv4Addr::new(192, 0, 2, 7);
+    let mut f = h.env_frame(0, TCP, 40000, dst, 443, 0x02, b"");
+    make_partial(&mut f);
+    let (action, _) = run(&mut h, PortId(1), &f, Offload { csum_partial: true, gso_size: 0 });
+    assert_eq!(action, Action::Consumed, "queued for ARP");
+    // The router answers; the queued SYN comes out complete.
+    let mut r = vec![0u8; 64];
+    let n = dataplane::arp::write_request(
+        &mut r,
+        smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 0x63]),
+        std::net::Ipv4Addr::new(10, 0, 0, 99),
+        ENI,
+    );
+    r.truncate(n);
+    h.send_raw(PortId::OUTSIDE, r);
+    let out: Vec<_> = h.drain().into_iter().filter(|(_, f)| wire::ethertype(f) == wire::ETHERTYPE_IPV4).collect();
+    assert_eq!(out.len(), 1);
+    assert!(testkit::checksums_ok(&out[0].1), "checksum completed before queueing");
+    // A GSO superframe cannot wait for ARP.
+    let mut g = h.env_frame(1, TCP, 40001, std::net::Ipv4Addr::new(192, 0, 2, 8), 443, 0x02, &[0; 3000]);
+    make_partial(&mut g);
+    let mut topo = Topology::new(1, 2);
+    topo.outside.router = Some(std::net::Ipv4Addr::new(10, 0, 0, 98));
+    let mut h2 = Harness::new(EngineConfig::default(), topo);
+    let (action, _) = run(&mut h2, PortId(1), &g, Offload { csum_partial: true, gso_size: 1448 });
+    assert_eq!(action, Action::Drop(dataplane::counters::DropReason::ArpUnresolved));
+}

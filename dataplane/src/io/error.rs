@@ -119,9 +119,7 @@ fn capget_effective() -> Option<u64> {
     // SAFETY: `header` points to a valid header and, for version 3, the
     // kernel writes exactly two `CapData` structs, which `data` holds; both
     // outlive the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr())
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) };
     if rc != 0 {
         return None;
     }

@@ -13,9 +13,8 @@
 //!   `CAP_NET_ADMIN`; getters do not).
 //!
 //! Units: MTU in bytes of L3 payload (the Ethernet header is not counted), as
-//! `ip link` shows it. A TAP accepts up to 65520 (`65535` minus the Ethernet
-//! header, rounded down by the kernel's limits); larger values fail with
-//! `EINVAL` as [`IoError::Sys`].
+//! `ip link` shows it. A TAP accepts 68 to 65521 (65535 minus the 14-byte
+//! Ethernet header); other values fail with `EINVAL` as [`IoError::Sys`].
 
 use super::error::IoError;
 use std::ffi::CString;

@@ -30,8 +30,11 @@
 //! checksum is only partially computed (`F_NEEDS_CSUM` in the header, see
 //! [`super::vnet::complete_checksum`]); with the TSO flags it may hand us TCP
 //! super-frames of up to 64 KiB to be segmented by `gso_size`. TSO flags
-//! require `TUN_F_CSUM`; unknown flags fail with `EINVAL`. Offloads need
-//! `IFF_VNET_HDR` to be meaningful (the header is where the metadata rides).
+//! (and [`TUN_F_UFO`]) require `TUN_F_CSUM`, without it they fail with
+//! `EINVAL`, as do unknown flags. Offloads need `IFF_VNET_HDR`: the header is
+//! the only place the kernel can say a checksum is partial or a frame is a
+//! super-frame, so `set_offload` with non-zero flags on a queue without it is
+//! refused (`InvalidInput`) rather than silently corrupting frames.
 //! Frames we *send* may carry `F_NEEDS_CSUM`/GSO metadata regardless.
 //!
 //! # Lifetime
@@ -40,8 +43,12 @@
 //! to an existing TAP device of that name. The device is not made persistent:
 //! dropping a [`Tap`] closes its descriptor, and when the last queue of a
 //! device we created closes, the kernel deletes the device (a device made
-//! persistent elsewhere, e.g. by `ip tuntap add`, stays). The descriptor keeps
-//! working if the device is moved to another network namespace.
+//! persistent elsewhere, e.g. by `ip tuntap add`, stays). "Closes" means the
+//! last reference to the open file goes: a child forked by another thread
+//! holds a copy until it execs (close-on-exec), which can delay the deletion
+//! briefly. The descriptor keeps working if the device is moved to another
+//! network namespace; deleting that namespace deletes the device, after which
+//! reads and writes fail.
 //!
 //! All descriptors are non-blocking and close-on-exec: [`Tap::recv`] returns
 //! `WouldBlock` when no frame is queued; wait with [`super::poll::Poller`].
@@ -65,7 +72,8 @@ pub const TUN_F_TSO4: u32 = 0x02;
 pub const TUN_F_TSO6: u32 = 0x04;
 /// We can take TCP super-frames with ECN (CWR set) (needs a TSO flag).
 pub const TUN_F_TSO_ECN: u32 = 0x08;
-/// UDP fragmentation offload (obsolete in the kernel; accepted and ignored).
+/// UDP fragmentation offload: obsolete; accepted only together with
+/// [`TUN_F_CSUM`] (as on Linux 6.18). Do not rely on UDP super-frames.
 pub const TUN_F_UFO: u32 = 0x10;
 /// Checksum and TCP segmentation offloads, the useful set for a NAT.
 pub const OFFLOADS_TCP: u32 = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
@@ -166,7 +174,14 @@ impl Tap {
 
     /// Sets the receive offloads (`TUNSETOFFLOAD`): a combination of the
     /// `TUN_F_*` flags, e.g. [`OFFLOADS_TCP`]; 0 turns them all off.
+    /// Non-zero flags need [`TapOptions::vnet_hdr`] (see the module docs).
     pub fn set_offload(&self, flags: u32) -> Result<(), IoError> {
+        if flags != 0 && !self.vnet_hdr {
+            return Err(IoError::Sys {
+                op: "TUNSETOFFLOAD",
+                source: io::Error::new(io::ErrorKind::InvalidInput, "offloads need a virtio-net header (vnet_hdr)"),
+            });
+        }
         // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is
         // accessed.
         let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNSETOFFLOAD as _, libc::c_ulong::from(flags)) };

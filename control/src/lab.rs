@@ -1,0 +1,208 @@
+//! A whole shared-ENI world on one machine: our gateway between execution
+//! environment namespaces (one TAP each, as Firecracker attaches microVMs)
+//! and a VPC namespace with a server behind a router. The demo, the
+//! end-to-end tests and the benchmark scripts all build this.
+//!
+//! ```text
+//!  env i ns ── TAP ──┐                     VPC ns (router 10.0.0.1)     server ns
+//!  172.16.x.y        │  hyperplane  ── TAP ── 10.0.0.1/24 │ 10.1.0.1 ── veth ── 10.1.0.2
+//!  gw 172.16.0.1  ───┘  (this process)        ENI 10.0.0.4 (from IPAM)
+//! ```
+//!
+//! The gateway creates every TAP in the root namespace and keeps their
+//! descriptors; the lab moves each TAP's kernel side into its namespace.
+//! The VPC namespace routes between the ENI subnet and the server subnet, so
+//! a traceroute sees the VPC router as a hop beyond the gateway. Nothing
+//! outside the namespaces the lab made is touched, and dropping the lab
+//! stops the gateway and deletes them all (also when a test panics).
+
+use crate::config::{self, ConfigError};
+use crate::gateway::{self, Running, StartError};
+use crate::netlab::{self, env_addr, ip_batch, move_link, LabError, Netns, INSIDE_GATEWAY, SERVER, SERVER_ROUTER};
+use crate::plan::{self, Plan};
+use core::net::Ipv4Addr;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The VPC router's address on the ENI subnet.
+pub const VPC_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The ENI subnet.
+pub const SUBNET: &str = "10.0.0.0/24";
+
+/// Why a lab could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A namespace or link operation failed.
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    /// The generated config was refused (a bug in the options).
+    #[error("config: {0}")]
+    Config(#[from] ConfigError),
+    /// The gateway did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Execution environments (one namespace and one TAP each).
+    pub envs: usize,
+    /// TAP offloads (virtio-net header, TSO, checksum offload).
+    pub offloads: bool,
+    /// Worker threads (0: one per core).
+    pub workers: usize,
+    /// MTU of every TAP, bytes.
+    pub mtu: u16,
+    /// The security group's egress rules, as a TOML inline array.
+    pub egress: String,
+    /// Extra `[gateway]` lines (e.g. `port_range = "2000-2009"`).
+    pub gateway_extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            envs: 16,
+            offloads: true,
+            workers: 0,
+            mtu: 1500,
+            egress: r#"[ { protocol = "all", destination = "0.0.0.0/0" } ]"#.into(),
+            gateway_extra: String::new(),
+        }
+    }
+}
+
+/// A built lab with its gateway running.
+pub struct Lab {
+    /// The gateway (None once stopped).
+    gateway: Option<Running>,
+    /// The plan it runs.
+    pub plan: Plan,
+    /// The shared ENI's address.
+    pub eni: Ipv4Addr,
+    /// Time from config to a running gateway with its ENI announced: the
+    /// one-time ENI setup.
+    pub eni_setup: Duration,
+    /// Environment namespaces, by index.
+    pub envs: Vec<Netns>,
+    /// The VPC router namespace.
+    pub vpc: Netns,
+    /// The server namespace (address [`SERVER`]).
+    pub server: Netns,
+    /// TAP names, by environment.
+    pub taps: Vec<String>,
+}
+
+/// The gateway config for a lab (TOML, parsed by the same code as
+/// `hyperplane run --config`).
+pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
+    let mut t = format!(
+        "[gateway]\nworkers = {}\noffloads = {}\ncontrol_socket = \"/run/hyperplane-{}.sock\"\n{}\n\n\
+         [outside]\nkind = \"tap\"\nname = \"{outside}\"\nmtu = {}\nrouter = \"{VPC_ROUTER}\"\n\n\
+         [vpc]\ncidr = \"10.0.0.0/16\"\n\n[[subnets]]\nid = \"subnet-a\"\ncidr = \"{SUBNET}\"\n\n\
+         [[security_groups]]\nid = \"sg-lab\"\negress = {}\n\n\
+         [[functions]]\nname = \"lab\"\nsubnets = [\"subnet-a\"]\nsecurity_groups = [\"sg-lab\"]\n",
+        opts.workers,
+        opts.offloads,
+        std::process::id(),
+        opts.gateway_extra,
+        opts.mtu,
+        opts.egress,
+    );
+    for (i, tap) in taps.iter().enumerate() {
+        t += &format!(
+            "\n[[attachments]]\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n\n\
+             [[environments]]\nfunction = \"lab\"\naddress = \"{}\"\nattachment = \"{tap}\"\n",
+            opts.mtu,
+            env_addr(i)
+        );
+    }
+    t
+}
+
+impl Lab {
+    /// Builds the namespaces, starts the gateway and wires its TAPs in.
+    pub fn build(opts: &Options) -> Result<Lab, Error> {
+        netlab::sweep_stale("hpl");
+        let tag = netlab::unique("hpl");
+        let outside = netlab::unique("hpl");
+        let taps: Vec<String> = (0..opts.envs).map(|_| netlab::unique("hpl")).collect();
+        let names: Vec<String> = [format!("{tag}v"), format!("{tag}s")]
+            .into_iter()
+            .chain((0..opts.envs).map(|i| format!("{tag}e{i}")))
+            .collect();
+        let mut nss = Netns::new_many(&names)?.into_iter();
+        let (vpc, server) = (nss.next().expect("vpc"), nss.next().expect("server"));
+        let envs: Vec<Netns> = nss.collect();
+
+        // The VPC: a router with the server behind it.
+        netlab::veth("hplvs0", Some(&vpc), "hplvs1", Some(&server))?;
+        ip_batch(Some(&vpc), &["addr add 10.1.0.1/24 dev hplvs0".to_string(), "link set hplvs0 up".to_string()])?;
+        ip_batch(
+            Some(&server),
+            &[
+                format!("addr add {SERVER}/24 dev hplvs1"),
+                "link set hplvs1 up".to_string(),
+                format!("route add default via {SERVER_ROUTER}"),
+            ],
+        )?;
+        vpc.sysctl("net.ipv4.ip_forward", "1")?;
+
+        // The gateway: config → plan → devices → workers.
+        let t0 = Instant::now();
+        let cfg = config::parse(&config_text(opts, &outside, &taps))?;
+        let plan = plan::plan(&cfg, &BTreeMap::new())?;
+        let running = gateway::start(&plan)?;
+        let eni_setup = t0.elapsed();
+        let eni = plan.enis.first().and_then(|e| e.addrs.first().copied()).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let lab = Lab { gateway: Some(running), plan, eni, eni_setup, envs, vpc, server, taps };
+
+        // Wire the TAPs' kernel sides into their namespaces.
+        move_link(&outside, &lab.vpc)?;
+        ip_batch(
+            Some(&lab.vpc),
+            &[format!("addr add {VPC_ROUTER}/24 dev {outside}"), format!("link set {outside} up")],
+        )?;
+        let moves: Vec<String> =
+            lab.taps.iter().zip(&lab.envs).map(|(t, ns)| format!("link set {t} netns {}", ns.name())).collect();
+        ip_batch(None, &moves)?;
+        for (i, (tap, ns)) in lab.taps.iter().zip(&lab.envs).enumerate() {
+            ip_batch(
+                Some(ns),
+                &[
+                    format!("link set {tap} up"),
+                    format!("addr add {}/32 dev {tap}", env_addr(i)),
+                    format!("route add {INSIDE_GATEWAY} dev {tap}"),
+                    format!("route add default via {INSIDE_GATEWAY}"),
+                ],
+            )?;
+        }
+        Ok(lab)
+    }
+
+    /// The running gateway.
+    pub fn gateway(&self) -> &Running {
+        self.gateway.as_ref().expect("the gateway runs until the lab is dropped")
+    }
+
+    /// Stops the gateway (its TAPs go away) and deletes the namespaces.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(g) = self.gateway.take() {
+            if let Err(e) = g.stop() {
+                tracing::warn!(error = %e, "gateway stopped with an error");
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // The gateway first, then the namespaces (fields drop after this).
+        self.shutdown();
+    }
+}
