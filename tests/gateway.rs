@@ -1,0 +1,331 @@
+//! End to end: real Linux TCP, UDP and ICMP from execution-environment
+//! namespaces through the gateway (TAPs) to a VPC namespace.
+//!
+//! Each test builds its own [`Lab`] with uniquely named namespaces and TAPs;
+//! dropping the lab removes them, also when an assertion fails (the drop
+//! runs during unwinding). Tests need root; without it they say so and
+//! return.
+
+use control::demo;
+use control::lab::{Lab, Options, VPC_ROUTER};
+use control::netlab::{self, env_addr, probe, INSIDE_GATEWAY, SERVER};
+use dataplane::counters::DropReason;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+fn root() -> bool {
+    if netlab::is_root() {
+        true
+    } else {
+        eprintln!("skipping: needs root (network namespaces and TAP devices)");
+        false
+    }
+}
+
+fn lab(envs: usize, f: impl FnOnce(&mut Options)) -> Lab {
+    let mut o = Options { envs, ..Options::default() };
+    f(&mut o);
+    Lab::build(&o).expect("lab builds")
+}
+
+/// A UDP server in the server namespace that answers each datagram with
+/// the source it saw ("a.b.c.d:port") followed by the datagram itself.
+fn udp_echo(lab: &Lab, port: u16) -> std::thread::JoinHandle<()> {
+    let s = lab.server.run(move || UdpSocket::bind(SocketAddrV4::new(SERVER, port)).expect("bind"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let mut reply = format!("{from}|").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = s.send_to(&reply, from);
+        }
+    })
+}
+
+fn udp_ask(dst: SocketAddrV4, msg: &[u8]) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(400))).ok()?;
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..8 {
+        s.send_to(msg, dst).ok()?;
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            return Some(buf[..n].to_vec());
+        }
+    }
+    None
+}
+
+#[test]
+fn fifty_environments_all_arrive_from_the_shared_eni_address() {
+    if !root() {
+        return;
+    }
+    let r = demo::run(&Options { envs: 50, ..Options::default() }).expect("demo runs");
+    assert_eq!(r.envs_ok, 50, "{:#?}", r.per_env.iter().filter(|e| !e.errors.is_empty()).collect::<Vec<_>>());
+    assert_eq!(r.server_saw_sources, vec![r.eni_address]);
+    assert!(r.per_env.iter().all(|e| e.sessions == 3), "TCP, UDP and ICMP session per environment");
+    let ports: std::collections::BTreeSet<_> = r.per_env.iter().filter_map(|e| e.tcp_seen_as.clone()).collect();
+    assert_eq!(ports.len(), 50, "every environment has its own ENI port");
+}
+
+#[test]
+fn ping_ttl_expiry_and_port_unreachable_come_back_translated() {
+    if !root() {
+        return;
+    }
+    let lab = lab(1, |_| {});
+    let (gw_hop, vpc_hop, closed) = lab.envs[0].run(|| {
+        let ping = demo::icmp_echo(SERVER, 0x77, Duration::from_secs(3));
+        assert!(ping.is_ok(), "ping: {ping:?}");
+        let dst = SocketAddrV4::new(SERVER, 33434);
+        let t = Duration::from_secs(3);
+        (
+            probe::udp_ttl_probe(dst, 1, t).expect("probe"),
+            probe::udp_ttl_probe(dst, 2, t).expect("probe"),
+            probe::udp_ttl_probe(dst, 64, t).expect("probe"),
+        )
+    });
+    let gw_hop = gw_hop.expect("hop 1 answers");
+    assert_eq!((gw_hop.from, gw_hop.icmp_type), (INSIDE_GATEWAY, probe::ICMP_TIME_EXCEEDED), "the gateway is hop 1");
+    let vpc_hop = vpc_hop.expect("hop 2 answers");
+    assert_eq!(
+        (vpc_hop.from, vpc_hop.icmp_type),
+        (VPC_ROUTER, probe::ICMP_TIME_EXCEEDED),
+        "the VPC router's error about the ENI's packet reaches the environment"
+    );
+    let closed = closed.expect("the server answers");
+    assert_eq!((closed.from, closed.icmp_type, closed.code), (SERVER, 3, probe::ICMP_PORT_UNREACH));
+    let t = lab.gateway().totals();
+    assert!(lab.gateway().counters().iter().map(|c| c.icmp_errors_translated.get()).sum::<u64>() >= 2, "{t:?}");
+}
+
+#[test]
+fn a_security_group_blocks_new_connections_to_ports_it_does_not_allow() {
+    if !root() {
+        return;
+    }
+    let egress = r#"[ { protocol = "tcp", ports = "7100", destination = "10.1.0.0/24" }, { protocol = "icmp", destination = "0.0.0.0/0" } ]"#;
+    let lab = lab(1, |o| o.egress = egress.into());
+    let listeners = lab.server.run(|| {
+        [7100u16, 7101].map(|p| {
+            let l = TcpListener::bind(SocketAddrV4::new(SERVER, p)).expect("bind");
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+    });
+    let (allowed, denied) = lab.envs[0].run(|| {
+        let t = Duration::from_millis(1500);
+        let a = TcpStream::connect_timeout(&SocketAddr::from(SocketAddrV4::new(SERVER, 7100)), t).map(drop);
+        let d = TcpStream::connect_timeout(&SocketAddr::from(SocketAddrV4::new(SERVER, 7101)), t).map(drop);
+        (a, d)
+    });
+    assert!(allowed.is_ok(), "allowed port: {allowed:?}");
+    assert!(denied.is_err(), "denied port connected");
+    assert!(lab.gateway().totals().dropped(DropReason::PolicyDenied) >= 1);
+    drop(listeners);
+}
+
+#[test]
+fn unsolicited_traffic_from_the_vpc_gets_no_answer_and_reaches_no_environment() {
+    if !root() {
+        return;
+    }
+    let lab = lab(2, |_| {});
+    let eni = lab.eni;
+    let sinks: Vec<UdpSocket> = lab
+        .envs
+        .iter()
+        .map(|ns| {
+            ns.run(|| {
+                let s = UdpSocket::bind("0.0.0.0:9999").unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                s
+            })
+        })
+        .collect();
+    let tcp = lab.server.run(move || {
+        for p in [9999u16, 1024, 30000, 65535] {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"unsolicited", SocketAddrV4::new(eni, p)).unwrap();
+        }
+        TcpStream::connect_timeout(&SocketAddr::from(SocketAddrV4::new(eni, 9999)), Duration::from_millis(1200))
+    });
+    let err = tcp.expect_err("no TCP connection to the ENI address");
+    assert_ne!(err.kind(), std::io::ErrorKind::ConnectionRefused, "no RST either: {err}");
+    let mut buf = [0u8; 64];
+    for s in &sinks {
+        assert!(s.recv_from(&mut buf).is_err(), "an environment received unsolicited traffic");
+    }
+    assert!(lab.gateway().totals().dropped(DropReason::NoSession) >= 5);
+}
+
+#[test]
+fn hairpinning_between_two_environments_uses_their_mappings() {
+    if !root() {
+        return;
+    }
+    // Two workers, so the two environments' mappings live on different
+    // workers when their attachments do.
+    let lab = lab(2, |o| o.workers = 2);
+    let echo = udp_echo(&lab, 7300);
+    // Each environment learns its own mapping from the server.
+    let mapping = |i: usize| {
+        lab.envs[i].run(move || {
+            let s = UdpSocket::bind("0.0.0.0:6000").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+            let mut buf = [0u8; 256];
+            for _ in 0..8 {
+                s.send_to(b"who am i", SocketAddrV4::new(SERVER, 7300)).unwrap();
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    return (s, text.split('|').next().unwrap().parse::<SocketAddrV4>().unwrap());
+                }
+            }
+            panic!("no answer from the server");
+        })
+    };
+    let (sock0, m0) = mapping(0);
+    let (sock1, m1) = mapping(1);
+    assert_eq!((*m0.ip(), *m1.ip()), (lab.eni, lab.eni));
+    // Environment 0 sends to environment 1's ENI endpoint.
+    sock0.send_to(b"hairpin", m1).unwrap_or_else(|e| panic!("send from env 0 (socket in its namespace): {e}"));
+    let mut buf = [0u8; 64];
+    let (n, from) = sock1.recv_from(&mut buf).expect("environment 1 receives the hairpinned datagram");
+    assert_eq!(&buf[..n], b"hairpin");
+    assert_eq!(from, SocketAddr::V4(m0), "seen as coming from environment 0's mapping");
+    assert!(lab.gateway().counters().iter().map(|c| c.hairpinned.get()).sum::<u64>() >= 1);
+    drop(lab);
+    let _ = echo.join();
+}
+
+/// 100 MB over TCP from an environment to the server, checked byte for
+/// byte (a running hash both ends compute).
+fn bulk_transfer(offloads: bool) {
+    const TOTAL: usize = 100 * 1000 * 1000;
+    let lab = lab(1, |o| o.offloads = offloads);
+    assert_eq!(lab.gateway().offloads, offloads);
+    let l = lab.server.run(|| TcpListener::bind(SocketAddrV4::new(SERVER, 7400)).expect("bind"));
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().expect("accept");
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut h = Fnv::default();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    h.feed(&buf[..n]);
+                    got += n;
+                }
+                Err(e) => panic!("server read after {got} bytes: {e}"),
+            }
+        }
+        (got, h.0)
+    });
+    let sent = lab.envs[0].run(|| {
+        let mut c =
+            TcpStream::connect_timeout(&SocketAddr::from(SocketAddrV4::new(SERVER, 7400)), Duration::from_secs(5))
+                .expect("connect");
+        c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut h = Fnv::default();
+        let mut x = 0x9e37_79b9u32;
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut left = TOTAL;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            for b in &mut chunk[..n] {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                *b = x as u8;
+            }
+            c.write_all(&chunk[..n]).expect("write");
+            h.feed(&chunk[..n]);
+            left -= n;
+        }
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        h.0
+    });
+    let (got, hash) = server.join().expect("server");
+    assert_eq!(got, TOTAL);
+    assert_eq!(hash, sent, "bytes arrive exactly");
+}
+
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn feed(&mut self, b: &[u8]) {
+        if self.0 == 0 {
+            self.0 = 0xcbf2_9ce4_8422_2325;
+        }
+        for &x in b {
+            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+#[test]
+fn a_100_mb_tcp_transfer_arrives_byte_exact_with_offloads() {
+    if root() {
+        bulk_transfer(true);
+    }
+}
+
+#[test]
+fn a_100_mb_tcp_transfer_arrives_byte_exact_without_offloads() {
+    if root() {
+        bulk_transfer(false);
+    }
+}
+
+#[test]
+fn a_4000_byte_udp_datagram_arrives_whole_both_ways_at_mtu_1500() {
+    if !root() {
+        return;
+    }
+    let lab = lab(1, |_| {});
+    let echo = udp_echo(&lab, 7500);
+    let payload: Vec<u8> = (0..4000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let p = payload.clone();
+    let reply = lab.envs[0].run(move || udp_ask(SocketAddrV4::new(SERVER, 7500), &p)).expect("an answer");
+    let text_end = reply.iter().position(|&b| b == b'|').expect("source|payload");
+    let seen: SocketAddrV4 = std::str::from_utf8(&reply[..text_end]).unwrap().parse().unwrap();
+    assert_eq!(*seen.ip(), lab.eni, "the server saw the ENI address");
+    assert_eq!(&reply[text_end + 1..], &payload[..], "4000 bytes out and back, whole");
+    let _ = env_addr(0);
+    drop(lab);
+    let _ = echo.join();
+}
+
+#[test]
+fn every_namespace_and_tap_is_removed_when_a_test_fails() {
+    if !root() {
+        return;
+    }
+    let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let n2 = std::sync::Arc::clone(&names);
+    let r = std::panic::catch_unwind(move || {
+        let lab = lab(2, |_| {});
+        let mut v = n2.lock().unwrap();
+        v.extend(lab.envs.iter().map(|n| n.name().to_string()));
+        v.extend(lab.taps.iter().cloned());
+        drop(v);
+        panic!("a failing test");
+    });
+    assert!(r.is_err());
+    let netns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let links = std::process::Command::new("ip").args(["-all", "netns", "exec", "ip", "-o", "link"]).output();
+    let list = String::from_utf8_lossy(&netns.stdout).to_string()
+        + &links.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    let root_links = std::fs::read_dir("/sys/class/net").unwrap().filter_map(|e| e.ok()).map(|e| e.file_name());
+    let root_links: Vec<String> = root_links.map(|n| n.to_string_lossy().to_string()).collect();
+    for n in names.lock().unwrap().iter() {
+        assert!(!list.contains(n.as_str()), "{n} left behind");
+        assert!(!root_links.contains(n), "{n} left behind in the root namespace");
+    }
+    let _: Ipv4Addr = INSIDE_GATEWAY;
+}
