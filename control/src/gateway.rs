@@ -85,10 +85,6 @@ pub fn start(plan: &Plan) -> Result<Running, StartError> {
     let offloads = plan.offloads && plan.outside.kind == OutsideKind::Tap;
     let vnet = TapOptions { vnet_hdr: offloads, multi_queue: false };
 
-    let mut inside = Vec::with_capacity(plan.attachments.len());
-    for a in &plan.attachments {
-        inside.push(Arc::new(open_tap(&a.name, vnet, a.mtu, offloads)?));
-    }
     let mut outside = Vec::new();
     let mut af_tx = Vec::new();
     let mut af_rx = None;
@@ -108,6 +104,11 @@ pub fn start(plan: &Plan) -> Result<Running, StartError> {
             }
             af_rx = Some(AfPacket::open(name, Duration::from_millis(200)).map_err(dev(name))?);
         }
+    }
+
+    let mut inside = Vec::with_capacity(plan.attachments.len());
+    for a in &plan.attachments {
+        inside.push(Arc::new(open_tap(&a.name, vnet, a.mtu, offloads)?));
     }
 
     let bindings = Arc::new(plan.bindings.clone());
