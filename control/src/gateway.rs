@@ -158,6 +158,14 @@ pub fn start(plan: &Plan) -> Result<Running, StartError> {
 fn shard_config(plan: &Plan, shards: &Shards, i: usize) -> dataplane::config::EngineConfig {
     let n = shards.len();
     let mut cfg = plan.engine.clone();
+    if cfg.seed == dataplane::config::EngineConfig::default().seed {
+        // No seed in the config: ports must not be predictable from one
+        // start to the next (RFC 6056), so draw one.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        cfg.seed = h.finish();
+    }
     cfg.port_range = shards.range(i);
     cfg.high_water = (cfg.high_water / n as u32).max(1);
     cfg.max_sessions = (cfg.max_sessions / n).max(1);
