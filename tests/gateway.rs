@@ -329,3 +329,14 @@ fn every_namespace_and_tap_is_removed_when_a_test_fails() {
     }
     let _: Ipv4Addr = INSIDE_GATEWAY;
 }
+
+#[test]
+fn the_outside_can_be_an_existing_interface_through_af_packet() {
+    if !root() {
+        return;
+    }
+    let r = demo::run(&Options { envs: 4, af_packet: true, ..Options::default() }).expect("demo runs");
+    assert!(!r.offloads, "no offloads without a TAP outside");
+    assert_eq!(r.envs_ok, 4, "{:#?}", r.per_env);
+    assert_eq!(r.server_saw_sources, vec![r.eni_address]);
+}

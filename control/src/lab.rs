@@ -58,6 +58,8 @@ pub struct Options {
     pub egress: String,
     /// Extra `[gateway]` lines (e.g. `port_range = "2000-2009"`).
     pub gateway_extra: String,
+    /// Reach the VPC through AF_PACKET on a veth instead of a TAP.
+    pub af_packet: bool,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             mtu: 1500,
             egress: r#"[ { protocol = "all", destination = "0.0.0.0/0" } ]"#.into(),
             gateway_extra: String::new(),
+            af_packet: false,
         }
     }
 }
@@ -99,7 +102,7 @@ pub struct Lab {
 pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
     let mut t = format!(
         "[gateway]\nworkers = {}\noffloads = {}\ncontrol_socket = \"/run/hyperplane-{}.sock\"\n{}\n\n\
-         [outside]\nkind = \"tap\"\nname = \"{outside}\"\nmtu = {}\nrouter = \"{VPC_ROUTER}\"\n\n\
+         [outside]\nkind = \"{}\"\nname = \"{outside}\"\nmtu = {}\nrouter = \"{VPC_ROUTER}\"\n\n\
          [vpc]\ncidr = \"10.0.0.0/16\"\n\n[[subnets]]\nid = \"subnet-a\"\ncidr = \"{SUBNET}\"\n\n\
          [[security_groups]]\nid = \"sg-lab\"\negress = {}\n\n\
          [[functions]]\nname = \"lab\"\nsubnets = [\"subnet-a\"]\nsecurity_groups = [\"sg-lab\"]\n",
@@ -107,6 +110,7 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
         opts.offloads,
         std::process::id(),
         opts.gateway_extra,
+        if opts.af_packet { "af-packet" } else { "tap" },
         opts.mtu,
         opts.egress,
     );
@@ -149,6 +153,13 @@ impl Lab {
         )?;
         vpc.sysctl("net.ipv4.ip_forward", "1")?;
 
+        // AF_PACKET: the outside is a veth whose other end is the router's.
+        let vpc_link = if opts.af_packet { "hplvo".to_string() } else { outside.clone() };
+        if opts.af_packet {
+            netlab::veth(&outside, None, &vpc_link, Some(&vpc))?;
+            ip_batch(None, &[format!("link set {outside} up")])?;
+        }
+
         // The gateway: config → plan → devices → workers.
         let t0 = Instant::now();
         let cfg = config::parse(&config_text(opts, &outside, &taps))?;
@@ -159,11 +170,19 @@ impl Lab {
         let lab = Lab { gateway: Some(running), plan, eni, eni_setup, envs, vpc, server, taps };
 
         // Wire the TAPs' kernel sides into their namespaces.
-        move_link(&outside, &lab.vpc)?;
+        if !opts.af_packet {
+            move_link(&outside, &lab.vpc)?;
+        }
         ip_batch(
             Some(&lab.vpc),
-            &[format!("addr add {VPC_ROUTER}/24 dev {outside}"), format!("link set {outside} up")],
+            &[format!("addr add {VPC_ROUTER}/24 dev {vpc_link}"), format!("link set {vpc_link} up")],
         )?;
+        if opts.af_packet {
+            // AF_PACKET (without PACKET_VNET_HDR) cannot see that a frame's
+            // checksum is only partial, as a veth passes it on: have the
+            // router finish checksums before they reach the gateway.
+            lab.vpc.exec(&["ethtool", "-K", &vpc_link, "tx", "off"])?;
+        }
         let moves: Vec<String> =
             lab.taps.iter().zip(&lab.envs).map(|(t, ns)| format!("link set {t} netns {}", ns.name())).collect();
         ip_batch(None, &moves)?;
