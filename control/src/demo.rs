@@ -62,6 +62,22 @@ pub struct EnvReport {
     pub errors: Vec<String>,
 }
 
+impl EnvReport {
+    /// Environment `i`, before anything happened.
+    fn new(i: usize) -> EnvReport {
+        EnvReport {
+            env: i,
+            address: env_addr(i),
+            first_connection_ms: None,
+            tcp_seen_as: None,
+            udp_seen_as: None,
+            ping_ms: None,
+            sessions: 0,
+            errors: vec![],
+        }
+    }
+}
+
 /// The demo's findings.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -139,16 +155,8 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
-            c.join().unwrap_or_else(|_| EnvReport {
-                env: i,
-                address: env_addr(i),
-                first_connection_ms: None,
-                tcp_seen_as: None,
-                udp_seen_as: None,
-                ping_ms: None,
-                sessions: 0,
-                errors: vec!["client thread panicked".into()],
-            })
+            c.join()
+                .unwrap_or_else(|_| EnvReport { errors: vec!["client thread panicked".into()], ..EnvReport::new(i) })
         })
         .collect();
     stop.store(true, Ordering::Relaxed);
@@ -270,16 +278,7 @@ fn start_servers(
 /// start), a UDP exchange and a ping.
 fn environment(i: usize) -> EnvReport {
     let start = Instant::now();
-    let mut r = EnvReport {
-        env: i,
-        address: env_addr(i),
-        first_connection_ms: None,
-        tcp_seen_as: None,
-        udp_seen_as: None,
-        ping_ms: None,
-        sessions: 0,
-        errors: vec![],
-    };
+    let mut r = EnvReport::new(i);
     match tcp_exchange(i) {
         Ok(()) => r.first_connection_ms = Some(ms(start.elapsed())),
         Err(e) => r.errors.push(format!("tcp: {e}")),
