@@ -332,46 +332,48 @@ fn new_flow(c: &mut Criterion) {
         .collect();
     Rng(8).shuffle(&mut syn);
 
+    let fresh = || engine(cfg.clone(), &topo, now);
     g.bench_function("udp", |b| {
         b.iter_custom(|iters| {
-            let mut buf = [0u8; BUF_LEN];
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let mut e = engine(cfg.clone(), &topo, now);
-                let k = left.min(u64::from(NEW_FLOWS_PER_ENGINE)) as usize;
-                let t = std::time::Instant::now();
-                for p in &udp[..k] {
-                    black_box(run(&mut e, now, &mut buf, black_box(p)));
-                }
-                total += t.elapsed();
-                assert_eq!(e.sessions().len(), k, "every first packet created a session");
-                left -= k as u64;
-            }
-            total
+            time_new_flows(iters, fresh, |e, buf, i| {
+                black_box(run(e, now, buf, black_box(&udp[i])));
+            })
         })
     });
     g.bench_function("tcp_syn", |b| {
         b.iter_custom(|iters| {
-            let mut buf = [0u8; BUF_LEN];
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let mut e = engine(cfg.clone(), &topo, now);
-                let k = left.min(u64::from(NEW_FLOWS_PER_ENGINE)) as usize;
-                let t = std::time::Instant::now();
-                for (port, f) in &syn[..k] {
-                    buf[..SYN_LEN].copy_from_slice(f);
-                    black_box(e.process(now, *port, &mut buf, SYN_LEN));
-                }
-                total += t.elapsed();
-                assert_eq!(e.sessions().len(), k, "every SYN created a session");
-                left -= k as u64;
-            }
-            total
+            time_new_flows(iters, fresh, |e, buf, i| {
+                let (port, f) = &syn[i];
+                buf[..SYN_LEN].copy_from_slice(f);
+                black_box(e.process(now, *port, buf, SYN_LEN));
+            })
         })
     });
     g.finish();
+}
+
+/// Times `iters` new flows, `step(engine, buf, i)` each; every engine
+/// (from `fresh`, not timed) takes at most `NEW_FLOWS_PER_ENGINE`.
+fn time_new_flows(
+    iters: u64,
+    fresh: impl Fn() -> Engine,
+    mut step: impl FnMut(&mut Engine, &mut [u8; BUF_LEN], usize),
+) -> Duration {
+    let mut buf = [0u8; BUF_LEN];
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let mut e = fresh();
+        let k = left.min(u64::from(NEW_FLOWS_PER_ENGINE)) as usize;
+        let t = std::time::Instant::now();
+        for i in 0..k {
+            step(&mut e, &mut buf, i);
+        }
+        total += t.elapsed();
+        assert_eq!(e.sessions().len(), k, "every first packet created a session");
+        left -= k as u64;
+    }
+    total
 }
 
 fn expire(c: &mut Criterion) {

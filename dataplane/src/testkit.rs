@@ -184,6 +184,60 @@ pub fn checksums_ok(frame: &[u8]) -> bool {
     }
 }
 
+/// Recomputes the IP header checksum and, for a whole datagram, the
+/// transport checksum (for an ICMP error the quoted header's first), as far
+/// as the frame's own lengths allow.
+pub fn fix_checksums(f: &mut [u8]) {
+    let o = ETH_LEN;
+    if f.len() < o + 20 {
+        return;
+    }
+    let hl = usize::from(f[o] & 0x0f) * 4;
+    if hl < 20 || o + hl > f.len() {
+        return;
+    }
+    put16(f, o + 10, 0);
+    let c = checksum::checksum(&f[o..o + hl]);
+    put16(f, o + 10, c);
+    let total = usize::from(get16(f, o + 2));
+    if total < hl || o + total > f.len() || get16(f, o + 6) & 0x3fff != 0 {
+        return;
+    }
+    let src = crate::wire::get_ip(f, o + 12);
+    let dst = crate::wire::get_ip(f, o + 16);
+    let proto = f[o + 9];
+    let seg = &mut f[o + hl..o + total];
+    match proto {
+        TCP if seg.len() >= 20 => {
+            put16(seg, 16, 0);
+            let c = checksum::transport(src, dst, TCP, seg);
+            put16(seg, 16, c);
+        }
+        UDP if seg.len() >= 8 && get16(seg, 6) != 0 => {
+            put16(seg, 6, 0);
+            let c = match checksum::transport(src, dst, UDP, seg) {
+                0 => 0xffff,
+                c => c,
+            };
+            put16(seg, 6, c);
+        }
+        ICMP if seg.len() >= 8 => {
+            if crate::wire::is_icmp_error(seg[0]) && seg.len() >= 28 {
+                let ehl = usize::from(seg[8] & 0x0f) * 4;
+                if ehl >= 20 && seg.len() >= 8 + ehl {
+                    put16(seg, 18, 0);
+                    let c = checksum::checksum(&seg[8..8 + ehl]);
+                    put16(seg, 18, c);
+                }
+            }
+            put16(seg, 2, 0);
+            let c = checksum::checksum(seg);
+            put16(seg, 2, c);
+        }
+        _ => {}
+    }
+}
+
 /// A ready-made topology: one outside port on 10.0.0.0/24 with router
 /// 10.0.0.1, `attachments` inside ports (1..), `envs` environments
 /// 172.16.x.y spread over the attachments round-robin, all bound to ENI 1

@@ -5,11 +5,10 @@
 mod common;
 
 use common::*;
-use dataplane::checksum;
 use dataplane::config::{EngineConfig, Filtering, Mapping as MappingMode};
 use dataplane::flow::{proto_index, Endpoint, FlowKey, ICMP, TCP, UDP};
 use dataplane::testkit::{self, flags::*, IpOpts, Topology, GATEWAY, OUTSIDE_MAC, ROUTER, ROUTER_MAC, SERVER, SERVER2};
-use dataplane::wire::{self, get16, put16, ETH_LEN};
+use dataplane::wire::{self, put16, ETH_LEN};
 use dataplane::{Action, PortId};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -425,60 +424,6 @@ proptest! {
 
 // ----- 3. arbitrary and mutated frames ------------------------------------
 
-/// Recomputes the IP header checksum and, for a whole datagram, the
-/// transport checksum (for an ICMP error the quoted header's first), as far
-/// as the frame's own lengths allow.
-fn fix_checksums(f: &mut [u8]) {
-    let o = ETH_LEN;
-    if f.len() < o + 20 {
-        return;
-    }
-    let hl = usize::from(f[o] & 0x0f) * 4;
-    if hl < 20 || o + hl > f.len() {
-        return;
-    }
-    put16(f, o + 10, 0);
-    let c = checksum::checksum(&f[o..o + hl]);
-    put16(f, o + 10, c);
-    let total = usize::from(get16(f, o + 2));
-    if total < hl || o + total > f.len() || get16(f, o + 6) & 0x3fff != 0 {
-        return;
-    }
-    let src = wire::get_ip(f, o + 12);
-    let dst = wire::get_ip(f, o + 16);
-    let proto = f[o + 9];
-    let seg = &mut f[o + hl..o + total];
-    match proto {
-        TCP if seg.len() >= 20 => {
-            put16(seg, 16, 0);
-            let c = checksum::transport(src, dst, TCP, seg);
-            put16(seg, 16, c);
-        }
-        UDP if seg.len() >= 8 && get16(seg, 6) != 0 => {
-            put16(seg, 6, 0);
-            let c = match checksum::transport(src, dst, UDP, seg) {
-                0 => 0xffff,
-                c => c,
-            };
-            put16(seg, 6, c);
-        }
-        ICMP if seg.len() >= 8 => {
-            if wire::is_icmp_error(seg[0]) && seg.len() >= 28 {
-                let ehl = usize::from(seg[8] & 0x0f) * 4;
-                if ehl >= 20 && seg.len() >= 8 + ehl {
-                    put16(seg, 18, 0);
-                    let c = checksum::checksum(&seg[8..8 + ehl]);
-                    put16(seg, 18, c);
-                }
-            }
-            put16(seg, 2, 0);
-            let c = checksum::checksum(seg);
-            put16(seg, 2, c);
-        }
-        _ => {}
-    }
-}
-
 /// An engine with traffic in flight and a set of valid frames around it:
 /// outbound and inbound packets of live flows, ICMP errors both ways,
 /// fragments both ways, TTL 1, oversized DF, ARP, echo to the gateway.
@@ -555,7 +500,7 @@ fn world() -> World {
         // The environment reports the inbound packet unreachable.
         // A transport header claiming more than the datagram holds.
         let mut small = testkit::ipv4_frame(OUTSIDE_MAC, ROUTER_MAC, dst, ENI, proto, IpOpts::default(), &seg[..60]);
-        fix_checksums(&mut small);
+        testkit::fix_checksums(&mut small);
         let back = h.send(PortId::OUTSIDE, reply);
         if back.forwarded().is_some() {
             let bip = back.ip();
@@ -733,7 +678,7 @@ proptest! {
                     f[ETH_LEN] = 0x45;
                     let total = (f.len() - ETH_LEN) as u16;
                     put16(&mut f, ETH_LEN + 2, total);
-                    fix_checksums(&mut f);
+                    testkit::fix_checksums(&mut f);
                 }
             }
             feed(&mut w.h, port, &f, None, &mut all_valid)?;
@@ -755,7 +700,7 @@ proptest! {
                 apply(&mut f, m);
             }
             if fix {
-                fix_checksums(&mut f);
+                testkit::fix_checksums(&mut f);
             }
             let port = port.map_or(base_port, |p| PORTS[p]);
             w.h.now = w.h.now + Duration::from_secs(secs);
@@ -782,7 +727,7 @@ proptest! {
                 apply(&mut f, m);
             }
             if fix {
-                fix_checksums(&mut f);
+                testkit::fix_checksums(&mut f);
             }
             feed(&mut w.h, port, &f, Some(buf_len), &mut all_valid)?;
         }
@@ -807,7 +752,7 @@ fn icmp_error_in_short_buffer(
         let t = t.min(f.len() - ETH_LEN);
         f.truncate(ETH_LEN + t);
         put16(&mut f, ETH_LEN + 2, t as u16);
-        fix_checksums(&mut f);
+        testkit::fix_checksums(&mut f);
     }
     let mut all_valid = true;
     let buf_len = (f.len() + extra).max(floor);
@@ -861,7 +806,7 @@ fn icmp_error_about_bare_ip_header_in_34_byte_buffer() {
         };
         f.truncate(ETH_LEN + 20);
         put16(&mut f, ETH_LEN + 2, 20);
-        fix_checksums(&mut f);
+        testkit::fix_checksums(&mut f);
         assert_eq!(f.len(), 34);
         let mut buf = f.clone();
         let action = w.h.engine.process(w.h.now, port, &mut buf, 34);

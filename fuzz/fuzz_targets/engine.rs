@@ -14,12 +14,11 @@
 //! buffer, and must have valid checksums when every input so far had.
 #![no_main]
 
-use dataplane::checksum;
 use dataplane::config::EngineConfig;
 use dataplane::flow::{ICMP, TCP, UDP};
 use dataplane::testkit::{self, Topology, ROUTER, ROUTER_MAC, SERVER};
 use dataplane::time::Instant;
-use dataplane::wire::{self, get16, put16, ETH_LEN};
+use dataplane::wire::{self, ETH_LEN};
 use dataplane::{Action, Engine, PortId};
 use libfuzzer_sys::fuzz_target;
 use smoltcp::wire::EthernetAddress;
@@ -47,59 +46,6 @@ fn engine() -> Engine {
     }
     while e.poll_transmit(Instant::ZERO, &mut buf).is_some() {}
     e
-}
-
-/// Recomputes the IP header checksum and, for a whole datagram, the
-/// transport checksum (for an ICMP error the quoted header's first).
-fn fix_checksums(f: &mut [u8]) {
-    let o = ETH_LEN;
-    if f.len() < o + 20 {
-        return;
-    }
-    let hl = usize::from(f[o] & 0x0f) * 4;
-    if hl < 20 || o + hl > f.len() {
-        return;
-    }
-    put16(f, o + 10, 0);
-    let c = checksum::checksum(&f[o..o + hl]);
-    put16(f, o + 10, c);
-    let total = usize::from(get16(f, o + 2));
-    if total < hl || o + total > f.len() || get16(f, o + 6) & 0x3fff != 0 {
-        return;
-    }
-    let src = wire::get_ip(f, o + 12);
-    let dst = wire::get_ip(f, o + 16);
-    let proto = f[o + 9];
-    let seg = &mut f[o + hl..o + total];
-    match proto {
-        TCP if seg.len() >= 20 => {
-            put16(seg, 16, 0);
-            let c = checksum::transport(src, dst, TCP, seg);
-            put16(seg, 16, c);
-        }
-        UDP if seg.len() >= 8 && get16(seg, 6) != 0 => {
-            put16(seg, 6, 0);
-            let c = match checksum::transport(src, dst, UDP, seg) {
-                0 => 0xffff,
-                c => c,
-            };
-            put16(seg, 6, c);
-        }
-        ICMP if seg.len() >= 8 => {
-            if wire::is_icmp_error(seg[0]) && seg.len() >= 28 {
-                let ehl = usize::from(seg[8] & 0x0f) * 4;
-                if ehl >= 20 && seg.len() >= 8 + ehl {
-                    put16(seg, 18, 0);
-                    let c = checksum::checksum(&seg[8..8 + ehl]);
-                    put16(seg, 18, c);
-                }
-            }
-            put16(seg, 2, 0);
-            let c = checksum::checksum(seg);
-            put16(seg, 2, c);
-        }
-        _ => {}
-    }
 }
 
 /// `testkit::checksums_ok`, except that an IPv4 datagram too short for its
@@ -141,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
         buf.fill(0);
         buf[..len].copy_from_slice(frame);
         if control & 0x08 != 0 {
-            fix_checksums(&mut buf[..len]);
+            testkit::fix_checksums(&mut buf[..len]);
         }
         let valid = checksums_ok(&buf[..len]);
         all_valid &= valid || !is_ipv4(&buf[..len]);
