@@ -3,13 +3,15 @@
 //!
 //! - TCP bulk, Gbit/s (iperf3, 5 s, one stream), offloads on;
 //! - UDP 64-byte datagrams per second delivered (iperf3 `-u -l 64 -b 0`);
-//! - new TCP connections per second (connect + close with RST, from two
-//!   environments, four threads each, 2 s).
+//! - new TCP connections per second (connect, the client closes, from two
+//!   environments, four threads each, 2 s; `--rst` closes with RST).
 //!
 //! Run as root: `cargo bench --bench compare` (`-- --quick` for 2-second
-//! runs). Needs iperf3, nft, ip, sysctl. Prints each figure for both and the
-//! ratio (ours / kernel), and writes `target/compare.json`. Every load is
-//! bounded in time and runs only between namespaces this program made.
+//! iperf3 runs; `--rounds N`, default 3, alternating ours and the kernel,
+//! medians reported; `--workers N` for our gateway; `--only tcp|udp|conn`).
+//! Needs iperf3, nft, ip, sysctl. Prints each figure for both and the ratio
+//! (ours / kernel), and writes `target/compare.json`. Every load is bounded
+//! in time and runs only between namespaces this program made.
 
 use control::lab::{Lab, Options};
 use control::netlab::{self, KernelNat, Netns, SERVER};
@@ -30,6 +32,18 @@ struct Figures {
     conn_per_s: f64,
 }
 
+impl Figures {
+    /// Each figure's median over `all`.
+    fn median(all: &[Figures]) -> Figures {
+        let med = |get: fn(&Figures) -> f64| {
+            let mut v: Vec<f64> = all.iter().map(get).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        Figures { tcp_gbps: med(|f| f.tcp_gbps), udp_pps: med(|f| f.udp_pps), conn_per_s: med(|f| f.conn_per_s) }
+    }
+}
+
 fn iperf(t: &Topo, args: &[&str], secs: u32) -> serde_json::Value {
     let mut server = t.server.spawn(&["iperf3", "-s", "-1", "-p", "5201"]).expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(300));
@@ -44,24 +58,30 @@ fn iperf(t: &Topo, args: &[&str], secs: u32) -> serde_json::Value {
 }
 
 fn connect_rate(t: &Topo, secs: f64) -> f64 {
-    let l = t.server.run(|| {
-        let l = TcpListener::bind(SocketAddrV4::new(SERVER, 7600)).expect("bind");
-        l.set_nonblocking(true).unwrap();
-        l
-    });
+    use std::io::Read;
+    let l = Arc::new(t.server.run(|| TcpListener::bind(SocketAddrV4::new(SERVER, 7600)).expect("bind")));
     let stop = Arc::new(AtomicBool::new(false));
-    let s2 = Arc::clone(&stop);
-    let acceptor = std::thread::spawn(move || {
-        while !s2.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((c, _)) => drop(c),
-                Err(_) => std::thread::sleep(Duration::from_micros(50)),
-            }
-        }
-    });
+    // Four blocking acceptors; each is released at the end by one local
+    // connection made after the stop flag is set.
+    let acceptors: Vec<_> = (0..4)
+        .map(|_| {
+            let (l, stop) = (Arc::clone(&l), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((mut c, _)) = l.accept() {
+                        // The client closes first (it keeps the TIME_WAIT,
+                        // as an HTTP client would): wait for its FIN.
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+                        let _ = c.read(&mut [0u8; 16]);
+                    }
+                }
+            })
+        })
+        .collect();
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut clients = vec![];
+    let rst = std::env::args().any(|a| a == "--rst");
     for ns in &t.envs {
         for _ in 0..4 {
             let done = Arc::clone(&done);
@@ -69,8 +89,9 @@ fn connect_rate(t: &Topo, secs: f64) -> f64 {
                 let dst = SocketAddr::from(SocketAddrV4::new(SERVER, 7600));
                 while Instant::now() < deadline {
                     if let Ok(c) = TcpStream::connect_timeout(&dst, Duration::from_millis(500)) {
-                        // RST on close: no TIME_WAIT in the client's port space.
-                        linger_zero(&c);
+                        if rst {
+                            linger_zero(&c);
+                        }
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -83,7 +104,15 @@ fn connect_rate(t: &Topo, secs: f64) -> f64 {
     }
     let el = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    let _ = acceptor.join();
+    t.server.run(|| {
+        for _ in 0..4 {
+            let _ =
+                TcpStream::connect_timeout(&SocketAddr::from(SocketAddrV4::new(SERVER, 7600)), Duration::from_secs(1));
+        }
+    });
+    for a in acceptors {
+        let _ = a.join();
+    }
     done.load(Ordering::Relaxed) as f64 / el
 }
 
@@ -104,17 +133,34 @@ fn linger_zero(c: &TcpStream) {
     }
 }
 
+/// Which measurements to run (`--only tcp|udp|conn`; all by default).
+fn wanted(what: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--only") {
+        Some(i) => args.get(i + 1).is_some_and(|w| w == what),
+        None => true,
+    }
+}
+
 fn measure(t: &Topo, secs: u32) -> Figures {
-    let tcp = iperf(t, &[], secs);
-    let tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
-    let udp = iperf(t, &["-u", "-l", "64", "-b", "0"], secs);
-    let sum = &udp["end"]["sum"];
-    let packets = sum["packets"].as_f64().unwrap_or(0.0);
-    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-    let seconds = sum["seconds"].as_f64().unwrap_or(1.0).max(0.001);
-    let udp_pps = (packets - lost).max(0.0) / seconds;
-    let conn_per_s = connect_rate(t, 2.0);
-    Figures { tcp_gbps, udp_pps, conn_per_s }
+    let mut f = Figures::default();
+    if wanted("tcp") {
+        let tcp = iperf(t, &[], secs);
+        f.tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+    }
+    if wanted("udp") {
+        let udp = iperf(t, &["-u", "-l", "64", "-b", "0"], secs);
+        let sum = &udp["end"]["sum"];
+        let packets = sum["packets"].as_f64().unwrap_or(0.0);
+        let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+        let seconds = sum["seconds"].as_f64().unwrap_or(1.0).max(0.001);
+        f.udp_pps = (packets - lost).max(0.0) / seconds;
+        eprintln!("  udp: {packets} sent, {lost} lost in {seconds:.1} s");
+    }
+    if wanted("conn") {
+        f.conn_per_s = connect_rate(t, 2.0);
+    }
+    f
 }
 
 fn main() {
@@ -129,20 +175,31 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let secs = if quick { 2 } else { 5 };
 
-    let ours = {
-        let lab = Lab::build(&Options { envs: 2, ..Options::default() }).expect("our lab");
-        let t = Topo { server: &lab.server, envs: lab.envs.iter().collect() };
-        let f = measure(&t, secs);
-        eprintln!("hyperplane: {f:?}");
-        f
-    };
-    let kernel = {
-        let k = KernelNat::build("hpkb", 2, true).expect("kernel lab");
-        let t = Topo { server: k.server_ns(), envs: (0..2).map(|i| k.env_ns(i)).collect() };
-        let f = measure(&t, secs);
-        eprintln!("kernel:     {f:?}");
-        f
-    };
+    let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1).and_then(|v| v.parse::<usize>().ok());
+    let workers = arg("--workers").unwrap_or(0);
+    let rounds = arg("--rounds").unwrap_or(3).max(1);
+    // Rounds alternate between the two, so drift on a shared machine hits
+    // both alike; each figure is the median over the rounds.
+    let (mut ours_all, mut kernel_all) = (vec![], vec![]);
+    for round in 1..=rounds {
+        {
+            let lab = Lab::build(&Options { envs: 2, workers, ..Options::default() }).expect("our lab");
+            let t = Topo { server: &lab.server, envs: lab.envs.iter().collect() };
+            let f = measure(&t, secs);
+            let totals = lab.gateway().totals();
+            eprintln!("round {round}: hyperplane ({} workers): {f:?}", lab.gateway().workers());
+            eprintln!("  gateway drops: {:?}", totals.drops);
+            ours_all.push(f);
+        }
+        {
+            let k = KernelNat::build("hpkb", 2, true).expect("kernel lab");
+            let t = Topo { server: k.server_ns(), envs: (0..2).map(|i| k.env_ns(i)).collect() };
+            let f = measure(&t, secs);
+            eprintln!("round {round}: kernel: {f:?}");
+            kernel_all.push(f);
+        }
+    }
+    let (ours, kernel) = (Figures::median(&ours_all), Figures::median(&kernel_all));
     println!("{:<34} {:>12} {:>12} {:>7}", "work (same run, same machine)", "hyperplane", "kernel NAT", "ratio");
     let rows = [
         ("TCP bulk, Gbit/s (offloads on)", ours.tcp_gbps, kernel.tcp_gbps),
@@ -154,6 +211,7 @@ fn main() {
     }
     let json = serde_json::json!({
         "seconds": secs,
+        "rounds": rounds,
         "hyperplane": { "tcp_gbps": ours.tcp_gbps, "udp_pps": ours.udp_pps, "conn_per_s": ours.conn_per_s },
         "kernel": { "tcp_gbps": kernel.tcp_gbps, "udp_pps": kernel.udp_pps, "conn_per_s": kernel.conn_per_s },
     });
