@@ -11,6 +11,7 @@
 //! - [`signals`]: SIGINT/SIGTERM as a flag for clean shutdown.
 
 pub mod config;
+pub mod controller;
 pub mod demo;
 pub mod gateway;
 pub mod ipam;

@@ -189,6 +189,21 @@ fn binding_error(e: BindingError) -> ConfigError {
     ConfigError::new(field, e.reason)
 }
 
+/// One address allocator per subnet, in config order, with the addresses
+/// that are not ours to hand out already taken: the VPC router and the
+/// listed members of security groups (other VPC resources).
+pub fn subnet_allocators(cfg: &Config) -> Vec<Ipam> {
+    let mut ipams: Vec<Ipam> = cfg.subnets.iter().map(|s| Ipam::new(s.id.clone(), s.cidr)).collect();
+    let taken =
+        cfg.outside.router.into_iter().chain(cfg.security_groups.iter().flat_map(|g| g.members.iter().copied()));
+    for a in taken {
+        for p in ipams.iter_mut().filter(|p| p.is_usable(a)) {
+            let _ = p.reserve(a);
+        }
+    }
+    ipams
+}
+
 /// Compiles `cfg` (which must have passed [`Config::validate`]; it is
 /// checked again) into a [`Plan`]. `existing` holds the addresses of an
 /// earlier plan ([`Plan::assignments`]) to keep; pass an empty map at first
@@ -215,22 +230,8 @@ pub fn plan(cfg: &Config, existing: &BTreeMap<EniKey, Vec<Ipv4Addr>>) -> Result<
         ));
     }
 
-    // One allocator per subnet; the router is never handed out.
     let subnet_index: BTreeMap<&str, usize> = cfg.subnets.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
-    let mut ipams: Vec<Ipam> = cfg.subnets.iter().map(|s| Ipam::new(s.id.clone(), s.cidr)).collect();
-    if let Some(r) = cfg.outside.router {
-        for p in ipams.iter_mut().filter(|p| p.is_usable(r)) {
-            let _ = p.reserve(r);
-        }
-    }
-    // Addresses of other VPC resources named as group members are in use.
-    for g in &cfg.security_groups {
-        for &m in &g.members {
-            for p in ipams.iter_mut().filter(|p| p.is_usable(m)) {
-                let _ = p.reserve(m);
-            }
-        }
-    }
+    let mut ipams = subnet_allocators(cfg);
     // Kept addresses first, so that new keys cannot take them.
     let mut addrs: BTreeMap<&EniKey, Vec<Ipv4Addr>> = BTreeMap::new();
     for key in keys.keys() {
