@@ -117,6 +117,11 @@ pub enum Event {
         /// Ports in use.
         in_use: u32,
     },
+    /// A new flow from an environment whose function has no active ENI.
+    NoEni {
+        /// The environment.
+        env: Ipv4Addr,
+    },
     /// A new flow found no free port on an ENI address.
     Exhausted {
         /// The ENI address.
@@ -209,6 +214,9 @@ pub struct Engine {
     seed: u64,
     /// Offloads of the frame being processed.
     rx: Offload,
+    /// Addresses being probed (RFC 5227) and whether another host has
+    /// claimed them.
+    probes: Vec<(Ipv4Addr, bool)>,
 }
 
 impl Engine {
@@ -230,6 +238,7 @@ impl Engine {
             ident: (config.seed >> 16) as u16,
             seed: config.seed,
             rx: Offload::default(),
+            probes: Vec::new(),
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
@@ -331,6 +340,32 @@ impl Engine {
             .collect();
         v.sort_by_key(|p| p.addr);
         v
+    }
+
+    /// Sends an ARP probe for `addr` on the outside port (RFC 5227 §2.1.1:
+    /// sender address 0.0.0.0) and watches the link for anyone claiming it:
+    /// an ARP from `addr`, or another host's probe for it. Call again to
+    /// send the next probe; [`Engine::probe_result`] ends the watch.
+    pub fn probe(&mut self, addr: Ipv4Addr) {
+        if !self.probes.iter().any(|(a, _)| *a == addr) {
+            if self.probes.len() >= 64 {
+                self.probes.remove(0);
+            }
+            self.probes.push((addr, false));
+        }
+        let mut f = [0u8; TX_FRAME];
+        let n = arp::write_probe(&mut f, EthernetAddress(self.bindings.outside().mac), addr);
+        if n > 0 && self.tx.len() < TX_QUEUE {
+            self.tx.push_back((PortId::OUTSIDE, f, n));
+            self.counters.arp_requests.inc();
+        }
+    }
+
+    /// Ends the watch on `addr`: whether anyone claimed it (None if it was
+    /// not being probed).
+    pub fn probe_result(&mut self, addr: Ipv4Addr) -> Option<bool> {
+        let i = self.probes.iter().position(|(a, _)| *a == addr)?;
+        Some(self.probes.remove(i).1)
     }
 
     /// The next control-plane event, if any.
@@ -526,6 +561,14 @@ impl Engine {
             }
             self.bindings.inside(port).is_some_and(|p| p.gateway == msg.target_ip)
         } else {
+            // Someone using an address we probe, or probing it too (a
+            // probe from another MAC; ours come back on an AF_PACKET link).
+            let our = msg.sender_mac.0 == our_mac;
+            for (a, claimed) in &mut self.probes {
+                if !our && (msg.sender_ip == *a || (msg.sender_ip.is_unspecified() && msg.target_ip == *a)) {
+                    *claimed = true;
+                }
+            }
             let ours = self.addrs.contains_key(&msg.target_ip);
             self.arp.learn(now, msg.sender_ip, msg.sender_mac, ours);
             ours
@@ -646,7 +689,12 @@ impl Engine {
         if key.proto == TCP && !tcp::Flags::from_byte(flags).opens() {
             return Err(DropReason::TcpNotSyn);
         }
-        let eni = b.eni(env.eni).filter(|e| !e.addrs.is_empty()).ok_or(DropReason::NoEni)?;
+        let Some(eni) = b.eni(env.eni).filter(|e| !e.addrs.is_empty()) else {
+            // Its function has no active ENI (being created, or reclaimed
+            // while idle): the control plane wants to know.
+            self.event(Event::NoEni { env: key.local.ip });
+            return Err(DropReason::NoEni);
+        };
         if !eni.egress.allows(key.proto, key.remote.ip, key.remote.port) {
             return Err(DropReason::PolicyDenied);
         }

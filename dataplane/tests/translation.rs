@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use dataplane::arp;
 use dataplane::config::{EngineConfig, Filtering};
 use dataplane::counters::DropReason;
 use dataplane::engine::Event;
@@ -11,6 +12,7 @@ use dataplane::flow::{ICMP, TCP, UDP};
 use dataplane::policy::{Rule, RuleProto, RuleSet};
 use dataplane::testkit::{self, flags::*, IpOpts, Topology, ROUTER_MAC, SERVER, SERVER2};
 use dataplane::{Action, PortId};
+use smoltcp::wire::EthernetAddress;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -566,4 +568,40 @@ fn a_full_address_spills_to_the_next_even_below_the_high_water_mark() {
     let c = h.out_ok(2, UDP, 1, SERVER, 9, 0).src().0;
     assert_eq!((a, b), (ENI, ENI));
     assert_eq!(c, Ipv4Addr::new(10, 0, 0, 12));
+}
+
+#[test]
+fn an_arp_probe_finds_an_address_in_use_and_passes_a_free_one() {
+    let mut h = Harness::default();
+    let taken = Ipv4Addr::new(10, 0, 0, 50);
+    let free = Ipv4Addr::new(10, 0, 0, 51);
+    h.engine.probe(taken);
+    h.engine.probe(free);
+    let sent = h.drain();
+    let probes: Vec<_> = sent.iter().filter_map(|(_, f)| arp::parse(f)).collect();
+    assert_eq!(probes.len(), 2);
+    assert!(probes.iter().all(|m| m.sender_ip.is_unspecified()), "RFC 5227 probes");
+    assert_eq!(probes[0].target_ip, taken);
+    // The host that has .50 answers the probe.
+    let mut r = vec![0u8; 64];
+    let n = arp::write_reply(&mut r, &probes[0], EthernetAddress([2, 0, 0, 0, 0, 0x50]));
+    r.truncate(n);
+    // A reply carries the owner's address as its sender.
+    assert_eq!(arp::parse(&r).unwrap().sender_ip, taken);
+    h.send_raw(PortId::OUTSIDE, r);
+    assert_eq!(h.engine.probe_result(taken), Some(true));
+    assert_eq!(h.engine.probe_result(free), Some(false));
+    assert_eq!(h.engine.probe_result(free), None, "the watch ended");
+}
+
+#[test]
+fn a_new_flow_without_an_active_eni_is_dropped_and_reported() {
+    let mut topo = Topology::new(1, 2);
+    topo.enis.push(dataplane::bindings::Eni { id: 0, addrs: vec![], egress: Arc::new(RuleSet::allow_all()) });
+    topo.envs[1].eni = 0;
+    let mut h = Harness::new(EngineConfig::default(), topo);
+    while h.engine.poll_event().is_some() {}
+    let f = h.env_frame(1, UDP, 5000, SERVER, 9, 0, b"x");
+    assert_eq!(h.send(h.env_port(1), f).action, Action::Drop(DropReason::NoEni));
+    assert_eq!(h.engine.poll_event(), Some(Event::NoEni { env: testkit::env_ip(1) }));
 }
