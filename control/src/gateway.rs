@@ -248,6 +248,11 @@ impl Running {
         self.gateway.set_bindings(&Arc::new(b));
     }
 
+    /// Runs `f` on worker `i`'s engine.
+    pub fn call<R: Send + 'static>(&self, i: usize, f: impl FnOnce(&mut Engine) -> R + Send + 'static) -> Option<R> {
+        self.gateway.call(i, f)
+    }
+
     /// Runs `f` on every worker's engine; results in worker order.
     pub fn query<R: Send + 'static>(&self, f: impl Fn(&mut Engine) -> R + Send + Sync + 'static) -> Vec<R> {
         self.gateway.query(f)

@@ -17,11 +17,10 @@
 //! stops the gateway and deletes them all (also when a test panics).
 
 use crate::config::{self, ConfigError};
-use crate::gateway::{self, Running, StartError};
+use crate::gateway::Running;
+use crate::runtime::{self, Runtime};
 use crate::netlab::{self, env_addr, ip_batch, move_link, LabError, Netns, INSIDE_GATEWAY, SERVER, SERVER_ROUTER};
-use crate::plan::{self, Plan};
 use core::net::Ipv4Addr;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// The VPC router's address on the ENI subnet.
@@ -40,7 +39,10 @@ pub enum Error {
     Config(#[from] ConfigError),
     /// The gateway did not start.
     #[error(transparent)]
-    Start(#[from] StartError),
+    Start(#[from] runtime::Error),
+    /// The shared ENI did not become active.
+    #[error("the shared ENI was not active after {0:?}")]
+    NotSettled(Duration),
 }
 
 /// What to build.
@@ -78,14 +80,12 @@ impl Default for Options {
 
 /// A built lab with its gateway running.
 pub struct Lab {
-    /// The gateway (None once stopped).
-    gateway: Option<Running>,
-    /// The plan it runs.
-    pub plan: Plan,
+    /// The gateway and its control plane (None once stopped).
+    runtime: Option<Runtime>,
     /// The shared ENI's address.
     pub eni: Ipv4Addr,
-    /// Time from config to a running gateway with its ENI announced: the
-    /// one-time ENI setup.
+    /// Time from config to an active shared ENI (devices, address, ARP
+    /// probe, announcement): the one-time ENI setup.
     pub eni_setup: Duration,
     /// Environment namespaces, by index.
     pub envs: Vec<Netns>,
@@ -163,11 +163,15 @@ impl Lab {
         // The gateway: config → plan → devices → workers.
         let t0 = Instant::now();
         let cfg = config::parse(&config_text(opts, &outside, &taps))?;
-        let plan = plan::plan(&cfg, &BTreeMap::new())?;
-        let running = gateway::start(&plan)?;
+        let rt = Runtime::start(cfg)?;
+        let limit = Duration::from_secs(10);
+        if !rt.wait_settled(limit) {
+            return Err(Error::NotSettled(limit));
+        }
         let eni_setup = t0.elapsed();
-        let eni = plan.enis.first().and_then(|e| e.addrs.first().copied()).unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let lab = Lab { gateway: Some(running), plan, eni, eni_setup, envs, vpc, server, taps };
+        let eni = rt.shared().controller().enis().first().and_then(|e| e.addrs.first().copied());
+        let eni = eni.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let lab = Lab { runtime: Some(rt), eni, eni_setup, envs, vpc, server, taps };
 
         // Wire the TAPs' kernel sides into their namespaces.
         if !opts.af_packet {
@@ -202,7 +206,12 @@ impl Lab {
 
     /// The running gateway.
     pub fn gateway(&self) -> &Running {
-        self.gateway.as_ref().expect("the gateway runs until the lab is dropped")
+        &self.runtime().shared().gateway
+    }
+
+    /// The gateway with its control plane.
+    pub fn runtime(&self) -> &Runtime {
+        self.runtime.as_ref().expect("the gateway runs until the lab is dropped")
     }
 
     /// Stops the gateway (its TAPs go away) and deletes the namespaces.
@@ -211,10 +220,8 @@ impl Lab {
     }
 
     fn shutdown(&mut self) {
-        if let Some(g) = self.gateway.take() {
-            if let Err(e) = g.stop() {
-                tracing::warn!(error = %e, "gateway stopped with an error");
-            }
+        if let Some(rt) = self.runtime.take() {
+            rt.stop();
         }
     }
 }

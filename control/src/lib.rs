@@ -18,6 +18,7 @@ pub mod ipam;
 pub mod lab;
 pub mod netlab;
 pub mod plan;
+pub mod runtime;
 pub mod signals;
 
 pub use dataplane;

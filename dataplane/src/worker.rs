@@ -513,6 +513,19 @@ impl Gateway {
         }
     }
 
+    /// Runs `f` on worker `i`'s engine and returns its result (None if the
+    /// worker has stopped).
+    pub fn call<R: Send + 'static>(&self, i: usize, f: impl FnOnce(&mut Engine) -> R + Send + 'static) -> Option<R> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(
+            i,
+            Msg::Call(Box::new(move |e| {
+                let _ = tx.send(f(e));
+            })),
+        );
+        rx.recv().ok()
+    }
+
     /// Runs `f` on every worker's engine and collects the results in worker
     /// order.
     pub fn query<R: Send + 'static>(&self, f: impl Fn(&mut Engine) -> R + Send + Sync + 'static) -> Vec<R> {
