@@ -18,8 +18,8 @@
 
 use crate::config::{self, ConfigError};
 use crate::gateway::Running;
-use crate::runtime::{self, Runtime};
 use crate::netlab::{self, env_addr, ip_batch, move_link, LabError, Netns, INSIDE_GATEWAY, SERVER, SERVER_ROUTER};
+use crate::runtime::{self, Runtime};
 use core::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,10 @@ pub struct Options {
     pub gateway_extra: String,
     /// Reach the VPC through AF_PACKET on a veth instead of a TAP.
     pub af_packet: bool,
+    /// The second security group's egress rules (`sg-alt`).
+    pub alt_egress: String,
+    /// The function's security group: `sg-lab` or `sg-alt`.
+    pub group: String,
 }
 
 impl Default for Options {
@@ -74,6 +78,8 @@ impl Default for Options {
             egress: r#"[ { protocol = "all", destination = "0.0.0.0/0" } ]"#.into(),
             gateway_extra: String::new(),
             af_packet: false,
+            alt_egress: r#"[ { protocol = "all", destination = "0.0.0.0/0" } ]"#.into(),
+            group: "sg-lab".into(),
         }
     }
 }
@@ -95,6 +101,10 @@ pub struct Lab {
     pub server: Netns,
     /// TAP names, by environment.
     pub taps: Vec<String>,
+    /// The options it was built with.
+    pub opts: Options,
+    /// The outside device's name.
+    pub outside: String,
 }
 
 /// The gateway config for a lab (TOML, parsed by the same code as
@@ -105,7 +115,8 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
          [outside]\nkind = \"{}\"\nname = \"{outside}\"\nmtu = {}\nrouter = \"{VPC_ROUTER}\"\n\n\
          [vpc]\ncidr = \"10.0.0.0/16\"\n\n[[subnets]]\nid = \"subnet-a\"\ncidr = \"{SUBNET}\"\n\n\
          [[security_groups]]\nid = \"sg-lab\"\negress = {}\n\n\
-         [[functions]]\nname = \"lab\"\nsubnets = [\"subnet-a\"]\nsecurity_groups = [\"sg-lab\"]\n",
+         [[security_groups]]\nid = \"sg-alt\"\negress = {}\n\n\
+         [[functions]]\nname = \"lab\"\nsubnets = [\"subnet-a\"]\nsecurity_groups = [\"{}\"]\n",
         opts.workers,
         opts.offloads,
         std::process::id(),
@@ -113,6 +124,8 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
         if opts.af_packet { "af-packet" } else { "tap" },
         opts.mtu,
         opts.egress,
+        opts.alt_egress,
+        opts.group,
     );
     for (i, tap) in taps.iter().enumerate() {
         t += &format!(
@@ -171,7 +184,17 @@ impl Lab {
         let eni_setup = t0.elapsed();
         let eni = rt.shared().controller().enis().first().and_then(|e| e.addrs.first().copied());
         let eni = eni.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let lab = Lab { runtime: Some(rt), eni, eni_setup, envs, vpc, server, taps };
+        let lab = Lab {
+            runtime: Some(rt),
+            eni,
+            eni_setup,
+            envs,
+            vpc,
+            server,
+            taps,
+            opts: opts.clone(),
+            outside: outside.clone(),
+        };
 
         // Wire the TAPs' kernel sides into their namespaces.
         if !opts.af_packet {
@@ -202,6 +225,13 @@ impl Lab {
             )?;
         }
         Ok(lab)
+    }
+
+    /// This lab's config with some options changed (for `apply`).
+    pub fn config_with(&self, change: impl FnOnce(&mut Options)) -> String {
+        let mut o = self.opts.clone();
+        change(&mut o);
+        config_text(&o, &self.outside, &self.taps)
     }
 
     /// The running gateway.

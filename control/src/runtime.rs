@@ -8,7 +8,7 @@
 //! about), publishes new bindings to every worker, turns engine events into
 //! control-plane input (a high-water mark adds an address; a new flow from
 //! an environment without an active ENI restores its function), and feeds
-//! the controller the live sessions per ENI address (every second) and the
+//! the controller the live sessions per ENI address (every tick) and the
 //! environments with sessions (every five seconds, for idle reclaim).
 //! The controller sits behind a mutex: only the control thread and API
 //! requests take it, never the packet path.
@@ -178,7 +178,6 @@ struct Probe {
 fn control_loop(s: &Shared) {
     let mut probes: Vec<Probe> = vec![];
     let mut live: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
-    let mut last_live = std::time::Instant::now();
     let mut last_activity = std::time::Instant::now();
     while !s.stop.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
@@ -189,13 +188,11 @@ fn control_loop(s: &Shared) {
             events.push(ev);
         }
         // Live sessions per ENI address, and environments with traffic.
-        if last_live.elapsed() >= Duration::from_secs(1) {
-            last_live = std::time::Instant::now();
-            live.clear();
-            for c in s.gateway.counters() {
-                for (addr, in_use) in c.port_use() {
-                    *live.entry(addr).or_default() += in_use.iter().map(|&n| u64::from(n)).sum::<u64>();
-                }
+        // (The gauges are atomics the workers keep: cheap to read each tick.)
+        live.clear();
+        for c in s.gateway.counters() {
+            for (addr, in_use) in c.port_use() {
+                *live.entry(addr).or_default() += in_use.iter().map(|&n| u64::from(n)).sum::<u64>();
             }
         }
         let active_envs = if last_activity.elapsed() >= Duration::from_secs(5) {
