@@ -112,3 +112,48 @@ fn security_group_changes_while_connections_are_open() {
     assert_eq!(ask(&mut after), new_addr, "the established connection continues");
     assert_eq!(ask(&mut before), first_eni);
 }
+
+#[test]
+fn the_control_socket_reports_enis_functions_sessions_and_stats() {
+    if !netlab::is_root() {
+        eprintln!("skipping: needs root (network namespaces and TAP devices)");
+        return;
+    }
+    use control::api::{self, Request, Response};
+    let lab = Lab::build(&Options { envs: 1, ..Options::default() }).expect("lab");
+    server(&lab);
+    let mut c = connect(&lab).expect("connects");
+    assert_eq!(ask(&mut c), lab.eni);
+    let shared = std::sync::Arc::clone(lab.runtime().shared());
+    let path = std::env::temp_dir().join(format!("hp-test-{}.sock", std::process::id()));
+    let s = std::sync::Arc::clone(&shared);
+    let srv = api::serve(&path, std::sync::Arc::new(move |r| s.handle(r))).expect("serves");
+
+    let Response::Status(st) = api::call(&path, &Request::Status).unwrap() else { panic!("status") };
+    assert_eq!(st.enis.len(), 1);
+    assert_eq!((st.enis[0].addrs.clone(), st.enis[0].state.as_str()), (vec![lab.eni], "Active"));
+    assert!(st.enis[0].setup_steps.iter().any(|s| s.step == "probe"));
+    assert_eq!((st.functions[0].name.as_str(), st.functions[0].state.as_str()), ("lab", "Active"));
+
+    let env = netlab::env_addr(0);
+    let req = Request::Sessions { eni: Some(st.enis[0].id), env: Some(env), limit: None };
+    let Response::Sessions(ss) = api::call(&path, &req).unwrap() else { panic!("sessions") };
+    let tcp: Vec<_> = ss.sessions.iter().filter(|l| l.proto == "tcp").collect();
+    assert_eq!(tcp.len(), 1, "{:?}", ss.sessions);
+    assert_eq!((*tcp[0].translated_src.ip(), *tcp[0].original_dst.ip()), (lab.eni, SERVER));
+    assert!(tcp[0].packets_out >= 2 && tcp[0].timeout_s > 7000, "{:?}", tcp[0]);
+    let other = Request::Sessions { eni: None, env: Some(Ipv4Addr::new(172, 16, 9, 9)), limit: None };
+    let Response::Sessions(none) = api::call(&path, &other).unwrap() else { panic!("sessions") };
+    assert_eq!(none.total, 0);
+
+    let Response::Stats(stats) = api::call(&path, &Request::Stats).unwrap() else { panic!("stats") };
+    assert!(stats.outbound_packets >= 2 && stats.sessions["tcp"] >= 1);
+    assert!(stats.drops.contains_key("no_session"));
+    let text = control::metrics::render(&stats);
+    assert!(text.contains("hyperplane_sessions{proto=\"tcp\"}"), "{text}");
+    let Response::Error { message } = api::call(&path, &Request::Apply { config: "nonsense =".into() }).unwrap() else {
+        panic!("a bad config is an error")
+    };
+    assert!(message.contains("line"), "{message}");
+    srv.stop();
+}

@@ -10,12 +10,14 @@
 //!   end-to-end tests and the benchmarks; [`demo`]: `hyperplane demo`;
 //! - [`signals`]: SIGINT/SIGTERM as a flag for clean shutdown.
 
+pub mod api;
 pub mod config;
 pub mod controller;
 pub mod demo;
 pub mod gateway;
 pub mod ipam;
 pub mod lab;
+pub mod metrics;
 pub mod netlab;
 pub mod plan;
 pub mod runtime;

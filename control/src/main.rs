@@ -1,7 +1,7 @@
 //! The `hyperplane` binary: the gateway, its demo and its tools.
 
 use clap::{Parser, Subcommand};
-use control::{config, demo, gateway, lab, plan, signals};
+use control::{api, config, demo, lab, metrics, plan, runtime, signals};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +19,42 @@ enum Command {
     /// Run the gateway as the config file describes, until SIGINT/SIGTERM.
     Run {
         /// The TOML config (see control/examples/gateway.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Serve Prometheus metrics on this loopback address (e.g.
+        /// 127.0.0.1:9100).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// ENIs (addresses, states, generations, users, port use) and functions.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Sessions, one per line, in the spirit of `conntrack -L`.
+    Sessions {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this ENI's sessions.
+        #[arg(long)]
+        eni: Option<u32>,
+        /// Only this environment's sessions.
+        #[arg(long)]
+        env: Option<std::net::Ipv4Addr>,
+        /// At most this many lines.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Counters, drops by reason, port use.
+    Stats {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Send a new config to the running gateway (applied atomically, or not at all).
+    Apply {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The new TOML config.
         #[arg(long)]
         config: PathBuf,
     },
@@ -45,6 +81,16 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The gateway's control socket.
+    #[arg(long, default_value = "/run/hyperplane.sock")]
+    socket: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -59,7 +105,14 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, metrics } => run(&config, metrics),
+        Command::Status { api } => ask(&api, api::Request::Status),
+        Command::Sessions { api, eni, env, limit } => ask(&api, api::Request::Sessions { eni, env, limit }),
+        Command::Stats { api } => ask(&api, api::Request::Stats),
+        Command::Apply { api, config } => match std::fs::read_to_string(&config) {
+            Ok(text) => ask(&api, api::Request::Apply { config: text }),
+            Err(e) => Err(format!("{}: {e}", config.display())),
+        },
         Command::Demo { envs, workers, no_offloads, json } => run_demo(envs, workers, !no_offloads, json),
         Command::Check { config } => check(&config),
     };
@@ -100,25 +153,63 @@ fn check(path: &PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-fn run(path: &PathBuf) -> Result<(), String> {
-    let p = load(path)?;
-    let g = gateway::start(&p).map_err(|e| e.to_string())?;
+fn run(path: &PathBuf, metrics_addr: Option<std::net::SocketAddr>) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cfg = config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let socket = cfg.gateway.control_socket.clone();
+    let rt = runtime::Runtime::start(cfg).map_err(|e| e.to_string())?;
+    let shared = std::sync::Arc::clone(rt.shared());
+    let s = std::sync::Arc::clone(&shared);
+    let server = api::serve(&socket, std::sync::Arc::new(move |req| s.handle(req))).map_err(|e| e.to_string())?;
+    let s = std::sync::Arc::clone(&shared);
+    let metrics = match metrics_addr {
+        Some(a) => Some(metrics::serve_metrics(a, std::sync::Arc::new(move || s.stats())).map_err(|e| e.to_string())?),
+        None => None,
+    };
     eprintln!(
-        "hyperplane: running: {} worker(s), outside {}, {} attachment(s), offloads {}",
-        g.workers(),
-        p.outside.name,
-        p.attachments.len(),
-        if g.offloads { "on" } else { "off" }
+        "hyperplane: running: {} worker(s), {} attachment(s), offloads {}, control socket {}{}",
+        shared.gateway.workers(),
+        shared.gateway.inside.len(),
+        if shared.gateway.offloads { "on" } else { "off" },
+        socket.display(),
+        metrics.as_ref().map_or(String::new(), |m| format!(", metrics http://{}/metrics", m.local_addr()))
     );
     while !signals::stopped() {
-        while let Ok((w, ev)) = g.events.try_recv() {
-            tracing::warn!(worker = w, event = ?ev, "engine event");
-        }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let t = g.totals();
-    g.stop().map_err(|e| e.to_string())?;
+    let t = shared.gateway.totals();
+    server.stop();
+    drop(metrics);
+    drop(shared);
+    rt.stop();
     eprintln!("hyperplane: stopped after {} packets out, {} in", t.outbound.0, t.inbound.0);
+    Ok(())
+}
+
+/// One request to the running gateway, printed as text or JSON.
+fn ask(a: &ApiArgs, req: api::Request) -> Result<(), String> {
+    let resp = api::call(&a.socket, &req).map_err(|e| e.to_string())?;
+    if let api::Response::Error { message } = &resp {
+        return Err(message.clone());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    match resp {
+        api::Response::Status(r) => print!("{}", api::format_status(&r)),
+        api::Response::Sessions(r) => print!("{}", api::format_sessions(&r)),
+        api::Response::Stats(r) => print!("{}", api::format_stats(&r)),
+        api::Response::Applied(r) => {
+            if r.changes.is_empty() {
+                println!("applied: no change");
+            }
+            for l in r.changes {
+                println!("applied: {l}");
+            }
+        }
+        api::Response::Error { .. } => {}
+    }
     Ok(())
 }
 

@@ -254,3 +254,171 @@ fn control_loop(s: &Shared) {
         }
     }
 }
+
+// ----- the runtime API ------------------------------------------------------
+
+use crate::api::{
+    ApplyReport, EniStatus, FunctionStatus, PortUseLine, Request, Response, SessionLine, SessionsReport, SetupStep,
+    StatsReport, StatusReport,
+};
+use dataplane::flow::{ICMP, TCP};
+
+const PROTOS: [&str; 3] = ["tcp", "udp", "icmp"];
+
+impl Shared {
+    /// Answers one runtime API request (see [`crate::api`]).
+    pub fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Status => Response::Status(self.status()),
+            Request::Sessions { eni, env, limit } => Response::Sessions(self.sessions(eni, env, limit)),
+            Request::Stats => Response::Stats(self.stats()),
+            Request::Apply { config } => match self.apply(&config) {
+                Ok(changes) => Response::Applied(ApplyReport { changes }),
+                Err(e) => Response::Error { message: e.to_string() },
+            },
+        }
+    }
+
+    fn port_use(&self) -> Vec<PortUseLine> {
+        let range = self.controller().plan().engine.port_range.clone();
+        let capacity = u32::from(*range.end()) - u32::from(*range.start()) + 1;
+        let mut by_addr: BTreeMap<Ipv4Addr, [u32; 3]> = BTreeMap::new();
+        for c in self.gateway.counters() {
+            for (addr, n) in c.port_use() {
+                let e = by_addr.entry(addr).or_default();
+                for i in 0..3 {
+                    e[i] += n[i];
+                }
+            }
+        }
+        by_addr.into_iter().map(|(addr, n)| PortUseLine { addr, tcp: n[0], udp: n[1], icmp: n[2], capacity }).collect()
+    }
+
+    /// ENIs and functions.
+    pub fn status(&self) -> StatusReport {
+        let ports = self.port_use();
+        let ctl = self.controller();
+        let enis = ctl
+            .enis()
+            .into_iter()
+            .map(|e| EniStatus {
+                id: e.id,
+                subnet: e.key.subnet.clone(),
+                security_groups: e.key.security_groups.clone(),
+                port_use: ports.iter().filter(|p| e.addrs.contains(&p.addr)).cloned().collect(),
+                addrs: e.addrs.clone(),
+                generation: e.generation,
+                state: e.state.label().to_string(),
+                functions: e.functions.iter().cloned().collect(),
+                sessions: e.sessions,
+                setup_ms: e.setup_time().map(|d| d.as_secs_f64() * 1000.0),
+                setup_steps: e
+                    .steps
+                    .iter()
+                    .map(|(s, d)| SetupStep { step: s.clone(), ms: d.as_secs_f64() * 1000.0 })
+                    .collect(),
+            })
+            .collect();
+        let functions = ctl
+            .functions()
+            .into_iter()
+            .map(|(name, f)| {
+                let (state, state_reason) = f.state.parts();
+                let (last, last_reason) = f.last_update.parts();
+                let mut enis: Vec<u32> =
+                    f.bound.values().chain(f.target.values()).filter_map(|k| ctl.eni_for(k).map(|e| e.id)).collect();
+                enis.sort_unstable();
+                enis.dedup();
+                FunctionStatus {
+                    name,
+                    state: state.to_string(),
+                    state_reason,
+                    last_update_status: last.to_string(),
+                    last_update_reason: last_reason,
+                    enis,
+                }
+            })
+            .collect();
+        StatusReport { enis, functions }
+    }
+
+    /// Sessions, filtered by ENI and environment, at most `limit`.
+    pub fn sessions(&self, eni: Option<u32>, env: Option<Ipv4Addr>, limit: Option<usize>) -> SessionsReport {
+        let now = self.now();
+        let per_worker = self.gateway.query(move |e| {
+            let t = *e.sessions().timeouts();
+            let mut v = vec![];
+            e.sessions().for_each(|_, s| {
+                if env.is_none_or(|a| a == s.inside.ip) {
+                    v.push((*s, s.deadline(&t)));
+                }
+            });
+            v
+        });
+        let ctl = self.controller();
+        let mut lines: Vec<SessionLine> = per_worker
+            .into_iter()
+            .flatten()
+            .map(|(s, deadline)| {
+                let v4 = |ep: dataplane::flow::Endpoint| std::net::SocketAddrV4::new(ep.ip, ep.port);
+                SessionLine {
+                    proto: match s.proto {
+                        TCP => "tcp",
+                        ICMP => "icmp",
+                        _ => "udp",
+                    }
+                    .to_string(),
+                    timeout_s: deadline.saturating_since(now).as_secs(),
+                    state: if s.proto == TCP { format!("{:?}", s.tcp) } else { "-".into() },
+                    env: s.inside.ip,
+                    eni: ctl.eni_of_addr(s.eni.ip),
+                    original_src: v4(s.inside),
+                    original_dst: v4(s.remote),
+                    translated_src: v4(s.eni),
+                    translated_dst: v4(s.remote),
+                    packets_out: s.out_packets,
+                    bytes_out: s.out_bytes,
+                    packets_in: s.in_packets,
+                    bytes_in: s.in_bytes,
+                }
+            })
+            .filter(|l| eni.is_none() || l.eni == eni)
+            .collect();
+        lines.sort_by_key(|l| (l.env, l.original_src.port(), l.original_dst));
+        let total = lines.len();
+        if let Some(n) = limit {
+            lines.truncate(n);
+        }
+        SessionsReport { sessions: lines, total }
+    }
+
+    /// Counters, drops by reason, port use, ENI setup times.
+    pub fn stats(&self) -> StatsReport {
+        let cs = self.gateway.counters();
+        let sum = |f: &dyn Fn(&dataplane::counters::Counters) -> u64| cs.iter().map(|c| f(c)).sum::<u64>();
+        let t = self.gateway.totals();
+        let per_proto = |f: &dyn Fn(&dataplane::counters::Counters, usize) -> u64| {
+            PROTOS.iter().enumerate().map(|(i, p)| (p.to_string(), cs.iter().map(|c| f(c, i)).sum())).collect()
+        };
+        let eni_setup_seconds =
+            self.controller().enis().iter().filter_map(|e| e.setup_time().map(|d| (e.id, d.as_secs_f64()))).collect();
+        StatsReport {
+            workers: self.gateway.workers(),
+            rx_frames: sum(&|c| c.rx_frames.get()),
+            outbound_packets: t.outbound.0,
+            outbound_bytes: t.outbound.1,
+            inbound_packets: t.inbound.0,
+            inbound_bytes: t.inbound.1,
+            hairpinned: t.hairpinned,
+            sessions: PROTOS.iter().zip(t.live).map(|(p, n)| (p.to_string(), n)).collect(),
+            sessions_created: per_proto(&|c, i| c.sessions_created[i].get()),
+            sessions_expired: per_proto(&|c, i| c.sessions_expired[i].get()),
+            drops: dataplane::counters::DropReason::ALL
+                .iter()
+                .map(|&r| (r.label().to_string(), sum(&|c| c.dropped(r))))
+                .collect(),
+            port_use: self.port_use(),
+            eni_setup_seconds,
+        }
+    }
+}
