@@ -67,6 +67,10 @@ fn security_group_changes_while_connections_are_open() {
 
     // An invalid config changes nothing.
     let cfg_before = shared.controller().config().clone();
+    let enis = |s: &control::runtime::Shared| {
+        s.controller().enis().iter().map(|e| (e.id, e.addrs.clone(), e.state, e.generation)).collect::<Vec<_>>()
+    };
+    let enis_before = enis(shared);
     let sessions_before = lab.gateway().totals().live;
     let bad = lab.config_with(|o| {
         o.alt_egress = r#"[ { protocol = "tcp", ports = "90-80", destination = "0.0.0.0/0" } ]"#.into()
@@ -74,6 +78,7 @@ fn security_group_changes_while_connections_are_open() {
     let e = shared.apply(&bad).expect_err("a bad port range is refused");
     assert!(e.field.contains("security_groups[1]"), "{e}");
     assert_eq!(shared.controller().config(), &cfg_before);
+    assert_eq!(enis(shared), enis_before, "ENIs exactly as they were");
     assert_eq!(lab.gateway().totals().live, sessions_before);
     // Changing devices needs a restart, and says so.
     let e = shared.apply(&lab.config_with(|o| o.mtu = 1400)).expect_err("device change refused");
