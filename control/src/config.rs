@@ -373,6 +373,18 @@ impl From<FilteringKind> for Filtering {
     }
 }
 
+/// How execution environments get ENIs.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EniMode {
+    /// One ENI per (subnet, security-group set), shared by every function
+    /// and environment with that key.
+    #[default]
+    Shared,
+    /// One ENI per execution environment, created when it starts.
+    PerEnvironment,
+}
+
 /// `[gateway]`. Keys marked "default: from the profile" are optional
 /// overrides of the chosen [`Profile`]'s engine settings.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -441,6 +453,11 @@ pub struct Gateway {
     /// flows after a config update before it is torn down; 0 = tear down at
     /// once. Default 3600.
     pub drain_limit_secs: u64,
+    /// `"shared"` (default): one ENI per (subnet, security-group set), set
+    /// up when a function is created. `"per-environment"`: the design
+    /// before 2019, kept for the study: each execution environment gets its
+    /// own ENI when it starts, on its cold-start path.
+    pub eni_mode: EniMode,
     /// `[gateway.timeouts]`: idle timeouts.
     pub timeouts: TimeoutSettings,
     /// `[gateway.arp]`: the outside port's ARP resolver.
@@ -472,6 +489,7 @@ impl Default for Gateway {
             idle_reclaim_secs: 14 * 24 * 3600,
             provisioning_delay_ms: 0,
             drain_limit_secs: 3600,
+            eni_mode: EniMode::Shared,
             timeouts: TimeoutSettings::default(),
             arp: ArpSettings::default(),
             frag: FragSettings::default(),

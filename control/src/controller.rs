@@ -212,6 +212,53 @@ fn keys_of(f: &config::Function) -> BTreeMap<String, EniKey> {
     f.subnets.iter().map(|s| (s.clone(), EniKey::new(s, &f.security_groups))).collect()
 }
 
+/// What gets ENIs: a function (shared mode), or an execution environment
+/// (per-environment mode, named `function@address`).
+#[derive(Clone, Debug, PartialEq)]
+struct Unit {
+    name: String,
+    /// Subnet and groups, for change messages.
+    describe: String,
+    keys: BTreeMap<String, EniKey>,
+    /// Starts without ENIs, until its environment starts.
+    on_start: bool,
+}
+
+fn units(cfg: &Config) -> Vec<Unit> {
+    let describe =
+        |f: &config::Function| format!("subnets [{}] groups [{}]", f.subnets.join(","), f.security_groups.join(","));
+    match cfg.gateway.eni_mode {
+        config::EniMode::Shared => cfg
+            .functions
+            .iter()
+            .map(|f| Unit { name: f.name.clone(), describe: describe(f), keys: keys_of(f), on_start: false })
+            .collect(),
+        config::EniMode::PerEnvironment => cfg
+            .environments
+            .iter()
+            .filter_map(|e| {
+                let f = cfg.functions.iter().find(|f| f.name == e.function)?;
+                let subnet = e.subnet.clone().unwrap_or_else(|| f.subnets[0].clone());
+                let key = EniKey { owner: Some(e.address), ..EniKey::new(&subnet, &f.security_groups) };
+                Some(Unit {
+                    name: format!("{}@{}", f.name, e.address),
+                    describe: describe(f),
+                    keys: [(subnet, key)].into(),
+                    on_start: true,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The unit an environment belongs to.
+fn unit_of(cfg: &Config, e: &config::Environment) -> String {
+    match cfg.gateway.eni_mode {
+        config::EniMode::Shared => e.function.clone(),
+        config::EniMode::PerEnvironment => format!("{}@{}", e.function, e.address),
+    }
+}
+
 fn ms_since(now: Instant, then: Instant) -> Duration {
     now.saturating_since(then)
 }
@@ -290,11 +337,15 @@ impl Controller {
     pub fn apply(&mut self, cfg: Config, now: Instant) -> Result<Vec<String>, ConfigError> {
         cfg.validate()?;
         // What the new config needs that does not exist yet.
+        let new_units = units(&cfg);
         let mut wanted: BTreeSet<EniKey> = BTreeSet::new();
-        for f in &cfg.functions {
-            let inactive = self.functions.get(&f.name).is_some_and(|r| matches!(r.state, FunctionState::Inactive(_)));
+        for u in &new_units {
+            let inactive = match self.functions.get(&u.name) {
+                Some(r) => matches!(r.state, FunctionState::Inactive(_)),
+                None => u.on_start,
+            };
             if !inactive {
-                wanted.extend(keys_of(f).into_values());
+                wanted.extend(u.keys.values().cloned());
             }
         }
         let new_keys: Vec<&EniKey> = wanted.iter().filter(|k| !self.by_key.contains_key(*k)).collect();
@@ -341,13 +392,12 @@ impl Controller {
             }
         }
         let assignments: BTreeMap<EniKey, Vec<Ipv4Addr>> =
-            self.enis.iter().map(|e| (e.key.clone(), e.addrs.clone())).collect();
+            self.enis.iter().filter(|e| e.key.owner.is_none()).map(|e| (e.key.clone(), e.addrs.clone())).collect();
         let plan = plan::plan(&cfg, &assignments)?;
 
         // Accepted: from here on nothing fails.
         let mut changes = vec![];
-        let old: BTreeMap<String, config::Function> =
-            self.cfg.functions.iter().map(|f| (f.name.clone(), f.clone())).collect();
+        let old: BTreeMap<String, Unit> = units(&self.cfg).into_iter().map(|u| (u.name.clone(), u)).collect();
         // Rule edits reach every ENI at once.
         if self.cfg.security_groups != cfg.security_groups {
             changes.push("security groups recompiled: new flows use the new rules".to_string());
@@ -355,13 +405,26 @@ impl Controller {
         self.cfg = cfg.clone();
         self.plan = plan;
         self.ipam = ipam;
-        for f in &cfg.functions {
-            let target = keys_of(f);
-            match old.get(&f.name) {
-                None => {
-                    changes.push(format!("function {}: created", f.name));
+        for u in &new_units {
+            let target = u.keys.clone();
+            match old.get(&u.name) {
+                None if u.on_start => {
+                    // Per-environment mode: its ENI comes when it starts.
                     self.functions.insert(
-                        f.name.clone(),
+                        u.name.clone(),
+                        FunctionRecord {
+                            state: FunctionState::Inactive("NotStarted"),
+                            last_update: UpdateStatus::Successful,
+                            bound: BTreeMap::new(),
+                            target,
+                            last_activity: now,
+                        },
+                    );
+                }
+                None => {
+                    changes.push(format!("function {}: created", u.name));
+                    self.functions.insert(
+                        u.name.clone(),
                         FunctionRecord {
                             state: FunctionState::Pending("Creating"),
                             last_update: UpdateStatus::Successful,
@@ -370,33 +433,26 @@ impl Controller {
                             last_activity: now,
                         },
                     );
-                    self.ensure_enis(&f.name, &target, now);
+                    self.ensure_enis(&u.name, &target, now);
                 }
-                Some(o) if keys_of(o) != target => {
-                    changes.push(format!(
-                        "function {}: subnets [{}] groups [{}] -> subnets [{}] groups [{}]",
-                        f.name,
-                        o.subnets.join(","),
-                        o.security_groups.join(","),
-                        f.subnets.join(","),
-                        f.security_groups.join(",")
-                    ));
-                    if let Some(mut r) = self.functions.get_mut(&f.name) {
+                Some(o) if o.keys != target => {
+                    changes.push(format!("function {}: {} -> {}", u.name, o.describe, u.describe));
+                    if let Some(mut r) = self.functions.get_mut(&u.name) {
                         r.target = target.clone();
                         if !matches!(r.state, FunctionState::Inactive(_)) {
                             r.last_update = UpdateStatus::InProgress;
                         }
                     }
                     let inactive =
-                        self.functions.get(&f.name).is_some_and(|r| matches!(r.state, FunctionState::Inactive(_)));
+                        self.functions.get(&u.name).is_some_and(|r| matches!(r.state, FunctionState::Inactive(_)));
                     if !inactive {
-                        self.ensure_enis(&f.name, &target, now);
+                        self.ensure_enis(&u.name, &target, now);
                     }
                 }
                 Some(_) => {}
             }
         }
-        for name in old.keys().filter(|n| !cfg.functions.iter().any(|f| &f.name == *n)) {
+        for name in old.keys().filter(|n| !new_units.iter().any(|u| &u.name == *n)) {
             changes.push(format!("function {name}: deleted"));
             self.functions.remove(name);
         }
@@ -536,7 +592,7 @@ impl Controller {
     /// Traffic from environment `env` (a new flow, or live sessions): keeps
     /// its function from going idle, and brings an inactive one back.
     pub fn traffic(&mut self, env: Ipv4Addr, now: Instant) {
-        let Some(name) = self.cfg.environments.iter().find(|e| e.address == env).map(|e| e.function.clone()) else {
+        let Some(name) = self.cfg.environments.iter().find(|e| e.address == env).map(|e| unit_of(&self.cfg, e)) else {
             return;
         };
         let restore = {
@@ -544,8 +600,10 @@ impl Controller {
                 return;
             };
             f.last_activity = now;
-            if matches!(f.state, FunctionState::Inactive(_)) {
-                f.state = FunctionState::Pending("Restoring");
+            if let FunctionState::Inactive(why) = f.state {
+                // A per-environment ENI is created on the cold start; an
+                // idle function's ENI is restored.
+                f.state = FunctionState::Pending(if why == "NotStarted" { "Creating" } else { "Restoring" });
                 Some(f.target.clone())
             } else {
                 None
@@ -695,11 +753,14 @@ impl Controller {
         }
     }
 
+    /// The compiled egress rules of a key's groups (per-environment ENIs
+    /// use their shared key's).
     fn egress(&self, key: &EniKey) -> Arc<RuleSet> {
+        let shared = EniKey { owner: None, ..key.clone() };
         self.plan
             .enis
             .iter()
-            .find(|e| &e.key == key)
+            .find(|e| e.key == shared)
             .map_or_else(|| Arc::new(RuleSet::new(vec![])), |e| e.egress.clone())
     }
 
@@ -727,7 +788,7 @@ impl Controller {
                     .and_then(|s| {
                         // During an update that moves the function to other
                         // subnets, its environments stay where they are.
-                        let f = self.functions.get(&e.function)?;
+                        let f = self.functions.get(&unit_of(&self.cfg, e))?;
                         f.bound.get(&s).or_else(|| f.bound.values().next()).cloned()
                     })
                     .and_then(|k| self.by_key.get(&k).map(|id| *id))

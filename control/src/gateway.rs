@@ -66,13 +66,18 @@ fn dev(name: &str) -> impl FnOnce(IoError) -> StartError + '_ {
     move |source| StartError::Device { device: name.to_string(), source }
 }
 
-/// Opens and configures a TAP: offloads, MTU, link up.
+/// Frames a TAP's kernel side queues for its worker.
+pub const TAP_QUEUE: u32 = 4096;
+
+/// Opens and configures a TAP: offloads, MTU, queue length, link up.
 fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool) -> Result<Tap, StartError> {
     let tap = Tap::open(name, opts).map_err(dev(name))?;
     if opts.vnet_hdr {
         tap.set_offload(if offloads { OFFLOADS_TCP } else { 0 }).map_err(dev(name))?;
     }
     tap.set_mtu(u32::from(mtu)).map_err(dev(name))?;
+    // Room for bursts while a worker is off the CPU (the default is 500).
+    dataplane::io::ifreq::set_tx_queue_len(name, TAP_QUEUE).map_err(dev(name))?;
     tap.set_up().map_err(dev(name))?;
     Ok(tap)
 }

@@ -22,5 +22,6 @@ pub mod netlab;
 pub mod plan;
 pub mod runtime;
 pub mod signals;
+pub mod study;
 
 pub use dataplane;

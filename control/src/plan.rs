@@ -50,13 +50,16 @@ pub struct EniKey {
     pub subnet: String,
     /// The security group ids, sorted and deduplicated.
     pub security_groups: Vec<String>,
+    /// The environment that owns it, in per-environment mode (`None`:
+    /// shared).
+    pub owner: Option<Ipv4Addr>,
 }
 
 impl EniKey {
     /// A key; `security_groups` is sorted and deduplicated.
     pub fn new(subnet: impl Into<String>, security_groups: impl IntoIterator<Item = impl Into<String>>) -> EniKey {
         let set: BTreeSet<String> = security_groups.into_iter().map(Into::into).collect();
-        EniKey { subnet: subnet.into(), security_groups: set.into_iter().collect() }
+        EniKey { subnet: subnet.into(), security_groups: set.into_iter().collect(), owner: None }
     }
 }
 

@@ -359,3 +359,33 @@ fn a_rule_edit_is_published_at_once_without_a_new_eni() {
     assert!(!b.eni(id).unwrap().egress.allows(6, Ipv4Addr::new(10, 0, 5, 5), 443));
     assert!(b.eni(id).unwrap().egress.allows(6, Ipv4Addr::new(10, 0, 5, 5), 8443));
 }
+
+#[test]
+fn per_environment_mode_gives_each_environment_its_own_eni_when_it_starts() {
+    // Two functions with one key; one environment each.
+    let mut c = Controller::new(
+        cfg("eni_mode = \"per-environment\"", &[("a", &["subnet-a"], &["sg-1"]), ("b", &["subnet-a"], &["sg-1"])]),
+        t(0),
+    )
+    .unwrap();
+    assert!(probes_ok(&mut c, t(0)).is_empty(), "no ENI before an environment starts");
+    let (e0, e1) = (Ipv4Addr::new(172, 16, 1, 2), Ipv4Addr::new(172, 16, 1, 3));
+    assert_eq!(c.bindings().env(e0).unwrap().eni, 0);
+    // The first environment starts: its ENI is set up on its cold start.
+    c.traffic(e0, t(1));
+    assert_eq!(state(&c, "a@172.16.1.2"), FunctionState::Pending("Creating"));
+    assert_eq!(probes_ok(&mut c, t(1)).len(), 1);
+    c.tick(t(1), &none());
+    assert_eq!(state(&c, "a@172.16.1.2"), FunctionState::Active);
+    assert_ne!(c.bindings().env(e0).unwrap().eni, 0);
+    assert_eq!(c.bindings().env(e1).unwrap().eni, 0, "the other has not started");
+    c.traffic(e1, t(2));
+    probes_ok(&mut c, t(2));
+    c.tick(t(2), &none());
+    let enis = c.enis();
+    assert_eq!(enis.len(), 2, "one ENI per environment, though the key is the same");
+    assert_ne!(enis[0].addrs, enis[1].addrs);
+    let b = c.bindings();
+    assert_ne!(b.env(e0).unwrap().eni, b.env(e1).unwrap().eni);
+    assert!(b.eni(b.env(e1).unwrap().eni).unwrap().egress.allows(6, Ipv4Addr::new(10, 0, 9, 9), 80), "sg-1 compiled");
+}

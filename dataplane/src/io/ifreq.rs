@@ -93,6 +93,18 @@ pub fn set_mtu(name: &str, mtu: u32) -> Result<(), IoError> {
     ifioctl("SIOCSIFMTU", libc::SIOCSIFMTU, name, &mut req)
 }
 
+/// Sets the transmit queue length of `name` (`SIOCSIFTXQLEN`), in frames.
+/// For a TAP this is how many frames the kernel side may queue for its
+/// reader before it drops.
+pub fn set_tx_queue_len(name: &str, frames: u32) -> Result<(), IoError> {
+    let mut req = ifreq_for(name)?;
+    let n = libc::c_int::try_from(frames)
+        .map_err(|_| IoError::Sys { op: "SIOCSIFTXQLEN", source: io::Error::from(io::ErrorKind::InvalidInput) })?;
+    // `ifr_qlen` is the union's int member, the one libc names `ifru_mtu`.
+    req.ifr_ifru.ifru_mtu = n;
+    ifioctl("SIOCSIFTXQLEN", 0x8943, name, &mut req)
+}
+
 /// The MTU of `name` (`SIOCGIFMTU`), in bytes.
 pub fn mtu(name: &str) -> Result<u32, IoError> {
     let mut req = ifreq_for(name)?;
