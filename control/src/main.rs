@@ -1,7 +1,7 @@
 //! The `hyperplane` binary: the gateway, its demo and its tools.
 
 use clap::{Parser, Subcommand};
-use control::{api, config, demo, lab, metrics, plan, runtime, signals};
+use control::{api, config, demo, lab, metrics, plan, runtime, signals, study};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +73,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Study the shared-ENI design: per-environment ENIs against one shared
+    /// ENI, simulated (default) or measured on this machine (--real, root).
+    Study {
+        /// Scenario as JSON (defaults: the published figures, estimates
+        /// marked in the docs).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Random seed: the same seed gives the same result.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where JSON, CSV and SVG files go.
+        #[arg(long, default_value = "hyperplane-study")]
+        out: PathBuf,
+        /// Sweep one parameter (eni-create-seconds, subnet-prefix,
+        /// target-concurrency, memory-mb, connections-per-env, eni-quota).
+        #[arg(long)]
+        sweep: Option<String>,
+        /// The sweep's values, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        values: Vec<f64>,
+        /// Measure both designs for real on this machine (root).
+        #[arg(long)]
+        real: bool,
+        /// Environments for --real.
+        #[arg(long, default_value_t = 100)]
+        envs: usize,
+        /// Modelled provisioning delay per ENI for --real, ms.
+        #[arg(long, default_value_t = 0)]
+        provisioning_ms: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file and print the plan it gives (ENIs, addresses).
     Check {
         /// The TOML config.
@@ -115,6 +148,9 @@ fn main() -> ExitCode {
         },
         Command::Demo { envs, workers, no_offloads, json } => run_demo(envs, workers, !no_offloads, json),
         Command::Check { config } => check(&config),
+        Command::Study { scenario, seed, out, sweep, values, real, envs, provisioning_ms, json } => {
+            run_study(scenario, seed, &out, sweep, &values, real, envs, provisioning_ms, json)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,6 +245,74 @@ fn ask(a: &ApiArgs, req: api::Request) -> Result<(), String> {
             }
         }
         api::Response::Error { .. } => {}
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_study(
+    scenario: Option<PathBuf>,
+    seed: u64,
+    out: &std::path::Path,
+    sweep: Option<String>,
+    values: &[f64],
+    real: bool,
+    envs: usize,
+    provisioning_ms: u64,
+    json: bool,
+) -> Result<(), String> {
+    if real {
+        if envs == 0 || envs > 240 {
+            return Err(format!("--envs {envs}: must be between 1 and 240 (the lab subnet's addresses)"));
+        }
+        let r = study::real::run(envs, provisioning_ms).map_err(|e| e.to_string())?;
+        let files = study::real::write(&r, out).map_err(|e| format!("{}: {e}", out.display()))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+        } else {
+            print!("{}", study::real::table(&r));
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }
+        return Ok(());
+    }
+    let sc: study::Scenario = match scenario {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => study::Scenario::default(),
+    };
+    if let Some(name) = sweep {
+        let param: study::SweepParam = name.parse().map_err(|e| format!("--sweep {name}: {e}"))?;
+        if values.is_empty() {
+            return Err("--values: give the sweep's values, e.g. --values 2,8,30".into());
+        }
+        let results = study::sweep(&sc, param, values, seed).map_err(|e| e.to_string())?;
+        let files = study::report::write_sweep(param, &results, out).map_err(|e| format!("{}: {e}", out.display()))?;
+        if json {
+            let v: Vec<_> = results.iter().map(|(x, r)| serde_json::json!({ "value": x, "result": r })).collect();
+            println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        } else {
+            print!("{}", study::report::sweep_table(param, &results));
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }
+        return Ok(());
+    }
+    let r = study::run(&sc, seed).map_err(|e| e.to_string())?;
+    let mut files = study::report::write_json(&r, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    files.extend(study::report::write_csv(&r, out).map_err(|e| format!("{}: {e}", out.display()))?);
+    files.extend(study::report::write_svgs(&r, out).map_err(|e| format!("{}: {e}", out.display()))?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", study::report::table(&r));
+        for f in files {
+            println!("wrote {}", f.display());
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! Units: seconds throughout, MB for memory. Runs are deterministic for a seed except for
 //! [`DesignResult::wall_clock_ms`].
 
+pub mod real;
 pub mod report;
 pub mod rng;
 pub mod scenario;
