@@ -11,6 +11,13 @@
 //!
 //! The gateway creates every TAP in the root namespace and keeps their
 //! descriptors; the lab moves each TAP's kernel side into its namespace.
+//!
+//! With [`Options::shared_attachment`] `= Some(n)` the lab instead has ONE
+//! attachment carrying `n` environments (addresses [`env_addr`]`(0..n)`),
+//! and no environment namespaces: the attachment TAP's kernel side is a port
+//! of a Linux bridge (`br0`, no addresses) in a bridge namespace, and
+//! [`Lab::attach_to_bridge`] adds another port (the load generator's TAP),
+//! so frames flow load generator → bridge → the gateway's attachment.
 //! The VPC namespace routes between the ENI subnet and the server subnet, so
 //! a traceroute sees the VPC router as a hop beyond the gateway. Nothing
 //! outside the namespaces the lab made is touched, and dropping the lab
@@ -66,6 +73,11 @@ pub struct Options {
     pub alt_egress: String,
     /// The function's security group: `sg-lab` or `sg-alt`.
     pub group: String,
+    /// `Some(n)`: `n` environments behind one attachment TAP bridged in a
+    /// bridge namespace (see the module doc); `envs` is then ignored and no
+    /// environment namespaces are made. `None`: one namespace and TAP per
+    /// environment.
+    pub shared_attachment: Option<usize>,
 }
 
 impl Default for Options {
@@ -80,6 +92,7 @@ impl Default for Options {
             af_packet: false,
             alt_egress: r#"[ { protocol = "all", destination = "0.0.0.0/0" } ]"#.into(),
             group: "sg-lab".into(),
+            shared_attachment: None,
         }
     }
 }
@@ -105,7 +118,12 @@ pub struct Lab {
     pub opts: Options,
     /// The outside device's name.
     pub outside: String,
+    /// The bridge namespace (shared-attachment mode only).
+    pub bridge: Option<Netns>,
 }
+
+/// The bridge's name inside the bridge namespace (shared-attachment mode).
+pub const BRIDGE: &str = "br0";
 
 /// The gateway config for a lab (TOML, parsed by the same code as
 /// `hyperplane run --config`).
@@ -127,6 +145,16 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
         opts.alt_egress,
         opts.group,
     );
+    if let (Some(n), Some(tap)) = (opts.shared_attachment, taps.first()) {
+        t += &format!("\n[[attachments]]\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n", opts.mtu);
+        for i in 0..n {
+            t += &format!(
+                "\n[[environments]]\nfunction = \"lab\"\naddress = \"{}\"\nattachment = \"{tap}\"\n",
+                env_addr(i)
+            );
+        }
+        return t;
+    }
     for (i, tap) in taps.iter().enumerate() {
         t += &format!(
             "\n[[attachments]]\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n\n\
@@ -144,13 +172,17 @@ impl Lab {
         netlab::sweep_stale("hpl");
         let tag = netlab::unique("hpl");
         let outside = netlab::unique("hpl");
-        let taps: Vec<String> = (0..opts.envs).map(|_| netlab::unique("hpl")).collect();
+        let shared = opts.shared_attachment;
+        let (ntaps, nenvs) = if shared.is_some() { (1, 0) } else { (opts.envs, opts.envs) };
+        let taps: Vec<String> = (0..ntaps).map(|_| netlab::unique("hpl")).collect();
         let names: Vec<String> = [format!("{tag}v"), format!("{tag}s")]
             .into_iter()
-            .chain((0..opts.envs).map(|i| format!("{tag}e{i}")))
+            .chain(shared.map(|_| format!("{tag}b")))
+            .chain((0..nenvs).map(|i| format!("{tag}e{i}")))
             .collect();
         let mut nss = Netns::new_many(&names)?.into_iter();
         let (vpc, server) = (nss.next().expect("vpc"), nss.next().expect("server"));
+        let bridge = if shared.is_some() { nss.next() } else { None };
         let envs: Vec<Netns> = nss.collect();
 
         // The VPC: a router with the server behind it.
@@ -194,6 +226,7 @@ impl Lab {
             taps,
             opts: opts.clone(),
             outside: outside.clone(),
+            bridge,
         };
 
         // Wire the TAPs' kernel sides into their namespaces.
@@ -210,6 +243,22 @@ impl Lab {
             // router finish checksums before they reach the gateway.
             lab.vpc.exec(&["ethtool", "-K", &vpc_link, "tx", "off"])?;
         }
+        if let Some(br) = &lab.bridge {
+            // One attachment, bridged: its kernel side becomes a bridge port.
+            let tap = &lab.taps[0];
+            ip_batch(None, &[format!("link set {tap} netns {}", br.name())])?;
+            ip_batch(
+                Some(br),
+                &[
+                    format!("link add {BRIDGE} type bridge"),
+                    format!("link set {BRIDGE} type bridge stp_state 0 forward_delay 0"),
+                    format!("link set {tap} master {BRIDGE}"),
+                    format!("link set {tap} up"),
+                    format!("link set {BRIDGE} up"),
+                ],
+            )?;
+            return Ok(lab);
+        }
         let moves: Vec<String> =
             lab.taps.iter().zip(&lab.envs).map(|(t, ns)| format!("link set {t} netns {}", ns.name())).collect();
         ip_batch(None, &moves)?;
@@ -225,6 +274,19 @@ impl Lab {
             )?;
         }
         Ok(lab)
+    }
+
+    /// Shared-attachment mode: moves the root-namespace link `link` (e.g. a
+    /// load generator's TAP) into the bridge namespace as a port of
+    /// [`BRIDGE`] and brings it up. Without a bridge (per-environment mode)
+    /// this is [`LabError::Invalid`].
+    pub fn attach_to_bridge(&self, link: &str) -> Result<(), Error> {
+        let Some(br) = &self.bridge else {
+            return Err(LabError::Invalid(format!("attach_to_bridge({link}): the lab has no shared attachment")).into());
+        };
+        move_link(link, br)?;
+        ip_batch(Some(br), &[format!("link set {link} master {BRIDGE}"), format!("link set {link} up")])?;
+        Ok(())
     }
 
     /// This lab's config with some options changed (for `apply`).

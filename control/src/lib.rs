@@ -17,6 +17,7 @@ pub mod demo;
 pub mod gateway;
 pub mod ipam;
 pub mod lab;
+pub mod loadgen;
 pub mod metrics;
 pub mod netlab;
 pub mod plan;

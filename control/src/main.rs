@@ -1,7 +1,7 @@
 //! The `hyperplane` binary: the gateway, its demo and its tools.
 
 use clap::{Parser, Subcommand};
-use control::{api, config, demo, lab, metrics, plan, runtime, signals, study};
+use control::{api, config, demo, lab, loadgen, metrics, plan, runtime, signals, study};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +70,49 @@ enum Command {
         #[arg(long)]
         no_offloads: bool,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load-test a NAT with emulated execution environments (root): ours,
+    /// the kernel's nftables masquerade, or both side by side (--compare).
+    Loadgen {
+        /// udp, tcp-bulk, connect or mixed.
+        scenario: String,
+        /// Run against ours and the kernel in one run and print the ratios.
+        #[arg(long)]
+        compare: bool,
+        /// Which NAT: ours or kernel (without --compare).
+        #[arg(long, default_value = "ours")]
+        target: String,
+        /// Emulated environments (default 1000; 16 for tcp-bulk).
+        #[arg(long)]
+        envs: Option<usize>,
+        /// Seconds (at most 120).
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Open loop: packets/s (udp) or connections/s (connect, mixed);
+        /// default as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// UDP payload, bytes (64-1472).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Environments appear over this many seconds.
+        #[arg(long, default_value_t = 0.0)]
+        ramp: f64,
+        /// connect: each environment connects once (the cold start).
+        #[arg(long)]
+        once: bool,
+        /// Our gateway's port range, e.g. 2000-2049.
+        #[arg(long)]
+        port_range: Option<String>,
+        /// Our gateway's workers (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Write the JSON result and SVG plots here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print JSON; no progress bar.
         #[arg(long)]
         json: bool,
     },
@@ -148,6 +191,58 @@ fn main() -> ExitCode {
         },
         Command::Demo { envs, workers, no_offloads, json } => run_demo(envs, workers, !no_offloads, json),
         Command::Check { config } => check(&config),
+        Command::Loadgen {
+            scenario,
+            compare,
+            target,
+            envs,
+            duration,
+            rate,
+            payload,
+            ramp,
+            once,
+            port_range,
+            workers,
+            out,
+            json,
+        } => (|| {
+            let args = loadgen::LoadArgs {
+                scenario: loadgen::Scenario::parse(&scenario).map_err(|e| e.to_string())?,
+                target: match target.as_str() {
+                    "ours" => loadgen::Target::Ours,
+                    "kernel" => loadgen::Target::Kernel,
+                    t => return Err(format!("--target {t}: ours or kernel")),
+                },
+                envs,
+                duration: Duration::try_from_secs_f64(duration).map_err(|e| format!("--duration: {e}"))?,
+                rate,
+                payload,
+                ramp: Duration::try_from_secs_f64(ramp).map_err(|e| format!("--ramp: {e}"))?,
+                once,
+                port_range,
+                workers,
+                out_dir: out,
+                json,
+                progress: !json,
+                ..loadgen::LoadArgs::default()
+            };
+            if compare {
+                let r = loadgen::compare(&args).map_err(|e| e.to_string())?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+                } else {
+                    print!("{}", r.table());
+                }
+            } else {
+                let r = loadgen::run(&args).map_err(|e| e.to_string())?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+                } else {
+                    print!("{}", r.table());
+                }
+            }
+            Ok(())
+        })(),
         Command::Study { scenario, seed, out, sweep, values, real, envs, provisioning_ms, json } => {
             run_study(scenario, seed, &out, sweep, &values, real, envs, provisioning_ms, json)
         }

@@ -12,6 +12,9 @@ pub const GW_OUTSIDE_LINK: &str = "vpc";
 /// The link name inside every environment namespace (towards the gateway).
 pub const ENV_LINK: &str = "gw";
 
+/// Prefix length of [`INSIDE_GATEWAY`] on the inside link of [`KernelNat::build_with_tap`]: `172.16.0.0/16`.
+pub const INSIDE_PREFIX_LEN: u8 = 16;
+
 /// The nftables ruleset installed in the gateway namespace.
 const RULESET: &str = "table ip hp {
   chain post {
@@ -68,6 +71,21 @@ impl KernelNat {
         // From here on Drop cleans up whatever fails.
         let lab = KernelNat { gw, vpc, server, envs: env_nss };
         lab.wire(offloads)?;
+        Ok(lab)
+    }
+
+    /// Builds the topology with no veth environments and the root-namespace link `tap` (e.g. a load generator's TAP,
+    /// whose other side emulates many environments) moved into the gateway namespace as its inside link: there it
+    /// gets [`INSIDE_GATEWAY`]`/16` (so `172.16.0.0/16`, every [`env_addr`], is on-link through it) and is brought
+    /// up. Offloads stay on. The masquerade is the same as [`KernelNat::build`]'s (out of [`GW_OUTSIDE_LINK`]).
+    /// Drop deletes the gateway namespace, and with it the moved link.
+    pub fn build_with_tap(tag: &str, tap: &str) -> Result<KernelNat, LabError> {
+        let lab = KernelNat::build(tag, 0, true)?;
+        super::move_link(tap, &lab.gw)?;
+        lab.gw.ip_batch(&[
+            format!("addr add {INSIDE_GATEWAY}/{INSIDE_PREFIX_LEN} dev {tap}"),
+            format!("link set {tap} up"),
+        ])?;
         Ok(lab)
     }
 

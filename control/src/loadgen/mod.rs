@@ -1,0 +1,939 @@
+//! The load generator: thousands of emulated execution environments in this process, behind one TAP, driving our
+//! gateway or the kernel's NAT (nftables masquerade) on the same address plan, with a responder in the server
+//! namespace that counts what arrived.
+//!
+//! # Topology
+//!
+//! ```text
+//!  ours:    loadgen TAP (lg-…) ─┐ bridge ns: br0 ─ gateway attachment TAP ─ hyperplane ─ VPC ns ─ server ns
+//!  kernel:  loadgen TAP (lg-…) ── gw ns: 172.16.0.1/16, nft masquerade out of `vpc` ─ VPC ns ─ server ns
+//! ```
+//!
+//! Against our gateway the lab runs in shared-attachment mode ([`lab::Options::shared_attachment`]): one attachment,
+//! `envs` environments configured on it with addresses [`env_addr`]`(i)`. Against the kernel,
+//! [`KernelNat::build_with_tap`] puts the loadgen TAP into the NAT namespace. Environment `i` has MAC
+//! `02:4c:47:HH:MM:LL` (`i` in the low 24 bits, see [`env_mac`]) and address [`env_addr`]`(i)`.
+//!
+//! # Scenarios and units
+//!
+//! - `udp` ([`raw`]): prebuilt Ethernet+IPv4+UDP frames, `payload` bytes of UDP data (64..=1472), round-robin over
+//!   the environments, open loop at `rate` packets/s or as fast as one writer thread can go. Delivered = datagrams
+//!   the responder received.
+//! - `tcp-bulk` ([`envs`], smoltcp): each of the environments streams to the responder for `duration`; delivered =
+//!   bytes the responder read, in Gbit/s (10^9 bit/s).
+//! - `connect` ([`envs`], smoltcp): each environment connects, sends a request line, reads the response line, and
+//!   the connection closes (the server closes first); repeatedly, or once per environment with `once` (cold start).
+//!   `rate` paces connection starts (connections/s). Setup latency is SYN sent → ESTABLISHED seen, microseconds.
+//! - `mixed`: environment `i` does connect (i % 20 < 16), UDP datagrams through smoltcp (100 per second each,
+//!   `payload` bytes; i % 20 in 16..19) or tcp-bulk (i % 20 == 19, at most 4 environments).
+//!
+//! # Bounds and cleanup
+//!
+//! `duration` defaults to 5 s and is refused above [`MAX_DURATION`]; after it a grace period of at most
+//! `connect_timeout + 1 s` lets connections in flight finish, then everything stops. Traffic goes only into
+//! namespaces the run created; the lab / kernel topology, the TAP and the responder are Drop guards, so a panic or an
+//! error removes everything.
+//!
+//! # Result
+//!
+//! [`LoadReport`] (serde JSON, `report.json` in `out_dir` when given) holds: `scenario`, `target`, `envs`,
+//! `duration_s`, `payload`, `rate`; `offered` / `delivered` (`packets`, `bytes`, `pps`, `bps`); `loss` (`packets`,
+//! `ratio`: offered UDP datagrams not received by the responder); `udp`, `tcp_bulk`, `connect` (per scenario, else
+//! null; `connect.latency_us` has `count`, `p50`, `p90`, `p99`, `p999`, `max`, `mean`); `errors` (by kind, counts);
+//! `responder`; `eni` (the address the server should see); `gateway` (ours only: live sessions, packets, drops by
+//! reason during the run); `timeline` (per 100 ms bucket); `plots` (SVG files written).
+
+pub mod envs;
+mod plot;
+pub mod raw;
+pub mod responder;
+
+use crate::lab::{self, Lab};
+use crate::netlab::{self, env_addr, KernelNat, LabError, Netns, SERVER};
+use dataplane::io::tap::{Tap, TapOptions};
+use dataplane::io::IoError;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest run accepted.
+pub const MAX_DURATION: Duration = Duration::from_secs(120);
+/// Most environments accepted (the address plan's limit is larger; this bounds memory to a few hundred MB).
+pub const MAX_ENVS: usize = 50_000;
+/// The responder's UDP port.
+pub const UDP_PORT: u16 = 9000;
+/// The responder's request/response (connect) TCP port.
+pub const CONNECT_PORT: u16 = 9001;
+/// The responder's bulk-sink TCP port.
+pub const BULK_PORT: u16 = 9002;
+/// Width of a timeline bucket.
+pub const BUCKET: Duration = Duration::from_millis(100);
+
+/// The MAC of emulated environment `i`: `02:4c:47` then `i`'s low 24 bits.
+pub fn env_mac(i: usize) -> [u8; 6] {
+    [0x02, 0x4c, 0x47, (i >> 16) as u8, (i >> 8) as u8, i as u8]
+}
+
+/// The environment index of a MAC made by [`env_mac`].
+pub fn env_of_mac(mac: &[u8]) -> Option<usize> {
+    (mac.len() >= 6 && mac[..3] == [0x02, 0x4c, 0x47])
+        .then(|| (usize::from(mac[3]) << 16) | (usize::from(mac[4]) << 8) | usize::from(mac[5]))
+}
+
+/// The environment index of an address made by [`env_addr`].
+pub fn env_of_addr(a: Ipv4Addr) -> Option<usize> {
+    let o = a.octets();
+    (o[0] == 172 && o[1] == 16 && (2..=251).contains(&o[3])).then(|| usize::from(o[2]) * 250 + usize::from(o[3] - 2))
+}
+
+/// What to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Raw UDP frames, packets/s.
+    Udp,
+    /// TCP streams, Gbit/s.
+    TcpBulk,
+    /// Connect, request, response, close; connections/s and setup latency.
+    Connect,
+    /// A share of each.
+    Mixed,
+}
+
+impl Scenario {
+    /// Parses `udp`, `tcp-bulk`, `connect`, `mixed`.
+    pub fn parse(s: &str) -> Result<Scenario, LoadError> {
+        Ok(match s {
+            "udp" => Scenario::Udp,
+            "tcp-bulk" | "bulk" => Scenario::TcpBulk,
+            "connect" => Scenario::Connect,
+            "mixed" => Scenario::Mixed,
+            _ => return Err(invalid("scenario", format!("{s:?} is not udp, tcp-bulk, connect or mixed"))),
+        })
+    }
+
+    /// The name `parse` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Udp => "udp",
+            Scenario::TcpBulk => "tcp-bulk",
+            Scenario::Connect => "connect",
+            Scenario::Mixed => "mixed",
+        }
+    }
+}
+
+/// Which NAT the load goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Our gateway (in-process, shared attachment).
+    Ours,
+    /// The kernel's nftables masquerade.
+    Kernel,
+}
+
+/// The load generator's arguments. See the module doc for units.
+#[derive(Clone, Debug)]
+pub struct LoadArgs {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Environments; `None`: 1000 (udp, connect, mixed) or 16 (tcp-bulk).
+    pub envs: Option<usize>,
+    /// Length of the offered load (default 5 s, at most [`MAX_DURATION`]).
+    pub duration: Duration,
+    /// Open-loop rate: packets/s (udp) or connection starts/s (connect, mixed); `None`: as fast as possible.
+    pub rate: Option<f64>,
+    /// UDP payload bytes, 64..=1472 (udp, mixed).
+    pub payload: usize,
+    /// Environments appear evenly over this time, each starting at once.
+    pub ramp: Duration,
+    /// Our gateway or the kernel.
+    pub target: Target,
+    /// JSON wanted (suppresses the progress bar).
+    pub json: bool,
+    /// Where to write `report.json` and the SVG plots (`None`: nothing written).
+    pub out_dir: Option<PathBuf>,
+    /// Our gateway's `port_range` (e.g. `"2000-2049"`); `None`: the default.
+    pub port_range: Option<String>,
+    /// Our gateway's worker threads (0: one per core).
+    pub workers: usize,
+    /// connect: each environment connects once (cold start) instead of repeatedly.
+    pub once: bool,
+    /// udp / mixed: the responder echoes every datagram and the environments count the echoes.
+    pub echo: bool,
+    /// A connection not established within this time is aborted (timeout); also bounds the other phases.
+    pub connect_timeout: Duration,
+    /// Show a progress bar (only if stderr is a terminal and `json` is off).
+    pub progress: bool,
+}
+
+impl Default for LoadArgs {
+    fn default() -> LoadArgs {
+        LoadArgs {
+            scenario: Scenario::Udp,
+            envs: None,
+            duration: Duration::from_secs(5),
+            rate: None,
+            payload: 64,
+            ramp: Duration::ZERO,
+            target: Target::Ours,
+            json: false,
+            out_dir: None,
+            port_range: None,
+            workers: 0,
+            once: false,
+            echo: false,
+            connect_timeout: Duration::from_secs(3),
+            progress: true,
+        }
+    }
+}
+
+impl LoadArgs {
+    /// The number of environments this run uses.
+    pub fn env_count(&self) -> usize {
+        self.envs.unwrap_or(if self.scenario == Scenario::TcpBulk { 16 } else { 1000 })
+    }
+
+    /// Checks every argument; the error names the parameter.
+    pub fn validate(&self) -> Result<(), LoadError> {
+        let n = self.env_count();
+        if n == 0 || n > MAX_ENVS {
+            return Err(invalid("envs", format!("{n} is not in 1..={MAX_ENVS}")));
+        }
+        if self.duration.is_zero() || self.duration > MAX_DURATION {
+            return Err(invalid("duration", format!("{:?} is not in (0, {MAX_DURATION:?}]", self.duration)));
+        }
+        if self.ramp > self.duration {
+            return Err(invalid("ramp", format!("{:?} is longer than the duration", self.ramp)));
+        }
+        if let Some(r) = self.rate {
+            if !(r.is_finite() && r > 0.0 && r <= 1e9) {
+                return Err(invalid("rate", format!("{r} is not in (0, 1e9]")));
+            }
+        }
+        if !(64..=1472).contains(&self.payload) {
+            return Err(invalid("payload", format!("{} bytes is not in 64..=1472", self.payload)));
+        }
+        if self.connect_timeout < Duration::from_millis(100) || self.connect_timeout > Duration::from_secs(30) {
+            return Err(invalid("connect_timeout", format!("{:?} is not in 100 ms..=30 s", self.connect_timeout)));
+        }
+        if let Some(p) = &self.port_range {
+            if !p.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+                return Err(invalid("port_range", format!("{p:?} is not LO-HI")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a load run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// An argument that can never work.
+    #[error("invalid {param}: {reason}")]
+    Invalid {
+        /// The parameter.
+        param: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Not root.
+    #[error("the load generator needs root (network namespaces, TAP devices)")]
+    NotRoot,
+    /// Our lab did not build.
+    #[error("lab: {0}")]
+    Lab(#[from] lab::Error),
+    /// A namespace or link operation failed.
+    #[error("netlab: {0}")]
+    Netlab(#[from] LabError),
+    /// The TAP could not be opened.
+    #[error("loadgen TAP: {0}")]
+    Tap(#[from] IoError),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The NAT's inside address never answered ARP.
+    #[error("the gateway {0} did not answer ARP within {1:?}")]
+    GatewayUnresolved(Ipv4Addr, Duration),
+}
+
+fn invalid(param: &'static str, reason: String) -> LoadError {
+    LoadError::Invalid { param, reason }
+}
+
+pub(crate) fn io_err(what: impl Into<String>, source: std::io::Error) -> LoadError {
+    LoadError::Io { what: what.into(), source }
+}
+
+/// Per-100-ms counters shared by the environments' loop, the raw sender and the responder.
+#[derive(Debug)]
+pub struct Timeline {
+    t0: Instant,
+    /// Frames the load generator wrote.
+    pub offered: Vec<AtomicU64>,
+    /// Packets (UDP datagrams, accepted connections) the responder received.
+    pub delivered: Vec<AtomicU64>,
+    /// Payload bytes the responder received.
+    pub bytes: Vec<AtomicU64>,
+    /// Connections completed (connect) by the environments.
+    pub connects: Vec<AtomicU64>,
+}
+
+impl Timeline {
+    fn new(span: Duration) -> Timeline {
+        let n = (span.as_millis() / BUCKET.as_millis()) as usize + 2;
+        let v = || (0..n).map(|_| AtomicU64::new(0)).collect();
+        Timeline { t0: Instant::now(), offered: v(), delivered: v(), bytes: v(), connects: v() }
+    }
+
+    /// Adds `n` to `series` in the bucket of `at` (the last bucket takes what falls after the span).
+    pub fn add(&self, series: &[AtomicU64], at: Instant, n: u64) {
+        let i = (at.saturating_duration_since(self.t0).as_millis() / BUCKET.as_millis()) as usize;
+        if let Some(c) = series.get(i.min(series.len() - 1)) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn buckets(&self) -> Vec<Bucket> {
+        (0..self.offered.len())
+            .map(|i| Bucket {
+                t_ms: (i as u64) * BUCKET.as_millis() as u64,
+                offered_packets: self.offered[i].load(Ordering::Relaxed),
+                delivered_packets: self.delivered[i].load(Ordering::Relaxed),
+                delivered_bytes: self.bytes[i].load(Ordering::Relaxed),
+                connects: self.connects[i].load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+/// One timeline bucket ([`BUCKET`] wide).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Bucket {
+    /// Start of the bucket, ms after the load began.
+    pub t_ms: u64,
+    /// Frames the load generator wrote.
+    pub offered_packets: u64,
+    /// UDP datagrams / accepted connections the responder got.
+    pub delivered_packets: u64,
+    /// Payload bytes the responder got.
+    pub delivered_bytes: u64,
+    /// Connections the environments completed.
+    pub connects: u64,
+}
+
+/// Packets and bytes over the measured duration.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rate {
+    /// Packets (frames offered; datagrams or connections delivered).
+    pub packets: u64,
+    /// Bytes (frame bytes offered; payload bytes delivered).
+    pub bytes: u64,
+    /// Packets per second.
+    pub pps: f64,
+    /// Bits per second.
+    pub bps: f64,
+}
+
+/// Loss of offered UDP datagrams.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Loss {
+    /// Datagrams sent that the responder did not receive.
+    pub packets: u64,
+    /// `packets / sent` (0 when nothing was sent).
+    pub ratio: f64,
+}
+
+/// UDP figures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UdpFigures {
+    /// Datagrams the environments sent.
+    pub sent: u64,
+    /// Echoes the environments received (0 without `echo`).
+    pub echoed: u64,
+    /// `sent - echoed` when echoing (loss as the environments see it), else null.
+    pub lost_by_echo: Option<u64>,
+}
+
+/// TCP bulk figures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BulkFigures {
+    /// Streams established.
+    pub streams: u64,
+    /// Streams whose close completed (FIN sent and acknowledged, the responder's FIN seen) within the grace period.
+    pub closed_clean: u64,
+    /// Bytes the environments queued.
+    pub sent_bytes: u64,
+    /// Bytes the responder read.
+    pub delivered_bytes: u64,
+    /// `delivered_bytes * 8 / duration / 1e9`.
+    pub gbps: f64,
+}
+
+/// Latency summary, microseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// Connect figures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConnectFigures {
+    /// Connections started (SYN sent).
+    pub attempted: u64,
+    /// Connections that reached ESTABLISHED.
+    pub established: u64,
+    /// Connections that got their response and closed.
+    pub completed: u64,
+    /// Connections that failed (`refused + timeout + reset`).
+    pub failed: u64,
+    /// Answered by RST in SYN-SENT.
+    pub refused: u64,
+    /// Not established within `connect_timeout` (or stalled later).
+    pub timeout: u64,
+    /// Reset after ESTABLISHED, before the response.
+    pub reset: u64,
+    /// `completed / duration`.
+    pub per_s: f64,
+    /// SYN sent → ESTABLISHED, µs.
+    pub latency_us: Latency,
+}
+
+/// What the responder saw.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ResponderReport {
+    /// UDP datagrams received.
+    pub udp_packets: u64,
+    /// UDP payload bytes received.
+    pub udp_bytes: u64,
+    /// Connections accepted on the connect port.
+    pub tcp_accepted: u64,
+    /// Responses written on the connect port.
+    pub tcp_responded: u64,
+    /// Streams accepted on the bulk port.
+    pub bulk_streams: u64,
+    /// Bytes read on the bulk port.
+    pub bulk_bytes: u64,
+    /// Distinct (source address, source port) pairs over UDP and TCP.
+    pub distinct_sources: u64,
+    /// Distinct source addresses over UDP and TCP.
+    pub distinct_addresses: u64,
+    /// The source addresses (at most 16 shown).
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// Our gateway's counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GatewayFigures {
+    /// Live sessions at the end: TCP, UDP, ICMP.
+    pub live_sessions: [u64; 3],
+    /// Outbound packets during the run.
+    pub outbound_packets: u64,
+    /// Inbound packets during the run.
+    pub inbound_packets: u64,
+    /// Drops during the run, by reason (non-zero only).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The result of one run. Field docs are in the module doc.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoadReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// `ours` or `kernel`.
+    pub target: String,
+    /// Environments.
+    pub envs: usize,
+    /// Length of the offered load, s.
+    pub duration_s: f64,
+    /// UDP payload, bytes.
+    pub payload: usize,
+    /// Target rate, if any.
+    pub rate: Option<f64>,
+    /// Frames the load generator wrote.
+    pub offered: Rate,
+    /// What the responder received.
+    pub delivered: Rate,
+    /// UDP loss.
+    pub loss: Loss,
+    /// UDP figures (udp, mixed).
+    pub udp: Option<UdpFigures>,
+    /// Bulk figures (tcp-bulk, mixed).
+    pub tcp_bulk: Option<BulkFigures>,
+    /// Connect figures (connect, mixed).
+    pub connect: Option<ConnectFigures>,
+    /// Errors by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// The responder's counts.
+    pub responder: ResponderReport,
+    /// The address every environment should arrive from.
+    pub eni: Option<Ipv4Addr>,
+    /// Our gateway's counters (target ours).
+    pub gateway: Option<GatewayFigures>,
+    /// Per-100-ms buckets.
+    pub timeline: Vec<Bucket>,
+    /// SVG plots written.
+    pub plots: Vec<String>,
+}
+
+/// What the environments' side measured.
+#[derive(Debug, Default)]
+pub(crate) struct Measured {
+    pub frames_out: u64,
+    pub bytes_out: u64,
+    pub udp: Option<UdpFigures>,
+    pub bulk_sent: u64,
+    pub bulk_streams: u64,
+    pub bulk_clean: u64,
+    pub connect: Option<ConnectFigures>,
+    pub latency: Option<hdrhistogram::Histogram<u64>>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// The world a run talks to: our lab or the kernel topology, with the loadgen TAP wired in.
+enum World {
+    Ours(Box<Lab>),
+    Kernel(KernelNat),
+}
+
+impl World {
+    fn server(&self) -> &Netns {
+        match self {
+            World::Ours(l) => &l.server,
+            World::Kernel(k) => k.server_ns(),
+        }
+    }
+
+    /// The namespace holding the loadgen TAP's kernel side.
+    fn tap_ns(&self) -> Option<&Netns> {
+        match self {
+            World::Ours(l) => l.bridge.as_ref(),
+            World::Kernel(k) => Some(k.gw_ns()),
+        }
+    }
+
+    /// Queue overflows on the TAPs' kernel sides (frames dropped because a reader was behind): the loadgen TAP's,
+    /// and the gateway attachment's (ours).
+    fn overflows(&self, tap: &str) -> Vec<(&'static str, u64)> {
+        let mut v = Vec::new();
+        if let Some(ns) = self.tap_ns() {
+            v.push(("loadgen_tap_overflow", tx_dropped(ns, tap)));
+        }
+        if let (World::Ours(l), Some(ns)) = (self, self.tap_ns()) {
+            v.push(("gateway_attachment_overflow", tx_dropped(ns, &l.taps[0])));
+        }
+        v
+    }
+}
+
+/// `stats64.tx.dropped` of `link` in `ns` (`ip -s -j link show`); 0 if unreadable.
+fn tx_dropped(ns: &Netns, link: &str) -> u64 {
+    let Ok(out) = ns.ip(&["-s", "-j", "link", "show", "dev", link]) else { return 0 };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
+}
+
+/// Kernel-side queue length of the loadgen TAP (frames towards the load generator), so bursts of thousands of
+/// environments' replies are not dropped before the loop reads them.
+pub const TAP_QUEUE_LEN: u32 = 65_536;
+
+/// Runs one scenario against one target. Needs root.
+pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
+    args.validate()?;
+    if !netlab::is_root() {
+        return Err(LoadError::NotRoot);
+    }
+    let n = args.env_count();
+    netlab::sweep_stale("lg");
+    let tap_name = netlab::unique("lg");
+    let tap = Arc::new(Tap::open(&tap_name, TapOptions::default())?);
+    // Field order of this function's locals: the world (namespaces) drops after the responder and the TAP.
+    let world = match args.target {
+        Target::Ours => {
+            let mut gateway_extra = String::new();
+            if let Some(p) = &args.port_range {
+                gateway_extra = format!("port_range = \"{p}\"");
+            }
+            let opts = lab::Options {
+                shared_attachment: Some(n),
+                workers: args.workers,
+                gateway_extra,
+                ..lab::Options::default()
+            };
+            let lab = Lab::build(&opts)?;
+            lab.attach_to_bridge(&tap_name)?;
+            World::Ours(Box::new(lab))
+        }
+        Target::Kernel => {
+            let k = KernelNat::build_with_tap("lgk", &tap_name)?;
+            if n > 512 {
+                // The kernel's neighbour table holds gc_thresh3 (1024) learned entries; permanent ones do not
+                // count against it, so thousands of environments stay reachable.
+                let lines: Vec<String> = (0..n)
+                    .map(|i| {
+                        let m = env_mac(i);
+                        format!(
+                            "neigh replace {} lladdr {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} dev {tap_name} nud permanent",
+                            env_addr(i),
+                            m[0],
+                            m[1],
+                            m[2],
+                            m[3],
+                            m[4],
+                            m[5]
+                        )
+                    })
+                    .collect();
+                k.gw_ns().ip_batch(&lines)?;
+            }
+            World::Kernel(k)
+        }
+    };
+    if let Some(ns) = world.tap_ns() {
+        ns.ip_batch(&[format!("link set {tap_name} txqueuelen {TAP_QUEUE_LEN}")])?;
+    }
+    let eni = match &world {
+        World::Ours(l) => l.eni,
+        World::Kernel(k) => k.eni_addr(),
+    };
+    let before = match &world {
+        World::Ours(l) => Some(l.gateway().totals()),
+        World::Kernel(_) => None,
+    };
+
+    // Raw UDP needs the gateway's MAC before the clock starts.
+    let gw_mac =
+        if args.scenario == Scenario::Udp { Some(raw::resolve_gateway(&tap, Duration::from_secs(3))?) } else { None };
+    let grace = args.connect_timeout + Duration::from_secs(1);
+    let tl = Arc::new(Timeline::new(args.duration + grace));
+    let responder = responder::Responder::start(
+        world.server(),
+        responder::Config { echo: args.echo, udp_port: UDP_PORT, connect_port: CONNECT_PORT, bulk_port: BULK_PORT },
+        Arc::clone(&tl),
+    )?;
+    let bar = progress_bar(args);
+    let measured = match gw_mac {
+        Some(mac) => raw::run(&tap, mac, n, args, &tl, bar.as_ref())?,
+        None => envs::run(&tap, n, args, grace, &tl, bar.as_ref())?,
+    };
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    // Let the last datagrams land, then stop the responder.
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = responder.stop();
+    let gateway = match (&world, before) {
+        (World::Ours(l), Some(b)) => Some(gateway_delta(&b, &l.gateway().totals())),
+        _ => None,
+    };
+    let mut measured = measured;
+    for (k, v) in world.overflows(&tap_name) {
+        if v > 0 {
+            measured.errors.insert(k.into(), v);
+        }
+    }
+    let hist = measured.latency.clone();
+    let mut report = assemble(args, n, eni, measured, seen, gateway, &tl);
+    if let Some(dir) = &args.out_dir {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(format!("create {}", dir.display()), e))?;
+        let stem = format!("{}-{}", report.scenario, report.target);
+        report.plots = plot::write_all(dir, &stem, &report, hist.as_ref());
+        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+        let path = dir.join(format!("{stem}.json"));
+        std::fs::write(&path, json).map_err(|e| io_err(format!("write {}", path.display()), e))?;
+    }
+    drop(tap);
+    drop(world);
+    Ok(report)
+}
+
+fn progress_bar(args: &LoadArgs) -> Option<indicatif::ProgressBar> {
+    if args.json || !args.progress || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(args.duration.as_millis() as u64);
+    let style = indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    b.set_style(style);
+    Some(b)
+}
+
+fn gateway_delta(b: &crate::gateway::Totals, a: &crate::gateway::Totals) -> GatewayFigures {
+    let drops =
+        a.drops.iter().map(|&(r, n)| (r.label().to_string(), n - b.dropped(r))).filter(|(_, n)| *n > 0).collect();
+    GatewayFigures {
+        live_sessions: a.live,
+        outbound_packets: a.outbound.0 - b.outbound.0,
+        inbound_packets: a.inbound.0 - b.inbound.0,
+        drops,
+    }
+}
+
+fn assemble(
+    args: &LoadArgs,
+    n: usize,
+    eni: Ipv4Addr,
+    m: Measured,
+    seen: ResponderReport,
+    gateway: Option<GatewayFigures>,
+    tl: &Timeline,
+) -> LoadReport {
+    let secs = args.duration.as_secs_f64();
+    let offered = Rate {
+        packets: m.frames_out,
+        bytes: m.bytes_out,
+        pps: m.frames_out as f64 / secs,
+        bps: m.bytes_out as f64 * 8.0 / secs,
+    };
+    let (dp, db) = match args.scenario {
+        Scenario::Udp => (seen.udp_packets, seen.udp_bytes),
+        Scenario::TcpBulk => (seen.bulk_streams, seen.bulk_bytes),
+        Scenario::Connect => (seen.tcp_accepted, 0),
+        Scenario::Mixed => (seen.udp_packets + seen.tcp_accepted, seen.udp_bytes + seen.bulk_bytes),
+    };
+    let delivered = Rate { packets: dp, bytes: db, pps: dp as f64 / secs, bps: db as f64 * 8.0 / secs };
+    let loss = match &m.udp {
+        Some(u) if u.sent > 0 => {
+            let lost = u.sent.saturating_sub(seen.udp_packets);
+            Loss { packets: lost, ratio: lost as f64 / u.sent as f64 }
+        }
+        _ => Loss::default(),
+    };
+    let tcp_bulk = matches!(args.scenario, Scenario::TcpBulk | Scenario::Mixed).then(|| BulkFigures {
+        streams: m.bulk_streams,
+        closed_clean: m.bulk_clean,
+        sent_bytes: m.bulk_sent,
+        delivered_bytes: seen.bulk_bytes,
+        gbps: seen.bulk_bytes as f64 * 8.0 / secs / 1e9,
+    });
+    let mut connect = m.connect;
+    if let (Some(c), Some(h)) = (connect.as_mut(), m.latency.as_ref()) {
+        c.per_s = c.completed as f64 / secs;
+        c.latency_us = latency(h);
+    }
+    LoadReport {
+        scenario: args.scenario.name().into(),
+        target: match args.target {
+            Target::Ours => "ours".into(),
+            Target::Kernel => "kernel".into(),
+        },
+        envs: n,
+        duration_s: secs,
+        payload: args.payload,
+        rate: args.rate,
+        offered,
+        delivered,
+        loss,
+        udp: m.udp,
+        tcp_bulk,
+        connect,
+        errors: m.errors,
+        responder: seen,
+        eni: Some(eni),
+        gateway,
+        timeline: tl.buckets(),
+        plots: Vec::new(),
+    }
+}
+
+/// Summarises a histogram of microseconds.
+pub(crate) fn latency(h: &hdrhistogram::Histogram<u64>) -> Latency {
+    if h.is_empty() {
+        return Latency::default();
+    }
+    Latency {
+        count: h.len(),
+        p50: h.value_at_quantile(0.5),
+        p90: h.value_at_quantile(0.9),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+        mean: h.mean(),
+    }
+}
+
+impl LoadReport {
+    /// The headline figure: delivered pps (udp), Gbit/s (tcp-bulk), connections/s (connect, mixed).
+    pub fn headline(&self) -> f64 {
+        match self.scenario.as_str() {
+            "udp" => self.delivered.pps,
+            "tcp-bulk" => self.tcp_bulk.as_ref().map_or(0.0, |b| b.gbps),
+            _ => self.connect.as_ref().map_or(0.0, |c| c.per_s),
+        }
+    }
+
+    /// A human-readable summary.
+    pub fn table(&self) -> String {
+        let mut t = format!(
+            "loadgen {} against {}: {} environments, {:.1} s{}\n",
+            self.scenario,
+            self.target,
+            self.envs,
+            self.duration_s,
+            self.rate.map(|r| format!(", rate {r}/s")).unwrap_or_default()
+        );
+        t += &format!(
+            "  offered    {:>12} frames  {:>12.0} pps  {:>8.3} Gbit/s\n",
+            self.offered.packets,
+            self.offered.pps,
+            self.offered.bps / 1e9
+        );
+        t += &format!(
+            "  delivered  {:>12} packets {:>12.0} pps  {:>8.3} Gbit/s (payload)\n",
+            self.delivered.packets,
+            self.delivered.pps,
+            self.delivered.bps / 1e9
+        );
+        if let Some(u) = &self.udp {
+            t += &format!(
+                "  udp        sent {}, lost {} ({:.2} %), echoed {}\n",
+                u.sent,
+                self.loss.packets,
+                self.loss.ratio * 100.0,
+                u.echoed
+            );
+        }
+        if let Some(b) = &self.tcp_bulk {
+            t += &format!(
+                "  tcp-bulk   {} streams, {} bytes delivered, {:.3} Gbit/s\n",
+                b.streams, b.delivered_bytes, b.gbps
+            );
+        }
+        if let Some(c) = &self.connect {
+            let l = &c.latency_us;
+            t += &format!(
+                "  connect    {} attempted, {} established, {} completed, {} failed (refused {}, timeout {}, reset {}); {:.0}/s\n",
+                c.attempted, c.established, c.completed, c.failed, c.refused, c.timeout, c.reset, c.per_s
+            );
+            t += &format!(
+                "  setup µs   p50 {} p90 {} p99 {} p99.9 {} max {} (n = {})\n",
+                l.p50, l.p90, l.p99, l.p999, l.max, l.count
+            );
+        }
+        let r = &self.responder;
+        t += &format!(
+            "  responder  udp {} pkts, connect accepted {}, bulk {} bytes; {} sources from {} address(es): {:?}\n",
+            r.udp_packets, r.tcp_accepted, r.bulk_bytes, r.distinct_sources, r.distinct_addresses, r.addresses
+        );
+        if !self.errors.is_empty() {
+            t += &format!("  errors     {:?}\n", self.errors);
+        }
+        if let Some(g) = &self.gateway {
+            t += &format!(
+                "  gateway    live tcp {} udp {} icmp {}; out {} in {}; drops {:?}\n",
+                g.live_sessions[0],
+                g.live_sessions[1],
+                g.live_sessions[2],
+                g.outbound_packets,
+                g.inbound_packets,
+                g.drops
+            );
+        }
+        for p in &self.plots {
+            t += &format!("  plot       {p}\n");
+        }
+        t
+    }
+}
+
+/// One figure for both targets.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareRow {
+    /// What is measured, with its unit.
+    pub figure: String,
+    /// Our gateway.
+    pub ours: f64,
+    /// The kernel.
+    pub kernel: f64,
+    /// `ours / kernel` (0 when the kernel's figure is 0).
+    pub ratio: f64,
+}
+
+/// The same scenario against our gateway and the kernel, in one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareReport {
+    /// Our gateway's run.
+    pub ours: LoadReport,
+    /// The kernel's run.
+    pub kernel: LoadReport,
+    /// Each figure side by side.
+    pub rows: Vec<CompareRow>,
+}
+
+impl CompareReport {
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let mut t = format!(
+            "loadgen compare: {} with {} environments, {:.1} s each\n{:<34} {:>14} {:>14} {:>8}\n",
+            self.ours.scenario, self.ours.envs, self.ours.duration_s, "figure", "hyperplane", "kernel NAT", "ratio"
+        );
+        for r in &self.rows {
+            t += &format!("{:<34} {:>14.2} {:>14.2} {:>7.2}x\n", r.figure, r.ours, r.kernel, r.ratio);
+        }
+        t
+    }
+}
+
+/// Runs `args` against our gateway, then against the kernel NAT, and sets the figures side by side.
+pub fn compare(args: &LoadArgs) -> Result<CompareReport, LoadError> {
+    let ours = run(&LoadArgs { target: Target::Ours, ..args.clone() })?;
+    let kernel = run(&LoadArgs { target: Target::Kernel, ..args.clone() })?;
+    let mut rows = Vec::new();
+    let mut row = |figure: &str, get: &dyn Fn(&LoadReport) -> f64| {
+        let (a, b) = (get(&ours), get(&kernel));
+        rows.push(CompareRow { figure: figure.into(), ours: a, kernel: b, ratio: if b > 0.0 { a / b } else { 0.0 } });
+    };
+    row("offered frames/s", &|r| r.offered.pps);
+    match args.scenario {
+        Scenario::Udp => {
+            row("delivered datagrams/s", &|r| r.delivered.pps);
+            row("loss, %", &|r| r.loss.ratio * 100.0);
+        }
+        Scenario::TcpBulk => row("delivered Gbit/s", &|r| r.tcp_bulk.as_ref().map_or(0.0, |b| b.gbps)),
+        Scenario::Connect | Scenario::Mixed => {
+            row("connections/s", &|r| r.connect.as_ref().map_or(0.0, |c| c.per_s));
+            row("failed connections", &|r| r.connect.as_ref().map_or(0.0, |c| c.failed as f64));
+            row("setup p50, µs", &|r| r.connect.as_ref().map_or(0.0, |c| c.latency_us.p50 as f64));
+            row("setup p99, µs", &|r| r.connect.as_ref().map_or(0.0, |c| c.latency_us.p99 as f64));
+            row("setup p99.9, µs", &|r| r.connect.as_ref().map_or(0.0, |c| c.latency_us.p999 as f64));
+            if args.scenario == Scenario::Mixed {
+                row("delivered datagrams/s", &|r| {
+                    r.udp.as_ref().map_or(0.0, |_| r.responder.udp_packets as f64 / r.duration_s)
+                });
+                row("bulk Gbit/s", &|r| r.tcp_bulk.as_ref().map_or(0.0, |b| b.gbps));
+            }
+        }
+    }
+    Ok(CompareReport { ours, kernel, rows })
+}
+
+/// The server the environments talk to.
+pub const fn server() -> Ipv4Addr {
+    SERVER
+}
