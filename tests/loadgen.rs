@@ -161,16 +161,16 @@ fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
         return;
     }
     // 50 ports for 200 environments that each connect once: 50 get a port, the other 150 fail. A freed port is
-    // quarantined (120 s), so none is reused within the run. One worker: the gateway shards the port range over its
-    // workers and one attachment's outbound traffic is handled by one worker, so with W workers only 50 / W ports
-    // would serve these environments. Each failed connection is a SYN the gateway dropped
+    // quarantined (120 s), so none is reused within the run. Two workers: the gateway weighs each worker's port slice
+    // by the environments it serves, so the one worker that reads this single attachment owns all 50 ports (an equal
+    // split would leave it 25). Each failed connection is a SYN the gateway dropped
     // with `ports_exhausted`, and smoltcp retransmits it until the connect timeout, so the drop counter rises by at
     // least the number of failed connections.
     let r = loadgen::run(&LoadArgs {
         once: true,
         port_range: Some("2000-2049".into()),
         connect_timeout: Duration::from_millis(1500),
-        workers: 1,
+        workers: 2,
         ..args(Scenario::Connect, 200)
     })
     .expect("exhaustion run");

@@ -6,10 +6,11 @@
 //! error nothing is left behind (the TAPs opened so far close, and the
 //! kernel removes the ones it created for us).
 //!
-//! Sharding: the plan's port range is split into one slice per worker
-//! ([`Shards`]); worker `i`'s engine allocates only from slice `i`, its
-//! high-water mark and session capacity are the plan's divided by the
-//! number of workers, and attachment `j` is read by worker `j mod n`.
+//! Sharding: attachment `j` is read by worker `j mod n`, and the plan's
+//! port range is split into one slice per worker ([`Shards`]), weighted by
+//! the environments behind each worker's attachments (a worker with none
+//! owns no port); worker `i`'s engine allocates only from slice `i`, and
+//! its high-water mark and session capacity are the plan's in proportion.
 //! Offloads (virtio-net header, TSO, checksum offload) are enabled only when
 //! the outside is a TAP too, so that a superframe always has a device that
 //! can segment it.
@@ -85,8 +86,14 @@ fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool) -> Result<Ta
 /// Starts the gateway the plan describes.
 pub fn start(plan: &Plan) -> Result<Running, StartError> {
     check_net_admin().map_err(StartError::Privileges)?;
-    let shards = Shards::new(plan.engine.port_range.clone(), plan.workers.max(1));
-    let n = shards.len();
+    let n = plan.workers.max(1);
+    // Ports go where flows start: each worker's slice is weighted by the
+    // environments behind the attachments it reads.
+    let mut weights = vec![0u32; n];
+    for env in plan.bindings.envs() {
+        weights[usize::from(env.port.0.saturating_sub(1)) % n] += 1;
+    }
+    let shards = Shards::weighted(plan.engine.port_range.clone(), &weights);
     let offloads = plan.offloads && plan.outside.kind == OutsideKind::Tap;
     let vnet = TapOptions { vnet_hdr: offloads, multi_queue: false };
 
@@ -158,11 +165,18 @@ pub fn start(plan: &Plan) -> Result<Running, StartError> {
     Ok(Running { gateway, inside, outside, events, offloads })
 }
 
-/// Worker `i`'s engine settings: its port slice, its share of the
-/// high-water mark and of the session table, its own random seed.
+/// Worker `i`'s engine settings: its port slice, its share (by ports) of
+/// the high-water mark and of the session table, its own random seed.
 fn shard_config(plan: &Plan, shards: &Shards, i: usize) -> dataplane::config::EngineConfig {
-    let n = shards.len();
     let mut cfg = plan.engine.clone();
+    let ports = |r: &std::ops::RangeInclusive<u16>| u64::from(*r.end() - *r.start()) + 1;
+    let share = |x: u64| {
+        if shards.owns_ports(i) {
+            (x * ports(&shards.range(i)) / ports(&plan.engine.port_range)).max(1)
+        } else {
+            1024.min(x)
+        }
+    };
     if cfg.seed == dataplane::config::EngineConfig::default().seed {
         // No seed in the config: ports must not be predictable from one
         // start to the next (RFC 6056), so draw one.
@@ -172,8 +186,8 @@ fn shard_config(plan: &Plan, shards: &Shards, i: usize) -> dataplane::config::En
         cfg.seed = h.finish();
     }
     cfg.port_range = shards.range(i);
-    cfg.high_water = (cfg.high_water / n as u32).max(1);
-    cfg.max_sessions = (cfg.max_sessions / n).max(1);
+    cfg.high_water = share(u64::from(cfg.high_water)) as u32;
+    cfg.max_sessions = share(cfg.max_sessions as u64) as usize;
     cfg.seed = cfg.seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1));
     cfg
 }

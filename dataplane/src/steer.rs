@@ -108,30 +108,68 @@ fn addr(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
 }
 
-/// The split of an ENI port range among `n` workers: contiguous slices of
-/// equal size (the last takes the remainder). Worker `i`'s engine is
-/// configured with [`Shards::range`]`(i)`.
+/// The split of an ENI port range among workers: contiguous slices, sized
+/// by weight (a gateway weighs each worker by the environments it serves,
+/// so ports go where flows start). A worker of weight 0 owns no port: its
+/// engine never allocates (it reads no attachment) and [`Shards::owner`]
+/// never names it. Worker `i`'s engine is configured with
+/// [`Shards::range`]`(i)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shards {
     lo: u16,
     hi: u16,
-    block: u32,
-    n: usize,
+    /// Exclusive end of each worker's slice, as an offset from `lo`
+    /// (non-decreasing; the last is the number of ports).
+    ends: Vec<u32>,
 }
 
 impl Shards {
-    /// Splits `range` among `n` workers (at least one port each; `n` is
-    /// capped at the number of ports).
+    /// Splits `range` equally among `n` workers (at least one port each;
+    /// `n` is capped at the number of ports).
     pub fn new(range: RangeInclusive<u16>, n: usize) -> Shards {
+        Shards::weighted(range, &vec![1; n.max(1)])
+    }
+
+    /// Splits `range` among `weights.len()` workers in proportion to their
+    /// weights; every worker of non-zero weight gets at least one port.
+    /// All zero (or none): equal shares.
+    pub fn weighted(range: RangeInclusive<u16>, weights: &[u32]) -> Shards {
         let (lo, hi) = (*range.start(), *range.end().max(range.start()));
-        let ports = u32::from(hi - lo) + 1;
-        let n = n.clamp(1, ports as usize);
-        Shards { lo, hi, block: ports / n as u32, n }
+        let ports = u64::from(hi - lo) + 1;
+        let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x)).collect();
+        if w.is_empty() || w.iter().all(|&x| x == 0) {
+            w = vec![1; weights.len().max(1)];
+        }
+        // More workers than ports: only the first `ports` take part.
+        let mut active = 0u64;
+        for x in w.iter_mut() {
+            if *x > 0 {
+                if active == ports {
+                    *x = 0;
+                } else {
+                    active += 1;
+                }
+            }
+        }
+        let total: u64 = w.iter().sum();
+        // One port each, the rest by weight; the last sharing worker takes
+        // the remainder.
+        let spare = ports - active;
+        let last = w.iter().rposition(|&x| x > 0).unwrap_or(0);
+        let mut ends = Vec::with_capacity(w.len());
+        let mut at = 0u64;
+        for (i, &x) in w.iter().enumerate() {
+            if x > 0 {
+                at += if i == last { ports - at } else { 1 + spare * x / total };
+            }
+            ends.push(at as u32);
+        }
+        Shards { lo, hi, ends }
     }
 
     /// Number of workers.
     pub fn len(&self) -> usize {
-        self.n
+        self.ends.len()
     }
 
     /// Always false: there is at least one worker.
@@ -139,11 +177,22 @@ impl Shards {
         false
     }
 
-    /// Worker `i`'s ports.
+    /// Whether worker `i` owns any port.
+    pub fn owns_ports(&self, i: usize) -> bool {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.ends.get(i).is_some_and(|&e| e > start)
+    }
+
+    /// Worker `i`'s ports (for a worker that owns none, the range's first
+    /// port, which its engine never allocates).
     pub fn range(&self, i: usize) -> RangeInclusive<u16> {
-        let start = u32::from(self.lo) + self.block * i as u32;
-        let end = if i + 1 == self.n { u32::from(self.hi) } else { start + self.block - 1 };
-        start as u16..=end as u16
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let end = self.ends.get(i).copied().unwrap_or(start);
+        if end <= start {
+            return self.lo..=self.lo;
+        }
+        let lo = u32::from(self.lo);
+        (lo + start) as u16..=(lo + end - 1) as u16
     }
 
     /// The worker that owns `port`; ports outside the range go to worker 0
@@ -152,7 +201,8 @@ impl Shards {
         if port < self.lo || port > self.hi {
             return 0;
         }
-        ((u32::from(port - self.lo) / self.block) as usize).min(self.n - 1)
+        let off = u32::from(port - self.lo);
+        self.ends.partition_point(|&e| e <= off).min(self.ends.len() - 1)
     }
 }
 
@@ -278,7 +328,29 @@ mod tests {
             assert_eq!(next, 65536);
             assert_eq!(s.owner(80), 0);
         }
-        assert_eq!(Shards::new(2000..=2001, 8).len(), 2);
+        let few = Shards::new(2000..=2001, 8);
+        assert_eq!((few.range(0), few.range(1)), (2000..=2000, 2001..=2001));
+        assert!(!few.owns_ports(2));
+        assert_eq!((few.owner(2000), few.owner(2001)), (0, 1));
+    }
+
+    #[test]
+    fn weighted_shards_follow_the_environments() {
+        // One worker serves every environment: it owns every port.
+        let s = Shards::weighted(1024..=65535, &[10, 0]);
+        assert_eq!(s.range(0), 1024..=65535);
+        assert!(!s.owns_ports(1));
+        assert_eq!(s.owner(65535), 0);
+        // 3:1.
+        let s = Shards::weighted(1000..=1999, &[3, 1]);
+        assert_eq!(s.range(0), 1000..=1748);
+        assert_eq!(s.range(1), 1749..=1999);
+        for p in 1000..=1999 {
+            let o = s.owner(p);
+            assert!(s.range(o).contains(&p));
+        }
+        // All zero: equal.
+        assert_eq!(Shards::weighted(1..=10, &[0, 0]), Shards::new(1..=10, 2));
     }
 
     #[test]
