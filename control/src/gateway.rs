@@ -68,7 +68,7 @@ fn dev(name: &str) -> impl FnOnce(IoError) -> StartError + '_ {
 }
 
 /// Frames a TAP's kernel side queues for its worker.
-pub const TAP_QUEUE: u32 = 4096;
+pub const TAP_QUEUE: u32 = 16384;
 
 /// Opens and configures a TAP: offloads, MTU, queue length, link up.
 fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool) -> Result<Tap, StartError> {

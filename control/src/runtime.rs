@@ -177,6 +177,7 @@ struct Probe {
 
 fn control_loop(s: &Shared) {
     let mut probes: Vec<Probe> = vec![];
+    let mut warned: BTreeMap<Ipv4Addr, std::time::Instant> = BTreeMap::new();
     let mut live: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
     let mut last_activity = std::time::Instant::now();
     while !s.stop.load(Ordering::Relaxed) {
@@ -214,7 +215,15 @@ fn control_loop(s: &Shared) {
             match ev {
                 Event::HighWater { addr, .. } => ctl.high_water(addr, now),
                 Event::NoEni { env } => ctl.traffic(env, now),
-                Event::Exhausted { addr, proto } => tracing::warn!(%addr, proto, "ports exhausted"),
+                Event::Exhausted { addr, proto } => {
+                    // Full before the high-water mark (a mark above the
+                    // pool's size, or a burst): add an address all the same.
+                    if warned.get(&addr).is_none_or(|t: &std::time::Instant| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(%addr, proto, "ports exhausted; adding an address");
+                        warned.insert(addr, std::time::Instant::now());
+                    }
+                    ctl.high_water(addr, now);
+                }
             }
         }
         for env in active_envs {

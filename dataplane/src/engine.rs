@@ -833,6 +833,10 @@ impl Engine {
         let Some(a) = self.addrs.get_mut(&addr) else { return };
         Engine::publish(&self.counters, a, pi, m);
         let in_use = a.in_use(pi, m);
+        // A mark above the pool (65,000 against 64,512 ports by default)
+        // must still fire before the pool runs out: at most 15/16 of it.
+        let cap = a.pools[pi].capacity();
+        let hw = if m == Mapping::EndpointIndependent { hw.min(cap - cap / 16).max(1) } else { hw };
         if in_use >= hw && !a.high[pi] {
             a.high[pi] = true;
             self.event(Event::HighWater { addr, proto, in_use });

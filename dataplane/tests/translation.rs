@@ -283,6 +283,9 @@ fn port_exhaustion_drops_counts_answers_and_never_evicts() {
     assert_eq!((out.frame[ip.l4()], out.frame[ip.l4() + 1]), (3, 13));
     assert!(testkit::checksums_ok(&out.frame));
     assert_eq!(h.dropped(DropReason::PortsExhausted), 1);
+    // The high-water mark (65,000) is above this 4-port pool, so it fires
+    // at the pool's size, then the exhaustion.
+    assert_eq!(h.engine.poll_event(), Some(Event::HighWater { addr: ENI, proto: UDP, in_use: 4 }));
     assert_eq!(h.engine.poll_event(), Some(Event::Exhausted { addr: ENI, proto: UDP }));
     // Existing mappings still work.
     for env in 0..4 {
@@ -553,6 +556,19 @@ fn port_use_is_published_for_other_threads() {
     assert_eq!(h.engine.counters().port_use(), vec![(ENI, [0, 3, 0])], "SYN_SENT expired after 240 s");
     h.advance(Duration::from_secs(60));
     assert_eq!(h.engine.counters().port_use(), vec![(ENI, [0, 0, 0])], "UDP after 300 s");
+}
+
+#[test]
+fn a_high_water_mark_above_the_pool_fires_at_fifteen_sixteenths_of_it() {
+    let cfg = EngineConfig { port_range: 2000..=2031, ..EngineConfig::default() };
+    let mut h = Harness::new(cfg, Topology::new(1, 40));
+    while h.engine.poll_event().is_some() {}
+    for env in 0..29 {
+        h.out_ok(env, UDP, 5000, SERVER, 9, 0);
+    }
+    assert_eq!(h.engine.poll_event(), None, "29 of 32 ports");
+    h.out_ok(29, UDP, 5000, SERVER, 9, 0);
+    assert_eq!(h.engine.poll_event(), Some(Event::HighWater { addr: ENI, proto: UDP, in_use: 30 }));
 }
 
 #[test]
