@@ -4,7 +4,8 @@
 //! - TCP bulk, Gbit/s (iperf3, 5 s, one stream), offloads on;
 //! - UDP 64-byte datagrams per second delivered, flooding (iperf3 `-u -l 64
 //!   -b 0`), and the highest paced rate delivered with at most 1% loss
-//!   (a binary search, one second per trial);
+//!   (a binary search, one second per trial); both ends use 4 MB socket
+//!   buffers (`-w 4M`), so the receiving socket is not what overflows;
 //! - new TCP connections per second (connect, the client closes, from two
 //!   environments, four threads each, 2 s; `--rst` closes with RST).
 //!
@@ -157,7 +158,7 @@ fn measure(t: &Topo, secs: u32) -> Figures {
         f.tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
     }
     if wanted("udp") {
-        let udp = iperf(t, &["-u", "-l", "64", "-b", "0"], secs);
+        let udp = iperf(t, &["-u", "-l", "64", "-b", "0", "-w", "4M"], secs);
         let sum = &udp["end"]["sum"];
         let packets = sum["packets"].as_f64().unwrap_or(0.0);
         let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
@@ -178,7 +179,7 @@ fn measure(t: &Topo, secs: u32) -> Figures {
 /// (packets per second sent, fraction lost).
 fn udp_at(t: &Topo, pps: f64) -> (f64, f64) {
     let bps = format!("{}", (pps * 64.0 * 8.0) as u64);
-    let udp = iperf(t, &["-u", "-l", "64", "-b", &bps], 1);
+    let udp = iperf(t, &["-u", "-l", "64", "-b", &bps, "-w", "4M"], 1);
     let sum = &udp["end"]["sum"];
     let packets = sum["packets"].as_f64().unwrap_or(0.0);
     let lost = sum["lost_packets"].as_f64().unwrap_or(packets);
