@@ -262,7 +262,22 @@ fn load(path: &PathBuf) -> Result<plan::Plan, String> {
     plan::plan(&cfg, &BTreeMap::new()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// One security-group rule, as `check` shows it.
+fn rule_text(r: &config::SgRule, peer_word: &str) -> String {
+    let proto = format!("{:?}", r.protocol).to_lowercase();
+    let ports = r.ports.map_or(String::new(), |p| format!(" ports {p}"));
+    let peer = match (&r.destination, &r.source, &r.group) {
+        (Some(c), _, _) | (None, Some(c), _) => format!("{peer_word} {c}"),
+        (None, None, Some(g)) => format!("group {g}"),
+        _ => String::new(),
+    };
+    let note = r.description.as_ref().map_or(String::new(), |d| format!("  ({d})"));
+    format!("{proto}{ports} {peer}{note}")
+}
+
 fn check(path: &PathBuf) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cfg = config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let p = load(path)?;
     println!(
         "config ok: {} ENI(s), {} attachment(s), {} environment(s)",
@@ -280,6 +295,19 @@ fn check(path: &PathBuf) -> Result<(), String> {
             addrs.join(","),
             e.functions.join(",")
         );
+    }
+    // Every group's rules: egress is enforced on new flows; ingress is
+    // kept and shown (the link is one-way: nothing enters from the VPC).
+    for g in &cfg.security_groups {
+        println!("  security group {}", g.id);
+        match &g.egress {
+            None => println!("    egress  all traffic (no rules given)"),
+            Some(rules) if rules.is_empty() => println!("    egress  none"),
+            Some(rules) => rules.iter().for_each(|r| println!("    egress  {}", rule_text(r, "to"))),
+        }
+        for r in &g.ingress {
+            println!("    ingress {}  (kept, not enforced)", rule_text(r, "from"));
+        }
     }
     Ok(())
 }

@@ -20,6 +20,8 @@ fn check_prints_the_plan_of_the_example_config() {
     assert!(ok, "{err}");
     assert!(out.contains("config ok"), "{out}");
     assert!(out.contains("eni 1"), "{out}");
+    assert!(out.contains("egress  tcp ports 80-443 to 10.0.0.0/16"), "{out}");
+    assert!(out.contains("ingress tcp ports 443 from 10.0.0.0/16"), "ingress rules are kept and shown: {out}");
 }
 
 #[test]
