@@ -169,6 +169,9 @@ fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
     let r = loadgen::run(&LoadArgs {
         once: true,
         port_range: Some("2000-2049".into()),
+        // The ENI may not grow: otherwise the control plane adds an address
+        // when the 50 ports run out and later connections succeed.
+        max_eni_addresses: Some(1),
         connect_timeout: Duration::from_millis(1500),
         workers: 2,
         ..args(Scenario::Connect, 200)

@@ -458,6 +458,9 @@ pub struct Gateway {
     /// before 2019, kept for the study: each execution environment gets its
     /// own ENI when it starts, on its cold-start path.
     pub eni_mode: EniMode,
+    /// Most addresses one shared ENI may grow to past its high-water mark
+    /// (each takes a subnet address). Default 16.
+    pub max_eni_addresses: u32,
     /// `[gateway.timeouts]`: idle timeouts.
     pub timeouts: TimeoutSettings,
     /// `[gateway.arp]`: the outside port's ARP resolver.
@@ -490,6 +493,7 @@ impl Default for Gateway {
             provisioning_delay_ms: 0,
             drain_limit_secs: 3600,
             eni_mode: EniMode::Shared,
+            max_eni_addresses: 16,
             timeouts: TimeoutSettings::default(),
             arp: ArpSettings::default(),
             frag: FragSettings::default(),

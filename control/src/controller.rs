@@ -627,6 +627,9 @@ impl Controller {
         if e.state != EniState::Active || e.probing.is_some() || e.addrs.last() != Some(&addr) {
             return;
         }
+        if e.addrs.len() >= self.cfg.gateway.max_eni_addresses.max(1) as usize {
+            return;
+        }
         let subnet = e.key.subnet.clone();
         match self.ipam.get_mut(&subnet).and_then(|p| p.allocate().ok()) {
             Some(a) => {

@@ -389,3 +389,15 @@ fn per_environment_mode_gives_each_environment_its_own_eni_when_it_starts() {
     assert_ne!(b.env(e0).unwrap().eni, b.env(e1).unwrap().eni);
     assert!(b.eni(b.env(e1).unwrap().eni).unwrap().egress.allows(6, Ipv4Addr::new(10, 0, 9, 9), 80), "sg-1 compiled");
 }
+
+#[test]
+fn an_eni_grows_no_further_than_max_eni_addresses() {
+    let mut c = Controller::new(cfg("max_eni_addresses = 1", &[("a", &["subnet-a"], &["sg-1"])]), t(0)).unwrap();
+    probes_ok(&mut c, t(0));
+    c.tick(t(0), &none());
+    let e = c.enis()[0].clone();
+    while c.poll_effect().is_some() {}
+    c.high_water(e.addrs[0], t(5));
+    assert!(probes_ok(&mut c, t(6)).is_empty(), "no second address");
+    assert_eq!(c.enis()[0].addrs, e.addrs);
+}

@@ -161,6 +161,9 @@ pub struct LoadArgs {
     pub out_dir: Option<PathBuf>,
     /// Our gateway's `port_range` (e.g. `"2000-2049"`); `None`: the default.
     pub port_range: Option<String>,
+    /// Our gateway's `max_eni_addresses` (1: the ENI never grows, so a
+    /// small port range runs out); `None`: the default.
+    pub max_eni_addresses: Option<u32>,
     /// Our gateway's worker threads (0: one per core).
     pub workers: usize,
     /// connect: each environment connects once (cold start) instead of repeatedly.
@@ -186,6 +189,7 @@ impl Default for LoadArgs {
             json: false,
             out_dir: None,
             port_range: None,
+            max_eni_addresses: None,
             workers: 0,
             once: false,
             echo: false,
@@ -577,8 +581,11 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     let world = match args.target {
         Target::Ours => {
             let mut gateway_extra = String::new();
+            if let Some(n) = args.max_eni_addresses {
+                gateway_extra += &format!("max_eni_addresses = {n}\n");
+            }
             if let Some(p) = &args.port_range {
-                gateway_extra = format!("port_range = \"{p}\"");
+                gateway_extra += &format!("port_range = \"{p}\"\n");
             }
             let opts = lab::Options {
                 shared_attachment: Some(n),
