@@ -630,33 +630,72 @@ pub(crate) struct Conn<S> {
 }
 
 fn accept_loop(listener: UnixListener, handler: Handler, stop: Arc<AtomicBool>) {
-    let mut conns: Vec<Conn<UnixStream>> = Vec::new();
+    serve_loop(
+        "control socket",
+        &listener,
+        |l| l.accept().map(|(s, _)| s),
+        &stop,
+        |stream, live| start_conn(stream, &handler, live),
+    );
+}
+
+/// A connected stream a server can shut down when it stops.
+pub(crate) trait Shut {
+    /// Shuts both directions down (errors ignored).
+    fn shut(&self);
+}
+
+impl Shut for UnixStream {
+    fn shut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Shut for std::net::TcpStream {
+    fn shut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The accept loop both servers share: waits (at most
+/// [`POLL_INTERVAL_MS`] at a time, so `stop` is seen) for a connection,
+/// accepts it, joins finished connection threads, and hands the new one to
+/// `start` with the number still open. When `stop` is set, every open
+/// connection is shut down and its thread joined.
+pub(crate) fn serve_loop<L: AsFd, S: Shut>(
+    what: &str,
+    listener: &L,
+    accept: impl Fn(&L) -> io::Result<S>,
+    stop: &AtomicBool,
+    mut start: impl FnMut(S, usize) -> Option<Conn<S>>,
+) {
+    let mut conns: Vec<Conn<S>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        match wait_readable(&listener, POLL_INTERVAL_MS) {
+        match wait_readable(listener, POLL_INTERVAL_MS) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, "control socket: poll failed");
+                tracing::warn!(error = %e, "{what}: poll failed");
                 std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS as u64));
                 continue;
             }
         }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
+        let stream = match accept(listener) {
+            Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::warn!(error = %e, "control socket: accept failed");
+                tracing::warn!(error = %e, "{what}: accept failed");
                 std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS as u64));
                 continue;
             }
         };
         conns = reap(conns);
-        if let Some(c) = start_conn(stream, &handler, conns.len()) {
+        if let Some(c) = start(stream, conns.len()) {
             conns.push(c);
         }
     }
     for c in &conns {
-        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        c.stream.shut();
     }
     for c in conns {
         let _ = c.thread.join();

@@ -35,7 +35,7 @@
 //! hyperplane_drops_total{reason="no_session"} 3
 //! ```
 
-use crate::api::{reap, wait_readable, ApiError, Conn, StatsReport, MAX_CONNECTIONS, POLL_INTERVAL_MS};
+use crate::api::{serve_loop, ApiError, Conn, StatsReport, MAX_CONNECTIONS};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -265,50 +265,30 @@ pub fn serve_metrics(
 }
 
 fn accept_loop(listener: TcpListener, source: StatsSource, stop: Arc<AtomicBool>) {
-    let mut conns: Vec<Conn<TcpStream>> = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        match wait_readable(&listener, POLL_INTERVAL_MS) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: poll failed");
-                std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS as u64));
-                continue;
+    serve_loop(
+        "metrics",
+        &listener,
+        |l| l.accept().map(|(s, _)| s),
+        &stop,
+        |stream, live| {
+            if live >= MAX_CONNECTIONS {
+                return None; // dropped: closed
             }
-        }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS as u64));
-                continue;
-            }
-        };
-        conns = reap(conns);
-        if conns.len() >= MAX_CONNECTIONS {
-            continue; // dropped: closed
-        }
-        let setup = || -> io::Result<TcpStream> {
-            stream.set_nonblocking(false)?;
-            stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-            stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-            stream.try_clone()
-        };
-        let Ok(handle) = setup() else { continue };
-        let source = source.clone();
-        if let Ok(thread) =
-            std::thread::Builder::new().name("hp-metrics-conn".into()).spawn(move || serve_conn(stream, &source))
-        {
-            conns.push(Conn { stream: handle, thread });
-        }
-    }
-    for c in &conns {
-        let _ = c.stream.shutdown(std::net::Shutdown::Both);
-    }
-    for c in conns {
-        let _ = c.thread.join();
-    }
+            let setup = || -> io::Result<TcpStream> {
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+                stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+                stream.try_clone()
+            };
+            let handle = setup().ok()?;
+            let source = source.clone();
+            let thread = std::thread::Builder::new()
+                .name("hp-metrics-conn".into())
+                .spawn(move || serve_conn(stream, &source))
+                .ok()?;
+            Some(Conn { stream: handle, thread })
+        },
+    );
 }
 
 /// Reads the request head (up to the blank line, at most [`MAX_HEAD`]
