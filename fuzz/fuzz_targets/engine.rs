@@ -15,7 +15,6 @@
 #![no_main]
 
 use dataplane::config::EngineConfig;
-use dataplane::flow::{ICMP, TCP, UDP};
 use dataplane::testkit::{self, Topology, ROUTER, ROUTER_MAC, SERVER};
 use dataplane::time::Instant;
 use dataplane::wire::{self, ETH_LEN};
@@ -48,24 +47,6 @@ fn engine() -> Engine {
     e
 }
 
-/// `testkit::checksums_ok`, except that an IPv4 datagram too short for its
-/// transport header counts as invalid (the testkit helper would index past
-/// its end).
-fn checksums_ok(frame: &[u8]) -> bool {
-    let Ok(ip) = wire::parse_ipv4(frame, ETH_LEN) else {
-        return false;
-    };
-    let min = match ip.proto {
-        TCP => 20,
-        UDP | ICMP => 8,
-        _ => 0,
-    };
-    if !ip.is_fragment() && ip.payload_len() < min {
-        return false;
-    }
-    testkit::checksums_ok(frame)
-}
-
 fn is_ipv4(frame: &[u8]) -> bool {
     frame.len() >= ETH_LEN && wire::ethertype(frame) == wire::ETHERTYPE_IPV4
 }
@@ -89,14 +70,14 @@ fuzz_target!(|data: &[u8]| {
         if control & 0x08 != 0 {
             testkit::fix_checksums(&mut buf[..len]);
         }
-        let valid = checksums_ok(&buf[..len]);
+        let valid = testkit::checksums_ok(&buf[..len]);
         all_valid &= valid || !is_ipv4(&buf[..len]);
 
         let action = e.process(now, PORTS[usize::from(control & 0x03)], &mut buf, len);
         if let Action::Forward { len: n, .. } | Action::Reply { len: n } | Action::Redirect { len: n } = action {
             assert!((ETH_LEN..=BUF).contains(&n), "{action:?}");
             if valid && is_ipv4(&buf[..n]) {
-                assert!(checksums_ok(&buf[..n]), "{action:?} with bad checksums: {:02x?}", &buf[..n]);
+                assert!(testkit::checksums_ok(&buf[..n]), "{action:?} with bad checksums: {:02x?}", &buf[..n]);
             }
         }
         if control & 0x04 != 0 {
@@ -105,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
         while let Some((_, n)) = e.poll_transmit(now, &mut out) {
             assert!(n <= BUF);
             if all_valid && is_ipv4(&out[..n]) {
-                assert!(checksums_ok(&out[..n]), "transmitted frame with bad checksums: {:02x?}", &out[..n]);
+                assert!(testkit::checksums_ok(&out[..n]), "transmitted frame with bad checksums: {:02x?}", &out[..n]);
             }
         }
         while e.poll_event().is_some() {}

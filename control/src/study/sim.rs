@@ -234,6 +234,30 @@ pub struct DesignResult {
     pub wall_clock_ms: f64,
 }
 
+impl DesignResult {
+    /// A result with nothing counted yet.
+    fn empty(design: Design) -> DesignResult {
+        DesignResult {
+            design,
+            invocations: InvocationCounts::default(),
+            cold_start_latency: LatencySummary::default(),
+            enis_created: 0,
+            enis_deleted: 0,
+            peak_addresses: 0,
+            peak_addresses_by_subnet: Vec::new(),
+            peak_concurrency: 0,
+            peak_environments: 0,
+            peak_connections: 0,
+            time_to_target_s: None,
+            setup_s: 0.0,
+            sim_end_s: 0.0,
+            bucket_s: 0.0,
+            series: Vec::new(),
+            wall_clock_ms: 0.0,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The engine.
 
@@ -459,24 +483,7 @@ impl<'a> Sim<'a> {
             subnet_used: vec![0; sc.subnets.len()],
             subnet_peak: vec![0; sc.subnets.len()],
             live_enis: 0,
-            res: DesignResult {
-                design,
-                invocations: InvocationCounts::default(),
-                cold_start_latency: LatencySummary::default(),
-                enis_created: 0,
-                enis_deleted: 0,
-                peak_addresses: 0,
-                peak_addresses_by_subnet: Vec::new(),
-                peak_concurrency: 0,
-                peak_environments: 0,
-                peak_connections: 0,
-                time_to_target_s: None,
-                setup_s: 0.0,
-                sim_end_s: 0.0,
-                bucket_s: 0.0,
-                series: Vec::new(),
-                wall_clock_ms: 0.0,
-            },
+            res: DesignResult::empty(design),
             executing: 0,
             live_envs: 0,
             addresses: 0,
@@ -915,27 +922,7 @@ impl<'a> Sim<'a> {
 
     fn finish(mut self) -> DesignResult {
         let end = self.now.max(1e-9);
-        let mut res = std::mem::replace(
-            &mut self.res,
-            DesignResult {
-                design: self.design,
-                invocations: InvocationCounts::default(),
-                cold_start_latency: LatencySummary::default(),
-                enis_created: 0,
-                enis_deleted: 0,
-                peak_addresses: 0,
-                peak_addresses_by_subnet: Vec::new(),
-                peak_concurrency: 0,
-                peak_environments: 0,
-                peak_connections: 0,
-                time_to_target_s: None,
-                setup_s: 0.0,
-                sim_end_s: 0.0,
-                bucket_s: 0.0,
-                series: Vec::new(),
-                wall_clock_ms: 0.0,
-            },
-        );
+        let mut res = std::mem::replace(&mut self.res, DesignResult::empty(self.design));
         res.sim_end_s = self.now;
         res.peak_addresses_by_subnet = self.sc.subnets.iter().zip(&self.subnet_peak).map(|(s, &p)| (s.id, p)).collect();
         let mut lat: Vec<f64> = self
