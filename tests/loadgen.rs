@@ -156,6 +156,26 @@ fn mixed_runs_every_kind_through_the_eni() {
 }
 
 #[test]
+fn connect_with_one_tap_per_environment_through_its_own_attachment() {
+    if !root() {
+        return;
+    }
+    // 100 loadgen TAPs, each bridged alone to its own gateway attachment: every environment connects once through
+    // its own attachment, and all leave through the one shared ENI.
+    let r = loadgen::run(&LoadArgs { once: true, tap_per_env: true, ..args(Scenario::Connect, 100) })
+        .expect("tap-per-env connect run");
+    eprintln!("{}", r.table());
+    let c = r.connect.as_ref().expect("connect figures");
+    assert_eq!(r.responder.tcp_accepted, c.established, "{c:?} {:?}", r.responder);
+    assert_eq!((c.attempted, c.established, c.completed, c.failed), (100, 100, 100, 0), "every environment: {c:?}");
+    assert_eq!(r.responder.distinct_sources, 100, "one mapping per environment: {:?}", r.responder);
+    one_source_address(&r);
+    documented_fields(&r);
+    let too_many = loadgen::run(&LoadArgs { tap_per_env: true, ..args(Scenario::Connect, 1001) });
+    assert!(matches!(too_many, Err(loadgen::LoadError::Invalid { param: "envs", .. })), "{too_many:?}");
+}
+
+#[test]
 fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
     if !root() {
         return;

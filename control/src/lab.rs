@@ -18,6 +18,14 @@
 //! of a Linux bridge (`br0`, no addresses) in a bridge namespace, and
 //! [`Lab::attach_to_bridge`] adds another port (the load generator's TAP),
 //! so frames flow load generator → bridge → the gateway's attachment.
+//!
+//! With [`Options::bridged_attachments`] `= Some(n)` the lab has `n`
+//! attachments (one environment, [`env_addr`]`(i)`, each, as in the
+//! per-namespace mode) and no environment namespaces: attachment `i`'s kernel
+//! side is the only gateway port of its own bridge [`bridge_name`]`(i)`
+//! (`br{i}`) in the bridge namespace, and [`Lab::attach_to_bridges`] adds the
+//! load generator's TAP for environment `i` to it, so each environment only
+//! ever sees its own attachment's frames (ARP replies too).
 //! The VPC namespace routes between the ENI subnet and the server subnet, so
 //! a traceroute sees the VPC router as a hop beyond the gateway. Nothing
 //! outside the namespaces the lab made is touched, and dropping the lab
@@ -78,6 +86,11 @@ pub struct Options {
     /// environment namespaces are made. `None`: one namespace and TAP per
     /// environment.
     pub shared_attachment: Option<usize>,
+    /// `Some(n)`: `n` environments with one attachment each, every attachment
+    /// TAP bridged alone (bridge `br{i}`) in a bridge namespace (see the
+    /// module doc); `envs` is then ignored and no environment namespaces are
+    /// made. Ignored when `shared_attachment` is set.
+    pub bridged_attachments: Option<usize>,
 }
 
 impl Default for Options {
@@ -93,6 +106,7 @@ impl Default for Options {
             alt_egress: r#"[ { protocol = "all", destination = "0.0.0.0/0" } ]"#.into(),
             group: "sg-lab".into(),
             shared_attachment: None,
+            bridged_attachments: None,
         }
     }
 }
@@ -118,12 +132,17 @@ pub struct Lab {
     pub opts: Options,
     /// The outside device's name.
     pub outside: String,
-    /// The bridge namespace (shared-attachment mode only).
+    /// The bridge namespace (shared- and bridged-attachment modes only).
     pub bridge: Option<Netns>,
 }
 
 /// The bridge's name inside the bridge namespace (shared-attachment mode).
 pub const BRIDGE: &str = "br0";
+
+/// The bridge of attachment `i` in bridged-attachment mode ([`Options::bridged_attachments`]): `br{i}`.
+pub fn bridge_name(i: usize) -> String {
+    format!("br{i}")
+}
 
 /// The gateway config for a lab (TOML, parsed by the same code as
 /// `hyperplane run --config`).
@@ -173,16 +192,22 @@ impl Lab {
         let tag = netlab::unique("hpl");
         let outside = netlab::unique("hpl");
         let shared = opts.shared_attachment;
-        let (ntaps, nenvs) = if shared.is_some() { (1, 0) } else { (opts.envs, opts.envs) };
+        let bridged = if shared.is_some() { None } else { opts.bridged_attachments };
+        let (ntaps, nenvs) = match (shared, bridged) {
+            (Some(_), _) => (1, 0),
+            (None, Some(n)) => (n, 0),
+            (None, None) => (opts.envs, opts.envs),
+        };
+        let bridge_ns = shared.is_some() || bridged.is_some();
         let taps: Vec<String> = (0..ntaps).map(|_| netlab::unique("hpl")).collect();
         let names: Vec<String> = [format!("{tag}v"), format!("{tag}s")]
             .into_iter()
-            .chain(shared.map(|_| format!("{tag}b")))
+            .chain(bridge_ns.then(|| format!("{tag}b")))
             .chain((0..nenvs).map(|i| format!("{tag}e{i}")))
             .collect();
         let mut nss = Netns::new_many(&names)?.into_iter();
         let (vpc, server) = (nss.next().expect("vpc"), nss.next().expect("server"));
-        let bridge = if shared.is_some() { nss.next() } else { None };
+        let bridge = if bridge_ns { nss.next() } else { None };
         let envs: Vec<Netns> = nss.collect();
 
         // The VPC: a router with the server behind it.
@@ -244,6 +269,35 @@ impl Lab {
             lab.vpc.exec(&["ethtool", "-K", &vpc_link, "tx", "off"])?;
         }
         if let Some(br) = &lab.bridge {
+            // The bridges are plain wires: bridged frames skip the bridge namespace's iptables/arptables hooks
+            // (br_netfilter, when loaded), which would otherwise cost every frame a netfilter traversal. The keys
+            // are per namespace and absent without br_netfilter, so a failure is ignored.
+            let _ = br.exec(&[
+                "sysctl",
+                "-e",
+                "-qw",
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+                "net.bridge.bridge-nf-call-arptables=0",
+            ]);
+        }
+        if let (Some(br), Some(_)) = (&lab.bridge, bridged) {
+            // One bridge per attachment.
+            let moves: Vec<String> = lab.taps.iter().map(|t| format!("link set {t} netns {}", br.name())).collect();
+            ip_batch(None, &moves)?;
+            let mut cmds = Vec::with_capacity(5 * lab.taps.len());
+            for (i, tap) in lab.taps.iter().enumerate() {
+                let b = bridge_name(i);
+                cmds.push(format!("link add {b} type bridge"));
+                cmds.push(format!("link set {b} type bridge stp_state 0 forward_delay 0"));
+                cmds.push(format!("link set {tap} master {b}"));
+                cmds.push(format!("link set {tap} up"));
+                cmds.push(format!("link set {b} up"));
+            }
+            ip_batch(Some(br), &cmds)?;
+            return Ok(lab);
+        }
+        if let Some(br) = &lab.bridge {
             // One attachment, bridged: its kernel side becomes a bridge port.
             let tap = &lab.taps[0];
             ip_batch(None, &[format!("link set {tap} netns {}", br.name())])?;
@@ -286,6 +340,30 @@ impl Lab {
         };
         move_link(link, br)?;
         ip_batch(Some(br), &[format!("link set {link} master {BRIDGE}"), format!("link set {link} up")])?;
+        Ok(())
+    }
+
+    /// Bridged-attachment mode: moves the root-namespace links `links[i]` (e.g. the load generator's TAP for
+    /// environment `i`) into the bridge namespace as ports of [`bridge_name`]`(i)` and brings them up, with
+    /// `txqueuelen` (frames) on each. Without bridged attachments, or with more links than attachments, this is
+    /// [`LabError::Invalid`].
+    pub fn attach_to_bridges(&self, links: &[String], txqueuelen: u32) -> Result<(), Error> {
+        let (Some(br), Some(n)) = (&self.bridge, self.opts.bridged_attachments) else {
+            return Err(LabError::Invalid("attach_to_bridges: the lab has no bridged attachments".into()).into());
+        };
+        if links.len() > n || self.opts.shared_attachment.is_some() {
+            return Err(
+                LabError::Invalid(format!("attach_to_bridges: {} links for {n} attachments", links.len())).into()
+            );
+        }
+        let moves: Vec<String> = links.iter().map(|l| format!("link set {l} netns {}", br.name())).collect();
+        ip_batch(None, &moves)?;
+        let mut cmds = Vec::with_capacity(2 * links.len());
+        for (i, l) in links.iter().enumerate() {
+            cmds.push(format!("link set {l} master {} txqueuelen {txqueuelen}", bridge_name(i)));
+            cmds.push(format!("link set {l} up"));
+        }
+        ip_batch(Some(br), &cmds)?;
         Ok(())
     }
 

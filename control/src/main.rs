@@ -115,6 +115,10 @@ enum Command {
         /// Print JSON; no progress bar.
         #[arg(long)]
         json: bool,
+        /// One loadgen TAP per environment (and, against ours, one gateway
+        /// attachment per environment); at most 1000 environments.
+        #[arg(long)]
+        tap_per_env: bool,
     },
     /// Study the shared-ENI design: per-environment ENIs against one shared
     /// ENI, simulated (default) or measured on this machine (--real, root).
@@ -205,6 +209,7 @@ fn main() -> ExitCode {
             workers,
             out,
             json,
+            tap_per_env,
         } => (|| {
             let args = loadgen::LoadArgs {
                 scenario: loadgen::Scenario::parse(&scenario).map_err(|e| e.to_string())?,
@@ -224,6 +229,7 @@ fn main() -> ExitCode {
                 out_dir: out,
                 json,
                 progress: !json,
+                tap_per_env,
                 ..loadgen::LoadArgs::default()
             };
             if compare {

@@ -2,7 +2,8 @@
 //! real time and the dataplane's events, its effects carried out on the
 //! workers.
 //!
-//! A control thread wakes every [`TICK`]: it runs ARP probes on worker 0
+//! A control thread wakes on engine events, every [`TICK`] while ARP probes
+//! are in flight and every [`IDLE_TICK`] otherwise: it runs ARP probes on worker 0
 //! (two probes 100 ms apart, the verdict at [`PROBE_TIME`]; shorter than
 //! RFC 5227's 1–2 s per probe because the VPC link here is ours to reason
 //! about), publishes new bindings to every worker, turns engine events into
@@ -25,8 +26,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How often the control thread runs.
+/// How often the control thread runs while probes are in flight.
 pub const TICK: Duration = Duration::from_millis(20);
+/// How often it runs otherwise (engine events wake it at once).
+pub const IDLE_TICK: Duration = Duration::from_millis(250);
 /// How long an address is watched after its first probe.
 pub const PROBE_TIME: Duration = Duration::from_millis(300);
 
@@ -181,10 +184,14 @@ fn control_loop(s: &Shared) {
     let mut live: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
     let mut last_activity = std::time::Instant::now();
     while !s.stop.load(Ordering::Relaxed) {
-        std::thread::sleep(TICK);
-        let now = s.now();
-        // Engine events.
+        // Sleep until an engine event arrives, or the next tick: short while
+        // probes run, long when there is nothing to time.
+        let wait = if probes.is_empty() { IDLE_TICK } else { TICK };
         let mut events = vec![];
+        if let Ok((_, ev)) = s.gateway.events.recv_timeout(wait) {
+            events.push(ev);
+        }
+        let now = s.now();
         while let Ok((_, ev)) = s.gateway.events.try_recv() {
             events.push(ev);
         }

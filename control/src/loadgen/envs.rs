@@ -1,32 +1,37 @@
 //! Emulated execution environments: one smoltcp [`Interface`] (medium Ethernet, MAC [`env_mac`]`(i)`, address
 //! [`env_addr`]`(i)`/16, default route via [`INSIDE_GATEWAY`], ARP answered for its address) and its own socket per
-//! environment, all behind one TAP, driven by one poll loop on the calling thread.
+//! environment, all behind one TAP (or, with `tap_per_env`, environment `i` behind TAP `i`), driven by one poll loop
+//! on the calling thread.
 //!
 //! # The loop
 //!
-//! 1. Read up to [`RX_BATCH`] frames from the TAP (non-blocking) and demultiplex: by destination MAC (a MAC made by
+//! 1. Read up to [`RX_BATCH`] frames from each readable TAP (non-blocking; with several TAPs, the readable ones are
+//!    those a zero-timeout `epoll_wait` reports) and demultiplex: by destination MAC (a MAC made by
 //!    [`env_mac`]), broadcast ARP by its target address; the frame goes to that environment's inbox and the
 //!    environment joins the ready list. Other frames are ignored.
 //! 2. Pop due timers from a binary heap of (wake time µs, environment) into the ready list. Each environment keeps
 //!    its one current wake time; heap entries that no longer match it are stale and skipped, so rescheduling is a
 //!    push, never a search.
 //! 3. Poll each ready environment: `Interface::poll` consumes its inbox and writes what it sends straight to the
-//!    TAP (one `write(2)` per frame); then the scenario's step; then the next wake = min(`Interface::poll_at`, the
-//!    scenario's own deadline). Nothing else is polled, so 10,000 idle environments cost nothing.
-//! 4. With nothing read and nothing ready, wait for the TAP (at most 1 ms).
+//!    environment's TAP (one `write(2)` per frame); then the scenario's step; then the next wake =
+//!    min(`Interface::poll_at`, the scenario's own deadline). Nothing else is polled, so 10,000 idle environments
+//!    cost nothing.
+//! 4. With nothing read and nothing ready, wait for a TAP to become readable (at most 1 ms; epoll with several).
 //!
 //! Environment `i` appears at `ramp * i / n` and starts its scenario then. After `duration` no new work starts
 //! (bulk streams close); the loop ends when every environment is done or `grace` later.
 //!
-//! Memory per environment is about 2 KB plus socket buffers: [`CONNECT_BUF`] for connect and UDP, [`BULK_TX_BUF`]
-//! for bulk senders.
+//! Memory per environment is about 2 KB plus socket buffers: [`CONNECT_BUF`] for connect and UDP,
+//! [`bulk_tx_buf`]`(bulk streams)` (1 MB for up to 64 streams, 64 MB shared out beyond, at least 64 KB) for bulk
+//! senders, which refill their whole free send space in place (no copy) after each poll.
 
 use super::{
-    env_mac, env_of_addr, env_of_mac, raw, ConnectFigures, LoadArgs, LoadError, Measured, Scenario, Timeline,
+    env_mac, env_of_addr, env_of_mac, io_err, raw, ConnectFigures, LoadArgs, LoadError, Measured, Scenario, Timeline,
     UdpFigures, BULK_PORT, CONNECT_PORT, UDP_PORT,
 };
 use crate::netlab::{env_addr, INSIDE_GATEWAY, SERVER};
 use dataplane::io::tap::Tap;
+use dataplane::io::{Events, Poller};
 use hdrhistogram::Histogram;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -41,8 +46,19 @@ use std::time::{Duration, Instant};
 pub const RX_BATCH: usize = 256;
 /// Socket buffer (each way) of connect and UDP environments, bytes.
 pub const CONNECT_BUF: usize = 4096;
-/// Send buffer of bulk environments, bytes.
-pub const BULK_TX_BUF: usize = 256 * 1024;
+/// Largest send buffer of a bulk environment, bytes (window scaling is negotiated, so the server's window is no
+/// limit). Fewer, larger writes into the ring and more data in flight per stream.
+pub const BULK_TX_BUF: usize = 1024 * 1024;
+/// Smallest send buffer of a bulk environment, bytes.
+pub const BULK_TX_BUF_MIN: usize = 64 * 1024;
+/// The bulk environments' send buffers together, at most, bytes (so thousands of bulk streams stay bounded).
+pub const BULK_TX_TOTAL: usize = 64 * 1024 * 1024;
+
+/// The send buffer of each of `streams` bulk environments: [`BULK_TX_TOTAL`] shared out, within
+/// [`BULK_TX_BUF_MIN`]..=[`BULK_TX_BUF`] bytes.
+pub fn bulk_tx_buf(streams: usize) -> usize {
+    (BULK_TX_TOTAL / streams.max(1)).clamp(BULK_TX_BUF_MIN, BULK_TX_BUF)
+}
 /// UDP send interval per environment in `mixed`.
 pub const MIXED_UDP_INTERVAL: Duration = Duration::from_millis(10);
 const REQUEST: &[u8] = b"GET / hyperplane-loadgen\n";
@@ -216,10 +232,9 @@ struct Ctx<'a> {
     hist: Histogram<u64>,
     stats: Stats,
     idle: VecDeque<u32>,
-    pattern: Vec<u8>,
 }
 
-fn new_env(i: usize, kind: Kind, tap: &Tap, tx: &mut TxCount) -> Env {
+fn new_env(i: usize, kind: Kind, bulk_buf: usize, tap: &Tap, tx: &mut TxCount) -> Env {
     let mut inbox = VecDeque::new();
     let mut dev = Wire { tap, inbox: &mut inbox, tx };
     let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(env_mac(i))));
@@ -240,7 +255,7 @@ fn new_env(i: usize, kind: Kind, tap: &Tap, tx: &mut TxCount) -> Env {
             sockets.add(s)
         }
         Kind::Connect | Kind::Bulk => {
-            let tx = if kind == Kind::Bulk { BULK_TX_BUF } else { CONNECT_BUF };
+            let tx = if kind == Kind::Bulk { bulk_buf } else { CONNECT_BUF };
             let mut s =
                 tcp::Socket::new(tcp::SocketBuffer::new(vec![0u8; CONNECT_BUF]), tcp::SocketBuffer::new(vec![0u8; tx]));
             s.set_nagle_enabled(false);
@@ -264,9 +279,10 @@ fn new_env(i: usize, kind: Kind, tap: &Tap, tx: &mut TxCount) -> Env {
     }
 }
 
-/// Runs a smoltcp scenario (`tcp-bulk`, `connect`, `mixed`) with `n` environments (see the module doc).
+/// Runs a smoltcp scenario (`tcp-bulk`, `connect`, `mixed`) with `n` environments (see the module doc): all behind
+/// `taps[0]`, or environment `i` behind `taps[i]` when there are `n` TAPs.
 pub(crate) fn run(
-    tap: &Tap,
+    taps: &[Tap],
     n: usize,
     args: &LoadArgs,
     grace: Duration,
@@ -274,8 +290,24 @@ pub(crate) fn run(
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<Measured, LoadError> {
     let kinds = kinds(args.scenario, n);
+    let per_env = taps.len() > 1;
+    assert!(!per_env || taps.len() == n, "one TAP, or one per environment");
+    let tap_of = |i: usize| if per_env { &taps[i] } else { &taps[0] };
+    let poller = if per_env {
+        let p = Poller::new().map_err(|e| io_err("epoll_create1", e))?;
+        for (j, t) in taps.iter().enumerate() {
+            p.add(t, j as u64).map_err(|e| io_err(format!("epoll add {}", t.name()), e))?;
+        }
+        Some(p)
+    } else {
+        None
+    };
+    let mut events = Events::with_capacity(taps.len().min(1024));
+    let mut readable: Vec<usize> = Vec::with_capacity(taps.len());
     let mut tx = TxCount::default();
-    let mut envs: Vec<Env> = kinds.iter().enumerate().map(|(i, &k)| new_env(i, k, tap, &mut tx)).collect();
+    let bulk_buf = bulk_tx_buf(kinds.iter().filter(|&&k| k == Kind::Bulk).count());
+    let mut envs: Vec<Env> =
+        kinds.iter().enumerate().map(|(i, &k)| new_env(i, k, bulk_buf, tap_of(i), &mut tx)).collect();
     let us = |d: Duration| d.as_micros() as i64;
     let hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let t0 = Instant::now();
@@ -290,7 +322,6 @@ pub(crate) fn run(
         hist,
         stats: Stats::default(),
         idle: VecDeque::new(),
-        pattern: vec![0x5a; 16 * 1024],
     };
     let hard_end = us(args.duration + grace);
     let mut heap: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::with_capacity(2 * n);
@@ -332,36 +363,50 @@ pub(crate) fn run(
         if closed_out && ready.is_empty() && envs.iter().all(|e| e.phase == Phase::Done) {
             break;
         }
-        // 1. Read a batch.
-        let mut got = 0;
-        while got < RX_BATCH {
-            match tap.recv(&mut buf) {
-                Ok(len) => {
-                    got += 1;
-                    let f = &buf[..len];
-                    let to = if len < 14 {
-                        None
-                    } else if f[..6] == [0xff; 6] {
-                        raw::parse_arp(f).and_then(|(_, _, _, tpa)| env_of_addr(tpa))
-                    } else {
-                        env_of_mac(&f[..6])
-                    };
-                    match to.filter(|&i| i < n) {
-                        Some(i) => {
-                            let e = &mut envs[i];
-                            e.inbox.push_back(f.to_vec());
-                            if !e.ready {
-                                e.ready = true;
-                                ready.push(i as u32);
-                            }
-                        }
-                        None => cx.stats.unclaimed += 1,
-                    }
+        // 1. Read a batch from each readable TAP.
+        readable.clear();
+        match &poller {
+            Some(p) => {
+                if p.wait(&mut events, Some(Duration::ZERO)).is_ok() {
+                    readable.extend(events.tokens().map(|t| t as usize));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    cx.stats.rx_errors += 1;
-                    break;
+            }
+            None => readable.push(0),
+        }
+        let mut got = 0;
+        for &j in &readable {
+            let tap = &taps[j];
+            let mut got_here = 0;
+            while got_here < RX_BATCH {
+                match tap.recv(&mut buf) {
+                    Ok(len) => {
+                        got += 1;
+                        got_here += 1;
+                        let f = &buf[..len];
+                        let to = if len < 14 {
+                            None
+                        } else if f[..6] == [0xff; 6] {
+                            raw::parse_arp(f).and_then(|(_, _, _, tpa)| env_of_addr(tpa))
+                        } else {
+                            env_of_mac(&f[..6])
+                        };
+                        match to.filter(|&i| i < n) {
+                            Some(i) => {
+                                let e = &mut envs[i];
+                                e.inbox.push_back(f.to_vec());
+                                if !e.ready {
+                                    e.ready = true;
+                                    ready.push(i as u32);
+                                }
+                            }
+                            None => cx.stats.unclaimed += 1,
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        cx.stats.rx_errors += 1;
+                        break;
+                    }
                 }
             }
         }
@@ -400,7 +445,7 @@ pub(crate) fn run(
             let e = &mut envs[i as usize];
             e.ready = false;
             let now_us = us(t0.elapsed());
-            step(e, i, now_us, closed_out, tap, &mut tx, &mut cx);
+            step(e, i, now_us, closed_out, tap_of(i as usize), &mut tx, &mut cx);
             let ts = SInstant::from_micros(now_us);
             let next = e.iface.poll_at(ts, &e.sockets).map(|t| t.total_micros());
             let next = match (next, e.app_at) {
@@ -432,7 +477,13 @@ pub(crate) fn run(
         if got == 0 && !work {
             let next = heap.peek().map_or(1000, |Reverse((at, _))| (at - us(t0.elapsed())).clamp(0, 1000));
             if next > 50 {
-                raw::wait(tap, if next >= 1000 { 1 } else { 0 });
+                let ms = if next >= 1000 { 1 } else { 0 };
+                match &poller {
+                    Some(p) => {
+                        let _ = p.wait(&mut events, Some(Duration::from_millis(ms)));
+                    }
+                    None => raw::wait(&taps[0], ms as i32),
+                }
             }
         }
     }
@@ -674,8 +725,10 @@ fn advance(e: &mut Env, i: u32, now_us: i64, closed_out: bool, cx: &mut Ctx) -> 
 /// Keeps a bulk sender's buffer full; true if something was queued.
 fn fill(s: &mut tcp::Socket, cx: &mut Ctx) -> bool {
     let mut queued = false;
+    // Enqueue the whole free space in place (at most two calls: the ring may wrap), without copying: the stream's
+    // bytes are whatever the ring held (zeros at first), the responder only counts them.
     while s.can_send() {
-        match s.send_slice(&cx.pattern) {
+        match s.send(|free| (free.len(), free.len())) {
             Ok(0) | Err(_) => break,
             Ok(k) => {
                 cx.stats.bulk_sent += k as u64;

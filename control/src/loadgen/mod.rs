@@ -14,6 +14,18 @@
 //! [`KernelNat::build_with_tap`] puts the loadgen TAP into the NAT namespace. Environment `i` has MAC
 //! `02:4c:47:HH:MM:LL` (`i` in the low 24 bits, see [`env_mac`]) and address [`env_addr`]`(i)`.
 //!
+//! With `tap_per_env` (at most [`MAX_TAP_ENVS`] environments; not for `udp`) every environment has its own loadgen
+//! TAP instead, and the loop reads them all (epoll) and writes each environment's frames to its own TAP:
+//!
+//! ```text
+//!  ours:    loadgen TAP i ── bridge ns: br{i} ── gateway attachment TAP i (one attachment per environment)
+//!  kernel:  loadgen TAP i ── gw ns: 172.16.0.1/32, route env_addr(i)/32 (as KernelNat's veth environments)
+//! ```
+//!
+//! Against our gateway the lab then runs in bridged-attachment mode ([`lab::Options::bridged_attachments`]), so
+//! each environment only sees its own attachment's ARP replies; against the kernel,
+//! [`KernelNat::build_with_taps`].
+//!
 //! # Scenarios and units
 //!
 //! - `udp` ([`raw`]): prebuilt Ethernet+IPv4+UDP frames, `payload` bytes of UDP data (64..=1472), round-robin over
@@ -65,6 +77,8 @@ use std::time::{Duration, Instant};
 pub const MAX_DURATION: Duration = Duration::from_secs(120);
 /// Most environments accepted (the address plan's limit is larger; this bounds memory to a few hundred MB).
 pub const MAX_ENVS: usize = 50_000;
+/// Most environments accepted with `tap_per_env` (two TAPs, a bridge and a gateway attachment each).
+pub const MAX_TAP_ENVS: usize = 1000;
 /// The responder's UDP port.
 pub const UDP_PORT: u16 = 9000;
 /// The responder's request/response (connect) TCP port.
@@ -174,6 +188,9 @@ pub struct LoadArgs {
     pub connect_timeout: Duration,
     /// Show a progress bar (only if stderr is a terminal and `json` is off).
     pub progress: bool,
+    /// One loadgen TAP per environment (and, against ours, one gateway attachment per environment) instead of one
+    /// shared TAP; at most [`MAX_TAP_ENVS`] environments; tcp-bulk, connect and mixed only.
+    pub tap_per_env: bool,
 }
 
 impl Default for LoadArgs {
@@ -195,6 +212,7 @@ impl Default for LoadArgs {
             echo: false,
             connect_timeout: Duration::from_secs(3),
             progress: true,
+            tap_per_env: false,
         }
     }
 }
@@ -210,6 +228,12 @@ impl LoadArgs {
         let n = self.env_count();
         if n == 0 || n > MAX_ENVS {
             return Err(invalid("envs", format!("{n} is not in 1..={MAX_ENVS}")));
+        }
+        if self.tap_per_env && n > MAX_TAP_ENVS {
+            return Err(invalid("envs", format!("{n} is above {MAX_TAP_ENVS}, the most with tap_per_env")));
+        }
+        if self.tap_per_env && self.scenario == Scenario::Udp {
+            return Err(invalid("tap_per_env", "the raw udp scenario uses one TAP; use mixed for UDP".into()));
         }
         if self.duration.is_zero() || self.duration > MAX_DURATION {
             return Err(invalid("duration", format!("{:?} is not in (0, {MAX_DURATION:?}]", self.duration)));
@@ -544,23 +568,29 @@ impl World {
 
     /// Queue overflows on the TAPs' kernel sides (frames dropped because a reader was behind): the loadgen TAP's,
     /// and the gateway attachment's (ours).
-    fn overflows(&self, tap: &str) -> Vec<(&'static str, u64)> {
+    fn overflows(&self, taps: &[String]) -> Vec<(&'static str, u64)> {
         let mut v = Vec::new();
         if let Some(ns) = self.tap_ns() {
-            v.push(("loadgen_tap_overflow", tx_dropped(ns, tap)));
-        }
-        if let (World::Ours(l), Some(ns)) = (self, self.tap_ns()) {
-            v.push(("gateway_attachment_overflow", tx_dropped(ns, &l.taps[0])));
+            let dropped = tx_dropped(ns);
+            let sum = |names: &[String]| names.iter().map(|l| dropped.get(l.as_str()).copied().unwrap_or(0)).sum();
+            v.push(("loadgen_tap_overflow", sum(taps)));
+            if let World::Ours(l) = self {
+                v.push(("gateway_attachment_overflow", sum(&l.taps)));
+            }
         }
         v
     }
 }
 
-/// `stats64.tx.dropped` of `link` in `ns` (`ip -s -j link show`); 0 if unreadable.
-fn tx_dropped(ns: &Netns, link: &str) -> u64 {
-    let Ok(out) = ns.ip(&["-s", "-j", "link", "show", "dev", link]) else { return 0 };
+/// `stats64.tx.dropped` of every link in `ns` by name (one `ip -s -j link show`); empty if unreadable.
+fn tx_dropped(ns: &Netns) -> BTreeMap<String, u64> {
+    let Ok(out) = ns.ip(&["-s", "-j", "link", "show"]) else { return BTreeMap::new() };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
+    let links = v.as_array().map(Vec::as_slice).unwrap_or_default();
+    links
+        .iter()
+        .filter_map(|l| Some((l["ifname"].as_str()?.to_string(), l["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0))))
+        .collect()
 }
 
 /// Kernel-side queue length of the loadgen TAP (frames towards the load generator), so bursts of thousands of
@@ -575,54 +605,56 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     }
     let n = args.env_count();
     netlab::sweep_stale("lg");
-    let tap_name = netlab::unique("lg");
-    let tap = Arc::new(Tap::open(&tap_name, TapOptions::default())?);
-    // Field order of this function's locals: the world (namespaces) drops after the responder and the TAP.
+    let ntaps = if args.tap_per_env { n } else { 1 };
+    let tap_names: Vec<String> = (0..ntaps).map(|_| netlab::unique("lg")).collect();
+    let taps = TapSet::open(&tap_names)?;
+    let tap_name = &tap_names[0];
+    let tap = &taps.taps[0];
+    // Field order of this function's locals: the world (namespaces) drops after the responder and the TAPs.
     let world = match args.target {
-        Target::Ours => {
-            let mut gateway_extra = String::new();
-            if let Some(n) = args.max_eni_addresses {
-                gateway_extra += &format!("max_eni_addresses = {n}\n");
-            }
-            if let Some(p) = &args.port_range {
-                gateway_extra += &format!("port_range = \"{p}\"\n");
-            }
+        Target::Ours if args.tap_per_env => {
             let opts = lab::Options {
-                shared_attachment: Some(n),
+                bridged_attachments: Some(n),
                 workers: args.workers,
-                gateway_extra,
+                gateway_extra: gateway_extra(args),
                 ..lab::Options::default()
             };
             let lab = Lab::build(&opts)?;
-            lab.attach_to_bridge(&tap_name)?;
+            lab.attach_to_bridges(&tap_names, TAP_QUEUE_LEN)?;
+            World::Ours(Box::new(lab))
+        }
+        Target::Kernel if args.tap_per_env => {
+            let k = KernelNat::build_with_taps("lgk", &tap_names, TAP_QUEUE_LEN)?;
+            if n > 512 {
+                // Permanent entries do not count against gc_thresh3 (see below).
+                let lines: Vec<String> = tap_names.iter().enumerate().map(|(i, t)| neigh_line(i, t)).collect();
+                k.gw_ns().ip_batch(&lines)?;
+            }
+            World::Kernel(k)
+        }
+        Target::Ours => {
+            let opts = lab::Options {
+                shared_attachment: Some(n),
+                workers: args.workers,
+                gateway_extra: gateway_extra(args),
+                ..lab::Options::default()
+            };
+            let lab = Lab::build(&opts)?;
+            lab.attach_to_bridge(tap_name)?;
             World::Ours(Box::new(lab))
         }
         Target::Kernel => {
-            let k = KernelNat::build_with_tap("lgk", &tap_name)?;
+            let k = KernelNat::build_with_tap("lgk", tap_name)?;
             if n > 512 {
                 // The kernel's neighbour table holds gc_thresh3 (1024) learned entries; permanent ones do not
                 // count against it, so thousands of environments stay reachable.
-                let lines: Vec<String> = (0..n)
-                    .map(|i| {
-                        let m = env_mac(i);
-                        format!(
-                            "neigh replace {} lladdr {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} dev {tap_name} nud permanent",
-                            env_addr(i),
-                            m[0],
-                            m[1],
-                            m[2],
-                            m[3],
-                            m[4],
-                            m[5]
-                        )
-                    })
-                    .collect();
+                let lines: Vec<String> = (0..n).map(|i| neigh_line(i, tap_name)).collect();
                 k.gw_ns().ip_batch(&lines)?;
             }
             World::Kernel(k)
         }
     };
-    if let Some(ns) = world.tap_ns() {
+    if let (Some(ns), false) = (world.tap_ns(), args.tap_per_env) {
         ns.ip_batch(&[format!("link set {tap_name} txqueuelen {TAP_QUEUE_LEN}")])?;
     }
     let eni = match &world {
@@ -636,7 +668,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
 
     // Raw UDP needs the gateway's MAC before the clock starts.
     let gw_mac =
-        if args.scenario == Scenario::Udp { Some(raw::resolve_gateway(&tap, Duration::from_secs(3))?) } else { None };
+        if args.scenario == Scenario::Udp { Some(raw::resolve_gateway(tap, Duration::from_secs(3))?) } else { None };
     let grace = args.connect_timeout + Duration::from_secs(1);
     let tl = Arc::new(Timeline::new(args.duration + grace));
     let responder = responder::Responder::start(
@@ -646,8 +678,8 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     )?;
     let bar = progress_bar(args);
     let measured = match gw_mac {
-        Some(mac) => raw::run(&tap, mac, n, args, &tl, bar.as_ref())?,
-        None => envs::run(&tap, n, args, grace, &tl, bar.as_ref())?,
+        Some(mac) => raw::run(tap, mac, n, args, &tl, bar.as_ref())?,
+        None => envs::run(&taps.taps, n, args, grace, &tl, bar.as_ref())?,
     };
     if let Some(b) = &bar {
         b.finish_and_clear();
@@ -660,7 +692,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         _ => None,
     };
     let mut measured = measured;
-    for (k, v) in world.overflows(&tap_name) {
+    for (k, v) in world.overflows(&tap_names) {
         if v > 0 {
             measured.errors.insert(k.into(), v);
         }
@@ -675,9 +707,48 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         let path = dir.join(format!("{stem}.json"));
         std::fs::write(&path, json).map_err(|e| io_err(format!("write {}", path.display()), e))?;
     }
-    drop(tap);
+    drop(taps);
     drop(world);
     Ok(report)
+}
+
+/// The loadgen's TAPs (closing a TAP's last descriptor deletes the device, so dropping this removes them).
+struct TapSet {
+    taps: Vec<Tap>,
+}
+
+impl TapSet {
+    fn open(names: &[String]) -> Result<TapSet, LoadError> {
+        let taps = names.iter().map(|t| Tap::open(t, TapOptions::default())).collect::<Result<Vec<_>, _>>()?;
+        Ok(TapSet { taps })
+    }
+}
+
+/// Extra `[gateway]` lines for our gateway from `args` .
+fn gateway_extra(args: &LoadArgs) -> String {
+    let mut t = String::new();
+    if let Some(n) = args.max_eni_addresses {
+        t += &format!("max_eni_addresses = {n}\n");
+    }
+    if let Some(p) = &args.port_range {
+        t += &format!("port_range = \"{p}\"\n");
+    }
+    t
+}
+
+/// A permanent neighbour entry for environment `i` on `dev` (an `ip -batch` line).
+fn neigh_line(i: usize, dev: &str) -> String {
+    let m = env_mac(i);
+    format!(
+        "neigh replace {} lladdr {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} dev {dev} nud permanent",
+        env_addr(i),
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5]
+    )
 }
 
 fn progress_bar(args: &LoadArgs) -> Option<indicatif::ProgressBar> {

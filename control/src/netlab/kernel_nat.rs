@@ -89,6 +89,28 @@ impl KernelNat {
         Ok(lab)
     }
 
+    /// Builds the topology with no veth environments and the root-namespace links `taps` (e.g. one load generator
+    /// TAP per emulated environment) moved into the gateway namespace, `taps[i]` as environment `i`'s inside link,
+    /// wired like [`KernelNat::build`]'s veth environments: [`INSIDE_GATEWAY`]`/32` on it and a /32 route to
+    /// [`env_addr`]`(i)` through it, up, `txqueuelen` frames. Offloads stay on. Drop deletes the gateway namespace,
+    /// and with it the moved links.
+    pub fn build_with_taps(tag: &str, taps: &[String], txqueuelen: u32) -> Result<KernelNat, LabError> {
+        if taps.len() > MAX_ENVS {
+            return Err(LabError::Invalid(format!("{} environments exceed the address plan ({MAX_ENVS})", taps.len())));
+        }
+        let lab = KernelNat::build(tag, 0, true)?;
+        let moves: Vec<String> = taps.iter().map(|t| format!("link set {t} netns {}", lab.gw.name())).collect();
+        ip_batch(None, &moves)?;
+        let mut cmds = Vec::with_capacity(3 * taps.len());
+        for (i, t) in taps.iter().enumerate() {
+            cmds.push(format!("addr add {INSIDE_GATEWAY}/32 dev {t}"));
+            cmds.push(format!("link set {t} up txqueuelen {txqueuelen}"));
+            cmds.push(format!("route add {}/32 dev {t} src {INSIDE_GATEWAY}", env_addr(i)));
+        }
+        lab.gw.ip_batch(&cmds)?;
+        Ok(lab)
+    }
+
     fn wire(&self, offloads: bool) -> Result<(), LabError> {
         let (gw, vpc, server) = (&self.gw, &self.vpc, &self.server);
         let mut links = vec![
