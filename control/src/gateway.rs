@@ -67,18 +67,26 @@ fn dev(name: &str) -> impl FnOnce(IoError) -> StartError + '_ {
     move |source| StartError::Device { device: name.to_string(), source }
 }
 
-/// Frames a TAP's kernel side queues for its worker.
-pub const TAP_QUEUE: u32 = 16384;
+/// Frames a TAP's kernel side may queue for its worker, per environment
+/// behind it (the kernel's default is 500 per device).
+pub const TAP_QUEUE_PER_ENV: u32 = 1024;
+/// The most any TAP queues (each slot is a pointer in the kernel's ring).
+pub const TAP_QUEUE_MAX: u32 = 65536;
+
+/// A TAP's queue for `envs` environments behind it: room for a burst from
+/// each of them while a worker is off the CPU.
+pub fn tap_queue(envs: usize) -> u32 {
+    (envs.max(1) as u32).saturating_mul(TAP_QUEUE_PER_ENV).min(TAP_QUEUE_MAX)
+}
 
 /// Opens and configures a TAP: offloads, MTU, queue length, link up.
-fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool) -> Result<Tap, StartError> {
+fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool, queue: u32) -> Result<Tap, StartError> {
     let tap = Tap::open(name, opts).map_err(dev(name))?;
     if opts.vnet_hdr {
         tap.set_offload(if offloads { OFFLOADS_TCP } else { 0 }).map_err(dev(name))?;
     }
     tap.set_mtu(u32::from(mtu)).map_err(dev(name))?;
-    // Room for bursts while a worker is off the CPU (the default is 500).
-    dataplane::io::ifreq::set_tx_queue_len(name, TAP_QUEUE).map_err(dev(name))?;
+    dataplane::io::ifreq::set_tx_queue_len(name, queue).map_err(dev(name))?;
     tap.set_up().map_err(dev(name))?;
     Ok(tap)
 }
@@ -103,7 +111,8 @@ pub fn start(plan: &Plan) -> Result<Running, StartError> {
     match plan.outside.kind {
         OutsideKind::Tap => {
             let opts = TapOptions { vnet_hdr: offloads, multi_queue: n > 1 };
-            let first = open_tap(&plan.outside.name, opts, plan.outside.mtu, offloads)?;
+            let queue = tap_queue(plan.bindings.envs().len());
+            let first = open_tap(&plan.outside.name, opts, plan.outside.mtu, offloads, queue)?;
             for _ in 1..n {
                 outside.push(Arc::new(first.open_queue().map_err(dev(&plan.outside.name))?));
             }
@@ -120,7 +129,8 @@ pub fn start(plan: &Plan) -> Result<Running, StartError> {
 
     let mut inside = Vec::with_capacity(plan.attachments.len());
     for a in &plan.attachments {
-        inside.push(Arc::new(open_tap(&a.name, vnet, a.mtu, offloads)?));
+        let envs = plan.bindings.envs().iter().filter(|e| e.port == a.port).count();
+        inside.push(Arc::new(open_tap(&a.name, vnet, a.mtu, offloads, tap_queue(envs))?));
     }
 
     let bindings = Arc::new(plan.bindings.clone());

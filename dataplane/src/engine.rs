@@ -834,9 +834,10 @@ impl Engine {
         Engine::publish(&self.counters, a, pi, m);
         let in_use = a.in_use(pi, m);
         // A mark above the pool (65,000 against 64,512 ports by default)
-        // must still fire before the pool runs out: at most 15/16 of it.
+        // must still fire while there is room for the time an address takes
+        // to add (its probe): at most 7/8 of the pool.
         let cap = a.pools[pi].capacity();
-        let hw = if m == Mapping::EndpointIndependent { hw.min(cap - cap / 16).max(1) } else { hw };
+        let hw = if m == Mapping::EndpointIndependent { hw.min(cap - cap / 8).max(1) } else { hw };
         if in_use >= hw && !a.high[pi] {
             a.high[pi] = true;
             self.event(Event::HighWater { addr, proto, in_use });

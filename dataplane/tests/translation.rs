@@ -559,16 +559,16 @@ fn port_use_is_published_for_other_threads() {
 }
 
 #[test]
-fn a_high_water_mark_above_the_pool_fires_at_fifteen_sixteenths_of_it() {
+fn a_high_water_mark_above_the_pool_fires_at_seven_eighths_of_it() {
     let cfg = EngineConfig { port_range: 2000..=2031, ..EngineConfig::default() };
     let mut h = Harness::new(cfg, Topology::new(1, 40));
     while h.engine.poll_event().is_some() {}
-    for env in 0..29 {
+    for env in 0..27 {
         h.out_ok(env, UDP, 5000, SERVER, 9, 0);
     }
-    assert_eq!(h.engine.poll_event(), None, "29 of 32 ports");
-    h.out_ok(29, UDP, 5000, SERVER, 9, 0);
-    assert_eq!(h.engine.poll_event(), Some(Event::HighWater { addr: ENI, proto: UDP, in_use: 30 }));
+    assert_eq!(h.engine.poll_event(), None, "27 of 32 ports");
+    h.out_ok(27, UDP, 5000, SERVER, 9, 0);
+    assert_eq!(h.engine.poll_event(), Some(Event::HighWater { addr: ENI, proto: UDP, in_use: 28 }));
 }
 
 #[test]
