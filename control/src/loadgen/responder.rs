@@ -72,6 +72,13 @@ pub struct Responder {
 impl Responder {
     /// Binds the three sockets on [`SERVER`] inside `ns` and starts the threads.
     pub fn start(ns: &Netns, cfg: Config, tl: Arc<Timeline>) -> Result<Responder, LoadError> {
+        // A deep accept queue, whichever NAT is under test: a burst of
+        // thousands of SYNs must not be dropped by the server.
+        for (key, value) in [("net.core.somaxconn", "65535"), ("net.ipv4.tcp_max_syn_backlog", "65535")] {
+            if let Err(e) = ns.sysctl(key, value) {
+                tracing::warn!(key, error = %e, "responder: cannot deepen the accept queue");
+            }
+        }
         let (udp, conn, bulk) = ns.run(move || {
             let udp = UdpSocket::bind(SocketAddrV4::new(SERVER, cfg.udp_port));
             let conn = TcpListener::bind(SocketAddrV4::new(SERVER, cfg.connect_port));
