@@ -217,6 +217,8 @@ pub struct Engine {
     /// Addresses being probed (RFC 5227) and whether another host has
     /// claimed them.
     probes: Vec<(Ipv4Addr, bool)>,
+    /// The latest time the engine was given.
+    now: Instant,
 }
 
 impl Engine {
@@ -239,6 +241,7 @@ impl Engine {
             seed: config.seed,
             rx: Offload::default(),
             probes: Vec::new(),
+            now: Instant::ZERO,
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
@@ -299,6 +302,18 @@ impl Engine {
                     self.tx.push_back((PortId::OUTSIDE, f, n));
                     self.counters.arp_gratuitous.inc();
                 }
+            }
+        }
+        // Resolve the VPC router before the first flow needs it, so a burst
+        // of new flows does not overflow the queue of frames waiting for it.
+        let sender = b.enis().iter().flat_map(|e| e.addrs.first()).next().copied();
+        let unresolved = |r: Ipv4Addr| self.arp.lookup(self.now, r).is_none();
+        if let (Some(router), Some(sender)) = (b.outside().router.filter(|&r| unresolved(r)), sender) {
+            let mut f = [0u8; TX_FRAME];
+            let n = arp::write_request(&mut f, EthernetAddress(b.outside().mac), sender, router);
+            if n > 0 && self.tx.len() < TX_QUEUE {
+                self.tx.push_back((PortId::OUTSIDE, f, n));
+                self.counters.arp_requests.inc();
             }
         }
         self.bindings = b;
@@ -392,6 +407,7 @@ impl Engine {
     /// Expires idle sessions (freeing their ports into quarantine), gives up
     /// ARP resolutions and fragment buffers that timed out.
     pub fn expire(&mut self, now: Instant) {
+        self.now = now;
         let Engine { table, addrs, envs, counters, cfg, .. } = self;
         table.expire(now, |s, gone| {
             let pi = proto_index(s.proto);
@@ -480,6 +496,7 @@ impl Engine {
     ) -> Action {
         self.counters.rx_frames.inc();
         self.rx = offload;
+        self.now = now;
         let len = len.min(frame.len());
         let mut action = self.dispatch(now, port, frame, len);
         if let Action::Forward { port, len } = action {

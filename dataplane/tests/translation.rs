@@ -621,3 +621,17 @@ fn a_new_flow_without_an_active_eni_is_dropped_and_reported() {
     assert_eq!(h.send(h.env_port(1), f).action, Action::Drop(DropReason::NoEni));
     assert_eq!(h.engine.poll_event(), Some(Event::NoEni { env: testkit::env_ip(1) }));
 }
+
+#[test]
+fn the_vpc_router_is_resolved_before_the_first_flow_needs_it() {
+    let topo = Topology::new(1, 1);
+    let mut e = dataplane::Engine::new(EngineConfig::default(), topo.bindings()).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut asked = vec![];
+    while let Some((port, n)) = e.poll_transmit(dataplane::time::Instant::from_secs(1), &mut buf) {
+        if let Some(m) = arp::parse(&buf[..n]) {
+            asked.push((port, m.sender_ip, m.target_ip));
+        }
+    }
+    assert!(asked.contains(&(PortId::OUTSIDE, ENI, testkit::ROUTER)), "{asked:?}");
+}

@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 pub const MAX_STREAMS: usize = 1024;
 /// The connect port's answer.
 const RESPONSE: &[u8] = b"OK hyperplane loadgen\n";
+/// The listeners' accept (and SYN) queue depth: as net.core.somaxconn and tcp_max_syn_backlog are set in the server
+/// namespace.
+const ACCEPT_BACKLOG: i32 = 65535;
 /// A connection that has not sent its request line this long after being accepted is closed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,6 +93,15 @@ impl Responder {
         let bulk = bulk.map_err(|e| io_err(format!("bind tcp {SERVER}:{}", cfg.bulk_port), e))?;
         set_rcvbuf(&udp, 32 << 20);
         udp.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| io_err("udp read timeout", e))?;
+        // std listens with a backlog of 128 whatever somaxconn says; at ~16,000 connections/s that overflows
+        // (ListenOverflows: SYNs dropped, so a 1 s SYN retransmission; handshakes completed by the client but dropped
+        // by the server, so requests that time out). listen(2) again on a listening socket only resizes its queues.
+        for l in [&conn, &bulk] {
+            // SAFETY: listen(2) on a valid socket descriptor we own; no memory is passed.
+            if unsafe { libc::listen(l.as_raw_fd(), ACCEPT_BACKLOG) } != 0 {
+                return Err(io_err("listen backlog", std::io::Error::last_os_error()));
+            }
+        }
         conn.set_nonblocking(true).map_err(|e| io_err("listener non-blocking", e))?;
         bulk.set_nonblocking(true).map_err(|e| io_err("listener non-blocking", e))?;
         let stop = Arc::new(AtomicBool::new(false));
