@@ -180,17 +180,17 @@ fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
     if !root() {
         return;
     }
-    // 50 ports for 200 environments that each connect once: 50 get a port, the other 150 fail. A freed port is
-    // quarantined (120 s), so none is reused within the run. Two workers: the gateway weighs each worker's port slice
-    // by the environments it serves, so the one worker that reads this single attachment owns all 50 ports (an equal
-    // split would leave it 25). Each failed connection is a SYN the gateway dropped
-    // with `ports_exhausted`, and smoltcp retransmits it until the connect timeout, so the drop counter rises by at
-    // least the number of failed connections.
+    // 50 ports for 200 environments that each connect once, all at the same moment: 50 get a port at once, the
+    // other 150 first SYNs are refused (`ports_exhausted`, ICMP 3/13). A connection that has ended gives its port
+    // back at once (its session is recycled, no quarantine for a TCP port closed under state tracking), so
+    // retransmitted SYNs then get ports: more than 50 connect, and those that still fail are counted. Two workers:
+    // the gateway weighs each worker's port slice by the environments it serves, so the one worker that reads this
+    // single attachment owns all 50 ports (an equal split would leave it 25).
     let r = loadgen::run(&LoadArgs {
         once: true,
         port_range: Some("2000-2049".into()),
         // The ENI may not grow: otherwise the control plane adds an address
-        // when the 50 ports run out and later connections succeed.
+        // when the 50 ports run out.
         max_eni_addresses: Some(1),
         connect_timeout: Duration::from_millis(1500),
         workers: 2,
@@ -200,13 +200,13 @@ fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
     eprintln!("{}", r.table());
     let c = r.connect.as_ref().expect("connect figures");
     assert_eq!(c.attempted, 200, "{c:?}");
-    assert_eq!(c.established, 50, "exactly the 50 ports: {c:?}");
-    assert_eq!(c.failed, 150, "{c:?}");
-    assert_eq!(c.timeout, 150, "the failures are timeouts (the SYNs are dropped): {c:?}");
+    assert!(c.established > 50, "ports of ended connections come back: {c:?}");
+    assert_eq!(c.established + c.failed, 200, "{c:?}");
     let g = r.gateway.as_ref().expect("gateway counters");
     let drops = g.drops.get("ports_exhausted").copied().unwrap_or(0);
+    assert!(drops >= 150, "the first 150 SYNs found no port: {drops} ports_exhausted drops");
     assert!(drops >= c.failed, "ports_exhausted drops {drops} < failed connections {}", c.failed);
-    assert_eq!(r.responder.tcp_accepted, 50);
+    assert_eq!(r.responder.tcp_accepted, c.established);
     one_source_address(&r);
 }
 

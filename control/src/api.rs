@@ -152,6 +152,9 @@ pub struct StatusReport {
     pub enis: Vec<EniStatus>,
     /// Every function in the config, by name.
     pub functions: Vec<FunctionStatus>,
+    /// Room left for new connections.
+    #[serde(default)]
+    pub headroom: Headroom,
 }
 
 /// One shared ENI.
@@ -195,14 +198,62 @@ pub struct SetupStep {
 pub struct PortUseLine {
     /// The translated (ENI) address.
     pub addr: Ipv4Addr,
-    /// TCP ports in use (count).
+    /// TCP ports held by live connections (count).
     pub tcp: u32,
-    /// UDP ports in use (count).
+    /// UDP ports held by live mappings (count).
     pub udp: u32,
-    /// ICMP query ids in use (count).
+    /// ICMP query ids held by live mappings (count).
     pub icmp: u32,
-    /// Ports (or ids) available per protocol on this address (count).
+    /// Ports held only by ended connections or unanswered sessions, which a
+    /// new flow recycles when it needs them (count, by protocol).
+    #[serde(default)]
+    pub closing: ProtoCounts,
+    /// Ports resting in quarantine before reuse (count, by protocol).
+    #[serde(default)]
+    pub quarantined: ProtoCounts,
+    /// Ports (or ids) per protocol on this address (count).
     pub capacity: u32,
+}
+
+/// A count per protocol.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtoCounts {
+    /// TCP.
+    pub tcp: u32,
+    /// UDP.
+    pub udp: u32,
+    /// ICMP.
+    pub icmp: u32,
+}
+
+/// How much room is left for new connections: the session tables, and
+/// each ENI's addresses against its maximum.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Headroom {
+    /// Sessions in the tables, live and recyclable (count).
+    pub sessions: u64,
+    /// Of those, sessions a new flow may recycle: ended TCP connections,
+    /// sessions from the VPC never answered (count).
+    pub sessions_recyclable: u64,
+    /// Session table capacity, all workers (count).
+    pub sessions_capacity: u64,
+    /// Sessions recycled for new flows so far (count).
+    pub sessions_recycled: u64,
+    /// Ended connections reopened by a new SYN on the same 5-tuple (count).
+    pub sessions_reopened: u64,
+    /// Addresses per shared ENI against the most it may have.
+    pub eni_addresses: Vec<EniAddresses>,
+}
+
+/// One shared ENI's addresses against `max_eni_addresses`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniAddresses {
+    /// The ENI's id.
+    pub eni: u32,
+    /// Addresses it has (count).
+    pub addresses: u32,
+    /// The most it may have (count).
+    pub max: u32,
 }
 
 /// One function of the config and how it is doing.
@@ -295,6 +346,9 @@ pub struct StatsReport {
     pub port_use: Vec<PortUseLine>,
     /// How long each ENI's setup took: (ENI id, seconds).
     pub eni_setup_seconds: Vec<(u32, f64)>,
+    /// Room left for new connections.
+    #[serde(default)]
+    pub headroom: Headroom,
 }
 
 /// What an apply changed.
@@ -969,7 +1023,60 @@ pub fn format_status(r: &StatusReport) -> String {
             .collect();
         out.push_str(&table(&["FUNCTION", "STATE", "LAST UPDATE", "ENIS"], &rows));
     }
+    out.push('\n');
+    out.push_str(&format_headroom(&r.headroom, r.enis.iter().flat_map(|e| &e.port_use)));
     out
+}
+
+/// The room left for new connections: the session tables (live and
+/// recyclable against capacity), each ENI's addresses against its maximum,
+/// and every address's ports by state.
+pub fn format_headroom<'a>(h: &Headroom, ports: impl Iterator<Item = &'a PortUseLine>) -> String {
+    let mut out = String::from("headroom:\n");
+    let live = h.sessions.saturating_sub(h.sessions_recyclable);
+    let _ = writeln!(
+        out,
+        "  sessions: {live} live + {} recyclable of {} ({:.1}% used); {} recycled, {} reopened",
+        h.sessions_recyclable,
+        h.sessions_capacity,
+        percent(h.sessions, h.sessions_capacity),
+        h.sessions_recycled,
+        h.sessions_reopened,
+    );
+    for e in &h.eni_addresses {
+        let _ = writeln!(out, "  eni {}: {} of {} addresses", e.eni, e.addresses, e.max);
+    }
+    let rows: Vec<Vec<String>> = ports
+        .flat_map(|l| {
+            [("tcp", l.tcp, l.closing.tcp, l.quarantined.tcp), ("udp", l.udp, l.closing.udp, l.quarantined.udp)]
+                .into_iter()
+                .chain([("icmp", l.icmp, l.closing.icmp, l.quarantined.icmp)])
+                .map(move |(proto, live, closing, q)| {
+                    let free = l.capacity.saturating_sub(live + closing + q);
+                    vec![
+                        l.addr.to_string(),
+                        proto.to_string(),
+                        live.to_string(),
+                        closing.to_string(),
+                        q.to_string(),
+                        free.to_string(),
+                        format!("{:.1}%", percent(u64::from(live), u64::from(l.capacity))),
+                    ]
+                })
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(&["  ADDRESS", "PROTO", "LIVE", "RECYCLABLE", "QUARANTINED", "FREE", "LIVE%"], &rows));
+    }
+    out
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
 }
 
 /// One tuple's addresses and ports, conntrack style; for ICMP, `id` is the

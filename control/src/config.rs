@@ -80,6 +80,12 @@ pub const MAX_PREFIX_LEN: u8 = 28;
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Longest control socket path (`sun_path` less the terminating NUL).
 pub const MAX_SOCKET_PATH_LEN: usize = 107;
+/// The gateway's session table when the config does not size it: a million
+/// sessions (120 B each plus 8 B of index) and as many mapping slots (44 B
+/// plus 8 B): about 180 MB, split between the workers. With ended
+/// connections recycled, the table bounds live flows and the UDP mapping
+/// rate (sessions / UDP timeout), not TCP churn.
+pub const DEFAULT_MAX_SESSIONS: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -414,18 +420,24 @@ pub struct Gateway {
     /// Keep the environment's source port when it is free. Default: from the
     /// profile (both false).
     pub port_preservation: Option<bool>,
-    /// Mappings one environment may hold per protocol. Default: from the
-    /// profile (both 16384).
+    /// Mappings with a live flow one environment may hold per protocol.
+    /// Default: from the profile (both 16384).
     pub env_port_quota: Option<u32>,
-    /// Sessions one environment may hold. Default: from the profile (both
-    /// 65536).
+    /// Live sessions one environment may hold (ended connections waiting
+    /// out their closing timer do not count). Default: from the profile
+    /// (both 65536).
     pub env_session_quota: Option<u32>,
+    /// Sessions opened from the VPC that one environment may hold before it
+    /// answers them (they never count against the quotas above, and new
+    /// outbound flows may recycle them). Default: 1024.
+    pub env_inbound_quota: Option<u32>,
     /// Ports in use on one ENI address past which the control plane is told
     /// to add an address (AWS: 65,000 connections per ENI). Default: from
     /// the profile (both 65000).
     pub high_water: Option<u32>,
-    /// Session table capacity, sessions, preallocated; 1..=67108864.
-    /// Default: from the profile (both 262144).
+    /// Session table capacity, sessions, preallocated and split between the
+    /// workers; 1..=67108864. Default: 1048576 (about 180 MB with the
+    /// mappings), for either profile.
     pub max_sessions: Option<usize>,
     /// Answer a flow that cannot get a port with ICMP "administratively
     /// prohibited". Default: from the profile (rfc: true, aws: false).
@@ -482,6 +494,7 @@ impl Default for Gateway {
             port_preservation: None,
             env_port_quota: None,
             env_session_quota: None,
+            env_inbound_quota: None,
             high_water: None,
             max_sessions: None,
             icmp_on_exhaustion: None,
@@ -1206,8 +1219,9 @@ impl Config {
         e.port_preservation = g.port_preservation.unwrap_or(e.port_preservation);
         e.env_port_quota = g.env_port_quota.unwrap_or(e.env_port_quota);
         e.env_session_quota = g.env_session_quota.unwrap_or(e.env_session_quota);
+        e.env_inbound_quota = g.env_inbound_quota.unwrap_or(e.env_inbound_quota);
         e.high_water = g.high_water.unwrap_or(e.high_water);
-        e.max_sessions = g.max_sessions.unwrap_or(e.max_sessions);
+        e.max_sessions = g.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
         e.icmp_on_exhaustion = g.icmp_on_exhaustion.unwrap_or(e.icmp_on_exhaustion);
         e.icmp_time_exceeded = g.icmp_time_exceeded.unwrap_or(e.icmp_time_exceeded);
         e.seed = g.seed.unwrap_or(e.seed);

@@ -57,6 +57,23 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What [`Controller::high_water`] did about a full address.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// The address is none of ours.
+    Unknown,
+    /// The ENI is being set up or already probing an address.
+    Busy(u32),
+    /// A newer address of the ENI still has room.
+    Room(u32),
+    /// The ENI has `max_eni_addresses` addresses already.
+    AtMax(u32, usize),
+    /// Its subnet has no address left.
+    SubnetFull(u32),
+    /// An address is being probed and will be added.
+    Adding(u32, Ipv4Addr),
+}
+
 /// What the runtime must do for the control plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -615,28 +632,36 @@ impl Controller {
         }
     }
 
-    /// Port use on `addr` passed the high-water mark: add an address to its
-    /// ENI for new flows (once at a time).
-    pub fn high_water(&mut self, addr: Ipv4Addr, now: Instant) {
+    /// Port use on `addr` passed the high-water mark (`exhausted`: a new
+    /// flow found no port on any of the ENI's addresses): add an address to
+    /// its ENI for new flows, one at a time, up to `max_eni_addresses`. A
+    /// mark passed on an older address adds nothing while a newer one has
+    /// room; exhaustion always adds. Says what it did.
+    pub fn high_water(&mut self, addr: Ipv4Addr, now: Instant, exhausted: bool) -> Growth {
         let Some(id) = self.eni_of_addr(addr) else {
-            return;
+            return Growth::Unknown;
         };
         let Some(mut e) = self.enis.get_mut(&id) else {
-            return;
+            return Growth::Unknown;
         };
-        if e.state != EniState::Active || e.probing.is_some() || e.addrs.last() != Some(&addr) {
-            return;
+        if e.state != EniState::Active || e.probing.is_some() {
+            return Growth::Busy(id);
         }
-        if e.addrs.len() >= self.cfg.gateway.max_eni_addresses.max(1) as usize {
-            return;
+        if !exhausted && e.addrs.last() != Some(&addr) {
+            return Growth::Room(id);
+        }
+        let max = self.cfg.gateway.max_eni_addresses.max(1) as usize;
+        if e.addrs.len() >= max {
+            return Growth::AtMax(id, max);
         }
         let subnet = e.key.subnet.clone();
         match self.ipam.get_mut(&subnet).and_then(|p| p.allocate().ok()) {
             Some(a) => {
                 e.probing = Some((a, now));
                 self.effects.push_back(Effect::Probe { eni: id, addr: a });
+                Growth::Adding(id, a)
             }
-            None => tracing::warn!(eni = id, %subnet, "high-water mark passed and the subnet is full"),
+            None => Growth::SubnetFull(id),
         }
     }
 

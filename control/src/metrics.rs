@@ -17,8 +17,14 @@
 //! | `hyperplane_sessions_created_total` | counter | `proto` |
 //! | `hyperplane_sessions_expired_total` | counter | `proto` |
 //! | `hyperplane_drops_total` | counter | `reason` (every reason, zeros included) |
-//! | `hyperplane_port_use` | gauge | `addr`, `proto` = `tcp`, `udp`, `icmp` |
+//! | `hyperplane_sessions_table` | gauge | `state` = `live`, `recyclable`, `capacity` |
+//! | `hyperplane_sessions_recycled_total` | counter | |
+//! | `hyperplane_sessions_reopened_total` | counter | |
+//! | `hyperplane_port_use` | gauge | `addr`, `proto` = `tcp`, `udp`, `icmp` (ports held by live flows) |
+//! | `hyperplane_port_recyclable` | gauge | `addr`, `proto` |
+//! | `hyperplane_port_quarantined` | gauge | `addr`, `proto` |
 //! | `hyperplane_port_capacity` | gauge | `addr` |
+//! | `hyperplane_eni_addresses` | gauge | `eni`, `limit` = `in_use`, `max` |
 //! | `hyperplane_eni_setup_seconds` | gauge | `eni` |
 //!
 //! [`serve_metrics`] serves them: a tiny HTTP/1.1 server on a loopback
@@ -158,35 +164,99 @@ pub fn render(s: &StatsReport) -> String {
     );
     family(&mut out, "hyperplane_drops_total", "counter", "Packets dropped, by reason.", &by("reason", &s.drops));
 
-    // One series per address even if a report lists an address twice.
-    let mut ports: BTreeMap<Ipv4Addr, [u64; 4]> = BTreeMap::new();
-    for p in &s.port_use {
-        let e = ports.entry(p.addr).or_default();
-        e[0] += u64::from(p.tcp);
-        e[1] += u64::from(p.udp);
-        e[2] += u64::from(p.icmp);
-        e[3] = e[3].max(u64::from(p.capacity));
-    }
-    let mut use_samples = Vec::new();
-    for (addr, v) in &ports {
-        for (proto, n) in [("tcp", v[0]), ("udp", v[1]), ("icmp", v[2])] {
-            use_samples.push((format!("addr=\"{addr}\",proto=\"{proto}\""), n.to_string()));
-        }
-    }
+    let h = &s.headroom;
+    let table_samples = vec![
+        ("state=\"live\"".to_string(), h.sessions.saturating_sub(h.sessions_recyclable).to_string()),
+        ("state=\"recyclable\"".to_string(), h.sessions_recyclable.to_string()),
+        ("state=\"capacity\"".to_string(), h.sessions_capacity.to_string()),
+    ];
     family(
         &mut out,
-        "hyperplane_port_use",
+        "hyperplane_sessions_table",
         "gauge",
-        "NAT ports (ICMP: query ids) in use, by translated address and protocol.",
-        &use_samples,
+        "Session table use: live sessions, recyclable ones (ended TCP, unanswered), and capacity.",
+        &table_samples,
     );
-    let cap: Vec<(String, String)> = ports.iter().map(|(a, v)| (format!("addr=\"{a}\""), v[3].to_string())).collect();
+    family(
+        &mut out,
+        "hyperplane_sessions_recycled_total",
+        "counter",
+        "Ended or unanswered sessions removed early to make room for a new flow.",
+        &one(h.sessions_recycled),
+    );
+    family(
+        &mut out,
+        "hyperplane_sessions_reopened_total",
+        "counter",
+        "Ended TCP sessions reopened by a new SYN on the same 5-tuple.",
+        &one(h.sessions_reopened),
+    );
+
+    // One series per address even if a report lists an address twice.
+    let mut ports: BTreeMap<Ipv4Addr, [[u64; 3]; 3]> = BTreeMap::new();
+    let mut caps: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
+    for p in &s.port_use {
+        let e = ports.entry(p.addr).or_default();
+        for (i, c) in [
+            [p.tcp, p.udp, p.icmp],
+            [p.closing.tcp, p.closing.udp, p.closing.icmp],
+            [p.quarantined.tcp, p.quarantined.udp, p.quarantined.icmp],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for j in 0..3 {
+                e[i][j] += u64::from(c[j]);
+            }
+        }
+        let cap = caps.entry(p.addr).or_default();
+        *cap = (*cap).max(u64::from(p.capacity));
+    }
+    for (i, name, help) in [
+        (
+            0,
+            "hyperplane_port_use",
+            "NAT ports (ICMP: query ids) held by live flows, by translated address and protocol.",
+        ),
+        (
+            1,
+            "hyperplane_port_recyclable",
+            "NAT ports held only by ended or unanswered sessions, which new flows recycle.",
+        ),
+        (2, "hyperplane_port_quarantined", "NAT ports resting before reuse (RFC 6888 REQ-8)."),
+    ] {
+        let mut samples = Vec::new();
+        for (addr, v) in &ports {
+            for (j, proto) in ["tcp", "udp", "icmp"].into_iter().enumerate() {
+                samples.push((format!("addr=\"{addr}\",proto=\"{proto}\""), v[i][j].to_string()));
+            }
+        }
+        family(&mut out, name, "gauge", help, &samples);
+    }
+    let cap: Vec<(String, String)> = caps.iter().map(|(a, v)| (format!("addr=\"{a}\""), v.to_string())).collect();
     family(
         &mut out,
         "hyperplane_port_capacity",
         "gauge",
         "NAT ports available per protocol, by translated address.",
         &cap,
+    );
+    let addrs: Vec<(String, String)> = h
+        .eni_addresses
+        .iter()
+        .flat_map(|e| {
+            [
+                (format!("eni=\"{}\",limit=\"in_use\"", e.eni), e.addresses.to_string()),
+                (format!("eni=\"{}\",limit=\"max\"", e.eni), e.max.to_string()),
+            ]
+        })
+        .collect();
+    family(
+        &mut out,
+        "hyperplane_eni_addresses",
+        "gauge",
+        "Addresses of each shared ENI, and the most it may have (max_eni_addresses).",
+        &addrs,
     );
     let setup: BTreeMap<u32, f64> = s.eni_setup_seconds.iter().copied().collect();
     let setup: Vec<(String, String)> = setup.iter().map(|(e, v)| (format!("eni=\"{e}\""), float(*v))).collect();

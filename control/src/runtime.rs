@@ -15,7 +15,7 @@
 //! requests take it, never the packet path.
 
 use crate::config::{self, Config, ConfigError};
-use crate::controller::{Controller, Effect};
+use crate::controller::{Controller, Effect, Growth};
 use crate::gateway::{self, Running, StartError};
 use dataplane::time::Instant;
 use dataplane::Event;
@@ -178,9 +178,24 @@ struct Probe {
     second_sent: bool,
 }
 
+/// How often one warning about the same address and outcome is logged.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A small key for rate-limiting log lines per outcome.
+fn growth_kind(g: Growth) -> u8 {
+    match g {
+        Growth::Unknown => 0,
+        Growth::Busy(_) => 1,
+        Growth::Room(_) => 2,
+        Growth::AtMax(..) => 3,
+        Growth::SubnetFull(_) => 4,
+        Growth::Adding(..) => 5,
+    }
+}
+
 fn control_loop(s: &Shared) {
     let mut probes: Vec<Probe> = vec![];
-    let mut warned: BTreeMap<Ipv4Addr, std::time::Instant> = BTreeMap::new();
+    let mut warned: BTreeMap<(u8, Ipv4Addr), std::time::Instant> = BTreeMap::new();
     let mut live: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
     let mut last_activity = std::time::Instant::now();
     while !s.stop.load(Ordering::Relaxed) {
@@ -197,10 +212,12 @@ fn control_loop(s: &Shared) {
         }
         // Live sessions per ENI address, and environments with traffic.
         // (The gauges are atomics the workers keep: cheap to read each tick.)
+        // Ended connections still hold their ports: an ENI drains until
+        // they are gone too.
         live.clear();
         for c in s.gateway.counters() {
-            for (addr, in_use) in c.port_use() {
-                *live.entry(addr).or_default() += in_use.iter().map(|&n| u64::from(n)).sum::<u64>();
+            for (addr, g) in c.port_gauges() {
+                *live.entry(addr).or_default() += (0..3).map(|i| u64::from(g.in_use[i] + g.closing[i])).sum::<u64>();
             }
         }
         let active_envs = if last_activity.elapsed() >= Duration::from_secs(5) {
@@ -219,19 +236,32 @@ fn control_loop(s: &Shared) {
 
         let mut ctl = s.controller();
         for ev in events {
-            match ev {
-                Event::HighWater { addr, .. } => ctl.high_water(addr, now),
-                Event::NoEni { env } => ctl.traffic(env, now),
-                Event::Exhausted { addr, proto } => {
-                    // Full before the high-water mark (a mark above the
-                    // pool's size, or a burst): add an address all the same.
-                    if warned.get(&addr).is_none_or(|t: &std::time::Instant| t.elapsed() >= Duration::from_secs(10)) {
-                        tracing::warn!(%addr, proto, "ports exhausted; adding an address");
-                        warned.insert(addr, std::time::Instant::now());
-                    }
-                    ctl.high_water(addr, now);
+            let (addr, proto, exhausted) = match ev {
+                Event::NoEni { env } => {
+                    ctl.traffic(env, now);
+                    continue;
+                }
+                Event::HighWater { addr, proto, .. } => (addr, proto, false),
+                Event::Exhausted { addr, proto } => (addr, proto, true),
+            };
+            let growth = ctl.high_water(addr, now, exhausted);
+            // One line per ENI and outcome at most every 10 s, however many
+            // flows are refused meanwhile (each one is counted).
+            let key = (growth_kind(growth), addr);
+            let due = warned.get(&key).is_none_or(|t: &std::time::Instant| t.elapsed() >= WARN_EVERY);
+            match growth {
+                Growth::Adding(eni, new) => tracing::info!(eni, %addr, proto, %new, exhausted, "adding an address"),
+                Growth::AtMax(eni, max) if exhausted && due => {
+                    tracing::warn!(eni, %addr, proto, max, "ports exhausted and the ENI has max_eni_addresses")
+                }
+                Growth::SubnetFull(eni) if due => {
+                    tracing::warn!(eni, %addr, proto, "ports past the high-water mark and the subnet is full")
+                }
+                Growth::Busy(_) | Growth::Room(_) | Growth::AtMax(..) | Growth::SubnetFull(_) | Growth::Unknown => {
+                    continue
                 }
             }
+            warned.insert(key, std::time::Instant::now());
         }
         for env in active_envs {
             ctl.traffic(env, now);
@@ -274,8 +304,8 @@ fn control_loop(s: &Shared) {
 // ----- the runtime API ------------------------------------------------------
 
 use crate::api::{
-    ApplyReport, EniStatus, FunctionStatus, PortUseLine, Request, Response, SessionLine, SessionsReport, SetupStep,
-    StatsReport, StatusReport,
+    ApplyReport, EniAddresses, EniStatus, FunctionStatus, Headroom, PortUseLine, ProtoCounts, Request, Response,
+    SessionLine, SessionsReport, SetupStep, StatsReport, StatusReport,
 };
 use dataplane::flow::{ICMP, TCP};
 
@@ -298,16 +328,50 @@ impl Shared {
     fn port_use(&self) -> Vec<PortUseLine> {
         let range = self.controller().plan().engine.port_range.clone();
         let capacity = u32::from(*range.end()) - u32::from(*range.start()) + 1;
-        let mut by_addr: BTreeMap<Ipv4Addr, [u32; 3]> = BTreeMap::new();
+        let mut by_addr: BTreeMap<Ipv4Addr, dataplane::counters::PortGauge> = BTreeMap::new();
         for c in self.gateway.counters() {
-            for (addr, n) in c.port_use() {
+            for (addr, g) in c.port_gauges() {
                 let e = by_addr.entry(addr).or_default();
                 for i in 0..3 {
-                    e[i] += n[i];
+                    e.in_use[i] += g.in_use[i];
+                    e.closing[i] += g.closing[i];
+                    e.quarantined[i] += g.quarantined[i];
                 }
             }
         }
-        by_addr.into_iter().map(|(addr, n)| PortUseLine { addr, tcp: n[0], udp: n[1], icmp: n[2], capacity }).collect()
+        let counts = |a: [u32; 3]| ProtoCounts { tcp: a[0], udp: a[1], icmp: a[2] };
+        by_addr
+            .into_iter()
+            .map(|(addr, g)| PortUseLine {
+                addr,
+                tcp: g.in_use[0],
+                udp: g.in_use[1],
+                icmp: g.in_use[2],
+                closing: counts(g.closing),
+                quarantined: counts(g.quarantined),
+                capacity,
+            })
+            .collect()
+    }
+
+    /// Room for new connections: session tables and ENI addresses.
+    fn headroom(&self) -> Headroom {
+        let cs = self.gateway.counters();
+        let sum = |f: &dyn Fn(&dataplane::counters::Counters) -> u64| cs.iter().map(|c| f(c)).sum::<u64>();
+        let ctl = self.controller();
+        let max = ctl.config().gateway.max_eni_addresses.max(1);
+        Headroom {
+            sessions: self.gateway.totals().live.iter().sum(),
+            sessions_recyclable: sum(&|c| c.sessions_recyclable.get()),
+            sessions_capacity: sum(&|c| c.sessions_capacity.get()),
+            sessions_recycled: sum(&|c| c.sessions_recycled.get()),
+            sessions_reopened: sum(&|c| c.sessions_reopened.get()),
+            eni_addresses: ctl
+                .enis()
+                .iter()
+                .map(|e| EniAddresses { eni: e.id, addresses: e.addrs.len() as u32, max })
+                .collect(),
+        }
     }
 
     /// ENIs and functions.
@@ -355,7 +419,8 @@ impl Shared {
                 }
             })
             .collect();
-        StatusReport { enis, functions }
+        drop(ctl);
+        StatusReport { enis, functions, headroom: self.headroom() }
     }
 
     /// Sessions, filtered by ENI and environment, at most `limit`.
@@ -435,6 +500,7 @@ impl Shared {
                 .collect(),
             port_use: self.port_use(),
             eni_setup_seconds,
+            headroom: self.headroom(),
         }
     }
 }

@@ -2,8 +2,9 @@
 //! permissions, lifecycle), the text output and the metrics endpoint.
 
 use control::api::{
-    self, call, format_sessions, format_stats, format_status, serve, ApiError, ApplyReport, Client, EniStatus,
-    FunctionStatus, PortUseLine, Request, Response, SessionLine, SessionsReport, SetupStep, StatsReport, StatusReport,
+    self, call, format_sessions, format_stats, format_status, serve, ApiError, ApplyReport, Client, EniAddresses,
+    EniStatus, FunctionStatus, Headroom, PortUseLine, ProtoCounts, Request, Response, SessionLine, SessionsReport,
+    SetupStep, StatsReport, StatusReport,
 };
 use control::metrics::{render, serve_metrics};
 use std::collections::BTreeMap;
@@ -29,6 +30,17 @@ fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
+fn headroom() -> Headroom {
+    Headroom {
+        sessions: 45,
+        sessions_recyclable: 40,
+        sessions_capacity: 262144,
+        sessions_recycled: 1200,
+        sessions_reopened: 7,
+        eni_addresses: vec![EniAddresses { eni: 1, addresses: 2, max: 16 }],
+    }
+}
+
 fn status_report() -> StatusReport {
     StatusReport {
         enis: vec![EniStatus {
@@ -40,7 +52,15 @@ fn status_report() -> StatusReport {
             state: "active".into(),
             functions: vec!["orders".into(), "billing".into()],
             sessions: 17,
-            port_use: vec![PortUseLine { addr: Ipv4Addr::new(10, 0, 0, 4), tcp: 12, udp: 4, icmp: 1, capacity: 64512 }],
+            port_use: vec![PortUseLine {
+                addr: Ipv4Addr::new(10, 0, 0, 4),
+                tcp: 12,
+                udp: 4,
+                icmp: 1,
+                closing: ProtoCounts { tcp: 40, udp: 0, icmp: 0 },
+                quarantined: ProtoCounts { tcp: 0, udp: 2, icmp: 0 },
+                capacity: 64512,
+            }],
             setup_ms: Some(412.5),
             setup_steps: vec![
                 SetupStep { step: "create".into(), ms: 120.0 },
@@ -65,6 +85,7 @@ fn status_report() -> StatusReport {
                 enis: vec![],
             },
         ],
+        headroom: headroom(),
     }
 }
 
@@ -115,8 +136,17 @@ fn stats_report() -> StatsReport {
         sessions_created: m(&[("tcp", 10), ("udp", 5), ("icmp", 2)]),
         sessions_expired: m(&[("tcp", 7), ("udp", 4), ("icmp", 2)]),
         drops: m(&[("no_session", 3), ("port_exhausted", 0), ("bad \"label\"", 1)]),
-        port_use: vec![PortUseLine { addr: Ipv4Addr::new(10, 0, 0, 4), tcp: 3, udp: 1, icmp: 0, capacity: 64512 }],
+        port_use: vec![PortUseLine {
+            addr: Ipv4Addr::new(10, 0, 0, 4),
+            tcp: 3,
+            udp: 1,
+            icmp: 0,
+            closing: ProtoCounts { tcp: 40, udp: 0, icmp: 0 },
+            quarantined: ProtoCounts { tcp: 0, udp: 2, icmp: 0 },
+            capacity: 64512,
+        }],
         eni_setup_seconds: vec![(1, 0.4125)],
+        headroom: headroom(),
     }
 }
 
@@ -446,10 +476,18 @@ fn status_text_has_the_eni_and_function_tables() {
         "Pending (creating eni 2)",
         "InProgress (security groups sg-a -> sg-c)",
         "Successful",
+        "headroom:",
+        "sessions: 5 live + 40 recyclable of 262144 (0.0% used); 1200 recycled, 7 reopened",
+        "eni 1: 2 of 16 addresses",
+        "RECYCLABLE",
     ] {
         assert!(t.contains(want), "missing {want:?} in\n{t}");
     }
-    let empty = format_status(&StatusReport { enis: vec![], functions: vec![] });
+    // Per address and protocol: live, recyclable, quarantined, free.
+    let tcp = t.lines().find(|l| l.contains("10.0.0.4") && l.contains(" tcp ")).expect("tcp port line");
+    let cols: Vec<&str> = tcp.split_whitespace().collect();
+    assert_eq!(cols[1..6], ["tcp", "12", "40", "0", "64460"], "{tcp}");
+    let empty = format_status(&StatusReport { enis: vec![], functions: vec![], headroom: Default::default() });
     assert!(empty.contains("no shared ENIs") && empty.contains("no functions"), "{empty}");
 }
 
@@ -516,6 +554,15 @@ fn metrics_render_in_the_text_exposition_format() {
         "hyperplane_eni_setup_seconds{eni=\"1\"} 0.4125",
         "# TYPE hyperplane_workers gauge",
         "hyperplane_workers 4",
+        "hyperplane_sessions_table{state=\"live\"} 5",
+        "hyperplane_sessions_table{state=\"recyclable\"} 40",
+        "hyperplane_sessions_table{state=\"capacity\"} 262144",
+        "hyperplane_sessions_recycled_total 1200",
+        "hyperplane_sessions_reopened_total 7",
+        "hyperplane_port_recyclable{addr=\"10.0.0.4\",proto=\"tcp\"} 40",
+        "hyperplane_port_quarantined{addr=\"10.0.0.4\",proto=\"udp\"} 2",
+        "hyperplane_eni_addresses{eni=\"1\",limit=\"in_use\"} 2",
+        "hyperplane_eni_addresses{eni=\"1\",limit=\"max\"} 16",
     ] {
         assert!(m.lines().any(|l| l == want), "missing line {want:?} in\n{m}");
     }
@@ -537,7 +584,7 @@ fn metrics_render_in_the_text_exposition_format() {
             assert!(value.parse::<f64>().is_ok(), "bad value in {l:?}");
         }
     }
-    assert_eq!(families, 12, "{m}");
+    assert_eq!(families, 18, "{m}");
     assert!(m.ends_with('\n'));
 }
 

@@ -2,7 +2,7 @@
 //! setup, function states, updates, idle reclaim, limits.
 
 use control::config::{self, Config};
-use control::controller::{Controller, Effect, EniState, FunctionState, UpdateStatus};
+use control::controller::{Controller, Effect, EniState, FunctionState, Growth, UpdateStatus};
 use control::plan::EniKey;
 use dataplane::time::Instant;
 use std::collections::BTreeMap;
@@ -331,8 +331,8 @@ fn the_high_water_mark_adds_an_address_for_new_flows() {
     c.tick(t(0), &none());
     let e = c.enis()[0].clone();
     while c.poll_effect().is_some() {}
-    c.high_water(e.addrs[0], t(5));
-    c.high_water(e.addrs[0], t(5));
+    assert!(matches!(c.high_water(e.addrs[0], t(5), false), Growth::Adding(..)));
+    assert_eq!(c.high_water(e.addrs[0], t(5), false), Growth::Busy(e.id));
     let probed = probes_ok(&mut c, t(6));
     assert_eq!(probed.len(), 1, "one address at a time");
     let after = c.enis()[0].clone();
@@ -340,6 +340,13 @@ fn the_high_water_mark_adds_an_address_for_new_flows() {
     assert!(after.generation > e.generation);
     assert!(std::iter::from_fn(|| c.poll_effect()).any(|x| x == Effect::Publish));
     assert_eq!(c.bindings().eni(e.id).unwrap().addrs.len(), 2);
+    // The first address passing its mark again adds nothing while the new
+    // one has room; a flow that found no port anywhere does.
+    assert_eq!(c.high_water(e.addrs[0], t(7), false), Growth::Room(e.id));
+    assert!(probes_ok(&mut c, t(8)).is_empty());
+    assert!(matches!(c.high_water(e.addrs[0], t(9), true), Growth::Adding(..)));
+    assert_eq!(probes_ok(&mut c, t(10)).len(), 1);
+    assert_eq!(c.enis()[0].addrs.len(), 3);
 }
 
 #[test]
@@ -397,7 +404,7 @@ fn an_eni_grows_no_further_than_max_eni_addresses() {
     c.tick(t(0), &none());
     let e = c.enis()[0].clone();
     while c.poll_effect().is_some() {}
-    c.high_water(e.addrs[0], t(5));
+    assert_eq!(c.high_water(e.addrs[0], t(5), true), Growth::AtMax(e.id, 1));
     assert!(probes_ok(&mut c, t(6)).is_empty(), "no second address");
     assert_eq!(c.enis()[0].addrs, e.addrs);
 }

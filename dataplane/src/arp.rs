@@ -26,6 +26,11 @@
 //! * An entry confirmed at `t` answers [`ArpTable::lookup`] for
 //!   `t <= now < t + reachable` (and for any `now` before `t`); it is
 //!   forgotten by the first [`ArpTable::expire`] after that.
+//! * An entry that [`ArpTable::lookup`] returned since its last refresh is
+//!   refreshed before it ages out: from `t + reachable * 3/4` each
+//!   [`ArpTable::expire`] sends a request for it (at most one per `retry`),
+//!   while the entry goes on being used, so traffic to a busy next hop such
+//!   as the VPC router never waits for a resolution.
 //! * A next hop being resolved ("pending") always has at least one waiting
 //!   frame. Its first request is scheduled when its first frame is queued;
 //!   every later one `retry` after the previous, up to `max_requests` in all.
@@ -67,9 +72,10 @@ pub struct ArpConfig {
     /// Requests sent for an address before giving up on it and dropping its
     /// waiting frames. Default 3.
     pub max_requests: u8,
-    /// Frames waiting or released, in total. Default 64.
+    /// Frames waiting or released, in total. Default 1024.
     pub queue_frames: usize,
-    /// Frames waiting for one address. Default 8.
+    /// Frames waiting for one address. Default 512: a burst of first
+    /// packets from every environment before the VPC router answers.
     pub queue_per_ip: usize,
     /// Bytes per queued frame; longer frames are refused. Default 1518.
     pub frame_capacity: usize,
@@ -82,8 +88,8 @@ impl Default for ArpConfig {
             reachable: Duration::from_secs(300),
             retry: Duration::from_secs(1),
             max_requests: 3,
-            queue_frames: 64,
-            queue_per_ip: 8,
+            queue_frames: 1024,
+            queue_per_ip: 512,
             frame_capacity: 1518,
         }
     }
@@ -239,6 +245,10 @@ struct Entry {
     mac: EthernetAddress,
     /// Last time an ARP message from this neighbour was seen.
     confirmed: Instant,
+    /// Returned by a lookup since the last refresh request.
+    used: bool,
+    /// When the last refresh request was sent.
+    refreshed: Instant,
 }
 
 /// A next hop being resolved.
@@ -321,6 +331,10 @@ pub struct ArpTable {
     ready: List,
     /// Frames held (waiting or ready).
     held: usize,
+    /// Next hops whose refresh request is due (at most `max_entries`).
+    refresh: Vec<Ipv4Addr>,
+    /// The address refresh requests are sent from.
+    sender: Ipv4Addr,
 }
 
 impl ArpTable {
@@ -357,7 +371,15 @@ impl ArpTable {
             free,
             ready: List::EMPTY,
             held: 0,
+            refresh: Vec::with_capacity(max_entries),
+            sender: Ipv4Addr::UNSPECIFIED,
         }
+    }
+
+    /// The address refresh requests are sent from (one of ours on the
+    /// link); none are sent while it is unspecified.
+    pub fn set_sender(&mut self, ip: Ipv4Addr) {
+        self.sender = ip;
     }
 
     /// The configuration in force (`queue_frames` as capped by [`new`]).
@@ -374,11 +396,19 @@ impl ArpTable {
     }
 
     /// Hot path: the MAC for `ip` if known and confirmed less than
-    /// `reachable` ago. One hash lookup; no allocation.
+    /// `reachable` ago, marking the entry used (so it is refreshed before
+    /// it ages out). One hash lookup; no allocation.
     #[inline]
-    pub fn lookup(&self, now: Instant, ip: Ipv4Addr) -> Option<EthernetAddress> {
-        let e = self.entries.get(&ip)?;
-        self.fresh(now, e).then_some(e.mac)
+    pub fn lookup(&mut self, now: Instant, ip: Ipv4Addr) -> Option<EthernetAddress> {
+        let reachable = self.config.reachable;
+        let e = self.entries.get_mut(&ip)?;
+        e.used = true;
+        (now < e.confirmed + reachable).then_some(e.mac)
+    }
+
+    /// Whether `ip` is resolved at `now` (without marking it used).
+    pub fn is_resolved(&self, now: Instant, ip: Ipv4Addr) -> bool {
+        self.entries.get(&ip).is_some_and(|e| self.fresh(now, e))
     }
 
     #[inline]
@@ -417,7 +447,7 @@ impl ArpTable {
             if self.entries.len() >= self.config.max_entries {
                 self.evict_oldest();
             }
-            self.entries.insert(ip, Entry { mac, confirmed: now });
+            self.entries.insert(ip, Entry { mac, confirmed: now, used: false, refreshed: Instant::ZERO });
         }
         if let Some(p) = waiting {
             self.release(p, mac);
@@ -648,6 +678,15 @@ impl ArpTable {
             }
         }
 
+        if let Some(&ip) = self.refresh.last() {
+            if buf.len() < FRAME_LEN {
+                return None;
+            }
+            self.refresh.pop();
+            let len = write_request(buf, self.our_mac, self.sender, ip);
+            return Some((PortId::OUTSIDE, len));
+        }
+
         let i = self.ready.head;
         let slot = *self.slots.get(i as usize)?;
         let start = (i as usize).checked_mul(self.config.frame_capacity)?;
@@ -702,6 +741,21 @@ impl ArpTable {
         }
         let reachable = self.config.reachable;
         self.entries.retain(|_, e| now < e.confirmed + reachable);
+        // Used entries in the last quarter of their life: ask again.
+        let stale = reachable - reachable / 4;
+        if !self.sender.is_unspecified() {
+            for (ip, e) in &mut self.entries {
+                if e.used
+                    && now >= e.confirmed + stale
+                    && now >= e.refreshed + retry
+                    && self.refresh.len() < self.refresh.capacity()
+                {
+                    e.used = false;
+                    e.refreshed = now;
+                    self.refresh.push(*ip);
+                }
+            }
+        }
         dropped
     }
 

@@ -86,13 +86,21 @@ pub struct EngineConfig {
     pub env_port_quota: u32,
     /// Sessions one environment may hold (RFC 6888 REQ-5).
     pub env_session_quota: u32,
+    /// Sessions opened from the VPC (endpoint-independent or
+    /// address-dependent filtering) that one environment may hold before it
+    /// answers them. They do not count against the two quotas above and a
+    /// new outbound flow may recycle them, so a VPC host spraying an
+    /// environment's mapping from many ports never crowds out its flows.
+    pub env_inbound_quota: u32,
     /// Ports in use on one ENI address past which the engine raises
     /// [`crate::engine::Event::HighWater`] (AWS sizes an ENI at 65,000).
     pub high_water: u32,
     /// Session table capacity (preallocated).
     pub max_sessions: usize,
-    /// Answer a new flow that cannot get a port with ICMP destination
-    /// unreachable (code 13, administratively prohibited; RFC 5508 REQ-8).
+    /// Answer a new flow that cannot get a port, a table slot or its quota
+    /// with ICMP destination unreachable (code 13, administratively
+    /// prohibited; RFC 5508 REQ-8), so the environment's connect fails at
+    /// once instead of retransmitting into a full gateway.
     pub icmp_on_exhaustion: bool,
     /// Answer TTL expiry with ICMP time exceeded (RFC 5508 §7.2).
     pub icmp_time_exceeded: bool,
@@ -115,6 +123,7 @@ impl Default for EngineConfig {
             port_preservation: false,
             env_port_quota: 16_384,
             env_session_quota: 65_536,
+            env_inbound_quota: 1024,
             high_water: 65_000,
             max_sessions: 1 << 18,
             icmp_on_exhaustion: true,
@@ -176,6 +185,9 @@ impl EngineConfig {
         }
         if self.env_session_quota == 0 {
             return err("env_session_quota", "must be positive");
+        }
+        if self.env_inbound_quota == 0 {
+            return err("env_inbound_quota", "must be positive");
         }
         Ok(())
     }

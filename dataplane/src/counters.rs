@@ -36,6 +36,24 @@ impl Counter {
     }
 }
 
+/// A value one worker sets and any thread reads.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Sets the value. Only the owning worker calls this.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// The current value; any thread.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 macro_rules! drop_reasons {
     ($( $(#[doc = $doc:literal])* $name:ident => $label:literal, )*) => {
         /// Why a frame was dropped. Each variant's label is its metric name.
@@ -103,8 +121,12 @@ drop_reasons! {
     PolicyDenied => "policy_denied",
     /// No free port on the ENI address for this protocol.
     PortsExhausted => "ports_exhausted",
-    /// The environment has used its port quota.
+    /// The environment holds as many live mappings or sessions as its
+    /// quotas allow.
     QuotaExceeded => "quota_exceeded",
+    /// An environment already has its budget of sessions opened from the
+    /// VPC that it has not answered.
+    InboundQuota => "inbound_quota",
     /// The session table is full.
     TableFull => "table_full",
     /// Inbound frame matching no session and no mapping (unsolicited).
@@ -162,10 +184,31 @@ pub const ADDR_GAUGES: usize = 256;
 
 /// Port use on one ENI address, published for other threads. A slot whose
 /// address is 0 is unused.
+///
+/// Per protocol, every port of the worker's slice is in exactly one of four
+/// states: held by a live flow (`in_use`), held only by closing or
+/// unanswered sessions that a new flow may recycle (`closing`), resting in
+/// quarantine (`quarantined`), or free.
 #[derive(Debug, Default)]
 pub struct AddrGauge {
     addr: AtomicU32,
     in_use: [AtomicU32; 3],
+    closing: [AtomicU32; 3],
+    quarantined: [AtomicU32; 3],
+    capacity: AtomicU32,
+}
+
+/// One address's port use as published: see [`AddrGauge`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortGauge {
+    /// Ports held by live flows, per [`ProtoIndex`].
+    pub in_use: [u32; 3],
+    /// Ports held only by recyclable (closing or unanswered) sessions.
+    pub closing: [u32; 3],
+    /// Ports in quarantine.
+    pub quarantined: [u32; 3],
+    /// Ports per protocol in this worker's slice.
+    pub capacity: u32,
 }
 
 impl AddrGauge {
@@ -182,19 +225,34 @@ impl AddrGauge {
         [0, 1, 2].map(|i| self.in_use[i].load(Ordering::Relaxed))
     }
 
-    /// Publishes the slot's address (0 frees it). Owning worker only.
-    pub fn set_addr(&self, a: Option<core::net::Ipv4Addr>) {
+    /// Everything published for the slot.
+    pub fn gauge(&self) -> PortGauge {
+        let load = |a: &[AtomicU32; 3]| [0, 1, 2].map(|i| a[i].load(Ordering::Relaxed));
+        PortGauge {
+            in_use: load(&self.in_use),
+            closing: load(&self.closing),
+            quarantined: load(&self.quarantined),
+            capacity: self.capacity.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Publishes the slot's address (0 frees it) and its ports per protocol.
+    /// Owning worker only.
+    pub fn set_addr(&self, a: Option<core::net::Ipv4Addr>, capacity: u32) {
         self.addr.store(a.map_or(0, u32::from), Ordering::Relaxed);
+        self.capacity.store(capacity, Ordering::Relaxed);
         if a.is_none() {
-            for g in &self.in_use {
+            for g in self.in_use.iter().chain(&self.closing).chain(&self.quarantined) {
                 g.store(0, Ordering::Relaxed);
             }
         }
     }
 
-    /// Publishes ports in use for one protocol. Owning worker only.
-    pub fn set_in_use(&self, proto: usize, n: u32) {
-        self.in_use[proto].store(n, Ordering::Relaxed);
+    /// Publishes one protocol's port states. Owning worker only.
+    pub fn set(&self, proto: usize, in_use: u32, closing: u32, quarantined: u32) {
+        self.in_use[proto].store(in_use, Ordering::Relaxed);
+        self.closing[proto].store(closing, Ordering::Relaxed);
+        self.quarantined[proto].store(quarantined, Ordering::Relaxed);
     }
 }
 
@@ -222,8 +280,20 @@ pub struct Counters {
     pub hairpinned: Counter,
     /// Sessions created, by [`ProtoIndex`].
     pub sessions_created: [Counter; 3],
-    /// Sessions expired, by [`ProtoIndex`].
+    /// Sessions that ended (idle timer, recycled or flushed), by
+    /// [`ProtoIndex`].
     pub sessions_expired: [Counter; 3],
+    /// Closing or unanswered sessions removed early to give a new flow their
+    /// table slot or port (also counted in `sessions_expired`).
+    pub sessions_recycled: Counter,
+    /// Closing or reset TCP sessions that a new SYN on the same 5-tuple
+    /// opened again.
+    pub sessions_reopened: Counter,
+    /// Session table capacity.
+    pub sessions_capacity: Gauge,
+    /// Sessions in the table that a new flow may recycle (closing TCP,
+    /// unanswered sessions from the VPC), as of the last timer tick.
+    pub sessions_recyclable: Gauge,
     /// Drops, by [`DropReason`] (`as usize`).
     pub drops: [Counter; DropReason::COUNT],
     /// Port use per ENI address (the first [`ADDR_GAUGES`] addresses).
@@ -244,6 +314,10 @@ impl Default for Counters {
             hairpinned: Counter::default(),
             sessions_created: Default::default(),
             sessions_expired: Default::default(),
+            sessions_recycled: Counter::default(),
+            sessions_reopened: Counter::default(),
+            sessions_capacity: Gauge::default(),
+            sessions_recyclable: Gauge::default(),
             drops: core::array::from_fn(|_| Counter::default()),
             addrs: core::array::from_fn(|_| AddrGauge::default()),
         }
@@ -251,9 +325,14 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// Port use per ENI address, as last published.
+    /// Ports held by live flows per ENI address, as last published.
     pub fn port_use(&self) -> Vec<(core::net::Ipv4Addr, [u32; 3])> {
         self.addrs.iter().filter_map(|g| Some((g.addr()?, g.in_use()))).collect()
+    }
+
+    /// Every port state per ENI address, as last published.
+    pub fn port_gauges(&self) -> Vec<(core::net::Ipv4Addr, PortGauge)> {
+        self.addrs.iter().filter_map(|g| Some((g.addr()?, g.gauge()))).collect()
     }
 
     /// Counts a drop.

@@ -136,9 +136,15 @@ pub enum Event {
 pub struct PortUse {
     /// The ENI address.
     pub addr: Ipv4Addr,
-    /// Ports (or, under address-and-port-dependent mapping, sessions) in
-    /// use for TCP, UDP and ICMP.
+    /// Ports (or, under address-and-port-dependent mapping, sessions) held
+    /// by live flows for TCP, UDP and ICMP.
     pub in_use: [u32; 3],
+    /// Ports (or sessions) held only by recyclable sessions: closed or
+    /// reset TCP connections, sessions the VPC opened that were never
+    /// answered. A new flow takes them when nothing else is free.
+    pub closing: [u32; 3],
+    /// Ports resting in quarantine.
+    pub quarantined: [u32; 3],
     /// Ports per protocol in the range.
     pub capacity: u32,
     /// Whether the address is in the current bindings (false while it
@@ -153,15 +159,41 @@ struct Addr {
     gauge: Option<usize>,
     /// Sessions per protocol under address-and-port-dependent mapping.
     apdm: [u32; 3],
+    /// Ports (sessions under address-and-port-dependent mapping) held by
+    /// live flows, per protocol.
+    live: [u32; 3],
+    /// The session table's recyclable list for this address.
+    list: u16,
     high: [bool; 3],
     bound: bool,
 }
 
 impl Addr {
-    fn in_use(&self, pi: usize, mapping: Mapping) -> u32 {
+    /// Ports (or sessions) held, live or recyclable.
+    fn held(&self, pi: usize, mapping: Mapping) -> u32 {
         match mapping {
             Mapping::EndpointIndependent => self.pools[pi].in_use(),
             Mapping::AddressAndPortDependent => self.apdm[pi],
+        }
+    }
+
+    /// The high-water mark of live ports for protocol `pi`. A mark above the
+    /// pool (65,000 against 64,512 ports by default) must still fire while
+    /// there is room for the time an address takes to add (its probe): at
+    /// most 7/8 of the pool.
+    fn mark(&self, pi: usize, cfg: &EngineConfig) -> u32 {
+        let cap = self.pools[pi].capacity();
+        match cfg.mapping {
+            Mapping::EndpointIndependent => cfg.high_water.min(cap - cap / 8).max(1),
+            Mapping::AddressAndPortDependent => cfg.high_water,
+        }
+    }
+
+    /// Whether a new mapping can have a port here without recycling.
+    fn has_room(&self, pi: usize, mapping: Mapping) -> bool {
+        match mapping {
+            Mapping::EndpointIndependent => self.pools[pi].available() > 0,
+            Mapping::AddressAndPortDependent => self.apdm[pi] < self.pools[pi].capacity(),
         }
     }
 }
@@ -170,10 +202,48 @@ impl Addr {
 #[derive(Copy, Clone, Debug, Default)]
 struct EnvState {
     mac: Mac,
+    /// Live sessions (the session quota counts these).
     sessions: u32,
+    /// Ports held by live flows, per protocol (the port quota counts these).
     ports: [u32; 3],
+    /// Sessions opened from the VPC and not answered yet.
+    unanswered: u32,
     addr: Option<Ipv4Addr>,
 }
+
+/// What a session holds on behalf of its environment.
+///
+/// `Live` sessions count against the environment's quotas and are never
+/// recycled. `Closing` ones (TCP after both FINs or an RST) and
+/// `Unanswered` ones (opened from the VPC, nothing sent back yet) only wait
+/// out their timers: they sit on their address's recyclable list, and a new
+/// flow short of a table slot or a port takes the oldest.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Hold {
+    Live,
+    Closing,
+    Unanswered,
+}
+
+impl Hold {
+    fn of(s: &Session) -> Hold {
+        Hold::from_parts(s.inbound_origin && s.out_packets == 0, s.proto == TCP && s.tcp.closing())
+    }
+
+    const fn from_parts(unanswered: bool, closing: bool) -> Hold {
+        if unanswered {
+            Hold::Unanswered
+        } else if closing {
+            Hold::Closing
+        } else {
+            Hold::Live
+        }
+    }
+}
+
+/// How far a new flow looks down an address's recyclable list for a
+/// session whose removal gives it a port.
+const RECYCLE_SCAN: usize = 64;
 
 /// How to translate the later fragments of a datagram: the first
 /// fragment's final header values.
@@ -219,6 +289,8 @@ pub struct Engine {
     probes: Vec<(Ipv4Addr, bool)>,
     /// The latest time the engine was given.
     now: Instant,
+    /// Recyclable list ids not given to an address.
+    free_lists: Vec<u16>,
 }
 
 impl Engine {
@@ -242,9 +314,11 @@ impl Engine {
             rx: Offload::default(),
             probes: Vec::new(),
             now: Instant::ZERO,
+            free_lists: (0..crate::session::LISTS as u16).rev().collect(),
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
+        e.counters.sessions_capacity.set(e.table.capacity() as u64);
         e.set_bindings(bindings);
         Ok(e)
     }
@@ -293,9 +367,13 @@ impl Engine {
                 ];
                 let gauge = self.counters.addrs.iter().position(|g| g.addr().is_none());
                 if let Some(g) = gauge {
-                    self.counters.addrs[g].set_addr(Some(addr));
+                    self.counters.addrs[g].set_addr(Some(addr), pools[0].capacity());
                 }
-                self.addrs.insert(addr, Addr { pools, gauge, apdm: [0; 3], high: [false; 3], bound: true });
+                // Out of list ids (over a thousand addresses), addresses
+                // share the last one.
+                let list = self.free_lists.pop().unwrap_or(crate::session::LISTS as u16 - 1);
+                let a = Addr { pools, gauge, apdm: [0; 3], live: [0; 3], list, high: [false; 3], bound: true };
+                self.addrs.insert(addr, a);
                 let mut f = [0u8; TX_FRAME];
                 let n = arp::write_announcement(&mut f, EthernetAddress(b.outside().mac), addr);
                 if n > 0 && self.tx.len() < TX_QUEUE {
@@ -307,7 +385,7 @@ impl Engine {
         // Resolve the VPC router before the first flow needs it, so a burst
         // of new flows does not overflow the queue of frames waiting for it.
         let sender = b.enis().iter().flat_map(|e| e.addrs.first()).next().copied();
-        let unresolved = |r: Ipv4Addr| self.arp.lookup(self.now, r).is_none();
+        let unresolved = |r: Ipv4Addr| !self.arp.is_resolved(self.now, r);
         if let (Some(router), Some(sender)) = (b.outside().router.filter(|&r| unresolved(r)), sender) {
             let mut f = [0u8; TX_FRAME];
             let n = arp::write_request(&mut f, EthernetAddress(b.outside().mac), sender, router);
@@ -316,39 +394,53 @@ impl Engine {
                 self.counters.arp_requests.inc();
             }
         }
+        if let Some(sender) = sender {
+            self.arp.set_sender(sender);
+        }
         self.bindings = b;
         self.forget_idle_addrs();
     }
 
     fn forget_idle_addrs(&mut self) {
         let m = self.cfg.mapping;
-        let counters = &self.counters;
-        self.addrs.retain(|_, a| {
-            let keep = a.bound || (0..3).any(|i| a.in_use(i, m) > 0);
+        let Engine { addrs, counters, free_lists, .. } = self;
+        addrs.retain(|_, a| {
+            let keep = a.bound || (0..3).any(|i| a.held(i, m) > 0);
             if !keep {
                 if let Some(g) = a.gauge {
-                    counters.addrs[g].set_addr(None);
+                    counters.addrs[g].set_addr(None, 0);
+                }
+                if usize::from(a.list) < crate::session::LISTS - 1 {
+                    free_lists.push(a.list);
                 }
             }
             keep
         });
     }
 
-    /// Publishes one address's port use for other threads.
-    fn publish(counters: &Counters, a: &Addr, pi: usize, mapping: Mapping) {
+    /// Publishes one address's port use for other threads, and re-arms its
+    /// high-water mark once live use is back below it.
+    fn publish(counters: &Counters, a: &mut Addr, pi: usize, cfg: &EngineConfig) {
+        if a.live[pi] < a.mark(pi, cfg) {
+            a.high[pi] = false;
+        }
         if let Some(g) = a.gauge {
-            counters.addrs[g].set_in_use(pi, a.in_use(pi, mapping));
+            let held = a.held(pi, cfg.mapping);
+            counters.addrs[g].set(pi, a.live[pi], held.saturating_sub(a.live[pi]), a.pools[pi].quarantined());
         }
     }
 
     /// Port use per ENI address.
     pub fn port_use(&self) -> Vec<PortUse> {
+        let m = self.cfg.mapping;
         let mut v: Vec<PortUse> = self
             .addrs
             .iter()
             .map(|(&addr, a)| PortUse {
                 addr,
-                in_use: [0, 1, 2].map(|i| a.in_use(i, self.cfg.mapping)),
+                in_use: a.live,
+                closing: [0, 1, 2].map(|i| a.held(i, m).saturating_sub(a.live[i])),
+                quarantined: [0, 1, 2].map(|i| a.pools[i].quarantined()),
                 capacity: a.pools[0].capacity(),
                 bound: a.bound,
             })
@@ -409,33 +501,16 @@ impl Engine {
     pub fn expire(&mut self, now: Instant) {
         self.now = now;
         let Engine { table, addrs, envs, counters, cfg, .. } = self;
-        table.expire(now, |s, gone| {
-            let pi = proto_index(s.proto);
-            counters.sessions_expired[pi].inc();
-            if let Some(e) = envs.get_mut(&s.inside.ip) {
-                e.sessions = e.sessions.saturating_sub(1);
-                if gone.is_some() {
-                    e.ports[pi] = e.ports[pi].saturating_sub(1);
-                }
-            }
-            if let Some(a) = addrs.get_mut(&s.eni.ip) {
-                match cfg.mapping {
-                    Mapping::EndpointIndependent => {
-                        if let Some(m) = gone {
-                            a.pools[pi].release(now, m.eni.port);
-                        }
-                    }
-                    Mapping::AddressAndPortDependent => a.apdm[pi] = a.apdm[pi].saturating_sub(1),
-                }
-                if a.in_use(pi, cfg.mapping) < cfg.high_water {
-                    a.high[pi] = false;
-                }
-                Engine::publish(counters, a, pi, cfg.mapping);
-            }
+        table.expire(now, |s, removed| {
+            Engine::account_removed(envs, addrs, counters, cfg, now, s, removed);
         });
+        self.counters.sessions_recyclable.set(self.table.recyclable_len() as u64);
         for a in self.addrs.values_mut() {
-            for p in &mut a.pools {
-                p.expire(now);
+            for pi in 0..3 {
+                if a.pools[pi].quarantined() > 0 {
+                    a.pools[pi].expire(now);
+                    Engine::publish(&self.counters, a, pi, &self.cfg);
+                }
             }
         }
         self.forget_idle_addrs();
@@ -642,15 +717,35 @@ impl Engine {
                 if s.port != port {
                     return Action::Drop(DropReason::Spoofed);
                 }
+                let unanswered = s.inbound_origin && s.out_packets == 0;
                 s.last_seen = now;
                 s.out_packets += 1;
                 s.out_bytes += ip.total as u64;
+                let mut before = None;
                 if ip.proto == TCP {
-                    let next = s.tcp.next(Dir::Out, tcp::Flags::from_byte(flags));
-                    if next != s.tcp {
+                    let f = tcp::Flags::from_byte(flags);
+                    let prev = s.tcp;
+                    // A SYN on the 5-tuple of an ended connection is a new
+                    // connection (the client reused its port): the session
+                    // starts over with its mapping (RFC 6146 TRANS state).
+                    let reopen = f.opens() && prev.closing();
+                    let next = if reopen { tcp::State::initial(Dir::Out) } else { prev.next(Dir::Out, f) };
+                    if next != prev {
                         s.tcp = next;
+                        if reopen {
+                            s.created = now;
+                            (s.out_packets, s.out_bytes, s.in_packets, s.in_bytes) = (1, ip.total as u64, 0, 0);
+                            self.counters.sessions_reopened.inc();
+                        }
                         self.table.reschedule(sid);
+                        before = Some(Hold::from_parts(unanswered, prev.closing()));
                     }
+                }
+                if unanswered {
+                    before = Some(Hold::Unanswered);
+                }
+                if let Some(b) = before {
+                    self.rehold(sid, b);
                 }
                 sid
             }
@@ -691,7 +786,10 @@ impl Engine {
         action
     }
 
-    /// Creates the session for a new outbound flow.
+    /// Creates the session for a new outbound flow. Short of a table slot,
+    /// a mapping slot or a port, it recycles closing and unanswered
+    /// sessions (oldest first); live ones are never touched (RFC 6888
+    /// REQ-11d).
     fn new_outbound(
         &mut self,
         now: Instant,
@@ -724,6 +822,8 @@ impl Engine {
             Mapping::EndpointIndependent => self.table.find_mapping_inside(key.proto, key.local),
             Mapping::AddressAndPortDependent => None,
         };
+        // A mapping held only by recyclable sessions becomes live again.
+        let revived = existing.is_some_and(|m| self.table.mapping(m).live == 0);
         let (mapping, eni_ep, fresh) = match existing {
             Some(m) => (m, self.table.mapping(m).eni, false),
             None => {
@@ -731,24 +831,23 @@ impl Engine {
                     return Err(DropReason::QuotaExceeded);
                 }
                 let addr = self.pick_addr(&eni.addrs, st.addr, pi);
-                let ep = match self.cfg.mapping {
-                    Mapping::EndpointIndependent => self.take_port(now, addr, pi, key.local.port),
-                    Mapping::AddressAndPortDependent => self.probe_port(addr, key),
-                };
-                let Some(ep) = ep else {
+                let Some(ep) = self.take_port(now, addr, pi, key) else {
                     self.event(Event::Exhausted { addr, proto: key.proto });
                     return Err(DropReason::PortsExhausted);
                 };
                 let m = match self.cfg.mapping {
-                    Mapping::EndpointIndependent => {
+                    Mapping::EndpointIndependent => loop {
                         match self.table.insert_mapping(key.proto, key.local, ep, port, src_mac) {
-                            Ok(m) => m,
+                            Ok(m) => break m,
+                            // Mappings are never more than sessions: a full
+                            // mapping slab is a full table.
+                            Err(_) if self.recycle_session(now, NIL) => {}
                             Err(_) => {
-                                self.release_port(now, ep, pi);
+                                self.release_unused_port(ep, pi);
                                 return Err(DropReason::TableFull);
                             }
                         }
-                    }
+                    },
                     Mapping::AddressAndPortDependent => NIL,
                 };
                 (m, ep, true)
@@ -758,25 +857,32 @@ impl Engine {
         s.tcp = tcp::State::initial(Dir::Out);
         s.out_packets = 1;
         s.out_bytes = bytes as u64;
-        let Ok(sid) = self.table.insert(s, mapping) else {
-            if fresh {
-                if mapping != NIL {
-                    // The mapping has no session: drop it with its port.
-                    self.table.drop_empty_mapping(mapping);
+        let sid = loop {
+            match self.table.insert(s, mapping) {
+                Ok(sid) => break sid,
+                Err(_) if self.recycle_session(now, mapping) => {}
+                Err(_) => {
+                    if fresh {
+                        if mapping != NIL {
+                            // The mapping has no session: drop it with its port.
+                            self.table.drop_empty_mapping(mapping);
+                        }
+                        self.release_unused_port(eni_ep, pi);
+                    }
+                    return Err(DropReason::TableFull);
                 }
-                self.release_port(now, eni_ep, pi);
             }
-            return Err(DropReason::TableFull);
         };
         self.counters.sessions_created[pi].inc();
         let st = self.envs.entry(key.local.ip).or_default();
         st.mac = src_mac;
         st.sessions += 1;
-        if fresh {
+        if fresh || revived {
             st.ports[pi] += 1;
             st.addr = Some(eni_ep.ip);
-            if self.cfg.mapping == Mapping::AddressAndPortDependent {
-                if let Some(a) = self.addrs.get_mut(&eni_ep.ip) {
+            if let Some(a) = self.addrs.get_mut(&eni_ep.ip) {
+                a.live[pi] += 1;
+                if fresh && self.cfg.mapping == Mapping::AddressAndPortDependent {
                     a.apdm[pi] += 1;
                 }
             }
@@ -785,29 +891,239 @@ impl Engine {
         Ok(sid)
     }
 
-    /// The ENI address for a new mapping: the one the environment already
-    /// uses while it has ports ("paired", RFC 4787 REQ-2), else the first
-    /// below the high-water mark, else the first with any port free.
-    fn pick_addr(&self, addrs: &[Ipv4Addr], paired: Option<Ipv4Addr>, pi: usize) -> Ipv4Addr {
-        let m = self.cfg.mapping;
-        let free = |a: &Ipv4Addr| self.addrs.get(a).is_some_and(|s| s.in_use(pi, m) < s.pools[pi].capacity());
-        if let Some(p) = paired.filter(|p| addrs.contains(p) && free(p)) {
-            return p;
+    /// Moves a session whose hold changed (it closed, reopened, or the
+    /// environment answered it) between the quotas and its address's
+    /// recyclable list. `before` is its hold before the change.
+    fn rehold(&mut self, sid: u32, before: Hold) {
+        let s = *self.table.get(sid);
+        let after = Hold::of(&s);
+        if after == before {
+            return;
         }
-        // Below the high-water mark *and* with a port left: a mark above the
-        // pool's capacity must not pin new flows to a full address.
-        let below = |a: &Ipv4Addr| free(a) && self.addrs.get(a).is_some_and(|s| s.in_use(pi, m) < self.cfg.high_water);
-        addrs.iter().find(|a| below(a)).or_else(|| addrs.iter().find(|a| free(a))).copied().unwrap_or(addrs[0])
+        let pi = proto_index(s.proto);
+        let env = self.envs.entry(s.inside.ip).or_default();
+        match before {
+            Hold::Live => env.sessions = env.sessions.saturating_sub(1),
+            Hold::Unanswered => env.unanswered = env.unanswered.saturating_sub(1),
+            Hold::Closing => {}
+        }
+        match after {
+            Hold::Live => env.sessions += 1,
+            Hold::Unanswered => env.unanswered += 1,
+            Hold::Closing => {}
+        }
+        if (before == Hold::Live) == (after == Hold::Live) {
+            return;
+        }
+        let live = after == Hold::Live;
+        let list = self.addrs.get(&s.eni.ip).map_or(crate::session::LISTS as u16 - 1, |a| a.list);
+        if self.table.set_recyclable(sid, (!live).then_some(list)) {
+            if live {
+                env.ports[pi] += 1;
+            } else {
+                env.ports[pi] = env.ports[pi].saturating_sub(1);
+            }
+            if let Some(a) = self.addrs.get_mut(&s.eni.ip) {
+                if live {
+                    a.live[pi] += 1;
+                } else {
+                    a.live[pi] = a.live[pi].saturating_sub(1);
+                }
+            }
+            if live {
+                self.check_high_water(s.eni.ip, s.proto);
+            } else if let Some(a) = self.addrs.get_mut(&s.eni.ip) {
+                Engine::publish(&self.counters, a, pi, &self.cfg);
+            }
+        }
     }
 
-    fn take_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, want: u16) -> Option<Endpoint> {
-        let a = self.addrs.get_mut(&addr)?;
-        let p = if self.cfg.port_preservation {
-            a.pools[pi].allocate_preferred(now, want)
-        } else {
-            a.pools[pi].allocate(now)
-        }?;
-        Some(Endpoint::new(addr, p))
+    /// Accounts for a session that left the table (expired or recycled):
+    /// the environment's quotas, its address's live ports and port pool.
+    /// A TCP mapping whose last session ended in a close gives its port
+    /// back at once: its closing timer was the quarantine (RFC 6888 REQ-8
+    /// exempts TCP closed under state tracking); other ports rest.
+    fn account_removed(
+        envs: &mut HashMap<Ipv4Addr, EnvState, foldhash::fast::RandomState>,
+        addrs: &mut HashMap<Ipv4Addr, Addr, foldhash::fast::RandomState>,
+        counters: &Counters,
+        cfg: &EngineConfig,
+        now: Instant,
+        s: &Session,
+        removed: crate::session::Removed,
+    ) {
+        let pi = proto_index(s.proto);
+        counters.sessions_expired[pi].inc();
+        let hold = if s.recyclable() { Hold::of(s) } else { Hold::Live };
+        if let Some(e) = envs.get_mut(&s.inside.ip) {
+            match hold {
+                Hold::Live => e.sessions = e.sessions.saturating_sub(1),
+                Hold::Unanswered => e.unanswered = e.unanswered.saturating_sub(1),
+                Hold::Closing => {}
+            }
+            if removed.port_left_live {
+                e.ports[pi] = e.ports[pi].saturating_sub(1);
+            }
+        }
+        let Some(a) = addrs.get_mut(&s.eni.ip) else { return };
+        if removed.port_left_live {
+            a.live[pi] = a.live[pi].saturating_sub(1);
+        }
+        match cfg.mapping {
+            Mapping::EndpointIndependent => {
+                if let Some(m) = removed.mapping {
+                    if s.proto == TCP && (s.tcp.closing() || s.recyclable()) {
+                        a.pools[pi].release_now(m.eni.port);
+                    } else {
+                        a.pools[pi].release(now, m.eni.port);
+                    }
+                }
+            }
+            Mapping::AddressAndPortDependent => a.apdm[pi] = a.apdm[pi].saturating_sub(1),
+        }
+        Engine::publish(counters, a, pi, cfg);
+    }
+
+    /// Removes recyclable session `sid` early to give its slot (and maybe
+    /// its port) to a new flow.
+    fn recycle(&mut self, now: Instant, sid: u32) {
+        let s = *self.table.get(sid);
+        let removed = self.table.remove(sid);
+        self.counters.sessions_recycled.inc();
+        let Engine { addrs, envs, counters, cfg, .. } = self;
+        Engine::account_removed(envs, addrs, counters, cfg, now, &s, removed);
+    }
+
+    /// Frees one session slot: recycles the session that has been
+    /// recyclable longest on any address, sparing the sessions of mapping
+    /// `keep` (the one the new flow is joining). Whether it freed one.
+    fn recycle_session(&mut self, now: Instant, keep: u32) -> bool {
+        let mut best: Option<(Instant, u32)> = None;
+        for a in self.addrs.values() {
+            let mut id = self.table.list_head(a.list);
+            // Skip (at most a few) sessions of the kept mapping.
+            for _ in 0..RECYCLE_SCAN {
+                match id {
+                    Some(i) if keep != NIL && self.table.get(i).mapping == keep => id = self.table.list_next(i),
+                    _ => break,
+                }
+            }
+            if let Some(i) = id {
+                let seen = self.table.get(i).last_seen;
+                if best.is_none_or(|(t, _)| seen < t) {
+                    best = Some((seen, i));
+                }
+            }
+        }
+        match best {
+            Some((_, sid)) => {
+                self.recycle(now, sid);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frees a TCP port on `addr` for a new flow towards `remote` by
+    /// recycling, oldest first, a mapping held only by ended connections
+    /// (under address-and-port-dependent mapping: an ended connection to the
+    /// same remote). Whether a port was freed.
+    fn recycle_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, remote: Endpoint) -> bool {
+        if pi != proto_index(TCP) {
+            // Only TCP knows when a flow has ended; other ports wait out
+            // their timers and quarantine.
+            return false;
+        }
+        let Some(list) = self.addrs.get(&addr).map(|a| a.list) else {
+            return false;
+        };
+        let mut id = self.table.list_head(list);
+        let mut victim = None;
+        for _ in 0..RECYCLE_SCAN {
+            let Some(i) = id else { break };
+            let s = self.table.get(i);
+            let fits = s.proto == TCP
+                && s.eni.ip == addr
+                && match self.cfg.mapping {
+                    Mapping::EndpointIndependent => self.table.mapping(s.mapping).live == 0,
+                    Mapping::AddressAndPortDependent => s.remote == remote,
+                };
+            if fits {
+                victim = Some(i);
+                break;
+            }
+            id = self.table.list_next(i);
+        }
+        let Some(sid) = victim else {
+            return false;
+        };
+        let m = self.table.get(sid).mapping;
+        if m == NIL {
+            self.recycle(now, sid);
+            return true;
+        }
+        // Every session of the mapping is recyclable (it has no live one):
+        // take them all, and the port comes back with the last.
+        let mut batch = [0u32; 16];
+        loop {
+            let n = self.table.mapping_sessions(m, &mut batch);
+            let last = n == self.table.mapping(m).sessions as usize;
+            for &i in &batch[..n] {
+                self.recycle(now, i);
+            }
+            if last || n == 0 {
+                return true;
+            }
+        }
+    }
+
+    /// The ENI address for a new mapping: the one the environment already
+    /// uses ("paired", RFC 4787 REQ-2) while it has a port free or one to
+    /// recycle, else the first below the high-water mark with a port free,
+    /// else any with a port free, else any with a port to recycle.
+    fn pick_addr(&self, addrs: &[Ipv4Addr], paired: Option<Ipv4Addr>, pi: usize) -> Ipv4Addr {
+        let m = self.cfg.mapping;
+        let get = |a: &Ipv4Addr| self.addrs.get(a);
+        let room = |a: &Ipv4Addr| get(a).is_some_and(|s| s.has_room(pi, m));
+        let recyclable =
+            |a: &Ipv4Addr| pi == proto_index(TCP) && get(a).is_some_and(|s| self.table.list_len(s.list) > 0);
+        if let Some(p) = paired.filter(|p| addrs.contains(p) && (room(p) || recyclable(p))) {
+            return p;
+        }
+        let below = |a: &Ipv4Addr| room(a) && get(a).is_some_and(|s| s.live[pi] < s.mark(pi, &self.cfg));
+        addrs
+            .iter()
+            .find(|a| below(a))
+            .or_else(|| addrs.iter().find(|a| room(a)))
+            .or_else(|| addrs.iter().find(|a| recyclable(a)))
+            .copied()
+            .unwrap_or(addrs[0])
+    }
+
+    /// A port on `addr` for a new mapping of `key`: a free one, or one a
+    /// recycled ended connection gave back.
+    fn take_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+        for _ in 0..2 {
+            let ep = match self.cfg.mapping {
+                Mapping::EndpointIndependent => {
+                    let a = self.addrs.get_mut(&addr)?;
+                    let p = if self.cfg.port_preservation {
+                        a.pools[pi].allocate_preferred(now, key.local.port)
+                    } else {
+                        a.pools[pi].allocate(now)
+                    };
+                    p.map(|p| Endpoint::new(addr, p))
+                }
+                Mapping::AddressAndPortDependent => self.probe_port(addr, key),
+            };
+            if ep.is_some() {
+                return ep;
+            }
+            if !self.recycle_port(now, addr, pi, key.remote) {
+                return None;
+            }
+        }
+        None
     }
 
     /// Address-and-port-dependent mapping: a random port whose outside key
@@ -834,28 +1150,23 @@ impl Engine {
             .map(|p| Endpoint::new(addr, p))
     }
 
-    fn release_port(&mut self, now: Instant, ep: Endpoint, pi: usize) {
+    /// Gives back a port taken for a flow that could not be created: it
+    /// was never used, so it needs no quarantine.
+    fn release_unused_port(&mut self, ep: Endpoint, pi: usize) {
         if self.cfg.mapping == Mapping::EndpointIndependent {
             if let Some(a) = self.addrs.get_mut(&ep.ip) {
-                a.pools[pi].release(now, ep.port);
-                Engine::publish(&self.counters, a, pi, self.cfg.mapping);
+                a.pools[pi].release_now(ep.port);
+                Engine::publish(&self.counters, a, pi, &self.cfg);
             }
         }
     }
 
     fn check_high_water(&mut self, addr: Ipv4Addr, proto: u8) {
         let pi = proto_index(proto);
-        let hw = self.cfg.high_water;
-        let m = self.cfg.mapping;
         let Some(a) = self.addrs.get_mut(&addr) else { return };
-        Engine::publish(&self.counters, a, pi, m);
-        let in_use = a.in_use(pi, m);
-        // A mark above the pool (65,000 against 64,512 ports by default)
-        // must still fire while there is room for the time an address takes
-        // to add (its probe): at most 7/8 of the pool.
-        let cap = a.pools[pi].capacity();
-        let hw = if m == Mapping::EndpointIndependent { hw.min(cap - cap / 8).max(1) } else { hw };
-        if in_use >= hw && !a.high[pi] {
+        Engine::publish(&self.counters, a, pi, &self.cfg);
+        let in_use = a.live[pi];
+        if in_use >= a.mark(pi, &self.cfg) && !a.high[pi] {
             a.high[pi] = true;
             self.event(Event::HighWater { addr, proto, in_use });
         }
@@ -864,7 +1175,8 @@ impl Engine {
     /// A new flow that could not be created: dropped, and for port
     /// exhaustion answered with ICMP 3/13 when configured (RFC 5508 REQ-8).
     fn refuse(&mut self, frame: &mut [u8], ip: Ipv4, r: DropReason, gateway: Ipv4Addr) -> Action {
-        let answer = self.cfg.icmp_on_exhaustion && matches!(r, DropReason::PortsExhausted | DropReason::QuotaExceeded);
+        let answer = self.cfg.icmp_on_exhaustion
+            && matches!(r, DropReason::PortsExhausted | DropReason::QuotaExceeded | DropReason::TableFull);
         if answer {
             return self.icmp_error(frame, ip, icmp::UNREACHABLE, icmp::ADMIN_PROHIBITED, 0, gateway, r);
         }
@@ -957,8 +1269,10 @@ impl Engine {
                     s.last_seen = now;
                     let next = s.tcp.next(Dir::In, tcp::Flags::from_byte(flags));
                     if next != s.tcp {
+                        let before = Hold::of(s);
                         s.tcp = next;
                         self.table.reschedule(sid);
+                        self.rehold(sid, before);
                     }
                 }
                 sid
@@ -1007,8 +1321,10 @@ impl Engine {
         }
         let map = *self.table.mapping(m);
         let st = self.envs.entry(map.inside.ip).or_default();
-        if st.sessions >= self.cfg.env_session_quota {
-            return Err(DropReason::QuotaExceeded);
+        // Its own budget: never the environment's quotas, and recyclable by
+        // any new outbound flow until the environment answers.
+        if st.unanswered >= self.cfg.env_inbound_quota {
+            return Err(DropReason::InboundQuota);
         }
         let mut s = Session::new(key.proto, map.inside, key.remote, map.eni, map.port, map.env_mac, now);
         s.inbound_origin = true;
@@ -1017,7 +1333,11 @@ impl Engine {
         s.in_bytes = bytes as u64;
         let sid = self.table.insert(s, m).map_err(|_| DropReason::TableFull)?;
         self.counters.sessions_created[proto_index(key.proto)].inc();
-        self.envs.entry(map.inside.ip).or_default().sessions += 1;
+        self.envs.entry(map.inside.ip).or_default().unanswered += 1;
+        // Inserted as live for the instant: taking it off again leaves the
+        // mapping's live count as it was.
+        let list = self.addrs.get(&map.eni.ip).map_or(crate::session::LISTS as u16 - 1, |a| a.list);
+        self.table.set_recyclable(sid, Some(list));
         Ok(sid)
     }
 

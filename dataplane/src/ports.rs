@@ -260,6 +260,26 @@ impl PortPool {
         true
     }
 
+    /// Returns an allocated port straight to the available ports, skipping
+    /// the quarantine: for a TCP mapping whose connections all ended with a
+    /// FIN exchange or an RST that the NAT tracked, whose closing timer
+    /// already kept the port from reuse (RFC 6888 REQ-8 exempts ports of
+    /// TCP connections closed under state tracking). `false`, and no
+    /// change, if `port` is not allocated.
+    pub fn release_now(&mut self, port: u16) -> bool {
+        let Some(off) = self.offset(port) else {
+            return false;
+        };
+        if self.state(off) != State::Allocated {
+            return false;
+        }
+        // The last allocated slot becomes the first available one.
+        let last = self.wrap(self.q_head + self.q_len + self.a_len - 1);
+        self.swap(u32::from(self.pos[off as usize]), last);
+        self.a_len -= 1;
+        true
+    }
+
     /// Makes every port whose quarantine has ended by `now` available.
     /// O(1) per batch of matured ports.
     pub fn expire(&mut self, now: Instant) {
@@ -564,6 +584,21 @@ mod tests {
         assert_eq!(p.quarantined(), 0);
         assert_eq!(p.in_use() as usize, allocated.len());
         assert_eq!(p.available() as usize, 1000 - allocated.len());
+    }
+
+    #[test]
+    fn release_now_skips_the_quarantine() {
+        let mut p = PortPool::new(7000..=7003, Q, 9);
+        let ports: Vec<u16> = (0..4).map(|_| p.allocate(Instant::ZERO).unwrap()).collect();
+        assert!(p.release(ms(1), ports[0]));
+        assert!(p.release_now(ports[2]));
+        assert!(!p.release_now(ports[2]), "already free");
+        assert!(!p.release_now(ports[0]), "quarantined, not allocated");
+        assert_eq!((p.in_use(), p.quarantined(), p.available()), (2, 1, 1));
+        p.check();
+        assert_eq!(p.allocate(ms(2)), Some(ports[2]));
+        assert_eq!(p.allocate(ms(2)), None);
+        p.check();
     }
 
     #[test]

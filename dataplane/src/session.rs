@@ -25,11 +25,22 @@
 //! timeout re-slots the session at once. Deadlines are therefore honoured to
 //! within one second, rounded up: a session is never expired early.
 //!
+//! # Recyclable sessions
+//! A session whose connection has ended (TCP after both FINs or an RST) or
+//! that the VPC opened and the environment never answered holds nothing a
+//! user is waiting for: it only waits out its timer. The engine marks such
+//! sessions recyclable with [`SessionTable::set_recyclable`], which puts them
+//! at the tail of one of up to [`LISTS`] FIFO lists (one per ENI address,
+//! chosen by the engine); a new flow that finds the table, a port pool or a
+//! mapping slot full takes the head of a list (the session that became
+//! recyclable first) instead of failing. A session is on at most one list;
+//! removing it takes it off. Established sessions are never on a list.
+//!
 //! # Capacity and memory
 //! Everything is allocated in [`SessionTable::new`]; a full table refuses new
-//! sessions (the caller counts the drop) and never grows. Memory per session
-//! slot: `size_of::<Session>()` (112 bytes) plus 8 bytes of index buckets;
-//! per mapping slot `size_of::<Mapping>()` (40 bytes) plus 8 bytes.
+//! sessions (the caller counts the drop or recycles) and never grows. Memory
+//! per session slot: `size_of::<Session>()` (120 bytes) plus 8 bytes of index
+//! buckets; per mapping slot `size_of::<Mapping>()` (44 bytes) plus 8 bytes.
 
 use crate::bindings::Mac;
 use crate::config::Timeouts;
@@ -44,6 +55,10 @@ use std::time::Duration;
 pub const NIL: u32 = u32::MAX;
 /// Slots of the timer wheel (seconds it spans).
 pub const WHEEL_SLOTS: usize = 8192;
+/// Recyclable lists a table keeps.
+pub const LISTS: usize = 1024;
+/// Not on any list, or not in the wheel.
+const NIL16: u16 = u16::MAX;
 
 /// One flow.
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +90,11 @@ pub struct Session {
     map_next: u32,
     wheel_prev: u32,
     wheel_next: u32,
-    wheel_slot: u32,
+    wheel_slot: u16,
+    /// The recyclable list it is on, or `NIL16`.
+    list: u16,
+    list_prev: u32,
+    list_next: u32,
     /// When it was created.
     pub created: Instant,
     /// Packets environment → VPC.
@@ -116,7 +135,10 @@ impl Session {
             map_next: NIL,
             wheel_prev: NIL,
             wheel_next: NIL,
-            wheel_slot: NIL,
+            wheel_slot: NIL16,
+            list: NIL16,
+            list_prev: NIL,
+            list_next: NIL,
             created: now,
             out_packets: 0,
             out_bytes: 0,
@@ -150,6 +172,11 @@ impl Session {
     pub fn outside_key(&self) -> FlowKey {
         FlowKey { proto: self.proto, local: self.eni, remote: self.remote }
     }
+
+    /// Whether it is on a recyclable list.
+    pub fn recyclable(&self) -> bool {
+        self.list != NIL16
+    }
 }
 
 /// An endpoint-independent mapping: environment endpoint ↔ ENI endpoint.
@@ -165,8 +192,11 @@ pub struct Mapping {
     pub inside: Endpoint,
     /// The ENI endpoint.
     pub eni: Endpoint,
-    /// Live sessions using it.
+    /// Sessions using it.
     pub sessions: u32,
+    /// Sessions using it that are not recyclable: while this is 0 the
+    /// mapping's port may be recycled with its sessions.
+    pub live: u32,
     head: u32,
     in_next: u32,
     out_next: u32,
@@ -175,6 +205,18 @@ pub struct Mapping {
 /// A full table.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Full;
+
+/// What removing a session released besides its slot.
+#[derive(Copy, Clone, Debug)]
+pub struct Removed {
+    /// Its mapping, if the session was the mapping's last and the mapping
+    /// went with it (the caller frees the mapping's port).
+    pub mapping: Option<Mapping>,
+    /// The session was live (not recyclable) and no live session holds its
+    /// port any more: under endpoint-independent mapping its mapping's last
+    /// live session, under address-and-port-dependent mapping always.
+    pub port_left_live: bool,
+}
 
 type Hasher = foldhash::fast::FixedState;
 
@@ -210,6 +252,8 @@ pub struct SessionTable {
     wheel: Vec<u32>,
     wheel_now: u64,
     timeouts: Timeouts,
+    /// Recyclable lists: (head, tail, length).
+    lists: Vec<(u32, u32, u32)>,
 }
 
 impl SessionTable {
@@ -232,6 +276,7 @@ impl SessionTable {
             inside: blank.inside,
             eni: blank.eni,
             sessions: 0,
+            live: 0,
             head: NIL,
             in_next: NIL,
             out_next: NIL,
@@ -251,6 +296,7 @@ impl SessionTable {
             wheel: vec![NIL; WHEEL_SLOTS],
             wheel_now: 0,
             timeouts,
+            lists: vec![(NIL, NIL, 0); LISTS],
         }
     }
 
@@ -394,6 +440,7 @@ impl SessionTable {
             inside,
             eni,
             sessions: 0,
+            live: 0,
             head: NIL,
             in_next: self.map_in_buckets[bi],
             out_next: self.map_out_buckets[bo],
@@ -431,11 +478,14 @@ impl SessionTable {
         s.mapping = mapping;
         s.map_prev = NIL;
         s.map_next = NIL;
+        s.list = NIL16;
+        s.wheel_slot = NIL16;
         if mapping != NIL {
             let m = &mut self.mappings[mapping as usize];
             s.map_next = m.head;
             m.head = id;
             m.sessions += 1;
+            m.live += 1;
             if s.map_next != NIL {
                 self.sessions[s.map_next as usize].map_prev = id;
             }
@@ -456,18 +506,21 @@ impl SessionTable {
         self.wheel_insert(id, deadline);
     }
 
-    /// Removes a session. Returns the mapping it left if that mapping now has
-    /// no sessions and was removed too (the caller frees its port).
-    pub fn remove(&mut self, id: u32) -> Option<Mapping> {
+    /// Removes a session; see [`Removed`] for what else it released.
+    pub fn remove(&mut self, id: u32) -> Removed {
         self.wheel_remove(id);
+        let was_recyclable = self.sessions[id as usize].recyclable();
+        self.list_remove(id);
         let s = self.sessions[id as usize];
         let bi = (hash3(&self.hasher, s.proto, s.inside, s.remote) & self.mask) as usize;
         let bo = (hash3(&self.hasher, s.proto, s.eni, s.remote) & self.mask) as usize;
         unlink(&mut self.in_buckets[bi], &mut self.sessions, id, Link::Inside);
         unlink(&mut self.out_buckets[bo], &mut self.sessions, id, Link::Outside);
         self.free.push(id);
+        // A free slot has protocol 0 (no live session has).
+        self.sessions[id as usize].proto = 0;
         if s.mapping == NIL {
-            return None;
+            return Removed { mapping: None, port_left_live: !was_recyclable };
         }
         if s.map_prev != NIL {
             self.sessions[s.map_prev as usize].map_next = s.map_next;
@@ -479,12 +532,16 @@ impl SessionTable {
         }
         let m = &mut self.mappings[s.mapping as usize];
         m.sessions -= 1;
+        if !was_recyclable {
+            m.live -= 1;
+        }
+        let port_left_live = !was_recyclable && m.live == 0;
         if m.sessions == 0 {
             let gone = *m;
             self.remove_mapping(s.mapping);
-            return Some(gone);
+            return Removed { mapping: Some(gone), port_left_live };
         }
-        None
+        Removed { mapping: None, port_left_live }
     }
 
     fn wheel_insert(&mut self, id: u32, deadline: Instant) {
@@ -494,7 +551,7 @@ impl SessionTable {
         let slot = (due as usize) & (WHEEL_SLOTS - 1);
         let head = self.wheel[slot];
         let s = &mut self.sessions[id as usize];
-        s.wheel_slot = slot as u32;
+        s.wheel_slot = slot as u16;
         s.wheel_prev = NIL;
         s.wheel_next = head;
         if head != NIL {
@@ -505,7 +562,7 @@ impl SessionTable {
 
     fn wheel_remove(&mut self, id: u32) {
         let s = self.sessions[id as usize];
-        if s.wheel_slot == NIL {
+        if s.wheel_slot == NIL16 {
             return;
         }
         if s.wheel_prev != NIL {
@@ -516,7 +573,102 @@ impl SessionTable {
         if s.wheel_next != NIL {
             self.sessions[s.wheel_next as usize].wheel_prev = s.wheel_prev;
         }
-        self.sessions[id as usize].wheel_slot = NIL;
+        self.sessions[id as usize].wheel_slot = NIL16;
+    }
+
+    /// Puts session `id` at the tail of recyclable list `list`, or takes it
+    /// off its list (`None`), keeping its mapping's count of live sessions.
+    /// `list` is below [`LISTS`]; a larger one is taken as `LISTS - 1`.
+    /// Returns whether the port it uses changed between held by a live
+    /// session and not (see [`Removed::port_left_live`]).
+    pub fn set_recyclable(&mut self, id: u32, list: Option<u16>) -> bool {
+        let was = self.sessions[id as usize].recyclable();
+        self.list_remove(id);
+        let m = self.sessions[id as usize].mapping;
+        if let Some(l) = list {
+            let l = l.min(LISTS as u16 - 1);
+            let (head, tail, len) = self.lists[l as usize];
+            let s = &mut self.sessions[id as usize];
+            s.list = l;
+            s.list_prev = tail;
+            s.list_next = NIL;
+            if tail != NIL {
+                self.sessions[tail as usize].list_next = id;
+            }
+            self.lists[l as usize] = (if head == NIL { id } else { head }, id, len + 1);
+        }
+        if was == list.is_some() {
+            return false;
+        }
+        if m == NIL {
+            return true;
+        }
+        let mp = &mut self.mappings[m as usize];
+        if was {
+            mp.live += 1;
+            mp.live == 1
+        } else {
+            mp.live -= 1;
+            mp.live == 0
+        }
+    }
+
+    fn list_remove(&mut self, id: u32) {
+        let s = self.sessions[id as usize];
+        if s.list == NIL16 {
+            return;
+        }
+        let (mut head, mut tail, len) = self.lists[s.list as usize];
+        if s.list_prev != NIL {
+            self.sessions[s.list_prev as usize].list_next = s.list_next;
+        } else {
+            head = s.list_next;
+        }
+        if s.list_next != NIL {
+            self.sessions[s.list_next as usize].list_prev = s.list_prev;
+        } else {
+            tail = s.list_prev;
+        }
+        self.lists[s.list as usize] = (head, tail, len - 1);
+        let s = &mut self.sessions[id as usize];
+        s.list = NIL16;
+        s.list_prev = NIL;
+        s.list_next = NIL;
+    }
+
+    /// The session that has been on recyclable list `list` longest.
+    pub fn list_head(&self, list: u16) -> Option<u32> {
+        let h = self.lists.get(usize::from(list))?.0;
+        (h != NIL).then_some(h)
+    }
+
+    /// The session after `id` on its recyclable list.
+    pub fn list_next(&self, id: u32) -> Option<u32> {
+        let n = self.sessions[id as usize].list_next;
+        (n != NIL).then_some(n)
+    }
+
+    /// Sessions on recyclable list `list`.
+    pub fn list_len(&self, list: u16) -> u32 {
+        self.lists.get(usize::from(list)).map_or(0, |l| l.2)
+    }
+
+    /// Recyclable sessions on every list.
+    pub fn recyclable_len(&self) -> usize {
+        self.lists.iter().map(|l| l.2 as usize).sum()
+    }
+
+    /// The sessions of mapping `m`, newest first (at most `out.len()`);
+    /// how many were written.
+    pub fn mapping_sessions(&self, m: u32, out: &mut [u32]) -> usize {
+        let mut id = self.mappings[m as usize].head;
+        let mut n = 0;
+        while id != NIL && n < out.len() {
+            out[n] = id;
+            n += 1;
+            id = self.sessions[id as usize].map_next;
+        }
+        n
     }
 
     /// When [`SessionTable::expire`] next has work: the next second boundary
@@ -530,9 +682,10 @@ impl SessionTable {
     }
 
     /// Expires every session whose deadline is at or before `now`, calling
-    /// `gone(session, mapping_removed)` for each after it left the table.
+    /// `gone(session, removed)` for each after it left the table (the
+    /// session as it was, still showing whether it was recyclable).
     /// Returns how many expired.
-    pub fn expire(&mut self, now: Instant, mut gone: impl FnMut(&Session, Option<Mapping>)) -> usize {
+    pub fn expire(&mut self, now: Instant, mut gone: impl FnMut(&Session, Removed)) -> usize {
         let target = now.secs();
         if target <= self.wheel_now {
             return 0;
@@ -550,7 +703,7 @@ impl SessionTable {
             while id != NIL {
                 let s = self.sessions[id as usize];
                 let next = s.wheel_next;
-                self.sessions[id as usize].wheel_slot = NIL;
+                self.sessions[id as usize].wheel_slot = NIL16;
                 let deadline = s.deadline(&self.timeouts);
                 if deadline <= now {
                     let m = self.remove(id);
@@ -565,15 +718,11 @@ impl SessionTable {
         expired
     }
 
-    /// Calls `f` for every live session.
+    /// Calls `f` for every session in the table (free slots have protocol
+    /// 0 and are skipped). Allocates nothing.
     pub fn for_each(&self, mut f: impl FnMut(u32, &Session)) {
-        // Slots on the free list are skipped by marking them first.
-        let mut live = vec![true; self.sessions.len()];
-        for &i in &self.free {
-            live[i as usize] = false;
-        }
         for (i, s) in self.sessions.iter().enumerate() {
-            if live[i] {
+            if s.proto != 0 {
                 f(i as u32, s);
             }
         }
@@ -643,8 +792,8 @@ mod tests {
 
     #[test]
     fn memory_per_session_is_as_documented() {
-        assert_eq!(core::mem::size_of::<Session>(), 112);
-        assert_eq!(core::mem::size_of::<Mapping>(), 40);
+        assert_eq!(core::mem::size_of::<Session>(), 120);
+        assert_eq!(core::mem::size_of::<Mapping>(), 44);
     }
 
     #[test]
@@ -656,7 +805,7 @@ mod tests {
         assert_eq!(t.find_outside(&s.outside_key()), Some(id));
         let other = FlowKey { proto: TCP, ..s.inside_key() };
         assert_eq!(t.find_inside(&other), None, "keys include the protocol");
-        assert!(t.remove(id).is_none());
+        assert!(t.remove(id).mapping.is_none());
         assert_eq!(t.find_inside(&s.inside_key()), None);
         assert_eq!(t.find_outside(&s.outside_key()), None);
         assert!(t.is_empty());
@@ -674,12 +823,40 @@ mod tests {
             .unwrap();
         assert!(t.mapping_has_remote(m, ep(101, 9), false));
         assert!(!t.mapping_has_remote(m, ep(101, 9), true));
-        assert!(t.remove(a).is_none());
+        assert!(t.remove(a).mapping.is_none());
         assert_eq!(t.find_mapping_outside(UDP, ep(10, 40000)), Some(m));
-        let gone = t.remove(b).expect("last session takes the mapping with it");
+        let gone = t.remove(b).mapping.expect("last session takes the mapping with it");
         assert_eq!(gone.eni, ep(10, 40000));
         assert_eq!(t.find_mapping_inside(UDP, ep(2, 1000)), None);
         assert_eq!(t.mappings_len(), 0);
+    }
+
+    #[test]
+    fn recyclable_lists_are_fifo_and_track_live_sessions() {
+        let mut t = table();
+        let m = t.insert_mapping(TCP, ep(2, 1000), ep(10, 40000), PortId(1), [0; 6]).unwrap();
+        let a = t
+            .insert(Session::new(TCP, ep(2, 1000), ep(100, 80), ep(10, 40000), PortId(1), [0; 6], Instant::ZERO), m)
+            .unwrap();
+        let b = t
+            .insert(Session::new(TCP, ep(2, 1000), ep(101, 80), ep(10, 40000), PortId(1), [0; 6], Instant::ZERO), m)
+            .unwrap();
+        assert_eq!(t.mapping(m).live, 2);
+        assert!(!t.set_recyclable(a, Some(3)), "b still holds the port live");
+        assert!(t.set_recyclable(b, Some(3)), "the port is now held by recyclable sessions only");
+        assert_eq!((t.list_head(3), t.list_len(3), t.recyclable_len()), (Some(a), 2, 2));
+        assert_eq!(t.list_next(a), Some(b));
+        assert_eq!(t.mapping(m).live, 0);
+        assert!(t.set_recyclable(a, None), "a is live again");
+        assert_eq!((t.list_head(3), t.list_len(3)), (Some(b), 1));
+        let r = t.remove(b);
+        assert!(!r.port_left_live && r.mapping.is_none());
+        assert_eq!(t.list_head(3), None);
+        let r = t.remove(a);
+        assert!(r.port_left_live && r.mapping.is_some());
+        let mut n = 0;
+        t.for_each(|_, _| n += 1);
+        assert_eq!(n, 0, "free slots are skipped");
     }
 
     #[test]

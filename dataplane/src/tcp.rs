@@ -100,6 +100,12 @@ impl State {
         }
     }
 
+    /// Whether the connection has ended (both FINs, or an RST): the session
+    /// only waits out its closing timer, and a new flow may recycle it.
+    pub const fn closing(self) -> bool {
+        matches!(self, State::FinBoth | State::Reset)
+    }
+
     /// The idle timeout in this state.
     pub fn timeout(self, t: &Timeouts) -> Duration {
         match self {

@@ -292,6 +292,8 @@ fn check_invariants(h: &Harness) -> Result<(), TestCaseError> {
     let mut inside = HashSet::new();
     let mut per_proto = [0u64; 3];
     let mut sessions_per_addr: HashMap<(Ipv4Addr, usize), u32> = HashMap::new();
+    let mut live_per_addr: HashMap<(Ipv4Addr, usize), u32> = HashMap::new();
+    let mut mapping_live: HashMap<u32, u32> = HashMap::new();
     let mut mapping_ids: HashMap<u32, u32> = HashMap::new();
     let mut count = 0usize;
     let mut err = None;
@@ -305,8 +307,14 @@ fn check_invariants(h: &Harness) -> Result<(), TestCaseError> {
         }
         per_proto[proto_index(s.proto)] += 1;
         *sessions_per_addr.entry((s.eni.ip, proto_index(s.proto))).or_default() += 1;
+        if !s.recyclable() {
+            *live_per_addr.entry((s.eni.ip, proto_index(s.proto))).or_default() += 1;
+        }
         if mode == MappingMode::EndpointIndependent {
             *mapping_ids.entry(s.mapping).or_default() += 1;
+            if !s.recyclable() {
+                *mapping_live.entry(s.mapping).or_default() += 1;
+            }
             if s.mapping == dataplane::session::NIL {
                 err.get_or_insert(format!("session {id} without a mapping: {s:?}"));
             } else {
@@ -324,32 +332,41 @@ fn check_invariants(h: &Harness) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(count, t.len(), "len() counts live sessions");
 
-    // Ports in use per (address, protocol).
+    // Ports held (live or recyclable) and held live, per (address, protocol).
     let mut expected: HashMap<(Ipv4Addr, usize), u32> = HashMap::new();
+    let mut expected_live: HashMap<(Ipv4Addr, usize), u32> = HashMap::new();
     match mode {
         MappingMode::EndpointIndependent => {
             prop_assert_eq!(mapping_ids.len(), t.mappings_len(), "every live mapping has a session");
             let mut eni_eps = HashSet::new();
             let mut inside_eps = HashSet::new();
-            for (&m, &n) in &mapping_ids {
-                let m = t.mapping(m);
+            for (&id, &n) in &mapping_ids {
+                let m = t.mapping(id);
                 prop_assert_eq!(m.sessions, n, "mapping {:?} counts its sessions", m);
+                let live = mapping_live.get(&id).copied().unwrap_or(0);
+                prop_assert_eq!(m.live, live, "mapping {:?} counts its live sessions", m);
                 prop_assert!(eni_eps.insert((m.proto, m.eni)), "two mappings share ENI endpoint {:?}", m);
                 prop_assert!(inside_eps.insert((m.proto, m.inside)), "two mappings share inside endpoint {:?}", m);
                 *expected.entry((m.eni.ip, proto_index(m.proto))).or_default() += 1;
+                if live > 0 {
+                    *expected_live.entry((m.eni.ip, proto_index(m.proto))).or_default() += 1;
+                }
             }
         }
         MappingMode::AddressAndPortDependent => {
             prop_assert_eq!(t.mappings_len(), 0);
             expected = sessions_per_addr;
+            expected_live = live_per_addr;
         }
     }
     let uses = h.engine.port_use();
     for u in &uses {
         for pi in 0..3 {
             let want = expected.get(&(u.addr, pi)).copied().unwrap_or(0);
-            prop_assert_eq!(u.in_use[pi], want, "ports in use on {} proto index {}", u.addr, pi);
-            prop_assert!(u.in_use[pi] <= u.capacity || mode == MappingMode::AddressAndPortDependent);
+            let live = expected_live.get(&(u.addr, pi)).copied().unwrap_or(0);
+            prop_assert_eq!(u.in_use[pi], live, "ports held live on {} proto index {}", u.addr, pi);
+            prop_assert_eq!(u.in_use[pi] + u.closing[pi], want, "ports held on {} proto index {}", u.addr, pi);
+            prop_assert!(want <= u.capacity || mode == MappingMode::AddressAndPortDependent);
         }
     }
     for &(addr, pi) in expected.keys() {

@@ -348,6 +348,17 @@ fn session_table_full_is_a_counted_drop() {
     for p in 0..4 {
         h.out_ok(0, UDP, 5000 + p, SERVER, 9, 0);
     }
+    // Refused at once: ICMP administratively prohibited back to the sender.
+    let f = h.env_frame(0, UDP, 5010, SERVER, 9, 0, b"x");
+    let out = h.send(h.env_port(0), f);
+    assert!(matches!(out.action, Action::Reply { .. }), "{:?}", out.action);
+    assert_eq!(h.dropped(DropReason::TableFull), 1);
+    // Without ICMP on exhaustion (the aws profile) it is a silent drop.
+    let cfg = EngineConfig { max_sessions: 4, icmp_on_exhaustion: false, ..EngineConfig::default() };
+    let mut h = Harness::with(cfg);
+    for p in 0..4 {
+        h.out_ok(0, UDP, 5000 + p, SERVER, 9, 0);
+    }
     let f = h.env_frame(0, UDP, 5010, SERVER, 9, 0, b"x");
     assert_eq!(h.send(h.env_port(0), f).action, Action::Drop(DropReason::TableFull));
     let pu = h.engine.port_use();
