@@ -3,9 +3,9 @@
 //!
 //! - [`ChurnServer`]: in a namespace, listens on `ports` consecutive ports of one address with a deep accept queue
 //!   (65,535: `listen(2)` again after std's `listen(128)`, with `net.core.somaxconn` and
-//!   `net.ipv4.tcp_max_syn_backlog` raised in that namespace), and a few epoll threads (default 2, each owning every
-//!   `threads`-th port) that accept, count each connection's peer address, and read each connection until the
-//!   client's FIN (end of stream) or RST (an error), then drop it. So both [`CloseMode`]s work: with
+//!   `net.ipv4.tcp_max_syn_backlog` raised in that namespace), and a few epoll threads (default 4, each owning every
+//!   `threads`-th port) that accept, count each connection's peer address, and read each connection (non-blocking,
+//!   at once and then whenever epoll says) until the client's FIN (end of stream) or RST (an error), then drop it. So both [`CloseMode`]s work: with
 //!   [`CloseMode::Fin`] the server's FIN follows the client's (the client keeps the TIME-WAIT), with
 //!   [`CloseMode::Rst`] nothing is left on either side. A connection silent for [`SERVER_IDLE`] is dropped. Threads
 //!   poll a stop flag every 50 ms; [`ChurnServer::stop`] (also `Drop`) sets it and joins them.
@@ -116,13 +116,13 @@ pub struct ServerConfig {
     pub base_port: u16,
     /// How many consecutive ports (default [`DEFAULT_PORTS`]).
     pub ports: u16,
-    /// Epoll threads (default 2), each owning every `threads`-th port.
+    /// Epoll threads (default 4), each owning every `threads`-th port.
     pub threads: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
-        ServerConfig { addr: SERVER, base_port: DEFAULT_BASE_PORT, ports: DEFAULT_PORTS, threads: 2 }
+        ServerConfig { addr: SERVER, base_port: DEFAULT_BASE_PORT, ports: DEFAULT_PORTS, threads: 4 }
     }
 }
 
@@ -288,7 +288,11 @@ fn serve(poller: &Poller, listeners: &[TcpListener], stop: &AtomicBool, shared: 
                             if let SocketAddr::V4(p) = peer {
                                 *peers.entry(*p.ip()).or_default() += 1;
                             }
-                            if s.set_nonblocking(true).is_ok() && poller.add(&s, next).is_ok() {
+                            // The client's RST or FIN usually follows its handshake ACK at once, so it is
+                            // often here already: then the connection ends without entering the epoll set.
+                            if let Some(counter) = drain(&s, &mut buf, shared) {
+                                counter.fetch_add(1, Ordering::Relaxed);
+                            } else if poller.add(&s, next).is_ok() {
                                 open.insert(next, (s, Instant::now()));
                                 next += 1;
                             } else {
@@ -301,17 +305,8 @@ fn serve(poller: &Poller, listeners: &[TcpListener], stop: &AtomicBool, shared: 
                 }
                 continue;
             }
-            let Some((s, _)) = open.get_mut(&t) else { continue };
-            let ended = loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break Some(&shared.fin),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break Some(&shared.reset),
-                }
-            };
-            if let Some(counter) = ended {
+            let Some((s, _)) = open.get(&t) else { continue };
+            if let Some(counter) = drain(s, &mut buf, shared) {
                 counter.fetch_add(1, Ordering::Relaxed);
                 // Dropping the stream closes it (after a FIN: the server's FIN) and takes it out of the epoll set.
                 open.remove(&t);
@@ -327,6 +322,29 @@ fn serve(poller: &Poller, listeners: &[TcpListener], stop: &AtomicBool, shared: 
     }
     shared.abandoned.fetch_add(open.len() as u64, Ordering::Relaxed);
     publish(&mut peers);
+}
+
+/// Reads what the connection has without blocking: `Some(counter)` once it has ended (end of stream: the FIN
+/// counter; an error: the reset counter), `None` while it is still open.
+fn drain<'a>(s: &TcpStream, buf: &mut [u8], shared: &'a ServerShared) -> Option<&'a AtomicU64> {
+    loop {
+        match recv_nonblocking(s, buf) {
+            Ok(0) => return Some(&shared.fin),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Some(&shared.reset),
+        }
+    }
+}
+
+/// `recv(MSG_DONTWAIT)`: a non-blocking read of a blocking socket (one system call per accepted connection fewer
+/// than making it non-blocking first).
+fn recv_nonblocking(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the fd is a valid socket owned by `s`; `buf` is valid for writes of `buf.len()` bytes for the
+    // duration of the call.
+    let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -402,9 +420,9 @@ impl ClientConfig {
         Ok(())
     }
 
-    /// The server configuration this client config talks to (two threads).
+    /// The server configuration this client config talks to (the default number of threads).
     pub fn server_config(&self) -> ServerConfig {
-        ServerConfig { addr: self.server, base_port: self.base_port, ports: self.ports, threads: 2 }
+        ServerConfig { addr: self.server, base_port: self.base_port, ports: self.ports, ..ServerConfig::default() }
     }
 }
 
@@ -422,7 +440,8 @@ pub struct Failures {
     /// [`CloseMode::Fin`]: connected, but the server's FIN did not come back within `connect_timeout` (or the
     /// connection was reset meanwhile).
     pub close: u64,
-    /// Anything else.
+    /// Anything else, among them std's "no error set after POLLHUP": the connect failed (an RST or an ICMP error
+    /// arrived) but its error code was gone by the time std asked for it.
     pub other: u64,
 }
 
@@ -779,11 +798,21 @@ pub fn set_linger_zero(s: &TcpStream) -> io::Result<()> {
 }
 
 /// A whole run: starts a [`ChurnServer`] in `server_ns` for `cfg` ([`ClientConfig::server_config`]), runs the
-/// clients, gives the server half a second to see the last closes, stops it and returns both reports.
+/// clients, lets the server catch up with its accept queues (until its accepted count has not moved for 300 ms, at
+/// most 3 s), stops it and returns both reports.
 pub fn run(server_ns: &Netns, envs: &[&Netns], cfg: &ClientConfig) -> Result<(ChurnReport, ServerReport), ChurnError> {
     let server = ChurnServer::start(server_ns, cfg.server_config())?;
     let report = run_clients(envs, cfg);
-    std::thread::sleep(Duration::from_millis(500));
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut last = server.accepted();
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = server.accepted();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let seen = server.stop();
     Ok((report?, seen))
 }
