@@ -15,8 +15,29 @@
 //! Needs iperf3, nft, ip, sysctl. Prints each figure for both and the ratio
 //! (ours / kernel), and writes `target/compare.json`. Every load is bounded
 //! in time and runs only between namespaces this program made.
+//!
+//! Connection churn (only on request, never in the default run; needs no
+//! iperf3), with `control::netlab::churn`:
+//!
+//! - `--only churn`: 16 environments × 2 threads connect to 16 server ports
+//!   and close at once, closed loop, for `--churn-secs S` (default 150),
+//!   closing with an RST (`SO_LINGER` 0) and with an orderly close (the
+//!   client's FIN first), against our gateway (`Lab`, 16 environments, one
+//!   TAP each, defaults otherwise) and the kernel (`KernelNat`, 16
+//!   environments), interleaved: ours rst, kernel rst, ours fin, kernel fin.
+//!   Prints completed, failures, the rate over the first and the last 30 s
+//!   (half the run when shorter), last/first, the rate every 5 s, our
+//!   gateway's drops, and ours/kernel on the sustained (last-window) rate.
+//! - `--only churn1k`: one environment alone opening 1,000 connections/s
+//!   (open loop, 4 threads, RST close) for `--churn-secs S` (default 600),
+//!   against ours and then the kernel: failures and the rate per minute.
+//!
+//! `--churn-close rst|fin|both` overrides the close modes (defaults: both
+//! for `churn`, rst for `churn1k`). Both write `target/churn.json` (the
+//! reports with their per-second timelines), after every run.
 
 use control::lab::{Lab, Options};
+use control::netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
 use control::netlab::{self, KernelNat, Netns, SERVER};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,6 +172,199 @@ fn wanted(what: &str) -> bool {
     }
 }
 
+/// Whether `--only what` was given (the churn workloads run only then).
+fn only(what: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).is_some_and(|w| w == what)
+}
+
+/// The value after `--name`, if any.
+fn arg_str(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+/// One churn run's result, for the table and the JSON.
+struct ChurnRun {
+    target: &'static str,
+    report: ChurnReport,
+    server: ServerReport,
+    /// The (first) outside address: our ENI's, the kernel's masquerade address.
+    outside: std::net::Ipv4Addr,
+    /// Our gateway's drops by reason (empty for the kernel).
+    drops: Vec<(String, u64)>,
+}
+
+impl ChurnRun {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "target": self.target,
+            "report": self.report,
+            "server": self.server,
+            "outside_address": self.outside.to_string(),
+            "gateway_drops": self.drops.iter().cloned().collect::<std::collections::BTreeMap<String, u64>>(),
+        })
+    }
+}
+
+/// Churn against ours: a lab of `envs` environments at the defaults (`--workers` honoured).
+fn churn_ours(envs: usize, cfg: &ClientConfig) -> ChurnRun {
+    let workers = arg_str("--workers").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let lab = Lab::build(&Options { envs, workers, ..Options::default() }).expect("our lab");
+    let nss: Vec<&Netns> = lab.envs.iter().collect();
+    eprintln!(
+        "churn: hyperplane ({} workers), {} close, {} s ...",
+        lab.gateway().workers(),
+        cfg.mode.label(),
+        cfg.secs
+    );
+    let (report, server) = churn::run(&lab.server, &nss, cfg).expect("churn against ours");
+    let totals = lab.gateway().totals();
+    eprintln!(
+        "  gateway: {} packets out, {} in; sessions live {:?} (tcp, udp, icmp); drops {:?}",
+        totals.outbound.0, totals.inbound.0, totals.live, totals.drops
+    );
+    let drops = totals.drops.iter().map(|(r, n)| (r.label().to_owned(), *n)).collect();
+    ChurnRun { target: "hyperplane", report, server, outside: lab.eni, drops }
+}
+
+/// Churn against the kernel's masquerade, `envs` environments.
+fn churn_kernel(envs: usize, cfg: &ClientConfig) -> ChurnRun {
+    let k = KernelNat::build("hpkc", envs, true).expect("kernel lab");
+    let nss: Vec<&Netns> = (0..envs).map(|i| k.env_ns(i)).collect();
+    eprintln!("churn: kernel, {} close, {} s ...", cfg.mode.label(), cfg.secs);
+    let (report, server) = churn::run(k.server_ns(), &nss, cfg).expect("churn against the kernel");
+    ChurnRun { target: "kernel", report, server, outside: k.eni_addr(), drops: Vec::new() }
+}
+
+fn churn_line(r: &ChurnRun) {
+    let c = &r.report;
+    let f = &c.failures;
+    println!(
+        "{:<11} {:<5} {:>10} {:>8} {:>12.0} {:>12.0} {:>10.2}   timeout {} refused {} unreachable {} local {} close {} other {}",
+        r.target,
+        c.mode.label(),
+        c.completed,
+        c.failed,
+        c.rate_first,
+        c.rate_last,
+        c.last_over_first,
+        f.timeout,
+        f.refused,
+        f.unreachable,
+        f.local,
+        f.close,
+        f.other,
+    );
+}
+
+fn write_churn_json(which: &str, runs: &[ChurnRun]) {
+    let json = serde_json::json!({
+        "workload": which,
+        "runs": runs.iter().map(ChurnRun::json).collect::<Vec<_>>(),
+    });
+    let _ = std::fs::create_dir_all("target");
+    let _ = std::fs::write("target/churn.json", serde_json::to_string_pretty(&json).unwrap_or_default());
+}
+
+/// `--only churn` / `--only churn1k` (see the module doc).
+fn churn_main(which: &str) {
+    let big = which == "churn";
+    let secs = arg_str("--churn-secs").and_then(|v| v.parse::<u32>().ok()).unwrap_or(if big { 150 } else { 600 });
+    let modes: Vec<CloseMode> = match arg_str("--churn-close").as_deref() {
+        Some("rst") => vec![CloseMode::Rst],
+        Some("fin") => vec![CloseMode::Fin],
+        Some("both") => CloseMode::ALL.to_vec(),
+        Some(other) => panic!("--churn-close {other}: expected rst, fin or both"),
+        None if big => CloseMode::ALL.to_vec(),
+        None => vec![CloseMode::Rst],
+    };
+    let (envs, base) = if big {
+        (16, ClientConfig { threads_per_env: 2, secs, window_secs: 30, ..ClientConfig::default() })
+    } else {
+        let rate = Some(1000.0);
+        (1, ClientConfig { threads_per_env: 4, secs, rate_per_env: rate, window_secs: 60, ..ClientConfig::default() })
+    };
+    let mut runs: Vec<ChurnRun> = Vec::new();
+    for mode in modes {
+        let cfg = ClientConfig { mode, ..base };
+        for target in ["hyperplane", "kernel"] {
+            let run = if target == "hyperplane" { churn_ours(envs, &cfg) } else { churn_kernel(envs, &cfg) };
+            let c = &run.report;
+            eprintln!(
+                "  {target} {}: {} completed, {} failed, first {:.0}/s, last {:.0}/s; server accepted {} from {:?} \
+                 ({} fin, {} reset, {} abandoned)",
+                mode.label(),
+                c.completed,
+                c.failed,
+                c.rate_first,
+                c.rate_last,
+                run.server.accepted,
+                run.server.peers,
+                run.server.fin,
+                run.server.reset,
+                run.server.abandoned,
+            );
+            runs.push(run);
+            write_churn_json(which, &runs);
+        }
+    }
+    let w = runs.first().map(|r| r.report.window_secs).unwrap_or(30);
+    println!();
+    if big {
+        println!(
+            "churn: {envs} environments x {} threads, connect + close, {} server ports, {secs} s, closed loop",
+            base.threads_per_env, base.ports
+        );
+    } else {
+        println!(
+            "churn1k: 1 environment, {} connections/s open loop ({} threads), {secs} s",
+            1000, base.threads_per_env
+        );
+    }
+    println!(
+        "{:<11} {:<5} {:>10} {:>8} {:>12} {:>12} {:>10}   failures by kind",
+        "target",
+        "close",
+        "completed",
+        "failed",
+        format!("first {w}s /s"),
+        format!("last {w}s /s"),
+        "last/first"
+    );
+    for r in &runs {
+        churn_line(r);
+    }
+    println!();
+    for r in &runs {
+        let c = &r.report;
+        if big {
+            let per5: Vec<String> =
+                (0..c.timeline.len()).step_by(5).map(|s| format!("{:.0}", c.rate_between(s, s + 5))).collect();
+            println!("{} {} per 5 s (conn/s): {}", r.target, c.mode.label(), per5.join(" "));
+        } else {
+            let pm: Vec<String> = c.per_minute().iter().map(|v| format!("{v:.0}")).collect();
+            println!(
+                "{} {} per minute (conn/s): {}; missed (open-loop slots skipped) {}",
+                r.target,
+                c.mode.label(),
+                pm.join(" "),
+                c.missed
+            );
+        }
+    }
+    for mode in CloseMode::ALL {
+        let get = |t: &str| runs.iter().find(|r| r.target == t && r.report.mode == mode).map(|r| r.report.rate_last);
+        if let (Some(ours), Some(kernel)) = (get("hyperplane"), get("kernel")) {
+            let ratio = if kernel > 0.0 { ours / kernel } else { 0.0 };
+            println!(
+                "sustained (last {w} s), {} close: hyperplane {ours:.0}/s, kernel {kernel:.0}/s, ours/kernel {ratio:.2}x",
+                mode.label()
+            );
+        }
+    }
+    println!("(JSON with the per-second timelines: target/churn.json)");
+}
+
 fn measure(t: &Topo, secs: u32) -> Figures {
     let mut f = Figures::default();
     if wanted("tcp") {
@@ -211,6 +425,12 @@ fn main() {
     if !netlab::is_root() {
         eprintln!("compare: needs root (namespaces, TAPs, nftables); skipping");
         return;
+    }
+    for which in ["churn", "churn1k"] {
+        if only(which) {
+            churn_main(which);
+            return;
+        }
     }
     if netlab::find_tool("iperf3").is_err() {
         eprintln!("compare: needs iperf3 (apt-get install iperf3); skipping");

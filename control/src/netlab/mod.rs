@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+pub mod churn;
 mod kernel_nat;
 pub mod probe;
 
