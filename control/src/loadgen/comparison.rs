@@ -108,8 +108,8 @@ impl CompareReport {
                 let (o, d) = (offered(r), delivered(r));
                 if o <= d * SATURATION_MARGIN {
                     warnings.push(format!(
-                        "{}: {what}: not saturated: offered {} ≤ delivered {} × {SATURATION_MARGIN} — this figure is \
-                         the generator's, not the NAT's",
+                        "{}: {what}: not saturated: offered {} ≤ delivered {} × {SATURATION_MARGIN} — this \
+                         figure is the generator's, not the NAT's",
                         r.target,
                         num(o),
                         num(d)

@@ -558,7 +558,7 @@ pub struct LoadReport {
     pub eni: Option<Ipv4Addr>,
     /// Our gateway's counters (target ours).
     pub gateway: Option<GatewayFigures>,
-    /// Width of a timeline bucket, ms (100, or 1000 for runs longer than 10 minutes).
+    /// Width of a timeline bucket, ms (100, or 1000 for loads longer than 10 minutes).
     pub timeline_bucket_ms: u64,
     /// The whole run, bucket by bucket.
     pub timeline: Vec<Bucket>,
@@ -716,7 +716,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     }
     let grace = args.connect_timeout + Duration::from_secs(1);
     // Room for the grace period, the drain below and the raw reader's limit.
-    let tl = Arc::new(Timeline::new(args.duration + grace + Duration::from_secs(6)));
+    let tl = Arc::new(Timeline::new(args.duration, grace + Duration::from_secs(6)));
     let responder = responder::Responder::start(
         world.server(),
         responder::Config { echo: args.echo, udp_port: UDP_PORT, connect_port: CONNECT_PORT, bulk_port: BULK_PORT },

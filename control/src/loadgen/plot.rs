@@ -109,3 +109,38 @@ fn latency(path: &Path, h: &Histogram<u64>, r: &LoadReport) -> PlotResult {
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::Bucket;
+
+    #[test]
+    fn a_two_hour_run_is_plotted_second_by_second() {
+        let timeline = (0..7200u64)
+            .map(|s| Bucket {
+                t_ms: s * 1000,
+                offered_packets: 5000,
+                connects: 1000 - s % 7,
+                connect_failures: u64::from(s % 600 == 0),
+                ..Bucket::default()
+            })
+            .collect();
+        let r = LoadReport {
+            scenario: "connect".into(),
+            target: "ours".into(),
+            envs: 1000,
+            duration_s: 7200.0,
+            timeline_bucket_ms: 1000,
+            timeline,
+            ..LoadReport::default()
+        };
+        let dir = std::env::temp_dir().join(format!("loadgen-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let written = write_all(&dir, "soak", &r, None);
+        assert_eq!(written.len(), 1, "{written:?}");
+        let svg = std::fs::read_to_string(&written[0]).expect("svg");
+        assert!(svg.contains("failures/s") && svg.contains("min"), "three panels, minutes on the x axis");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -4,9 +4,9 @@
 //! [`RAW_SPORT`], destination the gateway's MAC / the responder's [`UDP_PORT`](super::UDP_PORT); IPv4 and UDP
 //! checksums complete, built with `dataplane::testkit`). A dedicated writer thread sends them round-robin with one
 //! `write(2)` per frame, in batches of [`BATCH`], open loop: at `rate` frames/s (paced per batch) or as fast as it
-//! can, for `duration` or until `args.stop`. Meanwhile the calling thread reads the TAP: it answers ARP requests for every environment
-//! address (the NAT must resolve environments to deliver replies) and counts UDP datagrams that come back to
-//! [`RAW_SPORT`] (echoes).
+//! can, for `duration` or until `args.stop`. Meanwhile the calling thread reads the TAP: it answers ARP requests
+//! for every environment address (the NAT must resolve environments to deliver replies) and counts UDP datagrams
+//! that come back to [`RAW_SPORT`] (echoes).
 
 use super::{env_mac, env_of_addr, io_err, LoadArgs, LoadError, Measured, Timeline, UdpFigures, UDP_PORT};
 use crate::netlab::{env_addr, INSIDE_GATEWAY, SERVER};

@@ -4,8 +4,8 @@
 //! # Buckets and memory
 //!
 //! The timeline is sized once, for the longest the run can last, and never grows: [`FINE_BUCKET`] (100 ms) buckets
-//! for runs up to [`FINE_SPAN`], [`COARSE_BUCKET`] (1 s) buckets beyond, so a 24 h soak holds 86,400 buckets of five
-//! counters (about 3.5 MB). Bucket 0 starts when the load starts ([`Timeline::start`]); what is counted before that
+//! for loads of up to [`FINE_SPAN`], [`COARSE_BUCKET`] (1 s) buckets for longer ones, so a 24 h soak holds 86,400
+//! buckets of five counters (about 3.5 MB). Bucket 0 starts when the load starts ([`Timeline::start`]); what is counted before that
 //! falls into bucket 0, and what falls after the span into the last bucket.
 //!
 //! # `timeline.csv`
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 pub const FINE_BUCKET: Duration = Duration::from_millis(100);
 /// Bucket width for longer runs.
 pub const COARSE_BUCKET: Duration = Duration::from_secs(1);
-/// The longest span kept in [`FINE_BUCKET`]s (6,000 buckets).
+/// The longest load kept in [`FINE_BUCKET`]s (6,000 buckets and its grace period).
 pub const FINE_SPAN: Duration = Duration::from_secs(600);
 /// How long after its second ends a `timeline.csv` line is written.
 pub const CSV_LAG: Duration = Duration::from_millis(150);
@@ -71,9 +71,11 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// A timeline for a run lasting at most `span` (bucket width chosen from it).
-    pub fn new(span: Duration) -> Timeline {
-        let bucket = if span <= FINE_SPAN { FINE_BUCKET } else { COARSE_BUCKET };
+    /// A timeline for a load of `duration` and at most `after` more (grace, drain); the bucket width is chosen from
+    /// `duration`.
+    pub fn new(duration: Duration, after: Duration) -> Timeline {
+        let bucket = if duration <= FINE_SPAN { FINE_BUCKET } else { COARSE_BUCKET };
+        let span = duration + after;
         let bucket_ms = bucket.as_millis() as u64;
         let n = (span.as_millis() as u64 / bucket_ms) as usize + 2;
         let v = || (0..n).map(|_| AtomicU64::new(0)).collect();
@@ -297,15 +299,16 @@ mod tests {
 
     #[test]
     fn buckets_are_fine_for_short_runs_and_coarse_for_long_ones() {
-        assert_eq!(Timeline::new(Duration::from_secs(10)).bucket(), FINE_BUCKET);
-        let day = Timeline::new(Duration::from_secs(86_400));
+        assert_eq!(Timeline::new(Duration::from_secs(10), Duration::from_secs(10)).bucket(), FINE_BUCKET);
+        assert_eq!(Timeline::new(FINE_SPAN, Duration::from_secs(10)).bucket(), FINE_BUCKET);
+        let day = Timeline::new(Duration::from_secs(86_400), Duration::from_secs(10));
         assert_eq!(day.bucket(), COARSE_BUCKET);
-        assert_eq!(day.offered.len(), 86_402, "bounded: one bucket per second");
+        assert_eq!(day.offered.len(), 86_412, "bounded: one bucket per second");
     }
 
     #[test]
     fn per_second_sums_cover_whole_buckets() {
-        let tl = Timeline::new(Duration::from_secs(5));
+        let tl = Timeline::new(Duration::from_secs(5), Duration::ZERO);
         let t0 = Instant::now();
         tl.start(t0);
         tl.add(&tl.connects, t0 + Duration::from_millis(50), 1);
