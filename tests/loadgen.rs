@@ -6,7 +6,8 @@
 
 use control::loadgen::{self, LoadArgs, LoadReport, Scenario, Target};
 use control::netlab;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 fn root() -> bool {
     if netlab::is_root() {
@@ -44,8 +45,11 @@ fn documented_fields(r: &LoadReport) {
         "target",
         "envs",
         "duration_s",
+        "requested_duration_s",
+        "stopped_early",
         "payload",
         "rate",
+        "gateway_config",
         "offered",
         "delivered",
         "loss",
@@ -56,7 +60,9 @@ fn documented_fields(r: &LoadReport) {
         "responder",
         "eni",
         "gateway",
+        "timeline_bucket_ms",
         "timeline",
+        "timeline_csv",
         "plots",
     ] {
         assert!(v.get(k).is_some(), "JSON field {k} missing: {v}");
@@ -93,7 +99,8 @@ fn udp_counts_match_the_responder_and_come_from_the_eni() {
     one_source_address(&r);
     documented_fields(&r);
     assert!(r.plots.iter().any(|p| p.ends_with("throughput.svg")), "{:?}", r.plots);
-    assert!(out.join("udp-ours.json").exists());
+    assert!(out.join("report.json").exists());
+    assert!(out.join("timeline.csv").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -210,11 +217,212 @@ fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
     one_source_address(&r);
 }
 
+/// A fresh output directory for one test.
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("loadgen-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// `timeline.csv`: the header, then the rows, each split into its columns.
+fn read_csv(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).expect("timeline.csv written");
+    let mut lines = text.lines();
+    let header = lines.next().expect("a header").split(',').map(String::from).collect();
+    let rows = lines.map(|l| l.split(',').map(String::from).collect()).collect();
+    (header, rows)
+}
+
+#[test]
+fn timeline_csv_has_one_line_per_second_with_the_gateway_gauges() {
+    if !root() {
+        return;
+    }
+    let out = out_dir("csv");
+    let r = loadgen::run(&LoadArgs {
+        rate: Some(1000.0),
+        duration: Duration::from_secs(3),
+        out_dir: Some(out.clone()),
+        ..args(Scenario::Connect, 250)
+    })
+    .expect("connect run");
+    eprintln!("{}", r.table());
+    let (header, rows) = read_csv(&out.join("timeline.csv"));
+    assert_eq!(
+        header,
+        [
+            "t_s",
+            "connections_completed",
+            "connect_failures",
+            "packets_offered",
+            "packets_delivered",
+            "bytes_delivered",
+            "gateway_sessions",
+            "gateway_ports_in_use",
+            "eni_addresses"
+        ]
+    );
+    // One line per second: t_s = 1, 2, 3 (the load), then the seconds of the grace period and the drain.
+    assert!((3..=8).contains(&rows.len()), "{rows:?}");
+    let num = |row: &[String], k: usize| row[k].parse::<u64>().unwrap_or_else(|_| panic!("column {k} of {row:?}"));
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.len(), 9, "{row:?}");
+        assert_eq!(num(row, 0), i as u64 + 1, "consecutive seconds: {rows:?}");
+    }
+    // Each second of the load saw connections, and the counts add up to the report's.
+    for row in &rows[..3] {
+        assert!(num(row, 1) > 0 && num(row, 3) > 0 && num(row, 4) > 0, "{row:?}");
+        assert!(num(row, 6) > 0 && num(row, 7) > 0 && num(row, 8) == 1, "gauges against ours: {row:?}");
+    }
+    let c = r.connect.as_ref().expect("connect figures");
+    assert_eq!(rows.iter().map(|row| num(row, 1)).sum::<u64>(), c.completed, "{rows:?}");
+    assert_eq!(rows.iter().map(|row| num(row, 4)).sum::<u64>(), r.responder.tcp_accepted, "{rows:?}");
+    assert_eq!(rows.iter().map(|row| num(row, 3)).sum::<u64>(), r.offered.packets, "{rows:?}");
+    assert_eq!(r.timeline_bucket_ms, 100, "a short run keeps 100 ms buckets");
+    assert_eq!(r.timeline_csv.as_deref(), Some(out.join("timeline.csv").to_str().expect("utf-8")));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn a_run_stopped_early_reports_what_it_measured() {
+    if !root() {
+        return;
+    }
+    // Asked for a minute, stopped (as SIGINT would) 2 s into the load: the report covers those 2 s.
+    let out = out_dir("stop");
+    let a = LoadArgs {
+        rate: Some(1000.0),
+        duration: Duration::from_secs(60),
+        out_dir: Some(out.clone()),
+        ..args(Scenario::Connect, 250)
+    };
+    let stop = a.stop.clone();
+    let t0 = Instant::now();
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            // Stop 2 s after the load began (timeline.csv appears when the responder starts).
+            while !out.join("timeline.csv").exists() && t0.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            stop.stop();
+        });
+        loadgen::run(&a)
+    })
+    .expect("stopped run");
+    eprintln!("{}", r.table());
+    assert!(t0.elapsed() < Duration::from_secs(20), "the stop ended the run: {:?}", t0.elapsed());
+    assert!(r.stopped_early && r.requested_duration_s == 60.0, "{} {}", r.stopped_early, r.requested_duration_s);
+    assert!((1.5..4.0).contains(&r.duration_s), "the elapsed load, not the minute asked for: {}", r.duration_s);
+    let c = r.connect.as_ref().expect("connect figures");
+    assert!(c.completed > 1000, "{c:?}");
+    assert!((c.per_s - c.completed as f64 / r.duration_s).abs() < 1e-6, "rates over the elapsed time: {c:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report.json written"))
+            .expect("JSON");
+    assert_eq!(v["duration_s"].as_f64(), Some(r.duration_s));
+    assert_eq!(v["stopped_early"].as_bool(), Some(true));
+    let (_, rows) = read_csv(&out.join("timeline.csv"));
+    assert!((2..=5).contains(&rows.len()), "the seconds measured: {rows:?}");
+    assert!(r.plots.iter().any(|p| p.ends_with("throughput.svg")), "{:?}", r.plots);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn config_file_gateway_settings_reach_our_gateway() {
+    if !root() {
+        return;
+    }
+    // A session table of 100 for 200 environments connecting once: 100 sessions, and the other SYNs are dropped
+    // (table_full). (A first SYN can also wait out a full ARP queue and be retransmitted, so no more than 100
+    // connections are established; every session the table holds is one of them.)
+    let path = out_dir("config").with_extension("toml");
+    std::fs::write(&path, "[gateway]\nmax_sessions = 100\nworkers = 1\n\n[outside]\nname = \"ignored\"\n")
+        .expect("write config");
+    let gateway = Some(loadgen::GatewaySettings::load(&path).expect("settings"));
+    let r = loadgen::run(&LoadArgs { once: true, gateway, ..args(Scenario::Connect, 200) })
+        .expect("run with the config's settings");
+    eprintln!("{}", r.table());
+    let c = r.connect.as_ref().expect("connect figures");
+    assert!(c.established <= 100 && c.failed >= 100 && c.established + c.failed == 200, "{c:?}");
+    let g = r.gateway.as_ref().expect("gateway counters");
+    assert_eq!(g.live_sessions[0], 100, "the table holds max_sessions: {g:?}");
+    assert!(g.drops.get("table_full").copied().unwrap_or(0) >= 100, "{:?}", g.drops);
+    assert_eq!(r.gateway_config.as_deref(), path.to_str());
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_bad_config_file_names_the_field() {
+    let bad = |text: &str| match loadgen::GatewaySettings::parse("gw.toml", text)
+        .and_then(|g| LoadArgs { gateway: Some(g), ..args(Scenario::Connect, 10) }.validate())
+    {
+        Err(loadgen::LoadError::Config { field, line, .. }) => (field, line),
+        other => panic!("{text:?}: {other:?}"),
+    };
+    assert_eq!(bad("[gateway]\nmax_sessions = 0\n"), ("gateway.max_sessions".into(), Some(2)));
+    assert_eq!(bad("[gateway]\n\n[gateway.timeouts]\nudp = 5\n"), ("gateway.timeouts.udp".into(), Some(4)));
+    assert_eq!(bad("[gateway]\nmax_sesions = 10\n").0, "gateway.max_sesions");
+    assert_eq!(bad("[outside]\nname = \"x\"\n").0, "gateway");
+    // The kernel has no [gateway].
+    let g = loadgen::GatewaySettings::parse("gw.toml", "[gateway]\nmax_sessions = 100\n").expect("parses");
+    let k = LoadArgs { gateway: Some(g), target: Target::Kernel, ..args(Scenario::Connect, 10) }.validate();
+    assert!(matches!(k, Err(loadgen::LoadError::Invalid { param: "config", .. })), "{k:?}");
+}
+
+#[test]
+fn duration_is_checked_and_reads_like_people_write_it() {
+    let check = |d: Duration| LoadArgs { duration: d, ..args(Scenario::Connect, 10) }.validate();
+    assert!(check(Duration::from_secs(24 * 3600)).is_ok(), "a day's soak is accepted");
+    for d in [Duration::ZERO, Duration::from_secs(24 * 3600 + 1)] {
+        let e = check(d);
+        assert!(matches!(e, Err(loadgen::LoadError::Invalid { param: "duration", .. })), "{d:?}: {e:?}");
+    }
+    let p = |s| loadgen::parse_duration("duration", s).expect(s);
+    assert_eq!(p("600"), Duration::from_secs(600));
+    assert_eq!(p("10m"), Duration::from_secs(600));
+    assert_eq!(p("2h"), Duration::from_secs(7200));
+    let e = loadgen::parse_duration("duration", "ten minutes");
+    assert!(matches!(e, Err(loadgen::LoadError::Invalid { param: "duration", .. })), "{e:?}");
+}
+
+#[test]
+fn compare_prints_no_ratio_for_counts_and_warns_when_not_saturated() {
+    use loadgen::{CompareReport, ConnectFigures, Latency};
+    let report = |target: &str, attempted: u64, completed: u64, failed: u64, p50: u64| LoadReport {
+        scenario: "connect".into(),
+        target: target.into(),
+        envs: 1000,
+        duration_s: 2.0,
+        connect: Some(ConnectFigures {
+            attempted,
+            established: completed,
+            completed,
+            failed,
+            per_s: completed as f64 / 2.0,
+            latency_us: Latency { p50, p99: 2 * p50, p999: 3 * p50, max: 4 * p50, ..Latency::default() },
+            ..ConnectFigures::default()
+        }),
+        ..LoadReport::default()
+    };
+    let c = CompareReport::new(report("ours", 40_000, 30_000, 12, 200), Some(report("kernel", 30_000, 30_000, 0, 400)));
+    let t = c.table();
+    eprintln!("{t}");
+    let line = |f: &str| t.lines().find(|l| l.starts_with(f)).unwrap_or_else(|| panic!("{f} in {t}")).to_string();
+    assert!(line("failed connections").trim_end().ends_with('—'), "{t}");
+    assert!(line("setup p50, µs").trim_end().ends_with("0.50×"), "{t}");
+    assert!(line("delivered connections/s").trim_end().ends_with("1.00×"), "{t}");
+    assert!(t.find("offered connections/s") < t.find("delivered connections/s"), "offered beside delivered: {t}");
+    let warnings: Vec<&str> = t.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "only the kernel was not offered more than it carried: {t}");
+    assert!(warnings[0].contains("kernel") && warnings[0].contains("not saturated: offered"), "{t}");
+}
+
 /// The figures: `compare` for udp (64-byte payload, 1000 environments), tcp-bulk (16) and connect (10,000
 /// environments), each 5 s. Not part of the normal run (about a minute and a half); run with
 /// `cargo test --release --test loadgen -- --ignored --nocapture compare_figures` (`LOADGEN_ONLY=udp|tcp-bulk|connect`
 /// for one; `LOADGEN_RATE=R` for an open-loop rate, `LOADGEN_RAMP_MS=M` for a ramp, `LOADGEN_ONCE=1` for one connection per environment,
-/// `LOADGEN_OUT=DIR` to write the JSON results and SVG plots).
+/// `LOADGEN_OUT=DIR` to write the JSON results, timelines and SVG plots, under `DIR/SCENARIO/`).
 #[test]
 #[ignore]
 fn compare_figures() {
@@ -232,12 +440,14 @@ fn compare_figures() {
             rate: var("LOADGEN_RATE"),
             ramp: Duration::from_millis(var("LOADGEN_RAMP_MS").unwrap_or(0.0) as u64),
             once: var("LOADGEN_ONCE").is_some_and(|v| v > 0.0),
-            out_dir: std::env::var_os("LOADGEN_OUT").map(Into::into),
+            out_dir: std::env::var_os("LOADGEN_OUT").map(|d| PathBuf::from(d).join(scenario.name())),
             ..args(scenario, envs)
         };
         let c = loadgen::compare(&a).expect("compare");
         println!("{}", c.ours.table());
-        println!("{}", c.kernel.table());
+        if let Some(k) = &c.kernel {
+            println!("{}", k.table());
+        }
         println!("{}", c.table());
     }
 }

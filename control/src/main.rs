@@ -75,6 +75,8 @@ enum Command {
     },
     /// Load-test a NAT with emulated execution environments (root): ours,
     /// the kernel's nftables masquerade, or both side by side (--compare).
+    /// Ctrl-C (SIGINT/SIGTERM) ends the load early and reports what was
+    /// measured.
     Loadgen {
         /// udp, tcp-bulk, connect or mixed.
         scenario: String,
@@ -87,9 +89,10 @@ enum Command {
         /// Emulated environments (default 1000; 16 for tcp-bulk).
         #[arg(long)]
         envs: Option<usize>,
-        /// Seconds (at most 120).
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
+        /// How long the load runs: seconds (600) or with units (90s, 10m,
+        /// 2h, 1h30m); at most 24h.
+        #[arg(long, default_value = "5")]
+        duration: String,
         /// Open loop: packets/s (udp) or connections/s (connect, mixed);
         /// default as fast as possible.
         #[arg(long)]
@@ -97,19 +100,25 @@ enum Command {
         /// UDP payload, bytes (64-1472).
         #[arg(long, default_value_t = 64)]
         payload: usize,
-        /// Environments appear over this many seconds.
-        #[arg(long, default_value_t = 0.0)]
-        ramp: f64,
+        /// Environments appear over this time (seconds, or 30s, 5m).
+        #[arg(long, default_value = "0")]
+        ramp: String,
         /// connect: each environment connects once (the cold start).
         #[arg(long)]
         once: bool,
         /// Our gateway's port range, e.g. 2000-2049.
         #[arg(long)]
         port_range: Option<String>,
-        /// Our gateway's workers (0: one per core).
+        /// Our gateway's workers (0: one per core, or the --config file's).
         #[arg(long, default_value_t = 0)]
         workers: usize,
-        /// Write the JSON result and SVG plots here.
+        /// Run our gateway with the [gateway] settings of this config file
+        /// (the schema of `hyperplane run --config`; other tables ignored).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write timeline.csv (each second, as the run goes), report.json
+        /// and SVG plots here (with --compare: ours/, kernel/ and
+        /// compare.json).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Print JSON; no progress bar.
@@ -207,6 +216,7 @@ fn main() -> ExitCode {
             once,
             port_range,
             workers,
+            config,
             out,
             json,
             tap_per_env,
@@ -219,10 +229,10 @@ fn main() -> ExitCode {
                     t => return Err(format!("--target {t}: ours or kernel")),
                 },
                 envs,
-                duration: Duration::try_from_secs_f64(duration).map_err(|e| format!("--duration: {e}"))?,
+                duration: loadgen::parse_duration("duration", &duration).map_err(|e| e.to_string())?,
                 rate,
                 payload,
-                ramp: Duration::try_from_secs_f64(ramp).map_err(|e| format!("--ramp: {e}"))?,
+                ramp: loadgen::parse_duration("ramp", &ramp).map_err(|e| e.to_string())?,
                 once,
                 port_range,
                 workers,
@@ -230,8 +240,14 @@ fn main() -> ExitCode {
                 json,
                 progress: !json,
                 tap_per_env,
+                gateway: match &config {
+                    Some(p) => Some(loadgen::GatewaySettings::load(p).map_err(|e| e.to_string())?),
+                    None => None,
+                },
                 ..loadgen::LoadArgs::default()
             };
+            // SIGINT/SIGTERM (see `signals`) stop the run through `args.stop`:
+            // the report below then covers what was measured until then.
             if compare {
                 let r = loadgen::compare(&args).map_err(|e| e.to_string())?;
                 if json {
@@ -246,6 +262,9 @@ fn main() -> ExitCode {
                 } else {
                     print!("{}", r.table());
                 }
+            }
+            if args.stop.is_stopped() {
+                eprintln!("hyperplane: loadgen stopped early; the topology it made is gone");
             }
             Ok(())
         })(),

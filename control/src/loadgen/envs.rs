@@ -19,7 +19,10 @@
 //! 4. With nothing read and nothing ready, wait for a TAP to become readable (at most 1 ms; epoll with several).
 //!
 //! Environment `i` appears at `ramp * i / n` and starts its scenario then. After `duration` no new work starts
-//! (bulk streams close); the loop ends when every environment is done or `grace` later.
+//! (bulk streams close); the loop ends when every environment is done or `grace` later. A stop (`args.stop`) ends
+//! the offered load at once, the same way, and leaves at most [`STOP_GRACE`](super::STOP_GRACE) for what is in
+//! flight. Frames written, completed and failed connections go onto the timeline as they happen (frames every
+//! 10 ms).
 //!
 //! Memory per environment is about 2 KB plus socket buffers: [`CONNECT_BUF`] for connect and UDP,
 //! [`bulk_tx_buf`]`(bulk streams)` (1 MB for up to 64 streams, 64 MB shared out beyond, at least 64 KB) for bulk
@@ -234,6 +237,13 @@ struct Ctx<'a> {
     idle: VecDeque<u32>,
 }
 
+impl Ctx<'_> {
+    /// Puts a failed connection (or bulk stream) on the timeline.
+    fn failed(&self, now_us: i64) {
+        self.tl.add(&self.tl.failures, self.t0 + Duration::from_micros(now_us.max(0) as u64), 1);
+    }
+}
+
 fn new_env(i: usize, kind: Kind, bulk_buf: usize, tap: &Tap, tx: &mut TxCount) -> Env {
     let mut inbox = VecDeque::new();
     let mut dev = Wire { tap, inbox: &mut inbox, tx };
@@ -311,6 +321,7 @@ pub(crate) fn run(
     let us = |d: Duration| d.as_micros() as i64;
     let hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let t0 = Instant::now();
+    tl.start(t0);
     let mut cx = Ctx {
         t0,
         end_us: us(args.duration),
@@ -323,7 +334,10 @@ pub(crate) fn run(
         stats: Stats::default(),
         idle: VecDeque::new(),
     };
-    let hard_end = us(args.duration + grace);
+    let mut hard_end = us(args.duration + grace);
+    let mut stopped = false;
+    // Frames already put on the timeline, and when.
+    let (mut tl_frames, mut tl_at) = (0u64, t0);
     let mut heap: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::with_capacity(2 * n);
     for (i, e) in envs.iter_mut().enumerate() {
         let at = (us(args.ramp) as i128 * i as i128 / n as i128) as i64;
@@ -337,8 +351,19 @@ pub(crate) fn run(
     let mut last_bar = t0;
     loop {
         let now_us = us(t0.elapsed());
+        if !stopped && args.stop.is_stopped() {
+            // Stop: the offered load ends now; connections in flight get STOP_GRACE.
+            stopped = true;
+            cx.end_us = cx.end_us.min(now_us);
+            hard_end = hard_end.min(now_us + us(super::STOP_GRACE));
+        }
         if now_us >= hard_end {
             break;
+        }
+        if tx.frames > tl_frames && t0 + Duration::from_micros(now_us as u64) >= tl_at + Duration::from_millis(10) {
+            tl_at = t0 + Duration::from_micros(now_us as u64);
+            tl.add(&tl.offered, tl_at, tx.frames - tl_frames);
+            tl_frames = tx.frames;
         }
         if now_us >= cx.end_us && !closed_out {
             // End of the offered load: nothing new starts; streams close.
@@ -487,8 +512,16 @@ pub(crate) fn run(
             }
         }
     }
+    tl.add(&tl.offered, Instant::now(), tx.frames - tl_frames);
     let s = &cx.stats;
-    let mut m = Measured { frames_out: tx.frames, bytes_out: tx.bytes, ..Measured::default() };
+    let load = Duration::from_micros(cx.end_us.min(us(t0.elapsed())).max(0) as u64);
+    let mut m = Measured {
+        load,
+        stopped: stopped && load < args.duration,
+        frames_out: tx.frames,
+        bytes_out: tx.bytes,
+        ..Measured::default()
+    };
     if kinds.contains(&Kind::Connect) {
         m.connect = Some(ConnectFigures {
             attempted: s.attempted,
@@ -637,12 +670,14 @@ fn advance(e: &mut Env, i: u32, now_us: i64, closed_out: bool, cx: &mut Ctx) -> 
                     }
                     tcp::State::Closed => {
                         cx.stats.refused += 1;
+                        cx.failed(now_us);
                         finish_connect(e, now_us, closed_out, cx, i);
                         true
                     }
                     _ if now_us - e.since >= cx.timeout_us => {
                         s.abort();
                         cx.stats.timeout += 1;
+                        cx.failed(now_us);
                         finish_connect(e, now_us, closed_out, cx, i);
                         true
                     }
@@ -665,12 +700,14 @@ fn advance(e: &mut Env, i: u32, now_us: i64, closed_out: bool, cx: &mut Ctx) -> 
                         true
                     } else if matches!(st, tcp::State::Closed | tcp::State::TimeWait) {
                         cx.stats.reset += 1;
+                        cx.failed(now_us);
                         s.abort();
                         finish_connect(e, now_us, closed_out, cx, i);
                         true
                     } else if now_us - e.since >= cx.timeout_us {
                         s.abort();
                         cx.stats.timeout += 1;
+                        cx.failed(now_us);
                         finish_connect(e, now_us, closed_out, cx, i);
                         true
                     } else {
@@ -682,6 +719,7 @@ fn advance(e: &mut Env, i: u32, now_us: i64, closed_out: bool, cx: &mut Ctx) -> 
                         fill(s, cx)
                     } else {
                         cx.stats.reset += 1;
+                        cx.failed(now_us);
                         e.phase = Phase::Done;
                         false
                     }
@@ -709,6 +747,7 @@ fn advance(e: &mut Env, i: u32, now_us: i64, closed_out: bool, cx: &mut Ctx) -> 
                         if e.kind == Kind::Connect {
                             // The response arrived; only the close stalled.
                             cx.stats.completed += 1;
+                            cx.tl.add(&cx.tl.connects, cx.t0 + Duration::from_micros(now_us as u64), 1);
                         }
                         finish_connect(e, now_us, closed_out, cx, i);
                         true

@@ -39,26 +39,49 @@
 //! - `mixed`: environment `i` does connect (i % 20 < 16), UDP datagrams through smoltcp (100 per second each,
 //!   `payload` bytes; i % 20 in 16..19) or tcp-bulk (i % 20 == 19, at most 4 environments).
 //!
-//! # Bounds and cleanup
+//! # Bounds, stopping and cleanup
 //!
-//! `duration` defaults to 5 s and is refused above [`MAX_DURATION`]; after it a grace period of at most
-//! `connect_timeout + 1 s` lets connections in flight finish, then everything stops. Traffic goes only into
-//! namespaces the run created; the lab / kernel topology, the TAP and the responder are Drop guards, so a panic or an
-//! error removes everything.
+//! `duration` defaults to 5 s and is refused above [`MAX_DURATION`] (24 h: soak tests); after it a grace period of
+//! at most `connect_timeout + 1 s` lets connections in flight finish, then everything stops. A stop ([`StopHandle`]
+//! in the arguments, or SIGINT/SIGTERM through [`crate::signals`]) ends the offered load at once: nothing new
+//! starts, connections in flight get at most [`STOP_GRACE`], and the report is made from what was measured, over
+//! the time the load actually ran. Memory is bounded whatever the duration (the timeline is sized up front, see
+//! [`timeline`]). Traffic goes only into namespaces the run created; the lab / kernel topology, the TAP, the
+//! responder and the timeline writer are Drop guards, so a panic, an error or a stop removes everything.
+//!
+//! # Our gateway's settings
+//!
+//! `gateway` ([`GatewaySettings`], `--config FILE`) carries the `[gateway]` table of a `hyperplane run` config into
+//! the lab's generated config (see [`settings`]); `port_range`, `max_eni_addresses` and `workers` given as arguments
+//! take precedence. Either way the resulting config is checked by the gateway's own parser before anything is built.
 //!
 //! # Result
 //!
 //! [`LoadReport`] (serde JSON, `report.json` in `out_dir` when given) holds: `scenario`, `target`, `envs`,
-//! `duration_s`, `payload`, `rate`; `offered` / `delivered` (`packets`, `bytes`, `pps`, `bps`); `loss` (`packets`,
+//! `duration_s` (how long the load ran), `requested_duration_s`, `stopped_early`, `payload`, `rate`, `gateway_config`
+//! (the `--config` file, if any); `offered` / `delivered` (`packets`, `bytes`, `pps`, `bps`); `loss` (`packets`,
 //! `ratio`: offered UDP datagrams not received by the responder); `udp`, `tcp_bulk`, `connect` (per scenario, else
 //! null; `connect.latency_us` has `count`, `p50`, `p90`, `p99`, `p999`, `max`, `mean`); `errors` (by kind, counts);
 //! `responder`; `eni` (the address the server should see); `gateway` (ours only: live sessions, packets, drops by
-//! reason during the run); `timeline` (per 100 ms bucket); `plots` (SVG files written).
+//! reason during the run); `timeline_bucket_ms` and `timeline` (per bucket, the whole run); `timeline_csv` and
+//! `plots` (files written).
+//!
+//! With `out_dir` the run writes, into that directory: `timeline.csv` while it runs (one line per second, flushed
+//! each second; see [`timeline`]), then `report.json` and the SVG plots (`{scenario}-{target}-throughput.svg`: the
+//! scenario's figure, frames offered and failures per second over the whole run; `…-latency.svg`: the connection
+//! setup distribution).
 
+pub mod comparison;
 pub mod envs;
 mod plot;
 pub mod raw;
 pub mod responder;
+pub mod settings;
+pub mod timeline;
+
+pub use comparison::{compare, CompareReport, CompareRow};
+pub use settings::{parse_duration, GatewaySettings};
+pub use timeline::{Bucket, Timeline};
 
 use crate::lab::{self, Lab};
 use crate::netlab::{self, env_addr, KernelNat, LabError, Netns, SERVER};
@@ -69,12 +92,14 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Longest run accepted.
-pub const MAX_DURATION: Duration = Duration::from_secs(120);
+/// Longest run accepted (a soak test).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// After a stop, the longest connections in flight are given to finish.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// Most environments accepted (the address plan's limit is larger; this bounds memory to a few hundred MB).
 pub const MAX_ENVS: usize = 50_000;
 /// Most environments accepted with `tap_per_env` (two TAPs, a bridge and a gateway attachment each).
@@ -85,8 +110,6 @@ pub const UDP_PORT: u16 = 9000;
 pub const CONNECT_PORT: u16 = 9001;
 /// The responder's bulk-sink TCP port.
 pub const BULK_PORT: u16 = 9002;
-/// Width of a timeline bucket.
-pub const BUCKET: Duration = Duration::from_millis(100);
 
 /// The MAC of emulated environment `i`: `02:4c:47` then `i`'s low 24 bits.
 pub fn env_mac(i: usize) -> [u8; 6] {
@@ -152,6 +175,28 @@ pub enum Target {
     Kernel,
 }
 
+/// Stops a run early (see the module doc); clones share the flag. SIGINT and SIGTERM, once [`crate::signals`] is
+/// installed (the `hyperplane` binary does), count as a stop too.
+#[derive(Clone, Debug, Default)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    /// A handle not stopped yet.
+    pub fn new() -> StopHandle {
+        StopHandle::default()
+    }
+
+    /// Asks the run to stop: the offered load ends at once and the report covers what was measured.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a stop was asked for (by [`StopHandle::stop`] or a signal).
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::Relaxed) || crate::signals::stopped()
+    }
+}
+
 /// The load generator's arguments. See the module doc for units.
 #[derive(Clone, Debug)]
 pub struct LoadArgs {
@@ -191,6 +236,10 @@ pub struct LoadArgs {
     /// One loadgen TAP per environment (and, against ours, one gateway attachment per environment) instead of one
     /// shared TAP; at most [`MAX_TAP_ENVS`] environments; tcp-bulk, connect and mixed only.
     pub tap_per_env: bool,
+    /// Our gateway's `[gateway]` settings from a config file (`--config`; target ours only).
+    pub gateway: Option<GatewaySettings>,
+    /// Stops the run early (also SIGINT/SIGTERM).
+    pub stop: StopHandle,
 }
 
 impl Default for LoadArgs {
@@ -213,6 +262,8 @@ impl Default for LoadArgs {
             connect_timeout: Duration::from_secs(3),
             progress: true,
             tap_per_env: false,
+            gateway: None,
+            stop: StopHandle::new(),
         }
     }
 }
@@ -235,8 +286,18 @@ impl LoadArgs {
         if self.tap_per_env && self.scenario == Scenario::Udp {
             return Err(invalid("tap_per_env", "the raw udp scenario uses one TAP; use mixed for UDP".into()));
         }
-        if self.duration.is_zero() || self.duration > MAX_DURATION {
-            return Err(invalid("duration", format!("{:?} is not in (0, {MAX_DURATION:?}]", self.duration)));
+        if self.duration.is_zero() {
+            return Err(invalid("duration", "must be longer than 0".into()));
+        }
+        if self.duration > MAX_DURATION {
+            return Err(invalid(
+                "duration",
+                format!(
+                    "{} is longer than the longest run, {}",
+                    settings::human_duration(self.duration),
+                    settings::human_duration(MAX_DURATION)
+                ),
+            ));
         }
         if self.ramp > self.duration {
             return Err(invalid("ramp", format!("{:?} is longer than the duration", self.ramp)));
@@ -256,6 +317,15 @@ impl LoadArgs {
             if !p.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
                 return Err(invalid("port_range", format!("{p:?} is not LO-HI")));
             }
+        }
+        if self.gateway.is_some() && self.target == Target::Kernel {
+            return Err(invalid(
+                "config",
+                "the [gateway] settings are our gateway's: use target ours or compare".into(),
+            ));
+        }
+        if self.target == Target::Ours {
+            gateway_plan(self)?;
         }
         Ok(())
     }
@@ -296,6 +366,21 @@ pub enum LoadError {
     /// The NAT's inside address never answered ARP.
     #[error("the gateway {0} did not answer ARP within {1:?}")]
     GatewayUnresolved(Ipv4Addr, Duration),
+    /// The `--config` file, or the gateway config made from it, was refused.
+    #[error("config {file}: {field}: {reason}{}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Config {
+        /// The file.
+        file: String,
+        /// The field (`gateway.timeouts.udp`; `toml` for a document that is not TOML).
+        field: String,
+        /// Why.
+        reason: String,
+        /// Its line in the file, when found.
+        line: Option<usize>,
+    },
+    /// Stopped (signal or [`StopHandle`]) before the load began: nothing was measured.
+    #[error("stopped before the load began; nothing was measured")]
+    Stopped,
 }
 
 fn invalid(param: &'static str, reason: String) -> LoadError {
@@ -304,63 +389,6 @@ fn invalid(param: &'static str, reason: String) -> LoadError {
 
 pub(crate) fn io_err(what: impl Into<String>, source: std::io::Error) -> LoadError {
     LoadError::Io { what: what.into(), source }
-}
-
-/// Per-100-ms counters shared by the environments' loop, the raw sender and the responder.
-#[derive(Debug)]
-pub struct Timeline {
-    t0: Instant,
-    /// Frames the load generator wrote.
-    pub offered: Vec<AtomicU64>,
-    /// Packets (UDP datagrams, accepted connections) the responder received.
-    pub delivered: Vec<AtomicU64>,
-    /// Payload bytes the responder received.
-    pub bytes: Vec<AtomicU64>,
-    /// Connections completed (connect) by the environments.
-    pub connects: Vec<AtomicU64>,
-}
-
-impl Timeline {
-    fn new(span: Duration) -> Timeline {
-        let n = (span.as_millis() / BUCKET.as_millis()) as usize + 2;
-        let v = || (0..n).map(|_| AtomicU64::new(0)).collect();
-        Timeline { t0: Instant::now(), offered: v(), delivered: v(), bytes: v(), connects: v() }
-    }
-
-    /// Adds `n` to `series` in the bucket of `at` (the last bucket takes what falls after the span).
-    pub fn add(&self, series: &[AtomicU64], at: Instant, n: u64) {
-        let i = (at.saturating_duration_since(self.t0).as_millis() / BUCKET.as_millis()) as usize;
-        if let Some(c) = series.get(i.min(series.len() - 1)) {
-            c.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    fn buckets(&self) -> Vec<Bucket> {
-        (0..self.offered.len())
-            .map(|i| Bucket {
-                t_ms: (i as u64) * BUCKET.as_millis() as u64,
-                offered_packets: self.offered[i].load(Ordering::Relaxed),
-                delivered_packets: self.delivered[i].load(Ordering::Relaxed),
-                delivered_bytes: self.bytes[i].load(Ordering::Relaxed),
-                connects: self.connects[i].load(Ordering::Relaxed),
-            })
-            .collect()
-    }
-}
-
-/// One timeline bucket ([`BUCKET`] wide).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Bucket {
-    /// Start of the bucket, ms after the load began.
-    pub t_ms: u64,
-    /// Frames the load generator wrote.
-    pub offered_packets: u64,
-    /// UDP datagrams / accepted connections the responder got.
-    pub delivered_packets: u64,
-    /// Payload bytes the responder got.
-    pub delivered_bytes: u64,
-    /// Connections the environments completed.
-    pub connects: u64,
 }
 
 /// Packets and bytes over the measured duration.
@@ -498,12 +526,18 @@ pub struct LoadReport {
     pub target: String,
     /// Environments.
     pub envs: usize,
-    /// Length of the offered load, s.
+    /// How long the offered load ran, s (less than asked for when stopped early); every rate is over this.
     pub duration_s: f64,
+    /// How long the load was asked to run, s.
+    pub requested_duration_s: f64,
+    /// Stopped (signal or [`StopHandle`]) before the requested duration.
+    pub stopped_early: bool,
     /// UDP payload, bytes.
     pub payload: usize,
     /// Target rate, if any.
     pub rate: Option<f64>,
+    /// The `--config` file whose `[gateway]` settings our gateway ran with, if any.
+    pub gateway_config: Option<String>,
     /// Frames the load generator wrote.
     pub offered: Rate,
     /// What the responder received.
@@ -524,8 +558,12 @@ pub struct LoadReport {
     pub eni: Option<Ipv4Addr>,
     /// Our gateway's counters (target ours).
     pub gateway: Option<GatewayFigures>,
-    /// Per-100-ms buckets.
+    /// Width of a timeline bucket, ms (100, or 1000 for loads longer than 10 minutes).
+    pub timeline_bucket_ms: u64,
+    /// The whole run, bucket by bucket.
     pub timeline: Vec<Bucket>,
+    /// The per-second `timeline.csv` written, if any.
+    pub timeline_csv: Option<String>,
     /// SVG plots written.
     pub plots: Vec<String>,
 }
@@ -533,6 +571,10 @@ pub struct LoadReport {
 /// What the environments' side measured.
 #[derive(Debug, Default)]
 pub(crate) struct Measured {
+    /// How long the offered load ran (up to the stop, if stopped).
+    pub load: Duration,
+    /// Stopped before the requested duration.
+    pub stopped: bool,
     pub frames_out: u64,
     pub bytes_out: u64,
     pub udp: Option<UdpFigures>,
@@ -597,13 +639,17 @@ fn tx_dropped(ns: &Netns) -> BTreeMap<String, u64> {
 /// environments' replies are not dropped before the loop reads them.
 pub const TAP_QUEUE_LEN: u32 = 65_536;
 
-/// Runs one scenario against one target. Needs root.
+/// Runs one scenario against one target. Needs root. Stops early (with a report of what was measured) when
+/// `args.stop` is set or SIGINT/SIGTERM arrives.
 pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     args.validate()?;
     if !netlab::is_root() {
         return Err(LoadError::NotRoot);
     }
     let n = args.env_count();
+    if let Some(dir) = &args.out_dir {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(format!("create {}", dir.display()), e))?;
+    }
     netlab::sweep_stale("lg");
     let ntaps = if args.tap_per_env { n } else { 1 };
     let tap_names: Vec<String> = (0..ntaps).map(|_| netlab::unique("lg")).collect();
@@ -612,15 +658,22 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     let tap = &taps.taps[0];
     // Field order of this function's locals: the world (namespaces) drops after the responder and the TAPs.
     let world = match args.target {
-        Target::Ours if args.tap_per_env => {
+        Target::Ours => {
+            let gw = gateway_plan(args)?;
             let opts = lab::Options {
-                bridged_attachments: Some(n),
-                workers: args.workers,
-                gateway_extra: gateway_extra(args),
+                shared_attachment: (!args.tap_per_env).then_some(n),
+                bridged_attachments: args.tap_per_env.then_some(n),
+                workers: gw.workers,
+                offloads: gw.offloads,
+                gateway_extra: gw.extra,
                 ..lab::Options::default()
             };
             let lab = Lab::build(&opts)?;
-            lab.attach_to_bridges(&tap_names, TAP_QUEUE_LEN)?;
+            if args.tap_per_env {
+                lab.attach_to_bridges(&tap_names, TAP_QUEUE_LEN)?;
+            } else {
+                lab.attach_to_bridge(tap_name)?;
+            }
             World::Ours(Box::new(lab))
         }
         Target::Kernel if args.tap_per_env => {
@@ -631,17 +684,6 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
                 k.gw_ns().ip_batch(&lines)?;
             }
             World::Kernel(k)
-        }
-        Target::Ours => {
-            let opts = lab::Options {
-                shared_attachment: Some(n),
-                workers: args.workers,
-                gateway_extra: gateway_extra(args),
-                ..lab::Options::default()
-            };
-            let lab = Lab::build(&opts)?;
-            lab.attach_to_bridge(tap_name)?;
-            World::Ours(Box::new(lab))
         }
         Target::Kernel => {
             let k = KernelNat::build_with_tap("lgk", tap_name)?;
@@ -669,13 +711,28 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     // Raw UDP needs the gateway's MAC before the clock starts.
     let gw_mac =
         if args.scenario == Scenario::Udp { Some(raw::resolve_gateway(tap, Duration::from_secs(3))?) } else { None };
+    if args.stop.is_stopped() {
+        return Err(LoadError::Stopped);
+    }
     let grace = args.connect_timeout + Duration::from_secs(1);
-    let tl = Arc::new(Timeline::new(args.duration + grace));
+    // Room for the grace period, the drain below and the raw reader's limit.
+    let tl = Arc::new(Timeline::new(args.duration, grace + Duration::from_secs(6)));
     let responder = responder::Responder::start(
         world.server(),
         responder::Config { echo: args.echo, udp_port: UDP_PORT, connect_port: CONNECT_PORT, bulk_port: BULK_PORT },
         Arc::clone(&tl),
     )?;
+    let csv_path = args.out_dir.as_ref().map(|d| d.join("timeline.csv"));
+    let csv = match &csv_path {
+        Some(p) => {
+            let counters = match &world {
+                World::Ours(l) => Some(l.gateway().counters().to_vec()),
+                World::Kernel(_) => None,
+            };
+            Some(timeline::CsvWriter::start(p, Arc::clone(&tl), counters)?)
+        }
+        None => None,
+    };
     let bar = progress_bar(args);
     let measured = match gw_mac {
         Some(mac) => raw::run(tap, mac, n, args, &tl, bar.as_ref())?,
@@ -687,6 +744,10 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     // Let the last datagrams land, then stop the responder.
     std::thread::sleep(Duration::from_millis(200));
     let seen = responder.stop();
+    let span = tl.started().map_or(Duration::ZERO, |t0| t0.elapsed());
+    if let Some(c) = csv {
+        c.finish()?;
+    }
     let gateway = match (&world, before) {
         (World::Ours(l), Some(b)) => Some(gateway_delta(&b, &l.gateway().totals())),
         _ => None,
@@ -698,13 +759,13 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         }
     }
     let hist = measured.latency.clone();
-    let mut report = assemble(args, n, eni, measured, seen, gateway, &tl);
+    let mut report = assemble(args, n, eni, measured, seen, gateway, &tl, span);
+    report.timeline_csv = csv_path.map(|p| p.display().to_string());
     if let Some(dir) = &args.out_dir {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(format!("create {}", dir.display()), e))?;
         let stem = format!("{}-{}", report.scenario, report.target);
         report.plots = plot::write_all(dir, &stem, &report, hist.as_ref());
         let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-        let path = dir.join(format!("{stem}.json"));
+        let path = dir.join("report.json");
         std::fs::write(&path, json).map_err(|e| io_err(format!("write {}", path.display()), e))?;
     }
     drop(taps);
@@ -724,16 +785,53 @@ impl TapSet {
     }
 }
 
-/// Extra `[gateway]` lines for our gateway from `args` .
-fn gateway_extra(args: &LoadArgs) -> String {
-    let mut t = String::new();
+/// What our gateway in the lab runs with: the lab's workers and offloads, and the extra `[gateway]` lines.
+#[derive(Debug)]
+struct GatewayPlan {
+    workers: usize,
+    offloads: bool,
+    extra: String,
+}
+
+/// Our gateway's settings from `args` (the `--config` file's `[gateway]` table, then the arguments over it; see
+/// [`settings`]), checked by the gateway's own parser in the lab's generated config.
+fn gateway_plan(args: &LoadArgs) -> Result<GatewayPlan, LoadError> {
+    let mut t = args.gateway.as_ref().map(GatewaySettings::table).unwrap_or_default();
+    let mut from_args = Vec::new();
     if let Some(n) = args.max_eni_addresses {
-        t += &format!("max_eni_addresses = {n}\n");
+        t.insert("max_eni_addresses".into(), toml::Value::Integer(i64::from(n)));
+        from_args.push("gateway.max_eni_addresses");
     }
     if let Some(p) = &args.port_range {
-        t += &format!("port_range = \"{p}\"\n");
+        t.insert("port_range".into(), toml::Value::String(p.clone()));
+        from_args.push("gateway.port_range");
     }
-    t
+    if args.workers != 0 || !t.contains_key("workers") {
+        t.insert("workers".into(), toml::Value::Integer(args.workers as i64));
+        from_args.push("gateway.workers");
+    }
+    // The lab's config (one environment is enough to check the settings), with its [gateway] table replaced.
+    let probe = lab::Options { shared_attachment: Some(1), ..lab::Options::default() };
+    let mut doc: toml::Table =
+        lab::config_text(&probe, "lgcheck0", &["lgcheck1".to_string()]).parse().map_err(|e: toml::de::Error| {
+            invalid("config", format!("the lab's own config does not parse: {}", e.message()))
+        })?;
+    let mut gw = match doc.remove("gateway") {
+        Some(toml::Value::Table(g)) => g,
+        _ => toml::Table::new(),
+    };
+    gw.extend(t.clone());
+    doc.insert("gateway".into(), toml::Value::Table(gw));
+    let text = toml::to_string(&doc).map_err(|e| invalid("config", format!("cannot write the lab's config: {e}")))?;
+    let cfg =
+        crate::config::parse(&text).map_err(|e| match (from_args.iter().find(|&&f| f == e.field), &args.gateway) {
+            (Some(f), _) => invalid(f.trim_start_matches("gateway."), e.reason),
+            (None, Some(g)) => g.error(&e.field, e.reason),
+            (None, None) => invalid("config", e.to_string()),
+        })?;
+    t.remove("workers");
+    t.remove("offloads");
+    Ok(GatewayPlan { workers: cfg.gateway.workers, offloads: cfg.gateway.offloads, extra: settings::gateway_lines(&t) })
 }
 
 /// A permanent neighbour entry for environment `i` on `dev` (an `ip -batch` line).
@@ -773,6 +871,9 @@ fn gateway_delta(b: &crate::gateway::Totals, a: &crate::gateway::Totals) -> Gate
     }
 }
 
+/// The report from what was measured; rates are over `m.load`, the timeline covers `span` (the load's start to the
+/// responder's stop).
+#[allow(clippy::too_many_arguments)]
 fn assemble(
     args: &LoadArgs,
     n: usize,
@@ -781,8 +882,9 @@ fn assemble(
     seen: ResponderReport,
     gateway: Option<GatewayFigures>,
     tl: &Timeline,
+    span: Duration,
 ) -> LoadReport {
-    let secs = args.duration.as_secs_f64();
+    let secs = m.load.as_secs_f64().max(1e-3);
     let offered = Rate {
         packets: m.frames_out,
         bytes: m.bytes_out,
@@ -823,8 +925,11 @@ fn assemble(
         },
         envs: n,
         duration_s: secs,
+        requested_duration_s: args.duration.as_secs_f64(),
+        stopped_early: m.stopped,
         payload: args.payload,
         rate: args.rate,
+        gateway_config: args.gateway.as_ref().map(|g| g.file.clone()),
         offered,
         delivered,
         loss,
@@ -835,7 +940,9 @@ fn assemble(
         responder: seen,
         eni: Some(eni),
         gateway,
-        timeline: tl.buckets(),
+        timeline_bucket_ms: tl.bucket().as_millis() as u64,
+        timeline: tl.buckets(span),
+        timeline_csv: None,
         plots: Vec::new(),
     }
 }
@@ -869,13 +976,23 @@ impl LoadReport {
     /// A human-readable summary.
     pub fn table(&self) -> String {
         let mut t = format!(
-            "loadgen {} against {}: {} environments, {:.1} s{}\n",
+            "loadgen {} against {}: {} environments, {}{}\n",
             self.scenario,
             self.target,
             self.envs,
-            self.duration_s,
+            settings::human_duration(Duration::from_secs_f64(self.duration_s)),
             self.rate.map(|r| format!(", rate {r}/s")).unwrap_or_default()
         );
+        if self.stopped_early {
+            t += &format!(
+                "  stopped    after {} of {}: every figure covers the time the load ran\n",
+                settings::human_duration(Duration::from_secs_f64(self.duration_s)),
+                settings::human_duration(Duration::from_secs_f64(self.requested_duration_s))
+            );
+        }
+        if let Some(f) = &self.gateway_config {
+            t += &format!("  config     [gateway] settings from {f}\n");
+        }
         t += &format!(
             "  offered    {:>12} frames  {:>12.0} pps  {:>8.3} Gbit/s\n",
             self.offered.packets,
@@ -933,82 +1050,14 @@ impl LoadReport {
                 g.drops
             );
         }
+        if let Some(c) = &self.timeline_csv {
+            t += &format!("  timeline   {c}\n");
+        }
         for p in &self.plots {
             t += &format!("  plot       {p}\n");
         }
         t
     }
-}
-
-/// One figure for both targets.
-#[derive(Clone, Debug, Serialize)]
-pub struct CompareRow {
-    /// What is measured, with its unit.
-    pub figure: String,
-    /// Our gateway.
-    pub ours: f64,
-    /// The kernel.
-    pub kernel: f64,
-    /// `ours / kernel` (0 when the kernel's figure is 0).
-    pub ratio: f64,
-}
-
-/// The same scenario against our gateway and the kernel, in one run.
-#[derive(Clone, Debug, Serialize)]
-pub struct CompareReport {
-    /// Our gateway's run.
-    pub ours: LoadReport,
-    /// The kernel's run.
-    pub kernel: LoadReport,
-    /// Each figure side by side.
-    pub rows: Vec<CompareRow>,
-}
-
-impl CompareReport {
-    /// A human-readable table.
-    pub fn table(&self) -> String {
-        let mut t = format!(
-            "loadgen compare: {} with {} environments, {:.1} s each\n{:<34} {:>14} {:>14} {:>8}\n",
-            self.ours.scenario, self.ours.envs, self.ours.duration_s, "figure", "hyperplane", "kernel NAT", "ratio"
-        );
-        for r in &self.rows {
-            t += &format!("{:<34} {:>14.2} {:>14.2} {:>7.2}x\n", r.figure, r.ours, r.kernel, r.ratio);
-        }
-        t
-    }
-}
-
-/// Runs `args` against our gateway, then against the kernel NAT, and sets the figures side by side.
-pub fn compare(args: &LoadArgs) -> Result<CompareReport, LoadError> {
-    let ours = run(&LoadArgs { target: Target::Ours, ..args.clone() })?;
-    let kernel = run(&LoadArgs { target: Target::Kernel, ..args.clone() })?;
-    let mut rows = Vec::new();
-    let mut row = |figure: &str, get: &dyn Fn(&LoadReport) -> f64| {
-        let (a, b) = (get(&ours), get(&kernel));
-        rows.push(CompareRow { figure: figure.into(), ours: a, kernel: b, ratio: if b > 0.0 { a / b } else { 0.0 } });
-    };
-    row("offered frames/s", &|r| r.offered.pps);
-    match args.scenario {
-        Scenario::Udp => {
-            row("delivered datagrams/s", &|r| r.delivered.pps);
-            row("loss, %", &|r| r.loss.ratio * 100.0);
-        }
-        Scenario::TcpBulk => row("delivered Gbit/s", &|r| r.tcp_bulk.as_ref().map_or(0.0, |b| b.gbps)),
-        Scenario::Connect | Scenario::Mixed => {
-            row("connections/s", &|r| r.connect.as_ref().map_or(0.0, |c| c.per_s));
-            row("failed connections", &|r| r.connect.as_ref().map_or(0.0, |c| c.failed as f64));
-            row("setup p50, µs", &|r| r.connect.as_ref().map_or(0.0, |c| c.latency_us.p50 as f64));
-            row("setup p99, µs", &|r| r.connect.as_ref().map_or(0.0, |c| c.latency_us.p99 as f64));
-            row("setup p99.9, µs", &|r| r.connect.as_ref().map_or(0.0, |c| c.latency_us.p999 as f64));
-            if args.scenario == Scenario::Mixed {
-                row("delivered datagrams/s", &|r| {
-                    r.udp.as_ref().map_or(0.0, |_| r.responder.udp_packets as f64 / r.duration_s)
-                });
-                row("bulk Gbit/s", &|r| r.tcp_bulk.as_ref().map_or(0.0, |b| b.gbps));
-            }
-        }
-    }
-    Ok(CompareReport { ours, kernel, rows })
 }
 
 /// The server the environments talk to.

@@ -1,4 +1,6 @@
-//! SVG plots of a run (plotters): throughput per 100 ms bucket, and the connection-setup latency distribution.
+//! SVG plots of a run (plotters): over the whole run, bucket by bucket (100 ms, or 1 s for runs longer than 10
+//! minutes), the scenario's figure, the frames offered and the failures per second; and the connection-setup
+//! latency distribution.
 //! A plot that cannot be drawn is skipped (and not listed); plotting never fails a run.
 
 use super::LoadReport;
@@ -25,45 +27,55 @@ pub(crate) fn write_all(dir: &Path, stem: &str, r: &LoadReport, hist: Option<&Hi
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
 fn throughput(path: &Path, r: &LoadReport) -> PlotResult {
-    let secs = 0.1;
-    // The figure each scenario is about, per second.
-    let (label, series): (&str, Vec<(f64, f64)>) = match r.scenario.as_str() {
-        "udp" => (
-            "datagrams/s delivered",
-            r.timeline.iter().map(|b| (b.t_ms as f64 / 1e3, b.delivered_packets as f64 / secs)).collect(),
-        ),
-        "tcp-bulk" => (
-            "Gbit/s delivered",
-            r.timeline.iter().map(|b| (b.t_ms as f64 / 1e3, b.delivered_bytes as f64 * 8.0 / secs / 1e9)).collect(),
-        ),
-        _ => (
-            "connections/s completed",
-            r.timeline.iter().map(|b| (b.t_ms as f64 / 1e3, b.connects as f64 / secs)).collect(),
-        ),
+    let secs = (r.timeline_bucket_ms.max(1) as f64) / 1e3;
+    // The x axis in seconds, minutes or hours, by the length of the run.
+    let span = r.timeline.last().map_or(1.0, |b| b.t_ms as f64 / 1e3 + secs);
+    let (unit, per) = if span > 6.0 * 3600.0 {
+        ("h", 3600.0)
+    } else if span > 1800.0 {
+        ("min", 60.0)
+    } else {
+        ("s", 1.0)
     };
-    let offered: Vec<(f64, f64)> =
-        r.timeline.iter().map(|b| (b.t_ms as f64 / 1e3, b.offered_packets as f64 / secs)).collect();
-    let xmax = series.last().map_or(1.0, |p| p.0 + 0.1);
+    let x = |b: &super::Bucket| b.t_ms as f64 / 1e3 / per;
+    let per_s =
+        |f: fn(&super::Bucket) -> f64| -> Vec<(f64, f64)> { r.timeline.iter().map(|b| (x(b), f(b) / secs)).collect() };
+    // The figure each scenario is about, per second.
+    let (label, series) = match r.scenario.as_str() {
+        "udp" => ("datagrams/s delivered", per_s(|b| b.delivered_packets as f64)),
+        "tcp-bulk" => ("Gbit/s delivered", per_s(|b| b.delivered_bytes as f64 * 8.0 / 1e9)),
+        _ => ("connections/s completed", per_s(|b| b.connects as f64)),
+    };
+    let offered = per_s(|b| b.offered_packets as f64);
+    // Failures: datagrams not delivered (udp: offered − delivered in the bucket), else failed connections.
+    let (fail_label, failures) = match r.scenario.as_str() {
+        "udp" => ("datagrams/s lost", per_s(|b| b.offered_packets.saturating_sub(b.delivered_packets) as f64)),
+        _ => ("failures/s", per_s(|b| b.connect_failures as f64)),
+    };
+    let xmax = (span / per).max(1e-3);
     let scale = |v: &[(f64, f64)]| v.iter().map(|p| p.1).fold(0.0f64, f64::max).max(1e-9) * 1.1;
-    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+    let root = SVGBackend::new(path, (900, 660)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (top, bottom) = root.split_vertically(250);
-    let title = format!("{} against {}: {} environments", r.scenario, r.target, r.envs);
-    let mut c = ChartBuilder::on(&top)
-        .caption(&title, ("sans-serif", 18))
-        .margin(8)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..xmax, 0.0..scale(&series))?;
-    c.configure_mesh().x_desc("s").y_desc(label).draw()?;
-    c.draw_series(LineSeries::new(series, &BLUE))?.label(label);
-    let mut c = ChartBuilder::on(&bottom)
-        .margin(8)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..xmax, 0.0..scale(&offered))?;
-    c.configure_mesh().x_desc("s").y_desc("frames/s offered").draw()?;
-    c.draw_series(LineSeries::new(offered, &RED))?;
+    let panels = root.split_evenly((3, 1));
+    let title = format!(
+        "{} against {}: {} environments, {:.0} s{}",
+        r.scenario,
+        r.target,
+        r.envs,
+        r.duration_s,
+        if r.stopped_early { " (stopped early)" } else { "" }
+    );
+    let panes = [(label, series, BLUE), ("frames/s offered", offered, RED), (fail_label, failures, BLACK)];
+    for (k, (area, (label, data, colour))) in panels.iter().zip(panes).enumerate() {
+        let mut b = ChartBuilder::on(area);
+        if k == 0 {
+            b.caption(&title, ("sans-serif", 18));
+        }
+        let mut c =
+            b.margin(8).x_label_area_size(30).y_label_area_size(70).build_cartesian_2d(0.0..xmax, 0.0..scale(&data))?;
+        c.configure_mesh().x_desc(unit).y_desc(label).draw()?;
+        c.draw_series(LineSeries::new(data, &colour))?;
+    }
     root.present()?;
     Ok(())
 }
@@ -96,4 +108,39 @@ fn latency(path: &Path, h: &Histogram<u64>, r: &LoadReport) -> PlotResult {
     c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::Bucket;
+
+    #[test]
+    fn a_two_hour_run_is_plotted_second_by_second() {
+        let timeline = (0..7200u64)
+            .map(|s| Bucket {
+                t_ms: s * 1000,
+                offered_packets: 5000,
+                connects: 1000 - s % 7,
+                connect_failures: u64::from(s % 600 == 0),
+                ..Bucket::default()
+            })
+            .collect();
+        let r = LoadReport {
+            scenario: "connect".into(),
+            target: "ours".into(),
+            envs: 1000,
+            duration_s: 7200.0,
+            timeline_bucket_ms: 1000,
+            timeline,
+            ..LoadReport::default()
+        };
+        let dir = std::env::temp_dir().join(format!("loadgen-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let written = write_all(&dir, "soak", &r, None);
+        assert_eq!(written.len(), 1, "{written:?}");
+        let svg = std::fs::read_to_string(&written[0]).expect("svg");
+        assert!(svg.contains("failures/s") && svg.contains("min"), "three panels, minutes on the x axis");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

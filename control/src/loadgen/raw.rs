@@ -4,9 +4,9 @@
 //! [`RAW_SPORT`], destination the gateway's MAC / the responder's [`UDP_PORT`](super::UDP_PORT); IPv4 and UDP
 //! checksums complete, built with `dataplane::testkit`). A dedicated writer thread sends them round-robin with one
 //! `write(2)` per frame, in batches of [`BATCH`], open loop: at `rate` frames/s (paced per batch) or as fast as it
-//! can, for `duration`. Meanwhile the calling thread reads the TAP: it answers ARP requests for every environment
-//! address (the NAT must resolve environments to deliver replies) and counts UDP datagrams that come back to
-//! [`RAW_SPORT`] (echoes).
+//! can, for `duration` or until `args.stop`. Meanwhile the calling thread reads the TAP: it answers ARP requests
+//! for every environment address (the NAT must resolve environments to deliver replies) and counts UDP datagrams
+//! that come back to [`RAW_SPORT`] (echoes).
 
 use super::{env_mac, env_of_addr, io_err, LoadArgs, LoadError, Measured, Timeline, UdpFigures, UDP_PORT};
 use crate::netlab::{env_addr, INSIDE_GATEWAY, SERVER};
@@ -104,21 +104,22 @@ pub(crate) fn run(
     let errors = AtomicU64::new(0);
     let done = AtomicBool::new(false);
     let t0 = Instant::now();
+    tl.start(t0);
     let end = t0 + args.duration;
     let mut echoed = 0u64;
     let mut arp_replies = 0u64;
     let mut read_errors = 0u64;
-    std::thread::scope(|s| -> Result<(), LoadError> {
+    let ended = std::thread::scope(|s| -> Result<Instant, LoadError> {
         let writer = std::thread::Builder::new()
             .name("lg-raw".into())
             .spawn_scoped(s, || {
                 let (mut k, mut total) = (0usize, 0u64);
                 let mut last_tick = Instant::now();
                 let mut tick_frames = 0u64;
-                loop {
+                let ended = loop {
                     let now = Instant::now();
-                    if now >= end {
-                        break;
+                    if now >= end || args.stop.is_stopped() {
+                        break now.min(end);
                     }
                     if let Some(rate) = args.rate {
                         let due = (now - t0).as_secs_f64() * rate;
@@ -151,9 +152,10 @@ pub(crate) fn run(
                         tick_frames = 0;
                         last_tick = now;
                     }
-                }
+                };
                 tl.add(&tl.offered, Instant::now(), tick_frames);
                 done.store(true, Ordering::Relaxed);
+                ended
             })
             .map_err(|e| io_err("spawn the raw writer", e))?;
         // Reader: ARP answers and echoes, until the writer is done plus a short drain.
@@ -197,10 +199,12 @@ pub(crate) fn run(
                 Err(_) => read_errors += 1,
             }
         }
-        let _ = writer.join();
-        Ok(())
+        Ok(writer.join().unwrap_or_else(|_| Instant::now()))
     })?;
+    let load = ended.saturating_duration_since(t0);
     let mut m = Measured {
+        load,
+        stopped: load < args.duration,
         frames_out: sent.load(Ordering::Relaxed),
         bytes_out: bytes.load(Ordering::Relaxed),
         ..Measured::default()
