@@ -213,8 +213,10 @@ pub struct Totals {
     pub inbound: (u64, u64),
     /// Hairpinned packets.
     pub hairpinned: u64,
-    /// Sessions live now, by protocol (TCP, UDP, ICMP).
+    /// Sessions in the tables now, by protocol (TCP, UDP, ICMP).
     pub live: [u64; 3],
+    /// Ended or unanswered sessions recycled for new flows so far.
+    pub recycled: u64,
     /// Drops by reason, only the non-zero ones, in [`DropReason::ALL`] order.
     pub drops: Vec<(DropReason, u64)>,
 }
@@ -230,6 +232,7 @@ impl Totals {
             t.inbound.0 += c.inbound.packets.get();
             t.inbound.1 += c.inbound.bytes.get();
             t.hairpinned += c.hairpinned.get();
+            t.recycled += c.sessions_recycled.get();
             for (i, p) in [
                 dataplane::counters::ProtoIndex::Tcp,
                 dataplane::counters::ProtoIndex::Udp,

@@ -515,6 +515,8 @@ pub struct GatewayFigures {
     pub inbound_packets: u64,
     /// Drops during the run, by reason (non-zero only).
     pub drops: BTreeMap<String, u64>,
+    /// Ended or unanswered sessions recycled for new flows during the run.
+    pub sessions_recycled: u64,
 }
 
 /// The result of one run. Field docs are in the module doc.
@@ -868,6 +870,7 @@ fn gateway_delta(b: &crate::gateway::Totals, a: &crate::gateway::Totals) -> Gate
         outbound_packets: a.outbound.0 - b.outbound.0,
         inbound_packets: a.inbound.0 - b.inbound.0,
         drops,
+        sessions_recycled: a.recycled - b.recycled,
     }
 }
 

@@ -162,7 +162,8 @@ pub struct Bucket {
     pub connect_failures: u64,
 }
 
-/// Our gateway's gauges, summed over its workers: (live sessions, ENI ports in use, distinct ENI addresses).
+/// Our gateway's gauges, summed over its workers: (sessions in the tables, ENI ports held by live or ended
+/// connections, distinct ENI addresses).
 pub fn gateway_gauges(workers: &[Arc<Counters>]) -> (u64, u64, usize) {
     let mut sessions = 0u64;
     let mut ports = 0u64;
@@ -174,8 +175,8 @@ pub fn gateway_gauges(workers: &[Arc<Counters>]) -> (u64, u64, usize) {
             let expired = c.sessions_expired[p as usize].get();
             sessions += c.sessions_created[p as usize].get().saturating_sub(expired);
         }
-        for (a, in_use) in c.port_use() {
-            ports += in_use.iter().map(|&n| u64::from(n)).sum::<u64>();
+        for (a, g) in c.port_gauges() {
+            ports += (0..3).map(|i| u64::from(g.in_use[i] + g.closing[i])).sum::<u64>();
             addrs.insert(a);
         }
     }
