@@ -17,7 +17,7 @@
 //! in time and runs only between namespaces this program made.
 //!
 //! Connection churn (only on request, never in the default run; needs no
-//! iperf3), with `control::netlab::churn`:
+//! iperf3), with `netlab::churn`:
 //!
 //! - `--only churn`: 16 environments × 2 threads connect to 16 server ports
 //!   and close at once, closed loop, for `--churn-secs S` (default 150),
@@ -36,9 +36,9 @@
 //! for `churn`, rst for `churn1k`). Both write `target/churn.json` (the
 //! reports with their per-second timelines), after every run.
 
-use control::lab::{Lab, Options};
-use control::netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
-use control::netlab::{self, KernelNat, Netns, SERVER};
+use netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
+use netlab::lab::{Lab, Options};
+use netlab::{KernelNat, Netns, SERVER};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

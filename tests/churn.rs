@@ -19,9 +19,9 @@
 //! root; without it they say so and return. An ignored third test runs the RST soak against the kernel's
 //! masquerade, to show that the criteria hold for a NAT that recycles closed connections.
 
-use control::lab::{Lab, Options};
-use control::netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
-use control::netlab::{self, KernelNat, Netns};
+use netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
+use netlab::lab::{Lab, Options};
+use netlab::{KernelNat, Netns};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -6,10 +6,10 @@
 //! runs during unwinding). Tests need root; without it they say so and
 //! return.
 
-use control::demo;
-use control::lab::{Lab, Options, VPC_ROUTER};
-use control::netlab::{self, env_addr, probe, INSIDE_GATEWAY, SERVER};
 use dataplane::counters::DropReason;
+use netlab::demo;
+use netlab::lab::{Lab, Options, VPC_ROUTER};
+use netlab::{env_addr, probe, INSIDE_GATEWAY, SERVER};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;

@@ -4,8 +4,7 @@
 //! Every run builds its own namespaces and TAP and removes them (Drop guards, also on panic). Without root the tests
 //! print "skipping: needs root" and pass.
 
-use control::loadgen::{self, LoadArgs, LoadReport, Scenario, Target};
-use control::netlab;
+use loadgen::{LoadArgs, LoadReport, Scenario, Target};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -3,9 +3,9 @@
 //! a rule is tightened, an invalid config is refused. Root only.
 
 use control::controller::EniState;
-use control::lab::{Lab, Options};
-use control::netlab::{self, SERVER};
 use dataplane::counters::DropReason;
+use netlab::lab::{Lab, Options};
+use netlab::SERVER;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::time::Duration;
