@@ -64,6 +64,15 @@ pub fn ethertype(frame: &[u8]) -> u16 {
     u16::from(EthernetFrame::new_unchecked(frame).ethertype())
 }
 
+/// The six bytes of the MAC address at `at` in `frame` (0: destination,
+/// 6: source).
+#[inline]
+pub fn mac_at(frame: &[u8], at: usize) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&frame[at..at + 6]);
+    mac
+}
+
 /// Sets destination and source MAC.
 #[inline]
 pub fn set_macs(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
