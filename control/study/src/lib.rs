@@ -13,6 +13,7 @@
 //! [`DesignResult::wall_clock_ms`].
 
 pub mod report;
+pub mod results;
 pub mod rng;
 pub mod scenario;
 pub mod sim;

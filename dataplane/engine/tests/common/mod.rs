@@ -1,6 +1,8 @@
 //! A harness that drives one engine with byte buffers and a virtual clock.
 #![allow(dead_code, clippy::too_many_arguments)]
 
+pub mod props;
+
 use dataplane::arp;
 use dataplane::bindings::Mac;
 use dataplane::config::EngineConfig;
