@@ -338,7 +338,7 @@ fn config_file_gateway_settings_reach_our_gateway() {
     let path = out_dir("config").with_extension("toml");
     std::fs::write(&path, "[gateway]\nmax_sessions = 100\nworkers = 1\n\n[outside]\nname = \"ignored\"\n")
         .expect("write config");
-    let gateway = Some(loadgen::GatewaySettings::load(&path).expect("settings"));
+    let gateway = Some(loadgen::GatewayTable::load(&path).expect("settings"));
     let r = loadgen::run(&LoadArgs { once: true, gateway, ..args(Scenario::Connect, 200) })
         .expect("run with the config's settings");
     eprintln!("{}", r.table());
@@ -353,7 +353,7 @@ fn config_file_gateway_settings_reach_our_gateway() {
 
 #[test]
 fn a_bad_config_file_names_the_field() {
-    let bad = |text: &str| match loadgen::GatewaySettings::parse("gw.toml", text)
+    let bad = |text: &str| match loadgen::GatewayTable::parse("gw.toml", text)
         .and_then(|g| LoadArgs { gateway: Some(g), ..args(Scenario::Connect, 10) }.validate())
     {
         Err(loadgen::LoadError::Config { field, line, .. }) => (field, line),
@@ -364,7 +364,7 @@ fn a_bad_config_file_names_the_field() {
     assert_eq!(bad("[gateway]\nmax_sesions = 10\n").0, "gateway.max_sesions");
     assert_eq!(bad("[outside]\nname = \"x\"\n").0, "gateway");
     // The kernel has no [gateway].
-    let g = loadgen::GatewaySettings::parse("gw.toml", "[gateway]\nmax_sessions = 100\n").expect("parses");
+    let g = loadgen::GatewayTable::parse("gw.toml", "[gateway]\nmax_sessions = 100\n").expect("parses");
     let k = LoadArgs { gateway: Some(g), target: Target::Kernel, ..args(Scenario::Connect, 10) }.validate();
     assert!(matches!(k, Err(loadgen::LoadError::Invalid { param: "config", .. })), "{k:?}");
 }

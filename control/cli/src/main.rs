@@ -2,10 +2,10 @@
 
 use clap::{Parser, Subcommand};
 use control::{api, config, metrics, plan, runtime, signals};
-use hyperplane::tables;
+use hyperplane::{tables, CliError};
 use netlab::{demo, lab};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -204,7 +204,7 @@ fn main() -> ExitCode {
         Command::Stats { api } => ask(&api, api::Request::Stats),
         Command::Apply { api, config } => match std::fs::read_to_string(&config) {
             Ok(text) => ask(&api, api::Request::Apply { config: text }),
-            Err(e) => Err(format!("{}: {e}", config.display())),
+            Err(e) => Err(CliError::read(&config)(e)),
         },
         Command::Demo { envs, workers, no_offloads, json } => run_demo(envs, workers, !no_offloads, json),
         Command::Check { config } => check(&config),
@@ -227,17 +227,17 @@ fn main() -> ExitCode {
             tap_per_env,
         } => (|| {
             let args = loadgen::LoadArgs {
-                scenario: loadgen::Scenario::parse(&scenario).map_err(|e| e.to_string())?,
+                scenario: loadgen::Scenario::parse(&scenario)?,
                 target: match target.as_str() {
                     "ours" => loadgen::Target::Ours,
                     "kernel" => loadgen::Target::Kernel,
-                    t => return Err(format!("--target {t}: ours or kernel")),
+                    t => return Err(CliError::Usage(format!("--target {t}: ours or kernel"))),
                 },
                 envs,
-                duration: loadgen::parse_duration("duration", &duration).map_err(|e| e.to_string())?,
+                duration: loadgen::parse_duration("duration", &duration)?,
                 rate,
                 payload,
-                ramp: loadgen::parse_duration("ramp", &ramp).map_err(|e| e.to_string())?,
+                ramp: loadgen::parse_duration("ramp", &ramp)?,
                 once,
                 port_range,
                 workers,
@@ -246,7 +246,7 @@ fn main() -> ExitCode {
                 progress: !json,
                 tap_per_env,
                 gateway: match &config {
-                    Some(p) => Some(loadgen::GatewaySettings::load(p).map_err(|e| e.to_string())?),
+                    Some(p) => Some(loadgen::GatewayTable::load(p)?),
                     None => None,
                 },
                 ..loadgen::LoadArgs::default()
@@ -254,16 +254,16 @@ fn main() -> ExitCode {
             // SIGINT/SIGTERM (see `signals`) stop the run through `args.stop`:
             // the report below then covers what was measured until then.
             if compare {
-                let r = loadgen::compare(&args).map_err(|e| e.to_string())?;
+                let r = loadgen::compare(&args)?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+                    println!("{}", serde_json::to_string_pretty(&r)?);
                 } else {
                     print!("{}", r.table());
                 }
             } else {
-                let r = loadgen::run(&args).map_err(|e| e.to_string())?;
+                let r = loadgen::run(&args)?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+                    println!("{}", serde_json::to_string_pretty(&r)?);
                 } else {
                     print!("{}", r.table());
                 }
@@ -287,10 +287,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> Result<plan::Plan, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let cfg = config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    plan::plan(&cfg, &BTreeMap::new()).map_err(|e| format!("{}: {e}", path.display()))
+/// Reads and validates a config file.
+fn read_config(path: &Path) -> Result<config::Config, CliError> {
+    let text = std::fs::read_to_string(path).map_err(CliError::read(path))?;
+    config::parse(&text).map_err(CliError::config(path))
 }
 
 /// One security-group rule, as `check` shows it.
@@ -306,10 +306,9 @@ fn rule_text(r: &config::SgRule, peer_word: &str) -> String {
     format!("{proto}{ports} {peer}{note}")
 }
 
-fn check(path: &PathBuf) -> Result<(), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let cfg = config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let p = load(path)?;
+fn check(path: &Path) -> Result<(), CliError> {
+    let cfg = read_config(path)?;
+    let p = plan::plan(&cfg, &BTreeMap::new()).map_err(CliError::config(path))?;
     println!(
         "config ok: {} ENI(s), {} attachment(s), {} environment(s)",
         p.enis.len(),
@@ -343,17 +342,16 @@ fn check(path: &PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-fn run(path: &PathBuf, metrics_addr: Option<std::net::SocketAddr>) -> Result<(), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let cfg = config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+fn run(path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> Result<(), CliError> {
+    let cfg = read_config(path)?;
     let socket = cfg.gateway.control_socket.clone();
-    let rt = runtime::Runtime::start(cfg).map_err(|e| e.to_string())?;
+    let rt = runtime::Runtime::start(cfg)?;
     let shared = std::sync::Arc::clone(rt.shared());
     let s = std::sync::Arc::clone(&shared);
-    let server = api::serve(&socket, std::sync::Arc::new(move |req| s.handle(req))).map_err(|e| e.to_string())?;
+    let server = api::serve(&socket, std::sync::Arc::new(move |req| s.handle(req)))?;
     let s = std::sync::Arc::clone(&shared);
     let metrics = match metrics_addr {
-        Some(a) => Some(metrics::serve_metrics(a, std::sync::Arc::new(move || s.stats())).map_err(|e| e.to_string())?),
+        Some(a) => Some(metrics::serve_metrics(a, std::sync::Arc::new(move || s.stats()))?),
         None => None,
     };
     eprintln!(
@@ -377,13 +375,13 @@ fn run(path: &PathBuf, metrics_addr: Option<std::net::SocketAddr>) -> Result<(),
 }
 
 /// One request to the running gateway, printed as text or JSON.
-fn ask(a: &ApiArgs, req: api::Request) -> Result<(), String> {
-    let resp = api::call(&a.socket, &req).map_err(|e| e.to_string())?;
+fn ask(a: &ApiArgs, req: api::Request) -> Result<(), CliError> {
+    let resp = api::call(&a.socket, &req)?;
     if let api::Response::Error { message } = &resp {
-        return Err(message.clone());
+        return Err(CliError::Refused(message.clone()));
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&resp).map_err(|e| e.to_string())?);
+        println!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(());
     }
     match resp {
@@ -415,15 +413,17 @@ fn run_study(
     envs: usize,
     provisioning_ms: u64,
     json: bool,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     if real {
         if envs == 0 || envs > 240 {
-            return Err(format!("--envs {envs}: must be between 1 and 240 (the lab subnet's addresses)"));
+            return Err(CliError::Usage(format!(
+                "--envs {envs}: must be between 1 and 240 (the lab subnet's addresses)"
+            )));
         }
-        let r = hyperplane::study_real::run(envs, provisioning_ms).map_err(|e| e.to_string())?;
-        let files = hyperplane::study_real::write(&r, out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let r = hyperplane::study_real::run(envs, provisioning_ms)?;
+        let files = hyperplane::study_real::write(&r, out).map_err(CliError::write(out))?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+            println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
             print!("{}", hyperplane::study_real::table(&r));
             for f in files {
@@ -434,21 +434,21 @@ fn run_study(
     }
     let sc: study::Scenario = match scenario {
         Some(p) => {
-            let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            let text = std::fs::read_to_string(&p).map_err(CliError::read(&p))?;
+            serde_json::from_str(&text).map_err(|source| CliError::Json { path: p.clone(), source })?
         }
         None => study::Scenario::default(),
     };
     if let Some(name) = sweep {
-        let param: study::SweepParam = name.parse().map_err(|e| format!("--sweep {name}: {e}"))?;
+        let param: study::SweepParam = name.parse().map_err(|e| CliError::Usage(format!("--sweep {name}: {e}")))?;
         if values.is_empty() {
-            return Err("--values: give the sweep's values, e.g. --values 2,8,30".into());
+            return Err(CliError::Usage("--values: give the sweep's values, e.g. --values 2,8,30".into()));
         }
-        let results = study::sweep(&sc, param, values, seed).map_err(|e| e.to_string())?;
-        let files = study::report::write_sweep(param, &results, out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let results = study::sweep(&sc, param, values, seed)?;
+        let files = study::report::write_sweep(param, &results, out).map_err(CliError::write(out))?;
         if json {
             let v: Vec<_> = results.iter().map(|(x, r)| serde_json::json!({ "value": x, "result": r })).collect();
-            println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
             print!("{}", study::report::sweep_table(param, &results));
             for f in files {
@@ -457,12 +457,12 @@ fn run_study(
         }
         return Ok(());
     }
-    let r = study::run(&sc, seed).map_err(|e| e.to_string())?;
-    let mut files = study::report::write_json(&r, out).map_err(|e| format!("{}: {e}", out.display()))?;
-    files.extend(study::report::write_csv(&r, out).map_err(|e| format!("{}: {e}", out.display()))?);
-    files.extend(study::report::write_svgs(&r, out).map_err(|e| format!("{}: {e}", out.display()))?);
+    let r = study::run(&sc, seed)?;
+    let mut files = study::report::write_json(&r, out).map_err(CliError::write(out))?;
+    files.extend(study::report::write_csv(&r, out).map_err(CliError::write(out))?);
+    files.extend(study::report::write_svgs(&r, out).map_err(CliError::write(out))?);
     if json {
-        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+        println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print!("{}", study::report::table(&r));
         for f in files {
@@ -472,21 +472,21 @@ fn run_study(
     Ok(())
 }
 
-fn run_demo(envs: usize, workers: usize, offloads: bool, json: bool) -> Result<(), String> {
+fn run_demo(envs: usize, workers: usize, offloads: bool, json: bool) -> Result<(), CliError> {
     if envs == 0 || envs > 1000 {
-        return Err(format!("--envs {envs}: must be between 1 and 1000"));
+        return Err(CliError::Usage(format!("--envs {envs}: must be between 1 and 1000")));
     }
     let opts = lab::Options { envs, workers, offloads, ..lab::Options::default() };
-    let r = demo::run(&opts).map_err(|e| e.to_string())?;
+    let r = demo::run(&opts)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+        println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print_report(&r);
     }
     if r.envs_ok == r.envs && r.server_saw_sources == [r.eni_address] {
         Ok(())
     } else {
-        Err(format!("{} of {} environments did not complete their exchanges", r.envs - r.envs_ok, r.envs))
+        Err(CliError::DemoIncomplete { failed: r.envs - r.envs_ok, total: r.envs })
     }
 }
 

@@ -65,7 +65,7 @@ pub struct RealResult {
 }
 
 /// Measures both designs with `envs` environments.
-pub fn run(envs: usize, provisioning_delay_ms: u64) -> Result<RealResult, lab::Error> {
+pub fn run(envs: usize, provisioning_delay_ms: u64) -> Result<RealResult, lab::LabBuildError> {
     let per_env = measure(envs, true, provisioning_delay_ms)?;
     let shared = measure(envs, false, provisioning_delay_ms)?;
     Ok(RealResult { provisioning_delay_ms, per_env, shared })
@@ -87,7 +87,7 @@ fn summary(v: &[f64]) -> LatencySummary {
     }
 }
 
-fn measure(envs: usize, per_env: bool, delay_ms: u64) -> Result<RealDesign, lab::Error> {
+fn measure(envs: usize, per_env: bool, delay_ms: u64) -> Result<RealDesign, lab::LabBuildError> {
     let mode = if per_env { "per-environment" } else { "shared" };
     let opts = Options {
         envs,
@@ -97,7 +97,7 @@ fn measure(envs: usize, per_env: bool, delay_ms: u64) -> Result<RealDesign, lab:
     let lab = Lab::build(&opts)?;
     let setup_s = if per_env { 0.0 } else { lab.eni_setup.as_secs_f64() };
     let l = lab.server.run(|| TcpListener::bind(SocketAddrV4::new(SERVER, PORT)));
-    let l = l.map_err(|e| lab::Error::Lab(netlab::LabError::io("bind the study server", e)))?;
+    let l = l.map_err(|e| lab::LabBuildError::Lab(netlab::LabError::io("bind the study server", e)))?;
     std::thread::spawn(move || {
         for mut c in l.incoming().flatten() {
             let mut line = String::new();

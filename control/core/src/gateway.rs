@@ -1,4 +1,4 @@
-//! Running the dataplane from a [`Plan`]: devices opened and configured,
+//! RunningGateway the dataplane from a [`Plan`]: devices opened and configured,
 //! one engine per worker, workers started.
 //!
 //! Everything that can fail is checked before the first thread starts:
@@ -19,11 +19,11 @@ use crate::config::OutsideKind;
 use crate::plan::Plan;
 use crossbeam_channel::Receiver;
 use dataplane::bindings::Bindings;
-use dataplane::config::ConfigError as EngineConfigError;
+use dataplane::config::EngineConfigError;
 use dataplane::counters::{Counters, DropReason};
 use dataplane::{Engine, Event, PortId};
 use dataplane_io::steer::Shards;
-use dataplane_io::worker::{Gateway, OutsideTx, WorkerSpec};
+use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
 use dataplane_io::{check_net_admin, AfPacket, IoError, Tap, TapOptions, OFFLOADS_TCP};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,8 +51,8 @@ pub enum StartError {
 }
 
 /// A running gateway and the devices it holds.
-pub struct Running {
-    gateway: Gateway,
+pub struct RunningGateway {
+    gateway: Workers,
     /// The inside TAPs, in attachment order.
     pub inside: Vec<Arc<Tap>>,
     /// The outside TAP's queues (empty for AF_PACKET).
@@ -92,7 +92,7 @@ fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool, queue: u32) 
 }
 
 /// Starts the gateway the plan describes.
-pub fn start(plan: &Plan) -> Result<Running, StartError> {
+pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
     check_net_admin().map_err(StartError::Privileges)?;
     let n = plan.workers.max(1);
     // Ports go where flows start: each worker's slice is weighted by the
@@ -164,7 +164,7 @@ pub fn start(plan: &Plan) -> Result<Running, StartError> {
         by_port[slot] = Some(Arc::clone(t));
     }
     let (tx, events) = crossbeam_channel::bounded(1024);
-    let gateway = Gateway::start(specs, by_port, shards, af_rx, tx)?;
+    let gateway = Workers::start(specs, by_port, shards, af_rx, tx)?;
     tracing::info!(
         workers = n,
         attachments = inside.len(),
@@ -172,7 +172,7 @@ pub fn start(plan: &Plan) -> Result<Running, StartError> {
         offloads,
         "gateway running"
     );
-    Ok(Running { gateway, inside, outside, events, offloads })
+    Ok(RunningGateway { gateway, inside, outside, events, offloads })
 }
 
 /// Worker `i`'s engine settings: its port slice, its share (by ports) of
@@ -259,7 +259,7 @@ impl Totals {
     }
 }
 
-impl Running {
+impl RunningGateway {
     /// Counters summed over the workers.
     pub fn totals(&self) -> Totals {
         Totals::sum(self.gateway.counters())

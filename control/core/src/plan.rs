@@ -328,7 +328,7 @@ pub fn plan(cfg: &Config, existing: &BTreeMap<EniKey, Vec<Ipv4Addr>>) -> Result<
         kind: cfg.outside.kind,
         name: cfg.outside.name.clone(),
         mtu: cfg.outside.mtu as u16,
-        mac: cfg.outside.mac.map_or(OUTSIDE_MAC, |m| m.0),
+        mac: cfg.outside.mac.unwrap_or(OUTSIDE_MAC),
         router: cfg.outside.router,
     };
     let bindings = Bindings::new(

@@ -15,8 +15,8 @@
 //! requests take it, never the packet path.
 
 use crate::config::{self, Config, ConfigError};
-use crate::controller::{Controller, Effect, Growth};
-use crate::gateway::{self, Running, StartError};
+use crate::controller::{Controller, Effect, Growth, Registry};
+use crate::gateway::{self, RunningGateway, StartError};
 use dataplane::time::Instant;
 use dataplane::Event;
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ pub const PROBE_TIME: Duration = Duration::from_millis(300);
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum RuntimeError {
     /// The config.
     #[error("{0}")]
     Config(#[from] ConfigError),
@@ -53,8 +53,11 @@ pub struct Runtime {
 /// What the control thread and API requests share.
 pub struct Shared {
     ctl: Mutex<Controller>,
+    /// The controller's ENI and function registries, read by API requests
+    /// without taking `ctl`.
+    registry: Arc<Registry>,
     /// The gateway.
-    pub gateway: Running,
+    pub gateway: RunningGateway,
     stop: AtomicBool,
     epoch: std::time::Instant,
 }
@@ -102,7 +105,7 @@ fn restart_fields(old: &Config, new: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn publish(ctl: &Controller, gw: &Running) {
+fn publish(ctl: &Controller, gw: &RunningGateway) {
     gw.set_bindings(ctl.bindings());
 }
 
@@ -110,18 +113,24 @@ impl Runtime {
     /// Starts the controller for `cfg`, the gateway with the controller's
     /// bindings (no ENI is active until its setup ends), and the control
     /// thread.
-    pub fn start(cfg: Config) -> Result<Runtime, Error> {
+    pub fn start(cfg: Config) -> Result<Runtime, RuntimeError> {
         let epoch = std::time::Instant::now();
         let ctl = Controller::new(cfg, Instant::from_millis(1000))?;
         let mut plan = ctl.plan().clone();
         plan.bindings = ctl.bindings();
         let gateway = gateway::start(&plan)?;
-        let shared = Arc::new(Shared { ctl: Mutex::new(ctl), gateway, stop: AtomicBool::new(false), epoch });
+        let shared = Arc::new(Shared {
+            registry: Arc::clone(ctl.registry()),
+            ctl: Mutex::new(ctl),
+            gateway,
+            stop: AtomicBool::new(false),
+            epoch,
+        });
         let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("hp-control".into())
             .spawn(move || control_loop(&s))
-            .map_err(|e| Error::Start(StartError::Io(e)))?;
+            .map_err(|e| RuntimeError::Start(StartError::Io(e)))?;
         Ok(Runtime { shared, thread: Some(thread) })
     }
 
@@ -358,15 +367,15 @@ impl Shared {
     fn headroom(&self) -> Headroom {
         let cs = self.gateway.counters();
         let sum = |f: &dyn Fn(&dataplane::counters::Counters) -> u64| cs.iter().map(|c| f(c)).sum::<u64>();
-        let ctl = self.controller();
-        let max = ctl.config().gateway.max_eni_addresses.max(1);
+        let max = self.controller().config().gateway.max_eni_addresses.max(1);
         Headroom {
             sessions: self.gateway.totals().live.iter().sum(),
             sessions_recyclable: sum(&|c| c.sessions_recyclable.get()),
             sessions_capacity: sum(&|c| c.sessions_capacity.get()),
             sessions_recycled: sum(&|c| c.sessions_recycled.get()),
             sessions_reopened: sum(&|c| c.sessions_reopened.get()),
-            eni_addresses: ctl
+            eni_addresses: self
+                .registry
                 .enis()
                 .iter()
                 .map(|e| EniAddresses { eni: e.id, addresses: e.addrs.len() as u32, max })
@@ -377,8 +386,8 @@ impl Shared {
     /// ENIs and functions.
     pub fn status(&self) -> StatusReport {
         let ports = self.port_use();
-        let ctl = self.controller();
-        let enis = ctl
+        let reg = &self.registry;
+        let enis = reg
             .enis()
             .into_iter()
             .map(|e| EniStatus {
@@ -399,14 +408,14 @@ impl Shared {
                     .collect(),
             })
             .collect();
-        let functions = ctl
+        let functions = reg
             .functions()
             .into_iter()
             .map(|(name, f)| {
                 let (state, state_reason) = f.state.parts();
                 let (last, last_reason) = f.last_update.parts();
                 let mut enis: Vec<u32> =
-                    f.bound.values().chain(f.target.values()).filter_map(|k| ctl.eni_for(k).map(|e| e.id)).collect();
+                    f.bound.values().chain(f.target.values()).filter_map(|k| reg.eni_for(k).map(|e| e.id)).collect();
                 enis.sort_unstable();
                 enis.dedup();
                 FunctionStatus {
@@ -419,7 +428,6 @@ impl Shared {
                 }
             })
             .collect();
-        drop(ctl);
         StatusReport { enis, functions, headroom: self.headroom() }
     }
 
@@ -436,7 +444,7 @@ impl Shared {
             });
             v
         });
-        let ctl = self.controller();
+        let reg = &self.registry;
         let mut lines: Vec<SessionLine> = per_worker
             .into_iter()
             .flatten()
@@ -452,7 +460,7 @@ impl Shared {
                     timeout_s: deadline.saturating_since(now).as_secs(),
                     state: if s.proto == TCP { format!("{:?}", s.tcp) } else { "-".into() },
                     env: s.inside.ip,
-                    eni: ctl.eni_of_addr(s.eni.ip),
+                    eni: reg.eni_of_addr(s.eni.ip),
                     original_src: v4(s.inside),
                     original_dst: v4(s.remote),
                     translated_src: v4(s.eni),

@@ -51,7 +51,7 @@
 //!
 //! # Our gateway's settings
 //!
-//! `gateway` ([`GatewaySettings`], `--config FILE`) carries the `[gateway]` table of a `hyperplane run` config into
+//! `gateway` ([`GatewayTable`], `--config FILE`) carries the `[gateway]` table of a `hyperplane run` config into
 //! the lab's generated config (see [`settings`]); `port_range`, `max_eni_addresses` and `workers` given as arguments
 //! take precedence. Either way the resulting config is checked by the gateway's own parser before anything is built.
 //!
@@ -85,7 +85,7 @@ pub(crate) use figures::{assemble, Measured};
 pub use figures::{
     BulkFigures, ConnectFigures, GatewayFigures, Latency, LoadReport, Loss, Rate, ResponderReport, UdpFigures,
 };
-pub use settings::{parse_duration, GatewaySettings};
+pub use settings::{parse_duration, GatewayTable};
 pub use timeline::{Bucket, Timeline};
 
 use dataplane_io::tap::{Tap, TapOptions};
@@ -242,7 +242,7 @@ pub struct LoadArgs {
     /// shared TAP; at most [`MAX_TAP_ENVS`] environments; tcp-bulk, connect and mixed only.
     pub tap_per_env: bool,
     /// Our gateway's `[gateway]` settings from a config file (`--config`; target ours only).
-    pub gateway: Option<GatewaySettings>,
+    pub gateway: Option<GatewayTable>,
     /// Stops the run early (also SIGINT/SIGTERM).
     pub stop: StopHandle,
 }
@@ -352,7 +352,7 @@ pub enum LoadError {
     NotRoot,
     /// Our lab did not build.
     #[error("lab: {0}")]
-    Lab(#[from] lab::Error),
+    Lab(#[from] lab::LabBuildError),
     /// A namespace or link operation failed.
     #[error("netlab: {0}")]
     Netlab(#[from] LabError),
@@ -606,7 +606,7 @@ struct GatewayPlan {
 /// Our gateway's settings from `args` (the `--config` file's `[gateway]` table, then the arguments over it; see
 /// [`settings`]), checked by the gateway's own parser in the lab's generated config.
 fn gateway_plan(args: &LoadArgs) -> Result<GatewayPlan, LoadError> {
-    let mut t = args.gateway.as_ref().map(GatewaySettings::table).unwrap_or_default();
+    let mut t = args.gateway.as_ref().map(GatewayTable::table).unwrap_or_default();
     let mut from_args = Vec::new();
     if let Some(n) = args.max_eni_addresses {
         t.insert("max_eni_addresses".into(), toml::Value::Integer(i64::from(n)));
@@ -647,17 +647,7 @@ fn gateway_plan(args: &LoadArgs) -> Result<GatewayPlan, LoadError> {
 
 /// A permanent neighbour entry for environment `i` on `dev` (an `ip -batch` line).
 fn neigh_line(i: usize, dev: &str) -> String {
-    let m = env_mac(i);
-    format!(
-        "neigh replace {} lladdr {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} dev {dev} nud permanent",
-        env_addr(i),
-        m[0],
-        m[1],
-        m[2],
-        m[3],
-        m[4],
-        m[5]
-    )
+    format!("neigh replace {} lladdr {} dev {dev} nud permanent", env_addr(i), control::config::format_mac(&env_mac(i)))
 }
 
 fn progress_bar(args: &LoadArgs) -> Option<indicatif::ProgressBar> {

@@ -1,4 +1,4 @@
-//! Run settings from outside the argument list: the `[gateway]` table of a config file ([`GatewaySettings`],
+//! Run settings from outside the argument list: the `[gateway]` table of a config file ([`GatewayTable`],
 //! `--config`) and human durations ([`parse_duration`]).
 //!
 //! # `--config`
@@ -22,16 +22,16 @@ const LAB_OWNED: &[&str] = &["control_socket"];
 
 /// The `[gateway]` table of a config file (see the module doc).
 #[derive(Clone, Debug)]
-pub struct GatewaySettings {
+pub struct GatewayTable {
     /// Where the settings came from (the file's path), for messages and the report.
     pub file: String,
     text: String,
     table: toml::Table,
 }
 
-impl GatewaySettings {
+impl GatewayTable {
     /// Reads and parses `path`.
-    pub fn load(path: &Path) -> Result<GatewaySettings, LoadError> {
+    pub fn load(path: &Path) -> Result<GatewayTable, LoadError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| LoadError::Config {
             file: file.clone(),
@@ -39,11 +39,11 @@ impl GatewaySettings {
             reason: format!("cannot read: {e}"),
             line: None,
         })?;
-        GatewaySettings::parse(&file, &text)
+        GatewayTable::parse(&file, &text)
     }
 
     /// Parses a config document; `file` names it in errors.
-    pub fn parse(file: &str, text: &str) -> Result<GatewaySettings, LoadError> {
+    pub fn parse(file: &str, text: &str) -> Result<GatewayTable, LoadError> {
         let err = |field: &str, reason: String, line: Option<usize>| LoadError::Config {
             file: file.to_string(),
             field: field.to_string(),
@@ -63,7 +63,7 @@ impl GatewaySettings {
             Some(_) => return Err(err("gateway", "is not a table".into(), line_of_header(text))),
             None => return Err(err("gateway", "the file has no [gateway] table".into(), None)),
         };
-        Ok(GatewaySettings { file: file.to_string(), text: text.to_string(), table })
+        Ok(GatewayTable { file: file.to_string(), text: text.to_string(), table })
     }
 
     /// The settings as given, without the keys the lab owns.
@@ -218,16 +218,16 @@ mod tests {
         let text =
             "[gateway]\nmax_sessions = 4096\ncontrol_socket = \"/run/x.sock\"\n\n[gateway.timeouts]\nudp = 150\n\n\
                     [outside]\nname = \"whatever\"\n";
-        let s = GatewaySettings::parse("f.toml", text).expect("parses");
+        let s = GatewayTable::parse("f.toml", text).expect("parses");
         let lines = gateway_lines(&s.table());
         assert!(lines.contains("max_sessions = 4096\n"), "{lines}");
         assert!(lines.contains("timeouts.udp = 150\n"), "{lines}");
         assert!(!lines.contains("control_socket"), "the lab owns its socket: {lines}");
         assert_eq!(line_of_key(text, "gateway.timeouts.udp"), Some(6));
         assert_eq!(line_of_key(text, "gateway.max_sessions"), Some(2));
-        let none = GatewaySettings::parse("f.toml", "[outside]\nname = \"x\"\n");
+        let none = GatewayTable::parse("f.toml", "[outside]\nname = \"x\"\n");
         assert!(matches!(none, Err(LoadError::Config { ref field, .. }) if field == "gateway"), "{none:?}");
-        let broken = GatewaySettings::parse("f.toml", "[gateway\nx = 1\n");
+        let broken = GatewayTable::parse("f.toml", "[gateway\nx = 1\n");
         assert!(matches!(broken, Err(LoadError::Config { ref field, line: Some(1), .. }) if field == "toml"));
     }
 }

@@ -29,10 +29,10 @@ const STEP: Duration = Duration::from_secs(5);
 
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum DemoError {
     /// Building the lab or starting the gateway.
     #[error(transparent)]
-    Lab(#[from] lab::Error),
+    Lab(#[from] lab::LabBuildError),
     /// Interrupted by SIGINT or SIGTERM.
     #[error("interrupted")]
     Interrupted,
@@ -132,16 +132,16 @@ impl Percentiles {
     }
 }
 
-fn check_stop() -> Result<(), Error> {
+fn check_stop() -> Result<(), DemoError> {
     if control::signals::stopped() {
-        Err(Error::Interrupted)
+        Err(DemoError::Interrupted)
     } else {
         Ok(())
     }
 }
 
 /// Runs the demo.
-pub fn run(opts: &Options) -> Result<Report, Error> {
+pub fn run(opts: &Options) -> Result<Report, DemoError> {
     let t0 = Instant::now();
     let lab = Lab::build(opts)?;
     check_stop()?;
@@ -222,19 +222,19 @@ fn start_servers(
     lab: &Lab,
     stop: &Arc<AtomicBool>,
     seen: &Arc<Mutex<Vec<(String, SocketAddrV4)>>>,
-) -> Result<Vec<std::thread::JoinHandle<()>>, Error> {
+) -> Result<Vec<std::thread::JoinHandle<()>>, DemoError> {
     let tcp = lab.server.run(|| {
         let l = TcpListener::bind(SocketAddrV4::new(SERVER, TCP_PORT))?;
         l.set_nonblocking(true)?;
         Ok::<_, std::io::Error>(l)
     });
-    let tcp = tcp.map_err(Error::Server)?;
+    let tcp = tcp.map_err(DemoError::Server)?;
     let udp = lab.server.run(|| {
         let s = UdpSocket::bind(SocketAddrV4::new(SERVER, UDP_PORT))?;
         s.set_read_timeout(Some(Duration::from_millis(100)))?;
         Ok::<_, std::io::Error>(s)
     });
-    let udp = udp.map_err(Error::Server)?;
+    let udp = udp.map_err(DemoError::Server)?;
     let (stop1, seen1) = (Arc::clone(stop), Arc::clone(seen));
     let t = std::thread::spawn(move || {
         while !stop1.load(Ordering::Relaxed) {

@@ -33,7 +33,7 @@
 
 use crate::{env_addr, ip_batch, move_link, LabError, Netns, INSIDE_GATEWAY, SERVER, SERVER_ROUTER};
 use control::config::{self, ConfigError};
-use control::gateway::Running;
+use control::gateway::RunningGateway;
 use control::runtime::{self, Runtime};
 use core::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ pub const SUBNET: &str = "10.0.0.0/24";
 
 /// Why a lab could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum LabBuildError {
     /// A namespace or link operation failed.
     #[error(transparent)]
     Lab(#[from] LabError),
@@ -54,7 +54,7 @@ pub enum Error {
     Config(#[from] ConfigError),
     /// The gateway did not start.
     #[error(transparent)]
-    Start(#[from] runtime::Error),
+    Start(#[from] runtime::RuntimeError),
     /// The shared ENI did not become active.
     #[error("the shared ENI was not active after {0:?}")]
     NotSettled(Duration),
@@ -187,7 +187,7 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
 
 impl Lab {
     /// Builds the namespaces, starts the gateway and wires its TAPs in.
-    pub fn build(opts: &Options) -> Result<Lab, Error> {
+    pub fn build(opts: &Options) -> Result<Lab, LabBuildError> {
         crate::sweep_stale("hpl");
         let tag = crate::unique("hpl");
         let outside = crate::unique("hpl");
@@ -236,7 +236,7 @@ impl Lab {
         let rt = Runtime::start(cfg)?;
         let limit = Duration::from_secs(10);
         if !rt.wait_settled(limit) {
-            return Err(Error::NotSettled(limit));
+            return Err(LabBuildError::NotSettled(limit));
         }
         let eni_setup = t0.elapsed();
         let eni = rt.shared().controller().enis().first().and_then(|e| e.addrs.first().copied());
@@ -334,7 +334,7 @@ impl Lab {
     /// load generator's TAP) into the bridge namespace as a port of
     /// [`BRIDGE`] and brings it up. Without a bridge (per-environment mode)
     /// this is [`LabError::Invalid`].
-    pub fn attach_to_bridge(&self, link: &str) -> Result<(), Error> {
+    pub fn attach_to_bridge(&self, link: &str) -> Result<(), LabBuildError> {
         let Some(br) = &self.bridge else {
             return Err(LabError::Invalid(format!("attach_to_bridge({link}): the lab has no shared attachment")).into());
         };
@@ -347,7 +347,7 @@ impl Lab {
     /// environment `i`) into the bridge namespace as ports of [`bridge_name`]`(i)` and brings them up, with
     /// `txqueuelen` (frames) on each. Without bridged attachments, or with more links than attachments, this is
     /// [`LabError::Invalid`].
-    pub fn attach_to_bridges(&self, links: &[String], txqueuelen: u32) -> Result<(), Error> {
+    pub fn attach_to_bridges(&self, links: &[String], txqueuelen: u32) -> Result<(), LabBuildError> {
         let (Some(br), Some(n)) = (&self.bridge, self.opts.bridged_attachments) else {
             return Err(LabError::Invalid("attach_to_bridges: the lab has no bridged attachments".into()).into());
         };
@@ -375,7 +375,7 @@ impl Lab {
     }
 
     /// The running gateway.
-    pub fn gateway(&self) -> &Running {
+    pub fn gateway(&self) -> &RunningGateway {
         &self.runtime().shared().gateway
     }
 

@@ -16,7 +16,6 @@ use dataplane::testkit::{self, flags::*, IpOpts, Topology, OUTSIDE_MAC, ROUTER, 
 use dataplane::time::Instant;
 use dataplane::wire::{get16, parse_ipv4, ETH_LEN};
 use dataplane::{Action, Engine, PortId};
-use smoltcp::wire::EthernetAddress;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
@@ -67,7 +66,7 @@ fn main() {
     while sim.engine.poll_transmit(sim.now, &mut scratch).is_some() {}
     for (ip, mac) in [(ROUTER, ROUTER_MAC), (SERVER, SERVER_MAC)] {
         let mut f = [0u8; 64];
-        let n = arp::write_request(&mut f, EthernetAddress(mac), ip, Ipv4Addr::new(10, 0, 0, 10));
+        let n = arp::write_request(&mut f, mac, ip, Ipv4Addr::new(10, 0, 0, 10));
         sim.send(PortId::OUTSIDE, &f[..n]);
     }
 

@@ -38,6 +38,7 @@
 //! * Frames for one next hop are released in the order they were queued;
 //!   scheduled ARP requests leave before released frames.
 
+use crate::bindings::Mac;
 use crate::time::Instant;
 use crate::PortId;
 use core::net::Ipv4Addr;
@@ -110,11 +111,11 @@ pub struct ArpMessage {
     /// Request or reply.
     pub operation: ArpOp,
     /// Sender hardware address (SHA).
-    pub sender_mac: EthernetAddress,
+    pub sender_mac: Mac,
     /// Sender protocol address (SPA); 0.0.0.0 in an RFC 5227 probe.
     pub sender_ip: Ipv4Addr,
     /// Target hardware address (THA); usually zero in a request.
-    pub target_mac: EthernetAddress,
+    pub target_mac: Mac,
     /// Target protocol address (TPA).
     pub target_ip: Ipv4Addr,
 }
@@ -148,9 +149,9 @@ pub fn parse(frame: &[u8]) -> Option<ArpMessage> {
             };
             Some(ArpMessage {
                 operation,
-                sender_mac: source_hardware_addr,
+                sender_mac: source_hardware_addr.0,
                 sender_ip: source_protocol_addr,
-                target_mac: target_hardware_addr,
+                target_mac: target_hardware_addr.0,
                 target_ip: target_protocol_addr,
             })
         }
@@ -176,15 +177,15 @@ fn emit(buf: &mut [u8], eth_dst: EthernetAddress, sha: EthernetAddress, repr: Ar
 }
 
 /// A request-shaped ARP body (RFC 826 request, THA zero) sent to broadcast.
-fn emit_request(buf: &mut [u8], our_mac: EthernetAddress, spa: Ipv4Addr, tpa: Ipv4Addr) -> usize {
+fn emit_request(buf: &mut [u8], our_mac: Mac, spa: Ipv4Addr, tpa: Ipv4Addr) -> usize {
     let repr = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Request,
-        source_hardware_addr: our_mac,
+        source_hardware_addr: EthernetAddress(our_mac),
         source_protocol_addr: spa,
         target_hardware_addr: EthernetAddress([0; 6]),
         target_protocol_addr: tpa,
     };
-    emit(buf, EthernetAddress::BROADCAST, our_mac, repr)
+    emit(buf, EthernetAddress::BROADCAST, EthernetAddress(our_mac), repr)
 }
 
 /// Rewrites a received request frame in place into the reply for
@@ -196,35 +197,35 @@ fn emit_request(buf: &mut [u8], our_mac: EthernetAddress, spa: Ipv4Addr, tpa: Ip
 /// `msg.target_ip`. `frame` must be at least [`FRAME_LEN`] bytes; if it is
 /// shorter nothing is written and 0 is returned. Bytes past [`FRAME_LEN`]
 /// (padding) are left as they were.
-pub fn write_reply(frame: &mut [u8], msg: &ArpMessage, our_mac: EthernetAddress) -> usize {
+pub fn write_reply(frame: &mut [u8], msg: &ArpMessage, our_mac: Mac) -> usize {
     let repr = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Reply,
-        source_hardware_addr: our_mac,
+        source_hardware_addr: EthernetAddress(our_mac),
         source_protocol_addr: msg.target_ip,
-        target_hardware_addr: msg.sender_mac,
+        target_hardware_addr: EthernetAddress(msg.sender_mac),
         target_protocol_addr: msg.sender_ip,
     };
-    emit(frame, msg.sender_mac, our_mac, repr)
+    emit(frame, EthernetAddress(msg.sender_mac), EthernetAddress(our_mac), repr)
 }
 
 /// Writes a broadcast who-has request for `target_ip` from
 /// (`our_mac`, `sender_ip`) into `buf`; returns [`FRAME_LEN`], or 0 if `buf`
 /// is too small.
-pub fn write_request(buf: &mut [u8], our_mac: EthernetAddress, sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> usize {
+pub fn write_request(buf: &mut [u8], our_mac: Mac, sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> usize {
     emit_request(buf, our_mac, sender_ip, target_ip)
 }
 
 /// Writes a gratuitous ARP announcing `ip` at `our_mac` (RFC 5227 §2.3
 /// announcement: a broadcast request with sender and target IP both `ip`,
 /// THA zero). Returns [`FRAME_LEN`], or 0 if `buf` is too small.
-pub fn write_announcement(buf: &mut [u8], our_mac: EthernetAddress, ip: Ipv4Addr) -> usize {
+pub fn write_announcement(buf: &mut [u8], our_mac: Mac, ip: Ipv4Addr) -> usize {
     emit_request(buf, our_mac, ip, ip)
 }
 
 /// Writes an RFC 5227 §2.1.1 probe for `ip`: a broadcast request with sender
 /// IP 0.0.0.0, THA zero and target IP `ip`. Returns [`FRAME_LEN`], or 0 if
 /// `buf` is too small.
-pub fn write_probe(buf: &mut [u8], our_mac: EthernetAddress, ip: Ipv4Addr) -> usize {
+pub fn write_probe(buf: &mut [u8], our_mac: Mac, ip: Ipv4Addr) -> usize {
     emit_request(buf, our_mac, Ipv4Addr::UNSPECIFIED, ip)
 }
 
@@ -242,7 +243,7 @@ pub enum Queued {
 /// A resolved neighbour.
 #[derive(Copy, Clone, Debug)]
 struct Entry {
-    mac: EthernetAddress,
+    mac: Mac,
     /// Last time an ARP message from this neighbour was seen.
     confirmed: Instant,
     /// Returned by a lookup since the last refresh request.
@@ -292,7 +293,7 @@ struct Slot {
     len: usize,
     port: PortId,
     /// Destination MAC, set when the frame is released.
-    dst: EthernetAddress,
+    dst: Mac,
     /// Next slot in whichever list this one is on (free, waiting or ready).
     next: u32,
 }
@@ -313,7 +314,7 @@ impl List {
 #[derive(Debug)]
 pub struct ArpTable {
     config: ArpConfig,
-    our_mac: EthernetAddress,
+    our_mac: Mac,
     entries: HashMap<Ipv4Addr, Entry, RandomState>,
     /// Next hop to its index in `pending`.
     pending_index: HashMap<Ipv4Addr, u32, RandomState>,
@@ -342,7 +343,7 @@ impl ArpTable {
     /// slots of `frame_capacity` bytes, and room for `queue_frames` pending
     /// addresses and scheduled requests. `queue_frames` is capped at
     /// `u32::MAX - 1`.
-    pub fn new(config: ArpConfig, our_mac: EthernetAddress) -> ArpTable {
+    pub fn new(config: ArpConfig, our_mac: Mac) -> ArpTable {
         let n = config.queue_frames.min(NIL as usize - 1);
         let config = ArpConfig { queue_frames: n, ..config };
         let storage_len = n.saturating_mul(config.frame_capacity);
@@ -350,7 +351,7 @@ impl ArpTable {
             .map(|i| Slot {
                 len: 0,
                 port: PortId::OUTSIDE,
-                dst: EthernetAddress([0; 6]),
+                dst: [0; 6],
                 next: if i + 1 < n { i as u32 + 1 } else { NIL },
             })
             .collect();
@@ -391,7 +392,7 @@ impl ArpTable {
 
     /// The MAC this table writes as the source of requests and released
     /// frames.
-    pub fn our_mac(&self) -> EthernetAddress {
+    pub fn our_mac(&self) -> Mac {
         self.our_mac
     }
 
@@ -399,7 +400,7 @@ impl ArpTable {
     /// `reachable` ago, marking the entry used (so it is refreshed before
     /// it ages out). One hash lookup; no allocation.
     #[inline]
-    pub fn lookup(&mut self, now: Instant, ip: Ipv4Addr) -> Option<EthernetAddress> {
+    pub fn lookup(&mut self, now: Instant, ip: Ipv4Addr) -> Option<Mac> {
         let reachable = self.config.reachable;
         let e = self.entries.get_mut(&ip)?;
         e.used = true;
@@ -430,12 +431,12 @@ impl ArpTable {
     /// probes) cannot be next hops.
     ///
     /// [`poll_transmit`]: ArpTable::poll_transmit
-    pub fn learn(&mut self, now: Instant, ip: Ipv4Addr, mac: EthernetAddress, create: bool) {
+    pub fn learn(&mut self, now: Instant, ip: Ipv4Addr, mac: Mac, create: bool) {
         if ip.is_unspecified()
             || ip.is_broadcast()
             || ip.is_multicast()
-            || !mac.is_unicast()
-            || mac == EthernetAddress([0; 6])
+            || !EthernetAddress(mac).is_unicast()
+            || mac == [0; 6]
         {
             return;
         }
@@ -464,7 +465,7 @@ impl ArpTable {
 
     /// Moves pending `p`'s frames to the ready list with destination `mac`
     /// and frees `p`.
-    fn release(&mut self, p: u32, mac: EthernetAddress) {
+    fn release(&mut self, p: u32, mac: Mac) {
         let Some(pend) = self.pending.get(p as usize).copied() else {
             return;
         };
@@ -695,8 +696,8 @@ impl ArpTable {
         out.copy_from_slice(src);
         let mut eth = EthernetFrame::new_unchecked(out);
         if eth.check_len().is_ok() {
-            eth.set_dst_addr(slot.dst);
-            eth.set_src_addr(self.our_mac);
+            eth.set_dst_addr(EthernetAddress(slot.dst));
+            eth.set_src_addr(EthernetAddress(self.our_mac));
         }
         self.ready.head = slot.next;
         if self.ready.head == NIL {
@@ -800,8 +801,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const GW_MAC: EthernetAddress = EthernetAddress([0x02, 0x4a, 0x9c, 0x11, 0x22, 0x33]);
-    const OUR_MAC: EthernetAddress = EthernetAddress([0x02, 0x00, 0x5e, 0xaa, 0xbb, 0xcc]);
+    const GW_MAC: Mac = [0x02, 0x4a, 0x9c, 0x11, 0x22, 0x33];
+    const OUR_MAC: Mac = [0x02, 0x00, 0x5e, 0xaa, 0xbb, 0xcc];
     const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const ENI: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 57);
 
@@ -862,7 +863,7 @@ mod tests {
                 operation: ArpOp::Request,
                 sender_mac: GW_MAC,
                 sender_ip: GW,
-                target_mac: EthernetAddress([0; 6]),
+                target_mac: [0; 6],
                 target_ip: ENI,
             }
         );
@@ -1010,8 +1011,8 @@ mod tests {
         {
             assert_eq!(*port, want_port);
             assert_eq!(bytes.len(), want.len());
-            assert_eq!(bytes[..6], GW_MAC.0);
-            assert_eq!(bytes[6..12], OUR_MAC.0);
+            assert_eq!(bytes[..6], GW_MAC);
+            assert_eq!(bytes[6..12], OUR_MAC);
             assert_eq!(bytes[12..], want[12..]);
         }
         assert_eq!(t.queued_frames(), 0);
@@ -1027,7 +1028,7 @@ mod tests {
         let out = drain(&mut t);
         assert_eq!(out.len(), 1, "no request, just the frame");
         assert_eq!(out[0].0, PortId(2));
-        assert_eq!(out[0].1[..6], GW_MAC.0);
+        assert_eq!(out[0].1[..6], GW_MAC);
     }
 
     #[test]
@@ -1170,7 +1171,7 @@ mod tests {
         t.learn(ms(0), GW, GW_MAC, false);
         assert!(t.is_empty());
         t.learn(ms(0), GW, GW_MAC, true);
-        let moved = EthernetAddress([0x02, 0, 0, 0, 0, 9]);
+        let moved = [0x02, 0, 0, 0, 0, 9];
         t.learn(ms(1), GW, moved, false);
         assert_eq!(t.lookup(ms(1), GW), Some(moved));
         assert_eq!(t.len(), 1);
@@ -1182,9 +1183,9 @@ mod tests {
         t.learn(ms(0), Ipv4Addr::UNSPECIFIED, GW_MAC, true);
         t.learn(ms(0), Ipv4Addr::BROADCAST, GW_MAC, true);
         t.learn(ms(0), Ipv4Addr::new(224, 0, 0, 1), GW_MAC, true);
-        t.learn(ms(0), GW, EthernetAddress::BROADCAST, true);
-        t.learn(ms(0), GW, EthernetAddress([0x01, 0, 0x5e, 0, 0, 1]), true);
-        t.learn(ms(0), GW, EthernetAddress([0; 6]), true);
+        t.learn(ms(0), GW, [0xff; 6], true);
+        t.learn(ms(0), GW, [0x01, 0, 0x5e, 0, 0, 1], true);
+        t.learn(ms(0), GW, [0; 6], true);
         assert!(t.is_empty());
     }
 
@@ -1313,7 +1314,7 @@ mod tests {
                         if let Some((port, len)) = t.poll_transmit(&mut buf) {
                             if port != PortId::OUTSIDE {
                                 left += 1;
-                                prop_assert_eq!(&buf[..6], &GW_MAC.0[..]);
+                                prop_assert_eq!(&buf[..6], &GW_MAC[..]);
                             } else {
                                 prop_assert!(parse(&buf[..len]).is_some());
                             }

@@ -12,7 +12,6 @@
 
 use crate::policy::{Cidr, RuleSet};
 use crate::PortId;
-use core::fmt;
 use core::net::Ipv4Addr;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,21 +72,14 @@ pub struct Env {
 }
 
 /// Why a snapshot was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
 pub struct BindingError {
     /// The offending field.
     pub field: String,
     /// Why.
     pub reason: String,
 }
-
-impl fmt::Display for BindingError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-impl std::error::Error for BindingError {}
 
 /// A validated, indexed snapshot of ports, ENIs and environments.
 #[derive(Clone, Debug)]

@@ -8,7 +8,6 @@
 //! is the profile that behaves like an AWS NAT Gateway (address-and-port
 //! dependent mapping and filtering, 350 s idle timeouts).
 
-use core::fmt;
 use core::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -150,8 +149,8 @@ impl EngineConfig {
     }
 
     /// Checks the settings; the error names the field and the reason.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |field: &'static str, reason: &'static str| Err(ConfigError { field, reason });
+    pub fn validate(&self) -> Result<(), EngineConfigError> {
+        let err = |field: &'static str, reason: &'static str| Err(EngineConfigError { field, reason });
         if self.timeouts.udp < Duration::from_secs(120) {
             return err("timeouts.udp", "must be at least 120 s (RFC 4787 REQ-5)");
         }
@@ -193,22 +192,15 @@ impl EngineConfig {
     }
 }
 
-/// A configuration field that is not acceptable, and why.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
+/// An engine setting that is not acceptable, and why.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct EngineConfigError {
     /// The field, as a dotted path.
     pub field: &'static str,
     /// Why it is rejected.
     pub reason: &'static str,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests {

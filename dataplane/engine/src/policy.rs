@@ -87,16 +87,9 @@ impl fmt::Display for Cidr {
 }
 
 /// Why a prefix string did not parse.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("expected an IPv4 prefix such as 10.0.0.0/16")]
 pub struct CidrParseError;
-
-impl fmt::Display for CidrParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("expected an IPv4 prefix such as 10.0.0.0/16")
-    }
-}
-
-impl std::error::Error for CidrParseError {}
 
 impl FromStr for Cidr {
     type Err = CidrParseError;

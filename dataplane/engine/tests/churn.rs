@@ -20,7 +20,6 @@ use dataplane::counters::DropReason;
 use dataplane::flow::{TCP, UDP};
 use dataplane::testkit::{self, Topology, ROUTER, ROUTER_MAC, SERVER};
 use dataplane::{arp, Action, Event, PortId};
-use smoltcp::wire::EthernetAddress;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -306,7 +305,7 @@ fn answer_arp(h: &mut Harness) -> usize {
         if let Some(req) = arp::parse(&f) {
             if req.target_ip == ROUTER {
                 let mut r = vec![0u8; 64];
-                let len = arp::write_request(&mut r, EthernetAddress(ROUTER_MAC), ROUTER, req.sender_ip);
+                let len = arp::write_request(&mut r, ROUTER_MAC, ROUTER, req.sender_ip);
                 r.truncate(len);
                 h.send_raw(PortId::OUTSIDE, r);
                 n += 1;
@@ -357,7 +356,7 @@ fn a_burst_of_first_syns_waits_for_the_router_without_loss() {
     assert_eq!(h.dropped(DropReason::ArpUnresolved), 0);
     // The reply releases every one of them.
     let mut r = vec![0u8; 64];
-    let len = arp::write_request(&mut r, EthernetAddress(ROUTER_MAC), ROUTER, ENI);
+    let len = arp::write_request(&mut r, ROUTER_MAC, ROUTER, ENI);
     r.truncate(len);
     h.send_raw(PortId::OUTSIDE, r);
     let released = h.drain().iter().filter(|(_, f)| arp::parse(f).is_none()).count();

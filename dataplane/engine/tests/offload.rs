@@ -134,12 +134,7 @@ fn a_partial_frame_queued_for_arp_leaves_with_a_complete_checksum() {
     assert_eq!(action, Action::Consumed, "queued for ARP");
     // The router answers; the queued SYN comes out complete.
     let mut r = vec![0u8; 64];
-    let n = dataplane::arp::write_request(
-        &mut r,
-        smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 0x63]),
-        std::net::Ipv4Addr::new(10, 0, 0, 99),
-        ENI,
-    );
+    let n = dataplane::arp::write_request(&mut r, [2, 0, 0, 0, 0, 0x63], std::net::Ipv4Addr::new(10, 0, 0, 99), ENI);
     r.truncate(n);
     h.send_raw(PortId::OUTSIDE, r);
     let out: Vec<_> = h.drain().into_iter().filter(|(_, f)| wire::ethertype(f) == wire::ETHERTYPE_IPV4).collect();

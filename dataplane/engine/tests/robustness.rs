@@ -131,10 +131,10 @@ fn world() -> World {
     ));
     // ARP: a VPC host asks for the ENI address, an environment for its gateway.
     let mut a = vec![0u8; 64];
-    let n = dataplane::arp::write_request(&mut a, smoltcp::wire::EthernetAddress(ROUTER_MAC), ROUTER, ENI);
+    let n = dataplane::arp::write_request(&mut a, ROUTER_MAC, ROUTER, ENI);
     bases.push((PortId::OUTSIDE, a[..n].to_vec()));
     let mut a = vec![0u8; 64];
-    let mac = smoltcp::wire::EthernetAddress(testkit::env_mac(0));
+    let mac = testkit::env_mac(0);
     let n = dataplane::arp::write_request(&mut a, mac, testkit::env_ip(0), GATEWAY);
     bases.push((PortId(1), a[..n].to_vec()));
     h.drain();

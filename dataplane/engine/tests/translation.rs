@@ -12,7 +12,6 @@ use dataplane::flow::{ICMP, TCP, UDP};
 use dataplane::policy::{Rule, RuleProto, RuleSet};
 use dataplane::testkit::{self, flags::*, IpOpts, Topology, ROUTER_MAC, SERVER, SERVER2};
 use dataplane::{Action, PortId};
-use smoltcp::wire::EthernetAddress;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -505,27 +504,17 @@ fn bad_headers_are_dropped_by_reason() {
 fn arp_is_answered_for_the_gateway_inside_and_the_eni_outside() {
     let mut h = Harness::default();
     let mut f = vec![0u8; 64];
-    let n = dataplane::arp::write_request(
-        &mut f,
-        smoltcp::wire::EthernetAddress(testkit::env_mac(0)),
-        testkit::env_ip(0),
-        h.gateway(),
-    );
+    let n = dataplane::arp::write_request(&mut f, testkit::env_mac(0), testkit::env_ip(0), h.gateway());
     f.truncate(n);
     let out = h.send(h.env_port(0), f);
     assert!(matches!(out.action, Action::Reply { .. }));
     let m = dataplane::arp::parse(&out.frame).unwrap();
     assert_eq!(m.sender_ip, h.gateway());
-    assert_eq!(m.sender_mac.0, testkit::inside_mac(h.env_port(0).0));
+    assert_eq!(m.sender_mac, testkit::inside_mac(h.env_port(0).0));
     assert_eq!(m.target_ip, testkit::env_ip(0));
     // Not for an address that is not ours.
     let mut f = vec![0u8; 64];
-    let n = dataplane::arp::write_request(
-        &mut f,
-        smoltcp::wire::EthernetAddress(ROUTER_MAC),
-        testkit::ROUTER,
-        Ipv4Addr::new(10, 0, 0, 77),
-    );
+    let n = dataplane::arp::write_request(&mut f, ROUTER_MAC, testkit::ROUTER, Ipv4Addr::new(10, 0, 0, 77));
     f.truncate(n);
     assert!(matches!(h.send(PortId::OUTSIDE, f).action, Action::Drop(_)));
 }
@@ -544,7 +533,7 @@ fn unresolved_next_hop_queues_then_releases_after_arp() {
     // The host answers.
     let mac = [2, 0, 0, 0, 0, 200];
     let mut r = vec![0u8; 64];
-    let n = dataplane::arp::write_request(&mut r, smoltcp::wire::EthernetAddress(mac), dst, ENI);
+    let n = dataplane::arp::write_request(&mut r, mac, dst, ENI);
     r.truncate(n);
     h.send(PortId::OUTSIDE, r);
     let tx = h.drain();
@@ -611,7 +600,7 @@ fn an_arp_probe_finds_an_address_in_use_and_passes_a_free_one() {
     assert_eq!(probes[0].target_ip, taken);
     // The host that has .50 answers the probe.
     let mut r = vec![0u8; 64];
-    let n = arp::write_reply(&mut r, &probes[0], EthernetAddress([2, 0, 0, 0, 0, 0x50]));
+    let n = arp::write_reply(&mut r, &probes[0], [2, 0, 0, 0, 0, 0x50]);
     r.truncate(n);
     // A reply carries the owner's address as its sender.
     assert_eq!(arp::parse(&r).unwrap().sender_ip, taken);

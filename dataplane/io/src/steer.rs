@@ -286,7 +286,7 @@ mod tests {
         let later = frame(UDP, &[0; 16], IpOpts { frag_off: 72, ident: 42, ..IpOpts::default() });
         assert_eq!(inbound(&later), Steer::LaterFragment(id));
         let mut arp = vec![0u8; 42];
-        let n = dataplane::arp::write_request(&mut arp, smoltcp::wire::EthernetAddress([2; 6]), A, ENI);
+        let n = dataplane::arp::write_request(&mut arp, [2; 6], A, ENI);
         assert_eq!(inbound(&arp[..n]), Steer::Arp);
     }
 

@@ -1,4 +1,4 @@
-//! Gateway workers: threads that move frames between devices and engines.
+//! Workers workers: threads that move frames between devices and engines.
 //!
 //! # Design
 //! A gateway runs `n` workers (one per core by default). Each worker owns one
@@ -34,7 +34,7 @@
 //! A worker blocks in `epoll_wait` until a device is readable, its inbox is
 //! woken or its engine's next timer is due: an idle gateway uses no CPU.
 //! Reads are non-blocking and batched ([`BATCH`] frames per device per
-//! wake-up). [`Gateway::stop`] sets a flag and wakes every worker.
+//! wake-up). [`Workers::stop`] sets a flag and wakes every worker.
 
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::{complete_checksum, AfPacket, Events, Poller, Tap, VnetHdr, Waker, VNET_HDR_LEN};
@@ -426,14 +426,14 @@ fn finish_in_software(buf: &mut [u8], len: usize, hdr: VnetHdr) -> bool {
 }
 
 /// A running gateway: its workers and what they share.
-pub struct Gateway {
+pub struct Workers {
     fabric: Arc<Fabric>,
     threads: Vec<JoinHandle<io::Result<()>>>,
     counters: Vec<Arc<Counters>>,
     reader: Option<JoinHandle<()>>,
 }
 
-impl Gateway {
+impl Workers {
     /// Starts one thread per spec. `outside_rx`: for an AF_PACKET outside,
     /// the socket the reader thread receives on (it steers every frame to
     /// its owner).
@@ -443,7 +443,7 @@ impl Gateway {
         shards: Shards,
         outside_rx: Option<AfPacket>,
         events: Sender<(usize, Event)>,
-    ) -> io::Result<Gateway> {
+    ) -> io::Result<Workers> {
         let n = specs.len();
         let mut inboxes = Vec::with_capacity(n);
         let mut receivers = Vec::with_capacity(n);
@@ -485,7 +485,7 @@ impl Gateway {
             }
             None => None,
         };
-        Ok(Gateway { fabric, threads, counters, reader })
+        Ok(Workers { fabric, threads, counters, reader })
     }
 
     /// Each worker's counters (sum them for the gateway's).
@@ -580,7 +580,7 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
+impl Drop for Workers {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }

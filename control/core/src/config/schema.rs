@@ -9,7 +9,7 @@ pub struct Config {
     /// `[gateway]`: engine and control-plane settings. Optional: every key
     /// has a default.
     #[serde(default)]
-    pub gateway: Gateway,
+    pub gateway: GatewaySettings,
     /// `[outside]`: the VPC-side interface. Required.
     pub outside: Outside,
     /// `[vpc]`: the customer VPC. Required.
@@ -43,7 +43,7 @@ pub enum Profile {
     /// ICMP "administratively prohibited" when out of ports.
     #[default]
     Rfc,
-    /// Like an AWS NAT Gateway: address-and-port-dependent mapping and
+    /// Like an AWS NAT GatewaySettings: address-and-port-dependent mapping and
     /// filtering, 350 s idle timeouts for TCP established and UDP, silent
     /// drop when out of ports.
     Aws,
@@ -107,7 +107,7 @@ pub enum EniMode {
 /// overrides of the chosen [`Profile`]'s engine settings.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Gateway {
+pub struct GatewaySettings {
     /// Worker threads; 0 = one per available core. At most 256. Default 0.
     pub workers: usize,
     /// Open TAPs with `IFF_VNET_HDR` and enable TSO/checksum offload.
@@ -193,9 +193,9 @@ pub struct Gateway {
     pub frag: FragSettings,
 }
 
-impl Default for Gateway {
-    fn default() -> Gateway {
-        Gateway {
+impl Default for GatewaySettings {
+    fn default() -> GatewaySettings {
+        GatewaySettings {
             workers: 0,
             offloads: true,
             profile: Profile::Rfc,
@@ -317,8 +317,8 @@ pub struct Outside {
     #[serde(default, deserialize_with = "de_opt_ip")]
     pub router: Option<Ipv4Addr>,
     /// Our MAC on this link, unicast. Default `02:68:70:00:00:01`.
-    #[serde(default)]
-    pub mac: Option<MacAddr>,
+    #[serde(default, deserialize_with = "de_opt_mac")]
+    pub mac: Option<Mac>,
 }
 
 fn default_mtu() -> u32 {

@@ -3,48 +3,39 @@
 
 use super::*;
 
-/// A MAC address, written `02:68:70:00:00:01`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = &'static str;
-    fn from_str(s: &str) -> Result<MacAddr, &'static str> {
-        const WHY: &str = "expected a MAC address such as 02:68:70:00:00:01";
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for b in out.iter_mut() {
-            let p = parts.next().ok_or(WHY)?;
-            if p.len() != 2 {
-                return Err(WHY);
-            }
-            *b = u8::from_str_radix(p, 16).map_err(|_| WHY)?;
-        }
-        if parts.next().is_some() {
+/// Parses a MAC address written `02:68:70:00:00:01`: six two-digit hex
+/// octets, unicast and not all zero.
+pub fn parse_mac(s: &str) -> Result<Mac, &'static str> {
+    const WHY: &str = "expected a MAC address such as 02:68:70:00:00:01";
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next().ok_or(WHY)?;
+        if p.len() != 2 {
             return Err(WHY);
         }
-        if out[0] & 1 != 0 {
-            return Err("must be a unicast MAC address (the low bit of the first octet clear)");
-        }
-        if out == [0; 6] {
-            return Err("must not be 00:00:00:00:00:00");
-        }
-        Ok(MacAddr(out))
+        *b = u8::from_str_radix(p, 16).map_err(|_| WHY)?;
     }
+    if parts.next().is_some() {
+        return Err(WHY);
+    }
+    if out[0] & 1 != 0 {
+        return Err("must be a unicast MAC address (the low bit of the first octet clear)");
+    }
+    if out == [0; 6] {
+        return Err("must not be 00:00:00:00:00:00");
+    }
+    Ok(out)
 }
 
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
-    }
+/// A MAC address as `parse_mac` reads it: `02:68:70:00:00:01`.
+pub fn format_mac(m: &Mac) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+pub(super) fn de_opt_mac<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mac>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_mac(&s).map(Some).map_err(de::Error::custom)
 }
 
 /// An inclusive range of TCP/UDP ports, written `"1024-65535"`, `"443"` or

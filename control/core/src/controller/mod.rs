@@ -48,7 +48,6 @@
 use crate::config::{self, Config, ConfigError};
 use crate::ipam::Ipam;
 use crate::plan::{self, EniKey, Plan};
-use dashmap::DashMap;
 use dataplane::bindings::{Bindings, Eni, Env, InsidePort};
 use dataplane::policy::RuleSet;
 use dataplane::time::Instant;
@@ -58,17 +57,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod records;
+mod registry;
 
 pub use records::{Effect, EniRecord, EniState, FunctionRecord, FunctionState, Growth, UpdateStatus};
+pub use registry::Registry;
 
 /// The control plane. See the module docs.
 pub struct Controller {
     cfg: Config,
     plan: Plan,
     ipam: BTreeMap<String, Ipam>,
-    enis: DashMap<u32, EniRecord>,
-    by_key: DashMap<EniKey, u32>,
-    functions: DashMap<String, FunctionRecord>,
+    /// ENIs and functions, shared with readers (see [`Registry`]).
+    reg: Arc<Registry>,
     next_id: u32,
     effects: VecDeque<Effect>,
     /// Addresses another host answered for: never handed out.
@@ -140,9 +140,7 @@ impl Controller {
             cfg: Config { functions: vec![], ..cfg.clone() },
             plan,
             ipam,
-            enis: DashMap::new(),
-            by_key: DashMap::new(),
-            functions: DashMap::new(),
+            reg: Arc::default(),
             next_id: 1,
             effects: VecDeque::new(),
             conflicts: BTreeSet::new(),
@@ -167,35 +165,35 @@ impl Controller {
         self.effects.pop_front()
     }
 
+    /// The registries of ENIs and functions, to read without holding the
+    /// controller (API requests do).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.reg
+    }
+
     /// The ENIs, by id.
     pub fn enis(&self) -> Vec<EniRecord> {
-        let mut v: Vec<EniRecord> = self.enis.iter().map(|e| e.value().clone()).collect();
-        v.sort_by_key(|e| e.id);
-        v
+        self.reg.enis()
     }
 
     /// The functions, by name.
     pub fn functions(&self) -> Vec<(String, FunctionRecord)> {
-        let mut v: Vec<(String, FunctionRecord)> =
-            self.functions.iter().map(|f| (f.key().clone(), f.value().clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        self.reg.functions()
     }
 
     /// One function.
     pub fn function(&self, name: &str) -> Option<FunctionRecord> {
-        self.functions.get(name).map(|f| f.value().clone())
+        self.reg.function(name)
     }
 
     /// The ENI with this key.
     pub fn eni_for(&self, key: &EniKey) -> Option<EniRecord> {
-        let id = *self.by_key.get(key)?;
-        self.enis.get(&id).map(|e| e.value().clone())
+        self.reg.eni_for(key)
     }
 
     /// The ENI that owns `addr`.
     pub fn eni_of_addr(&self, addr: Ipv4Addr) -> Option<u32> {
-        self.enis.iter().find(|e| e.addrs.contains(&addr)).map(|e| e.id)
+        self.reg.eni_of_addr(addr)
     }
 
     /// Replaces the config. Validation, quota and subnet capacity are
@@ -207,7 +205,7 @@ impl Controller {
         let new_units = units(&cfg);
         let mut wanted: BTreeSet<EniKey> = BTreeSet::new();
         for u in &new_units {
-            let inactive = match self.functions.get(&u.name) {
+            let inactive = match self.reg.functions.get(&u.name) {
                 Some(r) => matches!(r.state, FunctionState::Inactive(_)),
                 None => u.on_start,
             };
@@ -215,14 +213,14 @@ impl Controller {
                 wanted.extend(u.keys.values().cloned());
             }
         }
-        let new_keys: Vec<&EniKey> = wanted.iter().filter(|k| !self.by_key.contains_key(*k)).collect();
+        let new_keys: Vec<&EniKey> = wanted.iter().filter(|k| !self.reg.by_key.contains_key(*k)).collect();
         let quota = cfg.gateway.eni_quota as usize;
-        if self.enis.len() + new_keys.len() > quota {
+        if self.reg.enis.len() + new_keys.len() > quota {
             return Err(ConfigError::new(
                 "gateway.eni_quota",
                 format!(
                     "EniLimitExceeded: {} ENIs exist and the config needs {} more; the quota is {quota}",
-                    self.enis.len(),
+                    self.reg.enis.len(),
                     new_keys.len()
                 ),
             ));
@@ -236,7 +234,7 @@ impl Controller {
                 let _ = p.reserve(a);
             }
         }
-        for e in self.enis.iter() {
+        for e in self.reg.enis.iter() {
             if let Some(p) = ipam.get_mut(&e.key.subnet) {
                 for a in e.addrs.iter().chain(e.probing.as_ref().map(|(a, _)| a)) {
                     let _ = p.reserve(*a);
@@ -259,7 +257,7 @@ impl Controller {
             }
         }
         let assignments: BTreeMap<EniKey, Vec<Ipv4Addr>> =
-            self.enis.iter().filter(|e| e.key.owner.is_none()).map(|e| (e.key.clone(), e.addrs.clone())).collect();
+            self.reg.enis.iter().filter(|e| e.key.owner.is_none()).map(|e| (e.key.clone(), e.addrs.clone())).collect();
         let plan = plan::plan(&cfg, &assignments)?;
 
         // Accepted: from here on nothing fails.
@@ -277,7 +275,7 @@ impl Controller {
             match old.get(&u.name) {
                 None if u.on_start => {
                     // Per-environment mode: its ENI comes when it starts.
-                    self.functions.insert(
+                    self.reg.functions.insert(
                         u.name.clone(),
                         FunctionRecord {
                             state: FunctionState::Inactive("NotStarted"),
@@ -290,7 +288,7 @@ impl Controller {
                 }
                 None => {
                     changes.push(format!("function {}: created", u.name));
-                    self.functions.insert(
+                    self.reg.functions.insert(
                         u.name.clone(),
                         FunctionRecord {
                             state: FunctionState::Pending("Creating"),
@@ -304,14 +302,14 @@ impl Controller {
                 }
                 Some(o) if o.keys != target => {
                     changes.push(format!("function {}: {} -> {}", u.name, o.describe, u.describe));
-                    if let Some(mut r) = self.functions.get_mut(&u.name) {
+                    if let Some(mut r) = self.reg.functions.get_mut(&u.name) {
                         r.target = target.clone();
                         if !matches!(r.state, FunctionState::Inactive(_)) {
                             r.last_update = UpdateStatus::InProgress;
                         }
                     }
                     let inactive =
-                        self.functions.get(&u.name).is_some_and(|r| matches!(r.state, FunctionState::Inactive(_)));
+                        self.reg.functions.get(&u.name).is_some_and(|r| matches!(r.state, FunctionState::Inactive(_)));
                     if !inactive {
                         self.ensure_enis(&u.name, &target, now);
                     }
@@ -321,10 +319,10 @@ impl Controller {
         }
         for name in old.keys().filter(|n| !new_units.iter().any(|u| &u.name == *n)) {
             changes.push(format!("function {name}: deleted"));
-            self.functions.remove(name);
+            self.reg.functions.remove(name);
         }
         self.refresh_users(now);
-        for mut e in self.enis.iter_mut() {
+        for mut e in self.reg.enis.iter_mut() {
             e.generation += 1;
         }
         self.effects.push_back(Effect::Publish);
@@ -334,8 +332,8 @@ impl Controller {
     /// Makes sure every key has an ENI (set up if new) used by `function`.
     fn ensure_enis(&mut self, function: &str, keys: &BTreeMap<String, EniKey>, now: Instant) {
         for key in keys.values() {
-            if let Some(id) = self.by_key.get(key).map(|r| *r) {
-                if let Some(mut e) = self.enis.get_mut(&id) {
+            if let Some(id) = self.reg.by_key.get(key).map(|r| *r) {
+                if let Some(mut e) = self.reg.enis.get_mut(&id) {
                     e.functions.insert(function.to_string());
                     if e.state == EniState::Draining {
                         // Needed again before it was gone.
@@ -367,7 +365,7 @@ impl Controller {
             ready_at: None,
             draining_since: None,
         };
-        if self.enis.len() >= self.cfg.gateway.eni_quota as usize {
+        if self.reg.enis.len() >= self.cfg.gateway.eni_quota as usize {
             tracing::warn!(%function, "EniLimitExceeded");
             self.fail_key(key, "EniLimitExceeded");
             return;
@@ -387,15 +385,15 @@ impl Controller {
         rec.probing = Some((addr, now));
         tracing::info!(eni = id, %addr, subnet = %key.subnet, groups = ?key.security_groups, "ENI setup: probing");
         self.next_id += 1;
-        self.enis.insert(id, rec);
-        self.by_key.insert(key.clone(), id);
+        self.reg.enis.insert(id, rec);
+        self.reg.by_key.insert(key.clone(), id);
         self.effects.push_back(Effect::Probe { eni: id, addr });
     }
 
     /// A setup that failed for `key`: the functions moving to it fail (new
     /// ones) or keep their old ENIs (updates).
     fn fail_key(&mut self, key: &EniKey, reason: &str) {
-        for mut f in self.functions.iter_mut() {
+        for mut f in self.reg.functions.iter_mut() {
             if !f.target.values().any(|k| k == key) {
                 continue;
             }
@@ -412,7 +410,7 @@ impl Controller {
     /// The dataplane's answer to [`Effect::Probe`]: `conflict` when another
     /// host answered for the address.
     pub fn probe_done(&mut self, eni: u32, addr: Ipv4Addr, conflict: bool, now: Instant) {
-        let Some(mut e) = self.enis.get_mut(&eni) else {
+        let Some(mut e) = self.reg.enis.get_mut(&eni) else {
             return;
         };
         let Some((probed, since)) = e.probing else {
@@ -463,7 +461,7 @@ impl Controller {
             return;
         };
         let restore = {
-            let Some(mut f) = self.functions.get_mut(&name) else {
+            let Some(mut f) = self.reg.functions.get_mut(&name) else {
                 return;
             };
             f.last_activity = now;
@@ -491,7 +489,7 @@ impl Controller {
         let Some(id) = self.eni_of_addr(addr) else {
             return Growth::Unknown;
         };
-        let Some(mut e) = self.enis.get_mut(&id) else {
+        let Some(mut e) = self.reg.enis.get_mut(&id) else {
             return Growth::Unknown;
         };
         if e.state != EniState::Active || e.probing.is_some() {
@@ -520,7 +518,7 @@ impl Controller {
     /// go. `live` is the dataplane's live sessions per ENI address.
     pub fn tick(&mut self, now: Instant, live: &BTreeMap<Ipv4Addr, u64>) {
         let mut publish = false;
-        for mut e in self.enis.iter_mut() {
+        for mut e in self.reg.enis.iter_mut() {
             e.sessions = e.addrs.iter().map(|a| live.get(a).copied().unwrap_or(0)).sum();
             if e.state == EniState::Creating && e.ready_at.is_some_and(|t| t <= now) {
                 let since = e.ready_at.map_or(now, |t| t);
@@ -541,9 +539,9 @@ impl Controller {
         }
         // Functions whose target ENIs are all active switch to them.
         let active: BTreeSet<EniKey> =
-            self.enis.iter().filter(|e| e.state == EniState::Active).map(|e| e.key.clone()).collect();
+            self.reg.enis.iter().filter(|e| e.state == EniState::Active).map(|e| e.key.clone()).collect();
         let idle = self.plan.lifecycle.idle_reclaim;
-        for mut f in self.functions.iter_mut() {
+        for mut f in self.reg.functions.iter_mut() {
             let ready = !f.target.is_empty() && f.target.values().all(|k| active.contains(k));
             if ready && (f.bound != f.target || matches!(f.state, FunctionState::Pending(_))) {
                 f.bound = f.target.clone();
@@ -563,6 +561,7 @@ impl Controller {
         // Draining ENIs go once their sessions end or the limit passes.
         let limit = self.plan.lifecycle.drain_limit;
         let done: Vec<u32> = self
+            .reg
             .enis
             .iter()
             .filter(|e| {
@@ -582,7 +581,7 @@ impl Controller {
     /// Recomputes who uses each ENI; an ENI nobody uses starts draining.
     fn refresh_users(&mut self, now: Instant) {
         let mut users: BTreeMap<EniKey, BTreeSet<String>> = BTreeMap::new();
-        for f in self.functions.iter() {
+        for f in self.reg.functions.iter() {
             let inactive = matches!(f.state, FunctionState::Inactive(_));
             for k in f.bound.values().chain(if inactive { None } else { Some(f.target.values()) }.into_iter().flatten())
             {
@@ -591,7 +590,7 @@ impl Controller {
         }
         let mut publish = false;
         let mut failed_creating = vec![];
-        for mut e in self.enis.iter_mut() {
+        for mut e in self.reg.enis.iter_mut() {
             e.functions = users.remove(&e.key).unwrap_or_default();
             if e.functions.is_empty() {
                 match e.state {
@@ -618,8 +617,8 @@ impl Controller {
 
     /// Deletes an ENI and returns its addresses to the subnet.
     fn remove_eni(&mut self, id: u32, log: bool) {
-        if let Some((_, e)) = self.enis.remove(&id) {
-            self.by_key.remove(&e.key);
+        if let Some((_, e)) = self.reg.enis.remove(&id) {
+            self.reg.by_key.remove(&e.key);
             if let Some(p) = self.ipam.get_mut(&e.key.subnet) {
                 for a in e.addrs.iter().chain(e.probing.map(|(a, _)| a).as_ref()) {
                     p.release(*a);
@@ -649,7 +648,7 @@ impl Controller {
     pub fn bindings(&self) -> Bindings {
         let b = &self.plan.bindings;
         let mut enis: Vec<Eni> = vec![Eni { id: 0, addrs: vec![], egress: Arc::new(RuleSet::new(vec![])) }];
-        for e in self.enis.iter().filter(|e| e.state == EniState::Active) {
+        for e in self.reg.enis.iter().filter(|e| e.state == EniState::Active) {
             enis.push(Eni { id: e.id, addrs: e.addrs.clone(), egress: self.egress(&e.key) });
         }
         let functions: BTreeMap<&str, &config::Function> =
@@ -666,11 +665,11 @@ impl Controller {
                     .and_then(|s| {
                         // During an update that moves the function to other
                         // subnets, its environments stay where they are.
-                        let f = self.functions.get(&unit_of(&self.cfg, e))?;
+                        let f = self.reg.functions.get(&unit_of(&self.cfg, e))?;
                         f.bound.get(&s).or_else(|| f.bound.values().next()).cloned()
                     })
-                    .and_then(|k| self.by_key.get(&k).map(|id| *id))
-                    .filter(|id| self.enis.get(id).is_some_and(|r| r.state == EniState::Active))
+                    .and_then(|k| self.reg.by_key.get(&k).map(|id| *id))
+                    .filter(|id| self.reg.enis.get(id).is_some_and(|r| r.state == EniState::Active))
                     .unwrap_or(0);
                 Env { ip: planned.ip, port: planned.port, eni }
             })

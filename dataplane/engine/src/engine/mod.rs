@@ -63,7 +63,7 @@ mod rewrite;
 
 use crate::arp::{self, ArpTable};
 use crate::bindings::{Bindings, Mac};
-use crate::config::{ConfigError, EngineConfig};
+use crate::config::{EngineConfig, EngineConfigError};
 use crate::counters::{Counters, DropReason};
 use crate::flow::{TCP, UDP};
 use crate::frag::FragTable;
@@ -75,7 +75,6 @@ use crate::PortId;
 use core::net::Ipv4Addr;
 use fragment::FragXlate;
 use hold::{Addr, EnvState};
-use smoltcp::wire::EthernetAddress;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -210,11 +209,11 @@ pub struct Engine {
 impl Engine {
     /// An engine with `config`, forwarding as `bindings` say. All tables are
     /// allocated here.
-    pub fn new(config: EngineConfig, bindings: Arc<Bindings>) -> Result<Engine, ConfigError> {
+    pub fn new(config: EngineConfig, bindings: Arc<Bindings>) -> Result<Engine, EngineConfigError> {
         config.validate()?;
         let mut e = Engine {
             table: SessionTable::new(config.max_sessions, config.timeouts, config.seed),
-            arp: ArpTable::new(config.arp.clone(), EthernetAddress(bindings.outside().mac)),
+            arp: ArpTable::new(config.arp.clone(), bindings.outside().mac),
             frags: FragTable::new(config.frag),
             addrs: HashMap::default(),
             envs: HashMap::default(),
@@ -288,7 +287,7 @@ impl Engine {
                 let list = self.free_lists.pop().unwrap_or(crate::session::LISTS as u16 - 1);
                 let a = Addr { pools, gauge, apdm: [0; 3], live: [0; 3], list, high: [false; 3], bound: true };
                 self.addrs.insert(addr, a);
-                if self.queue_outside(|f| arp::write_announcement(f, EthernetAddress(b.outside().mac), addr)) {
+                if self.queue_outside(|f| arp::write_announcement(f, b.outside().mac, addr)) {
                     self.counters.arp_gratuitous.inc();
                 }
             }
@@ -298,7 +297,7 @@ impl Engine {
         let sender = b.enis().iter().flat_map(|e| e.addrs.first()).next().copied();
         let unresolved = |r: Ipv4Addr| !self.arp.is_resolved(self.now, r);
         if let (Some(router), Some(sender)) = (b.outside().router.filter(|&r| unresolved(r)), sender) {
-            if self.queue_outside(|f| arp::write_request(f, EthernetAddress(b.outside().mac), sender, router)) {
+            if self.queue_outside(|f| arp::write_request(f, b.outside().mac, sender, router)) {
                 self.counters.arp_requests.inc();
             }
         }

@@ -9,7 +9,6 @@ use crate::counters::DropReason;
 use crate::time::Instant;
 use crate::PortId;
 use core::net::Ipv4Addr;
-use smoltcp::wire::EthernetAddress;
 
 impl Engine {
     pub(super) fn on_arp(&mut self, now: Instant, port: PortId, our_mac: Mac, frame: &mut [u8], len: usize) -> Action {
@@ -20,14 +19,14 @@ impl Engine {
             // Learn the environment's MAC, if the sender is one of ours here.
             if let Some(env) = self.bindings.env(msg.sender_ip) {
                 if env.port == port {
-                    self.envs.entry(msg.sender_ip).or_default().mac = msg.sender_mac.0;
+                    self.envs.entry(msg.sender_ip).or_default().mac = msg.sender_mac;
                 }
             }
             self.bindings.inside(port).is_some_and(|p| p.gateway == msg.target_ip)
         } else {
             // Someone using an address we probe, or probing it too (a
             // probe from another MAC; ours come back on an AF_PACKET link).
-            let our = msg.sender_mac.0 == our_mac;
+            let our = msg.sender_mac == our_mac;
             for (a, claimed) in &mut self.probes {
                 if !our && (msg.sender_ip == *a || (msg.sender_ip.is_unspecified() && msg.target_ip == *a)) {
                     *claimed = true;
@@ -39,7 +38,7 @@ impl Engine {
         };
         if ours && msg.operation == arp::ArpOp::Request {
             self.counters.arp_replies.inc();
-            let n = arp::write_reply(frame, &msg, EthernetAddress(our_mac));
+            let n = arp::write_reply(frame, &msg, our_mac);
             return Action::Reply { len: n };
         }
         if ours {
@@ -60,7 +59,7 @@ impl Engine {
             }
             self.probes.push((addr, false));
         }
-        let mac = EthernetAddress(self.bindings.outside().mac);
+        let mac = self.bindings.outside().mac;
         if self.queue_outside(|f| arp::write_probe(f, mac, addr)) {
             self.counters.arp_requests.inc();
         }

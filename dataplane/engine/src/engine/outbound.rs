@@ -261,7 +261,7 @@ impl Engine {
         };
         match self.arp.lookup(now, hop) {
             Some(mac) => {
-                wire::set_macs(frame, mac.0, our_mac);
+                wire::set_macs(frame, mac, our_mac);
                 Action::Forward { port: PortId::OUTSIDE, len: end }
             }
             None => {

@@ -12,7 +12,6 @@ use dataplane::testkit::{self, IpOpts, Topology, GATEWAY, OUTSIDE_MAC, ROUTER, R
 use dataplane::time::Instant;
 use dataplane::wire::{self, get16, ETH_LEN};
 use dataplane::{Action, Engine, PortId};
-use smoltcp::wire::EthernetAddress;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -87,7 +86,7 @@ impl Harness {
     /// A VPC host asks who has the ENI address (so the engine learns it).
     pub fn learn(&mut self, ip: Ipv4Addr, mac: Mac) {
         let mut f = vec![0u8; 64];
-        let n = arp::write_request(&mut f, EthernetAddress(mac), ip, ENI);
+        let n = arp::write_request(&mut f, mac, ip, ENI);
         f.truncate(n);
         let out = self.send(PortId::OUTSIDE, f);
         assert!(matches!(out.action, Action::Reply { .. }), "ENI address answers ARP: {:?}", out.action);
@@ -112,7 +111,7 @@ impl Harness {
                 Some(req) if req.target_ip == ROUTER || req.target_ip == SERVER => {
                     let mac = if req.target_ip == ROUTER { ROUTER_MAC } else { SERVER_MAC };
                     let mut r = vec![0u8; 64];
-                    let n = arp::write_request(&mut r, EthernetAddress(mac), req.target_ip, req.sender_ip);
+                    let n = arp::write_request(&mut r, mac, req.target_ip, req.sender_ip);
                     r.truncate(n);
                     self.send_raw(PortId::OUTSIDE, r);
                     released.extend(self.drain());
