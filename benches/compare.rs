@@ -148,19 +148,7 @@ fn connect_rate(t: &Topo, secs: f64) -> f64 {
 
 /// SO_LINGER 0: close sends an RST and leaves no TIME_WAIT.
 fn linger_zero(c: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: `c` owns a valid socket; `l` is a properly sized, initialised
-    // linger struct that the kernel only reads.
-    unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = churn::set_linger_zero(c);
 }
 
 /// Which measurements to run (`--only tcp|udp|conn`; all by default).

@@ -27,12 +27,18 @@
 //! | `hyperplane_eni_addresses` | gauge | `eni`, `limit` = `in_use`, `max` |
 //! | `hyperplane_eni_setup_seconds` | gauge | `eni` |
 //!
-//! [`serve_metrics`] serves them: a tiny HTTP/1.1 server on a loopback
-//! address only (the metrics say how busy each environment is, so they are
-//! not for the network). `GET /metrics` gets `200` with `Content-Type:
-//! text/plain; version=0.0.4; charset=utf-8`; anything else gets `404`. One
-//! request per connection (`Connection: close`), 5 s timeouts, at most
-//! [`api::MAX_CONNECTIONS`](crate::api::MAX_CONNECTIONS) connections at once.
+//! The text is written by `prometheus-client` (its Prometheus 0.0.4 text
+//! encoder, with a collector that turns one [`StatsReport`] into these
+//! families on each scrape).
+//!
+//! [`serve_metrics`] serves them on a loopback address only (the metrics say
+//! how busy each environment is, so they are not for the network). `GET
+//! /metrics` gets `200` with `Content-Type: text/plain; version=0.0.4;
+//! charset=utf-8`; anything else gets `404`. One request per connection
+//! (`Connection: close`), 5 s timeouts, at most
+//! [`api::MAX_CONNECTIONS`](crate::api::MAX_CONNECTIONS) connections at once:
+//! the connections are accepted by the same bounded accept loop as the
+//! control socket's, and the request is parsed by `httparse`.
 //!
 //! ```text
 //! $ curl -s http://127.0.0.1:9100/metrics | grep drops
@@ -42,8 +48,11 @@
 //! ```
 
 use crate::api::{serve_loop, ApiError, Conn, StatsReport, MAX_CONNECTIONS};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -52,8 +61,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of the text exposition format (0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Read and write timeout of a metrics connection.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,133 +73,132 @@ const MAX_HEAD: usize = 8 * 1024;
 /// The source of the counters a [`MetricsServer`] serves.
 pub type StatsSource = Arc<dyn Fn() -> StatsReport + Send + Sync>;
 
-/// Escapes a label value: backslash, double quote and newline.
-fn label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+/// One sample's labels (none: an unlabelled sample).
+type Labels = Vec<(&'static str, String)>;
+
+/// A sample's value: a count or a measurement.
+#[derive(Copy, Clone, Debug)]
+enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+/// One metric family as the collector writes it.
+struct Family {
+    /// The name; a counter's gets `_total` from the encoder.
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels, Value)>,
+}
+
+/// The families of one [`StatsReport`], written by prometheus-client on
+/// each scrape in the order built here.
+#[derive(Debug)]
+struct Snapshot(StatsReport);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in families(&self.0) {
+            if f.samples.is_empty() {
+                continue;
+            }
+            let mut metric = encoder.encode_descriptor(f.name, f.help, None, f.kind)?;
+            for (labels, value) in &f.samples {
+                if labels.is_empty() {
+                    write_value(&mut metric, f.kind, *value)?;
+                } else {
+                    write_value(&mut metric.encode_family(labels)?, f.kind, *value)?;
+                }
+            }
         }
-    }
-    out
-}
-
-/// A float as the exposition format spells it (`NaN`, `+Inf`, `-Inf`).
-fn float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
+        Ok(())
     }
 }
 
-/// Writes one family: HELP, TYPE, samples (`labels` is the text between the
-/// braces, empty for none). Nothing at all if there are no samples.
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
-    if samples.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
+fn write_value(m: &mut MetricEncoder, kind: MetricType, v: Value) -> Result<(), std::fmt::Error> {
+    match (kind, v) {
+        (MetricType::Counter, Value::Int(n)) => m.encode_counter::<NoLabelSet, _, u64>(&n, None),
+        (MetricType::Counter, Value::Float(x)) => m.encode_counter::<NoLabelSet, _, f64>(&x, None),
+        (_, Value::Int(n)) => m.encode_gauge(&n),
+        (_, Value::Float(x)) => m.encode_gauge(&x),
     }
 }
 
-fn one(v: impl ToString) -> Vec<(String, String)> {
-    vec![(String::new(), v.to_string())]
+fn one(v: u64) -> Vec<(Labels, Value)> {
+    vec![(vec![], Value::Int(v))]
 }
 
-fn by(key: &str, m: &BTreeMap<String, u64>) -> Vec<(String, String)> {
-    m.iter().map(|(k, v)| (format!("{key}=\"{}\"", label(k)), v.to_string())).collect()
+fn by(key: &'static str, m: &BTreeMap<String, u64>) -> Vec<(Labels, Value)> {
+    m.iter().map(|(k, v)| (vec![(key, k.clone())], Value::Int(*v))).collect()
 }
 
-/// `s` in the Prometheus text exposition format 0.0.4 (see the module
-/// docs for the families).
-pub fn render(s: &StatsReport) -> String {
-    let mut out = String::new();
-    family(&mut out, "hyperplane_workers", "gauge", "Worker threads running NAT engines.", &one(s.workers));
-    family(&mut out, "hyperplane_rx_frames_total", "counter", "Frames received on all devices.", &one(s.rx_frames));
+fn counter(name: &'static str, help: &'static str, samples: Vec<(Labels, Value)>) -> Family {
+    Family { name, help, kind: MetricType::Counter, samples }
+}
+
+fn gauge(name: &'static str, help: &'static str, samples: Vec<(Labels, Value)>) -> Family {
+    Family { name, help, kind: MetricType::Gauge, samples }
+}
+
+/// Every family of `s`, in the order they are written (see the module docs).
+fn families(s: &StatsReport) -> Vec<Family> {
     let dirs = |o: u64, i: u64| {
         vec![
-            ("direction=\"outbound\"".to_string(), o.to_string()),
-            ("direction=\"inbound\"".to_string(), i.to_string()),
+            (vec![("direction", "outbound".to_string())], Value::Int(o)),
+            (vec![("direction", "inbound".to_string())], Value::Int(i)),
         ]
     };
-    family(
-        &mut out,
-        "hyperplane_packets_total",
-        "counter",
-        "Packets translated, outbound (from environments) and inbound (to them).",
-        &dirs(s.outbound_packets, s.inbound_packets),
-    );
-    family(
-        &mut out,
-        "hyperplane_bytes_total",
-        "counter",
-        "Bytes of translated packets (IP packet bytes), by direction.",
-        &dirs(s.outbound_bytes, s.inbound_bytes),
-    );
-    family(
-        &mut out,
-        "hyperplane_hairpinned_total",
-        "counter",
-        "Packets between two environments turned around inside the gateway.",
-        &one(s.hairpinned),
-    );
-    family(&mut out, "hyperplane_sessions", "gauge", "Live NAT sessions, by protocol.", &by("proto", &s.sessions));
-    family(
-        &mut out,
-        "hyperplane_sessions_created_total",
-        "counter",
-        "NAT sessions created, by protocol.",
-        &by("proto", &s.sessions_created),
-    );
-    family(
-        &mut out,
-        "hyperplane_sessions_expired_total",
-        "counter",
-        "NAT sessions expired or closed, by protocol.",
-        &by("proto", &s.sessions_expired),
-    );
-    family(&mut out, "hyperplane_drops_total", "counter", "Packets dropped, by reason.", &by("reason", &s.drops));
-
     let h = &s.headroom;
-    let table_samples = vec![
-        ("state=\"live\"".to_string(), h.sessions.saturating_sub(h.sessions_recyclable).to_string()),
-        ("state=\"recyclable\"".to_string(), h.sessions_recyclable.to_string()),
-        ("state=\"capacity\"".to_string(), h.sessions_capacity.to_string()),
+    let mut v = vec![
+        gauge("hyperplane_workers", "Worker threads running NAT engines.", one(s.workers as u64)),
+        counter("hyperplane_rx_frames", "Frames received on all devices.", one(s.rx_frames)),
+        counter(
+            "hyperplane_packets",
+            "Packets translated, outbound (from environments) and inbound (to them).",
+            dirs(s.outbound_packets, s.inbound_packets),
+        ),
+        counter(
+            "hyperplane_bytes",
+            "Bytes of translated packets (IP packet bytes), by direction.",
+            dirs(s.outbound_bytes, s.inbound_bytes),
+        ),
+        counter(
+            "hyperplane_hairpinned",
+            "Packets between two environments turned around inside the gateway.",
+            one(s.hairpinned),
+        ),
+        gauge("hyperplane_sessions", "Live NAT sessions, by protocol.", by("proto", &s.sessions)),
+        counter("hyperplane_sessions_created", "NAT sessions created, by protocol.", by("proto", &s.sessions_created)),
+        counter(
+            "hyperplane_sessions_expired",
+            "NAT sessions expired or closed, by protocol.",
+            by("proto", &s.sessions_expired),
+        ),
+        counter("hyperplane_drops", "Packets dropped, by reason.", by("reason", &s.drops)),
+        gauge(
+            "hyperplane_sessions_table",
+            "Session table use: live sessions, recyclable ones (ended TCP, unanswered), and capacity.",
+            [
+                ("live", h.sessions.saturating_sub(h.sessions_recyclable)),
+                ("recyclable", h.sessions_recyclable),
+                ("capacity", h.sessions_capacity),
+            ]
+            .into_iter()
+            .map(|(state, n)| (vec![("state", state.to_string())], Value::Int(n)))
+            .collect(),
+        ),
+        counter(
+            "hyperplane_sessions_recycled",
+            "Ended or unanswered sessions removed early to make room for a new flow.",
+            one(h.sessions_recycled),
+        ),
+        counter(
+            "hyperplane_sessions_reopened",
+            "Ended TCP sessions reopened by a new SYN on the same 5-tuple.",
+            one(h.sessions_reopened),
+        ),
     ];
-    family(
-        &mut out,
-        "hyperplane_sessions_table",
-        "gauge",
-        "Session table use: live sessions, recyclable ones (ended TCP, unanswered), and capacity.",
-        &table_samples,
-    );
-    family(
-        &mut out,
-        "hyperplane_sessions_recycled_total",
-        "counter",
-        "Ended or unanswered sessions removed early to make room for a new flow.",
-        &one(h.sessions_recycled),
-    );
-    family(
-        &mut out,
-        "hyperplane_sessions_reopened_total",
-        "counter",
-        "Ended TCP sessions reopened by a new SYN on the same 5-tuple.",
-        &one(h.sessions_reopened),
-    );
 
     // One series per address even if a report lists an address twice.
     let mut ports: BTreeMap<Ipv4Addr, [[u64; 3]; 3]> = BTreeMap::new();
@@ -226,47 +234,47 @@ pub fn render(s: &StatsReport) -> String {
         (2, "hyperplane_port_quarantined", "NAT ports resting before reuse (RFC 6888 REQ-8)."),
     ] {
         let mut samples = Vec::new();
-        for (addr, v) in &ports {
+        for (addr, n) in &ports {
             for (j, proto) in ["tcp", "udp", "icmp"].into_iter().enumerate() {
-                samples.push((format!("addr=\"{addr}\",proto=\"{proto}\""), v[i][j].to_string()));
+                samples.push((vec![("addr", addr.to_string()), ("proto", proto.to_string())], Value::Int(n[i][j])));
             }
         }
-        family(&mut out, name, "gauge", help, &samples);
+        v.push(gauge(name, help, samples));
     }
-    let cap: Vec<(String, String)> = caps.iter().map(|(a, v)| (format!("addr=\"{a}\""), v.to_string())).collect();
-    family(
-        &mut out,
+    v.push(gauge(
         "hyperplane_port_capacity",
-        "gauge",
         "NAT ports available per protocol, by translated address.",
-        &cap,
-    );
-    let addrs: Vec<(String, String)> = h
-        .eni_addresses
-        .iter()
-        .flat_map(|e| {
-            [
-                (format!("eni=\"{}\",limit=\"in_use\"", e.eni), e.addresses.to_string()),
-                (format!("eni=\"{}\",limit=\"max\"", e.eni), e.max.to_string()),
-            ]
-        })
-        .collect();
-    family(
-        &mut out,
+        caps.iter().map(|(a, n)| (vec![("addr", a.to_string())], Value::Int(*n))).collect(),
+    ));
+    v.push(gauge(
         "hyperplane_eni_addresses",
-        "gauge",
         "Addresses of each shared ENI, and the most it may have (max_eni_addresses).",
-        &addrs,
-    );
+        h.eni_addresses
+            .iter()
+            .flat_map(|e| {
+                [("in_use", e.addresses), ("max", e.max)].map(|(limit, n)| {
+                    (vec![("eni", e.eni.to_string()), ("limit", limit.to_string())], Value::Int(u64::from(n)))
+                })
+            })
+            .collect(),
+    ));
     let setup: BTreeMap<u32, f64> = s.eni_setup_seconds.iter().copied().collect();
-    let setup: Vec<(String, String)> = setup.iter().map(|(e, v)| (format!("eni=\"{e}\""), float(*v))).collect();
-    family(
-        &mut out,
+    v.push(gauge(
         "hyperplane_eni_setup_seconds",
-        "gauge",
         "How long each shared ENI's setup took, in seconds.",
-        &setup,
-    );
+        setup.iter().map(|(e, secs)| (vec![("eni", e.to_string())], Value::Float(*secs))).collect(),
+    ));
+    v
+}
+
+/// `s` in the Prometheus text exposition format 0.0.4 (see the module
+/// docs for the families), written by prometheus-client.
+pub fn render(s: &StatsReport) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(s.clone())));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_text::encode(&mut out, &registry);
     out
 }
 
@@ -362,8 +370,9 @@ fn accept_loop(listener: TcpListener, source: StatsSource, stop: Arc<AtomicBool>
 }
 
 /// Reads the request head (up to the blank line, at most [`MAX_HEAD`]
-/// bytes) and returns its request line, or `None` if there is none.
-fn request_line(stream: &mut TcpStream) -> Option<String> {
+/// bytes) and returns its method and path (without the query), or `None`
+/// if it is not an HTTP request (httparse decides).
+fn request_target(stream: &mut TcpStream) -> Option<(String, String)> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
@@ -376,16 +385,20 @@ fn request_line(stream: &mut TcpStream) -> Option<String> {
             Err(_) => return None,
         }
     }
-    let text = String::from_utf8_lossy(&head);
-    text.lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    // What httparse read of the request line counts, as before: a head cut
+    // at MAX_HEAD (partial) or with a bad header still has its method and
+    // path; "junk" has none.
+    let _ = req.parse(&head);
+    let path = req.path?.split('?').next().unwrap_or("").to_string();
+    Some((req.method?.to_string(), path))
 }
 
 fn serve_conn(mut stream: TcpStream, source: &StatsSource) {
-    let Some(line) = request_line(&mut stream) else { return };
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, body) = if method == "GET" && path == "/metrics" {
+    let target = request_target(&mut stream);
+    let is_metrics = target.as_ref().is_some_and(|(method, path)| method == "GET" && path == "/metrics");
+    let (status, body) = if is_metrics {
         match catch_unwind(AssertUnwindSafe(|| render(&source()))) {
             Ok(body) => ("200 OK", body),
             Err(_) => ("500 Internal Server Error", "internal error\n".to_string()),

@@ -7,6 +7,9 @@
 //! Long-running work polls [`stopped`] and every blocking step it takes has
 //! a timeout, so a Ctrl-C ends the command within about a second, through
 //! the normal drop path.
+//!
+//! The signal mask and `sigwait` are the only `unsafe` code here: neither
+//! std nor rustix offers them as safe calls.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -507,7 +507,7 @@ pub(crate) fn run(
                     Some(p) => {
                         let _ = p.wait(&mut events, Some(Duration::from_millis(ms)));
                     }
-                    None => raw::wait(&taps[0], ms as i32),
+                    None => raw::wait(&taps[0], ms),
                 }
             }
         }

@@ -74,11 +74,8 @@ pub fn resolve_gateway(tap: &Tap, timeout: Duration) -> Result<[u8; 6], LoadErro
 }
 
 /// Waits up to `ms` milliseconds for the TAP to become readable.
-pub(crate) fn wait(tap: &Tap, ms: i32) {
-    use std::os::fd::AsRawFd;
-    let mut pfd = libc::pollfd { fd: tap.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: pfd is a valid pollfd array of length 1 for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
+pub(crate) fn wait(tap: &Tap, ms: u64) {
+    let _ = dataplane_io::wait_readable(tap, std::time::Duration::from_millis(ms));
 }
 
 /// The frame environment `i` sends.

@@ -17,7 +17,6 @@ use netlab::{Netns, SERVER};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -97,10 +96,7 @@ impl Responder {
         // (ListenOverflows: SYNs dropped, so a 1 s SYN retransmission; handshakes completed by the client but dropped
         // by the server, so requests that time out). listen(2) again on a listening socket only resizes its queues.
         for l in [&conn, &bulk] {
-            // SAFETY: listen(2) on a valid socket descriptor we own; no memory is passed.
-            if unsafe { libc::listen(l.as_raw_fd(), ACCEPT_BACKLOG) } != 0 {
-                return Err(io_err("listen backlog", std::io::Error::last_os_error()));
-            }
+            rustix::net::listen(l, ACCEPT_BACKLOG).map_err(|e| io_err("listen backlog", e.into()))?;
         }
         conn.set_nonblocking(true).map_err(|e| io_err("listener non-blocking", e))?;
         bulk.set_nonblocking(true).map_err(|e| io_err("listener non-blocking", e))?;
@@ -159,17 +155,9 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new().name(name.into()).spawn(f).expect("loadgen: cannot spawn a responder thread")
 }
 
-fn set_rcvbuf(s: &UdpSocket, bytes: libc::c_int) {
-    // SAFETY: the fd is a valid socket owned by `s`; the option value points to a live c_int of the given size.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+fn set_rcvbuf(s: &UdpSocket, bytes: usize) {
+    // Best effort, as before: without CAP_NET_ADMIN the default stays.
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(s, bytes);
 }
 
 fn udp_loop(s: &UdpSocket, echo: bool, stop: &AtomicBool, c: &Counts, tl: &Timeline) {
@@ -203,9 +191,7 @@ fn udp_loop(s: &UdpSocket, echo: bool, stop: &AtomicBool, c: &Counts, tl: &Timel
 
 /// Waits up to 50 ms for the listener to become readable.
 fn wait_readable(l: &TcpListener) {
-    let mut pfd = libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: pfd is a valid pollfd array of length 1 for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, 50) };
+    let _ = dataplane_io::wait_readable(l, Duration::from_millis(50));
 }
 
 fn connect_loop(l: &TcpListener, stop: &AtomicBool, c: &Counts, tl: &Timeline) {

@@ -328,14 +328,9 @@ fn udp_exchange(i: usize) -> std::io::Result<()> {
 
 /// One ICMP echo over a raw socket (root); the round-trip time.
 pub fn icmp_echo(dst: Ipv4Addr, ident: u16, timeout: Duration) -> std::io::Result<Duration> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    use rustix::net::{ipproto, AddressFamily, SocketFlags, SocketType};
+    let sock =
+        rustix::net::socket_with(AddressFamily::INET, SocketType::RAW, SocketFlags::CLOEXEC, Some(ipproto::ICMP))?;
     let sock = std::net::UdpSocket::from(sock); // only for its timeout and send/recv wrappers
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut msg = [0u8; 64];

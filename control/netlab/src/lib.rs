@@ -45,7 +45,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -145,8 +145,7 @@ impl LabError {
 
 /// Whether the process runs with effective uid 0 (everything in this module needs it).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -199,10 +198,9 @@ fn pid_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    // SAFETY: signal 0 only checks for existence and permission; no signal is delivered.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else { return false };
+    // Signal 0: existence and permission only, nothing is delivered.
+    matches!(rustix::process::test_kill_process(pid), Ok(()) | Err(rustix::io::Errno::PERM))
 }
 
 /// Deletes namespaces (and root-namespace links) named by [`unique`] with this `prefix` whose creating process is no
@@ -442,13 +440,9 @@ impl Drop for Netns {
 }
 
 fn enter(file: &File) -> Result<(), LabError> {
-    // SAFETY: the fd is a valid open namespace file for the duration of the call; setns only changes this thread's
-    // network namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(LabError::io("setns(CLONE_NEWNET)", io::Error::last_os_error()));
-    }
-    Ok(())
+    use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+    move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+        .map_err(|e| LabError::io("setns(CLONE_NEWNET)", e.into()))
 }
 
 fn ns_path(name: &str) -> PathBuf {
@@ -508,9 +502,8 @@ fn kill_processes_in(names: &[&String]) {
         let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else { continue };
         if ids.contains(&(meta.dev(), meta.ino())) {
             debug!(pid, "netlab: killing process left in a namespace");
-            if let Ok(pid) = libc::pid_t::try_from(pid) {
-                // SAFETY: kill has no memory-safety preconditions; the pid was just read from /proc.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
     }

@@ -2,6 +2,9 @@
 //!
 //! [`udp_ttl_probe`] is a plain-socket function: call it inside [`Netns::run`](super::Netns::run) so its socket lives
 //! in the namespace. [`ping`] runs the `ping` binary (Debian package `iputils-ping`) in a namespace.
+//!
+//! `IP_RECVERR` and the reading of the socket's error queue (`recvmsg(MSG_ERRQUEUE)` and its control messages) are
+//! the only `unsafe` code here: neither std nor rustix offers them.
 
 use std::mem::{size_of, MaybeUninit};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -61,20 +64,18 @@ pub fn udp_ttl_probe(dst: SocketAddrV4, ttl: u8, timeout: Duration) -> Result<Op
             return Ok(None);
         }
         // Round up so a sub-millisecond remainder still waits.
-        let ms = libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
-        // events = 0: POLLERR (a non-empty error queue) is always reported, and a datagram that happens to come
-        // back (POLLIN) does not wake us.
-        let mut pfd = libc::pollfd { fd, events: 0, revents: 0 };
-        // SAFETY: pfd is a valid pollfd array of length 1 for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(LabError::io("poll probe socket", e));
+        let wait = Duration::from_micros(u64::try_from(left.as_micros().div_ceil(1000) * 1000).unwrap_or(u64::MAX));
+        let wait =
+            rustix::event::Timespec::try_from(wait).unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX, tv_nsec: 0 });
+        // No events asked: POLLERR (a non-empty error queue) is always reported, and a datagram that happens to
+        // come back (POLLIN) does not wake us.
+        let mut pfd = [rustix::event::PollFd::new(&socket, rustix::event::PollFlags::empty())];
+        match rustix::event::poll(&mut pfd, Some(&wait)) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(LabError::io("poll probe socket", e.into())),
         }
-        if n == 0 || pfd.revents & libc::POLLERR == 0 {
+        if !pfd[0].revents().contains(rustix::event::PollFlags::ERR) {
             continue;
         }
         while let Some(report) = read_error_queue(fd)? {

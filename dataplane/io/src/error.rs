@@ -73,25 +73,6 @@ impl IoError {
 
 /// `CAP_NET_ADMIN`, bit 12 of the capability sets.
 const CAP_NET_ADMIN: u32 = 12;
-/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, passed as two 32-bit halves.
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-/// `struct __user_cap_data_struct`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// Checks that this process may configure network devices: its effective
 /// uid is 0, or `CAP_NET_ADMIN` is in its effective capability set (read with
 /// the `capget` system call, falling back to `CapEff` in `/proc/self/status`).
@@ -100,8 +81,7 @@ struct CapData {
 /// This is a courtesy check for a clear early message; the kernel still has
 /// the last word on every operation.
 pub fn check_net_admin() -> Result<(), IoError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return Ok(());
     }
     let has = capget_effective().or_else(proc_status_effective).is_some_and(|eff| eff & (1 << CAP_NET_ADMIN) != 0);
@@ -114,16 +94,7 @@ pub fn check_net_admin() -> Result<(), IoError> {
 
 /// The low 64 bits of the effective set via `capget(2)`, `None` on failure.
 fn capget_effective() -> Option<u64> {
-    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: `header` points to a valid header and, for version 3, the
-    // kernel writes exactly two `CapData` structs, which `data` holds; both
-    // outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    Some(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
+    rustix::thread::capabilities(None).ok().map(|c| c.effective.bits())
 }
 
 /// The effective set from the `CapEff:` line of `/proc/self/status`.
@@ -170,8 +141,7 @@ mod tests {
 
     #[test]
     fn root_passes_check() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if rustix::process::geteuid().is_root() {
             assert!(check_net_admin().is_ok());
         }
     }

@@ -17,9 +17,8 @@
 //! Ethernet header); other values fail with `EINVAL` as [`IoError::Sys`].
 
 use super::error::IoError;
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Longest interface name in bytes (`IFNAMSIZ - 1`).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
@@ -58,13 +57,9 @@ pub(crate) fn ifreq_for(name: &str) -> Result<libc::ifreq, IoError> {
 
 /// An `AF_INET` datagram socket for interface ioctls.
 fn control_socket() -> Result<OwnedFd, IoError> {
-    // SAFETY: socket has no memory preconditions; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(IoError::sys("socket(AF_INET, SOCK_DGRAM)", io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    rustix::net::socket_with(AddressFamily::INET, SocketType::DGRAM, SocketFlags::CLOEXEC, None)
+        .map_err(|e| IoError::sys("socket(AF_INET, SOCK_DGRAM)", e.into()))
 }
 
 /// Issues the `SIOC*IF*` ioctl `request` on `req` for interface `name`.
@@ -163,19 +158,13 @@ pub fn set_hw_addr(name: &str, mac: [u8; 6]) -> Result<(), IoError> {
 /// [`IoError::NoSuchInterface`] if there is none.
 pub fn index(name: &str) -> Result<u32, IoError> {
     validate_name(name)?;
-    let cname = CString::new(name).map_err(|_| IoError::BadName { name: name.to_owned(), reason: "contains NUL" })?;
-    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
-    let idx = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if idx == 0 {
-        let err = io::Error::last_os_error();
-        return Err(match err.raw_os_error() {
-            Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::ENOENT) | None | Some(0) => {
-                IoError::NoSuchInterface { name: name.to_owned() }
-            }
-            _ => IoError::sys("if_nametoindex", err),
-        });
+    match rustix::net::netdevice::name_to_index(control_socket()?, name) {
+        Ok(idx) => Ok(idx),
+        Err(rustix::io::Errno::NODEV | rustix::io::Errno::NXIO | rustix::io::Errno::NOENT) => {
+            Err(IoError::NoSuchInterface { name: name.to_owned() })
+        }
+        Err(e) => Err(IoError::sys("if_nametoindex", e.into())),
     }
-    Ok(idx)
 }
 
 #[cfg(test)]

@@ -14,82 +14,68 @@
 //! Units: timeouts are [`Duration`]s, rounded *up* to whole milliseconds (so
 //! a 100 µs timeout sleeps 1 ms rather than spinning); `None` waits forever.
 
+use rustix::event::{epoll, eventfd, EventfdFlags, PollFd, PollFlags, Timespec};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// An epoll instance. Close-on-exec; closed on drop.
+/// A level-triggered epoll instance.
 #[derive(Debug)]
 pub struct Poller {
     epfd: OwnedFd,
 }
 
 impl Poller {
-    /// Creates an epoll instance (`epoll_create1(EPOLL_CLOEXEC)`).
+    /// A new epoll instance (close-on-exec).
     pub fn new() -> io::Result<Poller> {
-        // SAFETY: epoll_create1 has no memory preconditions; the result is
-        // checked.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by epoll_create1 and is owned by
-        // nobody else.
-        Ok(Poller { epfd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Poller { epfd: epoll::create(epoll::CreateFlags::CLOEXEC)? })
     }
 
-    /// Registers `fd` for level-triggered `EPOLLIN` under `token`.
-    ///
-    /// The registration lasts until [`Poller::delete`] or until every
-    /// descriptor referring to the open file is closed; registering the same
-    /// descriptor twice fails with `EEXIST`.
+    /// Watches `fd` for readability (level-triggered); `token` comes back in
+    /// [`Events::tokens`].
     pub fn add(&self, fd: impl AsFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
-        self.ctl(libc::EPOLL_CTL_ADD, fd.as_fd(), &mut ev)
+        Ok(epoll::add(&self.epfd, fd, epoll::EventData::new_u64(token), epoll::EventFlags::IN)?)
     }
 
-    /// Removes `fd` from the interest list.
+    /// Stops watching `fd`.
     pub fn delete(&self, fd: impl AsFd) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        self.ctl(libc::EPOLL_CTL_DEL, fd.as_fd(), &mut ev)
+        Ok(epoll::delete(&self.epfd, fd)?)
     }
 
-    fn ctl(&self, op: libc::c_int, fd: BorrowedFd<'_>, ev: &mut libc::epoll_event) -> io::Result<()> {
-        // SAFETY: `ev` is a valid, exclusively borrowed epoll_event that
-        // outlives the call; both descriptors are open (borrowed/owned).
-        let rc = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd.as_raw_fd(), ev) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Waits until at least one registered descriptor is ready or `timeout`
-    /// passes, filling `events` (up to its capacity) and returning how many
-    /// are ready: 0 on timeout and on `EINTR` (not retried, see the module
-    /// docs).
+    /// Waits until a watched descriptor is readable or `timeout` passes
+    /// (`None`: forever; rounded up to whole milliseconds). Returns how many
+    /// events are in `events` (0 on timeout or when a signal interrupted the
+    /// wait).
     pub fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
-        let ms = match timeout {
-            None => -1,
-            Some(t) => {
-                let ms = t.as_nanos().div_ceil(1_000_000);
-                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-            }
-        };
+        let timeout = timeout.map(round_up_to_ms);
         events.len = 0;
-        let cap = libc::c_int::try_from(events.buf.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `events.buf` is valid for writes of `cap` (≤ its length)
-        // epoll_events for the duration of the call.
-        let n = unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), events.buf.as_mut_ptr(), cap, ms) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                return Ok(0);
+        match epoll::wait(&self.epfd, &mut events.buf[..], timeout.as_ref()) {
+            Ok(n) => {
+                events.len = n;
+                Ok(n)
             }
-            return Err(err);
+            Err(rustix::io::Errno::INTR) => Ok(0),
+            Err(e) => Err(e.into()),
         }
-        events.len = n as usize;
-        Ok(events.len)
+    }
+}
+
+/// `t` rounded up to whole milliseconds (as `epoll_wait` counts), so a
+/// sub-millisecond wait still waits.
+fn round_up_to_ms(t: Duration) -> Timespec {
+    let ms = t.as_nanos().div_ceil(1_000_000);
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX / 1_000_000).min(i64::from(i32::MAX));
+    Timespec { tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000 }
+}
+
+/// Waits up to `timeout` for `fd` to be readable (for a listener: to have a
+/// connection waiting). `Ok(false)` on timeout or when a signal interrupted
+/// the wait.
+pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> io::Result<bool> {
+    match rustix::event::poll(&mut [PollFd::new(&fd, PollFlags::IN)], Some(&round_up_to_ms(timeout))) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -99,38 +85,37 @@ impl AsRawFd for Poller {
     }
 }
 
-/// A reusable buffer for the results of [`Poller::wait`], of fixed capacity
-/// (at least 1). Holds the events of the last wait only.
+/// Room for the events of one [`Poller::wait`].
 pub struct Events {
-    buf: Vec<libc::epoll_event>,
+    buf: Vec<epoll::Event>,
     len: usize,
 }
 
 impl Events {
-    /// A buffer for up to `capacity` events per wait (at least 1).
+    /// Room for `capacity` events per wait (at least 1).
     pub fn with_capacity(capacity: usize) -> Events {
-        Events { buf: vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)], len: 0 }
+        let empty = epoll::Event { flags: epoll::EventFlags::empty(), data: epoll::EventData::new_u64(0) };
+        Events { buf: vec![empty; capacity.max(1)], len: 0 }
     }
 
-    /// The capacity.
+    /// Events one wait can return.
     pub fn capacity(&self) -> usize {
         self.buf.len()
     }
 
-    /// How many events the last wait returned.
+    /// Events the last wait returned.
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether the last wait returned no events.
+    /// Whether the last wait returned none.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// The tokens of the ready descriptors from the last wait.
+    /// The tokens of the descriptors that are ready.
     pub fn tokens(&self) -> impl Iterator<Item = u64> + '_ {
-        // Copy out of the (on x86-64 packed) struct; never take a reference.
-        self.buf[..self.len].iter().map(|e| e.u64)
+        self.buf[..self.len].iter().map(|e| e.data.u64())
     }
 }
 
@@ -140,58 +125,35 @@ impl std::fmt::Debug for Events {
     }
 }
 
-/// An eventfd another thread can signal to wake a [`Poller::wait`].
-///
-/// Register it with [`Poller::add`] under its own token; when that token is
-/// reported, call [`Waker::reset`] (the eventfd is level-triggered: it stays
-/// readable until reset). Non-blocking and close-on-exec.
+/// An eventfd that wakes a [`Poller`] from another thread.
 #[derive(Debug)]
 pub struct Waker {
     fd: OwnedFd,
 }
 
 impl Waker {
-    /// Creates the eventfd (`EFD_NONBLOCK | EFD_CLOEXEC`, counter 0).
+    /// A new non-blocking, close-on-exec eventfd.
     pub fn new() -> io::Result<Waker> {
-        // SAFETY: eventfd has no memory preconditions; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by nobody
-        // else.
-        Ok(Waker { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Waker { fd: eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)? })
     }
 
-    /// Makes the eventfd readable. Never blocks; waking an already woken
-    /// waker is a no-op (a saturated counter's `EAGAIN` is ignored).
+    /// Makes the eventfd readable (a full counter is already readable, so
+    /// `EAGAIN` is not an error).
     pub fn wake(&self) -> io::Result<()> {
-        let one: u64 = 1;
-        // SAFETY: `one` is valid for reads of 8 bytes for the call.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::WouldBlock {
-                return Err(err);
-            }
+        match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
-    /// Drains the counter so the eventfd is no longer readable. Returns
-    /// whether it had been woken.
+    /// Clears it; whether it had been woken.
     pub fn reset(&self) -> io::Result<bool> {
-        let mut count: u64 = 0;
-        // SAFETY: `count` is valid for writes of 8 bytes for the call.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock {
-                return Ok(false);
-            }
-            return Err(err);
+        let mut count = [0u8; 8];
+        match rustix::io::read(&self.fd, &mut count) {
+            Ok(_) => Ok(true),
+            Err(rustix::io::Errno::AGAIN) => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        Ok(true)
     }
 }
 

@@ -225,44 +225,21 @@ impl Tap {
     /// offloads. With a virtio-net header a `buf` shorter than the header
     /// fails with `EINVAL`.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the
-        // duration of the call.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        Ok(rustix::io::read(&self.fd, buf)?)
     }
 
     /// Writes one frame (with its virtio-net header first if
     /// [`Tap::vnet_hdr`]); returns the bytes written (all of them on
     /// success). The kernel drops malformed frames with `EINVAL`.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the
-        // duration of the call.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        Ok(rustix::io::write(&self.fd, buf)?)
     }
 
     /// Writes one frame given as `hdr` followed by `frame` (`writev(2)`), so a
     /// virtio-net header can be prepended without copying the frame. `hdr`
     /// may be empty. Returns the bytes written (both parts).
     pub fn send_vectored(&self, hdr: &[u8], frame: &[u8]) -> io::Result<usize> {
-        let iov = [
-            libc::iovec { iov_base: hdr.as_ptr() as *mut libc::c_void, iov_len: hdr.len() },
-            libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() },
-        ];
-        // SAFETY: both iovecs describe live slices valid for reads of their
-        // lengths (writev never writes through them), and `iov` holds exactly
-        // the 2 entries passed.
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        Ok(rustix::io::writev(&self.fd, &[io::IoSlice::new(hdr), io::IoSlice::new(frame)])?)
     }
 
     /// The interface name.

@@ -81,7 +81,7 @@ pub const MAX_CONNECTIONS: usize = 32;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often the accept loops look at their stop flag.
-pub(crate) const POLL_INTERVAL_MS: i32 = 100;
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The mode of the control socket file: read/write for its owner only.
 pub const SOCKET_MODE: u32 = 0o600;

@@ -4,10 +4,12 @@
 
 use super::{
     is_timeout, read_line, write_response, ApiError, Handler, Line, Request, Response, IO_TIMEOUT, MAX_CONNECTIONS,
-    MAX_REQUEST_BYTES, POLL_INTERVAL_MS, SOCKET_MODE,
+    MAX_REQUEST_BYTES, POLL_INTERVAL, SOCKET_MODE,
 };
+use crate::config::MAX_SOCKET_PATH_LEN;
+use dataplane_io::wait_readable;
 use std::io::{self, BufReader};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 /// A running API server; see [`serve`]. Stopping it (or dropping it) stops
 /// the accept loop, closes open connections, waits for their threads and
@@ -131,63 +132,31 @@ fn clear_stale(path: &Path) -> Result<(), ApiError> {
 /// Creates a listening Unix stream socket at `path` whose file is created
 /// with mode [`SOCKET_MODE`] (see [`serve`]).
 fn bind_private(path: &Path) -> Result<UnixListener, ApiError> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
     use std::os::unix::ffi::OsStrExt;
-    // SAFETY: an all-zero sockaddr_un is a valid value (family AF_UNSPEC,
-    // empty path); it is filled in below.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     let bytes = path.as_os_str().as_bytes();
-    let max = addr.sun_path.len() - 1; // room for the terminating NUL
+    let max = MAX_SOCKET_PATH_LEN; // sun_path, less the terminating NUL
     if bytes.is_empty() || bytes.len() > max || bytes.contains(&0) {
         return Err(ApiError::PathTooLong { path: path.to_path_buf(), len: bytes.len(), max });
     }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: plain syscall with constant arguments; returns a new
-    // descriptor or -1.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(ApiError::io("creating the control socket", io::Error::last_os_error()));
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: `fd` is a valid open descriptor for the duration of the call.
-    if unsafe { libc::fchmod(fd.as_raw_fd(), SOCKET_MODE as libc::mode_t) } != 0 {
-        return Err(ApiError::io("setting the control socket's mode", io::Error::last_os_error()));
-    }
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `addr` is an initialised sockaddr_un with a NUL-terminated
-    // path, `len` is its size, and `fd` is valid for the call.
-    let rc = unsafe { libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(addr).cast::<libc::sockaddr>(), len) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
+    let addr = SocketAddrUnix::new(path).map_err(|e| ApiError::io(format!("binding {}", path.display()), e.into()))?;
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
+        .map_err(|e| ApiError::io("creating the control socket", e.into()))?;
+    // The mode is set before bind, so the file is never reachable by others.
+    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(SOCKET_MODE))
+        .map_err(|e| ApiError::io("setting the control socket's mode", e.into()))?;
+    if let Err(e) = rustix::net::bind(&fd, &addr) {
+        let e = io::Error::from(e);
         return Err(match e.kind() {
             io::ErrorKind::AddrInUse => ApiError::InUse { path: path.to_path_buf() },
             _ => ApiError::io(format!("binding {}", path.display()), e),
         });
     }
-    // SAFETY: `fd` is a valid, bound stream socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), 64) } != 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = rustix::net::listen(&fd, 64) {
         let _ = std::fs::remove_file(path);
-        return Err(ApiError::io(format!("listening on {}", path.display()), e));
+        return Err(ApiError::io(format!("listening on {}", path.display()), e.into()));
     }
     Ok(UnixListener::from(fd))
-}
-
-/// Waits up to `timeout_ms` for `fd` to be readable (for a listener: to
-/// have a connection waiting). `Ok(false)` on timeout or signal.
-pub(crate) fn wait_readable(fd: &impl AsFd, timeout_ms: i32) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: `pfd` is one initialised pollfd that outlives the call, and
-    // its descriptor is borrowed, so open, for the call.
-    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
-    }
-    Ok(rc > 0)
 }
 
 /// A connection being served: a handle to shut it down and its thread.
@@ -225,7 +194,7 @@ impl Shut for std::net::TcpStream {
 }
 
 /// The accept loop both servers share: waits (at most
-/// [`POLL_INTERVAL_MS`] at a time, so `stop` is seen) for a connection,
+/// [`POLL_INTERVAL`] at a time, so `stop` is seen) for a connection,
 /// accepts it, joins finished connection threads, and hands the new one to
 /// `start` with the number still open. When `stop` is set, every open
 /// connection is shut down and its thread joined.
@@ -238,12 +207,12 @@ pub(crate) fn serve_loop<L: AsFd, S: Shut>(
 ) {
     let mut conns: Vec<Conn<S>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        match wait_readable(listener, POLL_INTERVAL_MS) {
+        match wait_readable(listener, POLL_INTERVAL) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "{what}: poll failed");
-                std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS as u64));
+                std::thread::sleep(POLL_INTERVAL);
                 continue;
             }
         }
@@ -252,7 +221,7 @@ pub(crate) fn serve_loop<L: AsFd, S: Shut>(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "{what}: accept failed");
-                std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS as u64));
+                std::thread::sleep(POLL_INTERVAL);
                 continue;
             }
         };

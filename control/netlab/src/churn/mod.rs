@@ -38,7 +38,6 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -538,23 +537,7 @@ fn one_connection(dst: SocketAddr, mode: CloseMode, timeout: Duration) -> Result
 
 /// `SO_LINGER` 0: close sends an RST and leaves no TIME-WAIT.
 pub fn set_linger_zero(s: &TcpStream) -> io::Result<()> {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: the fd is a valid socket owned by `s`; `l` is a live, initialised linger struct of the given size
-    // that the kernel only reads.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(rustix::net::sockopt::set_socket_linger(s, Some(Duration::ZERO))?)
 }
 
 /// A whole run: starts a [`ChurnServer`] in `server_ns` for `cfg` ([`ClientConfig::server_config`]), runs the

@@ -84,10 +84,8 @@ impl ChurnServer {
             let l = l.map_err(|e| io_err(format!("bind tcp {addr}:{port} in {}", ns.name()), e))?;
             // std listens with a backlog of 128; at tens of thousands of connections per second that overflows
             // (SYNs dropped: a 1 s retransmission on the client). listen(2) again only resizes the queues.
-            // SAFETY: listen(2) on a valid socket descriptor owned by `l`; no memory is passed.
-            if unsafe { libc::listen(l.as_raw_fd(), ACCEPT_BACKLOG) } != 0 {
-                return Err(io_err(format!("listen backlog on port {port}"), io::Error::last_os_error()));
-            }
+            rustix::net::listen(&l, ACCEPT_BACKLOG)
+                .map_err(|e| io_err(format!("listen backlog on port {port}"), e.into()))?;
             l.set_nonblocking(true).map_err(|e| io_err("listener non-blocking", e))?;
             listeners.push(l);
         }
@@ -237,8 +235,6 @@ fn drain<'a>(s: &TcpStream, buf: &mut [u8], shared: &'a ServerShared) -> Option<
 /// `recv(MSG_DONTWAIT)`: a non-blocking read of a blocking socket (one system call per accepted connection fewer
 /// than making it non-blocking first).
 fn recv_nonblocking(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: the fd is a valid socket owned by `s`; `buf` is valid for writes of `buf.len()` bytes for the
-    // duration of the call.
-    let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    let (n, _) = rustix::net::recv(s, buf, rustix::net::RecvFlags::DONTWAIT)?;
+    Ok(n)
 }
