@@ -8,15 +8,6 @@ use loadgen::{LoadArgs, LoadReport, Scenario, Target};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-fn root() -> bool {
-    if netlab::is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root (network namespaces and TAP devices)");
-        false
-    }
-}
-
 fn args(scenario: Scenario, envs: usize) -> LoadArgs {
     LoadArgs {
         scenario,
@@ -74,10 +65,9 @@ fn documented_fields(r: &LoadReport) {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn udp_counts_match_the_responder_and_come_from_the_eni() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // A modest rate, with echoes, so nothing is lost either way: then the datagrams the responder counted equal
     // sent - lost, where lost is what the environments measured (sent - echoes received).
     let out = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
@@ -104,10 +94,9 @@ fn udp_counts_match_the_responder_and_come_from_the_eni() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn connect_counts_match_the_responder_and_come_from_the_eni() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // Open loop at 3000 connections/s: every environment connects more than once.
     let r = loadgen::run(&LoadArgs { rate: Some(3000.0), ..args(Scenario::Connect, 250) }).expect("connect run");
     eprintln!("{}", r.table());
@@ -122,10 +111,9 @@ fn connect_counts_match_the_responder_and_come_from_the_eni() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn tcp_bulk_bytes_reach_the_responder_from_the_eni() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let r = loadgen::run(&args(Scenario::TcpBulk, 16)).expect("bulk run");
     eprintln!("{}", r.table());
     let b = r.tcp_bulk.as_ref().expect("bulk figures");
@@ -144,10 +132,9 @@ fn tcp_bulk_bytes_reach_the_responder_from_the_eni() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn mixed_runs_every_kind_through_the_eni() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // Connects paced at 1000/s; the four bulk streams are unpaced, so the gateway's attachment queue may overflow
     // and a handshake may need a retransmission: every completed connection was accepted, and nothing was accepted
     // that the environments did not see established.
@@ -162,10 +149,9 @@ fn mixed_runs_every_kind_through_the_eni() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn connect_with_one_tap_per_environment_through_its_own_attachment() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // 100 loadgen TAPs, each bridged alone to its own gateway attachment: every environment connects once through
     // its own attachment, and all leave through the one shared ENI.
     let r = loadgen::run(&LoadArgs { once: true, tap_per_env: true, ..args(Scenario::Connect, 100) })
@@ -182,10 +168,9 @@ fn connect_with_one_tap_per_environment_through_its_own_attachment() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // 50 ports for 200 environments that each connect once, all at the same moment: 50 get a port at once, the
     // other 150 first SYNs are refused (`ports_exhausted`, ICMP 3/13). A connection that has ended gives its port
     // back at once (its session is recycled, no quarantine for a TCP port closed under state tracking), so
@@ -233,10 +218,9 @@ fn read_csv(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn timeline_csv_has_one_line_per_second_with_the_gateway_gauges() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let out = out_dir("csv");
     let r = loadgen::run(&LoadArgs {
         rate: Some(1000.0),
@@ -283,10 +267,9 @@ fn timeline_csv_has_one_line_per_second_with_the_gateway_gauges() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_run_stopped_early_reports_what_it_measured() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // Asked for a minute, stopped (as SIGINT would) 2 s into the load: the report covers those 2 s.
     let out = out_dir("stop");
     let a = LoadArgs {
@@ -328,10 +311,9 @@ fn a_run_stopped_early_reports_what_it_measured() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn config_file_gateway_settings_reach_our_gateway() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // A session table of 100 for 200 environments connecting once, each connection closed by the server after its
     // response: the table never holds more than 100 sessions, and the ended connections' sessions are recycled for
     // the later ones, so every connection still completes.
@@ -425,9 +407,7 @@ fn compare_prints_no_ratio_for_counts_and_warns_when_not_saturated() {
 #[test]
 #[ignore]
 fn compare_figures() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let only = std::env::var("LOADGEN_ONLY").ok();
     for (scenario, envs) in [(Scenario::Udp, 1000), (Scenario::TcpBulk, 16), (Scenario::Connect, 10_000)] {
         if only.as_deref().is_some_and(|o| o != scenario.name()) {

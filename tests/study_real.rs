@@ -2,11 +2,9 @@
 //! through the real gateway. Root only.
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn both_designs_connect_every_environment_and_use_the_addresses_they_should() {
-    if !netlab::is_root() {
-        eprintln!("skipping: needs root (network namespaces and TAP devices)");
-        return;
-    }
+    netlab::require_root();
     let r = hyperplane::study_real::run(5, 0).expect("runs");
     assert_eq!((r.per_env.connected, r.shared.connected), (5, 5), "{r:#?}");
     assert_eq!((r.per_env.enis_created, r.per_env.peak_addresses), (5, 5), "one ENI and address per environment");

@@ -39,11 +39,9 @@ fn a_bad_config_is_refused_with_the_field_and_the_reason() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_missing_outside_interface_is_reported_before_anything_starts() {
-    if !netlab::is_root() {
-        eprintln!("skipping: needs root (otherwise the privilege check answers first)");
-        return;
-    }
+    netlab::require_root();
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../core/examples/gateway.toml")).unwrap();
     let cfg =

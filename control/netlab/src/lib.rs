@@ -4,7 +4,7 @@
 //!
 //! Everything here shells out to `ip` (iproute2) and, where named, `nft`, `ethtool`, `sysctl` and `ping`; a missing
 //! tool is reported as [`LabError::MissingTool`] with the Debian package that provides it. All of it needs root
-//! ([`is_root`]); tests check that first and skip.
+//! ([`is_root`]); root-only tests call [`require_root`] first and are ignored when not built as root.
 //!
 //! # Contracts
 //!
@@ -146,6 +146,13 @@ impl LabError {
 /// Whether the process runs with effective uid 0 (everything in this module needs it).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// The first line of every root-only test: such tests are `#[ignore]`d unless built as root (`cfg(root_tests)`,
+/// set by the build script `dataplane/io/build.rs`), and this makes one that runs anyway without root fail loudly
+/// instead of passing without testing anything.
+pub fn require_root() {
+    assert!(is_root(), "needs root: network namespaces and TAP devices (run the tests as root)");
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

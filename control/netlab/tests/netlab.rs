@@ -9,15 +9,6 @@ use std::time::{Duration, Instant};
 use netlab::probe::{self, IcmpReport, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED};
 use netlab::{KernelNat, Netns, INSIDE_GATEWAY, SERVER, VPC_ROUTER};
 
-macro_rules! need_root {
-    () => {
-        if !netlab::is_root() {
-            eprintln!("skipping: needs root");
-            return;
-        }
-    };
-}
-
 /// The names `ip netns list` shows.
 fn listed() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
@@ -29,8 +20,9 @@ fn listed() -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn namespace_is_removed_on_drop_and_on_panic() {
-    need_root!();
+    netlab::require_root();
     let name = netlab::unique("tns");
     {
         let ns = Netns::new(name.clone()).unwrap();
@@ -67,8 +59,9 @@ fn namespace_is_removed_on_drop_and_on_panic() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn errors_name_the_command_and_its_stderr() {
-    need_root!();
+    netlab::require_root();
     let ns = Netns::new(netlab::unique("ter")).unwrap();
     let err = ns.addr_add("nosuchlink", "10.9.9.9/24").unwrap_err().to_string();
     assert!(err.contains("ip -n") && err.contains("addr add 10.9.9.9/24 dev nosuchlink"), "{err}");
@@ -83,8 +76,9 @@ fn errors_name_the_command_and_its_stderr() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn veth_pair_carries_udp_between_namespace_threads() {
-    need_root!();
+    netlab::require_root();
     let a = Netns::new(netlab::unique("tva")).unwrap();
     let b = Netns::new(netlab::unique("tvb")).unwrap();
     netlab::veth("v0", Some(&a), "v1", Some(&b)).unwrap();
@@ -115,8 +109,9 @@ fn veth_pair_carries_udp_between_namespace_threads() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn kernel_nat_masquerades_and_relays_icmp_errors() {
-    need_root!();
+    netlab::require_root();
     let started = Instant::now();
     let lab = KernelNat::build("t", 3, true).unwrap();
     eprintln!("KernelNat::build(3 envs) took {:?}", started.elapsed());
@@ -171,8 +166,9 @@ fn kernel_nat_masquerades_and_relays_icmp_errors() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn kernel_nat_without_offloads_and_many_envs() {
-    need_root!();
+    netlab::require_root();
     let started = Instant::now();
     let lab = KernelNat::build("tm", 50, false).unwrap();
     eprintln!("KernelNat::build(50 envs, no offloads) took {:?}", started.elapsed());
@@ -191,8 +187,9 @@ fn kernel_nat_without_offloads_and_many_envs() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn sweep_stale_removes_namespaces_of_dead_processes_only() {
-    need_root!();
+    netlab::require_root();
     // A prefix of this process's own, so that concurrent runs of this test do not sweep each other's bait.
     let me = radix36(std::process::id());
     let prefix = format!("s{me}");

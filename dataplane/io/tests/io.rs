@@ -17,13 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-fn needs_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root");
-        return true;
-    }
-    false
+/// The first line of every test here that makes devices: those tests are ignored unless built as root
+/// (`cfg(root_tests)`, see build.rs), and fail loudly if run without it.
+fn require_root() {
+    assert!(rustix::process::geteuid().is_root(), "needs root: TAP devices and network namespaces");
 }
 
 /// A unique interface name of at most 15 bytes.
@@ -81,18 +78,16 @@ fn gone(name: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn privileges_check_matches_euid() {
-    if needs_root() {
-        return;
-    }
+    require_root();
     assert!(check_net_admin().is_ok());
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn create_configure_and_remove() {
-    if needs_root() {
-        return;
-    }
+    require_root();
     let name = unique_name();
     let tap = Tap::open(&name, TapOptions::default()).expect("open tap");
     assert_eq!(tap.name(), name);
@@ -143,10 +138,9 @@ fn create_configure_and_remove() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn vnet_header_and_offloads() {
-    if needs_root() {
-        return;
-    }
+    require_root();
     let name = unique_name();
     let tap = Tap::open(&name, TapOptions { vnet_hdr: true, multi_queue: false }).expect("open tap");
     assert!(tap.vnet_hdr());
@@ -162,10 +156,9 @@ fn vnet_header_and_offloads() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn multi_queue() {
-    if needs_root() {
-        return;
-    }
+    require_root();
     let name = unique_name();
     let q0 = Tap::open(&name, TapOptions { vnet_hdr: true, multi_queue: true }).expect("open tap");
     let q1 = q0.open_queue().expect("second queue");
@@ -189,13 +182,12 @@ fn multi_queue() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn bad_names_and_non_taps() {
     assert!(matches!(ifreq::index("nonexistent0"), Err(IoError::NoSuchInterface { .. })));
     assert!(matches!(Tap::open("", TapOptions::default()), Err(IoError::BadName { .. })));
     assert!(matches!(Tap::open("sixteen-bytes-xx", TapOptions::default()), Err(IoError::BadName { .. })));
-    if needs_root() {
-        return;
-    }
+    require_root();
     let err = Tap::open("lo", TapOptions::default()).expect_err("lo is not a TAP");
     assert!(matches!(err, IoError::NotTap { .. }), "{err:?}");
     assert!(err.to_string().contains("lo"), "{err}");
@@ -280,28 +272,25 @@ fn arp_round_trip(vnet_hdr: bool) {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn arp_through_tap_in_netns() {
-    if needs_root() {
-        return;
-    }
+    require_root();
     arp_round_trip(false);
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn arp_through_vnet_tap_in_netns() {
-    if needs_root() {
-        return;
-    }
+    require_root();
     arp_round_trip(true);
 }
 
 /// With `TUN_F_CSUM` the kernel hands us its TCP SYN with a partial checksum
 /// (`F_NEEDS_CSUM`); completing it gives a valid frame.
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn kernel_tcp_syn_with_partial_checksum() {
-    if needs_root() {
-        return;
-    }
+    require_root();
     let (ns, tap) = tap_in_netns(TapOptions { vnet_hdr: true, multi_queue: false });
     tap.set_offload(OFFLOADS_TCP).expect("offload");
     let mac = "02:00:00:aa:bb:cc";
@@ -339,11 +328,10 @@ fn experimental_frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn afpacket_on_a_tap() {
     assert!(matches!(AfPacket::open("nonexistent0", Duration::from_millis(10)), Err(IoError::NoSuchInterface { .. })));
-    if needs_root() {
-        return;
-    }
+    require_root();
     let tap = Tap::open(&unique_name(), TapOptions::default()).expect("open tap");
     tap.set_up().expect("up");
     let mut pkt = AfPacket::open(tap.name(), Duration::from_millis(20)).expect("af_packet");

@@ -674,11 +674,9 @@ mod tests {
 
     /// Root only: server and clients in one namespace over loopback, both close modes, one second each.
     #[test]
+    #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
     fn loopback_churn_in_a_namespace() {
-        if !crate::is_root() {
-            eprintln!("skipping: needs root (network namespaces)");
-            return;
-        }
+        crate::require_root();
         let ns = Netns::new(crate::unique("hpc")).expect("namespace");
         for mode in CloseMode::ALL {
             for rate in [None, Some(200.0)] {
