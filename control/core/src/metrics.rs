@@ -47,7 +47,7 @@
 //! hyperplane_drops_total{reason="no_session"} 3
 //! ```
 
-use crate::api::{serve_loop, ApiError, Conn, StatsReport, MAX_CONNECTIONS};
+use crate::api::{serve_loop, AcceptThread, ApiError, Conn, StatsReport, MAX_CONNECTIONS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -56,9 +56,8 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// The content type of the text exposition format (0.0.4).
@@ -281,8 +280,7 @@ pub fn render(s: &StatsReport) -> String {
 /// A running metrics server; see [`serve_metrics`]. Stops on drop.
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    accept: AcceptThread,
 }
 
 impl std::fmt::Debug for MetricsServer {
@@ -299,20 +297,7 @@ impl MetricsServer {
 
     /// Stops serving (same as dropping it).
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.accept.stop();
     }
 }
 
@@ -330,16 +315,10 @@ pub fn serve_metrics(
     let listener = TcpListener::bind(addr).map_err(|e| ctx("binding", e))?;
     let local = listener.local_addr().map_err(|e| ctx("binding", e))?;
     listener.set_nonblocking(true).map_err(|e| ctx("serving", e))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("hp-metrics".into())
-            .spawn(move || accept_loop(listener, source, stop))
-            .map_err(|e| ctx("starting", e))?
-    };
+    let accept = AcceptThread::spawn("hp-metrics", move |stop| accept_loop(listener, source, stop))
+        .map_err(|e| ctx("starting", e))?;
     tracing::info!(addr = %local, "metrics listening");
-    Ok(MetricsServer { addr: local, stop, thread: Some(thread) })
+    Ok(MetricsServer { addr: local, accept })
 }
 
 fn accept_loop(listener: TcpListener, source: StatsSource, stop: Arc<AtomicBool>) {

@@ -274,6 +274,24 @@ mod tests {
     }
 
     #[test]
+    fn compare_prints_no_ratio_for_counts_and_warns_when_not_saturated() {
+        let c = CompareReport::new(
+            connect_report("ours", 40_000, 30_000, 12, 200),
+            Some(connect_report("kernel", 30_000, 30_000, 0, 400)),
+        );
+        let t = c.table();
+        eprintln!("{t}");
+        let line = |f: &str| t.lines().find(|l| l.starts_with(f)).unwrap_or_else(|| panic!("{f} in {t}")).to_string();
+        assert!(line("failed connections").trim_end().ends_with('—'), "{t}");
+        assert!(line("setup p50, µs").trim_end().ends_with("0.50×"), "{t}");
+        assert!(line("delivered connections/s").trim_end().ends_with("1.00×"), "{t}");
+        assert!(t.find("offered connections/s") < t.find("delivered connections/s"), "offered beside delivered: {t}");
+        let warnings: Vec<&str> = t.lines().filter(|l| l.starts_with("warning:")).collect();
+        assert_eq!(warnings.len(), 1, "only the kernel was not offered more than it carried: {t}");
+        assert!(warnings[0].contains("kernel") && warnings[0].contains("not saturated: offered"), "{t}");
+    }
+
+    #[test]
     fn numbers_read_well() {
         assert_eq!(num(16_962.4), "16,962");
         assert_eq!(num(1.54), "1.540");

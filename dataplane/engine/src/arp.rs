@@ -916,29 +916,14 @@ mod tests {
         assert_eq!(write_request(&mut [], OUR_MAC, ENI, GW), 0);
     }
 
-    #[test]
-    fn announcement_layout() {
+    /// A broadcast who-has for ENI (10.0.0.57) from OUR_MAC with sender
+    /// address `spa` and a zero THA, as `write` makes it; nothing is written
+    /// into a buffer of `short` bytes.
+    fn assert_request_layout(write: impl Fn(&mut [u8]) -> usize, spa: [u8; 4], short: usize) {
         let mut buf = [0u8; 42];
-        assert_eq!(write_announcement(&mut buf, OUR_MAC, ENI), FRAME_LEN);
+        assert_eq!(write(&mut buf), FRAME_LEN);
         #[rustfmt::skip]
-        let expected: [u8; 42] = [
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x02, 0x00, 0x5e, 0xaa, 0xbb, 0xcc,
-            0x08, 0x06,
-            0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01,
-            0x02, 0x00, 0x5e, 0xaa, 0xbb, 0xcc, 10, 0, 0, 57,
-            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 10, 0, 0, 57,
-        ];
-        assert_eq!(buf, expected);
-        assert_eq!(write_announcement(&mut [0u8; 10], OUR_MAC, ENI), 0);
-    }
-
-    #[test]
-    fn probe_layout() {
-        let mut buf = [0u8; 42];
-        assert_eq!(write_probe(&mut buf, OUR_MAC, ENI), FRAME_LEN);
-        #[rustfmt::skip]
-        let expected: [u8; 42] = [
+        let mut expected: [u8; 42] = [
             0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
             0x02, 0x00, 0x5e, 0xaa, 0xbb, 0xcc,
             0x08, 0x06,
@@ -946,8 +931,19 @@ mod tests {
             0x02, 0x00, 0x5e, 0xaa, 0xbb, 0xcc, 0, 0, 0, 0,
             0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 10, 0, 0, 57,
         ];
+        expected[28..32].copy_from_slice(&spa);
         assert_eq!(buf, expected);
-        assert_eq!(write_probe(&mut [0u8; 41], OUR_MAC, ENI), 0);
+        assert_eq!(write(&mut vec![0u8; short]), 0);
+    }
+
+    #[test]
+    fn announcement_layout() {
+        assert_request_layout(|b| write_announcement(b, OUR_MAC, ENI), [10, 0, 0, 57], 10);
+    }
+
+    #[test]
+    fn probe_layout() {
+        assert_request_layout(|b| write_probe(b, OUR_MAC, ENI), [0, 0, 0, 0], 41);
     }
 
     #[test]

@@ -23,8 +23,7 @@ use std::thread::JoinHandle;
 /// removes the socket file.
 pub struct Server {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    accept: AcceptThread,
     /// Device and inode of the socket file we created, so we only remove
     /// our own socket, not one a newer server put at the same path.
     id: (u64, u64),
@@ -70,16 +69,10 @@ fn start_server(path: &Path, listener: UnixListener, handler: Handler) -> Result
         .map_err(|e| ApiError::io(format!("setting the mode of {}", path.display()), e))?;
     let md = std::fs::symlink_metadata(path).map_err(|e| ApiError::io(format!("{}", path.display()), e))?;
     listener.set_nonblocking(true).map_err(|e| ApiError::io("making the listener nonblocking", e))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("hp-api".into())
-            .spawn(move || accept_loop(listener, handler, stop))
-            .map_err(|e| ApiError::io("starting the API thread", e))?
-    };
+    let accept = AcceptThread::spawn("hp-api", move |stop| accept_loop(listener, handler, stop))
+        .map_err(|e| ApiError::io("starting the API thread", e))?;
     tracing::info!(path = %path.display(), "control socket listening");
-    Ok(Server { path: path.to_path_buf(), stop, thread: Some(thread), id: (md.dev(), md.ino()) })
+    Ok(Server { path: path.to_path_buf(), accept, id: (md.dev(), md.ino()) })
 }
 
 impl Server {
@@ -94,9 +87,7 @@ impl Server {
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if self.accept.stop() {
             if let Ok(md) = std::fs::symlink_metadata(&self.path) {
                 if (md.dev(), md.ino()) == self.id {
                     let _ = std::fs::remove_file(&self.path);
@@ -109,6 +100,36 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// A server's accept thread and its stop flag. [`AcceptThread::stop`] (or
+/// dropping it) sets the flag and waits for the thread, which shuts its open
+/// connections down and joins their threads first (see [`serve_loop`]).
+pub(crate) struct AcceptThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AcceptThread {
+    /// Starts `run` on a thread named `name`, handing it the stop flag.
+    pub(crate) fn spawn(name: &str, run: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> io::Result<AcceptThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || run(flag))?;
+        Ok(AcceptThread { stop, thread: Some(thread) })
+    }
+
+    /// Stops the thread and waits for it; whether it was still running.
+    pub(crate) fn stop(&mut self) -> bool {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map(JoinHandle::join).is_some()
+    }
+}
+
+impl Drop for AcceptThread {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -5,14 +5,14 @@
 
 use super::hold::Hold;
 use super::rewrite::rewrite_inbound;
-use super::{Action, Engine};
+use super::{flow_of, Action, Engine};
 use crate::config::{Filtering, Mapping};
 use crate::counters::DropReason;
 use crate::flow::{proto_index, Endpoint, FlowKey, ICMP, TCP};
 use crate::session::Session;
 use crate::tcp::{self, Dir};
 use crate::time::Instant;
-use crate::wire::{self, icmp, Ipv4, L4};
+use crate::wire::{self, icmp, Ipv4};
 use crate::PortId;
 
 impl Engine {
@@ -28,16 +28,10 @@ impl Engine {
         if ip.frag_off != 0 {
             return self.later_fragment(now, PortId::OUTSIDE, frame, ip);
         }
-        let l4 = match wire::parse_l4(frame, &ip) {
-            Ok(l4) => l4,
+        let (l4, sport, dport, flags) = match flow_of(frame, &ip, Dir::In) {
+            Ok(Some(f)) => f,
+            Ok(None) => return self.icmp_error_in(now, frame, ip, hairpin),
             Err(r) => return Action::Drop(r),
-        };
-        let (sport, dport, flags) = match l4 {
-            L4::Tcp { sport, dport, flags } => (sport, dport, flags),
-            L4::Udp { sport, dport } => (sport, dport, 0),
-            L4::Echo { request: false, ident } => (0, ident, 0),
-            L4::Echo { request: true, .. } => return Action::Drop(DropReason::NoSession),
-            L4::IcmpError { .. } => return self.icmp_error_in(now, frame, ip, hairpin),
         };
         let key =
             FlowKey { proto: ip.proto, local: Endpoint::new(ip.dst, dport), remote: Endpoint::new(ip.src, sport) };

@@ -69,8 +69,9 @@ use crate::flow::{TCP, UDP};
 use crate::frag::FragTable;
 use crate::ports::PortPool;
 use crate::session::SessionTable;
+use crate::tcp::Dir;
 use crate::time::Instant;
-use crate::wire::{self, Ipv4, ETH_LEN};
+use crate::wire::{self, Ipv4, ETH_LEN, L4};
 use crate::PortId;
 use core::net::Ipv4Addr;
 use fragment::FragXlate;
@@ -500,4 +501,24 @@ impl Engine {
             self.bindings.inside(port).map_or(usize::MAX, |p| usize::from(p.mtu))
         }
     }
+}
+
+/// The transport header of a packet going `dir` and what its flow key takes
+/// from it: `(l4, sport, dport, tcp flags)`. An echo's identifier is the
+/// environment's "port": the source of a request going out, the destination
+/// of a reply coming in; an echo the other way is dropped (`UnsupportedIcmp`
+/// going out, `NoSession` coming in). `Ok(None)`: an ICMP error, which has
+/// its own path.
+fn flow_of(frame: &[u8], ip: &Ipv4, dir: Dir) -> Result<Option<(L4, u16, u16, u8)>, DropReason> {
+    let l4 = wire::parse_l4(frame, ip)?;
+    let (sport, dport, flags) = match (l4, dir) {
+        (L4::Tcp { sport, dport, flags }, _) => (sport, dport, flags),
+        (L4::Udp { sport, dport }, _) => (sport, dport, 0),
+        (L4::Echo { request: true, ident }, Dir::Out) => (ident, 0, 0),
+        (L4::Echo { request: false, ident }, Dir::In) => (0, ident, 0),
+        (L4::Echo { .. }, Dir::Out) => return Err(DropReason::UnsupportedIcmp),
+        (L4::Echo { .. }, Dir::In) => return Err(DropReason::NoSession),
+        (L4::IcmpError { .. }, _) => return Ok(None),
+    };
+    Ok(Some((l4, sport, dport, flags)))
 }

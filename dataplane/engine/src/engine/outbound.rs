@@ -6,7 +6,7 @@
 use super::fragment::set_ident;
 use super::hold::Hold;
 use super::rewrite::{finish_partial, rewrite, swap_macs, Side};
-use super::{Action, Engine, Event};
+use super::{flow_of, Action, Engine, Event};
 use crate::arp;
 use crate::bindings::Mac;
 use crate::checksum;
@@ -16,7 +16,7 @@ use crate::flow::{proto_index, Endpoint, FlowKey, ICMP, TCP};
 use crate::session::{Session, NIL};
 use crate::tcp::{self, Dir};
 use crate::time::Instant;
-use crate::wire::{self, get16, icmp, ip, put16, put_ip, Ipv4, L4};
+use crate::wire::{self, get16, icmp, ip, put16, put_ip, Ipv4};
 use crate::PortId;
 use core::net::Ipv4Addr;
 use std::sync::Arc;
@@ -41,16 +41,10 @@ impl Engine {
             let mtu = u32::from(self.bindings.outside().mtu);
             return self.too_big(frame, ip, mtu, gateway);
         }
-        let l4 = match wire::parse_l4(frame, &ip) {
-            Ok(l4) => l4,
+        let (l4, sport, dport, flags) = match flow_of(frame, &ip, Dir::Out) {
+            Ok(Some(f)) => f,
+            Ok(None) => return self.icmp_error_out(now, port, frame, ip),
             Err(r) => return Action::Drop(r),
-        };
-        let (sport, dport, flags) = match l4 {
-            L4::Tcp { sport, dport, flags } => (sport, dport, flags),
-            L4::Udp { sport, dport } => (sport, dport, 0),
-            L4::Echo { request: true, ident } => (ident, 0, 0),
-            L4::Echo { request: false, .. } => return Action::Drop(DropReason::UnsupportedIcmp),
-            L4::IcmpError { .. } => return self.icmp_error_out(now, port, frame, ip),
         };
         let key =
             FlowKey { proto: ip.proto, local: Endpoint::new(ip.src, sport), remote: Endpoint::new(ip.dst, dport) };
