@@ -8,7 +8,8 @@
 //! - [`gateway`]: devices opened, engines sharded over workers, started;
 //! - [`controller`] and [`runtime`]: the sans-IO control plane and the thread
 //!   that drives it; [`api`]: the control socket; [`metrics`]: Prometheus;
-//! - [`signals`]: SIGINT/SIGTERM as a flag for clean shutdown.
+//! - [`signals`]: SIGINT/SIGTERM as a flag for clean shutdown; [`threads`]:
+//!   threads stopped by a shared flag.
 
 pub mod api;
 pub mod config;
@@ -19,5 +20,6 @@ pub mod metrics;
 pub mod plan;
 pub mod runtime;
 pub mod signals;
+pub mod threads;
 
 pub use dataplane;

@@ -47,7 +47,8 @@
 //! hyperplane_drops_total{reason="no_session"} 3
 //! ```
 
-use crate::api::{serve_loop, AcceptThread, ApiError, Conn, StatsReport, MAX_CONNECTIONS};
+use crate::api::{serve_loop, ApiError, Conn, StatsReport, MAX_CONNECTIONS};
+use crate::threads::StopGroup;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -280,7 +281,7 @@ pub fn render(s: &StatsReport) -> String {
 /// A running metrics server; see [`serve_metrics`]. Stops on drop.
 pub struct MetricsServer {
     addr: SocketAddr,
-    accept: AcceptThread,
+    accept: StopGroup,
 }
 
 impl std::fmt::Debug for MetricsServer {
@@ -297,7 +298,7 @@ impl MetricsServer {
 
     /// Stops serving (same as dropping it).
     pub fn stop(mut self) {
-        self.accept.stop();
+        self.accept.halt();
     }
 }
 
@@ -315,8 +316,14 @@ pub fn serve_metrics(
     let listener = TcpListener::bind(addr).map_err(|e| ctx("binding", e))?;
     let local = listener.local_addr().map_err(|e| ctx("binding", e))?;
     listener.set_nonblocking(true).map_err(|e| ctx("serving", e))?;
-    let accept = AcceptThread::spawn("hp-metrics", move |stop| accept_loop(listener, source, stop))
-        .map_err(|e| ctx("starting", e))?;
+    let mut accept = StopGroup::new();
+    let stop = accept.flag();
+    accept.push(
+        std::thread::Builder::new()
+            .name("hp-metrics".into())
+            .spawn(move || accept_loop(listener, source, stop))
+            .map_err(|e| ctx("starting", e))?,
+    );
     tracing::info!(addr = %local, "metrics listening");
     Ok(MetricsServer { addr: local, accept })
 }

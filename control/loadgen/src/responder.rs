@@ -13,6 +13,7 @@
 //! sockets were created in the namespace ([`Netns::run`]), so the threads themselves need not be in it.
 
 use super::{io_err, LoadError, ResponderReport, Timeline};
+use control::threads::StopGroup;
 use netlab::{Netns, SERVER};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -66,9 +67,8 @@ impl Counts {
 
 /// Running responder threads; stop (or drop) to end them.
 pub struct Responder {
-    stop: Arc<AtomicBool>,
     counts: Arc<Counts>,
-    threads: Vec<JoinHandle<()>>,
+    threads: StopGroup,
 }
 
 impl Responder {
@@ -100,9 +100,9 @@ impl Responder {
         }
         conn.set_nonblocking(true).map_err(|e| io_err("listener non-blocking", e))?;
         bulk.set_nonblocking(true).map_err(|e| io_err("listener non-blocking", e))?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = StopGroup::new();
+        let stop = threads.flag();
         let counts = Arc::new(Counts::default());
-        let mut threads = Vec::new();
         {
             let (stop, counts, tl) = (Arc::clone(&stop), Arc::clone(&counts), Arc::clone(&tl));
             threads.push(spawn("lg-udp", move || udp_loop(&udp, cfg.echo, &stop, &counts, &tl)));
@@ -115,12 +115,12 @@ impl Responder {
             let (stop, counts) = (Arc::clone(&stop), Arc::clone(&counts));
             threads.push(spawn("lg-bulk", move || bulk_loop(&bulk, &stop, &counts, &tl)));
         }
-        Ok(Responder { stop, counts, threads })
+        Ok(Responder { counts, threads })
     }
 
     /// Stops the threads (after draining what is queued) and reports.
     pub fn stop(mut self) -> ResponderReport {
-        self.halt();
+        self.threads.halt();
         let c = &self.counts;
         let sources = c.sources.lock().unwrap_or_else(|e| e.into_inner());
         let addrs: std::collections::BTreeSet<Ipv4Addr> = sources.iter().map(|s| *s.ip()).collect();
@@ -135,19 +135,6 @@ impl Responder {
             distinct_addresses: addrs.len() as u64,
             addresses: addrs.into_iter().take(16).collect(),
         }
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.halt();
     }
 }
 

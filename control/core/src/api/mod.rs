@@ -64,7 +64,7 @@ mod server;
 
 pub use client::{call, Client};
 pub use server::{serve, Server};
-pub(crate) use server::{serve_loop, AcceptThread, Conn};
+pub(crate) use server::{serve_loop, Conn};
 
 /// The largest request line the server reads, in bytes (4 MiB), not
 /// counting the terminating newline.

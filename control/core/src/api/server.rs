@@ -7,6 +7,7 @@ use super::{
     MAX_REQUEST_BYTES, POLL_INTERVAL, SOCKET_MODE,
 };
 use crate::config::MAX_SOCKET_PATH_LEN;
+use crate::threads::StopGroup;
 use dataplane_io::wait_readable;
 use std::io::{self, BufReader};
 use std::os::fd::AsFd;
@@ -23,7 +24,7 @@ use std::thread::JoinHandle;
 /// removes the socket file.
 pub struct Server {
     path: PathBuf,
-    accept: AcceptThread,
+    accept: StopGroup,
     /// Device and inode of the socket file we created, so we only remove
     /// our own socket, not one a newer server put at the same path.
     id: (u64, u64),
@@ -69,8 +70,14 @@ fn start_server(path: &Path, listener: UnixListener, handler: Handler) -> Result
         .map_err(|e| ApiError::io(format!("setting the mode of {}", path.display()), e))?;
     let md = std::fs::symlink_metadata(path).map_err(|e| ApiError::io(format!("{}", path.display()), e))?;
     listener.set_nonblocking(true).map_err(|e| ApiError::io("making the listener nonblocking", e))?;
-    let accept = AcceptThread::spawn("hp-api", move |stop| accept_loop(listener, handler, stop))
-        .map_err(|e| ApiError::io("starting the API thread", e))?;
+    let mut accept = StopGroup::new();
+    let stop = accept.flag();
+    accept.push(
+        std::thread::Builder::new()
+            .name("hp-api".into())
+            .spawn(move || accept_loop(listener, handler, stop))
+            .map_err(|e| ApiError::io("starting the API thread", e))?,
+    );
     tracing::info!(path = %path.display(), "control socket listening");
     Ok(Server { path: path.to_path_buf(), accept, id: (md.dev(), md.ino()) })
 }
@@ -87,7 +94,7 @@ impl Server {
     }
 
     fn shutdown(&mut self) {
-        if self.accept.stop() {
+        if self.accept.halt() {
             if let Ok(md) = std::fs::symlink_metadata(&self.path) {
                 if (md.dev(), md.ino()) == self.id {
                     let _ = std::fs::remove_file(&self.path);
@@ -100,36 +107,6 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// A server's accept thread and its stop flag. [`AcceptThread::stop`] (or
-/// dropping it) sets the flag and waits for the thread, which shuts its open
-/// connections down and joins their threads first (see [`serve_loop`]).
-pub(crate) struct AcceptThread {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl AcceptThread {
-    /// Starts `run` on a thread named `name`, handing it the stop flag.
-    pub(crate) fn spawn(name: &str, run: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> io::Result<AcceptThread> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new().name(name.into()).spawn(move || run(flag))?;
-        Ok(AcceptThread { stop, thread: Some(thread) })
-    }
-
-    /// Stops the thread and waits for it; whether it was still running.
-    pub(crate) fn stop(&mut self) -> bool {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().map(JoinHandle::join).is_some()
-    }
-}
-
-impl Drop for AcceptThread {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

@@ -2,6 +2,7 @@
 //! accepted, drained and counted by how it ended and by its peer address.
 
 use super::*;
+use control::threads::StopGroup;
 
 /// Where and how the server listens.
 #[derive(Clone, Copy, Debug)]
@@ -56,9 +57,8 @@ struct ServerShared {
 /// A running churn server; [`ChurnServer::stop`] (or drop) ends it.
 pub struct ChurnServer {
     cfg: ServerConfig,
-    stop: Arc<AtomicBool>,
     shared: Arc<ServerShared>,
-    threads: Vec<JoinHandle<()>>,
+    threads: StopGroup,
 }
 
 impl ChurnServer {
@@ -94,9 +94,9 @@ impl ChurnServer {
         for (i, l) in listeners.into_iter().enumerate() {
             per_thread[i % threads_n].push(l);
         }
-        let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(ServerShared::default());
-        let mut server = ChurnServer { cfg, stop: Arc::clone(&stop), shared: Arc::clone(&shared), threads: Vec::new() };
+        let mut server = ChurnServer { cfg, shared: Arc::clone(&shared), threads: StopGroup::new() };
+        let stop = server.threads.flag();
         for (i, ls) in per_thread.into_iter().enumerate() {
             let poller = Poller::new().map_err(|e| io_err("epoll_create1", e))?;
             for (j, l) in ls.iter().enumerate() {
@@ -125,7 +125,7 @@ impl ChurnServer {
 
     /// Stops the threads (open connections are dropped and counted as abandoned) and reports.
     pub fn stop(mut self) -> ServerReport {
-        self.halt();
+        self.threads.halt();
         let s = &self.shared;
         ServerReport {
             accepted: s.accepted.load(Ordering::Relaxed),
@@ -134,19 +134,6 @@ impl ChurnServer {
             reset: s.reset.load(Ordering::Relaxed),
             abandoned: s.abandoned.load(Ordering::Relaxed),
         }
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for ChurnServer {
-    fn drop(&mut self) {
-        self.halt();
     }
 }
 
