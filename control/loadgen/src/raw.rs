@@ -1,7 +1,7 @@
 //! Raw-frame UDP: the highest packet rates the load generator can offer.
 //!
 //! One prebuilt Ethernet + IPv4 + UDP frame per environment (source [`env_mac`]`(i)` / [`env_addr`]`(i)` port
-//! [`RAW_SPORT`], destination the gateway's MAC / the responder's [`UDP_PORT`](super::UDP_PORT); IPv4 and UDP
+//! [`RAW_SPORT`], destination the gateway's MAC / the responder's [`UDP_PORT`]; IPv4 and UDP
 //! checksums complete, built with `dataplane::testkit`). A dedicated writer thread sends them round-robin with one
 //! `write(2)` per frame, in batches of [`BATCH`], open loop: at `rate` frames/s (paced per batch) or as fast as it
 //! can, for `duration` or until `args.stop`. Meanwhile the calling thread reads the TAP: it answers ARP requests

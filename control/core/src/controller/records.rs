@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-/// What [`Controller::high_water`] did about a full address.
+/// What [`Controller::high_water`](super::Controller::high_water) did about a full address.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Growth {
     /// The address is none of ours.
@@ -28,14 +28,14 @@ pub enum Growth {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// Probe `addr` on the VPC link (ARP, RFC 5227), then call
-    /// [`Controller::probe_done`].
+    /// [`Controller::probe_done`](super::Controller::probe_done).
     Probe {
         /// The ENI it is for.
         eni: u32,
         /// The address.
         addr: Ipv4Addr,
     },
-    /// The bindings changed: publish [`Controller::bindings`].
+    /// The bindings changed: publish [`Controller::bindings`](super::Controller::bindings).
     Publish,
 }
 
