@@ -70,6 +70,10 @@ pub struct Session {
     /// Created by a packet from the VPC (endpoint-independent or
     /// address-dependent filtering admitted it).
     pub inbound_origin: bool,
+    /// The VPC side sent its FIN first: after the close it holds TIME_WAIT
+    /// for this 5-tuple, so the ENI port must not carry a new connection
+    /// to the same remote endpoint for a while.
+    pub remote_closed_first: bool,
     /// The environment's attachment.
     pub port: PortId,
     /// The environment's MAC.
@@ -122,6 +126,7 @@ impl Session {
             proto,
             tcp: tcp::State::SynOut,
             inbound_origin: false,
+            remote_closed_first: false,
             port,
             env_mac,
             inside,

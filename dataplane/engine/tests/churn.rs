@@ -48,6 +48,14 @@ fn connection(h: &mut Harness, env: u32, sport: u16, close: &str) -> (Ipv4Addr, 
             assert!(h.send(PortId::OUTSIDE, fin).forwarded().is_some(), "FIN delivered");
             h.out_ok(env, TCP, sport, SERVER, 80, ACK);
         }
+        "server-fin" => {
+            // The server closes first (it keeps TIME_WAIT afterwards).
+            let fin = h.vpc_frame(SERVER, 80, eni.0, eni.1, TCP, FIN, b"");
+            assert!(h.send(PortId::OUTSIDE, fin).forwarded().is_some(), "FIN delivered");
+            h.out_ok(env, TCP, sport, SERVER, 80, FIN);
+            let ack = h.vpc_frame(SERVER, 80, eni.0, eni.1, TCP, ACK, b"");
+            assert!(h.send(PortId::OUTSIDE, ack).forwarded().is_some(), "last ACK delivered");
+        }
         _ => {}
     }
     eni
@@ -151,6 +159,38 @@ fn closed_sessions_give_their_ports_back_when_the_pool_runs_out() {
         assert_eq!(h.dropped(DropReason::PortsExhausted), 0, "{close}");
         assert!(h.engine.counters().sessions_recycled.get() >= 500, "{close}");
     }
+}
+
+#[test]
+fn a_port_whose_remote_closed_first_waits_out_its_time_wait_for_that_remote() {
+    let cfg = EngineConfig { port_range: 30000..=30000, ..EngineConfig::default() };
+    let mut h = Harness::with(cfg);
+    let (_, port) = connection(&mut h, 0, 10000, "server-fin");
+    assert_eq!(port, 30000);
+    // The server holds TIME_WAIT for ENI:30000 -> SERVER:80: a new
+    // connection to it must not get that port (its SYN would be lost).
+    let f = h.env_frame(1, TCP, 10001, SERVER, 80, SYN, b"");
+    assert!(h.send(h.env_port(1), f).forwarded().is_none());
+    assert_eq!(h.dropped(DropReason::PortsExhausted), 1);
+    // Towards another port of the server, the port is fine at once.
+    assert_eq!(h.out_ok(1, TCP, 10002, SERVER, 81, SYN).src().1, 30000);
+    let rst = h.vpc_frame(SERVER, 81, ENI, 30000, TCP, RST, b"");
+    assert!(h.send(PortId::OUTSIDE, rst).forwarded().is_some());
+    // And towards the first remote once its TIME_WAIT is over.
+    h.advance(dataplane::engine::REMOTE_TIME_WAIT);
+    assert_eq!(h.out_ok(2, TCP, 10003, SERVER, 80, SYN).src().1, 30000);
+}
+
+#[test]
+fn ports_whose_remote_closed_first_count_towards_the_high_water_mark() {
+    let cfg = EngineConfig { port_range: 30000..=30063, high_water: 40, ..EngineConfig::default() };
+    let mut h = Harness::with(cfg);
+    for i in 0..39u16 {
+        connection(&mut h, u32::from(i % 8), 10000 + i, "server-fin");
+    }
+    assert_eq!(h.engine.poll_event(), None);
+    connection(&mut h, 0, 10039, "server-fin");
+    assert!(matches!(h.engine.poll_event(), Some(Event::HighWater { addr: ENI, proto: TCP, in_use: 40 })));
 }
 
 #[test]

@@ -9,6 +9,7 @@ use crate::counters::Counters;
 use crate::flow::{proto_index, Endpoint, FlowKey, TCP};
 use crate::ports::PortPool;
 use crate::session::{Session, SessionTable, NIL};
+use crate::tcp;
 use crate::time::Instant;
 use core::net::Ipv4Addr;
 use std::collections::HashMap;
@@ -23,6 +24,9 @@ pub(super) struct Addr {
     /// Ports (sessions under address-and-port-dependent mapping) held by
     /// live flows, per protocol.
     pub(super) live: [u32; 3],
+    /// Ended sessions whose remote closed first ([`warm`]), per protocol:
+    /// their ports count towards the high-water mark.
+    pub(super) warm: [u32; 3],
     /// The session table's recyclable list for this address.
     pub(super) list: u16,
     pub(super) high: [bool; 3],
@@ -82,20 +86,21 @@ pub(super) struct EnvState {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(super) enum Hold {
     Live,
-    Closing,
+    /// Ended; `true` when [`warm`]: the remote closed first.
+    Closing(bool),
     Unanswered,
 }
 
 impl Hold {
     pub(super) fn of(s: &Session) -> Hold {
-        Hold::from_parts(s.inbound_origin && s.out_packets == 0, s.proto == TCP && s.tcp.closing())
+        Hold::from_parts(s.inbound_origin && s.out_packets == 0, s.proto == TCP && s.tcp.closing(), warm(s))
     }
 
-    pub(super) const fn from_parts(unanswered: bool, closing: bool) -> Hold {
+    pub(super) const fn from_parts(unanswered: bool, closing: bool, warm: bool) -> Hold {
         if unanswered {
             Hold::Unanswered
         } else if closing {
-            Hold::Closing
+            Hold::Closing(warm)
         } else {
             Hold::Live
         }
@@ -105,6 +110,25 @@ impl Hold {
 /// How far a new flow looks down an address's recyclable list for a
 /// session whose removal gives it a port.
 pub(super) const RECYCLE_SCAN: usize = 64;
+
+/// How long a remote that closed a connection first holds it in TIME_WAIT
+/// (Linux's `TCP_TIMEWAIT_LEN`, FreeBSD's 2MSL): until then the ENI port
+/// carries no new connection to that same remote endpoint, which would
+/// meet the old one's TIME_WAIT and lose its SYN.
+pub const REMOTE_TIME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `s` ended with the remote closing first less than
+/// [`REMOTE_TIME_WAIT`] ago: the remote may still hold its 5-tuple.
+pub(super) fn cooling(s: &Session, now: Instant) -> bool {
+    s.proto == TCP && s.tcp == tcp::State::FinBoth && s.remote_closed_first && now < s.last_seen + REMOTE_TIME_WAIT
+}
+
+/// Whether `s` counts as holding its port towards the high-water mark
+/// after it ended: the remote closed first, so the port may sit in the
+/// remote's TIME_WAIT (until the session is recycled or expires).
+pub(super) fn warm(s: &Session) -> bool {
+    s.proto == TCP && s.tcp == tcp::State::FinBoth && s.remote_closed_first
+}
 
 impl Engine {
     pub(super) fn forget_idle_addrs(&mut self) {
@@ -127,7 +151,7 @@ impl Engine {
     /// Publishes one address's port use for other threads, and re-arms its
     /// high-water mark once live use is back below it.
     pub(super) fn publish(counters: &Counters, a: &mut Addr, pi: usize, cfg: &EngineConfig) {
-        if a.live[pi] < a.mark(pi, cfg) {
+        if a.live[pi] + a.warm[pi] < a.mark(pi, cfg) {
             a.high[pi] = false;
         }
         if let Some(g) = a.gauge {
@@ -146,23 +170,30 @@ impl Engine {
             return;
         }
         let pi = proto_index(s.proto);
+        let (was_warm, is_warm) = (before == Hold::Closing(true), after == Hold::Closing(true));
+        if was_warm != is_warm {
+            if let Some(a) = self.addrs.get_mut(&s.eni.ip) {
+                if is_warm {
+                    a.warm[pi] += 1;
+                } else {
+                    a.warm[pi] = a.warm[pi].saturating_sub(1);
+                }
+            }
+        }
         let env = self.envs.entry(s.inside.ip).or_default();
         match before {
             Hold::Live => env.sessions = env.sessions.saturating_sub(1),
             Hold::Unanswered => env.unanswered = env.unanswered.saturating_sub(1),
-            Hold::Closing => {}
+            Hold::Closing(_) => {}
         }
         match after {
             Hold::Live => env.sessions += 1,
             Hold::Unanswered => env.unanswered += 1,
-            Hold::Closing => {}
-        }
-        if (before == Hold::Live) == (after == Hold::Live) {
-            return;
+            Hold::Closing(_) => {}
         }
         let live = after == Hold::Live;
         let list = self.addrs.get(&s.eni.ip).map_or(crate::session::LISTS as u16 - 1, |a| a.list);
-        if self.table.set_recyclable(sid, (!live).then_some(list)) {
+        if (before == Hold::Live) != live && self.table.set_recyclable(sid, (!live).then_some(list)) {
             if live {
                 env.ports[pi] += 1;
             } else {
@@ -175,19 +206,19 @@ impl Engine {
                     a.live[pi] = a.live[pi].saturating_sub(1);
                 }
             }
-            if live {
-                self.check_high_water(s.eni.ip, s.proto);
-            } else if let Some(a) = self.addrs.get_mut(&s.eni.ip) {
-                Engine::publish(&self.counters, a, pi, &self.cfg);
-            }
         }
+        self.check_high_water(s.eni.ip, s.proto);
     }
 
     /// Accounts for a session that left the table (expired or recycled):
     /// the environment's quotas, its address's live ports and port pool.
     /// A TCP mapping whose last session ended in a close gives its port
     /// back at once: its closing timer was the quarantine (RFC 6888 REQ-8
-    /// exempts TCP closed under state tracking); other ports rest.
+    /// exempts TCP closed under state tracking), unless the remote closed
+    /// first less than [`REMOTE_TIME_WAIT`] ago and may still hold the
+    /// 5-tuple; other ports rest. `reuse`: the caller takes the port at
+    /// once for a flow that cannot meet that TIME_WAIT.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn account_removed(
         envs: &mut HashMap<Ipv4Addr, EnvState, foldhash::fast::RandomState>,
         addrs: &mut HashMap<Ipv4Addr, Addr, foldhash::fast::RandomState>,
@@ -196,6 +227,7 @@ impl Engine {
         now: Instant,
         s: &Session,
         removed: crate::session::Removed,
+        reuse: bool,
     ) {
         let pi = proto_index(s.proto);
         counters.sessions_expired[pi].inc();
@@ -204,7 +236,7 @@ impl Engine {
             match hold {
                 Hold::Live => e.sessions = e.sessions.saturating_sub(1),
                 Hold::Unanswered => e.unanswered = e.unanswered.saturating_sub(1),
-                Hold::Closing => {}
+                Hold::Closing(_) => {}
             }
             if removed.port_left_live {
                 e.ports[pi] = e.ports[pi].saturating_sub(1);
@@ -214,10 +246,14 @@ impl Engine {
         if removed.port_left_live {
             a.live[pi] = a.live[pi].saturating_sub(1);
         }
+        if hold == Hold::Closing(true) {
+            a.warm[pi] = a.warm[pi].saturating_sub(1);
+        }
         match cfg.mapping {
             Mapping::EndpointIndependent => {
                 if let Some(m) = removed.mapping {
-                    if s.proto == TCP && (s.tcp.closing() || s.recyclable()) {
+                    let ended = s.proto == TCP && (s.tcp.closing() || s.recyclable());
+                    if reuse || (ended && !cooling(s, now)) {
                         a.pools[pi].release_now(m.eni.port);
                     } else {
                         a.pools[pi].release(now, m.eni.port);
@@ -230,13 +266,13 @@ impl Engine {
     }
 
     /// Removes recyclable session `sid` early to give its slot (and maybe
-    /// its port) to a new flow.
-    pub(super) fn recycle(&mut self, now: Instant, sid: u32) {
+    /// its port, at once when `reuse`) to a new flow.
+    pub(super) fn recycle(&mut self, now: Instant, sid: u32, reuse: bool) {
         let s = *self.table.get(sid);
         let removed = self.table.remove(sid);
         self.counters.sessions_recycled.inc();
         let Engine { addrs, envs, counters, cfg, .. } = self;
-        Engine::account_removed(envs, addrs, counters, cfg, now, &s, removed);
+        Engine::account_removed(envs, addrs, counters, cfg, now, &s, removed, reuse);
     }
 
     /// Frees one session slot: recycles the session that has been
@@ -262,7 +298,7 @@ impl Engine {
         }
         match best {
             Some((_, sid)) => {
-                self.recycle(now, sid);
+                self.recycle(now, sid, false);
                 true
             }
             None => false,
@@ -272,7 +308,8 @@ impl Engine {
     /// Frees a TCP port on `addr` for a new flow towards `remote` by
     /// recycling, oldest first, a mapping held only by ended connections
     /// (under address-and-port-dependent mapping: an ended connection to the
-    /// same remote). Whether a port was freed.
+    /// same remote), passing over one whose port may still sit in that
+    /// remote's TIME_WAIT. Whether a port was freed.
     pub(super) fn recycle_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, remote: Endpoint) -> bool {
         if pi != proto_index(TCP) {
             // Only TCP knows when a flow has ended; other ports wait out
@@ -289,6 +326,7 @@ impl Engine {
             let s = self.table.get(i);
             let fits = s.proto == TCP
                 && s.eni.ip == addr
+                && !(s.remote == remote && cooling(s, now))
                 && match self.cfg.mapping {
                     Mapping::EndpointIndependent => self.table.mapping(s.mapping).live == 0,
                     Mapping::AddressAndPortDependent => s.remote == remote,
@@ -304,7 +342,7 @@ impl Engine {
         };
         let m = self.table.get(sid).mapping;
         if m == NIL {
-            self.recycle(now, sid);
+            self.recycle(now, sid, true);
             return true;
         }
         // Every session of the mapping is recyclable (it has no live one):
@@ -314,7 +352,7 @@ impl Engine {
             let n = self.table.mapping_sessions(m, &mut batch);
             let last = n == self.table.mapping(m).sessions as usize;
             for &i in &batch[..n] {
-                self.recycle(now, i);
+                self.recycle(now, i, true);
             }
             if last || n == 0 {
                 return true;
@@ -322,27 +360,43 @@ impl Engine {
         }
     }
 
-    /// The ENI address for a new mapping: the one the environment already
-    /// uses ("paired", RFC 4787 REQ-2) while it has a port free or one to
-    /// recycle, else the first below the high-water mark with a port free,
-    /// else any with a port free, else any with a port to recycle.
-    pub(super) fn pick_addr(&self, addrs: &[Ipv4Addr], paired: Option<Ipv4Addr>, pi: usize) -> Ipv4Addr {
-        let m = self.cfg.mapping;
-        let get = |a: &Ipv4Addr| self.addrs.get(a);
-        let room = |a: &Ipv4Addr| get(a).is_some_and(|s| s.has_room(pi, m));
-        let recyclable =
-            |a: &Ipv4Addr| pi == proto_index(TCP) && get(a).is_some_and(|s| self.table.list_len(s.list) > 0);
-        if let Some(p) = paired.filter(|p| addrs.contains(p) && (room(p) || recyclable(p))) {
-            return p;
+    /// A port for a new mapping of `key` on one of `addrs`: on the paired
+    /// address if there is one (a free port, or one recycled from an ended
+    /// connection), else a free port on the first address below the
+    /// high-water mark, else a free port anywhere, else a recycled one
+    /// anywhere. The address to report as exhausted otherwise.
+    pub(super) fn find_port(
+        &mut self,
+        now: Instant,
+        addrs: &[Ipv4Addr],
+        paired: Option<Ipv4Addr>,
+        pi: usize,
+        key: FlowKey,
+    ) -> Result<Endpoint, Ipv4Addr> {
+        let paired = paired.filter(|p| addrs.contains(p));
+        if let Some(ep) = paired.and_then(|p| self.take_port(now, p, pi, key)) {
+            return Ok(ep);
         }
-        let below = |a: &Ipv4Addr| room(a) && get(a).is_some_and(|s| s.live[pi] < s.mark(pi, &self.cfg));
-        addrs
-            .iter()
-            .find(|a| below(a))
-            .or_else(|| addrs.iter().find(|a| room(a)))
-            .or_else(|| addrs.iter().find(|a| recyclable(a)))
-            .copied()
-            .unwrap_or(addrs[0])
+        let m = self.cfg.mapping;
+        for below in [true, false] {
+            for &a in addrs {
+                let free = self
+                    .addrs
+                    .get(&a)
+                    .is_some_and(|s| s.has_room(pi, m) && (!below || s.live[pi] + s.warm[pi] < s.mark(pi, &self.cfg)));
+                if free {
+                    if let Some(ep) = self.take_port(now, a, pi, key) {
+                        return Ok(ep);
+                    }
+                }
+            }
+        }
+        for &a in addrs.iter().filter(|&&a| Some(a) != paired) {
+            if let Some(ep) = self.take_port(now, a, pi, key) {
+                return Ok(ep);
+            }
+        }
+        Err(paired.or(addrs.first().copied()).unwrap_or(Ipv4Addr::UNSPECIFIED))
     }
 
     /// A port on `addr` for a new mapping of `key`: a free one, or one a
@@ -410,7 +464,7 @@ impl Engine {
         let pi = proto_index(proto);
         let Some(a) = self.addrs.get_mut(&addr) else { return };
         Engine::publish(&self.counters, a, pi, &self.cfg);
-        let in_use = a.live[pi];
+        let in_use = a.live[pi] + a.warm[pi];
         if in_use >= a.mark(pi, &self.cfg) && !a.high[pi] {
             a.high[pi] = true;
             self.event(Event::HighWater { addr, proto, in_use });

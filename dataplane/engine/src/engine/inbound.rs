@@ -47,6 +47,9 @@ impl Engine {
                     let next = s.tcp.next(Dir::In, tcp::Flags::from_byte(flags));
                     if next != s.tcp {
                         let before = Hold::of(s);
+                        if next == tcp::State::FinIn {
+                            s.remote_closed_first = true;
+                        }
                         s.tcp = next;
                         self.table.reschedule(sid);
                         self.rehold(sid, before);

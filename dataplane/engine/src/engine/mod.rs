@@ -61,6 +61,8 @@ mod neighbor;
 mod outbound;
 mod rewrite;
 
+pub use hold::REMOTE_TIME_WAIT;
+
 use crate::arp::{self, ArpTable};
 use crate::bindings::{Bindings, Mac};
 use crate::config::{EngineConfig, EngineConfigError};
@@ -286,7 +288,16 @@ impl Engine {
                 // Out of list ids (over a thousand addresses), addresses
                 // share the last one.
                 let list = self.free_lists.pop().unwrap_or(crate::session::LISTS as u16 - 1);
-                let a = Addr { pools, gauge, apdm: [0; 3], live: [0; 3], list, high: [false; 3], bound: true };
+                let a = Addr {
+                    pools,
+                    gauge,
+                    apdm: [0; 3],
+                    live: [0; 3],
+                    warm: [0; 3],
+                    list,
+                    high: [false; 3],
+                    bound: true,
+                };
                 self.addrs.insert(addr, a);
                 if self.queue_outside(|f| arp::write_announcement(f, b.outside().mac, addr)) {
                     self.counters.arp_gratuitous.inc();
@@ -355,7 +366,7 @@ impl Engine {
         self.now = now;
         let Engine { table, addrs, envs, counters, cfg, .. } = self;
         table.expire(now, |s, removed| {
-            Engine::account_removed(envs, addrs, counters, cfg, now, s, removed);
+            Engine::account_removed(envs, addrs, counters, cfg, now, s, removed, false);
         });
         self.counters.sessions_recyclable.set(self.table.recyclable_len() as u64);
         for a in self.addrs.values_mut() {

@@ -4,7 +4,7 @@
 //! owns its port.
 
 use super::fragment::set_ident;
-use super::hold::Hold;
+use super::hold::{warm, Hold};
 use super::rewrite::{finish_partial, rewrite, swap_macs, Side};
 use super::{flow_of, Action, Engine, Event};
 use crate::arp;
@@ -66,16 +66,18 @@ impl Engine {
                     // connection (the client reused its port): the session
                     // starts over with its mapping (RFC 6146 TRANS state).
                     let reopen = f.opens() && prev.closing();
+                    let warm_before = warm(s);
                     let next = if reopen { tcp::State::initial(Dir::Out) } else { prev.next(Dir::Out, f) };
                     if next != prev {
                         s.tcp = next;
                         if reopen {
                             s.created = now;
+                            s.remote_closed_first = false;
                             (s.out_packets, s.out_bytes, s.in_packets, s.in_bytes) = (1, ip.total as u64, 0, 0);
                             self.counters.sessions_reopened.inc();
                         }
                         self.table.reschedule(sid);
-                        before = Some(Hold::from_parts(unanswered, prev.closing()));
+                        before = Some(Hold::from_parts(unanswered, prev.closing(), warm_before));
                     }
                 }
                 if unanswered {
@@ -167,10 +169,15 @@ impl Engine {
                 if st.ports[pi] >= self.cfg.env_port_quota {
                     return Err(DropReason::QuotaExceeded);
                 }
-                let addr = self.pick_addr(&eni.addrs, st.addr, pi);
-                let Some(ep) = self.take_port(now, addr, pi, key) else {
-                    self.event(Event::Exhausted { addr, proto: key.proto });
-                    return Err(DropReason::PortsExhausted);
+                // Paired pooling (RFC 4787 REQ-2) while the environment
+                // holds a live port: the same address for all its flows.
+                let paired = st.addr.filter(|_| st.ports.iter().any(|&n| n > 0));
+                let ep = match self.find_port(now, &eni.addrs, paired, pi, key) {
+                    Ok(ep) => ep,
+                    Err(addr) => {
+                        self.event(Event::Exhausted { addr, proto: key.proto });
+                        return Err(DropReason::PortsExhausted);
+                    }
                 };
                 let m = match self.cfg.mapping {
                     Mapping::EndpointIndependent => loop {
