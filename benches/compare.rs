@@ -17,7 +17,7 @@
 //! in time and runs only between namespaces this program made.
 //!
 //! Connection churn (only on request, never in the default run; needs no
-//! iperf3), with `control::netlab::churn`:
+//! iperf3), with `netlab::churn`:
 //!
 //! - `--only churn`: 16 environments × 2 threads connect to 16 server ports
 //!   and close at once, closed loop, for `--churn-secs S` (default 150),
@@ -36,9 +36,9 @@
 //! for `churn`, rst for `churn1k`). Both write `target/churn.json` (the
 //! reports with their per-second timelines), after every run.
 
-use control::lab::{Lab, Options};
-use control::netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
-use control::netlab::{self, KernelNat, Netns, SERVER};
+use netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
+use netlab::lab::{Lab, Options};
+use netlab::{KernelNat, Netns, SERVER};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -148,19 +148,7 @@ fn connect_rate(t: &Topo, secs: f64) -> f64 {
 
 /// SO_LINGER 0: close sends an RST and leaves no TIME_WAIT.
 fn linger_zero(c: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: `c` owns a valid socket; `l` is a properly sized, initialised
-    // linger struct that the kernel only reads.
-    unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = churn::set_linger_zero(c);
 }
 
 /// Which measurements to run (`--only tcp|udp|conn`; all by default).

@@ -41,7 +41,6 @@ use dataplane::testkit::{self, flags, IpOpts, Topology, OUTSIDE_MAC, ROUTER, ROU
 use dataplane::time::Instant;
 use dataplane::wire::{get16, get_ip, ETH_LEN};
 use dataplane::{Action, Engine, PortId};
-use smoltcp::wire::EthernetAddress;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -157,7 +156,7 @@ fn config(max_sessions: usize) -> EngineConfig {
 fn engine(cfg: EngineConfig, topo: &Topology, now: Instant) -> Engine {
     let mut e = Engine::new(cfg, topo.bindings()).expect("valid config");
     let mut buf = [0u8; BUF_LEN];
-    let n = arp::write_request(&mut buf, EthernetAddress(ROUTER_MAC), ROUTER, eni_addr(0));
+    let n = arp::write_request(&mut buf, ROUTER_MAC, ROUTER, eni_addr(0));
     let a = e.process(now, PortId::OUTSIDE, &mut buf, n);
     assert!(matches!(a, Action::Reply { .. }), "ENI answers the router's ARP: {a:?}");
     while e.poll_transmit(now, &mut buf).is_some() {}

@@ -19,9 +19,9 @@
 //! root; without it they say so and return. An ignored third test runs the RST soak against the kernel's
 //! masquerade, to show that the criteria hold for a NAT that recycles closed connections.
 
-use control::lab::{Lab, Options};
-use control::netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
-use control::netlab::{self, KernelNat, Netns};
+use netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
+use netlab::lab::{Lab, Options};
+use netlab::{KernelNat, Netns};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -41,15 +41,6 @@ const GATEWAY_EXTRA: &str = "port_range = \"20000-21999\"\nmax_eni_addresses = 1
 
 /// One soak at a time: both tests load every core.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn root() -> bool {
-    if netlab::is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root (network namespaces and TAP devices)");
-        false
-    }
-}
 
 fn config(mode: CloseMode) -> ClientConfig {
     ClientConfig {
@@ -136,18 +127,16 @@ fn summary(r: &ChurnReport, seen: &ServerReport, outside: Ipv4Addr) -> String {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn churn_with_rst_close_keeps_its_rate() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     soak(CloseMode::Rst);
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn churn_with_fin_close_keeps_its_rate() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     soak(CloseMode::Fin);
 }
 
@@ -159,9 +148,7 @@ fn churn_with_fin_close_keeps_its_rate() {
 #[test]
 #[ignore = "positive control of the pass criteria against the kernel NAT; about 27 s"]
 fn kernel_nat_passes_the_rst_soak() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let k = KernelNat::build("hpct", ENVS, true).expect("kernel lab builds");
     let envs: Vec<&Netns> = (0..ENVS).map(|i| k.env_ns(i)).collect();

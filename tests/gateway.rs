@@ -6,22 +6,13 @@
 //! runs during unwinding). Tests need root; without it they say so and
 //! return.
 
-use control::demo;
-use control::lab::{Lab, Options, VPC_ROUTER};
-use control::netlab::{self, env_addr, probe, INSIDE_GATEWAY, SERVER};
 use dataplane::counters::DropReason;
+use netlab::demo;
+use netlab::lab::{Lab, Options, VPC_ROUTER};
+use netlab::{env_addr, probe, INSIDE_GATEWAY, SERVER};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
-
-fn root() -> bool {
-    if netlab::is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root (network namespaces and TAP devices)");
-        false
-    }
-}
 
 fn lab(envs: usize, f: impl FnOnce(&mut Options)) -> Lab {
     let mut o = Options { envs, ..Options::default() };
@@ -58,10 +49,9 @@ fn udp_ask(dst: SocketAddrV4, msg: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn fifty_environments_all_arrive_from_the_shared_eni_address() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let r = demo::run(&Options { envs: 50, ..Options::default() }).expect("demo runs");
     assert_eq!(r.envs_ok, 50, "{:#?}", r.per_env.iter().filter(|e| !e.errors.is_empty()).collect::<Vec<_>>());
     assert_eq!(r.server_saw_sources, vec![r.eni_address]);
@@ -71,10 +61,9 @@ fn fifty_environments_all_arrive_from_the_shared_eni_address() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn ping_ttl_expiry_and_port_unreachable_come_back_translated() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let lab = lab(1, |_| {});
     let (gw_hop, vpc_hop, closed) = lab.envs[0].run(|| {
         let ping = demo::icmp_echo(SERVER, 0x77, Duration::from_secs(3));
@@ -102,10 +91,9 @@ fn ping_ttl_expiry_and_port_unreachable_come_back_translated() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_security_group_blocks_new_connections_to_ports_it_does_not_allow() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let egress = r#"[ { protocol = "tcp", ports = "7100", destination = "10.1.0.0/24" }, { protocol = "icmp", destination = "0.0.0.0/0" } ]"#;
     let lab = lab(1, |o| o.egress = egress.into());
     let listeners = lab.server.run(|| {
@@ -128,10 +116,9 @@ fn a_security_group_blocks_new_connections_to_ports_it_does_not_allow() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn unsolicited_traffic_from_the_vpc_gets_no_answer_and_reaches_no_environment() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let lab = lab(2, |_| {});
     let eni = lab.eni;
     let sinks: Vec<UdpSocket> = lab
@@ -162,10 +149,9 @@ fn unsolicited_traffic_from_the_vpc_gets_no_answer_and_reaches_no_environment() 
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn hairpinning_between_two_environments_uses_their_mappings() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // Two workers, so the two environments' mappings live on different
     // workers when their attachments do.
     let lab = lab(2, |o| o.workers = 2);
@@ -269,24 +255,23 @@ impl Fnv {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_100_mb_tcp_transfer_arrives_byte_exact_with_offloads() {
-    if root() {
-        bulk_transfer(true);
-    }
+    netlab::require_root();
+    bulk_transfer(true);
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_100_mb_tcp_transfer_arrives_byte_exact_without_offloads() {
-    if root() {
-        bulk_transfer(false);
-    }
+    netlab::require_root();
+    bulk_transfer(false);
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_4000_byte_udp_datagram_arrives_whole_both_ways_at_mtu_1500() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let lab = lab(1, |_| {});
     let echo = udp_echo(&lab, 7500);
     let payload: Vec<u8> = (0..4000u32).map(|i| (i * 7 + 3) as u8).collect();
@@ -302,10 +287,9 @@ fn a_4000_byte_udp_datagram_arrives_whole_both_ways_at_mtu_1500() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn every_namespace_and_tap_is_removed_when_a_test_fails() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let n2 = std::sync::Arc::clone(&names);
     let r = std::panic::catch_unwind(move || {
@@ -331,10 +315,9 @@ fn every_namespace_and_tap_is_removed_when_a_test_fails() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn the_outside_can_be_an_existing_interface_through_af_packet() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let r = demo::run(&Options { envs: 4, af_packet: true, ..Options::default() }).expect("demo runs");
     assert!(!r.offloads, "no offloads without a TAP outside");
     assert_eq!(r.envs_ok, 4, "{:#?}", r.per_env);

@@ -4,19 +4,9 @@
 //! Every run builds its own namespaces and TAP and removes them (Drop guards, also on panic). Without root the tests
 //! print "skipping: needs root" and pass.
 
-use control::loadgen::{self, LoadArgs, LoadReport, Scenario, Target};
-use control::netlab;
+use loadgen::{LoadArgs, LoadReport, Scenario, Target};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn root() -> bool {
-    if netlab::is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root (network namespaces and TAP devices)");
-        false
-    }
-}
 
 fn args(scenario: Scenario, envs: usize) -> LoadArgs {
     LoadArgs {
@@ -75,10 +65,9 @@ fn documented_fields(r: &LoadReport) {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn udp_counts_match_the_responder_and_come_from_the_eni() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // A modest rate, with echoes, so nothing is lost either way: then the datagrams the responder counted equal
     // sent - lost, where lost is what the environments measured (sent - echoes received).
     let out = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
@@ -105,10 +94,9 @@ fn udp_counts_match_the_responder_and_come_from_the_eni() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn connect_counts_match_the_responder_and_come_from_the_eni() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // Open loop at 3000 connections/s: every environment connects more than once.
     let r = loadgen::run(&LoadArgs { rate: Some(3000.0), ..args(Scenario::Connect, 250) }).expect("connect run");
     eprintln!("{}", r.table());
@@ -123,10 +111,9 @@ fn connect_counts_match_the_responder_and_come_from_the_eni() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn tcp_bulk_bytes_reach_the_responder_from_the_eni() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let r = loadgen::run(&args(Scenario::TcpBulk, 16)).expect("bulk run");
     eprintln!("{}", r.table());
     let b = r.tcp_bulk.as_ref().expect("bulk figures");
@@ -145,10 +132,9 @@ fn tcp_bulk_bytes_reach_the_responder_from_the_eni() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn mixed_runs_every_kind_through_the_eni() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // Connects paced at 1000/s; the four bulk streams are unpaced, so the gateway's attachment queue may overflow
     // and a handshake may need a retransmission: every completed connection was accepted, and nothing was accepted
     // that the environments did not see established.
@@ -163,10 +149,9 @@ fn mixed_runs_every_kind_through_the_eni() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn connect_with_one_tap_per_environment_through_its_own_attachment() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // 100 loadgen TAPs, each bridged alone to its own gateway attachment: every environment connects once through
     // its own attachment, and all leave through the one shared ENI.
     let r = loadgen::run(&LoadArgs { once: true, tap_per_env: true, ..args(Scenario::Connect, 100) })
@@ -183,10 +168,9 @@ fn connect_with_one_tap_per_environment_through_its_own_attachment() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // 50 ports for 200 environments that each connect once, all at the same moment: 50 get a port at once, the
     // other 150 first SYNs are refused (`ports_exhausted`, ICMP 3/13). A connection that has ended gives its port
     // back at once (its session is recycled, no quarantine for a TCP port closed under state tracking), so
@@ -234,10 +218,9 @@ fn read_csv(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn timeline_csv_has_one_line_per_second_with_the_gateway_gauges() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let out = out_dir("csv");
     let r = loadgen::run(&LoadArgs {
         rate: Some(1000.0),
@@ -284,10 +267,9 @@ fn timeline_csv_has_one_line_per_second_with_the_gateway_gauges() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_run_stopped_early_reports_what_it_measured() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // Asked for a minute, stopped (as SIGINT would) 2 s into the load: the report covers those 2 s.
     let out = out_dir("stop");
     let a = LoadArgs {
@@ -329,17 +311,16 @@ fn a_run_stopped_early_reports_what_it_measured() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn config_file_gateway_settings_reach_our_gateway() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     // A session table of 100 for 200 environments connecting once, each connection closed by the server after its
     // response: the table never holds more than 100 sessions, and the ended connections' sessions are recycled for
     // the later ones, so every connection still completes.
     let path = out_dir("config").with_extension("toml");
     std::fs::write(&path, "[gateway]\nmax_sessions = 100\nworkers = 1\n\n[outside]\nname = \"ignored\"\n")
         .expect("write config");
-    let gateway = Some(loadgen::GatewaySettings::load(&path).expect("settings"));
+    let gateway = Some(loadgen::GatewayTable::load(&path).expect("settings"));
     let r = loadgen::run(&LoadArgs { once: true, gateway, ..args(Scenario::Connect, 200) })
         .expect("run with the config's settings");
     eprintln!("{}", r.table());
@@ -354,7 +335,7 @@ fn config_file_gateway_settings_reach_our_gateway() {
 
 #[test]
 fn a_bad_config_file_names_the_field() {
-    let bad = |text: &str| match loadgen::GatewaySettings::parse("gw.toml", text)
+    let bad = |text: &str| match loadgen::GatewayTable::parse("gw.toml", text)
         .and_then(|g| LoadArgs { gateway: Some(g), ..args(Scenario::Connect, 10) }.validate())
     {
         Err(loadgen::LoadError::Config { field, line, .. }) => (field, line),
@@ -365,7 +346,7 @@ fn a_bad_config_file_names_the_field() {
     assert_eq!(bad("[gateway]\nmax_sesions = 10\n").0, "gateway.max_sesions");
     assert_eq!(bad("[outside]\nname = \"x\"\n").0, "gateway");
     // The kernel has no [gateway].
-    let g = loadgen::GatewaySettings::parse("gw.toml", "[gateway]\nmax_sessions = 100\n").expect("parses");
+    let g = loadgen::GatewayTable::parse("gw.toml", "[gateway]\nmax_sessions = 100\n").expect("parses");
     let k = LoadArgs { gateway: Some(g), target: Target::Kernel, ..args(Scenario::Connect, 10) }.validate();
     assert!(matches!(k, Err(loadgen::LoadError::Invalid { param: "config", .. })), "{k:?}");
 }
@@ -386,38 +367,6 @@ fn duration_is_checked_and_reads_like_people_write_it() {
     assert!(matches!(e, Err(loadgen::LoadError::Invalid { param: "duration", .. })), "{e:?}");
 }
 
-#[test]
-fn compare_prints_no_ratio_for_counts_and_warns_when_not_saturated() {
-    use loadgen::{CompareReport, ConnectFigures, Latency};
-    let report = |target: &str, attempted: u64, completed: u64, failed: u64, p50: u64| LoadReport {
-        scenario: "connect".into(),
-        target: target.into(),
-        envs: 1000,
-        duration_s: 2.0,
-        connect: Some(ConnectFigures {
-            attempted,
-            established: completed,
-            completed,
-            failed,
-            per_s: completed as f64 / 2.0,
-            latency_us: Latency { p50, p99: 2 * p50, p999: 3 * p50, max: 4 * p50, ..Latency::default() },
-            ..ConnectFigures::default()
-        }),
-        ..LoadReport::default()
-    };
-    let c = CompareReport::new(report("ours", 40_000, 30_000, 12, 200), Some(report("kernel", 30_000, 30_000, 0, 400)));
-    let t = c.table();
-    eprintln!("{t}");
-    let line = |f: &str| t.lines().find(|l| l.starts_with(f)).unwrap_or_else(|| panic!("{f} in {t}")).to_string();
-    assert!(line("failed connections").trim_end().ends_with('—'), "{t}");
-    assert!(line("setup p50, µs").trim_end().ends_with("0.50×"), "{t}");
-    assert!(line("delivered connections/s").trim_end().ends_with("1.00×"), "{t}");
-    assert!(t.find("offered connections/s") < t.find("delivered connections/s"), "offered beside delivered: {t}");
-    let warnings: Vec<&str> = t.lines().filter(|l| l.starts_with("warning:")).collect();
-    assert_eq!(warnings.len(), 1, "only the kernel was not offered more than it carried: {t}");
-    assert!(warnings[0].contains("kernel") && warnings[0].contains("not saturated: offered"), "{t}");
-}
-
 /// The figures: `compare` for udp (64-byte payload, 1000 environments), tcp-bulk (16) and connect (10,000
 /// environments), each 5 s. Not part of the normal run (about a minute and a half); run with
 /// `cargo test --release --test loadgen -- --ignored --nocapture compare_figures` (`LOADGEN_ONLY=udp|tcp-bulk|connect`
@@ -426,9 +375,7 @@ fn compare_prints_no_ratio_for_counts_and_warns_when_not_saturated() {
 #[test]
 #[ignore]
 fn compare_figures() {
-    if !root() {
-        return;
-    }
+    netlab::require_root();
     let only = std::env::var("LOADGEN_ONLY").ok();
     for (scenario, envs) in [(Scenario::Udp, 1000), (Scenario::TcpBulk, 16), (Scenario::Connect, 10_000)] {
         if only.as_deref().is_some_and(|o| o != scenario.name()) {

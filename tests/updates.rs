@@ -3,9 +3,9 @@
 //! a rule is tightened, an invalid config is refused. Root only.
 
 use control::controller::EniState;
-use control::lab::{Lab, Options};
-use control::netlab::{self, SERVER};
 use dataplane::counters::DropReason;
+use netlab::lab::{Lab, Options};
+use netlab::SERVER;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::time::Duration;
@@ -53,11 +53,9 @@ fn ask(c: &mut TcpStream) -> Ipv4Addr {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn security_group_changes_while_connections_are_open() {
-    if !netlab::is_root() {
-        eprintln!("skipping: needs root (network namespaces and TAP devices)");
-        return;
-    }
+    netlab::require_root();
     let lab = Lab::build(&Options { envs: 1, ..Options::default() }).expect("lab");
     server(&lab);
     let shared = lab.runtime().shared();
@@ -119,11 +117,9 @@ fn security_group_changes_while_connections_are_open() {
 }
 
 #[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn the_control_socket_reports_enis_functions_sessions_and_stats() {
-    if !netlab::is_root() {
-        eprintln!("skipping: needs root (network namespaces and TAP devices)");
-        return;
-    }
+    netlab::require_root();
     use control::api::{self, Request, Response};
     let lab = Lab::build(&Options { envs: 1, ..Options::default() }).expect("lab");
     server(&lab);

@@ -20,7 +20,6 @@ use dataplane::time::Instant;
 use dataplane::wire::{self, ETH_LEN};
 use dataplane::{Action, Engine, PortId};
 use libfuzzer_sys::fuzz_target;
-use smoltcp::wire::EthernetAddress;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ fn engine() -> Engine {
     // address), so forwarding does not always wait for ARP.
     let mut buf = [0u8; BUF];
     for (ip, mac) in [(ROUTER, ROUTER_MAC), (SERVER, SERVER_MAC)] {
-        let n = dataplane::arp::write_request(&mut buf, EthernetAddress(mac), ip, ENI);
+        let n = dataplane::arp::write_request(&mut buf, mac, ip, ENI);
         e.process(Instant::ZERO, PortId::OUTSIDE, &mut buf, n);
     }
     while e.poll_transmit(Instant::ZERO, &mut buf).is_some() {}

@@ -1,0 +1,536 @@
+//! The `hyperplane` binary: the gateway, its demo and its tools.
+
+use clap::{Parser, Subcommand};
+use control::{api, config, metrics, plan, runtime, signals};
+use hyperplane::{tables, CliError};
+use netlab::{demo, lab};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "hyperplane", version, about = "A userspace shared-ENI NAT gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway as the config file describes, until SIGINT/SIGTERM.
+    Run {
+        /// The TOML config (see control/core/examples/gateway.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Serve Prometheus metrics on this loopback address (e.g.
+        /// 127.0.0.1:9100).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// ENIs (addresses, states, generations, users, port use) and functions.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Sessions, one per line, in the spirit of `conntrack -L`.
+    Sessions {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this ENI's sessions.
+        #[arg(long)]
+        eni: Option<u32>,
+        /// Only this environment's sessions.
+        #[arg(long)]
+        env: Option<std::net::Ipv4Addr>,
+        /// At most this many lines.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Counters, drops by reason, port use.
+    Stats {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Send a new config to the running gateway (applied atomically, or not at all).
+    Apply {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The new TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Self-contained demo (root): N environments behind one shared ENI.
+    Demo {
+        /// Execution environments, each in its own namespace on its own TAP.
+        #[arg(long, default_value_t = 16)]
+        envs: usize,
+        /// Worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Turn TAP offloads (TSO, checksum offload) off.
+        #[arg(long)]
+        no_offloads: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    #[cfg(feature = "loadgen")]
+    /// Load-test a NAT with emulated execution environments (root): ours,
+    /// the kernel's nftables masquerade, or both side by side (--compare).
+    /// Ctrl-C (SIGINT/SIGTERM) ends the load early and reports what was
+    /// measured.
+    Loadgen {
+        /// udp, tcp-bulk, connect or mixed.
+        scenario: String,
+        /// Run against ours and the kernel in one run and print the ratios.
+        #[arg(long)]
+        compare: bool,
+        /// Which NAT: ours or kernel (without --compare).
+        #[arg(long, default_value = "ours")]
+        target: String,
+        /// Emulated environments (default 1000; 16 for tcp-bulk).
+        #[arg(long)]
+        envs: Option<usize>,
+        /// How long the load runs: seconds (600) or with units (90s, 10m,
+        /// 2h, 1h30m); at most 24h.
+        #[arg(long, default_value = "5")]
+        duration: String,
+        /// Open loop: packets/s (udp) or connections/s (connect, mixed);
+        /// default as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// UDP payload, bytes (64-1472).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Environments appear over this time (seconds, or 30s, 5m).
+        #[arg(long, default_value = "0")]
+        ramp: String,
+        /// connect: each environment connects once (the cold start).
+        #[arg(long)]
+        once: bool,
+        /// Our gateway's port range, e.g. 2000-2049.
+        #[arg(long)]
+        port_range: Option<String>,
+        /// Our gateway's workers (0: one per core, or the --config file's).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Run our gateway with the [gateway] settings of this config file
+        /// (the schema of `hyperplane run --config`; other tables ignored).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write timeline.csv (each second, as the run goes), report.json
+        /// and SVG plots here (with --compare: ours/, kernel/ and
+        /// compare.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print JSON; no progress bar.
+        #[arg(long)]
+        json: bool,
+        /// One loadgen TAP per environment (and, against ours, one gateway
+        /// attachment per environment); at most 1000 environments.
+        #[arg(long)]
+        tap_per_env: bool,
+    },
+    #[cfg(feature = "study")]
+    /// Study the shared-ENI design: per-environment ENIs against one shared
+    /// ENI, simulated (default) or measured on this machine (--real, root).
+    Study {
+        /// Scenario as JSON (defaults: the published figures, estimates
+        /// marked in the docs).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Random seed: the same seed gives the same result.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where JSON, CSV and SVG files go.
+        #[arg(long, default_value = "hyperplane-study")]
+        out: PathBuf,
+        /// Sweep one parameter (eni-create-seconds, subnet-prefix,
+        /// target-concurrency, memory-mb, connections-per-env, eni-quota).
+        #[arg(long)]
+        sweep: Option<String>,
+        /// The sweep's values, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        values: Vec<f64>,
+        /// Measure both designs for real on this machine (root).
+        #[arg(long)]
+        real: bool,
+        /// Environments for --real.
+        #[arg(long, default_value_t = 100)]
+        envs: usize,
+        /// Modelled provisioning delay per ENI for --real, ms.
+        #[arg(long, default_value_t = 0)]
+        provisioning_ms: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a config file and print the plan it gives (ENIs, addresses).
+    Check {
+        /// The TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The gateway's control socket.
+    #[arg(long, default_value = "/run/hyperplane.sock")]
+    socket: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = signals::install() {
+        eprintln!("hyperplane: cannot install signal handling: {e}");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Run { config, metrics } => run(&config, metrics),
+        Command::Status { api } => ask(&api, api::Request::Status),
+        Command::Sessions { api, eni, env, limit } => ask(&api, api::Request::Sessions { eni, env, limit }),
+        Command::Stats { api } => ask(&api, api::Request::Stats),
+        Command::Apply { api, config } => match std::fs::read_to_string(&config) {
+            Ok(text) => ask(&api, api::Request::Apply { config: text }),
+            Err(e) => Err(CliError::read(&config)(e)),
+        },
+        Command::Demo { envs, workers, no_offloads, json } => run_demo(envs, workers, !no_offloads, json),
+        Command::Check { config } => check(&config),
+        #[cfg(feature = "loadgen")]
+        Command::Loadgen {
+            scenario,
+            compare,
+            target,
+            envs,
+            duration,
+            rate,
+            payload,
+            ramp,
+            once,
+            port_range,
+            workers,
+            config,
+            out,
+            json,
+            tap_per_env,
+        } => (|| {
+            let args = loadgen::LoadArgs {
+                scenario: loadgen::Scenario::parse(&scenario)?,
+                target: match target.as_str() {
+                    "ours" => loadgen::Target::Ours,
+                    "kernel" => loadgen::Target::Kernel,
+                    t => return Err(CliError::Usage(format!("--target {t}: ours or kernel"))),
+                },
+                envs,
+                duration: loadgen::parse_duration("duration", &duration)?,
+                rate,
+                payload,
+                ramp: loadgen::parse_duration("ramp", &ramp)?,
+                once,
+                port_range,
+                workers,
+                out_dir: out,
+                json,
+                progress: !json,
+                tap_per_env,
+                gateway: match &config {
+                    Some(p) => Some(loadgen::GatewayTable::load(p)?),
+                    None => None,
+                },
+                ..loadgen::LoadArgs::default()
+            };
+            // SIGINT/SIGTERM (see `signals`) stop the run through `args.stop`:
+            // the report below then covers what was measured until then.
+            if compare {
+                let r = loadgen::compare(&args)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", r.table());
+                }
+            } else {
+                let r = loadgen::run(&args)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", r.table());
+                }
+            }
+            if args.stop.is_stopped() {
+                eprintln!("hyperplane: loadgen stopped early; the topology it made is gone");
+            }
+            Ok(())
+        })(),
+        #[cfg(feature = "study")]
+        Command::Study { scenario, seed, out, sweep, values, real, envs, provisioning_ms, json } => {
+            run_study(scenario, seed, &out, sweep, &values, real, envs, provisioning_ms, json)
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hyperplane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads and validates a config file.
+fn read_config(path: &Path) -> Result<config::Config, CliError> {
+    let text = std::fs::read_to_string(path).map_err(CliError::read(path))?;
+    config::parse(&text).map_err(CliError::config(path))
+}
+
+/// One security-group rule, as `check` shows it.
+fn rule_text(r: &config::SgRule, peer_word: &str) -> String {
+    let proto = format!("{:?}", r.protocol).to_lowercase();
+    let ports = r.ports.map_or(String::new(), |p| format!(" ports {p}"));
+    let peer = match (&r.destination, &r.source, &r.group) {
+        (Some(c), _, _) | (None, Some(c), _) => format!("{peer_word} {c}"),
+        (None, None, Some(g)) => format!("group {g}"),
+        _ => String::new(),
+    };
+    let note = r.description.as_ref().map_or(String::new(), |d| format!("  ({d})"));
+    format!("{proto}{ports} {peer}{note}")
+}
+
+fn check(path: &Path) -> Result<(), CliError> {
+    let cfg = read_config(path)?;
+    let p = plan::plan(&cfg, &BTreeMap::new()).map_err(CliError::config(path))?;
+    println!(
+        "config ok: {} ENI(s), {} attachment(s), {} environment(s)",
+        p.enis.len(),
+        p.attachments.len(),
+        p.bindings.envs().len()
+    );
+    for e in &p.enis {
+        let addrs: Vec<String> = e.addrs.iter().map(ToString::to_string).collect();
+        println!(
+            "  eni {} subnet {} groups [{}] addresses [{}] functions [{}]",
+            e.id,
+            e.key.subnet,
+            e.key.security_groups.join(","),
+            addrs.join(","),
+            e.functions.join(",")
+        );
+    }
+    // Every group's rules: egress is enforced on new flows; ingress is
+    // kept and shown (the link is one-way: nothing enters from the VPC).
+    for g in &cfg.security_groups {
+        println!("  security group {}", g.id);
+        match &g.egress {
+            None => println!("    egress  all traffic (no rules given)"),
+            Some(rules) if rules.is_empty() => println!("    egress  none"),
+            Some(rules) => rules.iter().for_each(|r| println!("    egress  {}", rule_text(r, "to"))),
+        }
+        for r in &g.ingress {
+            println!("    ingress {}  (kept, not enforced)", rule_text(r, "from"));
+        }
+    }
+    Ok(())
+}
+
+fn run(path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> Result<(), CliError> {
+    let cfg = read_config(path)?;
+    let socket = cfg.gateway.control_socket.clone();
+    let rt = runtime::Runtime::start(cfg)?;
+    let shared = std::sync::Arc::clone(rt.shared());
+    let s = std::sync::Arc::clone(&shared);
+    let server = api::serve(&socket, std::sync::Arc::new(move |req| s.handle(req)))?;
+    let s = std::sync::Arc::clone(&shared);
+    let metrics = match metrics_addr {
+        Some(a) => Some(metrics::serve_metrics(a, std::sync::Arc::new(move || s.stats()))?),
+        None => None,
+    };
+    eprintln!(
+        "hyperplane: running: {} worker(s), {} attachment(s), offloads {}, control socket {}{}",
+        shared.gateway.workers(),
+        shared.gateway.inside.len(),
+        if shared.gateway.offloads { "on" } else { "off" },
+        socket.display(),
+        metrics.as_ref().map_or(String::new(), |m| format!(", metrics http://{}/metrics", m.local_addr()))
+    );
+    while !signals::stopped() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t = shared.gateway.totals();
+    server.stop();
+    drop(metrics);
+    drop(shared);
+    rt.stop();
+    eprintln!("hyperplane: stopped after {} packets out, {} in", t.outbound.0, t.inbound.0);
+    Ok(())
+}
+
+/// One request to the running gateway, printed as text or JSON.
+fn ask(a: &ApiArgs, req: api::Request) -> Result<(), CliError> {
+    let resp = api::call(&a.socket, &req)?;
+    if let api::Response::Error { message } = &resp {
+        return Err(CliError::Refused(message.clone()));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+        return Ok(());
+    }
+    match resp {
+        api::Response::Status(r) => print!("{}", tables::format_status(&r)),
+        api::Response::Sessions(r) => print!("{}", tables::format_sessions(&r)),
+        api::Response::Stats(r) => print!("{}", tables::format_stats(&r)),
+        api::Response::Applied(r) => {
+            if r.changes.is_empty() {
+                println!("applied: no change");
+            }
+            for l in r.changes {
+                println!("applied: {l}");
+            }
+        }
+        api::Response::Error { .. } => {}
+    }
+    Ok(())
+}
+
+#[cfg(feature = "study")]
+#[allow(clippy::too_many_arguments)]
+fn run_study(
+    scenario: Option<PathBuf>,
+    seed: u64,
+    out: &std::path::Path,
+    sweep: Option<String>,
+    values: &[f64],
+    real: bool,
+    envs: usize,
+    provisioning_ms: u64,
+    json: bool,
+) -> Result<(), CliError> {
+    if real {
+        if envs == 0 || envs > 240 {
+            return Err(CliError::Usage(format!(
+                "--envs {envs}: must be between 1 and 240 (the lab subnet's addresses)"
+            )));
+        }
+        let r = hyperplane::study_real::run(envs, provisioning_ms)?;
+        let files = hyperplane::study_real::write(&r, out).map_err(CliError::write(out))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            print!("{}", hyperplane::study_real::table(&r));
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }
+        return Ok(());
+    }
+    let sc: study::Scenario = match scenario {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(CliError::read(&p))?;
+            serde_json::from_str(&text).map_err(|source| CliError::Json { path: p.clone(), source })?
+        }
+        None => study::Scenario::default(),
+    };
+    if let Some(name) = sweep {
+        let param: study::SweepParam = name.parse().map_err(|e| CliError::Usage(format!("--sweep {name}: {e}")))?;
+        if values.is_empty() {
+            return Err(CliError::Usage("--values: give the sweep's values, e.g. --values 2,8,30".into()));
+        }
+        let results = study::sweep(&sc, param, values, seed)?;
+        let files = study::report::write_sweep(param, &results, out).map_err(CliError::write(out))?;
+        if json {
+            let v: Vec<_> = results.iter().map(|(x, r)| serde_json::json!({ "value": x, "result": r })).collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print!("{}", study::report::sweep_table(param, &results));
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }
+        return Ok(());
+    }
+    let r = study::run(&sc, seed)?;
+    let mut files = study::report::write_json(&r, out).map_err(CliError::write(out))?;
+    files.extend(study::report::write_csv(&r, out).map_err(CliError::write(out))?);
+    files.extend(study::report::write_svgs(&r, out).map_err(CliError::write(out))?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", study::report::table(&r));
+        for f in files {
+            println!("wrote {}", f.display());
+        }
+    }
+    Ok(())
+}
+
+fn run_demo(envs: usize, workers: usize, offloads: bool, json: bool) -> Result<(), CliError> {
+    if envs == 0 || envs > 1000 {
+        return Err(CliError::Usage(format!("--envs {envs}: must be between 1 and 1000")));
+    }
+    let opts = lab::Options { envs, workers, offloads, ..lab::Options::default() };
+    let r = demo::run(&opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_report(&r);
+    }
+    if r.envs_ok == r.envs && r.server_saw_sources == [r.eni_address] {
+        Ok(())
+    } else {
+        Err(CliError::DemoIncomplete { failed: r.envs - r.envs_ok, total: r.envs })
+    }
+}
+
+fn print_report(r: &demo::Report) {
+    let sources: Vec<String> = r.server_saw_sources.iter().map(ToString::to_string).collect();
+    println!("hyperplane demo: {} execution environments, one shared ENI {}", r.envs, r.eni_address);
+    println!("  gateway: {} worker(s), offloads {}", r.workers, if r.offloads { "on" } else { "off" });
+    println!(
+        "  server saw {} environment(s) arrive from: {}{}",
+        r.per_env.iter().filter(|e| e.tcp_seen_as.is_some()).count(),
+        sources.join(", "),
+        if r.server_saw_sources == [r.eni_address] { "  (the shared ENI address only)" } else { "" }
+    );
+    println!("  TCP, UDP and ping worked for {}/{} environments", r.envs_ok, r.envs);
+    println!();
+    println!("  cold-start story:");
+    println!("    one-time shared ENI setup        {:>9.1} ms  (once per subnet + security groups)", r.eni_setup_ms);
+    println!(
+        "    first connection per environment {:>9.1} ms p50, {:.1} ms p99, {:.1} ms max  (no ENI work)",
+        r.first_connection_ms.p50, r.first_connection_ms.p99, r.first_connection_ms.max
+    );
+    println!();
+    println!(
+        "  {:>4}  {:<14} {:>10} {:<22} {:>8} {:>8}",
+        "env", "address", "first ms", "server saw (tcp)", "ping ms", "sessions"
+    );
+    for e in &r.per_env {
+        println!(
+            "  {:>4}  {:<14} {:>10} {:<22} {:>8} {:>8}{}",
+            e.env,
+            e.address.to_string(),
+            e.first_connection_ms.map_or("-".into(), |v| format!("{v:.1}")),
+            e.tcp_seen_as.clone().unwrap_or_else(|| "-".into()),
+            e.ping_ms.map_or("-".into(), |v| format!("{v:.2}")),
+            e.sessions,
+            if e.errors.is_empty() { String::new() } else { format!("  {}", e.errors.join("; ")) }
+        );
+    }
+    println!();
+    let s: Vec<String> = r.sessions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("  sessions: {}", s.join(", "));
+    let p: Vec<String> = r.packets.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("  packets: {}", p.join(", "));
+    let d: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("  drops: {}", if d.is_empty() { "none".into() } else { d.join(", ") });
+    println!("  finished in {:.1} s; every namespace and TAP it made is gone", r.elapsed_s);
+}

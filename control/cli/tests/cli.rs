@@ -1,0 +1,55 @@
+//! The `hyperplane` binary's commands and their errors.
+
+use std::process::Command;
+
+fn hyperplane(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hyperplane")).args(args).output().expect("runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("hp-cli-{}-{name}.toml", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_prints_the_plan_of_the_example_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/examples/gateway.toml");
+    let (ok, out, err) = hyperplane(&["check", "--config", path]);
+    assert!(ok, "{err}");
+    assert!(out.contains("config ok"), "{out}");
+    assert!(out.contains("eni 1"), "{out}");
+    assert!(out.contains("egress  tcp ports 80-443 to 10.0.0.0/16"), "{out}");
+    assert!(out.contains("ingress tcp ports 443 from 10.0.0.0/16"), "ingress rules are kept and shown: {out}");
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_field_and_the_reason() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../core/examples/gateway.toml")).unwrap();
+    let bad = example.replace("cidr = \"10.0.0.0/24\"", "cidr = \"10.0.0.0/33\"");
+    let p = write("bad", &bad);
+    let (ok, _, err) = hyperplane(&["run", "--config", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("subnets[0].cidr"), "{err}");
+    let (ok, _, err) = hyperplane(&["run", "--config", "/nonexistent/hyperplane.toml"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/hyperplane.toml"), "{err}");
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn a_missing_outside_interface_is_reported_before_anything_starts() {
+    netlab::require_root();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../core/examples/gateway.toml")).unwrap();
+    let cfg =
+        example.replace("kind = \"tap\"", "kind = \"af-packet\"").replace("name = \"hp-out\"", "name = \"hpnosuch0\"");
+    let p = write("afp", &cfg);
+    let (ok, _, err) = hyperplane(&["run", "--config", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("hpnosuch0") && err.contains("no such network interface"), "{err}");
+    // No TAP from the config was left behind.
+    assert!(!std::path::Path::new("/sys/class/net/hp-e0").exists());
+}

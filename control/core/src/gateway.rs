@@ -1,0 +1,306 @@
+//! RunningGateway the dataplane from a [`Plan`]: devices opened and configured,
+//! one engine per worker, workers started.
+//!
+//! Everything that can fail is checked before the first thread starts:
+//! privileges, `/dev/net/tun`, every device, every engine's settings. On an
+//! error nothing is left behind (the TAPs opened so far close, and the
+//! kernel removes the ones it created for us).
+//!
+//! Sharding: attachment `j` is read by worker `j mod n`, and the plan's
+//! port range is split into one slice per worker ([`Shards`]), weighted by
+//! the environments behind each worker's attachments (a worker with none
+//! owns no port); worker `i`'s engine allocates only from slice `i`, and
+//! its high-water mark and session capacity are the plan's in proportion.
+//! Offloads (virtio-net header, TSO, checksum offload) are enabled only when
+//! the outside is a TAP too, so that a superframe always has a device that
+//! can segment it.
+
+use crate::config::OutsideKind;
+use crate::plan::Plan;
+use crossbeam_channel::Receiver;
+use dataplane::bindings::Bindings;
+use dataplane::config::EngineConfigError;
+use dataplane::counters::{Counters, DropReason};
+use dataplane::{Engine, Event, PortId};
+use dataplane_io::steer::Shards;
+use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
+use dataplane_io::{check_net_admin, AfPacket, IoError, Tap, TapOptions, OFFLOADS_TCP};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A device could not be opened or configured.
+    #[error("{device}: {source}")]
+    Device {
+        /// Its name.
+        device: String,
+        /// What went wrong.
+        source: IoError,
+    },
+    /// Privileges or `/dev/net/tun`.
+    #[error("{0}")]
+    Privileges(IoError),
+    /// An engine refused its settings.
+    #[error("gateway.{}: {}", .0.field, .0.reason)]
+    Engine(EngineConfigError),
+    /// A thread or epoll could not be created.
+    #[error("starting workers: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running gateway and the devices it holds.
+pub struct RunningGateway {
+    gateway: Workers,
+    /// The inside TAPs, in attachment order.
+    pub inside: Vec<Arc<Tap>>,
+    /// The outside TAP's queues (empty for AF_PACKET).
+    pub outside: Vec<Arc<Tap>>,
+    /// Engine events (high-water marks, exhaustion), tagged with the worker.
+    pub events: Receiver<(usize, Event)>,
+    /// Whether TAP offloads are on.
+    pub offloads: bool,
+}
+
+fn dev(name: &str) -> impl FnOnce(IoError) -> StartError + '_ {
+    move |source| StartError::Device { device: name.to_string(), source }
+}
+
+/// Frames a TAP's kernel side may queue for its worker, per environment
+/// behind it (the kernel's default is 500 per device).
+pub const TAP_QUEUE_PER_ENV: u32 = 1024;
+/// The most any TAP queues (each slot is a pointer in the kernel's ring).
+pub const TAP_QUEUE_MAX: u32 = 65536;
+
+/// A TAP's queue for `envs` environments behind it: room for a burst from
+/// each of them while a worker is off the CPU.
+pub fn tap_queue(envs: usize) -> u32 {
+    (envs.max(1) as u32).saturating_mul(TAP_QUEUE_PER_ENV).min(TAP_QUEUE_MAX)
+}
+
+/// Opens and configures a TAP: offloads, MTU, queue length, link up.
+fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool, queue: u32) -> Result<Tap, StartError> {
+    let tap = Tap::open(name, opts).map_err(dev(name))?;
+    if opts.vnet_hdr {
+        tap.set_offload(if offloads { OFFLOADS_TCP } else { 0 }).map_err(dev(name))?;
+    }
+    tap.set_mtu(u32::from(mtu)).map_err(dev(name))?;
+    dataplane_io::ifreq::set_tx_queue_len(name, queue).map_err(dev(name))?;
+    tap.set_up().map_err(dev(name))?;
+    Ok(tap)
+}
+
+/// Starts the gateway the plan describes.
+pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
+    check_net_admin().map_err(StartError::Privileges)?;
+    let n = plan.workers.max(1);
+    // Ports go where flows start: each worker's slice is weighted by the
+    // environments behind the attachments it reads.
+    let mut weights = vec![0u32; n];
+    for env in plan.bindings.envs() {
+        weights[usize::from(env.port.0.saturating_sub(1)) % n] += 1;
+    }
+    let shards = Shards::weighted(plan.engine.port_range.clone(), &weights);
+    let offloads = plan.offloads && plan.outside.kind == OutsideKind::Tap;
+    let vnet = TapOptions { vnet_hdr: offloads, multi_queue: false };
+
+    let mut outside = Vec::new();
+    let mut af_tx = Vec::new();
+    let mut af_rx = None;
+    match plan.outside.kind {
+        OutsideKind::Tap => {
+            let opts = TapOptions { vnet_hdr: offloads, multi_queue: n > 1 };
+            let queue = tap_queue(plan.bindings.envs().len());
+            let first = open_tap(&plan.outside.name, opts, plan.outside.mtu, offloads, queue)?;
+            for _ in 1..n {
+                outside.push(Arc::new(first.open_queue().map_err(dev(&plan.outside.name))?));
+            }
+            outside.insert(0, Arc::new(first));
+        }
+        OutsideKind::AfPacket => {
+            let name = &plan.outside.name;
+            for _ in 0..n {
+                af_tx.push(AfPacket::open(name, Duration::from_millis(200)).map_err(dev(name))?);
+            }
+            af_rx = Some(AfPacket::open(name, Duration::from_millis(200)).map_err(dev(name))?);
+        }
+    }
+
+    let mut inside = Vec::with_capacity(plan.attachments.len());
+    for a in &plan.attachments {
+        let envs = plan.bindings.envs().iter().filter(|e| e.port == a.port).count();
+        inside.push(Arc::new(open_tap(&a.name, vnet, a.mtu, offloads, tap_queue(envs))?));
+    }
+
+    let bindings = Arc::new(plan.bindings.clone());
+    let mut specs = Vec::with_capacity(n);
+    let mut af_tx = af_tx.into_iter();
+    for i in 0..n {
+        let engine = Engine::new(shard_config(plan, &shards, i), Arc::clone(&bindings)).map_err(StartError::Engine)?;
+        let mine = plan
+            .attachments
+            .iter()
+            .zip(&inside)
+            .enumerate()
+            .filter(|(j, _)| j % n == i)
+            .map(|(_, (a, t))| (a.port, Arc::clone(t)))
+            .collect();
+        let out = match outside.get(i) {
+            Some(t) => OutsideTx::Tap(Arc::clone(t)),
+            None => match af_tx.next() {
+                Some(a) => OutsideTx::AfPacket(a),
+                None => unreachable!("one AF_PACKET sender per worker"),
+            },
+        };
+        specs.push(WorkerSpec { engine, inside: mine, outside: out });
+    }
+    let mut by_port: Vec<Option<Arc<Tap>>> = Vec::new();
+    for (a, t) in plan.attachments.iter().zip(&inside) {
+        let slot = usize::from(a.port.0);
+        if by_port.len() <= slot {
+            by_port.resize(slot + 1, None);
+        }
+        by_port[slot] = Some(Arc::clone(t));
+    }
+    let (tx, events) = crossbeam_channel::bounded(1024);
+    let gateway = Workers::start(specs, by_port, shards, af_rx, tx)?;
+    tracing::info!(
+        workers = n,
+        attachments = inside.len(),
+        outside = %plan.outside.name,
+        offloads,
+        "gateway running"
+    );
+    Ok(RunningGateway { gateway, inside, outside, events, offloads })
+}
+
+/// Worker `i`'s engine settings: its port slice, its share (by ports) of
+/// the high-water mark and of the session table, its own random seed.
+fn shard_config(plan: &Plan, shards: &Shards, i: usize) -> dataplane::config::EngineConfig {
+    let mut cfg = plan.engine.clone();
+    let ports = |r: &std::ops::RangeInclusive<u16>| u64::from(*r.end() - *r.start()) + 1;
+    let share = |x: u64| {
+        if shards.owns_ports(i) {
+            (x * ports(&shards.range(i)) / ports(&plan.engine.port_range)).max(1)
+        } else {
+            1024.min(x)
+        }
+    };
+    if cfg.seed == dataplane::config::EngineConfig::default().seed {
+        // No seed in the config: ports must not be predictable from one
+        // start to the next (RFC 6056), so draw one.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        cfg.seed = h.finish();
+    }
+    cfg.port_range = shards.range(i);
+    cfg.high_water = share(u64::from(cfg.high_water)) as u32;
+    cfg.max_sessions = share(cfg.max_sessions as u64) as usize;
+    cfg.seed = cfg.seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1));
+    cfg
+}
+
+/// Counters summed over the workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Outbound packets and bytes (environment → VPC).
+    pub outbound: (u64, u64),
+    /// Inbound packets and bytes (VPC → environment).
+    pub inbound: (u64, u64),
+    /// Hairpinned packets.
+    pub hairpinned: u64,
+    /// Sessions in the tables now, by protocol (TCP, UDP, ICMP).
+    pub live: [u64; 3],
+    /// Ended or unanswered sessions recycled for new flows so far.
+    pub recycled: u64,
+    /// Drops by reason, only the non-zero ones, in [`DropReason::ALL`] order.
+    pub drops: Vec<(DropReason, u64)>,
+}
+
+impl Totals {
+    /// Sums `counters`.
+    pub fn sum(counters: &[Arc<Counters>]) -> Totals {
+        let mut t = Totals::default();
+        for c in counters {
+            t.rx_frames += c.rx_frames.get();
+            t.outbound.0 += c.outbound.packets.get();
+            t.outbound.1 += c.outbound.bytes.get();
+            t.inbound.0 += c.inbound.packets.get();
+            t.inbound.1 += c.inbound.bytes.get();
+            t.hairpinned += c.hairpinned.get();
+            t.recycled += c.sessions_recycled.get();
+            for (i, p) in [
+                dataplane::counters::ProtoIndex::Tcp,
+                dataplane::counters::ProtoIndex::Udp,
+                dataplane::counters::ProtoIndex::Icmp,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                t.live[i] += c.live_sessions(p);
+            }
+        }
+        for &r in DropReason::ALL {
+            let n: u64 = counters.iter().map(|c| c.dropped(r)).sum();
+            if n > 0 {
+                t.drops.push((r, n));
+            }
+        }
+        t
+    }
+
+    /// Drops for one reason.
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops.iter().find(|(d, _)| *d == r).map_or(0, |(_, n)| *n)
+    }
+}
+
+impl RunningGateway {
+    /// Counters summed over the workers.
+    pub fn totals(&self) -> Totals {
+        Totals::sum(self.gateway.counters())
+    }
+
+    /// Each worker's counters.
+    pub fn counters(&self) -> &[Arc<Counters>] {
+        self.gateway.counters()
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.gateway.workers()
+    }
+
+    /// Replaces the bindings on every worker (new flows see them at once).
+    pub fn set_bindings(&self, b: Bindings) {
+        self.gateway.set_bindings(&Arc::new(b));
+    }
+
+    /// Runs `f` on worker `i`'s engine.
+    pub fn call<R: Send + 'static>(&self, i: usize, f: impl FnOnce(&mut Engine) -> R + Send + 'static) -> Option<R> {
+        self.gateway.call(i, f)
+    }
+
+    /// Runs `f` on every worker's engine; results in worker order.
+    pub fn query<R: Send + 'static>(&self, f: impl Fn(&mut Engine) -> R + Send + Sync + 'static) -> Vec<R> {
+        self.gateway.query(f)
+    }
+
+    /// The attachment port of TAP `name`.
+    pub fn port_of(&self, plan: &Plan, name: &str) -> Option<PortId> {
+        plan.attachments.iter().find(|a| a.name == name).map(|a| a.port)
+    }
+
+    /// Stops the workers and closes the devices (the kernel removes the
+    /// TAPs it created for us when their last descriptor closes).
+    pub fn stop(self) -> std::io::Result<()> {
+        let r = self.gateway.stop();
+        drop(self.inside);
+        drop(self.outside);
+        r
+    }
+}

@@ -1,0 +1,779 @@
+//! Emulated execution environments: one smoltcp [`Interface`] (medium Ethernet, MAC [`env_mac`]`(i)`, address
+//! [`env_addr`]`(i)`/16, default route via [`INSIDE_GATEWAY`], ARP answered for its address) and its own socket per
+//! environment, all behind one TAP (or, with `tap_per_env`, environment `i` behind TAP `i`), driven by one poll loop
+//! on the calling thread.
+//!
+//! # The loop
+//!
+//! 1. Read up to [`RX_BATCH`] frames from each readable TAP (non-blocking; with several TAPs, the readable ones are
+//!    those a zero-timeout `epoll_wait` reports) and demultiplex: by destination MAC (a MAC made by
+//!    [`env_mac`]), broadcast ARP by its target address; the frame goes to that environment's inbox and the
+//!    environment joins the ready list. Other frames are ignored.
+//! 2. Pop due timers from a binary heap of (wake time µs, environment) into the ready list. Each environment keeps
+//!    its one current wake time; heap entries that no longer match it are stale and skipped, so rescheduling is a
+//!    push, never a search.
+//! 3. Poll each ready environment: `Interface::poll` consumes its inbox and writes what it sends straight to the
+//!    environment's TAP (one `write(2)` per frame); then the scenario's step; then the next wake =
+//!    min(`Interface::poll_at`, the scenario's own deadline). Nothing else is polled, so 10,000 idle environments
+//!    cost nothing.
+//! 4. With nothing read and nothing ready, wait for a TAP to become readable (at most 1 ms; epoll with several).
+//!
+//! Environment `i` appears at `ramp * i / n` and starts its scenario then. After `duration` no new work starts
+//! (bulk streams close); the loop ends when every environment is done or `grace` later. A stop (`args.stop`) ends
+//! the offered load at once, the same way, and leaves at most [`STOP_GRACE`](super::STOP_GRACE) for what is in
+//! flight. Frames written, completed and failed connections go onto the timeline as they happen (frames every
+//! 10 ms).
+//!
+//! Memory per environment is about 2 KB plus socket buffers: [`CONNECT_BUF`] for connect and UDP,
+//! [`bulk_tx_buf`]`(bulk streams)` (1 MB for up to 64 streams, 64 MB shared out beyond, at least 64 KB) for bulk
+//! senders, which refill their whole free send space in place (no copy) after each poll.
+
+use super::{
+    env_mac, env_of_addr, env_of_mac, io_err, raw, ConnectFigures, LoadArgs, LoadError, Measured, Scenario, Timeline,
+    UdpFigures, BULK_PORT, CONNECT_PORT, UDP_PORT,
+};
+use dataplane_io::tap::Tap;
+use dataplane_io::{Events, Poller};
+use hdrhistogram::Histogram;
+use netlab::{env_addr, INSIDE_GATEWAY, SERVER};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant as SInstant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Frames read per loop iteration, at most.
+pub const RX_BATCH: usize = 256;
+/// Socket buffer (each way) of connect and UDP environments, bytes.
+pub const CONNECT_BUF: usize = 4096;
+/// Largest send buffer of a bulk environment, bytes (window scaling is negotiated, so the server's window is no
+/// limit). Fewer, larger writes into the ring and more data in flight per stream.
+pub const BULK_TX_BUF: usize = 1024 * 1024;
+/// Smallest send buffer of a bulk environment, bytes.
+pub const BULK_TX_BUF_MIN: usize = 64 * 1024;
+/// The bulk environments' send buffers together, at most, bytes (so thousands of bulk streams stay bounded).
+pub const BULK_TX_TOTAL: usize = 64 * 1024 * 1024;
+
+/// The send buffer of each of `streams` bulk environments: [`BULK_TX_TOTAL`] shared out, within
+/// [`BULK_TX_BUF_MIN`]..=[`BULK_TX_BUF`] bytes.
+pub fn bulk_tx_buf(streams: usize) -> usize {
+    (BULK_TX_TOTAL / streams.max(1)).clamp(BULK_TX_BUF_MIN, BULK_TX_BUF)
+}
+/// UDP send interval per environment in `mixed`.
+pub const MIXED_UDP_INTERVAL: Duration = Duration::from_millis(10);
+const REQUEST: &[u8] = b"GET / hyperplane-loadgen\n";
+
+/// What an environment does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Connect, request, response, close.
+    Connect,
+    /// Stream to the bulk port.
+    Bulk,
+    /// UDP datagrams every [`MIXED_UDP_INTERVAL`].
+    Udp,
+}
+
+/// The kinds of `n` environments for a scenario (see the parent module doc for `mixed`).
+pub fn kinds(scenario: Scenario, n: usize) -> Vec<Kind> {
+    let mut bulk = 0;
+    (0..n)
+        .map(|i| match scenario {
+            Scenario::TcpBulk => Kind::Bulk,
+            Scenario::Udp => Kind::Udp,
+            Scenario::Connect => Kind::Connect,
+            Scenario::Mixed => match i % 20 {
+                19 if bulk < 4 => {
+                    bulk += 1;
+                    Kind::Bulk
+                }
+                16..=19 => Kind::Udp,
+                _ => Kind::Connect,
+            },
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not appeared yet.
+    Waiting,
+    /// Waiting for the pacer.
+    Idle,
+    /// SYN sent at `since`.
+    Syn,
+    /// Request sent, waiting for the response.
+    Request,
+    /// Response read, closing.
+    Closing,
+    /// Bulk: streaming.
+    Streaming,
+    /// UDP: sending.
+    Sending,
+    /// Finished.
+    Done,
+}
+
+struct Env {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
+    kind: Kind,
+    phase: Phase,
+    /// When the current phase's deadline started (µs since t0).
+    since: i64,
+    /// When the last SYN went out (µs since t0).
+    syn_at: i64,
+    /// The scenario's own next deadline (µs), if any.
+    app_at: Option<i64>,
+    /// The wake time of this environment's live heap entry.
+    wake: Option<i64>,
+    inbox: VecDeque<Vec<u8>>,
+    ready: bool,
+    seq: u32,
+}
+
+/// The TAP as a smoltcp device for one environment's poll: frames from its inbox, frames out to the TAP.
+struct Wire<'a> {
+    tap: &'a Tap,
+    inbox: &'a mut VecDeque<Vec<u8>>,
+    tx: &'a mut TxCount,
+}
+
+#[derive(Default)]
+struct TxCount {
+    frames: u64,
+    bytes: u64,
+    errors: u64,
+}
+
+struct RxTok(Vec<u8>);
+struct TxTok<'a> {
+    tap: &'a Tap,
+    tx: &'a mut TxCount,
+}
+
+impl phy::RxToken for RxTok {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxTok<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = [0u8; 1514];
+        let len = len.min(buf.len());
+        let r = f(&mut buf[..len]);
+        match self.tap.send(&buf[..len]) {
+            Ok(_) => {
+                self.tx.frames += 1;
+                self.tx.bytes += len as u64;
+            }
+            Err(_) => self.tx.errors += 1,
+        }
+        r
+    }
+}
+
+impl Device for Wire<'_> {
+    type RxToken<'b>
+        = RxTok
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = TxTok<'b>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _: SInstant) -> Option<(RxTok, TxTok<'_>)> {
+        let f = self.inbox.pop_front()?;
+        Some((RxTok(f), TxTok { tap: self.tap, tx: self.tx }))
+    }
+
+    fn transmit(&mut self, _: SInstant) -> Option<TxTok<'_>> {
+        Some(TxTok { tap: self.tap, tx: self.tx })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = 1514;
+        c
+    }
+}
+
+/// Counters the loop keeps.
+#[derive(Default)]
+struct Stats {
+    attempted: u64,
+    established: u64,
+    completed: u64,
+    refused: u64,
+    timeout: u64,
+    reset: u64,
+    bulk_streams: u64,
+    bulk_clean: u64,
+    bulk_sent: u64,
+    udp_sent: u64,
+    udp_echoed: u64,
+    udp_errors: u64,
+    unclaimed: u64,
+    rx_errors: u64,
+}
+
+struct Ctx<'a> {
+    t0: Instant,
+    end_us: i64,
+    timeout_us: i64,
+    repeat: bool,
+    payload: usize,
+    pacer: bool,
+    tl: &'a Timeline,
+    hist: Histogram<u64>,
+    stats: Stats,
+    idle: VecDeque<u32>,
+}
+
+impl Ctx<'_> {
+    /// Puts a failed connection (or bulk stream) on the timeline.
+    fn failed(&self, now_us: i64) {
+        self.tl.add(&self.tl.failures, self.t0 + Duration::from_micros(now_us.max(0) as u64), 1);
+    }
+}
+
+fn new_env(i: usize, kind: Kind, bulk_buf: usize, tap: &Tap, tx: &mut TxCount) -> Env {
+    let mut inbox = VecDeque::new();
+    let mut dev = Wire { tap, inbox: &mut inbox, tx };
+    let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(env_mac(i))));
+    cfg.random_seed = i as u64 ^ 0x6c67_6c67;
+    let mut iface = Interface::new(cfg, &mut dev, SInstant::from_micros(0));
+    iface.update_ip_addrs(|a| {
+        let _ = a.push(IpCidr::new(IpAddress::Ipv4(env_addr(i)), 16));
+    });
+    let _ = iface.routes_mut().add_default_ipv4_route(INSIDE_GATEWAY);
+    let mut sockets = SocketSet::new(Vec::with_capacity(1));
+    let handle = match kind {
+        Kind::Udp => {
+            let meta = || vec![udp::PacketMetadata::EMPTY; 4];
+            let s = udp::Socket::new(
+                udp::PacketBuffer::new(meta(), vec![0u8; CONNECT_BUF]),
+                udp::PacketBuffer::new(meta(), vec![0u8; CONNECT_BUF]),
+            );
+            sockets.add(s)
+        }
+        Kind::Connect | Kind::Bulk => {
+            let tx = if kind == Kind::Bulk { bulk_buf } else { CONNECT_BUF };
+            let mut s =
+                tcp::Socket::new(tcp::SocketBuffer::new(vec![0u8; CONNECT_BUF]), tcp::SocketBuffer::new(vec![0u8; tx]));
+            s.set_nagle_enabled(false);
+            s.set_ack_delay(None);
+            sockets.add(s)
+        }
+    };
+    Env {
+        iface,
+        sockets,
+        handle,
+        kind,
+        phase: Phase::Waiting,
+        since: 0,
+        syn_at: 0,
+        app_at: None,
+        wake: None,
+        inbox,
+        ready: false,
+        seq: 0,
+    }
+}
+
+/// Runs a smoltcp scenario (`tcp-bulk`, `connect`, `mixed`) with `n` environments (see the module doc): all behind
+/// `taps[0]`, or environment `i` behind `taps[i]` when there are `n` TAPs.
+pub(crate) fn run(
+    taps: &[Tap],
+    n: usize,
+    args: &LoadArgs,
+    grace: Duration,
+    tl: &Timeline,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<Measured, LoadError> {
+    let kinds = kinds(args.scenario, n);
+    let per_env = taps.len() > 1;
+    assert!(!per_env || taps.len() == n, "one TAP, or one per environment");
+    let tap_of = |i: usize| if per_env { &taps[i] } else { &taps[0] };
+    let poller = if per_env {
+        let p = Poller::new().map_err(|e| io_err("epoll_create1", e))?;
+        for (j, t) in taps.iter().enumerate() {
+            p.add(t, j as u64).map_err(|e| io_err(format!("epoll add {}", t.name()), e))?;
+        }
+        Some(p)
+    } else {
+        None
+    };
+    let mut events = Events::with_capacity(taps.len().min(1024));
+    let mut readable: Vec<usize> = Vec::with_capacity(taps.len());
+    let mut tx = TxCount::default();
+    let bulk_buf = bulk_tx_buf(kinds.iter().filter(|&&k| k == Kind::Bulk).count());
+    let mut envs: Vec<Env> =
+        kinds.iter().enumerate().map(|(i, &k)| new_env(i, k, bulk_buf, tap_of(i), &mut tx)).collect();
+    let us = |d: Duration| d.as_micros() as i64;
+    let hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let t0 = Instant::now();
+    tl.start(t0);
+    let mut cx = Ctx {
+        t0,
+        end_us: us(args.duration),
+        timeout_us: us(args.connect_timeout),
+        repeat: !args.once,
+        payload: args.payload,
+        pacer: args.rate.is_some(),
+        tl,
+        hist,
+        stats: Stats::default(),
+        idle: VecDeque::new(),
+    };
+    let mut hard_end = us(args.duration + grace);
+    let mut stopped = false;
+    // Frames already put on the timeline, and when.
+    let (mut tl_frames, mut tl_at) = (0u64, t0);
+    let mut heap: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::with_capacity(2 * n);
+    for (i, e) in envs.iter_mut().enumerate() {
+        let at = (us(args.ramp) as i128 * i as i128 / n as i128) as i64;
+        e.wake = Some(at);
+        heap.push(Reverse((at, i as u32)));
+    }
+    let mut ready: Vec<u32> = Vec::with_capacity(n);
+    let mut buf = vec![0u8; 65536];
+    let mut started_paced = 0u64;
+    let mut closed_out = false;
+    let mut last_bar = t0;
+    loop {
+        let now_us = us(t0.elapsed());
+        if !stopped && args.stop.is_stopped() {
+            // Stop: the offered load ends now; connections in flight get STOP_GRACE.
+            stopped = true;
+            cx.end_us = cx.end_us.min(now_us);
+            hard_end = hard_end.min(now_us + us(super::STOP_GRACE));
+        }
+        if now_us >= hard_end {
+            break;
+        }
+        if tx.frames > tl_frames && t0 + Duration::from_micros(now_us as u64) >= tl_at + Duration::from_millis(10) {
+            tl_at = t0 + Duration::from_micros(now_us as u64);
+            tl.add(&tl.offered, tl_at, tx.frames - tl_frames);
+            tl_frames = tx.frames;
+        }
+        if now_us >= cx.end_us && !closed_out {
+            // End of the offered load: nothing new starts; streams close.
+            closed_out = true;
+            for (i, e) in envs.iter_mut().enumerate() {
+                if matches!(e.phase, Phase::Waiting | Phase::Idle | Phase::Sending | Phase::Streaming) {
+                    if e.phase == Phase::Streaming {
+                        e.sockets.get_mut::<tcp::Socket>(e.handle).close();
+                        e.phase = Phase::Closing;
+                        e.since = now_us;
+                    } else {
+                        e.phase = Phase::Done;
+                    }
+                    if !e.ready {
+                        e.ready = true;
+                        ready.push(i as u32);
+                    }
+                }
+            }
+            cx.idle.clear();
+        }
+        if closed_out && ready.is_empty() && envs.iter().all(|e| e.phase == Phase::Done) {
+            break;
+        }
+        // 1. Read a batch from each readable TAP.
+        readable.clear();
+        match &poller {
+            Some(p) => {
+                if p.wait(&mut events, Some(Duration::ZERO)).is_ok() {
+                    readable.extend(events.tokens().map(|t| t as usize));
+                }
+            }
+            None => readable.push(0),
+        }
+        let mut got = 0;
+        for &j in &readable {
+            let tap = &taps[j];
+            let mut got_here = 0;
+            while got_here < RX_BATCH {
+                match tap.recv(&mut buf) {
+                    Ok(len) => {
+                        got += 1;
+                        got_here += 1;
+                        let f = &buf[..len];
+                        let to = if len < 14 {
+                            None
+                        } else if f[..6] == [0xff; 6] {
+                            raw::parse_arp(f).and_then(|(_, _, _, tpa)| env_of_addr(tpa))
+                        } else {
+                            env_of_mac(&f[..6])
+                        };
+                        match to.filter(|&i| i < n) {
+                            Some(i) => {
+                                let e = &mut envs[i];
+                                e.inbox.push_back(f.to_vec());
+                                if !e.ready {
+                                    e.ready = true;
+                                    ready.push(i as u32);
+                                }
+                            }
+                            None => cx.stats.unclaimed += 1,
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        cx.stats.rx_errors += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        // 2. Timers.
+        while let Some(&Reverse((at, i))) = heap.peek() {
+            if at > now_us {
+                break;
+            }
+            heap.pop();
+            let e = &mut envs[i as usize];
+            if e.wake == Some(at) {
+                e.wake = None;
+                if !e.ready {
+                    e.ready = true;
+                    ready.push(i);
+                }
+            }
+        }
+        // 3. The pacer releases idle connect environments at `rate` per second.
+        if let Some(rate) = args.rate {
+            let due = (rate * now_us as f64 / 1e6) as u64;
+            while started_paced < due {
+                let Some(i) = cx.idle.pop_front() else { break };
+                started_paced += 1;
+                let e = &mut envs[i as usize];
+                start_connect(e, now_us, &mut cx);
+                if !e.ready {
+                    e.ready = true;
+                    ready.push(i);
+                }
+            }
+        }
+        // 4. Poll the ready environments.
+        let work = !ready.is_empty();
+        for i in std::mem::take(&mut ready) {
+            let e = &mut envs[i as usize];
+            e.ready = false;
+            let now_us = us(t0.elapsed());
+            step(e, i, now_us, closed_out, tap_of(i as usize), &mut tx, &mut cx);
+            let ts = SInstant::from_micros(now_us);
+            let next = e.iface.poll_at(ts, &e.sockets).map(|t| t.total_micros());
+            let next = match (next, e.app_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(t) = next {
+                let t = t.max(now_us + 1);
+                if e.wake != Some(t) {
+                    e.wake = Some(t);
+                    heap.push(Reverse((t, i)));
+                }
+            }
+        }
+        if let Some(b) = bar {
+            let now = Instant::now();
+            if now - last_bar >= Duration::from_millis(100) {
+                last_bar = now;
+                b.set_position(now.duration_since(t0).as_millis() as u64);
+                b.set_message(format!(
+                    "{} connects, {} failed, {} MB streamed, {} udp",
+                    cx.stats.completed,
+                    cx.stats.refused + cx.stats.timeout + cx.stats.reset,
+                    cx.stats.bulk_sent >> 20,
+                    cx.stats.udp_sent
+                ));
+            }
+        }
+        if got == 0 && !work {
+            let next = heap.peek().map_or(1000, |Reverse((at, _))| (at - us(t0.elapsed())).clamp(0, 1000));
+            if next > 50 {
+                let ms = if next >= 1000 { 1 } else { 0 };
+                match &poller {
+                    Some(p) => {
+                        let _ = p.wait(&mut events, Some(Duration::from_millis(ms)));
+                    }
+                    None => raw::wait(&taps[0], ms),
+                }
+            }
+        }
+    }
+    tl.add(&tl.offered, Instant::now(), tx.frames - tl_frames);
+    let s = &cx.stats;
+    let load = Duration::from_micros(cx.end_us.min(us(t0.elapsed())).max(0) as u64);
+    let mut m = Measured {
+        load,
+        stopped: stopped && load < args.duration,
+        frames_out: tx.frames,
+        bytes_out: tx.bytes,
+        ..Measured::default()
+    };
+    if kinds.contains(&Kind::Connect) {
+        m.connect = Some(ConnectFigures {
+            attempted: s.attempted,
+            established: s.established,
+            completed: s.completed,
+            failed: s.refused + s.timeout + s.reset,
+            refused: s.refused,
+            timeout: s.timeout,
+            reset: s.reset,
+            ..ConnectFigures::default()
+        });
+        m.latency = Some(cx.hist.clone());
+    }
+    if kinds.contains(&Kind::Udp) {
+        m.udp = Some(UdpFigures {
+            sent: s.udp_sent,
+            echoed: s.udp_echoed,
+            lost_by_echo: args.echo.then(|| s.udp_sent.saturating_sub(s.udp_echoed)),
+        });
+    }
+    m.bulk_sent = s.bulk_sent;
+    m.bulk_streams = s.bulk_streams;
+    m.bulk_clean = s.bulk_clean;
+    for (k, v) in [
+        ("connect_refused", s.refused),
+        ("connect_timeout", s.timeout),
+        ("connect_reset", s.reset),
+        ("tap_write", tx.errors),
+        ("tap_read", s.rx_errors),
+        ("udp_send", s.udp_errors),
+        ("frames_unclaimed", s.unclaimed),
+    ] {
+        if v > 0 {
+            m.errors.insert(k.into(), v);
+        }
+    }
+    Ok(m)
+}
+
+fn start_connect(e: &mut Env, now_us: i64, cx: &mut Ctx) {
+    e.seq = e.seq.wrapping_add(1);
+    let local = 10_000 + (e.seq % 50_000) as u16;
+    let port = if e.kind == Kind::Bulk { BULK_PORT } else { CONNECT_PORT };
+    let s = e.sockets.get_mut::<tcp::Socket>(e.handle);
+    if s.connect(e.iface.context(), IpEndpoint::new(IpAddress::Ipv4(SERVER), port), local).is_ok() {
+        cx.stats.attempted += u64::from(e.kind == Kind::Connect);
+        e.phase = Phase::Syn;
+        e.since = now_us;
+        e.syn_at = now_us;
+        e.app_at = Some(now_us + cx.timeout_us);
+    } else {
+        e.phase = Phase::Done;
+        e.app_at = None;
+    }
+}
+
+/// A connection ended (well or not): next one, or done.
+fn finish_connect(e: &mut Env, now_us: i64, closed_out: bool, cx: &mut Ctx, i: u32) {
+    e.app_at = None;
+    if e.kind == Kind::Connect && cx.repeat && !closed_out {
+        if cx.pacer {
+            e.phase = Phase::Idle;
+            cx.idle.push_back(i);
+        } else {
+            start_connect(e, now_us, cx);
+        }
+    } else {
+        e.phase = Phase::Done;
+    }
+}
+
+/// Polls one environment and advances its scenario.
+fn step(e: &mut Env, i: u32, now_us: i64, closed_out: bool, tap: &Tap, tx: &mut TxCount, cx: &mut Ctx) {
+    let ts = SInstant::from_micros(now_us);
+    if e.phase == Phase::Waiting && !closed_out {
+        match e.kind {
+            Kind::Udp => {
+                let s = e.sockets.get_mut::<udp::Socket>(e.handle);
+                let _ = s.bind(super::raw::RAW_SPORT);
+                e.phase = Phase::Sending;
+                e.app_at = Some(now_us);
+            }
+            Kind::Connect if cx.pacer => {
+                e.phase = Phase::Idle;
+                cx.idle.push_back(i);
+            }
+            Kind::Connect | Kind::Bulk => start_connect(e, now_us, cx),
+        }
+    }
+    for _ in 0..4 {
+        let mut dev = Wire { tap, inbox: &mut e.inbox, tx };
+        e.iface.poll(ts, &mut dev, &mut e.sockets);
+        if !advance(e, i, now_us, closed_out, cx) {
+            break;
+        }
+    }
+}
+
+/// The scenario's step after a poll; true if it queued something to send (poll again).
+fn advance(e: &mut Env, i: u32, now_us: i64, closed_out: bool, cx: &mut Ctx) -> bool {
+    match e.kind {
+        Kind::Udp => {
+            let s = e.sockets.get_mut::<udp::Socket>(e.handle);
+            let mut acted = false;
+            while let Ok((_, _)) = s.recv() {
+                cx.stats.udp_echoed += 1;
+            }
+            if e.phase == Phase::Sending && e.app_at.is_some_and(|t| t <= now_us) {
+                let dst = IpEndpoint::new(IpAddress::Ipv4(SERVER), UDP_PORT);
+                match s.send(cx.payload, dst) {
+                    Ok(b) => {
+                        b.fill(0x75);
+                        cx.stats.udp_sent += 1;
+                        acted = true;
+                    }
+                    Err(_) => cx.stats.udp_errors += 1,
+                }
+                e.app_at = Some(now_us + MIXED_UDP_INTERVAL.as_micros() as i64);
+            }
+            if e.phase == Phase::Done {
+                e.app_at = None;
+            }
+            acted
+        }
+        Kind::Connect | Kind::Bulk => {
+            let s = e.sockets.get_mut::<tcp::Socket>(e.handle);
+            let st = s.state();
+            match e.phase {
+                Phase::Syn => match st {
+                    tcp::State::Established => {
+                        let lat = (now_us - e.syn_at).max(1) as u64;
+                        if e.kind == Kind::Connect {
+                            cx.stats.established += 1;
+                            let _ = cx.hist.record(lat);
+                            let _ = s.send_slice(REQUEST);
+                            e.phase = Phase::Request;
+                        } else {
+                            cx.stats.bulk_streams += 1;
+                            e.phase = Phase::Streaming;
+                            e.app_at = None;
+                            return fill(s, cx);
+                        }
+                        e.since = now_us;
+                        e.app_at = Some(now_us + cx.timeout_us);
+                        true
+                    }
+                    tcp::State::Closed => {
+                        cx.stats.refused += 1;
+                        cx.failed(now_us);
+                        finish_connect(e, now_us, closed_out, cx, i);
+                        true
+                    }
+                    _ if now_us - e.since >= cx.timeout_us => {
+                        s.abort();
+                        cx.stats.timeout += 1;
+                        cx.failed(now_us);
+                        finish_connect(e, now_us, closed_out, cx, i);
+                        true
+                    }
+                    _ => false,
+                },
+                Phase::Request => {
+                    let mut got_line = false;
+                    while s.can_recv() {
+                        let mut b = [0u8; 256];
+                        match s.recv_slice(&mut b) {
+                            Ok(k) if k > 0 => got_line |= b[..k].contains(&b'\n'),
+                            _ => break,
+                        }
+                    }
+                    if got_line {
+                        s.close();
+                        e.phase = Phase::Closing;
+                        e.since = now_us;
+                        e.app_at = Some(now_us + cx.timeout_us);
+                        true
+                    } else if matches!(st, tcp::State::Closed | tcp::State::TimeWait) {
+                        cx.stats.reset += 1;
+                        cx.failed(now_us);
+                        s.abort();
+                        finish_connect(e, now_us, closed_out, cx, i);
+                        true
+                    } else if now_us - e.since >= cx.timeout_us {
+                        s.abort();
+                        cx.stats.timeout += 1;
+                        cx.failed(now_us);
+                        finish_connect(e, now_us, closed_out, cx, i);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Phase::Streaming => {
+                    if st == tcp::State::Established || st == tcp::State::CloseWait {
+                        fill(s, cx)
+                    } else {
+                        cx.stats.reset += 1;
+                        cx.failed(now_us);
+                        e.phase = Phase::Done;
+                        false
+                    }
+                }
+                Phase::Closing => {
+                    while s.can_recv() {
+                        let mut b = [0u8; 256];
+                        if s.recv_slice(&mut b).is_err() {
+                            break;
+                        }
+                    }
+                    if matches!(st, tcp::State::Closed | tcp::State::TimeWait) {
+                        if e.kind == Kind::Connect {
+                            cx.stats.completed += 1;
+                            cx.tl.add(&cx.tl.connects, cx.t0 + Duration::from_micros(now_us as u64), 1);
+                        }
+                        cx.stats.bulk_clean += u64::from(e.kind == Kind::Bulk);
+                        if st == tcp::State::TimeWait {
+                            s.abort();
+                        }
+                        finish_connect(e, now_us, closed_out, cx, i);
+                        true
+                    } else if now_us - e.since >= cx.timeout_us {
+                        s.abort();
+                        if e.kind == Kind::Connect {
+                            // The response arrived; only the close stalled.
+                            cx.stats.completed += 1;
+                            cx.tl.add(&cx.tl.connects, cx.t0 + Duration::from_micros(now_us as u64), 1);
+                        }
+                        finish_connect(e, now_us, closed_out, cx, i);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Phase::Waiting | Phase::Idle | Phase::Sending | Phase::Done => false,
+            }
+        }
+    }
+}
+
+/// Keeps a bulk sender's buffer full; true if something was queued.
+fn fill(s: &mut tcp::Socket, cx: &mut Ctx) -> bool {
+    let mut queued = false;
+    // Enqueue the whole free space in place (at most two calls: the ring may wrap), without copying: the stream's
+    // bytes are whatever the ring held (zeros at first), the responder only counts them.
+    while s.can_send() {
+        match s.send(|free| (free.len(), free.len())) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                cx.stats.bulk_sent += k as u64;
+                queued = true;
+            }
+        }
+    }
+    queued
+}

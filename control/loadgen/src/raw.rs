@@ -1,0 +1,218 @@
+//! Raw-frame UDP: the highest packet rates the load generator can offer.
+//!
+//! One prebuilt Ethernet + IPv4 + UDP frame per environment (source [`env_mac`]`(i)` / [`env_addr`]`(i)` port
+//! [`RAW_SPORT`], destination the gateway's MAC / the responder's [`UDP_PORT`]; IPv4 and UDP
+//! checksums complete, built with `dataplane::testkit`). A dedicated writer thread sends them round-robin with one
+//! `write(2)` per frame, in batches of [`BATCH`], open loop: at `rate` frames/s (paced per batch) or as fast as it
+//! can, for `duration` or until `args.stop`. Meanwhile the calling thread reads the TAP: it answers ARP requests
+//! for every environment address (the NAT must resolve environments to deliver replies) and counts UDP datagrams
+//! that come back to [`RAW_SPORT`] (echoes).
+
+use super::{env_mac, env_of_addr, io_err, LoadArgs, LoadError, Measured, Timeline, UdpFigures, UDP_PORT};
+use dataplane::testkit::{ipv4_frame, udp_segment, IpOpts};
+use dataplane_io::tap::Tap;
+use netlab::{env_addr, INSIDE_GATEWAY, SERVER};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The environments' UDP source port in raw mode.
+pub const RAW_SPORT: u16 = 40000;
+/// Frames per pacing batch.
+pub const BATCH: usize = 64;
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// An ARP frame (Ethernet header included): `op` 1 request, 2 reply.
+pub fn arp_frame(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(if op == 1 { &BROADCAST } else { &tha });
+    f[6..12].copy_from_slice(&sha);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, op as u8]);
+    f[22..28].copy_from_slice(&sha);
+    f[28..32].copy_from_slice(&spa.octets());
+    f[32..38].copy_from_slice(if op == 1 { &[0; 6] } else { &tha });
+    f[38..42].copy_from_slice(&tpa.octets());
+    f
+}
+
+/// A parsed ARP frame: (op, sender MAC, sender IP, target IP).
+pub fn parse_arp(f: &[u8]) -> Option<(u16, [u8; 6], Ipv4Addr, Ipv4Addr)> {
+    if f.len() < 42 || f[12..14] != [0x08, 0x06] || f[14..20] != [0, 1, 0x08, 0x00, 6, 4] {
+        return None;
+    }
+    let op = u16::from_be_bytes([f[20], f[21]]);
+    let mut sha = [0u8; 6];
+    sha.copy_from_slice(&f[22..28]);
+    let ip = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+    Some((op, sha, ip(28), ip(38)))
+}
+
+/// ARPs for [`INSIDE_GATEWAY`] from environment 0 (every 200 ms) until it answers; its MAC.
+pub fn resolve_gateway(tap: &Tap, timeout: Duration) -> Result<[u8; 6], LoadError> {
+    let req = arp_frame(1, env_mac(0), env_addr(0), [0; 6], INSIDE_GATEWAY);
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 2048];
+    while Instant::now() < deadline {
+        tap.send(&req).map_err(|e| io_err("write ARP request to the loadgen TAP", e))?;
+        let until = (Instant::now() + Duration::from_millis(200)).min(deadline);
+        while Instant::now() < until {
+            match tap.recv(&mut buf) {
+                Ok(n) => {
+                    if let Some((2, mac, ip, _)) = parse_arp(&buf[..n]) {
+                        if ip == INSIDE_GATEWAY {
+                            return Ok(mac);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait(tap, 10),
+                Err(e) => return Err(io_err("read the loadgen TAP", e)),
+            }
+        }
+    }
+    Err(LoadError::GatewayUnresolved(INSIDE_GATEWAY, timeout))
+}
+
+/// Waits up to `ms` milliseconds for the TAP to become readable.
+pub(crate) fn wait(tap: &Tap, ms: u64) {
+    let _ = dataplane_io::wait_readable(tap, std::time::Duration::from_millis(ms));
+}
+
+/// The frame environment `i` sends.
+pub fn frame(i: usize, gw_mac: [u8; 6], payload: usize) -> Vec<u8> {
+    let mut data = vec![0u8; payload];
+    data[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    let seg = udp_segment(env_addr(i), RAW_SPORT, SERVER, UDP_PORT, &data);
+    ipv4_frame(gw_mac, env_mac(i), env_addr(i), SERVER, 17, IpOpts { ident: i as u16, ..IpOpts::default() }, &seg)
+}
+
+/// Runs the raw UDP scenario (see the module doc).
+pub(crate) fn run(
+    tap: &Tap,
+    gw_mac: [u8; 6],
+    n: usize,
+    args: &LoadArgs,
+    tl: &Timeline,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<Measured, LoadError> {
+    let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(i, gw_mac, args.payload)).collect();
+    let sent = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let t0 = Instant::now();
+    tl.start(t0);
+    let end = t0 + args.duration;
+    let mut echoed = 0u64;
+    let mut arp_replies = 0u64;
+    let mut read_errors = 0u64;
+    let ended = std::thread::scope(|s| -> Result<Instant, LoadError> {
+        let writer = std::thread::Builder::new()
+            .name("lg-raw".into())
+            .spawn_scoped(s, || {
+                let (mut k, mut total) = (0usize, 0u64);
+                let mut last_tick = Instant::now();
+                let mut tick_frames = 0u64;
+                let ended = loop {
+                    let now = Instant::now();
+                    if now >= end || args.stop.is_stopped() {
+                        break now.min(end);
+                    }
+                    if let Some(rate) = args.rate {
+                        let due = (now - t0).as_secs_f64() * rate;
+                        if (total as f64) >= due {
+                            let ahead = (total as f64 - due) / rate;
+                            std::thread::sleep(Duration::from_secs_f64(ahead.min(0.001)));
+                            continue;
+                        }
+                    }
+                    let (mut ok, mut b) = (0u64, 0u64);
+                    for _ in 0..BATCH {
+                        let f = &frames[k];
+                        k = if k + 1 == frames.len() { 0 } else { k + 1 };
+                        match tap.send(f) {
+                            Ok(_) => {
+                                ok += 1;
+                                b += f.len() as u64;
+                            }
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    total += BATCH as u64;
+                    sent.fetch_add(ok, Ordering::Relaxed);
+                    bytes.fetch_add(b, Ordering::Relaxed);
+                    tick_frames += ok;
+                    if now - last_tick >= Duration::from_millis(10) {
+                        tl.add(&tl.offered, now, tick_frames);
+                        tick_frames = 0;
+                        last_tick = now;
+                    }
+                };
+                tl.add(&tl.offered, Instant::now(), tick_frames);
+                done.store(true, Ordering::Relaxed);
+                ended
+            })
+            .map_err(|e| io_err("spawn the raw writer", e))?;
+        // Reader: ARP answers and echoes, until the writer is done plus a short drain.
+        let mut buf = vec![0u8; 65536];
+        let mut drain_until: Option<Instant> = None;
+        let mut last_bar = Instant::now();
+        loop {
+            let now = Instant::now();
+            if done.load(Ordering::Relaxed) && drain_until.is_none() {
+                drain_until = Some(now + Duration::from_millis(300));
+            }
+            if drain_until.is_some_and(|d| now >= d) || now >= end + Duration::from_secs(5) {
+                break;
+            }
+            if let Some(b) = bar {
+                if now - last_bar >= Duration::from_millis(100) {
+                    last_bar = now;
+                    b.set_position((now - t0).as_millis() as u64);
+                    b.set_message(format!("{} sent", sent.load(Ordering::Relaxed)));
+                }
+            }
+            match tap.recv(&mut buf) {
+                Ok(len) => {
+                    let f = &buf[..len];
+                    if let Some((1, sha, spa, tpa)) = parse_arp(f) {
+                        if let Some(i) = env_of_addr(tpa).filter(|&i| i < n) {
+                            let reply = arp_frame(2, env_mac(i), tpa, sha, spa);
+                            if tap.send(&reply).is_ok() {
+                                arp_replies += 1;
+                            }
+                        }
+                    } else if len >= 42 && f[12..14] == [0x08, 0x00] && f[23] == 17 {
+                        let ihl = usize::from(f[14] & 0x0f) * 4;
+                        let dport = f.get(14 + ihl + 2..14 + ihl + 4).map(|p| u16::from_be_bytes([p[0], p[1]]));
+                        if dport == Some(RAW_SPORT) {
+                            echoed += 1;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait(tap, 1),
+                Err(_) => read_errors += 1,
+            }
+        }
+        Ok(writer.join().unwrap_or_else(|_| Instant::now()))
+    })?;
+    let load = ended.saturating_duration_since(t0);
+    let mut m = Measured {
+        load,
+        stopped: load < args.duration,
+        frames_out: sent.load(Ordering::Relaxed),
+        bytes_out: bytes.load(Ordering::Relaxed),
+        ..Measured::default()
+    };
+    let sent_n = m.frames_out;
+    m.udp = Some(UdpFigures { sent: sent_n, echoed, lost_by_echo: args.echo.then(|| sent_n.saturating_sub(echoed)) });
+    for (k, v) in [("tap_write", errors.load(Ordering::Relaxed)), ("tap_read", read_errors)] {
+        if v > 0 {
+            m.errors.insert(k.into(), v);
+        }
+    }
+    let _ = arp_replies;
+    Ok(m)
+}

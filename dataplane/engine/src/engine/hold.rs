@@ -1,0 +1,473 @@
+//! What sessions hold: ENI addresses' port pools and high-water marks,
+//! environments' quotas, and the recycling of ended and unanswered sessions
+//! when a new flow is short of a slot or a port.
+
+use super::{Engine, Event};
+use crate::bindings::Mac;
+use crate::config::{EngineConfig, Mapping};
+use crate::counters::Counters;
+use crate::flow::{proto_index, Endpoint, FlowKey, TCP};
+use crate::ports::PortPool;
+use crate::session::{Session, SessionTable, NIL};
+use crate::tcp;
+use crate::time::Instant;
+use core::net::Ipv4Addr;
+use std::collections::HashMap;
+
+/// One ENI address's port pools.
+pub(super) struct Addr {
+    pub(super) pools: [PortPool; 3],
+    /// Slot in [`Counters::addrs`], if one was free.
+    pub(super) gauge: Option<usize>,
+    /// Sessions per protocol under address-and-port-dependent mapping.
+    pub(super) apdm: [u32; 3],
+    /// Ports (sessions under address-and-port-dependent mapping) held by
+    /// live flows, per protocol.
+    pub(super) live: [u32; 3],
+    /// Ended sessions whose remote closed first ([`warm`]), per protocol:
+    /// their ports count towards the high-water mark.
+    pub(super) warm: [u32; 3],
+    /// The session table's recyclable list for this address.
+    pub(super) list: u16,
+    pub(super) high: [bool; 3],
+    pub(super) bound: bool,
+}
+
+impl Addr {
+    /// Ports (or sessions) held, live or recyclable.
+    pub(super) fn held(&self, pi: usize, mapping: Mapping) -> u32 {
+        match mapping {
+            Mapping::EndpointIndependent => self.pools[pi].in_use(),
+            Mapping::AddressAndPortDependent => self.apdm[pi],
+        }
+    }
+
+    /// The high-water mark of live ports for protocol `pi`. A mark above the
+    /// pool (65,000 against 64,512 ports by default) must still fire while
+    /// there is room for the time an address takes to add (its probe): at
+    /// most 7/8 of the pool.
+    pub(super) fn mark(&self, pi: usize, cfg: &EngineConfig) -> u32 {
+        let cap = self.pools[pi].capacity();
+        match cfg.mapping {
+            Mapping::EndpointIndependent => cfg.high_water.min(cap - cap / 8).max(1),
+            Mapping::AddressAndPortDependent => cfg.high_water,
+        }
+    }
+
+    /// Whether a new mapping can have a port here without recycling.
+    pub(super) fn has_room(&self, pi: usize, mapping: Mapping) -> bool {
+        match mapping {
+            Mapping::EndpointIndependent => self.pools[pi].available() > 0,
+            Mapping::AddressAndPortDependent => self.apdm[pi] < self.pools[pi].capacity(),
+        }
+    }
+}
+
+/// Per-environment state the engine keeps (learned MAC, quotas).
+#[derive(Copy, Clone, Debug, Default)]
+pub(super) struct EnvState {
+    pub(super) mac: Mac,
+    /// Live sessions (the session quota counts these).
+    pub(super) sessions: u32,
+    /// Ports held by live flows, per protocol (the port quota counts these).
+    pub(super) ports: [u32; 3],
+    /// Sessions opened from the VPC and not answered yet.
+    pub(super) unanswered: u32,
+    pub(super) addr: Option<Ipv4Addr>,
+}
+
+/// What a session holds on behalf of its environment.
+///
+/// `Live` sessions count against the environment's quotas and are never
+/// recycled. `Closing` ones (TCP after both FINs or an RST) and
+/// `Unanswered` ones (opened from the VPC, nothing sent back yet) only wait
+/// out their timers: they sit on their address's recyclable list, and a new
+/// flow short of a table slot or a port takes the oldest.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) enum Hold {
+    Live,
+    /// Ended; `true` when [`warm`]: the remote closed first.
+    Closing(bool),
+    Unanswered,
+}
+
+impl Hold {
+    pub(super) fn of(s: &Session) -> Hold {
+        Hold::from_parts(s.inbound_origin && s.out_packets == 0, s.proto == TCP && s.tcp.closing(), warm(s))
+    }
+
+    pub(super) const fn from_parts(unanswered: bool, closing: bool, warm: bool) -> Hold {
+        if unanswered {
+            Hold::Unanswered
+        } else if closing {
+            Hold::Closing(warm)
+        } else {
+            Hold::Live
+        }
+    }
+}
+
+/// How far a new flow looks down an address's recyclable list for a
+/// session whose removal gives it a port.
+pub(super) const RECYCLE_SCAN: usize = 64;
+
+/// How long a remote that closed a connection first holds it in TIME_WAIT
+/// (Linux's `TCP_TIMEWAIT_LEN`, FreeBSD's 2MSL): until then the ENI port
+/// carries no new connection to that same remote endpoint, which would
+/// meet the old one's TIME_WAIT and lose its SYN.
+pub const REMOTE_TIME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `s` ended with the remote closing first less than
+/// [`REMOTE_TIME_WAIT`] ago: the remote may still hold its 5-tuple.
+pub(super) fn cooling(s: &Session, now: Instant) -> bool {
+    s.proto == TCP && s.tcp == tcp::State::FinBoth && s.remote_closed_first && now < s.last_seen + REMOTE_TIME_WAIT
+}
+
+/// Whether `s` counts as holding its port towards the high-water mark
+/// after it ended: the remote closed first, so the port may sit in the
+/// remote's TIME_WAIT (until the session is recycled or expires).
+pub(super) fn warm(s: &Session) -> bool {
+    s.proto == TCP && s.tcp == tcp::State::FinBoth && s.remote_closed_first
+}
+
+impl Engine {
+    pub(super) fn forget_idle_addrs(&mut self) {
+        let m = self.cfg.mapping;
+        let Engine { addrs, counters, free_lists, .. } = self;
+        addrs.retain(|_, a| {
+            let keep = a.bound || (0..3).any(|i| a.held(i, m) > 0);
+            if !keep {
+                if let Some(g) = a.gauge {
+                    counters.addrs[g].set_addr(None, 0);
+                }
+                if usize::from(a.list) < crate::session::LISTS - 1 {
+                    free_lists.push(a.list);
+                }
+            }
+            keep
+        });
+    }
+
+    /// Publishes one address's port use for other threads, and re-arms its
+    /// high-water mark once live use is back below it.
+    pub(super) fn publish(counters: &Counters, a: &mut Addr, pi: usize, cfg: &EngineConfig) {
+        if a.live[pi] + a.warm[pi] < a.mark(pi, cfg) {
+            a.high[pi] = false;
+        }
+        if let Some(g) = a.gauge {
+            let held = a.held(pi, cfg.mapping);
+            counters.addrs[g].set(pi, a.live[pi], held.saturating_sub(a.live[pi]), a.pools[pi].quarantined());
+        }
+    }
+
+    /// Moves a session whose hold changed (it closed, reopened, or the
+    /// environment answered it) between the quotas and its address's
+    /// recyclable list. `before` is its hold before the change.
+    pub(super) fn rehold(&mut self, sid: u32, before: Hold) {
+        let s = *self.table.get(sid);
+        let after = Hold::of(&s);
+        if after == before {
+            return;
+        }
+        let pi = proto_index(s.proto);
+        let (was_warm, is_warm) = (before == Hold::Closing(true), after == Hold::Closing(true));
+        if was_warm != is_warm {
+            if let Some(a) = self.addrs.get_mut(&s.eni.ip) {
+                if is_warm {
+                    a.warm[pi] += 1;
+                } else {
+                    a.warm[pi] = a.warm[pi].saturating_sub(1);
+                }
+            }
+        }
+        let env = self.envs.entry(s.inside.ip).or_default();
+        match before {
+            Hold::Live => env.sessions = env.sessions.saturating_sub(1),
+            Hold::Unanswered => env.unanswered = env.unanswered.saturating_sub(1),
+            Hold::Closing(_) => {}
+        }
+        match after {
+            Hold::Live => env.sessions += 1,
+            Hold::Unanswered => env.unanswered += 1,
+            Hold::Closing(_) => {}
+        }
+        let live = after == Hold::Live;
+        let list = self.addrs.get(&s.eni.ip).map_or(crate::session::LISTS as u16 - 1, |a| a.list);
+        if (before == Hold::Live) != live && self.table.set_recyclable(sid, (!live).then_some(list)) {
+            if live {
+                env.ports[pi] += 1;
+            } else {
+                env.ports[pi] = env.ports[pi].saturating_sub(1);
+            }
+            if let Some(a) = self.addrs.get_mut(&s.eni.ip) {
+                if live {
+                    a.live[pi] += 1;
+                } else {
+                    a.live[pi] = a.live[pi].saturating_sub(1);
+                }
+            }
+        }
+        self.check_high_water(s.eni.ip, s.proto);
+    }
+
+    /// Accounts for a session that left the table (expired or recycled):
+    /// the environment's quotas, its address's live ports and port pool.
+    /// A TCP mapping whose last session ended in a close gives its port
+    /// back at once: its closing timer was the quarantine (RFC 6888 REQ-8
+    /// exempts TCP closed under state tracking), unless the remote closed
+    /// first less than [`REMOTE_TIME_WAIT`] ago and may still hold the
+    /// 5-tuple; other ports rest. `reuse`: the caller takes the port at
+    /// once for a flow that cannot meet that TIME_WAIT.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn account_removed(
+        envs: &mut HashMap<Ipv4Addr, EnvState, foldhash::fast::RandomState>,
+        addrs: &mut HashMap<Ipv4Addr, Addr, foldhash::fast::RandomState>,
+        counters: &Counters,
+        cfg: &EngineConfig,
+        now: Instant,
+        s: &Session,
+        removed: crate::session::Removed,
+        reuse: bool,
+    ) {
+        let pi = proto_index(s.proto);
+        counters.sessions_expired[pi].inc();
+        let hold = if s.recyclable() { Hold::of(s) } else { Hold::Live };
+        if let Some(e) = envs.get_mut(&s.inside.ip) {
+            match hold {
+                Hold::Live => e.sessions = e.sessions.saturating_sub(1),
+                Hold::Unanswered => e.unanswered = e.unanswered.saturating_sub(1),
+                Hold::Closing(_) => {}
+            }
+            if removed.port_left_live {
+                e.ports[pi] = e.ports[pi].saturating_sub(1);
+            }
+        }
+        let Some(a) = addrs.get_mut(&s.eni.ip) else { return };
+        if removed.port_left_live {
+            a.live[pi] = a.live[pi].saturating_sub(1);
+        }
+        if hold == Hold::Closing(true) {
+            a.warm[pi] = a.warm[pi].saturating_sub(1);
+        }
+        match cfg.mapping {
+            Mapping::EndpointIndependent => {
+                if let Some(m) = removed.mapping {
+                    let ended = s.proto == TCP && (s.tcp.closing() || s.recyclable());
+                    if reuse || (ended && !cooling(s, now)) {
+                        a.pools[pi].release_now(m.eni.port);
+                    } else {
+                        a.pools[pi].release(now, m.eni.port);
+                    }
+                }
+            }
+            Mapping::AddressAndPortDependent => a.apdm[pi] = a.apdm[pi].saturating_sub(1),
+        }
+        Engine::publish(counters, a, pi, cfg);
+    }
+
+    /// Removes recyclable session `sid` early to give its slot (and maybe
+    /// its port, at once when `reuse`) to a new flow.
+    pub(super) fn recycle(&mut self, now: Instant, sid: u32, reuse: bool) {
+        let s = *self.table.get(sid);
+        let removed = self.table.remove(sid);
+        self.counters.sessions_recycled.inc();
+        let Engine { addrs, envs, counters, cfg, .. } = self;
+        Engine::account_removed(envs, addrs, counters, cfg, now, &s, removed, reuse);
+    }
+
+    /// Frees one session slot: recycles the session that has been
+    /// recyclable longest on any address, sparing the sessions of mapping
+    /// `keep` (the one the new flow is joining). Whether it freed one.
+    pub(super) fn recycle_session(&mut self, now: Instant, keep: u32) -> bool {
+        let mut best: Option<(Instant, u32)> = None;
+        for a in self.addrs.values() {
+            let mut id = self.table.list_head(a.list);
+            // Skip (at most a few) sessions of the kept mapping.
+            for _ in 0..RECYCLE_SCAN {
+                match id {
+                    Some(i) if keep != NIL && self.table.get(i).mapping == keep => id = self.table.list_next(i),
+                    _ => break,
+                }
+            }
+            if let Some(i) = id {
+                let seen = self.table.get(i).last_seen;
+                if best.is_none_or(|(t, _)| seen < t) {
+                    best = Some((seen, i));
+                }
+            }
+        }
+        match best {
+            Some((_, sid)) => {
+                self.recycle(now, sid, false);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frees a TCP port on `addr` for a new flow towards `remote` by
+    /// recycling, oldest first, a mapping held only by ended connections
+    /// (under address-and-port-dependent mapping: an ended connection to the
+    /// same remote), passing over one whose port may still sit in that
+    /// remote's TIME_WAIT. Whether a port was freed.
+    pub(super) fn recycle_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, remote: Endpoint) -> bool {
+        if pi != proto_index(TCP) {
+            // Only TCP knows when a flow has ended; other ports wait out
+            // their timers and quarantine.
+            return false;
+        }
+        let Some(list) = self.addrs.get(&addr).map(|a| a.list) else {
+            return false;
+        };
+        let mut id = self.table.list_head(list);
+        let mut victim = None;
+        for _ in 0..RECYCLE_SCAN {
+            let Some(i) = id else { break };
+            let s = self.table.get(i);
+            let fits = s.proto == TCP
+                && s.eni.ip == addr
+                && !(s.remote == remote && cooling(s, now))
+                && match self.cfg.mapping {
+                    Mapping::EndpointIndependent => self.table.mapping(s.mapping).live == 0,
+                    Mapping::AddressAndPortDependent => s.remote == remote,
+                };
+            if fits {
+                victim = Some(i);
+                break;
+            }
+            id = self.table.list_next(i);
+        }
+        let Some(sid) = victim else {
+            return false;
+        };
+        let m = self.table.get(sid).mapping;
+        if m == NIL {
+            self.recycle(now, sid, true);
+            return true;
+        }
+        // Every session of the mapping is recyclable (it has no live one):
+        // take them all, and the port comes back with the last.
+        let mut batch = [0u32; 16];
+        loop {
+            let n = self.table.mapping_sessions(m, &mut batch);
+            let last = n == self.table.mapping(m).sessions as usize;
+            for &i in &batch[..n] {
+                self.recycle(now, i, true);
+            }
+            if last || n == 0 {
+                return true;
+            }
+        }
+    }
+
+    /// A port for a new mapping of `key` on one of `addrs`: on the paired
+    /// address if there is one (a free port, or one recycled from an ended
+    /// connection), else a free port on the first address below the
+    /// high-water mark, else a free port anywhere, else a recycled one
+    /// anywhere. The address to report as exhausted otherwise.
+    pub(super) fn find_port(
+        &mut self,
+        now: Instant,
+        addrs: &[Ipv4Addr],
+        paired: Option<Ipv4Addr>,
+        pi: usize,
+        key: FlowKey,
+    ) -> Result<Endpoint, Ipv4Addr> {
+        let paired = paired.filter(|p| addrs.contains(p));
+        if let Some(ep) = paired.and_then(|p| self.take_port(now, p, pi, key)) {
+            return Ok(ep);
+        }
+        let m = self.cfg.mapping;
+        for below in [true, false] {
+            for &a in addrs {
+                let free = self
+                    .addrs
+                    .get(&a)
+                    .is_some_and(|s| s.has_room(pi, m) && (!below || s.live[pi] + s.warm[pi] < s.mark(pi, &self.cfg)));
+                if free {
+                    if let Some(ep) = self.take_port(now, a, pi, key) {
+                        return Ok(ep);
+                    }
+                }
+            }
+        }
+        for &a in addrs.iter().filter(|&&a| Some(a) != paired) {
+            if let Some(ep) = self.take_port(now, a, pi, key) {
+                return Ok(ep);
+            }
+        }
+        Err(paired.or(addrs.first().copied()).unwrap_or(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// A port on `addr` for a new mapping of `key`: a free one, or one a
+    /// recycled ended connection gave back.
+    pub(super) fn take_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+        for _ in 0..2 {
+            let ep = match self.cfg.mapping {
+                Mapping::EndpointIndependent => {
+                    let a = self.addrs.get_mut(&addr)?;
+                    let p = if self.cfg.port_preservation {
+                        a.pools[pi].allocate_preferred(now, key.local.port)
+                    } else {
+                        a.pools[pi].allocate(now)
+                    };
+                    p.map(|p| Endpoint::new(addr, p))
+                }
+                Mapping::AddressAndPortDependent => self.probe_port(addr, key),
+            };
+            if ep.is_some() {
+                return ep;
+            }
+            if !self.recycle_port(now, addr, pi, key.remote) {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Address-and-port-dependent mapping: a random port whose outside key
+    /// towards this remote is unused (random probes, then a scan).
+    pub(super) fn probe_port(&mut self, addr: Ipv4Addr, key: FlowKey) -> Option<Endpoint> {
+        let range = self.cfg.port_range.clone();
+        let a = self.addrs.get_mut(&addr)?;
+        let pi = proto_index(key.proto);
+        let free = |t: &SessionTable, p: u16| {
+            t.find_outside(&FlowKey { proto: key.proto, local: Endpoint::new(addr, p), remote: key.remote }).is_none()
+        };
+        for _ in 0..32 {
+            let p = a.pools[pi].random_port();
+            if free(&self.table, p) {
+                return Some(Endpoint::new(addr, p));
+            }
+        }
+        let start = a.pools[pi].random_port();
+        let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
+        let n = hi - lo + 1;
+        (0..n)
+            .map(|i| (lo + (u32::from(start) - lo + i) % n) as u16)
+            .find(|&p| free(&self.table, p))
+            .map(|p| Endpoint::new(addr, p))
+    }
+
+    /// Gives back a port taken for a flow that could not be created: it
+    /// was never used, so it needs no quarantine.
+    pub(super) fn release_unused_port(&mut self, ep: Endpoint, pi: usize) {
+        if self.cfg.mapping == Mapping::EndpointIndependent {
+            if let Some(a) = self.addrs.get_mut(&ep.ip) {
+                a.pools[pi].release_now(ep.port);
+                Engine::publish(&self.counters, a, pi, &self.cfg);
+            }
+        }
+    }
+
+    pub(super) fn check_high_water(&mut self, addr: Ipv4Addr, proto: u8) {
+        let pi = proto_index(proto);
+        let Some(a) = self.addrs.get_mut(&addr) else { return };
+        Engine::publish(&self.counters, a, pi, &self.cfg);
+        let in_use = a.live[pi] + a.warm[pi];
+        if in_use >= a.mark(pi, &self.cfg) && !a.high[pi] {
+            a.high[pi] = true;
+            self.event(Event::HighWater { addr, proto, in_use });
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Compiled security-group policy: the egress rules that decide which new
+//! flows an environment may open.
+//!
+//! Security groups are stateful allow-lists. A [`RuleSet`] is the union of
+//! the egress rules of every group attached to one shared ENI, compiled once
+//! when the control plane publishes it. It is consulted only when a session
+//! is created; packets of an established session (and replies) never see it.
+//! An empty rule set denies every new flow.
+
+use core::fmt;
+use core::net::Ipv4Addr;
+use core::ops::RangeInclusive;
+use core::str::FromStr;
+
+/// An IPv4 prefix.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: u32,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// `0.0.0.0/0`.
+    pub const ANY: Cidr = Cidr { addr: 0, prefix: 0 };
+
+    /// The prefix `addr/prefix`; host bits are cleared. `None` if `prefix > 32`.
+    pub const fn new(addr: Ipv4Addr, prefix: u8) -> Option<Cidr> {
+        if prefix > 32 {
+            return None;
+        }
+        let a = u32::from_be_bytes(addr.octets());
+        Some(Cidr { addr: a & Cidr::mask_of(prefix), prefix })
+    }
+
+    const fn mask_of(prefix: u8) -> u32 {
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix as u32)
+        }
+    }
+
+    /// The network address.
+    pub const fn network(self) -> Ipv4Addr {
+        let b = self.addr.to_be_bytes();
+        Ipv4Addr::new(b[0], b[1], b[2], b[3])
+    }
+
+    /// The prefix length.
+    pub const fn prefix_len(self) -> u8 {
+        self.prefix
+    }
+
+    /// The netmask as an integer.
+    pub const fn mask(self) -> u32 {
+        Cidr::mask_of(self.prefix)
+    }
+
+    /// The broadcast address (the last address of the prefix).
+    pub const fn broadcast(self) -> Ipv4Addr {
+        let b = (self.addr | !self.mask()).to_be_bytes();
+        Ipv4Addr::new(b[0], b[1], b[2], b[3])
+    }
+
+    /// Whether `ip` is inside the prefix.
+    #[inline]
+    pub const fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from_be_bytes(ip.octets()) & self.mask() == self.addr
+    }
+
+    /// Whether the two prefixes share any address.
+    pub const fn overlaps(self, other: Cidr) -> bool {
+        let m = if self.prefix < other.prefix { self.mask() } else { other.mask() };
+        self.addr & m == other.addr & m
+    }
+
+    /// How many addresses the prefix holds.
+    pub const fn size(self) -> u64 {
+        1u64 << (32 - self.prefix as u32)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network(), self.prefix)
+    }
+}
+
+/// Why a prefix string did not parse.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("expected an IPv4 prefix such as 10.0.0.0/16")]
+pub struct CidrParseError;
+
+impl FromStr for Cidr {
+    type Err = CidrParseError;
+    /// `a.b.c.d/n`; a bare address is a /32.
+    fn from_str(s: &str) -> Result<Cidr, CidrParseError> {
+        let (a, p) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = a.trim().parse().map_err(|_| CidrParseError)?;
+        let prefix: u8 = p.trim().parse().map_err(|_| CidrParseError)?;
+        Cidr::new(addr, prefix).ok_or(CidrParseError)
+    }
+}
+
+/// The protocol a rule applies to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RuleProto {
+    /// Every protocol (AWS `-1`); the port range is ignored.
+    All,
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP; the port range is ignored.
+    Icmp,
+}
+
+/// One egress allow rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// Protocol.
+    pub proto: RuleProto,
+    /// Destination ports (TCP, UDP).
+    pub ports: RangeInclusive<u16>,
+    /// Destination prefix.
+    pub dst: Cidr,
+}
+
+impl Rule {
+    /// Allows everything (the AWS default egress rule).
+    pub fn allow_all() -> Rule {
+        Rule { proto: RuleProto::All, ports: 0..=65535, dst: Cidr::ANY }
+    }
+
+    /// Whether the rule admits a new flow.
+    #[inline]
+    pub fn allows(&self, proto: u8, dst: Ipv4Addr, dst_port: u16) -> bool {
+        let proto_ok = match self.proto {
+            RuleProto::All => true,
+            RuleProto::Tcp => proto == crate::flow::TCP && self.ports.contains(&dst_port),
+            RuleProto::Udp => proto == crate::flow::UDP && self.ports.contains(&dst_port),
+            RuleProto::Icmp => proto == crate::flow::ICMP,
+        };
+        proto_ok && self.dst.contains(dst)
+    }
+}
+
+/// The union of the egress rules of one ENI's security groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// Compiles a rule set (any order; duplicates are removed).
+    pub fn new(mut rules: Vec<Rule>) -> RuleSet {
+        let mut seen = std::collections::HashSet::new();
+        rules.retain(|r| seen.insert(r.clone()));
+        RuleSet { rules }
+    }
+
+    /// A rule set that allows every flow.
+    pub fn allow_all() -> RuleSet {
+        RuleSet::new(vec![Rule::allow_all()])
+    }
+
+    /// Whether a new flow of `proto` to `dst:dst_port` is allowed.
+    pub fn allows(&self, proto: u8, dst: Ipv4Addr, dst_port: u16) -> bool {
+        self.rules.iter().any(|r| r.allows(proto, dst, dst_port))
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{ICMP, TCP, UDP};
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_parse_contains_overlap() {
+        let c: Cidr = "10.0.1.77/24".parse().unwrap();
+        assert_eq!(c.to_string(), "10.0.1.0/24");
+        assert!(c.contains(ip("10.0.1.255")));
+        assert!(!c.contains(ip("10.0.2.0")));
+        assert_eq!(c.broadcast(), ip("10.0.1.255"));
+        assert_eq!(c.size(), 256);
+        assert!(c.overlaps("10.0.0.0/16".parse().unwrap()));
+        assert!(!c.overlaps("10.0.2.0/24".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("10.0.0/8".parse::<Cidr>().is_err());
+        assert_eq!("1.2.3.4".parse::<Cidr>().unwrap().prefix_len(), 32);
+        assert!(Cidr::ANY.contains(ip("203.0.113.9")));
+    }
+
+    #[test]
+    fn rules_match_protocol_port_and_prefix() {
+        let set = RuleSet::new(vec![
+            Rule { proto: RuleProto::Tcp, ports: 443..=443, dst: "10.0.0.0/16".parse().unwrap() },
+            Rule { proto: RuleProto::Udp, ports: 53..=53, dst: "10.0.0.2/32".parse().unwrap() },
+            Rule { proto: RuleProto::Icmp, ports: 0..=0, dst: "10.0.5.0/24".parse().unwrap() },
+        ]);
+        assert!(set.allows(TCP, ip("10.0.9.9"), 443));
+        assert!(!set.allows(TCP, ip("10.0.9.9"), 80));
+        assert!(!set.allows(TCP, ip("10.1.0.1"), 443));
+        assert!(set.allows(UDP, ip("10.0.0.2"), 53));
+        assert!(!set.allows(UDP, ip("10.0.0.3"), 53));
+        assert!(!set.allows(TCP, ip("10.0.0.2"), 53));
+        assert!(set.allows(ICMP, ip("10.0.5.1"), 0));
+        assert!(!RuleSet::default().allows(TCP, ip("10.0.0.1"), 443));
+        assert!(RuleSet::allow_all().allows(UDP, ip("192.0.2.1"), 9));
+    }
+}

@@ -1,0 +1,48 @@
+//! The I/O edge: TAP devices, `AF_PACKET` sockets and readiness polling.
+//!
+//! The rest of the crate is sans-IO (see [`dataplane::engine`]); this module is
+//! where frames meet the kernel, and it is the only place in the crate with
+//! `unsafe` code (raw `ioctl`, `read`/`write`/`writev`, `epoll`, `eventfd`),
+//! each block justified by a `SAFETY:` comment.
+//!
+//! - [`tap`]: [`Tap`], one queue of a TAP device opened with
+//!   `IFF_TAP | IFF_NO_PI` (whole Ethernet frames, no packet-information
+//!   prefix) and optionally `IFF_VNET_HDR` (a [`VNET_HDR_LEN`]-byte
+//!   virtio-net header before every frame) and `IFF_MULTI_QUEUE` (one queue
+//!   per worker). Offloads ([`Tap::set_offload`], [`OFFLOADS_TCP`]) let the
+//!   kernel hand us partial checksums and TCP super-frames.
+//! - [`vnet`]: the virtio-net header ([`VnetHdr`]) and
+//!   [`complete_checksum`] for frames marked `F_NEEDS_CSUM`.
+//! - [`ifreq`]: interface configuration by name (MTU, up, MAC, index).
+//! - [`afpacket`]: [`AfPacket`], the slower path to an existing interface.
+//! - [`poll`]: [`Poller`] (level-triggered epoll), [`Events`] and [`Waker`]
+//!   (eventfd) to stop a blocked worker.
+//! - [`error`]: [`IoError`] and [`check_net_admin`].
+//! - [`worker`]: the gateway's worker threads (epoll, batched reads, offload
+//!   headers, hand-over between workers); [`steer`]: which worker owns a
+//!   frame from the VPC.
+//!
+//! Setup calls return [`IoError`]; per-frame calls return
+//! [`std::io::Result`] so that `WouldBlock`/`TimedOut` stay cheap to match.
+//! Every descriptor is close-on-exec and closed on drop; TAP and eventfd
+//! descriptors are non-blocking.
+//!
+//! Privileges: creating or configuring devices needs `CAP_NET_ADMIN`,
+//! `AF_PACKET` sockets `CAP_NET_RAW`; getters and polling need nothing.
+
+pub mod afpacket;
+pub mod error;
+pub mod ifreq;
+pub mod poll;
+pub mod steer;
+pub mod tap;
+pub mod vnet;
+pub mod worker;
+
+pub use afpacket::AfPacket;
+pub use error::{check_net_admin, IoError};
+pub use poll::{wait_readable, Events, Poller, Waker};
+pub use tap::{
+    Tap, TapOptions, OFFLOADS_TCP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, VNET_HDR_LEN,
+};
+pub use vnet::{complete_checksum, VnetHdr};

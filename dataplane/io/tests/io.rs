@@ -1,0 +1,372 @@
+//! Tests of the I/O edge against the real kernel: TAP creation and
+//! configuration, multi-queue, virtio-net headers and offloads, and frames
+//! exchanged with the kernel's ARP and TCP stacks in a throwaway network
+//! namespace.
+//!
+//! Everything that creates devices needs root and prints "skipping: needs
+//! root" otherwise. Devices are named `hpt{pid}{n}` and vanish when their
+//! last descriptor closes; namespaces are deleted by a drop guard.
+
+use dataplane::testkit;
+use dataplane_io::vnet::{F_NEEDS_CSUM, GSO_NONE};
+use dataplane_io::{
+    check_net_admin, complete_checksum, ifreq, AfPacket, IoError, Poller, Tap, TapOptions, VnetHdr, OFFLOADS_TCP,
+    TUN_F_CSUM, TUN_F_TSO4, TUN_F_UFO, VNET_HDR_LEN,
+};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The first line of every test here that makes devices: those tests are ignored unless built as root
+/// (`cfg(root_tests)`, see build.rs), and fail loudly if run without it.
+fn require_root() {
+    assert!(rustix::process::geteuid().is_root(), "needs root: TAP devices and network namespaces");
+}
+
+/// A unique interface name of at most 15 bytes.
+fn unique_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!("hpt{}{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    assert!(name.len() <= 15, "{name}");
+    name
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace deleted on drop, even when the test panics.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let ns = format!("{}ns", unique_name());
+        run(&["ip", "netns", "add", &ns]);
+        Netns(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A child process killed and reaped on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether interface `name` disappears within 2 s. Not immediate in general:
+/// a process forked by a concurrent test (`Command::spawn`) holds a copy of
+/// every descriptor until it execs, delaying the last close.
+fn gone(name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match ifreq::index(name) {
+            Err(IoError::NoSuchInterface { .. }) => return true,
+            _ if Instant::now() >= deadline => return false,
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn privileges_check_matches_euid() {
+    require_root();
+    assert!(check_net_admin().is_ok());
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn create_configure_and_remove() {
+    require_root();
+    let name = unique_name();
+    let tap = Tap::open(&name, TapOptions::default()).expect("open tap");
+    assert_eq!(tap.name(), name);
+    assert!(!tap.vnet_hdr());
+    let idx = ifreq::index(&name).expect("index");
+    assert!(idx > 0);
+
+    tap.set_mtu(9000).expect("set mtu");
+    assert_eq!(tap.mtu().expect("mtu"), 9000);
+    assert_eq!(ifreq::mtu(&name).expect("mtu"), 9000);
+    // The largest MTU a TAP takes is 65535 minus the Ethernet header.
+    tap.set_mtu(65521).expect("set mtu 65521");
+    assert_eq!(tap.mtu().expect("mtu"), 65521);
+    for bad in [65522, 67, u32::MAX] {
+        assert!(matches!(tap.set_mtu(bad), Err(IoError::Sys { op: "SIOCSIFMTU", .. })), "{bad}");
+    }
+
+    let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    tap.set_hw_addr(mac).expect("set mac");
+    assert_eq!(tap.hw_addr().expect("mac"), mac);
+    // Multicast MACs are refused by the kernel, not by a panic.
+    assert!(tap.set_hw_addr([0x01, 0, 0, 0, 0, 1]).is_err());
+
+    tap.set_up().expect("up");
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/flags")).expect("sysfs flags");
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).expect("hex flags");
+    assert_ne!(flags & libc::IFF_UP as u32, 0);
+    assert_ne!(u32::from(ifreq::flags(&name).expect("flags")) & libc::IFF_UP as u32, 0);
+    // Offloads without a virtio-net header are refused; turning them off is fine.
+    assert!(matches!(tap.set_offload(OFFLOADS_TCP), Err(IoError::Sys { op: "TUNSETOFFLOAD", .. })));
+    tap.set_offload(0).expect("no offloads");
+    // Changing the MAC while up works on a TAP.
+    tap.set_hw_addr([0x02, 0, 0, 0, 0, 9]).expect("set mac while up");
+
+    // Nothing queued yet: a non-blocking read says so.
+    let mut buf = [0u8; 2048];
+    let err = loop {
+        match tap.recv(&mut buf) {
+            Ok(_) => continue, // IPv6 autoconfiguration chatter after going up
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+
+    drop(tap);
+    assert!(gone(&name), "device removed on close");
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{name}")).exists());
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn vnet_header_and_offloads() {
+    require_root();
+    let name = unique_name();
+    let tap = Tap::open(&name, TapOptions { vnet_hdr: true, multi_queue: false }).expect("open tap");
+    assert!(tap.vnet_hdr());
+    tap.set_offload(OFFLOADS_TCP).expect("offload tcp");
+    tap.set_offload(0).expect("offload off");
+    tap.set_offload(TUN_F_CSUM | TUN_F_UFO).expect("UFO is accepted with CSUM");
+    assert!(tap.set_offload(TUN_F_TSO4).is_err(), "TSO needs CSUM");
+    assert!(tap.set_offload(1 << 30).is_err(), "unknown offload flags are rejected");
+    // A vnet-header device refuses a read buffer shorter than the header.
+    let mut small = [0u8; VNET_HDR_LEN - 1];
+    let err = tap.recv(&mut small).expect_err("short buffer");
+    assert!(matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::EAGAIN)), "{err:?}");
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn multi_queue() {
+    require_root();
+    let name = unique_name();
+    let q0 = Tap::open(&name, TapOptions { vnet_hdr: true, multi_queue: true }).expect("open tap");
+    let q1 = q0.open_queue().expect("second queue");
+    let q2 = q1.open_queue().expect("third queue");
+    assert_eq!(q2.name(), name);
+    assert!(q2.vnet_hdr() && q2.multi_queue());
+    let idx = ifreq::index(&name).expect("index");
+    // Closing some queues keeps the device.
+    drop(q0);
+    drop(q2);
+    assert_eq!(ifreq::index(&name).expect("index"), idx);
+    // A single-queue open of a multi-queue device is refused clearly.
+    assert!(matches!(Tap::open(&name, TapOptions::default()), Err(IoError::NotTap { .. })));
+    drop(q1);
+    assert!(gone(&name), "device removed when its last queue closes");
+
+    // A single-queue device has no second queue.
+    let single = Tap::open(&unique_name(), TapOptions::default()).expect("open tap");
+    assert!(matches!(single.open_queue(), Err(IoError::NotTap { .. })));
+    assert!(matches!(Tap::open(single.name(), TapOptions::default()), Err(IoError::NotTap { .. })));
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn bad_names_and_non_taps() {
+    assert!(matches!(ifreq::index("nonexistent0"), Err(IoError::NoSuchInterface { .. })));
+    assert!(matches!(Tap::open("", TapOptions::default()), Err(IoError::BadName { .. })));
+    assert!(matches!(Tap::open("sixteen-bytes-xx", TapOptions::default()), Err(IoError::BadName { .. })));
+    require_root();
+    let err = Tap::open("lo", TapOptions::default()).expect_err("lo is not a TAP");
+    assert!(matches!(err, IoError::NotTap { .. }), "{err:?}");
+    assert!(err.to_string().contains("lo"), "{err}");
+    assert!(matches!(ifreq::set_mtu("nonexistent0", 1500), Err(IoError::NoSuchInterface { .. })));
+}
+
+const OUR_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xaa, 0xbb, 0xcc];
+const OUR_IP: [u8; 4] = [10, 199, 0, 2];
+const KERNEL_IP: [u8; 4] = [10, 199, 0, 1];
+
+/// A TAP moved into a fresh namespace, addressed 10.199.0.1/24 and up.
+fn tap_in_netns(opts: TapOptions) -> (Netns, Tap) {
+    let ns = Netns::new();
+    let name = unique_name();
+    let tap = Tap::open(&name, opts).expect("open tap");
+    run(&["ip", "link", "set", &name, "netns", &ns.0]);
+    run(&["ip", "-n", &ns.0, "addr", "add", "10.199.0.1/24", "dev", &name]);
+    run(&["ip", "-n", &ns.0, "link", "set", &name, "up"]);
+    (ns, tap)
+}
+
+/// Reads frames (header stripped into the returned `VnetHdr`) until `want`
+/// accepts one or 3 s pass.
+fn recv_until(tap: &Tap, want: impl Fn(&[u8]) -> bool) -> Option<(VnetHdr, Vec<u8>)> {
+    let poller = Poller::new().expect("poller");
+    poller.add(tap, 1).expect("add");
+    let mut events = dataplane_io::Events::with_capacity(4);
+    let mut buf = vec![0u8; 65_536 + VNET_HDR_LEN];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        poller.wait(&mut events, Some(Duration::from_millis(100))).expect("wait");
+        loop {
+            let n = match tap.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("recv: {e}"),
+            };
+            let (hdr, frame) = if tap.vnet_hdr() {
+                (VnetHdr::parse(&buf[..n]).expect("header"), &buf[VNET_HDR_LEN..n])
+            } else {
+                (VnetHdr::default(), &buf[..n])
+            };
+            if want(frame) {
+                return Some((hdr, frame.to_vec()));
+            }
+        }
+    }
+    None
+}
+
+fn arp_request() -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&OUR_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&OUR_MAC);
+    f.extend_from_slice(&OUR_IP);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&KERNEL_IP);
+    f
+}
+
+fn is_arp_reply(f: &[u8]) -> bool {
+    f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == KERNEL_IP && f[32..38] == OUR_MAC
+}
+
+fn arp_round_trip(vnet_hdr: bool) {
+    let (_ns, tap) = tap_in_netns(TapOptions { vnet_hdr, multi_queue: false });
+    let req = arp_request();
+    let sent = if vnet_hdr {
+        tap.send_vectored(&VnetHdr::default().to_bytes(), &req).expect("send")
+    } else {
+        tap.send(&req).expect("send")
+    };
+    assert_eq!(sent, req.len() + if vnet_hdr { VNET_HDR_LEN } else { 0 });
+    let (hdr, reply) = recv_until(&tap, is_arp_reply).expect("ARP reply from the kernel");
+    assert_eq!(hdr.gso_type, GSO_NONE);
+    assert_eq!(&reply[0..6], &OUR_MAC, "reply is unicast to us");
+    // The kernel side's MAC as the reply names it is the device's.
+    let kernel_mac: [u8; 6] = reply[22..28].try_into().expect("6 bytes");
+    assert_eq!(&reply[6..12], &kernel_mac);
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn arp_through_tap_in_netns() {
+    require_root();
+    arp_round_trip(false);
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn arp_through_vnet_tap_in_netns() {
+    require_root();
+    arp_round_trip(true);
+}
+
+/// With `TUN_F_CSUM` the kernel hands us its TCP SYN with a partial checksum
+/// (`F_NEEDS_CSUM`); completing it gives a valid frame.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn kernel_tcp_syn_with_partial_checksum() {
+    require_root();
+    let (ns, tap) = tap_in_netns(TapOptions { vnet_hdr: true, multi_queue: false });
+    tap.set_offload(OFFLOADS_TCP).expect("offload");
+    let mac = "02:00:00:aa:bb:cc";
+    run(&["ip", "-n", &ns.0, "neigh", "replace", "10.199.0.2", "lladdr", mac, "dev", tap.name()]);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "timeout", "3", "bash", "-c", "exec 3<>/dev/tcp/10.199.0.2/8080"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn connect");
+    let _child = Reaped(child);
+    let is_syn = |f: &[u8]| f.len() >= 54 && f[12..14] == [0x08, 0x00] && f[23] == 6 && f[47] & 0x02 != 0;
+    let (hdr, mut frame) = recv_until(&tap, is_syn).expect("SYN from the kernel");
+    eprintln!("kernel SYN vnet header: {hdr:?}");
+    if hdr.needs_csum() {
+        assert_eq!(hdr.flags & F_NEEDS_CSUM, F_NEEDS_CSUM);
+        assert_eq!(usize::from(hdr.csum_start), 34);
+        assert_eq!(usize::from(hdr.csum_offset), 16);
+        assert!(!testkit::checksums_ok(&frame), "partial checksum should not verify yet");
+        assert!(complete_checksum(&mut frame, hdr.csum_start.into(), hdr.csum_offset.into()));
+    }
+    assert!(testkit::checksums_ok(&frame));
+}
+
+/// A frame with the local experimental EtherType 0x88b5, so it cannot be
+/// confused with the host's own traffic.
+fn experimental_frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.extend(std::iter::repeat_n(tag, 46));
+    f
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn afpacket_on_a_tap() {
+    assert!(matches!(AfPacket::open("nonexistent0", Duration::from_millis(10)), Err(IoError::NoSuchInterface { .. })));
+    require_root();
+    let tap = Tap::open(&unique_name(), TapOptions::default()).expect("open tap");
+    tap.set_up().expect("up");
+    let mut pkt = AfPacket::open(tap.name(), Duration::from_millis(20)).expect("af_packet");
+    assert_eq!(pkt.mac(), tap.hw_addr().expect("mac"));
+    assert_eq!(pkt.name(), tap.name());
+
+    // Nothing of ours queued: recv times out (skipping host chatter).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match pkt.recv() {
+            Ok(_) => assert!(Instant::now() < deadline, "never timed out"),
+            Err(e) => {
+                assert!(matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock), "{e:?}");
+                break;
+            }
+        }
+    }
+
+    // TAP → kernel → AF_PACKET: a frame to a foreign MAC arrives (promiscuous).
+    let inbound = experimental_frame([0x02, 0x99, 0, 0, 0, 1], OUR_MAC, 0x5a);
+    tap.send(&inbound).expect("tap send");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        assert!(Instant::now() < deadline, "frame never seen on AF_PACKET");
+        match pkt.recv() {
+            Ok(f) if f == inbound.as_slice() => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+
+    // AF_PACKET → device transmit → TAP.
+    let outbound = experimental_frame(OUR_MAC, pkt.mac(), 0xa5);
+    pkt.send(&outbound).expect("af_packet send");
+    let (_, got) = recv_until(&tap, |f| f.len() >= 14 && f[12..14] == [0x88, 0xb5]).expect("frame on the TAP");
+    assert_eq!(got, outbound);
+}
