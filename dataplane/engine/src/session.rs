@@ -358,58 +358,30 @@ impl SessionTable {
     #[inline]
     pub fn find_inside(&self, k: &FlowKey) -> Option<u32> {
         let b = (hash3(&self.hasher, k.proto, k.local, k.remote) & self.mask) as usize;
-        let mut id = self.in_buckets[b];
-        while id != NIL {
-            let s = &self.sessions[id as usize];
-            if s.inside == k.local && s.remote == k.remote && s.proto == k.proto {
-                return Some(id);
-            }
-            id = s.in_next;
-        }
-        None
+        find_on_chain(self.in_buckets[b], &self.sessions, Link::Inside, |s| {
+            s.inside == k.local && s.remote == k.remote && s.proto == k.proto
+        })
     }
 
     /// Finds a session by outside key.
     #[inline]
     pub fn find_outside(&self, k: &FlowKey) -> Option<u32> {
         let b = (hash3(&self.hasher, k.proto, k.local, k.remote) & self.mask) as usize;
-        let mut id = self.out_buckets[b];
-        while id != NIL {
-            let s = &self.sessions[id as usize];
-            if s.eni == k.local && s.remote == k.remote && s.proto == k.proto {
-                return Some(id);
-            }
-            id = s.out_next;
-        }
-        None
+        find_on_chain(self.out_buckets[b], &self.sessions, Link::Outside, |s| {
+            s.eni == k.local && s.remote == k.remote && s.proto == k.proto
+        })
     }
 
     /// Finds a mapping by (proto, environment endpoint).
     pub fn find_mapping_inside(&self, proto: u8, inside: Endpoint) -> Option<u32> {
         let b = (hash2(&self.hasher, proto, inside) & self.mask) as usize;
-        let mut id = self.map_in_buckets[b];
-        while id != NIL {
-            let m = &self.mappings[id as usize];
-            if m.inside == inside && m.proto == proto {
-                return Some(id);
-            }
-            id = m.in_next;
-        }
-        None
+        find_on_chain(self.map_in_buckets[b], &self.mappings, Link::Inside, |m| m.inside == inside && m.proto == proto)
     }
 
     /// Finds a mapping by (proto, ENI endpoint).
     pub fn find_mapping_outside(&self, proto: u8, eni: Endpoint) -> Option<u32> {
         let b = (hash2(&self.hasher, proto, eni) & self.mask) as usize;
-        let mut id = self.map_out_buckets[b];
-        while id != NIL {
-            let m = &self.mappings[id as usize];
-            if m.eni == eni && m.proto == proto {
-                return Some(id);
-            }
-            id = m.out_next;
-        }
-        None
+        find_on_chain(self.map_out_buckets[b], &self.mappings, Link::Outside, |m| m.eni == eni && m.proto == proto)
     }
 
     /// Whether any session of mapping `m` has sent to `remote` (its address
@@ -744,6 +716,22 @@ enum Link {
 /// An entry that sits on two hash chains.
 trait Chained {
     fn link(&mut self, l: Link) -> &mut u32;
+    fn next(&self, l: Link) -> u32;
+}
+
+/// The first entry on the chain of `l` links from `head` that `hit`
+/// accepts.
+#[inline]
+fn find_on_chain<T: Chained>(head: u32, slab: &[T], l: Link, hit: impl Fn(&T) -> bool) -> Option<u32> {
+    let mut id = head;
+    while id != NIL {
+        let e = &slab[id as usize];
+        if hit(e) {
+            return Some(id);
+        }
+        id = e.next(l);
+    }
+    None
 }
 
 impl Chained for Session {
@@ -753,6 +741,13 @@ impl Chained for Session {
             Link::Outside => &mut self.out_next,
         }
     }
+
+    fn next(&self, l: Link) -> u32 {
+        match l {
+            Link::Inside => self.in_next,
+            Link::Outside => self.out_next,
+        }
+    }
 }
 
 impl Chained for Mapping {
@@ -760,6 +755,13 @@ impl Chained for Mapping {
         match l {
             Link::Inside => &mut self.in_next,
             Link::Outside => &mut self.out_next,
+        }
+    }
+
+    fn next(&self, l: Link) -> u32 {
+        match l {
+            Link::Inside => self.in_next,
+            Link::Outside => self.out_next,
         }
     }
 }
