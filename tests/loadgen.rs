@@ -171,10 +171,11 @@ fn connect_with_one_tap_per_environment_through_its_own_attachment() {
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
     netlab::require_root();
-    // 50 ports for 200 environments that each connect once, all at the same moment: 50 get a port at once, the
-    // other 150 first SYNs are refused (`ports_exhausted`, ICMP 3/13). A connection that has ended gives its port
-    // back at once (its session is recycled, no quarantine for a TCP port closed under state tracking), so
-    // retransmitted SYNs then get ports: more than 50 connect, and those that still fail are counted. Two workers:
+    // 50 ports for 200 environments that each connect once, all at the same moment: 50 get a port, the other 150
+    // SYNs are refused (`ports_exhausted`, ICMP 3/13) and retried until the connect timeout. A port comes back for a
+    // retried SYN only if its connection ended without leaving the server in TIME_WAIT (the environment's FIN came
+    // first): where the server closed first, the port is not given to a new connection to it for 60 s. So at least
+    // 50 connect, and every failure is counted. Two workers:
     // the gateway weighs each worker's port slice by the environments it serves, so the one worker that reads this
     // single attachment owns all 50 ports (an equal split would leave it 25).
     let r = loadgen::run(&LoadArgs {
@@ -191,7 +192,7 @@ fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
     eprintln!("{}", r.table());
     let c = r.connect.as_ref().expect("connect figures");
     assert_eq!(c.attempted, 200, "{c:?}");
-    assert!(c.established > 50, "ports of ended connections come back: {c:?}");
+    assert!(c.established >= 50, "every port used: {c:?}");
     assert_eq!(c.established + c.failed, 200, "{c:?}");
     let g = r.gateway.as_ref().expect("gateway counters");
     let drops = g.drops.get("ports_exhausted").copied().unwrap_or(0);
