@@ -734,37 +734,28 @@ fn find_on_chain<T: Chained>(head: u32, slab: &[T], l: Link, hit: impl Fn(&T) ->
     None
 }
 
-impl Chained for Session {
-    fn link(&mut self, l: Link) -> &mut u32 {
-        match l {
-            Link::Inside => &mut self.in_next,
-            Link::Outside => &mut self.out_next,
-        }
-    }
+/// Both slabs keep their two chain links in `in_next` and `out_next`.
+macro_rules! chained {
+    ($($t:ty),*) => {$(
+        impl Chained for $t {
+            fn link(&mut self, l: Link) -> &mut u32 {
+                match l {
+                    Link::Inside => &mut self.in_next,
+                    Link::Outside => &mut self.out_next,
+                }
+            }
 
-    fn next(&self, l: Link) -> u32 {
-        match l {
-            Link::Inside => self.in_next,
-            Link::Outside => self.out_next,
+            fn next(&self, l: Link) -> u32 {
+                match l {
+                    Link::Inside => self.in_next,
+                    Link::Outside => self.out_next,
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl Chained for Mapping {
-    fn link(&mut self, l: Link) -> &mut u32 {
-        match l {
-            Link::Inside => &mut self.in_next,
-            Link::Outside => &mut self.out_next,
-        }
-    }
-
-    fn next(&self, l: Link) -> u32 {
-        match l {
-            Link::Inside => self.in_next,
-            Link::Outside => self.out_next,
-        }
-    }
-}
+chained!(Session, Mapping);
 
 /// Removes `id` from the chain of `l` links that starts at `head`.
 fn unlink<T: Chained>(head: &mut u32, slab: &mut [T], id: u32, l: Link) {
