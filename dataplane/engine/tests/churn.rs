@@ -194,6 +194,34 @@ fn ports_whose_remote_closed_first_count_towards_the_high_water_mark() {
 }
 
 #[test]
+fn ports_cycling_faster_than_remotes_release_them_ask_for_an_address() {
+    let cfg = EngineConfig { port_range: 30000..=30007, ..EngineConfig::default() };
+    let mut h = Harness::with(cfg);
+    for i in 0..8u16 {
+        connection(&mut h, u32::from(i % 8), 10000 + i, "server-fin");
+    }
+    // The mark fired once while the ports filled.
+    assert!(matches!(h.engine.poll_event(), Some(Event::HighWater { .. })));
+    assert_eq!(h.engine.poll_event(), None);
+    // A minute on, new connections live on ports their server released
+    // only just now: the engine asks for another address before any is
+    // refused, at most once a second.
+    h.advance(Duration::from_secs(61));
+    connection(&mut h, 0, 20000, "server-fin");
+    connection(&mut h, 1, 20001, "server-fin");
+    assert!(matches!(h.engine.poll_event(), Some(Event::HighWater { addr: ENI, proto: TCP, .. })));
+    assert_eq!(h.engine.poll_event(), None, "rate-limited");
+    assert_eq!(h.dropped(DropReason::PortsExhausted), 0);
+    // With an RST close nothing waits in the remote's TIME_WAIT: no event.
+    let cfg = EngineConfig { port_range: 30000..=30007, ..EngineConfig::default() };
+    let mut h = Harness::with(cfg);
+    for i in 0..20u16 {
+        connection(&mut h, u32::from(i % 8), 10000 + i, "rst");
+    }
+    assert_eq!(h.engine.poll_event(), None);
+}
+
+#[test]
 fn live_flows_are_never_evicted_for_ports() {
     let cfg = EngineConfig { port_range: 30000..=30015, ..EngineConfig::default() };
     let mut h = Harness::with(cfg);

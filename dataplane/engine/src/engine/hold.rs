@@ -391,12 +391,39 @@ impl Engine {
                 }
             }
         }
+        self.note_pressure(now, addrs, pi);
         for &a in addrs.iter().filter(|&&a| Some(a) != paired) {
             if let Some(ep) = self.take_port(now, a, pi, key) {
                 return Ok(ep);
             }
         }
         Err(paired.or(addrs.first().copied()).unwrap_or(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// Every address is out of free ports and new flows live on recycled
+    /// ones. If the oldest recyclable port of the first address ended with
+    /// its remote closing first less than twice [`REMOTE_TIME_WAIT`] ago,
+    /// ports cycle faster than remotes release them and new connections
+    /// towards a busy server will soon find none: ask for another address
+    /// now (a high-water event for the ENI's newest address, at most once a
+    /// second), before a flow is refused.
+    fn note_pressure(&mut self, now: Instant, addrs: &[Ipv4Addr], pi: usize) {
+        let (Some(&first), Some(&last)) = (addrs.first(), addrs.last()) else { return };
+        if self.pressure_at.is_some_and(|t| now < t + std::time::Duration::from_secs(1)) {
+            return;
+        }
+        let Some(list) = self.addrs.get(&first).map(|a| a.list) else { return };
+        let young = self
+            .table
+            .list_head(list)
+            .map(|i| self.table.get(i))
+            .is_some_and(|s| warm(s) && now < s.last_seen + REMOTE_TIME_WAIT + REMOTE_TIME_WAIT);
+        if young {
+            self.pressure_at = Some(now);
+            let in_use = self.addrs.get(&last).map_or(0, |a| a.live[pi] + a.warm[pi]);
+            let proto = [TCP, crate::flow::UDP, crate::flow::ICMP][pi];
+            self.event(Event::HighWater { addr: last, proto, in_use });
+        }
     }
 
     /// A port on `addr` for a new mapping of `key`: a free one, or one a

@@ -207,6 +207,9 @@ pub struct Engine {
     now: Instant,
     /// Recyclable list ids not given to an address.
     free_lists: Vec<u16>,
+    /// When the last TIME_WAIT pressure event went out (see
+    /// `Engine::note_pressure`).
+    pressure_at: Option<Instant>,
 }
 
 impl Engine {
@@ -231,6 +234,7 @@ impl Engine {
             probes: Vec::new(),
             now: Instant::ZERO,
             free_lists: (0..crate::session::LISTS as u16).rev().collect(),
+            pressure_at: None,
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
