@@ -76,6 +76,23 @@ pub(super) struct EnvState {
     pub(super) addr: Option<Ipv4Addr>,
 }
 
+impl EnvState {
+    /// Counts a session of hold `h` in (`up`) or out of the quota it
+    /// counts against, if any.
+    fn count(&mut self, h: Hold, up: bool) {
+        match h {
+            Hold::Live => step(&mut self.sessions, up),
+            Hold::Unanswered => step(&mut self.unanswered, up),
+            Hold::Closing(_) => {}
+        }
+    }
+}
+
+/// One up or down (never below zero).
+fn step(n: &mut u32, up: bool) {
+    *n = if up { *n + 1 } else { n.saturating_sub(1) };
+}
+
 /// What a session holds on behalf of its environment.
 ///
 /// `Live` sessions count against the environment's quotas and are never
@@ -173,38 +190,18 @@ impl Engine {
         let (was_warm, is_warm) = (before == Hold::Closing(true), after == Hold::Closing(true));
         if was_warm != is_warm {
             if let Some(a) = self.addrs.get_mut(&s.eni.ip) {
-                if is_warm {
-                    a.warm[pi] += 1;
-                } else {
-                    a.warm[pi] = a.warm[pi].saturating_sub(1);
-                }
+                step(&mut a.warm[pi], is_warm);
             }
         }
         let env = self.envs.entry(s.inside.ip).or_default();
-        match before {
-            Hold::Live => env.sessions = env.sessions.saturating_sub(1),
-            Hold::Unanswered => env.unanswered = env.unanswered.saturating_sub(1),
-            Hold::Closing(_) => {}
-        }
-        match after {
-            Hold::Live => env.sessions += 1,
-            Hold::Unanswered => env.unanswered += 1,
-            Hold::Closing(_) => {}
-        }
+        env.count(before, false);
+        env.count(after, true);
         let live = after == Hold::Live;
         let list = self.addrs.get(&s.eni.ip).map_or(crate::session::LISTS as u16 - 1, |a| a.list);
         if (before == Hold::Live) != live && self.table.set_recyclable(sid, (!live).then_some(list)) {
-            if live {
-                env.ports[pi] += 1;
-            } else {
-                env.ports[pi] = env.ports[pi].saturating_sub(1);
-            }
+            step(&mut env.ports[pi], live);
             if let Some(a) = self.addrs.get_mut(&s.eni.ip) {
-                if live {
-                    a.live[pi] += 1;
-                } else {
-                    a.live[pi] = a.live[pi].saturating_sub(1);
-                }
+                step(&mut a.live[pi], live);
             }
         }
         self.check_high_water(s.eni.ip, s.proto);
@@ -233,21 +230,17 @@ impl Engine {
         counters.sessions_expired[pi].inc();
         let hold = if s.recyclable() { Hold::of(s) } else { Hold::Live };
         if let Some(e) = envs.get_mut(&s.inside.ip) {
-            match hold {
-                Hold::Live => e.sessions = e.sessions.saturating_sub(1),
-                Hold::Unanswered => e.unanswered = e.unanswered.saturating_sub(1),
-                Hold::Closing(_) => {}
-            }
+            e.count(hold, false);
             if removed.port_left_live {
-                e.ports[pi] = e.ports[pi].saturating_sub(1);
+                step(&mut e.ports[pi], false);
             }
         }
         let Some(a) = addrs.get_mut(&s.eni.ip) else { return };
         if removed.port_left_live {
-            a.live[pi] = a.live[pi].saturating_sub(1);
+            step(&mut a.live[pi], false);
         }
         if hold == Hold::Closing(true) {
-            a.warm[pi] = a.warm[pi].saturating_sub(1);
+            step(&mut a.warm[pi], false);
         }
         match cfg.mapping {
             Mapping::EndpointIndependent => {
