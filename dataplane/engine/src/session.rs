@@ -178,6 +178,11 @@ impl Session {
         FlowKey { proto: self.proto, local: self.eni, remote: self.remote }
     }
 
+    /// The recyclable list it is on, if any.
+    pub fn on_list(&self) -> Option<u16> {
+        (self.list != NIL16).then_some(self.list)
+    }
+
     /// Whether it is on a recyclable list.
     pub fn recyclable(&self) -> bool {
         self.list != NIL16

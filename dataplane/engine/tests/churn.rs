@@ -22,6 +22,7 @@ use dataplane::testkit::{self, Topology, ROUTER, ROUTER_MAC, SERVER};
 use dataplane::{arp, Action, Event, PortId};
 use std::net::Ipv4Addr;
 use std::time::Duration;
+use dataplane::time::Instant;
 
 const SYN: u8 = 0x02;
 const SYNACK: u8 = 0x12;
@@ -194,23 +195,28 @@ fn ports_whose_remote_closed_first_count_towards_the_high_water_mark() {
 }
 
 #[test]
-fn ports_cycling_faster_than_remotes_release_them_ask_for_an_address() {
+fn ports_cooling_in_their_remotes_time_wait_count_until_it_ends() {
     let cfg = EngineConfig { port_range: 30000..=30007, ..EngineConfig::default() };
     let mut h = Harness::with(cfg);
     for i in 0..8u16 {
         connection(&mut h, u32::from(i % 8), 10000 + i, "server-fin");
     }
-    // The mark fired once while the ports filled.
+    // The mark (7 of 8 ports) fired once while the ports filled: every
+    // port waits in the server's TIME_WAIT.
     assert!(matches!(h.engine.poll_event(), Some(Event::HighWater { .. })));
     assert_eq!(h.engine.poll_event(), None);
-    // A minute on, new connections live on ports their server released
-    // only just now: the engine asks for another address before any is
-    // refused, at most once a second.
+    let cooling = |h: &Harness| h.engine.port_use()[0].closing[0];
+    assert_eq!(cooling(&h), 8);
+    // A minute on, the server's TIME_WAIT is over: new connections to it
+    // take those ports, and the mark fires again only once seven of them
+    // are cooling again.
     h.advance(Duration::from_secs(61));
-    connection(&mut h, 0, 20000, "server-fin");
-    connection(&mut h, 1, 20001, "server-fin");
+    for i in 0..6u16 {
+        connection(&mut h, u32::from(i % 8), 20000 + i, "server-fin");
+    }
+    assert_eq!(h.engine.poll_event(), None, "six cooling ports are below the mark");
+    connection(&mut h, 6, 20006, "server-fin");
     assert!(matches!(h.engine.poll_event(), Some(Event::HighWater { addr: ENI, proto: TCP, .. })));
-    assert_eq!(h.engine.poll_event(), None, "rate-limited");
     assert_eq!(h.dropped(DropReason::PortsExhausted), 0);
     // With an RST close nothing waits in the remote's TIME_WAIT: no event.
     let cfg = EngineConfig { port_range: 30000..=30007, ..EngineConfig::default() };
@@ -429,4 +435,85 @@ fn a_burst_of_first_syns_waits_for_the_router_without_loss() {
     h.send_raw(PortId::OUTSIDE, r);
     let released = h.drain().iter().filter(|(_, f)| arp::parse(f).is_none()).count();
     assert_eq!(released, 200);
+}
+
+/// The control plane's side of growth, as the runtime does it: an event
+/// for the ENI's newest address (or any exhaustion) starts a probe of the
+/// next address, which joins the ENI `PROBE` later; one probe at a time.
+struct Growth {
+    probing: Option<Instant>,
+    added: u32,
+}
+
+const PROBE: Duration = Duration::from_millis(300);
+
+impl Growth {
+    fn step(&mut self, h: &mut Harness) {
+        while let Some(e) = h.engine.poll_event() {
+            let last = *h.topo.enis[0].addrs.last().expect("an address");
+            let want = match e {
+                Event::HighWater { addr, .. } => addr == last,
+                Event::Exhausted { .. } => true,
+                Event::NoEni { .. } => false,
+            };
+            if want && self.probing.is_none() {
+                self.probing = Some(h.now + PROBE);
+            }
+        }
+        if self.probing.is_some_and(|t| t <= h.now) {
+            self.probing = None;
+            self.added += 1;
+            let next = Ipv4Addr::new(10, 0, 0, 10 + self.added as u8);
+            h.topo.enis[0].addrs.push(next);
+            h.engine.set_bindings(h.topo.bindings());
+        }
+    }
+}
+
+/// Sustained churn whose server closes first (so every port it used waits
+/// out the server's TIME_WAIT before it may carry a connection to it again)
+/// for 70% of connections, at 200 connections a second, on addresses of 512
+/// ports: the ENI must grow to about 17 addresses, grows ahead of need (the
+/// high-water mark counts the ports still in the server's TIME_WAIT, and
+/// no more), and so no first SYN is ever refused.
+#[test]
+fn churn_towards_one_server_grows_the_eni_before_any_syn_is_refused() {
+    let cfg = EngineConfig { port_range: 20000..=20511, ..EngineConfig::default() };
+    let mut h = Harness::new(cfg, Topology::new(2, 64));
+    let mut g = Growth { probing: None, added: 0 };
+    let mut refused = 0u32;
+    let mut opened = 0u32;
+    for n in 0..36_000u32 {
+        h.advance(Duration::from_millis(5));
+        g.step(&mut h);
+        let env = n % 64;
+        let sport = 10_000 + (n / 64) as u16;
+        let syn = h.env_frame(env, TCP, sport, SERVER, 80, SYN, b"");
+        let out = h.send(h.env_port(env), syn);
+        if out.forwarded() != Some(PortId::OUTSIDE) {
+            refused += 1;
+            continue;
+        }
+        opened += 1;
+        let eni = out.src();
+        // Who closes first is a race in real servers: mostly the server.
+        let server_first = (n.wrapping_mul(2_654_435_761) >> 16) % 10 < 7;
+        let close = if server_first {
+            [(true, SYNACK), (false, ACK), (true, FIN), (false, FIN), (true, ACK)]
+        } else {
+            [(true, SYNACK), (false, ACK), (false, FIN), (true, FIN), (false, ACK)]
+        };
+        for (from_vpc, flags) in close {
+            if from_vpc {
+                let f = h.vpc_frame(SERVER, 80, eni.0, eni.1, TCP, flags, b"");
+                assert!(h.send(PortId::OUTSIDE, f).forwarded().is_some());
+            } else {
+                h.out_ok(env, TCP, sport, SERVER, 80, flags);
+            }
+        }
+    }
+    assert_eq!(refused, 0, "{opened} opened; ENI grew by {} addresses", g.added);
+    // A minute of cooling ports: 200/s × 70% × 60 s = 8,400 ports, about 17
+    // addresses of 448 (their marks); growth stops there.
+    assert!((14..=24).contains(&g.added), "the ENI grew to carry a minute of ports: {}", g.added);
 }

@@ -24,11 +24,19 @@ pub(super) struct Addr {
     /// Ports (sessions under address-and-port-dependent mapping) held by
     /// live flows, per protocol.
     pub(super) live: [u32; 3],
-    /// Ended sessions whose remote closed first ([`warm`]), per protocol:
-    /// their ports count towards the high-water mark.
+    /// Sessions on the `cool` list, per protocol (only TCP has any): their
+    /// ports count towards the high-water mark.
     pub(super) warm: [u32; 3],
-    /// The session table's recyclable list for this address.
+    /// The session table's recyclable list for this address: sessions
+    /// whose port any new flow may take.
     pub(super) list: u16,
+    /// Its list of ended connections whose remote closed first less than
+    /// [`REMOTE_TIME_WAIT`] ago ([`cooling`]): their ports may still sit in
+    /// that remote's TIME_WAIT, so they carry no new connection towards it
+    /// and count as held. [`Engine::cool_down`] moves each to `list` when
+    /// its time is up. Equal to `list` when the table ran out of list ids
+    /// (over 500 addresses): then nothing counts as cooling.
+    pub(super) cool: u16,
     pub(super) high: [bool; 3],
     pub(super) bound: bool,
 }
@@ -52,6 +60,20 @@ impl Addr {
             Mapping::EndpointIndependent => cfg.high_water.min(cap - cap / 8).max(1),
             Mapping::AddressAndPortDependent => cfg.high_water,
         }
+    }
+
+    /// The list a recyclable session of hold `h` waits on.
+    fn list_for(&self, h: Hold) -> u16 {
+        if h == Hold::Closing(true) {
+            self.cool
+        } else {
+            self.list
+        }
+    }
+
+    /// Whether `s` is counted in `warm`: it is on the cooling list.
+    fn is_cool(&self, s: &Session) -> bool {
+        self.cool != self.list && s.on_list() == Some(self.cool)
     }
 
     /// Whether a new mapping can have a port here without recycling.
@@ -157,8 +179,10 @@ impl Engine {
                 if let Some(g) = a.gauge {
                     counters.addrs[g].set_addr(None, 0);
                 }
-                if usize::from(a.list) < crate::session::LISTS - 1 {
-                    free_lists.push(a.list);
+                for l in [a.list, a.cool] {
+                    if usize::from(l) < crate::session::LISTS - 1 && !free_lists.contains(&l) {
+                        free_lists.push(l);
+                    }
                 }
             }
             keep
@@ -187,22 +211,27 @@ impl Engine {
             return;
         }
         let pi = proto_index(s.proto);
-        let (was_warm, is_warm) = (before == Hold::Closing(true), after == Hold::Closing(true));
-        if was_warm != is_warm {
-            if let Some(a) = self.addrs.get_mut(&s.eni.ip) {
-                step(&mut a.warm[pi], is_warm);
-            }
-        }
         let env = self.envs.entry(s.inside.ip).or_default();
         env.count(before, false);
         env.count(after, true);
         let live = after == Hold::Live;
-        let list = self.addrs.get(&s.eni.ip).map_or(crate::session::LISTS as u16 - 1, |a| a.list);
-        if (before == Hold::Live) != live && self.table.set_recyclable(sid, (!live).then_some(list)) {
-            step(&mut env.ports[pi], live);
-            if let Some(a) = self.addrs.get_mut(&s.eni.ip) {
-                step(&mut a.live[pi], live);
+        let Some(a) = self.addrs.get_mut(&s.eni.ip) else {
+            // An address no longer known: off the lists, or on the shared last one.
+            let list = (!live).then_some(crate::session::LISTS as u16 - 1);
+            if self.table.set_recyclable(sid, list) {
+                step(&mut env.ports[pi], live);
             }
+            return;
+        };
+        let was_cool = a.is_cool(&s);
+        let target = (!live).then(|| a.list_for(after));
+        if s.on_list() != target && self.table.set_recyclable(sid, target) {
+            step(&mut env.ports[pi], live);
+            step(&mut a.live[pi], live);
+        }
+        let is_cool = target == Some(a.cool) && a.cool != a.list;
+        if was_cool != is_cool {
+            step(&mut a.warm[pi], is_cool);
         }
         self.check_high_water(s.eni.ip, s.proto);
     }
@@ -239,7 +268,7 @@ impl Engine {
         if removed.port_left_live {
             step(&mut a.live[pi], false);
         }
-        if hold == Hold::Closing(true) {
+        if a.is_cool(s) {
             step(&mut a.warm[pi], false);
         }
         match cfg.mapping {
@@ -273,8 +302,8 @@ impl Engine {
     /// `keep` (the one the new flow is joining). Whether it freed one.
     pub(super) fn recycle_session(&mut self, now: Instant, keep: u32) -> bool {
         let mut best: Option<(Instant, u32)> = None;
-        for a in self.addrs.values() {
-            let mut id = self.table.list_head(a.list);
+        for l in self.addrs.values().flat_map(|a| [a.list, a.cool]) {
+            let mut id = self.table.list_head(l);
             // Skip (at most a few) sessions of the kept mapping.
             for _ in 0..RECYCLE_SCAN {
                 match id {
@@ -309,26 +338,30 @@ impl Engine {
             // their timers and quarantine.
             return false;
         }
-        let Some(list) = self.addrs.get(&addr).map(|a| a.list) else {
+        self.cool_down(now, addr);
+        let Some(lists) = self.addrs.get(&addr).map(|a| [a.list, a.cool]) else {
             return false;
         };
-        let mut id = self.table.list_head(list);
         let mut victim = None;
-        for _ in 0..RECYCLE_SCAN {
-            let Some(i) = id else { break };
-            let s = self.table.get(i);
-            let fits = s.proto == TCP
-                && s.eni.ip == addr
-                && !(s.remote == remote && cooling(s, now))
-                && match self.cfg.mapping {
-                    Mapping::EndpointIndependent => self.table.mapping(s.mapping).live == 0,
-                    Mapping::AddressAndPortDependent => s.remote == remote,
-                };
-            if fits {
-                victim = Some(i);
-                break;
+        // Ready ports first; then a cooling one if its remote is another.
+        'lists: for list in lists {
+            let mut id = self.table.list_head(list);
+            for _ in 0..RECYCLE_SCAN {
+                let Some(i) = id else { break };
+                let s = self.table.get(i);
+                let fits = s.proto == TCP
+                    && s.eni.ip == addr
+                    && !(s.remote == remote && cooling(s, now))
+                    && match self.cfg.mapping {
+                        Mapping::EndpointIndependent => self.table.mapping(s.mapping).live == 0,
+                        Mapping::AddressAndPortDependent => s.remote == remote,
+                    };
+                if fits {
+                    victim = Some(i);
+                    break 'lists;
+                }
+                id = self.table.list_next(i);
             }
-            id = self.table.list_next(i);
         }
         let Some(sid) = victim else {
             return false;
@@ -367,6 +400,9 @@ impl Engine {
         key: FlowKey,
     ) -> Result<Endpoint, Ipv4Addr> {
         let paired = paired.filter(|p| addrs.contains(p));
+        for &a in addrs {
+            self.cool_down(now, a);
+        }
         if let Some(ep) = paired.and_then(|p| self.take_port(now, p, pi, key)) {
             return Ok(ep);
         }
@@ -384,7 +420,6 @@ impl Engine {
                 }
             }
         }
-        self.note_pressure(now, addrs, pi);
         for &a in addrs.iter().filter(|&&a| Some(a) != paired) {
             if let Some(ep) = self.take_port(now, a, pi, key) {
                 return Ok(ep);
@@ -393,29 +428,23 @@ impl Engine {
         Err(paired.or(addrs.first().copied()).unwrap_or(Ipv4Addr::UNSPECIFIED))
     }
 
-    /// Every address is out of free ports and new flows live on recycled
-    /// ones. If the oldest recyclable port of the first address ended with
-    /// its remote closing first less than twice [`REMOTE_TIME_WAIT`] ago,
-    /// ports cycle faster than remotes release them and new connections
-    /// towards a busy server will soon find none: ask for another address
-    /// now (a high-water event for the ENI's newest address, at most once a
-    /// second), before a flow is refused.
-    fn note_pressure(&mut self, now: Instant, addrs: &[Ipv4Addr], pi: usize) {
-        let (Some(&first), Some(&last)) = (addrs.first(), addrs.last()) else { return };
-        if self.pressure_at.is_some_and(|t| now < t + std::time::Duration::from_secs(1)) {
+    /// Moves the sessions of `addr`'s cooling list whose remote's
+    /// TIME_WAIT has passed to its ready list (oldest first, at most
+    /// [`RECYCLE_SCAN`] a call: each moves once, so new flows keep up), and
+    /// takes them off the high-water count.
+    pub(super) fn cool_down(&mut self, now: Instant, addr: Ipv4Addr) {
+        let Some(a) = self.addrs.get_mut(&addr) else { return };
+        if a.cool == a.list {
             return;
         }
-        let Some(list) = self.addrs.get(&first).map(|a| a.list) else { return };
-        let young = self
-            .table
-            .list_head(list)
-            .map(|i| self.table.get(i))
-            .is_some_and(|s| warm(s) && now < s.last_seen + REMOTE_TIME_WAIT + REMOTE_TIME_WAIT);
-        if young {
-            self.pressure_at = Some(now);
-            let in_use = self.addrs.get(&last).map_or(0, |a| a.live[pi] + a.warm[pi]);
-            let proto = [TCP, crate::flow::UDP, crate::flow::ICMP][pi];
-            self.event(Event::HighWater { addr: last, proto, in_use });
+        for _ in 0..RECYCLE_SCAN {
+            let Some(i) = self.table.list_head(a.cool) else { break };
+            if cooling(self.table.get(i), now) {
+                break;
+            }
+            self.table.set_recyclable(i, Some(a.list));
+            let pi = proto_index(self.table.get(i).proto);
+            step(&mut a.warm[pi], false);
         }
     }
 

@@ -207,9 +207,6 @@ pub struct Engine {
     now: Instant,
     /// Recyclable list ids not given to an address.
     free_lists: Vec<u16>,
-    /// When the last TIME_WAIT pressure event went out (see
-    /// `Engine::note_pressure`).
-    pressure_at: Option<Instant>,
 }
 
 impl Engine {
@@ -234,7 +231,6 @@ impl Engine {
             probes: Vec::new(),
             now: Instant::ZERO,
             free_lists: (0..crate::session::LISTS as u16).rev().collect(),
-            pressure_at: None,
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
@@ -292,6 +288,7 @@ impl Engine {
                 // Out of list ids (over a thousand addresses), addresses
                 // share the last one.
                 let list = self.free_lists.pop().unwrap_or(crate::session::LISTS as u16 - 1);
+                let cool = self.free_lists.pop().unwrap_or(list);
                 let a = Addr {
                     pools,
                     gauge,
@@ -299,6 +296,7 @@ impl Engine {
                     live: [0; 3],
                     warm: [0; 3],
                     list,
+                    cool,
                     high: [false; 3],
                     bound: true,
                 };
