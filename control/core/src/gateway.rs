@@ -25,7 +25,7 @@ use dataplane::{Engine, Event, PortId};
 use dataplane_io::steer::Shards;
 use dataplane_io::syscalls::ActiveBackend;
 use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
-use dataplane_io::{check_net_admin, AfPacket, IoCounters, IoError, Tap, TapOptions, OFFLOADS_TCP};
+use dataplane_io::{check_net_admin, AfPacket, IoCounters, IoError, PacketSender, Tap, TapOptions, OFFLOADS_TCP};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,7 +123,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         OutsideKind::AfPacket => {
             let name = &plan.outside.name;
             for _ in 0..n {
-                af_tx.push(AfPacket::open(name, Duration::from_millis(200)).map_err(dev(name))?);
+                af_tx.push(PacketSender::open(name).map_err(dev(name))?);
             }
             af_rx = Some(AfPacket::open(name, Duration::from_millis(200)).map_err(dev(name))?);
         }

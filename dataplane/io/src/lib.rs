@@ -15,7 +15,8 @@
 //! - [`vnet`]: the virtio-net header ([`VnetHdr`]) and
 //!   [`complete_checksum`] for frames marked `F_NEEDS_CSUM`.
 //! - [`ifreq`]: interface configuration by name (MTU, up, MAC, index).
-//! - [`afpacket`]: [`AfPacket`], the slower path to an existing interface.
+//! - [`afpacket`]: [`AfPacket`], the slower path to an existing interface,
+//!   and [`PacketSender`], a send-only socket on it (batched sends).
 //! - [`poll`]: [`Poller`] (level-triggered epoll), [`Events`] and [`Waker`]
 //!   (eventfd) to stop a blocked worker.
 //! - [`error`]: [`IoError`] and [`check_net_admin`].
@@ -46,7 +47,7 @@ pub mod uring;
 pub mod vnet;
 pub mod worker;
 
-pub use afpacket::AfPacket;
+pub use afpacket::{AfPacket, PacketSender};
 pub use backend::{Backend, IoSettings};
 pub use error::{check_net_admin, IoError};
 pub use poll::{wait_readable, Events, Poller, Waker};

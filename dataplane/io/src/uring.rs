@@ -87,9 +87,27 @@ impl Ring {
     /// two, at most 4096). Fails when the kernel has no io_uring, forbids it
     /// (`/proc/sys/kernel/io_uring_disabled`, seccomp), or lacks the
     /// features used here (`EXT_ARG` timeouts, 5.11; `NODROP`).
-    pub fn new(slots: usize) -> io::Result<Ring> {
+    ///
+    /// `defer`: `SINGLE_ISSUER | DEFER_TASKRUN` (6.1): completion work runs
+    /// only inside this thread's `io_uring_enter`, batched, instead of
+    /// interrupting it; then [`Ring::has_completions`] sees nothing new
+    /// until the next [`Ring::wait`] or [`Ring::submit`], so a busy-polling
+    /// caller passes false. Only the creating thread may use such a ring.
+    pub fn new(slots: usize, defer: bool) -> io::Result<Ring> {
         let entries = slots.clamp(8, 4096).next_power_of_two() as u32;
-        let ring = IoUring::builder().setup_cqsize(entries * 2).build(entries)?;
+        let build = |defer: bool| {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(entries * 2);
+            if defer {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+            b.build(entries)
+        };
+        let ring = match build(defer) {
+            // Before 6.1: no deferred completion work; run without.
+            Err(e) if defer && e.raw_os_error() == Some(libc::EINVAL) => build(false)?,
+            r => r?,
+        };
         let p = ring.params();
         if !p.is_feature_ext_arg() || !p.is_feature_nodrop() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "kernel lacks IORING_FEAT_EXT_ARG or NODROP"));
@@ -306,7 +324,7 @@ impl Drop for Ring {
 
 /// Checks that a ring with the features used here can be set up.
 pub fn probe() -> io::Result<()> {
-    Ring::new(8).map(drop)
+    Ring::new(8, true).map(drop)
 }
 
 #[cfg(test)]
@@ -317,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_posted_eventfd_read_completes_when_woken_and_a_write_reaps_its_buffer() {
-        let Ok(mut ring) = Ring::new(8) else {
+        let Ok(mut ring) = Ring::new(8, true) else {
             eprintln!("skipping: no io_uring here");
             return;
         };
@@ -352,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_full_slot_table_gives_the_buffer_back_and_drop_cancels_posted_reads() {
-        let Ok(mut ring) = Ring::new(8) else {
+        let Ok(mut ring) = Ring::new(8, true) else {
             eprintln!("skipping: no io_uring here");
             return;
         };
