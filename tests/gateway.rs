@@ -399,3 +399,27 @@ fn the_outside_can_be_an_existing_interface_through_af_packet() {
     assert_eq!(r.envs_ok, 4, "{:#?}", r.per_env);
     assert_eq!(r.server_saw_sources, vec![r.eni_address]);
 }
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn af_packet_sends_are_gathered_with_sendmmsg_on_syscalls() {
+    netlab::require_root();
+    let lab = lab(2, |o| {
+        o.af_packet = true;
+        o.gateway_extra = io("syscalls");
+    });
+    assert!(!lab.gateway().offloads);
+    let echo = udp_echo(&lab, 7700);
+    for i in 0..2 {
+        let reply = lab.envs[i].run(|| udp_ask(SocketAddrV4::new(SERVER, 7700), b"through af_packet"));
+        let reply = reply.unwrap_or_else(|| panic!("environment {i}: no answer"));
+        assert!(reply.ends_with(b"|through af_packet"), "{}", String::from_utf8_lossy(&reply));
+        assert!(reply.starts_with(lab.eni.to_string().as_bytes()), "seen from the ENI address");
+    }
+    check_backend(&lab, "syscalls");
+    // [read, write, epoll_wait, io_uring_enter, send, recv, wake]
+    let s = lab.gateway().syscalls();
+    assert!(s[4] > 0 && s[5] > 0, "sendmmsg to the outside, recv by the reader: {s:?}");
+    drop(lab);
+    let _ = echo.join();
+}
