@@ -11,7 +11,8 @@
 //! threads used per packet (user + system, from `/proc/self/task`).
 //!
 //! Run as root: `cargo run --release --example io_churn -- --secs 10
-//! --rounds 2 --kernel`. Every load is bounded in time and stays between
+//! --rounds 2 --kernel` (`--only syscalls|uring` for one path; `--envs`,
+//! `--threads`, `--busy-poll-us`). Every load is bounded in time and stays between
 //! namespaces this program made. Figures on a shared machine are noisy:
 //! compare paths within one run.
 
@@ -100,6 +101,8 @@ fn main() {
     let rounds = arg("--rounds").unwrap_or(1).max(1);
     let busy = arg("--busy-poll-us");
     let with_kernel = std::env::args().any(|a| a == "--kernel");
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let run = |path: &str| only.as_deref().is_none_or(|o| o == path);
     let cfg = ClientConfig {
         threads_per_env: threads,
         mode: CloseMode::Rst,
@@ -110,8 +113,12 @@ fn main() {
     let mut runs = Vec::new();
     for round in 1..=rounds {
         eprintln!("round {round}: {envs} environments x {threads} threads, connect + RST, {secs} s, closed loop");
-        runs.push(ours("syscalls", "io.backend = \"syscalls\"".into(), envs, &cfg));
-        runs.push(ours("uring", "io.backend = \"uring\"".into(), envs, &cfg));
+        if run("syscalls") {
+            runs.push(ours("syscalls", "io.backend = \"syscalls\"".into(), envs, &cfg));
+        }
+        if run("uring") {
+            runs.push(ours("uring", "io.backend = \"uring\"".into(), envs, &cfg));
+        }
         if let Some(us) = busy {
             let extra = format!("io.backend = \"uring\"\nio.busy_poll_us = {us}");
             runs.push(ours(&format!("uring+busy{us}us"), extra, envs, &cfg));

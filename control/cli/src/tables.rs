@@ -238,8 +238,13 @@ pub fn format_stats(s: &StatsReport) -> String {
     if !s.io.backend.is_empty() {
         let total: u64 = s.io.syscalls.values().sum();
         let _ = writeln!(out, "io                {}", s.io.backend);
-        let kinds: Vec<String> = s.io.syscalls.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
-        let _ = writeln!(out, "syscalls          {total} ({})", if kinds.is_empty() { "none".into() } else { kinds.join(" ") });
+        let kinds: Vec<String> =
+            s.io.syscalls.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(
+            out,
+            "syscalls          {total} ({})",
+            if kinds.is_empty() { "none".into() } else { kinds.join(" ") }
+        );
         let _ = writeln!(out, "syscalls/packet   {:.2}", s.io.syscalls_per_packet);
     }
     let _ = writeln!(out, "sessions          {}", by_proto(&s.sessions));

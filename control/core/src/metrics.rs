@@ -261,7 +261,11 @@ fn families(s: &StatsReport) -> Vec<Family> {
             })
             .collect(),
     ));
-    v.push(counter("hyperplane_syscalls", "System calls made by the I/O threads, by kind.", by("kind", &s.io.syscalls)));
+    v.push(counter(
+        "hyperplane_syscalls",
+        "System calls made by the I/O threads, by kind.",
+        by("kind", &s.io.syscalls),
+    ));
     if !s.io.backend.is_empty() {
         v.push(gauge(
             "hyperplane_syscalls_per_packet",

@@ -313,8 +313,8 @@ fn control_loop(s: &Shared) {
 // ----- the runtime API ------------------------------------------------------
 
 use crate::api::{
-    ApplyReport, EniAddresses, EniStatus, FunctionStatus, Headroom, IoStats, PortUseLine, ProtoCounts, Request, Response,
-    SessionLine, SessionsReport, SetupStep, StatsReport, StatusReport,
+    ApplyReport, EniAddresses, EniStatus, FunctionStatus, Headroom, IoStats, PortUseLine, ProtoCounts, Request,
+    Response, SessionLine, SessionsReport, SetupStep, StatsReport, StatusReport,
 };
 use dataplane::flow::{ICMP, TCP};
 
@@ -509,7 +509,7 @@ impl Shared {
             port_use: self.port_use(),
             eni_setup_seconds,
             headroom: self.headroom(),
-            io: self.io_stats(t.outbound.0 + t.inbound.0),
+            io: Box::new(self.io_stats(t.outbound.0 + t.inbound.0)),
         }
     }
 

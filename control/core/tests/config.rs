@@ -131,6 +131,7 @@ fn example_parses_and_plans() {
     assert_eq!(p.attachments[1].port, PortId(2));
     assert_eq!(p.attachments[1].mtu, 9000);
     assert_eq!(p.engine.frag.frame_capacity, 9018);
+    assert_eq!(p.io, dataplane_io::IoSettings::default());
     assert!(p.workers >= 1);
 }
 

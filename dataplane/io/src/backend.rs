@@ -60,7 +60,9 @@ impl IoSettings {
 pub fn resolve(requested: Backend, probe: impl FnOnce() -> io::Result<()>) -> io::Result<Backend> {
     match requested {
         Backend::Syscalls => Ok(Backend::Syscalls),
-        Backend::Uring => probe().map(|()| Backend::Uring).map_err(|e| io::Error::new(e.kind(), format!("io_uring: {e}"))),
+        Backend::Uring => {
+            probe().map(|()| Backend::Uring).map_err(|e| io::Error::new(e.kind(), format!("io_uring: {e}")))
+        }
         Backend::Auto => match probe() {
             Ok(()) => Ok(Backend::Uring),
             Err(e) => {

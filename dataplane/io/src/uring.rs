@@ -163,7 +163,14 @@ impl Ring {
     /// Posts a read of one frame from `raw` into `buf[offset..]`; `fd` is
     /// the caller's index for it, returned with the completion. Gives the
     /// buffer back when no slot is free or the entry cannot be queued.
-    pub fn post_read(&mut self, fd: u32, raw: RawFd, buf: Vec<u8>, offset: usize, io: &IoCounters) -> Result<(), Vec<u8>> {
+    pub fn post_read(
+        &mut self,
+        fd: u32,
+        raw: RawFd,
+        buf: Vec<u8>,
+        offset: usize,
+        io: &IoCounters,
+    ) -> Result<(), Vec<u8>> {
         let len = buf.len().saturating_sub(offset).min(u32::MAX as usize) as u32;
         let (i, ptr) = self.take_slot(Kind::Read(fd), buf)?;
         // `offset <= buf.len()` (len saturates to 0 otherwise and the read
@@ -178,7 +185,13 @@ impl Ring {
 
     /// Posts a write of `buf[range]` to `raw`. Gives the buffer back when no
     /// slot is free or the entry cannot be queued.
-    pub fn post_write(&mut self, raw: RawFd, buf: Vec<u8>, range: Range<usize>, io: &IoCounters) -> Result<(), Vec<u8>> {
+    pub fn post_write(
+        &mut self,
+        raw: RawFd,
+        buf: Vec<u8>,
+        range: Range<usize>,
+        io: &IoCounters,
+    ) -> Result<(), Vec<u8>> {
         if range.start > range.end || range.end > buf.len() {
             return Err(buf);
         }

@@ -51,11 +51,11 @@
 //! first polls that long without sleeping. [`Workers::stop`] sets a flag and
 //! wakes every worker.
 
+use crate::afpacket::{PacketSender, SEND_BATCH};
 use crate::backend::{Backend, IoSettings};
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::syscalls::{ActiveBackend, IoCounters};
 use crate::uring::{Done, Ring};
-use crate::afpacket::{PacketSender, SEND_BATCH};
 use crate::{complete_checksum, AfPacket, Events, Poller, Tap, VnetHdr, Waker, VNET_HDR_LEN};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use dataplane::bindings::Bindings;
@@ -459,9 +459,10 @@ impl Worker {
         self.flush();
         let busy = self.settings.busy_poll();
         while !self.fabric.stop.load(Ordering::Relaxed) {
-            let timeout = self.uring_timeout();
+            let ready = self.ring.as_mut().is_some_and(Ring::has_completions) || !self.inbox.is_empty();
+            let timeout = if ready { None } else { self.uring_timeout() };
             let Some(ring) = self.ring.as_mut() else { break };
-            if ring.has_completions() || !self.inbox.is_empty() {
+            if ready {
                 ring.submit(&self.io)?;
             } else {
                 let mut got = false;

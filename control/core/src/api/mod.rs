@@ -360,9 +360,10 @@ pub struct StatsReport {
     /// Room left for new connections.
     #[serde(default)]
     pub headroom: Headroom,
-    /// The workers' I/O path and its system calls.
+    /// The workers' I/O path and its system calls (boxed: keeps
+    /// [`Response`] small).
     #[serde(default)]
-    pub io: IoStats,
+    pub io: Box<IoStats>,
 }
 
 /// What an apply changed.

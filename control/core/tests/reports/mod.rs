@@ -126,11 +126,11 @@ pub fn stats_report() -> StatsReport {
         }],
         eni_setup_seconds: vec![(1, 0.4125)],
         headroom: headroom(),
-        io: IoStats {
+        io: Box::new(IoStats {
             backend: "uring".into(),
             syscalls: m(&[("read", 0), ("write", 3), ("io_uring_enter", 495), ("wake", 2)]),
             syscalls_per_packet: 0.505,
-        },
+        }),
     }
 }
 
