@@ -523,7 +523,12 @@ impl Worker {
         let (port, vnet) = (f.port, f.tap.vnet_hdr());
         let len = match usize::try_from(res) {
             Ok(n) if vnet && n >= HDR => Some(n - HDR),
-            Ok(n) if !vnet => Some(n),
+            Ok(n) if !vnet && n > 0 => Some(n),
+            Ok(0) => {
+                // End of file: the device is going away; do not spin on it.
+                f.retry_at = Some(std::time::Instant::now() + READ_RETRY);
+                None
+            }
             Ok(_) => None,
             Err(_) => {
                 if res != -libc::EAGAIN && res != -libc::ECANCELED {
@@ -594,6 +599,8 @@ impl Worker {
                 for w in 0..shards.len() {
                     if w != self.index {
                         let mut b = self.take_spare();
+                        // No offload state: a reused buffer's header is stale.
+                        b[..HDR].fill(0);
                         b[HDR..HDR + frame.len()].copy_from_slice(frame);
                         self.push_to(w, Msg::Learn { buf: b, len: frame.len() });
                     }
