@@ -8,7 +8,7 @@
 //! `--secs` seconds; with `--kernel`, the kernel's masquerade carries the
 //! same load once per round for the ratio. Prints connections/s and the
 //! gateway's system calls per packet, by kind, and the CPU time its worker
-//! threads used per packet (user + system, from `/proc/self/task`).
+//! threads used per packet (time on a CPU, from `/proc/self/task/*/schedstat`).
 //!
 //! Run as root: `cargo run --release --example io_churn -- --secs 10
 //! --rounds 2 --kernel` (`--only syscalls|uring` for one path; `--envs`,
@@ -24,9 +24,10 @@ fn arg(name: &str) -> Option<u64> {
     std::env::args().skip_while(|a| a != name).nth(1).and_then(|v| v.parse().ok())
 }
 
-/// CPU time (user + system) of this process's worker threads
-/// (`hp-worker-*`), in clock ticks.
-fn worker_cpu_ticks() -> u64 {
+/// CPU time of this process's worker threads (`hp-worker-*`), in
+/// nanoseconds (`/proc/self/task/*/schedstat`: time on a CPU, user and
+/// system).
+fn worker_cpu_ns() -> u64 {
     let mut sum = 0;
     for t in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
         let p = t.path();
@@ -34,12 +35,8 @@ fn worker_cpu_ticks() -> u64 {
         if !comm.starts_with("hp-worker") {
             continue;
         }
-        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
-        // Fields after the `(comm)`: state is field 3; utime and stime are 14 and 15.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        sum += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        sum += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
+        sum += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
     sum
 }
@@ -58,9 +55,9 @@ fn ours(label: &str, extra: String, envs: usize, cfg: &ClientConfig) -> Run {
     let nss: Vec<&Netns> = lab.envs.iter().collect();
     let before = lab.gateway().syscalls();
     let t0 = lab.gateway().totals();
-    let cpu0 = worker_cpu_ticks();
+    let cpu0 = worker_cpu_ns();
     let (r, _) = churn::run(&lab.server, &nss, cfg).expect("churn against ours");
-    let cpu = worker_cpu_ticks() - cpu0;
+    let cpu = worker_cpu_ns() - cpu0;
     let after = lab.gateway().syscalls();
     let t1 = lab.gateway().totals();
     let mut calls = [0u64; 7];
@@ -76,9 +73,7 @@ fn ours(label: &str, extra: String, envs: usize, cfg: &ClientConfig) -> Run {
         r.failed,
         t1.drops
     );
-    // SAFETY: sysconf takes no pointers.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu_us_per_packet = if packets == 0 { 0.0 } else { cpu as f64 / hz * 1e6 / packets as f64 };
+    let cpu_us_per_packet = if packets == 0 { 0.0 } else { cpu as f64 / 1e3 / packets as f64 };
     Run { label: label.into(), rate: r.rate, failed: r.failed, syscalls: Some((calls, packets)), cpu_us_per_packet }
 }
 
