@@ -35,6 +35,25 @@ fn udp_echo(lab: &Lab, port: u16) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// `[gateway]` line choosing the workers' I/O path.
+fn io(backend: &str) -> String {
+    format!("io.backend = \"{backend}\"")
+}
+
+/// The gateway runs `backend` on every worker and made its system calls
+/// through it.
+#[track_caller]
+fn check_backend(lab: &Lab, backend: &str) {
+    let g = lab.gateway();
+    assert_eq!(g.io_backend(), backend);
+    // [read, write, epoll_wait, io_uring_enter, send, recv, wake]
+    let s = g.syscalls();
+    match backend {
+        "uring" => assert!(s[3] > 0 && s[2] == 0, "io_uring_enter and no epoll_wait: {s:?}"),
+        _ => assert!(s[2] > 0 && s[3] == 0 && s[0] > 0, "epoll_wait and read, no io_uring_enter: {s:?}"),
+    }
+}
+
 fn udp_ask(dst: SocketAddrV4, msg: &[u8]) -> Option<Vec<u8>> {
     let s = UdpSocket::bind("0.0.0.0:0").ok()?;
     s.set_read_timeout(Some(Duration::from_millis(400))).ok()?;
@@ -64,7 +83,18 @@ fn fifty_environments_all_arrive_from_the_shared_eni_address() {
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn ping_ttl_expiry_and_port_unreachable_come_back_translated() {
     netlab::require_root();
-    let lab = lab(1, |_| {});
+    ping_and_icmp_errors("uring");
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn ping_ttl_expiry_and_port_unreachable_come_back_translated_on_syscalls() {
+    netlab::require_root();
+    ping_and_icmp_errors("syscalls");
+}
+
+fn ping_and_icmp_errors(backend: &str) {
+    let lab = lab(1, |o| o.gateway_extra = io(backend));
     let (gw_hop, vpc_hop, closed) = lab.envs[0].run(|| {
         let ping = demo::icmp_echo(SERVER, 0x77, Duration::from_secs(3));
         assert!(ping.is_ok(), "ping: {ping:?}");
@@ -88,6 +118,7 @@ fn ping_ttl_expiry_and_port_unreachable_come_back_translated() {
     assert_eq!((closed.from, closed.icmp_type, closed.code), (SERVER, 3, probe::ICMP_PORT_UNREACH));
     let t = lab.gateway().totals();
     assert!(lab.gateway().counters().iter().map(|c| c.icmp_errors_translated.get()).sum::<u64>() >= 2, "{t:?}");
+    check_backend(&lab, backend);
 }
 
 #[test]
@@ -152,9 +183,23 @@ fn unsolicited_traffic_from_the_vpc_gets_no_answer_and_reaches_no_environment() 
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn hairpinning_between_two_environments_uses_their_mappings() {
     netlab::require_root();
+    hairpin("uring");
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn hairpinning_between_two_environments_uses_their_mappings_on_syscalls() {
+    netlab::require_root();
+    hairpin("syscalls");
+}
+
+fn hairpin(backend: &str) {
     // Two workers, so the two environments' mappings live on different
     // workers when their attachments do.
-    let lab = lab(2, |o| o.workers = 2);
+    let lab = lab(2, |o| {
+        o.workers = 2;
+        o.gateway_extra = io(backend);
+    });
     let echo = udp_echo(&lab, 7300);
     // Each environment learns its own mapping from the server.
     let mapping = |i: usize| {
@@ -182,15 +227,19 @@ fn hairpinning_between_two_environments_uses_their_mappings() {
     assert_eq!(&buf[..n], b"hairpin");
     assert_eq!(from, SocketAddr::V4(m0), "seen as coming from environment 0's mapping");
     assert!(lab.gateway().counters().iter().map(|c| c.hairpinned.get()).sum::<u64>() >= 1);
+    check_backend(&lab, backend);
     drop(lab);
     let _ = echo.join();
 }
 
 /// 100 MB over TCP from an environment to the server, checked byte for
 /// byte (a running hash both ends compute).
-fn bulk_transfer(offloads: bool) {
+fn bulk_transfer(offloads: bool, backend: &str) {
     const TOTAL: usize = 100 * 1000 * 1000;
-    let lab = lab(1, |o| o.offloads = offloads);
+    let lab = lab(1, |o| {
+        o.offloads = offloads;
+        o.gateway_extra = io(backend);
+    });
     assert_eq!(lab.gateway().offloads, offloads);
     let l = lab.server.run(|| TcpListener::bind(SocketAddrV4::new(SERVER, 7400)).expect("bind"));
     let server = std::thread::spawn(move || {
@@ -238,6 +287,7 @@ fn bulk_transfer(offloads: bool) {
     let (got, hash) = server.join().expect("server");
     assert_eq!(got, TOTAL);
     assert_eq!(hash, sent, "bytes arrive exactly");
+    check_backend(&lab, backend);
 }
 
 #[derive(Default)]
@@ -258,21 +308,46 @@ impl Fnv {
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_100_mb_tcp_transfer_arrives_byte_exact_with_offloads() {
     netlab::require_root();
-    bulk_transfer(true);
+    bulk_transfer(true, "uring");
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn a_100_mb_tcp_transfer_arrives_byte_exact_with_offloads_on_syscalls() {
+    netlab::require_root();
+    bulk_transfer(true, "syscalls");
 }
 
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_100_mb_tcp_transfer_arrives_byte_exact_without_offloads() {
     netlab::require_root();
-    bulk_transfer(false);
+    bulk_transfer(false, "uring");
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn a_100_mb_tcp_transfer_arrives_byte_exact_without_offloads_on_syscalls() {
+    netlab::require_root();
+    bulk_transfer(false, "syscalls");
 }
 
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_4000_byte_udp_datagram_arrives_whole_both_ways_at_mtu_1500() {
     netlab::require_root();
-    let lab = lab(1, |_| {});
+    udp_4000("uring");
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn a_4000_byte_udp_datagram_arrives_whole_both_ways_at_mtu_1500_on_syscalls() {
+    netlab::require_root();
+    udp_4000("syscalls");
+}
+
+fn udp_4000(backend: &str) {
+    let lab = lab(1, |o| o.gateway_extra = io(backend));
     let echo = udp_echo(&lab, 7500);
     let payload: Vec<u8> = (0..4000u32).map(|i| (i * 7 + 3) as u8).collect();
     let p = payload.clone();
@@ -281,6 +356,7 @@ fn a_4000_byte_udp_datagram_arrives_whole_both_ways_at_mtu_1500() {
     let seen: SocketAddrV4 = std::str::from_utf8(&reply[..text_end]).unwrap().parse().unwrap();
     assert_eq!(*seen.ip(), lab.eni, "the server saw the ENI address");
     assert_eq!(&reply[text_end + 1..], &payload[..], "4000 bytes out and back, whole");
+    check_backend(&lab, backend);
     let _ = env_addr(0);
     drop(lab);
     let _ = echo.join();
@@ -322,4 +398,28 @@ fn the_outside_can_be_an_existing_interface_through_af_packet() {
     assert!(!r.offloads, "no offloads without a TAP outside");
     assert_eq!(r.envs_ok, 4, "{:#?}", r.per_env);
     assert_eq!(r.server_saw_sources, vec![r.eni_address]);
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn af_packet_sends_are_gathered_with_sendmmsg_on_syscalls() {
+    netlab::require_root();
+    let lab = lab(2, |o| {
+        o.af_packet = true;
+        o.gateway_extra = io("syscalls");
+    });
+    assert!(!lab.gateway().offloads);
+    let echo = udp_echo(&lab, 7700);
+    for i in 0..2 {
+        let reply = lab.envs[i].run(|| udp_ask(SocketAddrV4::new(SERVER, 7700), b"through af_packet"));
+        let reply = reply.unwrap_or_else(|| panic!("environment {i}: no answer"));
+        assert!(reply.ends_with(b"|through af_packet"), "{}", String::from_utf8_lossy(&reply));
+        assert!(reply.starts_with(lab.eni.to_string().as_bytes()), "seen from the ENI address");
+    }
+    check_backend(&lab, "syscalls");
+    // [read, write, epoll_wait, io_uring_enter, send, recv, wake]
+    let s = lab.gateway().syscalls();
+    assert!(s[4] > 0 && s[5] > 0, "sendmmsg to the outside, recv by the reader: {s:?}");
+    drop(lab);
+    let _ = echo.join();
 }

@@ -235,6 +235,18 @@ pub fn format_stats(s: &StatsReport) -> String {
     let _ = writeln!(out, "outbound          packets={} bytes={}", s.outbound_packets, s.outbound_bytes);
     let _ = writeln!(out, "inbound           packets={} bytes={}", s.inbound_packets, s.inbound_bytes);
     let _ = writeln!(out, "hairpinned        {}", s.hairpinned);
+    if !s.io.backend.is_empty() {
+        let total: u64 = s.io.syscalls.values().sum();
+        let _ = writeln!(out, "io                {}", s.io.backend);
+        let kinds: Vec<String> =
+            s.io.syscalls.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(
+            out,
+            "syscalls          {total} ({})",
+            if kinds.is_empty() { "none".into() } else { kinds.join(" ") }
+        );
+        let _ = writeln!(out, "syscalls/packet   {:.2}", s.io.syscalls_per_packet);
+    }
     let _ = writeln!(out, "sessions          {}", by_proto(&s.sessions));
     let _ = writeln!(out, "sessions created  {}", by_proto(&s.sessions_created));
     let _ = writeln!(out, "sessions expired  {}", by_proto(&s.sessions_expired));

@@ -73,6 +73,9 @@ fn stats_text_has_counters_nonzero_drops_and_port_use() {
         "10.0.0.4",
         "64512",
         "eni 1  0.412s",
+        "io                uring",
+        "syscalls          500 (io_uring_enter=495 wake=2 write=3)",
+        "syscalls/packet   0.51",
     ] {
         assert!(t.contains(want), "missing {want:?} in\n{t}");
     }

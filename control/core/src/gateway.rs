@@ -23,8 +23,9 @@ use dataplane::config::EngineConfigError;
 use dataplane::counters::{Counters, DropReason};
 use dataplane::{Engine, Event, PortId};
 use dataplane_io::steer::Shards;
+use dataplane_io::syscalls::ActiveBackend;
 use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
-use dataplane_io::{check_net_admin, AfPacket, IoError, Tap, TapOptions, OFFLOADS_TCP};
+use dataplane_io::{check_net_admin, AfPacket, IoCounters, IoError, PacketSender, Tap, TapOptions, OFFLOADS_TCP};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +46,8 @@ pub enum StartError {
     /// An engine refused its settings.
     #[error("gateway.{}: {}", .0.field, .0.reason)]
     Engine(EngineConfigError),
-    /// A thread or epoll could not be created.
+    /// A thread, epoll or (with `gateway.io.backend = "uring"`) io_uring
+    /// could not be set up.
     #[error("starting workers: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -121,7 +123,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         OutsideKind::AfPacket => {
             let name = &plan.outside.name;
             for _ in 0..n {
-                af_tx.push(AfPacket::open(name, Duration::from_millis(200)).map_err(dev(name))?);
+                af_tx.push(PacketSender::open(name).map_err(dev(name))?);
             }
             af_rx = Some(AfPacket::open(name, Duration::from_millis(200)).map_err(dev(name))?);
         }
@@ -164,12 +166,13 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         by_port[slot] = Some(Arc::clone(t));
     }
     let (tx, events) = crossbeam_channel::bounded(1024);
-    let gateway = Workers::start(specs, by_port, shards, af_rx, tx)?;
+    let gateway = Workers::start(specs, by_port, shards, af_rx, tx, plan.io).map_err(StartError::Io)?;
     tracing::info!(
         workers = n,
         attachments = inside.len(),
         outside = %plan.outside.name,
         offloads,
+        io = ?gateway.backend(),
         "gateway running"
     );
     Ok(RunningGateway { gateway, inside, outside, events, offloads })
@@ -273,6 +276,43 @@ impl RunningGateway {
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.gateway.workers()
+    }
+
+    /// System calls of each worker, then of the AF_PACKET reader if any.
+    pub fn io_counters(&self) -> &[Arc<IoCounters>] {
+        self.gateway.io_counters()
+    }
+
+    /// System calls of every I/O thread, by kind ([`dataplane_io::syscalls::KINDS`]).
+    pub fn syscalls(&self) -> [u64; 7] {
+        let mut t = [0u64; 7];
+        for c in self.gateway.io_counters() {
+            for (a, b) in t.iter_mut().zip(c.by_kind()) {
+                *a += b;
+            }
+        }
+        t
+    }
+
+    /// The I/O path the workers run: `"uring"`, `"syscalls"`, or both
+    /// joined by `+` when some worker fell back.
+    pub fn io_backend(&self) -> String {
+        let mut labels: Vec<&str> = self.gateway.io_counters()[..self.workers()]
+            .iter()
+            .map(|c| c.backend())
+            .filter(|b| *b != ActiveBackend::None)
+            .map(ActiveBackend::label)
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        if labels.is_empty() {
+            // Not started yet: what start chose.
+            return match self.gateway.backend() {
+                dataplane_io::Backend::Syscalls => "syscalls".into(),
+                _ => "uring".into(),
+            };
+        }
+        labels.join("+")
     }
 
     /// Replaces the bindings on every worker (new flows see them at once).

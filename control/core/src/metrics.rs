@@ -26,6 +26,9 @@
 //! | `hyperplane_port_capacity` | gauge | `addr` |
 //! | `hyperplane_eni_addresses` | gauge | `eni`, `limit` = `in_use`, `max` |
 //! | `hyperplane_eni_setup_seconds` | gauge | `eni` |
+//! | `hyperplane_syscalls_total` | counter | `kind` = `read`, `write`, `epoll_wait`, `io_uring_enter`, `send`, `recv`, `wake` |
+//! | `hyperplane_syscalls_per_packet` | gauge | |
+//! | `hyperplane_io_backend` | gauge | `backend` = `uring`, `syscalls` (or `uring+syscalls`) |
 //!
 //! The text is written by `prometheus-client` (its Prometheus 0.0.4 text
 //! encoder, with a collector that turns one [`StatsReport`] into these
@@ -258,6 +261,23 @@ fn families(s: &StatsReport) -> Vec<Family> {
             })
             .collect(),
     ));
+    v.push(counter(
+        "hyperplane_syscalls",
+        "System calls made by the I/O threads, by kind.",
+        by("kind", &s.io.syscalls),
+    ));
+    if !s.io.backend.is_empty() {
+        v.push(gauge(
+            "hyperplane_syscalls_per_packet",
+            "System calls of the I/O threads per forwarded packet (outbound plus inbound), since start.",
+            vec![(vec![], Value::Float(s.io.syscalls_per_packet))],
+        ));
+        v.push(gauge(
+            "hyperplane_io_backend",
+            "The workers' I/O path (1 for the one in use).",
+            vec![(vec![("backend", s.io.backend.clone())], Value::Int(1))],
+        ));
+    }
     let setup: BTreeMap<u32, f64> = s.eni_setup_seconds.iter().copied().collect();
     v.push(gauge(
         "hyperplane_eni_setup_seconds",

@@ -139,6 +139,8 @@ pub struct Plan {
     pub workers: usize,
     /// TAP offloads on.
     pub offloads: bool,
+    /// The workers' I/O path and busy-poll (`[gateway.io]`).
+    pub io: dataplane_io::IoSettings,
     /// Runtime API socket.
     pub control_socket: PathBuf,
     /// Control-plane timers and limits.
@@ -357,6 +359,7 @@ pub fn plan(cfg: &Config, existing: &BTreeMap<EniKey, Vec<Ipv4Addr>>) -> Result<
         outside,
         workers,
         offloads: g.offloads,
+        io: cfg.io_settings(),
         control_socket: g.control_socket.clone(),
         lifecycle: Lifecycle {
             eni_quota: g.eni_quota,

@@ -313,8 +313,8 @@ fn control_loop(s: &Shared) {
 // ----- the runtime API ------------------------------------------------------
 
 use crate::api::{
-    ApplyReport, EniAddresses, EniStatus, FunctionStatus, Headroom, PortUseLine, ProtoCounts, Request, Response,
-    SessionLine, SessionsReport, SetupStep, StatsReport, StatusReport,
+    ApplyReport, EniAddresses, EniStatus, FunctionStatus, Headroom, IoStats, PortUseLine, ProtoCounts, Request,
+    Response, SessionLine, SessionsReport, SetupStep, StatsReport, StatusReport,
 };
 use dataplane::flow::{ICMP, TCP};
 
@@ -509,6 +509,18 @@ impl Shared {
             port_use: self.port_use(),
             eni_setup_seconds,
             headroom: self.headroom(),
+            io: Box::new(self.io_stats(t.outbound.0 + t.inbound.0)),
+        }
+    }
+
+    /// The I/O path and its system calls; `packets`: forwarded so far.
+    fn io_stats(&self, packets: u64) -> IoStats {
+        let calls = self.gateway.syscalls();
+        let total: u64 = calls.iter().sum();
+        IoStats {
+            backend: self.gateway.io_backend(),
+            syscalls: dataplane_io::syscalls::KINDS.iter().zip(calls).map(|(k, n)| (k.to_string(), n)).collect(),
+            syscalls_per_packet: if packets == 0 { 0.0 } else { total as f64 / packets as f64 },
         }
     }
 }

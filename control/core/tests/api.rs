@@ -361,6 +361,10 @@ fn metrics_render_in_the_text_exposition_format() {
         "hyperplane_port_quarantined{addr=\"10.0.0.4\",proto=\"udp\"} 2",
         "hyperplane_eni_addresses{eni=\"1\",limit=\"in_use\"} 2",
         "hyperplane_eni_addresses{eni=\"1\",limit=\"max\"} 16",
+        "hyperplane_syscalls_total{kind=\"io_uring_enter\"} 495",
+        "hyperplane_syscalls_total{kind=\"read\"} 0",
+        "hyperplane_syscalls_per_packet 0.505",
+        "hyperplane_io_backend{backend=\"uring\"} 1",
     ] {
         assert!(m.lines().any(|l| l == want), "missing line {want:?} in\n{m}");
     }
@@ -382,7 +386,7 @@ fn metrics_render_in_the_text_exposition_format() {
             assert!(value.parse::<f64>().is_ok(), "bad value in {l:?}");
         }
     }
-    assert_eq!(families, 18, "{m}");
+    assert_eq!(families, 21, "{m}");
     assert!(m.ends_with('\n'));
 }
 

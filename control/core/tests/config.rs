@@ -131,6 +131,7 @@ fn example_parses_and_plans() {
     assert_eq!(p.attachments[1].port, PortId(2));
     assert_eq!(p.attachments[1].mtu, 9000);
     assert_eq!(p.engine.frag.frame_capacity, 9018);
+    assert_eq!(p.io, dataplane_io::IoSettings::default());
     assert!(p.workers >= 1);
 }
 
@@ -374,6 +375,22 @@ fn gateway_limits() {
     rejects(&gw("[gateway.arp]\nretry_ms = 0"), "gateway.arp.retry_ms", "positive");
     rejects(&gw("[gateway.frag]\ntimeout_secs = 0"), "gateway.frag.timeout_secs", "positive");
     rejects(&gw("workers = -1"), "gateway.workers", "");
+}
+
+#[test]
+fn io_backend_and_busy_poll() {
+    let p = planned(&gw("[gateway.io]\nbackend = \"syscalls\"\nbusy_poll_us = 50"));
+    assert_eq!(p.io.backend, dataplane_io::Backend::Syscalls);
+    assert_eq!(p.io.busy_poll, std::time::Duration::from_micros(50));
+    assert_eq!(planned(&gw("io.backend = \"uring\"")).io.backend, dataplane_io::Backend::Uring);
+    let d = planned(&gw(""));
+    assert_eq!((d.io.backend, d.io.busy_poll), (dataplane_io::Backend::Auto, std::time::Duration::ZERO));
+    parse(&gw("[gateway.io]\nbusy_poll_us = 1000")).unwrap();
+    let e = rejects(&gw("[gateway.io]\nbusy_poll_us = 1001"), "gateway.io.busy_poll_us", "more than 1000");
+    assert!(e.line.is_some(), "{e}");
+    rejects(&gw("[gateway.io]\nbackend = \"epoll\""), "gateway.io.backend", "unknown variant");
+    rejects(&gw("[gateway.io]\nbusy_poll_us = -1"), "gateway.io.busy_poll_us", "");
+    rejects(&gw("[gateway.io]\nbusy_poll = 5"), "gateway.io.busy_poll", "unknown field");
 }
 
 #[test]

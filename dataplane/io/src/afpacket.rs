@@ -104,3 +104,106 @@ impl std::fmt::Debug for AfPacket {
         f.debug_struct("AfPacket").field("name", &self.name).field("mac", &self.mac).finish_non_exhaustive()
     }
 }
+
+/// A send-only `AF_PACKET` socket bound to one interface: protocol 0, so
+/// it receives nothing (no frame is queued to it, unlike [`AfPacket`]'s
+/// `ETH_P_ALL` socket). Frames go out with one `write` each
+/// ([`PacketSender::send`]) or many per `sendmmsg` ([`PacketSender::send_batch`]);
+/// its descriptor may also be written through an io_uring.
+///
+/// Frames must be whole Ethernet frames with complete checksums, at most
+/// MTU + 14 bytes; the kernel refuses longer ones (`EMSGSIZE`).
+#[derive(Debug)]
+pub struct PacketSender {
+    fd: std::os::fd::OwnedFd,
+    name: String,
+}
+
+/// Frames one [`PacketSender::send_batch`] call passes to `sendmmsg`.
+pub const SEND_BATCH: usize = 64;
+
+impl PacketSender {
+    /// Opens the socket and binds it to the existing interface `name`.
+    ///
+    /// Errors: [`IoError::BadName`], [`IoError::NoSuchInterface`],
+    /// [`IoError::NotPermitted`] (needs `CAP_NET_RAW`), [`IoError::Sys`].
+    pub fn open(name: &str) -> Result<PacketSender, IoError> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let index = ifreq::index(name)?;
+        // SAFETY: socket(2) takes no pointers; a non-negative result is a
+        // new descriptor that nothing else owns.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(IoError::sys("AF_PACKET socket", io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` was just returned by socket(2) and is owned by no one else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = 0;
+        sll.sll_ifindex = index as i32;
+        // SAFETY: bind(2) reads `size_of::<sockaddr_ll>()` bytes from a valid,
+        // initialised `sll` that outlives the call.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENODEV) | Some(libc::ENXIO) => IoError::NoSuchInterface { name: name.to_owned() },
+                _ => IoError::sys("AF_PACKET bind", e),
+            });
+        }
+        Ok(PacketSender { fd, name: name.to_owned() })
+    }
+
+    /// Sends one frame (one `write`).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        rustix::io::write(&self.fd, frame)?;
+        Ok(())
+    }
+
+    /// Sends up to [`SEND_BATCH`] frames with one `sendmmsg`; returns how
+    /// many the kernel took (they go in order, so the rest start at that
+    /// index). An error means the first frame was refused.
+    pub fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let n = frames.len().min(SEND_BATCH);
+        if n == 0 {
+            return Ok(0);
+        }
+        // SAFETY: iovec and mmsghdr are plain old data; all-zero is valid.
+        let mut iov: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..n {
+            iov[i] = libc::iovec { iov_base: frames[i].as_ptr() as *mut libc::c_void, iov_len: frames[i].len() };
+            msgs[i].msg_hdr.msg_iov = &mut iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `msgs[..n]` are initialised headers whose single iovec each
+        // points at a live frame slice; the kernel only reads them (and
+        // writes `msg_len`), all within this call.
+        let rc = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(rc as usize)
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::os::fd::AsRawFd for PacketSender {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}

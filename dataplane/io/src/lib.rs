@@ -2,7 +2,8 @@
 //!
 //! The rest of the crate is sans-IO (see [`dataplane::engine`]); this module is
 //! where frames meet the kernel, and it is the only place in the crate with
-//! `unsafe` code (raw `ioctl`, `read`/`write`/`writev`, `epoll`, `eventfd`),
+//! `unsafe` code (raw `ioctl`, `read`/`write`/`writev`, `epoll`, `eventfd`,
+//! io_uring submissions),
 //! each block justified by a `SAFETY:` comment.
 //!
 //! - [`tap`]: [`Tap`], one queue of a TAP device opened with
@@ -14,13 +15,17 @@
 //! - [`vnet`]: the virtio-net header ([`VnetHdr`]) and
 //!   [`complete_checksum`] for frames marked `F_NEEDS_CSUM`.
 //! - [`ifreq`]: interface configuration by name (MTU, up, MAC, index).
-//! - [`afpacket`]: [`AfPacket`], the slower path to an existing interface.
+//! - [`afpacket`]: [`AfPacket`], the slower path to an existing interface,
+//!   and [`PacketSender`], a send-only socket on it (batched sends).
 //! - [`poll`]: [`Poller`] (level-triggered epoll), [`Events`] and [`Waker`]
 //!   (eventfd) to stop a blocked worker.
 //! - [`error`]: [`IoError`] and [`check_net_admin`].
-//! - [`worker`]: the gateway's worker threads (epoll, batched reads, offload
+//! - [`worker`]: the gateway's worker threads (batched reads, offload
 //!   headers, hand-over between workers); [`steer`]: which worker owns a
 //!   frame from the VPC.
+//! - [`backend`]: the workers' I/O path, io_uring ([`uring`]) or
+//!   `read`/`write` + epoll, and the fallback between them;
+//!   [`syscalls`]: system calls counted per thread ([`IoCounters`]).
 //!
 //! Setup calls return [`IoError`]; per-frame calls return
 //! [`std::io::Result`] so that `WouldBlock`/`TimedOut` stay cheap to match.
@@ -31,17 +36,22 @@
 //! `AF_PACKET` sockets `CAP_NET_RAW`; getters and polling need nothing.
 
 pub mod afpacket;
+pub mod backend;
 pub mod error;
 pub mod ifreq;
 pub mod poll;
 pub mod steer;
+pub mod syscalls;
 pub mod tap;
+pub mod uring;
 pub mod vnet;
 pub mod worker;
 
-pub use afpacket::AfPacket;
+pub use afpacket::{AfPacket, PacketSender};
+pub use backend::{Backend, IoSettings};
 pub use error::{check_net_admin, IoError};
 pub use poll::{wait_readable, Events, Poller, Waker};
+pub use syscalls::IoCounters;
 pub use tap::{
     Tap, TapOptions, OFFLOADS_TCP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, VNET_HDR_LEN,
 };

@@ -30,13 +30,32 @@
 //! (a bounded channel) and go back to it, so the steady state allocates
 //! nothing.
 //!
+//! # I/O paths ([`crate::backend`])
+//! - io_uring: each worker keeps reads posted on its TAP queues and on its
+//!   eventfd (with pooled buffers), queues its writes while it processes a
+//!   wake-up (a frame leaves in the buffer it arrived in: the buffer goes
+//!   to the ring and a free one takes its place), and makes one
+//!   `io_uring_enter` per loop iteration, which submits them and sleeps.
+//! - syscalls: `epoll_wait`, then non-blocking `read`s (up to [`BATCH`] per
+//!   device per wake-up) and one `write` per frame sent.
+//!
+//! On both, the frames of one wake-up (at most [`BATCH`] at a time) are
+//! handed to the engine together, in `Worker::process_rx`; frames handed to
+//! other workers are queued and each of those workers is woken once at the
+//! end of the iteration. Every system call is counted ([`IoCounters`]).
+//!
 //! # Idle and stop
-//! A worker blocks in `epoll_wait` until a device is readable, its inbox is
-//! woken or its engine's next timer is due: an idle gateway uses no CPU.
-//! Reads are non-blocking and batched ([`BATCH`] frames per device per
-//! wake-up). [`Workers::stop`] sets a flag and wakes every worker.
+//! A worker sleeps (in `epoll_wait` or `io_uring_enter`) until a device is
+//! readable, its inbox is woken or its engine's next timer is due: an idle
+//! gateway uses no CPU. With a busy-poll time ([`IoSettings::busy_poll`]) it
+//! first polls that long without sleeping. [`Workers::stop`] sets a flag and
+//! wakes every worker.
 
+use crate::afpacket::{PacketSender, SEND_BATCH};
+use crate::backend::{Backend, IoSettings};
 use crate::steer::{self, FragSteer, Shards, Steer};
+use crate::syscalls::{ActiveBackend, IoCounters};
+use crate::uring::{Done, Ring};
 use crate::{complete_checksum, AfPacket, Events, Poller, Tap, VnetHdr, Waker, VNET_HDR_LEN};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use dataplane::bindings::Bindings;
@@ -46,7 +65,7 @@ use dataplane::time::Instant;
 use dataplane::wire::{get16, ETH_LEN};
 use dataplane::PortId;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -62,6 +81,19 @@ pub const BATCH: usize = 64;
 pub const INBOX: usize = 4096;
 /// Spare buffers kept for handing frames between threads.
 const SPARE: usize = 512;
+/// Free buffers a worker keeps for itself.
+const SPARE_LOCAL: usize = 2 * BATCH;
+/// Reads a ring keeps posted on each TAP queue. Each posted read waits on
+/// the queue's wait queue, and a frame's arrival wakes all of them (only
+/// one gets it): more than 2 cost more than they save (measured with
+/// `examples/io_churn.rs`: 16 per queue was ~25% slower at connection
+/// churn than 2).
+const READS_PER_FD: usize = 2;
+/// Ring slots for writes in flight, beyond the reads.
+const RING_WRITES: usize = 256;
+/// After a failed read on the ring, how long before that queue is read
+/// again (a device that went away must not spin the loop).
+const READ_RETRY: Duration = Duration::from_millis(100);
 /// Buffer size: header room, the largest frame, and room for a reply.
 const BUF: usize = HDR + MAX_FRAME;
 
@@ -96,9 +128,10 @@ pub enum Msg {
 pub enum OutsideTx {
     /// Its own queue of the outside TAP (also read by it).
     Tap(Arc<Tap>),
-    /// Its own AF_PACKET socket (frames are read by the gateway's AF_PACKET
-    /// reader thread and steered to their owners).
-    AfPacket(AfPacket),
+    /// Its own send-only AF_PACKET socket (frames are read by the gateway's
+    /// AF_PACKET reader thread and steered to their owners). Frames sent in
+    /// one wake-up go together: on the ring, or in one `sendmmsg`.
+    AfPacket(PacketSender),
 }
 
 /// What one worker is given.
@@ -161,38 +194,169 @@ impl Fabric {
     }
 }
 
+/// A frame read during this wake-up, waiting for the engine.
+struct RxFrame {
+    /// Where it came from.
+    port: PortId,
+    /// `buf[HDR..HDR + len]`, its virtio-net header (or zeros) before.
+    buf: Vec<u8>,
+    len: usize,
+    /// An ARP copy from another worker: learn only, answer nothing.
+    learn: bool,
+}
+
+/// A TAP queue the ring keeps reads posted on.
+struct RingFd {
+    port: PortId,
+    tap: Arc<Tap>,
+    /// Reads posted now.
+    posted: usize,
+    /// After a read error: no read is posted before this time.
+    retry_at: Option<std::time::Instant>,
+}
+
 /// One worker.
 pub struct Worker {
     index: usize,
     engine: Engine,
     counters: Arc<Counters>,
+    io: Arc<IoCounters>,
+    settings: IoSettings,
     inside: Vec<(PortId, Arc<Tap>)>,
     outside: OutsideTx,
     fabric: Arc<Fabric>,
     inbox: Receiver<Msg>,
     waker: Arc<Waker>,
     frags: FragSteer,
+    /// Free buffers (`BUF` bytes each), at most [`SPARE_LOCAL`].
+    spare: Vec<Vec<u8>>,
+    /// This wake-up's frames, handed to the engine by `process_rx`.
+    rx: Vec<RxFrame>,
+    /// Where the engine writes frames it generates (`poll_transmit`).
+    scratch: Vec<u8>,
+    /// Workers handed a frame since the last `wake_others`.
+    to_wake: Vec<bool>,
+    /// The ring, on the io_uring path.
+    ring: Option<Ring>,
+    /// The TAP queues the ring reads.
+    ring_fds: Vec<RingFd>,
+    /// Reads kept posted per TAP queue.
+    reads_per_fd: usize,
+    /// Frames for the AF_PACKET outside, sent together by `flush_packets`
+    /// (syscalls path): buffer and frame length.
+    packets: Vec<(Vec<u8>, usize)>,
 }
 
 impl Worker {
     /// A worker; `inbox` and `waker` are its entries in the fabric.
-    pub fn new(index: usize, spec: WorkerSpec, fabric: Arc<Fabric>, inbox: Receiver<Msg>) -> Worker {
+    pub fn new(
+        index: usize,
+        spec: WorkerSpec,
+        fabric: Arc<Fabric>,
+        inbox: Receiver<Msg>,
+        io: Arc<IoCounters>,
+        settings: IoSettings,
+    ) -> Worker {
         let waker = Arc::clone(&fabric.wakers[index]);
+        let n = fabric.wakers.len();
         Worker {
             index,
             counters: spec.engine.counters(),
             engine: spec.engine,
+            io,
+            settings,
             inside: spec.inside,
             outside: spec.outside,
             fabric,
             inbox,
             waker,
             frags: FragSteer::new(),
+            spare: Vec::with_capacity(SPARE_LOCAL),
+            rx: Vec::with_capacity(BATCH),
+            scratch: vec![0u8; BUF],
+            to_wake: vec![false; n],
+            ring: None,
+            ring_fds: Vec::new(),
+            reads_per_fd: 0,
+            packets: Vec::with_capacity(SEND_BATCH),
         }
     }
 
-    /// Runs until the fabric's stop flag is set.
+    /// Runs until the fabric's stop flag is set, on the path `backend`
+    /// chose ([`crate::backend::resolve`]; `Auto` falls back to syscalls
+    /// when this thread cannot set up its ring).
     pub fn run(mut self) -> io::Result<()> {
+        let fds = self.inside.len() + usize::from(matches!(self.outside, OutsideTx::Tap(_)));
+        self.reads_per_fd = READS_PER_FD;
+        let slots = fds * self.reads_per_fd + RING_WRITES;
+        // Deferred completion work suits a worker that sleeps in the ring;
+        // one that busy-polls the completion queue needs it run at once.
+        let defer = self.settings.busy_poll().is_zero();
+        let mut ring = None;
+        let backend = crate::backend::resolve(self.settings.backend, || {
+            ring = Some(Ring::new(slots, defer)?);
+            Ok(())
+        })?;
+        match (backend, ring) {
+            (Backend::Uring, Some(r)) => self.run_uring(r),
+            _ => self.run_syscalls(),
+        }
+    }
+
+    /// How long the engine may sleep: until its next timer (`None`: no
+    /// timer).
+    fn timeout(&self) -> Option<Duration> {
+        let now = self.fabric.now();
+        self.engine.poll_timeout().map(|t| Duration::from_millis(t.millis().saturating_sub(now.millis())))
+    }
+
+    /// The end of every loop iteration: frames from other threads, due
+    /// timers, what the engine generated, wake-ups owed to other workers.
+    fn finish_iteration(&mut self) {
+        self.drain_inbox();
+        self.process_rx();
+        let now = self.fabric.now();
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.expire(now);
+        }
+        self.flush();
+        self.flush_packets();
+        self.wake_others();
+    }
+
+    /// Sends the frames queued for the AF_PACKET outside: one `sendmmsg`
+    /// per [`SEND_BATCH`] frames. A frame the kernel refuses is dropped
+    /// (`tx_failed`) and the rest go on.
+    fn flush_packets(&mut self) {
+        let OutsideTx::AfPacket(sender) = &self.outside else {
+            return;
+        };
+        let mut done = 0;
+        while done < self.packets.len() {
+            let mut frames: [&[u8]; SEND_BATCH] = [&[]; SEND_BATCH];
+            let n = (self.packets.len() - done).min(SEND_BATCH);
+            for (f, (buf, len)) in frames.iter_mut().zip(&self.packets[done..done + n]) {
+                *f = &buf[HDR..HDR + len];
+            }
+            self.io.send.inc();
+            match sender.send_batch(&frames[..n]) {
+                Ok(0) | Err(_) => {
+                    self.counters.count_drop(DropReason::TxFailed);
+                    done += 1;
+                }
+                Ok(k) => done += k,
+            }
+        }
+        let mut packets = std::mem::take(&mut self.packets);
+        for (buf, _) in packets.drain(..) {
+            self.put_spare(buf);
+        }
+        self.packets = packets;
+    }
+
+    /// The read/write + epoll path.
+    fn run_syscalls(&mut self) -> io::Result<()> {
+        self.io.set_backend(ActiveBackend::Syscalls);
         let poller = Poller::new()?;
         poller.add(self.waker.as_fd(), TOKEN_WAKER)?;
         if let OutsideTx::Tap(t) = &self.outside {
@@ -201,65 +365,219 @@ impl Worker {
         for (i, (_, tap)) in self.inside.iter().enumerate() {
             poller.add(tap.as_fd(), i as u64)?;
         }
-        let mut buf = vec![0u8; BUF];
         let mut events = Events::with_capacity(256);
         let mut ready: Vec<u64> = Vec::with_capacity(256);
-        self.flush(&mut buf);
+        self.flush();
+        let busy = self.settings.busy_poll();
         while !self.fabric.stop.load(Ordering::Relaxed) {
-            let now = self.fabric.now();
-            let timeout =
-                self.engine.poll_timeout().map(|t| Duration::from_millis(t.millis().saturating_sub(now.millis())));
-            poller.wait(&mut events, timeout)?;
+            let mut n = 0;
+            if !busy.is_zero() {
+                let end = std::time::Instant::now() + busy;
+                loop {
+                    self.io.epoll_wait.inc();
+                    n = poller.wait(&mut events, Some(Duration::ZERO))?;
+                    if n > 0 || !self.inbox.is_empty() || std::time::Instant::now() >= end {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            if n == 0 && self.inbox.is_empty() {
+                self.io.epoll_wait.inc();
+                poller.wait(&mut events, self.timeout())?;
+            }
             ready.clear();
             ready.extend(events.tokens());
             for &token in &ready {
                 match token {
                     TOKEN_WAKER => {
+                        self.io.read.inc();
                         let _ = self.waker.reset();
                     }
-                    TOKEN_OUTSIDE => self.read_outside(&mut buf),
-                    i => self.read_inside(i as usize, &mut buf),
+                    TOKEN_OUTSIDE => {
+                        if let OutsideTx::Tap(t) = &self.outside {
+                            let t = Arc::clone(t);
+                            self.read_batch(PortId::OUTSIDE, &t);
+                        }
+                    }
+                    i => {
+                        if let Some((port, tap)) = self.inside.get(i as usize).cloned() {
+                            self.read_batch(port, &tap);
+                        }
+                    }
                 }
             }
-            self.drain_inbox();
-            let now = self.fabric.now();
-            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-                self.engine.expire(now);
-            }
-            self.flush(&mut buf);
+            self.finish_iteration();
         }
         Ok(())
     }
 
-    fn read_inside(&mut self, i: usize, buf: &mut [u8]) {
-        let Some((port, tap)) = self.inside.get(i).cloned() else {
-            return;
-        };
+    /// Reads up to [`BATCH`] frames from `tap` (one `read` each).
+    fn read_batch(&mut self, port: PortId, tap: &Tap) {
         for _ in 0..BATCH {
-            let Some(len) = read(&tap, buf) else {
+            let mut buf = self.take_spare();
+            self.io.read.inc();
+            let Some(len) = read(tap, &mut buf) else {
+                self.put_spare(buf);
                 break;
             };
-            let now = self.fabric.now();
-            self.handle(now, port, buf, len, false);
+            self.accept(port, buf, len);
         }
     }
 
-    fn read_outside(&mut self, buf: &mut [u8]) {
-        let OutsideTx::Tap(tap) = &self.outside else {
-            return;
-        };
-        let tap = Arc::clone(tap);
-        for _ in 0..BATCH {
-            let Some(len) = read(&tap, buf) else {
-                break;
-            };
+    /// Takes a frame just read: steers a frame from the outside to its
+    /// owner, queues the others for the engine.
+    fn accept(&mut self, port: PortId, buf: Vec<u8>, len: usize) {
+        if port == PortId::OUTSIDE {
             let now = self.fabric.now();
             if let Some(owner) = self.steer(now, &buf[HDR..HDR + len]) {
-                self.hand_over(owner, buf, len, false);
+                self.hand_over(owner, buf, len);
+                return;
+            }
+        }
+        self.rx.push(RxFrame { port, buf, len, learn: false });
+        if self.rx.len() >= BATCH {
+            self.process_rx();
+        }
+    }
+
+    /// The io_uring path: reads kept posted on every TAP queue and on the
+    /// eventfd; completions reaped, frames processed, writes queued; one
+    /// `io_uring_enter` per iteration submits the writes and new reads and
+    /// waits.
+    fn run_uring(&mut self, ring: Ring) -> io::Result<()> {
+        self.io.set_backend(ActiveBackend::Uring);
+        self.ring = Some(ring);
+        if let OutsideTx::Tap(t) = &self.outside {
+            self.ring_fds.push(RingFd { port: PortId::OUTSIDE, tap: Arc::clone(t), posted: 0, retry_at: None });
+        }
+        for (port, tap) in &self.inside {
+            self.ring_fds.push(RingFd { port: *port, tap: Arc::clone(tap), posted: 0, retry_at: None });
+        }
+        let mut done: Vec<Done> = Vec::with_capacity(self.ring.as_ref().map_or(0, Ring::slots));
+        self.refill_reads()?;
+        self.flush();
+        let busy = self.settings.busy_poll();
+        while !self.fabric.stop.load(Ordering::Relaxed) {
+            let ready = self.ring.as_mut().is_some_and(Ring::has_completions) || !self.inbox.is_empty();
+            let timeout = if ready { None } else { self.uring_timeout() };
+            let Some(ring) = self.ring.as_mut() else { break };
+            if ready {
+                ring.submit(&self.io)?;
+            } else {
+                let mut got = false;
+                if !busy.is_zero() {
+                    ring.submit(&self.io)?;
+                    let end = std::time::Instant::now() + busy;
+                    while std::time::Instant::now() < end {
+                        if ring.has_completions() || !self.inbox.is_empty() {
+                            got = true;
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                }
+                if !got {
+                    ring.wait(timeout, &self.io)?;
+                }
+            }
+            ring.reap(&mut done);
+            for d in done.drain(..) {
+                match d {
+                    Done::Read { fd, buf, res } => self.read_done(fd as usize, buf, res),
+                    Done::Write { buf, res } => {
+                        if res < 0 {
+                            self.counters.count_drop(DropReason::TxFailed);
+                        }
+                        self.put_spare(buf);
+                    }
+                    Done::Wake => {}
+                }
+            }
+            self.finish_iteration();
+            self.refill_reads()?;
+        }
+        // Dropping the ring cancels the reads still posted.
+        self.ring = None;
+        Ok(())
+    }
+
+    /// The ring's wait: the engine's next timer, or the next retry of a
+    /// queue whose read failed.
+    fn uring_timeout(&self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        let retry = self.ring_fds.iter().filter_map(|f| f.retry_at).map(|t| t.saturating_duration_since(now)).min();
+        match (self.timeout(), retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A read on ring queue `fd` completed with `res` bytes (or `-errno`).
+    fn read_done(&mut self, fd: usize, buf: Vec<u8>, res: i32) {
+        let Some(f) = self.ring_fds.get_mut(fd) else {
+            self.put_spare(buf);
+            return;
+        };
+        f.posted = f.posted.saturating_sub(1);
+        let (port, vnet) = (f.port, f.tap.vnet_hdr());
+        let len = match usize::try_from(res) {
+            Ok(n) if vnet && n >= HDR => Some(n - HDR),
+            Ok(n) if !vnet && n > 0 => Some(n),
+            Ok(0) => {
+                // End of file: the device is going away; do not spin on it.
+                f.retry_at = Some(std::time::Instant::now() + READ_RETRY);
+                None
+            }
+            Ok(_) => None,
+            Err(_) => {
+                if res != -libc::EAGAIN && res != -libc::ECANCELED {
+                    f.retry_at = Some(std::time::Instant::now() + READ_RETRY);
+                }
+                None
+            }
+        };
+        match len {
+            Some(len) => {
+                let mut buf = buf;
+                if !vnet {
+                    buf[..HDR].fill(0);
+                }
+                self.accept(port, buf, len);
+            }
+            None => self.put_spare(buf),
+        }
+    }
+
+    /// Posts reads until every ring queue has its share posted, and the
+    /// eventfd read.
+    fn refill_reads(&mut self) -> io::Result<()> {
+        let Some(mut ring) = self.ring.take() else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        let r = ring.post_wake(self.waker.as_raw_fd(), &self.io);
+        for i in 0..self.ring_fds.len() {
+            let f = &mut self.ring_fds[i];
+            if f.retry_at.is_some_and(|t| t > now) {
                 continue;
             }
-            self.handle(now, PortId::OUTSIDE, buf, len, false);
+            f.retry_at = None;
+            while self.ring_fds[i].posted < self.reads_per_fd && ring.has_room() {
+                let buf = self.take_spare();
+                let f = &mut self.ring_fds[i];
+                let offset = if f.tap.vnet_hdr() { 0 } else { HDR };
+                match ring.post_read(i as u32, f.tap.as_raw_fd(), buf, offset, &self.io) {
+                    Ok(()) => f.posted += 1,
+                    Err(buf) => {
+                        self.put_spare(buf);
+                        break;
+                    }
+                }
+            }
         }
+        self.ring = Some(ring);
+        r
     }
 
     /// The worker that owns an outside frame, when it is not this one. ARP
@@ -280,11 +598,11 @@ impl Worker {
             Steer::Arp => {
                 for w in 0..shards.len() {
                     if w != self.index {
-                        let mut b = self.take_buf();
+                        let mut b = self.take_spare();
+                        // No offload state: a reused buffer's header is stale.
+                        b[..HDR].fill(0);
                         b[HDR..HDR + frame.len()].copy_from_slice(frame);
-                        if !self.fabric.send(w, Msg::Learn { buf: b, len: frame.len() }) {
-                            self.counters.count_drop(DropReason::InboxFull);
-                        }
+                        self.push_to(w, Msg::Learn { buf: b, len: frame.len() });
                     }
                 }
                 self.index
@@ -294,47 +612,105 @@ impl Worker {
         (owner != self.index).then_some(owner)
     }
 
-    /// Copies `buf[..HDR + len]` into a spare buffer and sends it to `owner`
-    /// as an outside frame. `learn` sends it as an ARP copy instead.
-    fn hand_over(&mut self, owner: usize, buf: &[u8], len: usize, learn: bool) {
-        let mut b = self.take_buf();
-        b[..HDR + len].copy_from_slice(&buf[..HDR + len]);
-        let msg = if learn { Msg::Learn { buf: b, len } } else { Msg::Frame { buf: b, len } };
-        if !self.fabric.send(owner, msg) {
-            self.counters.count_drop(DropReason::InboxFull);
+    /// Sends the frame in `buf` (its header before it) to `owner` as an
+    /// outside frame; the buffer goes with it.
+    fn hand_over(&mut self, owner: usize, buf: Vec<u8>, len: usize) {
+        self.push_to(owner, Msg::Frame { buf, len });
+    }
+
+    /// Queues `msg` in worker `w`'s inbox; it is woken at the end of this
+    /// iteration (one wake-up however many frames it was handed).
+    fn push_to(&mut self, w: usize, msg: Msg) {
+        match self.fabric.inboxes[w].try_send(msg) {
+            Ok(()) => self.to_wake[w] = true,
+            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => {
+                self.counters.count_drop(DropReason::InboxFull);
+                if let Msg::Frame { buf, .. } | Msg::Learn { buf, .. } = m {
+                    self.put_spare(buf);
+                }
+            }
         }
     }
 
-    fn take_buf(&self) -> Vec<u8> {
-        self.fabric.take_buf()
+    /// Wakes the workers handed frames this iteration.
+    fn wake_others(&mut self) {
+        for w in 0..self.to_wake.len() {
+            if std::mem::take(&mut self.to_wake[w]) {
+                self.io.wake.inc();
+                let _ = self.fabric.wakers[w].wake();
+            }
+        }
     }
 
-    fn give_buf(&self, b: Vec<u8>) {
-        self.fabric.give_buf(b);
+    /// A free buffer (`BUF` bytes): a local spare, else one from the shared
+    /// pool (allocated only when that is empty too).
+    fn take_spare(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_else(|| self.fabric.take_buf())
+    }
+
+    /// Keeps a free buffer locally, or gives it back to the shared pool.
+    fn put_spare(&mut self, b: Vec<u8>) {
+        if b.len() != BUF {
+            return;
+        }
+        if self.spare.len() < SPARE_LOCAL {
+            self.spare.push(b);
+        } else {
+            self.fabric.give_buf(b);
+        }
     }
 
     fn drain_inbox(&mut self) {
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
-                Msg::Frame { mut buf, len } => {
-                    let now = self.fabric.now();
-                    self.handle(now, PortId::OUTSIDE, &mut buf, len, false);
-                    self.give_buf(buf);
+                Msg::Frame { buf, len } => self.queue_rx(PortId::OUTSIDE, buf, len, false),
+                Msg::Learn { buf, len } => self.queue_rx(PortId::OUTSIDE, buf, len, true),
+                Msg::Bindings(b) => {
+                    self.process_rx();
+                    self.engine.set_bindings(b);
                 }
-                Msg::Learn { mut buf, len } => {
-                    let now = self.fabric.now();
-                    self.handle(now, PortId::OUTSIDE, &mut buf, len, true);
-                    self.give_buf(buf);
+                Msg::Call(f) => {
+                    self.process_rx();
+                    f(&mut self.engine);
                 }
-                Msg::Bindings(b) => self.engine.set_bindings(b),
-                Msg::Call(f) => f(&mut self.engine),
             }
         }
     }
 
+    fn queue_rx(&mut self, port: PortId, buf: Vec<u8>, len: usize, learn: bool) {
+        if buf.len() != BUF || len > MAX_FRAME {
+            self.counters.count_drop(DropReason::Truncated);
+            return;
+        }
+        self.rx.push(RxFrame { port, buf, len, learn });
+        if self.rx.len() >= BATCH {
+            self.process_rx();
+        }
+    }
+
+    /// Hands this wake-up's frames (at most [`BATCH`]) to the engine, in the
+    /// order they were read. This is the one place where frames meet the
+    /// engine: a batch API takes `self.rx` whole here.
+    fn process_rx(&mut self) {
+        if self.rx.is_empty() {
+            return;
+        }
+        let mut rx = std::mem::take(&mut self.rx);
+        let now = self.fabric.now();
+        for f in rx.iter_mut() {
+            self.handle(now, f.port, &mut f.buf, f.len, f.learn);
+        }
+        for f in rx.drain(..) {
+            self.put_spare(f.buf);
+        }
+        self.rx = rx;
+    }
+
     /// Processes the frame at `buf[HDR..HDR + len]` (its virtio-net header,
     /// or zeros, before it). `learn_only`: an ARP copy; nothing is sent back.
-    fn handle(&mut self, now: Instant, port: PortId, buf: &mut [u8], len: usize, learn_only: bool) {
+    /// A frame sent on the ring leaves with its buffer: `buf` is then
+    /// replaced by a free one.
+    fn handle(&mut self, now: Instant, port: PortId, buf: &mut Vec<u8>, len: usize, learn_only: bool) {
         let hdr = VnetHdr::parse(&buf[..HDR]).unwrap_or_default();
         let offload = Offload { csum_partial: hdr.needs_csum(), gso_size: if hdr.is_gso() { hdr.gso_size } else { 0 } };
         let action = self.engine.process_offload(now, port, &mut buf[HDR..], len, offload);
@@ -346,12 +722,14 @@ impl Worker {
                 let owner = l4.map_or(self.index, |l| self.fabric.shards.owner(get16(&buf[HDR..], l + 2)));
                 if owner == self.index {
                     // Not ours after all (bindings changed): our engine decides.
-                    let mut b = self.take_buf();
+                    let mut b = self.take_spare();
                     b[..HDR + len].copy_from_slice(&buf[..HDR + len]);
                     self.handle(now, PortId::OUTSIDE, &mut b, len, false);
-                    self.give_buf(b);
+                    self.put_spare(b);
                 } else {
-                    self.hand_over(owner, buf, len, false);
+                    let fresh = self.take_spare();
+                    let b = std::mem::replace(buf, fresh);
+                    self.hand_over(owner, b, len);
                 }
             }
             _ => {}
@@ -359,15 +737,30 @@ impl Worker {
     }
 
     /// Sends `buf[HDR..HDR + len]` out of `port` with offload header `hdr`.
-    fn emit(&mut self, port: PortId, buf: &mut [u8], len: usize, hdr: VnetHdr) {
+    fn emit(&mut self, port: PortId, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) {
+        let Worker { outside, fabric, ring, spare, io, packets, .. } = self;
+        let mut tx = Tx { ring, spare, fabric, io };
         let ok = if port == PortId::OUTSIDE {
-            match &mut self.outside {
-                OutsideTx::Tap(t) => write(t, buf, len, hdr),
-                OutsideTx::AfPacket(a) => finish_in_software(buf, len, hdr) && a.send(&buf[HDR..HDR + len]).is_ok(),
+            match outside {
+                OutsideTx::Tap(t) => tx.tap(t, buf, len, hdr),
+                OutsideTx::AfPacket(s) => {
+                    if !finish_in_software(buf, len, hdr) {
+                        false
+                    } else if tx.ring_write(s.as_raw_fd(), buf, HDR..HDR + len) {
+                        true
+                    } else {
+                        let fresh = tx.spare.pop().unwrap_or_else(|| tx.fabric.take_buf());
+                        packets.push((std::mem::replace(buf, fresh), len));
+                        if packets.len() >= SEND_BATCH {
+                            self.flush_packets();
+                        }
+                        true
+                    }
+                }
             }
         } else {
-            match self.fabric.inside.get(usize::from(port.0)).and_then(Option::as_ref) {
-                Some(t) => write(t, buf, len, hdr),
+            match fabric.inside.get(usize::from(port.0)).and_then(Option::as_ref) {
+                Some(t) => tx.tap(t, buf, len, hdr),
                 None => false,
             }
         };
@@ -377,13 +770,67 @@ impl Worker {
     }
 
     /// Sends what the engine generated or released, and its events.
-    fn flush(&mut self, buf: &mut [u8]) {
+    fn flush(&mut self) {
         let now = self.fabric.now();
+        let mut buf = std::mem::take(&mut self.scratch);
         while let Some((port, len)) = self.engine.poll_transmit(now, &mut buf[HDR..]) {
-            self.emit(port, buf, len, VnetHdr::default());
+            self.emit(port, &mut buf, len, VnetHdr::default());
         }
+        self.scratch = buf;
         while let Some(ev) = self.engine.poll_event() {
             let _ = self.fabric.events.try_send((self.index, ev));
+        }
+    }
+}
+
+/// What a transmission needs from the worker (borrowed apart from the
+/// engine).
+struct Tx<'a> {
+    ring: &'a mut Option<Ring>,
+    spare: &'a mut Vec<Vec<u8>>,
+    fabric: &'a Fabric,
+    io: &'a IoCounters,
+}
+
+impl Tx<'_> {
+    /// Writes a frame to a TAP: with its offload header when the TAP has
+    /// one, otherwise with checksums completed in software. On the ring the
+    /// write is queued (submitted at the next `io_uring_enter`) and the
+    /// buffer goes with it, `buf` getting a free one; a ring out of slots,
+    /// and the syscalls path, write at once.
+    fn tap(&mut self, tap: &Tap, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) -> bool {
+        let start = if tap.vnet_hdr() {
+            let _ = hdr.write(&mut buf[..HDR]);
+            0
+        } else {
+            if !finish_in_software(buf, len, hdr) {
+                return false;
+            }
+            HDR
+        };
+        if self.ring_write(tap.as_raw_fd(), buf, start..HDR + len) {
+            return true;
+        }
+        self.io.write.inc();
+        tap.send(&buf[start..HDR + len]).is_ok()
+    }
+
+    /// Queues a write of `buf[range]` to `fd` on the ring, the buffer going
+    /// with it and `buf` getting a free one; false (nothing done) without a
+    /// ring or with every slot taken.
+    fn ring_write(&mut self, fd: std::os::fd::RawFd, buf: &mut Vec<u8>, range: std::ops::Range<usize>) -> bool {
+        let Some(ring) = self.ring.as_mut().filter(|r| r.has_room()) else {
+            return false;
+        };
+        let fresh = self.spare.pop().unwrap_or_else(|| self.fabric.take_buf());
+        let frame = std::mem::replace(buf, fresh);
+        match ring.post_write(fd, frame, range, self.io) {
+            Ok(()) => true,
+            Err(frame) => {
+                let fresh = std::mem::replace(buf, frame);
+                self.spare.push(fresh);
+                false
+            }
         }
     }
 }
@@ -399,17 +846,6 @@ fn read(tap: &Tap, buf: &mut [u8]) -> Option<usize> {
         Ok(n) if tap.vnet_hdr() && n >= HDR => Some(n - HDR),
         Ok(n) if !tap.vnet_hdr() => Some(n),
         _ => None,
-    }
-}
-
-/// Writes a frame to a TAP: with its offload header when the TAP has one,
-/// otherwise with checksums completed in software.
-fn write(tap: &Tap, buf: &mut [u8], len: usize, hdr: VnetHdr) -> bool {
-    if tap.vnet_hdr() {
-        let _ = hdr.write(&mut buf[..HDR]);
-        tap.send(&buf[..HDR + len]).is_ok()
-    } else {
-        finish_in_software(buf, len, hdr) && tap.send(&buf[HDR..HDR + len]).is_ok()
     }
 }
 
@@ -430,20 +866,45 @@ pub struct Workers {
     fabric: Arc<Fabric>,
     threads: Vec<JoinHandle<io::Result<()>>>,
     counters: Vec<Arc<Counters>>,
+    io: Vec<Arc<IoCounters>>,
+    backend: Backend,
     reader: Option<JoinHandle<()>>,
 }
 
 impl Workers {
     /// Starts one thread per spec. `outside_rx`: for an AF_PACKET outside,
     /// the socket the reader thread receives on (it steers every frame to
-    /// its owner).
+    /// its owner). `settings`: the I/O path; with [`Backend::Uring`] the
+    /// start fails when no ring can be set up, with [`Backend::Auto`] the
+    /// workers use syscalls then.
     pub fn start(
         specs: Vec<WorkerSpec>,
         inside: Vec<Option<Arc<Tap>>>,
         shards: Shards,
         outside_rx: Option<AfPacket>,
         events: Sender<(usize, Event)>,
+        settings: IoSettings,
     ) -> io::Result<Workers> {
+        Workers::start_with_probe(specs, inside, shards, outside_rx, events, settings, crate::uring::probe)
+    }
+
+    /// [`Workers::start`] with the io_uring probe given (tests inject a
+    /// failure with it).
+    pub fn start_with_probe(
+        specs: Vec<WorkerSpec>,
+        inside: Vec<Option<Arc<Tap>>>,
+        shards: Shards,
+        outside_rx: Option<AfPacket>,
+        events: Sender<(usize, Event)>,
+        mut settings: IoSettings,
+        probe: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<Workers> {
+        // Decided once here; a worker whose own ring then fails falls back
+        // under `Auto` and stops with the error under `Uring`.
+        let backend = crate::backend::resolve(settings.backend, probe)?;
+        if backend == Backend::Syscalls {
+            settings.backend = Backend::Syscalls;
+        }
         let n = specs.len();
         let mut inboxes = Vec::with_capacity(n);
         let mut receivers = Vec::with_capacity(n);
@@ -465,9 +926,10 @@ impl Workers {
             pool: crossbeam_channel::bounded(SPARE),
         });
         let counters: Vec<Arc<Counters>> = specs.iter().map(|s| s.engine.counters()).collect();
+        let io: Vec<Arc<IoCounters>> = (0..n + usize::from(outside_rx.is_some())).map(|_| Arc::default()).collect();
         let mut threads = Vec::with_capacity(n);
         for (i, (spec, rx)) in specs.into_iter().zip(receivers).enumerate() {
-            let w = Worker::new(i, spec, Arc::clone(&fabric), rx);
+            let w = Worker::new(i, spec, Arc::clone(&fabric), rx, Arc::clone(&io[i]), settings);
             let t = std::thread::Builder::new().name(format!("hp-worker-{i}")).spawn(move || {
                 let r = w.run();
                 if let Err(e) = &r {
@@ -481,11 +943,29 @@ impl Workers {
             Some(rx) => {
                 let f = Arc::clone(&fabric);
                 let c = Arc::clone(&counters[0]);
-                Some(std::thread::Builder::new().name("hp-afpacket".into()).spawn(move || af_packet_reader(rx, f, c))?)
+                let r = Arc::clone(&io[n]);
+                Some(
+                    std::thread::Builder::new()
+                        .name("hp-afpacket".into())
+                        .spawn(move || af_packet_reader(rx, f, c, r))?,
+                )
             }
             None => None,
         };
-        Ok(Workers { fabric, threads, counters, reader })
+        Ok(Workers { fabric, threads, counters, io, backend, reader })
+    }
+
+    /// System calls of each worker, in worker order, then of the AF_PACKET
+    /// reader when there is one.
+    pub fn io_counters(&self) -> &[Arc<IoCounters>] {
+        &self.io
+    }
+
+    /// The I/O path chosen at start ([`Backend::Uring`] or
+    /// [`Backend::Syscalls`]; a worker may still have fallen back, see
+    /// [`IoCounters::backend`]).
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Each worker's counters (sum them for the gateway's).
@@ -588,9 +1068,10 @@ impl Drop for Workers {
 
 /// The AF_PACKET reader: receives every frame on the outside interface and
 /// hands it to the worker that owns it (ARP to all).
-fn af_packet_reader(mut rx: AfPacket, fabric: Arc<Fabric>, counters: Arc<Counters>) {
+fn af_packet_reader(mut rx: AfPacket, fabric: Arc<Fabric>, counters: Arc<Counters>, io: Arc<IoCounters>) {
     let mut frags = FragSteer::new();
     while !fabric.stop.load(Ordering::Relaxed) {
+        io.recv.inc();
         let frame = match rx.recv() {
             Ok(f) => f,
             Err(_) => continue,
@@ -621,6 +1102,7 @@ fn af_packet_reader(mut rx: AfPacket, fabric: Arc<Fabric>, counters: Arc<Counter
             let len = frame.len();
             // ARP: worker 0 answers, the others only learn.
             let msg = if w == 0 { Msg::Frame { buf: b, len } } else { Msg::Learn { buf: b, len } };
+            io.wake.inc();
             if !fabric.send(w, msg) {
                 counters.count_drop(DropReason::InboxFull);
             }

@@ -370,3 +370,89 @@ fn afpacket_on_a_tap() {
     let (_, got) = recv_until(&tap, |f| f.len() >= 14 && f[12..14] == [0x88, 0xb5]).expect("frame on the TAP");
     assert_eq!(got, outbound);
 }
+
+/// Workers on one outside TAP and one inside TAP, started with `probe` as
+/// the io_uring probe.
+fn workers_with(
+    backend: dataplane_io::Backend,
+    probe: impl FnOnce() -> std::io::Result<()>,
+) -> (std::io::Result<dataplane_io::worker::Workers>, Vec<std::sync::Arc<Tap>>) {
+    use dataplane::config::EngineConfig;
+    use dataplane::PortId;
+    use dataplane_io::steer::Shards;
+    use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
+    use std::sync::Arc;
+    let topo = testkit::Topology::new(1, 1);
+    let outside = Arc::new(Tap::open(&unique_name(), TapOptions::default()).expect("outside tap"));
+    let inside = Arc::new(Tap::open(&unique_name(), TapOptions::default()).expect("inside tap"));
+    let engine = dataplane::Engine::new(EngineConfig::default(), topo.bindings()).expect("engine");
+    let spec = WorkerSpec {
+        engine,
+        inside: vec![(PortId(1), Arc::clone(&inside))],
+        outside: OutsideTx::Tap(Arc::clone(&outside)),
+    };
+    let (tx, _rx) = crossbeam_channel::bounded(16);
+    let settings = dataplane_io::IoSettings { backend, busy_poll: Duration::from_micros(200) };
+    let shards = Shards::weighted(EngineConfig::default().port_range, &[1]);
+    let w =
+        Workers::start_with_probe(vec![spec], vec![None, Some(Arc::clone(&inside))], shards, None, tx, settings, probe);
+    (w, vec![outside, inside])
+}
+
+fn uring_unavailable() -> std::io::Result<()> {
+    Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+/// Waits until worker 0 has said which path it runs.
+fn active(w: &dataplane_io::worker::Workers) -> dataplane_io::syscalls::ActiveBackend {
+    use dataplane_io::syscalls::ActiveBackend;
+    let t0 = Instant::now();
+    while w.io_counters()[0].backend() == ActiveBackend::None && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    w.io_counters()[0].backend()
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn workers_fall_back_to_syscalls_when_io_uring_cannot_be_set_up() {
+    use dataplane_io::syscalls::ActiveBackend;
+    use dataplane_io::Backend;
+    require_root();
+    let (w, _taps) = workers_with(Backend::Auto, uring_unavailable);
+    let w = w.expect("auto starts without io_uring");
+    assert_eq!(w.backend(), Backend::Syscalls);
+    assert_eq!(active(&w), ActiveBackend::Syscalls);
+    // The worker runs: a call through its inbox and eventfd comes back.
+    assert_eq!(w.call(0, |_| 7), Some(7));
+    let io = &w.io_counters()[0];
+    assert!(io.epoll_wait.get() > 0 && io.uring_enter.get() == 0, "{io:?}");
+    w.stop().expect("stops");
+
+    let (w, _taps) = workers_with(Backend::Uring, uring_unavailable);
+    let e = w.err().expect("uring required: no start without it");
+    assert!(e.to_string().contains("io_uring"), "{e}");
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn workers_on_io_uring_answer_calls_and_stop() {
+    use dataplane_io::syscalls::ActiveBackend;
+    use dataplane_io::Backend;
+    require_root();
+    if dataplane_io::uring::probe().is_err() {
+        eprintln!("skipping: no io_uring on this kernel");
+        return;
+    }
+    let (w, _taps) = workers_with(Backend::Uring, dataplane_io::uring::probe);
+    let w = w.expect("starts");
+    assert_eq!(active(&w), ActiveBackend::Uring);
+    for i in 0..50 {
+        assert_eq!(w.call(0, move |_| i), Some(i));
+    }
+    let io = &w.io_counters()[0];
+    assert!(io.uring_enter.get() > 0 && io.epoll_wait.get() == 0, "{io:?}");
+    let t0 = Instant::now();
+    w.stop().expect("stops");
+    assert!(t0.elapsed() < Duration::from_secs(2), "posted reads cancelled at stop");
+}

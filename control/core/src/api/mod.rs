@@ -153,6 +153,21 @@ pub struct StatusReport {
     pub headroom: Headroom,
 }
 
+/// The workers' I/O path and the system calls it made.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IoStats {
+    /// `"uring"` or `"syscalls"`; both joined by `+` when some worker fell
+    /// back (see `gateway.io.backend`).
+    pub backend: String,
+    /// System calls made by the workers and the AF_PACKET reader, by kind
+    /// (`read`, `write`, `epoll_wait`, `io_uring_enter`, `send`, `recv`,
+    /// `wake`) (count).
+    pub syscalls: BTreeMap<String, u64>,
+    /// All of those divided by the packets forwarded (outbound plus
+    /// inbound translated packets); 0 before the first.
+    pub syscalls_per_packet: f64,
+}
+
 /// One shared ENI.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EniStatus {
@@ -345,6 +360,10 @@ pub struct StatsReport {
     /// Room left for new connections.
     #[serde(default)]
     pub headroom: Headroom,
+    /// The workers' I/O path and its system calls (boxed: keeps
+    /// [`Response`] small).
+    #[serde(default)]
+    pub io: Box<IoStats>,
 }
 
 /// What an apply changed.

@@ -66,6 +66,19 @@ impl Config {
         e
     }
 
+    /// The workers' I/O settings from `[gateway.io]`.
+    pub fn io_settings(&self) -> dataplane_io::IoSettings {
+        let io = &self.gateway.io;
+        dataplane_io::IoSettings {
+            backend: match io.backend {
+                IoBackend::Auto => dataplane_io::Backend::Auto,
+                IoBackend::Uring => dataplane_io::Backend::Uring,
+                IoBackend::Syscalls => dataplane_io::Backend::Syscalls,
+            },
+            busy_poll: Duration::from_micros(io.busy_poll_us.min(MAX_BUSY_POLL_US)),
+        }
+    }
+
     /// The subnet an environment uses: its `subnet`, or its function's first.
     /// `None` if the function is unknown or has no subnet.
     pub fn environment_subnet<'a>(&'a self, env: &'a Environment) -> Option<&'a str> {

@@ -78,6 +78,8 @@ pub const MAX_FUNCTION_SECURITY_GROUPS: usize = 5;
 pub const MAX_RULES_PER_DIRECTION: usize = 60;
 /// Most worker threads.
 pub const MAX_WORKERS: usize = 256;
+/// Longest busy-poll, microseconds (`gateway.io.busy_poll_us`).
+pub const MAX_BUSY_POLL_US: u64 = 1000;
 /// Smallest MTU accepted (RFC 791: every host handles 68-byte datagrams).
 pub const MIN_MTU: u32 = 68;
 /// Largest MTU accepted (Linux's limit for a TAP device).

@@ -191,6 +191,8 @@ pub struct GatewaySettings {
     pub arp: ArpSettings,
     /// `[gateway.frag]`: fragment handling.
     pub frag: FragSettings,
+    /// `[gateway.io]`: how the workers do their I/O.
+    pub io: IoConfig,
 }
 
 impl Default for GatewaySettings {
@@ -222,6 +224,7 @@ impl Default for GatewaySettings {
             timeouts: TimeoutSettings::default(),
             arp: ArpSettings::default(),
             frag: FragSettings::default(),
+            io: IoConfig::default(),
         }
     }
 }
@@ -286,6 +289,31 @@ pub struct FragSettings {
     /// Longest frame buffered, bytes, Ethernet header included. Default:
     /// the largest MTU of any port + 18 (at least 1518).
     pub frame_capacity: Option<usize>,
+}
+
+/// `backend` of `[gateway.io]`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoBackend {
+    /// io_uring when the kernel allows it, otherwise `syscalls` (logged).
+    #[default]
+    Auto,
+    /// One io_uring per worker; the gateway does not start without it.
+    Uring,
+    /// `read`/`write` and `epoll_wait`, one system call per frame.
+    Syscalls,
+}
+
+/// `[gateway.io]`: the workers' I/O path. Every key is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IoConfig {
+    /// `"auto"`, `"uring"` or `"syscalls"`. Default `"auto"`.
+    pub backend: IoBackend,
+    /// Microseconds a worker with nothing to do polls before it sleeps;
+    /// 0..=1000, 0 = sleep at once (an idle gateway then uses no CPU).
+    /// Default 0.
+    pub busy_poll_us: u64,
 }
 
 /// How the outside interface is opened.

@@ -88,6 +88,12 @@ impl Config {
         if g.arp.max_requests == Some(0) {
             return fail("gateway.arp.max_requests", "must be at least 1");
         }
+        if g.io.busy_poll_us > MAX_BUSY_POLL_US {
+            return fail(
+                "gateway.io.busy_poll_us",
+                format!("{} is more than {MAX_BUSY_POLL_US} microseconds", g.io.busy_poll_us),
+            );
+        }
         if g.frag.timeout_secs == Some(0) {
             return fail("gateway.frag.timeout_secs", "must be positive");
         }

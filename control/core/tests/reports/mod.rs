@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use control::api::{
-    ApplyReport, EniAddresses, EniStatus, FunctionStatus, Headroom, PortUseLine, ProtoCounts, SessionLine,
+    ApplyReport, EniAddresses, EniStatus, FunctionStatus, Headroom, IoStats, PortUseLine, ProtoCounts, SessionLine,
     SessionsReport, SetupStep, StatsReport, StatusReport,
 };
 use std::collections::BTreeMap;
@@ -126,6 +126,11 @@ pub fn stats_report() -> StatsReport {
         }],
         eni_setup_seconds: vec![(1, 0.4125)],
         headroom: headroom(),
+        io: Box::new(IoStats {
+            backend: "uring".into(),
+            syscalls: m(&[("read", 0), ("write", 3), ("io_uring_enter", 495), ("wake", 2)]),
+            syscalls_per_packet: 0.505,
+        }),
     }
 }
 
