@@ -86,7 +86,7 @@ const SPARE_LOCAL: usize = 2 * BATCH;
 /// Reads a ring keeps posted on each TAP queue. Each posted read waits on
 /// the queue's wait queue, and a frame's arrival wakes all of them (only
 /// one gets it): more than 2 cost more than they save (measured with
-/// `examples/io_churn.rs`: 16 per queue was ~25% slower at connection
+/// `benches/io_churn.rs`: 16 per queue was ~25% slower at connection
 /// churn than 2).
 const READS_PER_FD: usize = 2;
 /// Ring slots for writes in flight, beyond the reads.

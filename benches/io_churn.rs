@@ -10,7 +10,7 @@
 //! gateway's system calls per packet, by kind, and the CPU time its worker
 //! threads used per packet (time on a CPU, from `/proc/self/task/*/schedstat`).
 //!
-//! Run as root: `cargo run --release --example io_churn -- --secs 10
+//! Run as root: `cargo bench --bench io_churn -- --secs 10
 //! --rounds 2 --kernel` (`--only syscalls|uring` for one path; `--envs`,
 //! `--threads`, `--busy-poll-us`). Every load is bounded in time and stays between
 //! namespaces this program made. Figures on a shared machine are noisy:
