@@ -339,7 +339,12 @@ impl Worker {
         let offload = Offload { csum_partial: hdr.needs_csum(), gso_size: if hdr.is_gso() { hdr.gso_size } else { 0 } };
         let action = self.engine.process_offload(now, port, &mut buf[HDR..], len, offload);
         match action {
-            Action::Forward { port: egress, len } => self.emit(egress, buf, len, hdr),
+            Action::Forward { port: egress, len } => {
+                // The engine may have completed a partial checksum (a
+                // datagram it fragmented).
+                let hdr = if self.engine.forwarded_offload().csum_partial { hdr } else { VnetHdr { flags: 0, ..hdr } };
+                self.emit(egress, buf, len, hdr)
+            }
             Action::Reply { len } if !learn_only => self.emit(port, buf, len, VnetHdr::default()),
             Action::Redirect { len } => {
                 let l4 = dataplane::wire::parse_ipv4(&buf[HDR..HDR + len], ETH_LEN).map(|ip| ip.l4());

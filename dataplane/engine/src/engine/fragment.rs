@@ -2,6 +2,7 @@
 //! (or buffered until it comes), and forwarded DF=0 datagrams larger than
 //! the egress MTU split (RFC 791, RFC 4787 REQ-13a).
 
+use super::rewrite::finish_partial;
 use super::{Action, Engine, TX_QUEUE};
 use crate::bindings::Mac;
 use crate::checksum::{self, Delta};
@@ -40,6 +41,16 @@ impl Engine {
         let payload = ip.payload_len();
         if first == 0 || step == 0 {
             return Action::Drop(DropReason::MtuExceeded);
+        }
+        // A partial checksum is completed over the whole datagram now: the
+        // next device would complete it over the first fragment alone. The
+        // first fragment then leaves without the offload
+        // ([`Engine::forwarded_offload`]).
+        if self.rx.csum_partial {
+            if ip.frag_off == 0 {
+                finish_partial(&mut frame[..len]);
+            }
+            self.rx.csum_partial = false;
         }
         let mut off = first;
         while off < payload {

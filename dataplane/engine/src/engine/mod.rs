@@ -454,6 +454,15 @@ impl Engine {
         action
     }
 
+    /// The offload state the frame just forwarded still carries: the
+    /// caller writes its offload header from this, not from what the frame
+    /// came with. The two differ when the engine had to complete a partial
+    /// checksum (a datagram it fragmented: a device completing it over the
+    /// first fragment alone would get it wrong).
+    pub fn forwarded_offload(&self) -> Offload {
+        self.rx
+    }
+
     fn port_mac(&self, port: PortId) -> Option<Mac> {
         if port == PortId::OUTSIDE {
             Some(self.bindings.outside().mac)
