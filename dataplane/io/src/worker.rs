@@ -387,8 +387,13 @@ impl Worker {
         while let Some((port, len)) = self.engine.poll_transmit(now, &mut buf[HDR..]) {
             self.emit(port, buf, len, VnetHdr::default());
         }
-        while let Some(ev) = self.engine.poll_event() {
-            let _ = self.fabric.events.try_send((self.index, ev));
+        // An event the channel has no room for stays in the engine's queue
+        // until the next flush: events that drive capacity are not lost.
+        while let Some(ev) = self.engine.peek_event() {
+            if self.fabric.events.try_send((self.index, ev)).is_err() {
+                break;
+            }
+            self.engine.poll_event();
         }
     }
 }

@@ -412,10 +412,11 @@ impl Engine {
             .map(|i| self.table.get(i))
             .is_some_and(|s| warm(s) && now < s.last_seen + REMOTE_TIME_WAIT + REMOTE_TIME_WAIT);
         if young {
-            self.pressure_at = Some(now);
             let in_use = self.addrs.get(&last).map_or(0, |a| a.live[pi] + a.warm[pi]);
             let proto = [TCP, crate::flow::UDP, crate::flow::ICMP][pi];
-            self.event(Event::HighWater { addr: last, proto, in_use });
+            if self.event(Event::HighWater { addr: last, proto, in_use }) {
+                self.pressure_at = Some(now);
+            }
         }
     }
 
@@ -486,8 +487,11 @@ impl Engine {
         Engine::publish(&self.counters, a, pi, &self.cfg);
         let in_use = a.live[pi] + a.warm[pi];
         if in_use >= a.mark(pi, &self.cfg) && !a.high[pi] {
-            a.high[pi] = true;
-            self.event(Event::HighWater { addr, proto, in_use });
+            // Armed until the event is queued: a full queue does not lose it.
+            let queued = self.event(Event::HighWater { addr, proto, in_use });
+            if let Some(a) = self.addrs.get_mut(&addr) {
+                a.high[pi] = queued;
+            }
         }
     }
 }

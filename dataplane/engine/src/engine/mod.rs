@@ -128,6 +128,11 @@ pub struct Offload {
     pub gso_size: u16,
 }
 
+/// Events an engine holds for the control plane.
+pub const EVENTS: usize = 64;
+/// Of those, how many may be `NoEni` (the rest are kept for capacity).
+pub const EVENTS_NO_ENI: usize = 32;
+
 /// Something the control plane should know about.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -226,7 +231,7 @@ impl Engine {
             tx: VecDeque::with_capacity(TX_QUEUE),
             frag_out: VecDeque::with_capacity(TX_QUEUE),
             spare: Vec::with_capacity(TX_QUEUE),
-            events: VecDeque::with_capacity(64),
+            events: VecDeque::with_capacity(EVENTS),
             counters: Arc::new(Counters::default()),
             ident: (config.seed >> 16) as u16,
             seed: config.seed,
@@ -348,10 +353,45 @@ impl Engine {
         self.events.pop_front()
     }
 
-    fn event(&mut self, e: Event) {
-        if self.events.len() < self.events.capacity().max(64) {
-            self.events.push_back(e);
+    /// The next control-plane event, left in the queue: a caller that
+    /// cannot pass it on yet (its channel is full) keeps it here and
+    /// [`Engine::poll_event`]s it once it has.
+    pub fn peek_event(&self) -> Option<Event> {
+        self.events.front().copied()
+    }
+
+    /// Queues an event; false when it was not queued (the caller raises it
+    /// again later: a high-water mark stays armed).
+    ///
+    /// The queue holds [`EVENTS`]. Events about capacity (`HighWater`,
+    /// `Exhausted`) coalesce by address and protocol, so at most one of each
+    /// per address waits; `NoEni`, which any environment can raise once per
+    /// new flow, coalesces by environment and may fill only
+    /// [`EVENTS_NO_ENI`] slots, leaving the rest to capacity events.
+    fn event(&mut self, e: Event) -> bool {
+        if matches!(e, Event::NoEni { .. }) && self.events.len() >= EVENTS_NO_ENI {
+            return false;
         }
+        for q in self.events.iter_mut() {
+            match (q, e) {
+                (Event::HighWater { addr, proto, in_use }, Event::HighWater { addr: a, proto: p, in_use: n })
+                    if *addr == a && *proto == p =>
+                {
+                    *in_use = n;
+                    return true;
+                }
+                (Event::Exhausted { addr, proto }, Event::Exhausted { addr: a, proto: p }) if *addr == a && *proto == p => {
+                    return true
+                }
+                (Event::NoEni { env }, Event::NoEni { env: v }) if *env == v => return true,
+                _ => {}
+            }
+        }
+        if self.events.len() >= EVENTS {
+            return false;
+        }
+        self.events.push_back(e);
+        true
     }
 
     fn next_ident(&mut self) -> u16 {
