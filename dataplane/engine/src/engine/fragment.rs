@@ -77,7 +77,7 @@ impl Engine {
     pub(super) fn remember_first_fragment(
         &mut self,
         now: Instant,
-        _port: PortId,
+        port: PortId,
         frame: &[u8],
         ip: &Ipv4,
         action: Action,
@@ -95,7 +95,9 @@ impl Engine {
             mac,
         };
         let key = FragKey { src: ip.src, dst: ip.dst, protocol: ip.proto, ident: ip.ident };
-        self.frags.first(now, key, t, ip.payload_len() as u32);
+        // Its other fragments must arrive on `port` too (the table drops
+        // the ones that name this datagram from elsewhere: forged).
+        self.frags.first(now, key, port, t, ip.payload_len() as u32);
     }
 
     /// A fragment other than the first.

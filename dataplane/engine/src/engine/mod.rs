@@ -225,7 +225,9 @@ impl Engine {
         let mut e = Engine {
             table: SessionTable::new(config.max_sessions, config.timeouts, config.seed),
             arp: ArpTable::new(config.arp.clone(), bindings.outside().mac),
-            frags: FragTable::new(config.frag),
+            // Seeded like the session table, so that which datagrams share
+            // a bucket cannot be worked out from the source.
+            frags: FragTable::with_seed(config.frag, config.seed ^ 0x6672_6167_6d65_6e74),
             addrs: HashMap::default(),
             envs: HashMap::default(),
             tx: VecDeque::with_capacity(TX_QUEUE),
@@ -380,7 +382,9 @@ impl Engine {
                     *in_use = n;
                     return true;
                 }
-                (Event::Exhausted { addr, proto }, Event::Exhausted { addr: a, proto: p }) if *addr == a && *proto == p => {
+                (Event::Exhausted { addr, proto }, Event::Exhausted { addr: a, proto: p })
+                    if *addr == a && *proto == p =>
+                {
                     return true
                 }
                 (Event::NoEni { env }, Event::NoEni { env: v }) if *env == v => return true,
@@ -585,4 +589,35 @@ fn flow_of(frame: &[u8], ip: &Ipv4, dir: Dir) -> Result<Option<(L4, u16, u16, u8
         (L4::IcmpError { .. }, _) => return Ok(None),
     };
     Ok(Some((l4, sport, dport, flags)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frag::FragKey;
+    use crate::testkit::Topology;
+
+    /// Issue 12 item 6: the fragment table's index is seeded from the
+    /// engine's seed, so which datagrams share a bucket differs from one
+    /// gateway to the next (it was a constant, public in the source).
+    #[test]
+    fn the_fragment_index_is_seeded_per_engine() {
+        let b = Topology::new(1, 1).bindings();
+        let buckets = |seed: u64| {
+            let e = Engine::new(EngineConfig { seed, ..EngineConfig::default() }, Arc::clone(&b)).unwrap();
+            (0..64u16)
+                .map(|ident| {
+                    let key = FragKey {
+                        src: Ipv4Addr::new(10, 1, 0, 2),
+                        dst: Ipv4Addr::new(192, 0, 2, 1),
+                        protocol: 17,
+                        ident,
+                    };
+                    e.frags.bucket_of(&key)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(buckets(1), buckets(1));
+        assert_ne!(buckets(1), buckets(2));
+    }
 }
