@@ -684,3 +684,30 @@ fn a_flood_of_no_eni_events_does_not_lose_a_high_water_event() {
     }
     assert_eq!(no_eni.len(), dataplane::engine::EVENTS_NO_ENI);
 }
+
+/// Issue 12 item 7: under address-and-port-dependent mapping (the `aws`
+/// profile), a new flow towards a destination that holds every port of the
+/// address costs a bounded number of session-table lookups, not a scan of
+/// the whole range (20,000 ports here; 64,512 by default).
+#[test]
+fn choosing_a_port_towards_a_full_destination_is_bounded() {
+    let cfg = EngineConfig { port_range: 10_000..=29_999, env_port_quota: 65_535, ..EngineConfig::aws() };
+    let mut h = Harness::new(cfg, Topology::new(1, 4));
+    let mut opened = 0;
+    for i in 0..21_000u32 {
+        let env = i % 4;
+        let f = h.env_frame(env, UDP, 1024 + (i / 4) as u16, SERVER, 5432, 0, b"q");
+        if h.send(h.env_port(env), f).forwarded() == Some(PortId::OUTSIDE) {
+            opened += 1;
+        }
+    }
+    assert!(opened > 19_000, "{opened} flows opened");
+    // Every further new flow towards the same server: bounded work.
+    for i in 0..10u16 {
+        let before = h.engine.port_probes();
+        let f = h.env_frame(0, UDP, 60_000 + i, SERVER, 5432, 0, b"q");
+        h.send(h.env_port(0), f);
+        let spent = h.engine.port_probes() - before;
+        assert!(spent <= 2 * dataplane::engine::PROBE_LIMIT, "{spent} lookups for one new flow");
+    }
+}

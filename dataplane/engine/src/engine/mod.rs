@@ -61,7 +61,7 @@ mod neighbor;
 mod outbound;
 mod rewrite;
 
-pub use hold::REMOTE_TIME_WAIT;
+pub use hold::{PROBE_LIMIT, REMOTE_TIME_WAIT};
 
 use crate::arp::{self, ArpTable};
 use crate::bindings::{Bindings, Mac};
@@ -203,6 +203,9 @@ pub struct Engine {
     counters: Arc<Counters>,
     ident: u16,
     seed: u64,
+    /// Session-table lookups made choosing ports under
+    /// address-and-port-dependent mapping, since start.
+    port_probes: u64,
     /// Offloads of the frame being processed.
     rx: Offload,
     /// Addresses being probed (RFC 5227) and whether another host has
@@ -237,6 +240,7 @@ impl Engine {
             counters: Arc::new(Counters::default()),
             ident: (config.seed >> 16) as u16,
             seed: config.seed,
+            port_probes: 0,
             rx: Offload::default(),
             probes: Vec::new(),
             now: Instant::ZERO,
@@ -348,6 +352,13 @@ impl Engine {
             .collect();
         v.sort_by_key(|p| p.addr);
         v
+    }
+
+    /// Session-table lookups made so far choosing external ports under
+    /// address-and-port-dependent mapping (the `aws` profile): the work new
+    /// flows cost, bounded per flow by [`hold::PROBE_LIMIT`].
+    pub fn port_probes(&self) -> u64 {
+        self.port_probes
     }
 
     /// The next control-plane event, if any.
