@@ -43,7 +43,7 @@ use dataplane::bindings::Bindings;
 use dataplane::counters::{Counters, DropReason};
 use dataplane::engine::{Action, Engine, Event, Offload};
 use dataplane::time::Instant;
-use dataplane::wire::{get16, ETH_LEN};
+use dataplane::wire::ETH_LEN;
 use dataplane::PortId;
 use std::io;
 use std::os::fd::AsFd;
@@ -347,8 +347,12 @@ impl Worker {
             }
             Action::Reply { len } if !learn_only => self.emit(port, buf, len, VnetHdr::default()),
             Action::Redirect { len } => {
-                let l4 = dataplane::wire::parse_ipv4(&buf[HDR..HDR + len], ETH_LEN).map(|ip| ip.l4());
-                let owner = l4.map_or(self.index, |l| self.fabric.shards.owner(get16(&buf[HDR..], l + 2)));
+                // The owner of the ENI port it is for (an ICMP error about
+                // a hairpin: of its quoted source port).
+                let owner = match steer::inbound(&buf[HDR..HDR + len]) {
+                    Steer::Port(p) | Steer::FirstFragment(p, _) => self.fabric.shards.owner(p),
+                    _ => self.index,
+                };
                 if owner == self.index {
                     // Not ours after all (bindings changed): our engine decides.
                     let mut b = self.take_buf();

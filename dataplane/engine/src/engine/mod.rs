@@ -104,9 +104,11 @@ pub enum Action {
     Drop(DropReason),
     /// A hairpinned frame, translated outbound, addressed to a mapping in a
     /// port range this engine does not own (a sharded gateway gives each
-    /// worker's engine its own slice of the ports): hand `frame[..len]` to
-    /// the owner's engine as a frame from the outside port. Its MACs are set
-    /// to the outside port's, so the owner accepts it.
+    /// worker's engine its own slice of the ports), or an ICMP error about a
+    /// hairpinned datagram, for the sender's session in such a range: hand
+    /// `frame[..len]` to the owner's engine (`steer::inbound` names it) as
+    /// a frame from the outside port. Its MACs are set to the outside
+    /// port's, so the owner accepts it (and knows it for a hairpin).
     Redirect {
         /// Frame length.
         len: usize,
@@ -550,7 +552,12 @@ impl Engine {
                 if port.is_inside() {
                     self.outbound(now, port, frame, ip)
                 } else {
-                    self.inbound(now, frame, ip, false)
+                    // A hairpin another engine translated and handed over
+                    // (`Action::Redirect`: the outside port's MAC as source
+                    // too, one of our ENI addresses as source): its TTL went
+                    // down there.
+                    let hairpin = wire::mac_at(frame, 6) == our_mac && self.addrs.contains_key(&ip.src);
+                    self.inbound(now, frame, ip, hairpin)
                 }
             }
             _ => Action::Drop(DropReason::UnsupportedEthertype),
