@@ -298,6 +298,11 @@ pub struct Counters {
     pub drops: [Counter; DropReason::COUNT],
     /// Port use per ENI address (the first [`ADDR_GAUGES`] addresses).
     pub addrs: [AddrGauge; ADDR_GAUGES],
+    /// ENI addresses the engine tracks without a slot in `addrs` (past
+    /// [`ADDR_GAUGES`]): while non-zero, port use is complete only in
+    /// `Engine::port_use`. A slot freed by a removed address goes to one of
+    /// them.
+    pub addrs_ungauged: Gauge,
 }
 
 impl Default for Counters {
@@ -320,6 +325,7 @@ impl Default for Counters {
             sessions_recyclable: Gauge::default(),
             drops: core::array::from_fn(|_| Counter::default()),
             addrs: core::array::from_fn(|_| AddrGauge::default()),
+            addrs_ungauged: Gauge::default(),
         }
     }
 }

@@ -430,3 +430,33 @@ fn a_burst_of_first_syns_waits_for_the_router_without_loss() {
     let released = h.drain().iter().filter(|(_, f)| arp::parse(f).is_none()).count();
     assert_eq!(released, 200);
 }
+
+/// Issue 12 item 9: an engine publishes port use for at most
+/// `ADDR_GAUGES` addresses; one past that must not look empty to the
+/// control plane (which would delete a draining ENI that still holds
+/// flows). The engine counts the addresses it tracks without a gauge, and a
+/// gauge freed by a removed address goes to one of them.
+#[test]
+fn addresses_past_the_gauges_are_counted_and_gauged_when_a_slot_frees() {
+    use dataplane::counters::ADDR_GAUGES;
+    let n = ADDR_GAUGES + 10;
+    let mut addrs: Vec<Ipv4Addr> =
+        (1..n as u32).map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 8, 0)) + i)).collect();
+    addrs.insert(0, ENI);
+    let mut topo = Topology::new(1, 2);
+    topo.enis[0].addrs = addrs.clone();
+    let mut h = Harness::new(EngineConfig::default(), topo.clone());
+    let c = h.engine.counters();
+    assert_eq!(c.addrs_ungauged.get(), 10);
+    let gauged: std::collections::HashSet<Ipv4Addr> = c.port_gauges().into_iter().map(|(a, _)| a).collect();
+    assert_eq!(gauged.len(), ADDR_GAUGES);
+    // Drop ten gauged addresses (they hold nothing): the ten others get
+    // their slots.
+    let keep: Vec<Ipv4Addr> =
+        addrs.iter().enumerate().filter(|(i, _)| !(1..=10).contains(i)).map(|(_, &a)| a).collect();
+    topo.enis[0].addrs = keep.clone();
+    h.engine.set_bindings(topo.bindings());
+    assert_eq!(c.addrs_ungauged.get(), 0);
+    let gauged: std::collections::HashSet<Ipv4Addr> = c.port_gauges().into_iter().map(|(a, _)| a).collect();
+    assert_eq!(gauged, keep.into_iter().collect());
+}

@@ -162,7 +162,7 @@ pub(super) fn warm(s: &Session) -> bool {
 impl Engine {
     pub(super) fn forget_idle_addrs(&mut self) {
         let m = self.cfg.mapping;
-        let Engine { addrs, counters, free_lists, .. } = self;
+        let Engine { addrs, counters, free_lists, cfg, .. } = self;
         addrs.retain(|_, a| {
             let keep = a.bound || (0..3).any(|i| a.held(i, m) > 0);
             if !keep {
@@ -175,6 +175,20 @@ impl Engine {
             }
             keep
         });
+        // Slots freed above go to addresses that had none.
+        let mut ungauged = 0u64;
+        for (&addr, a) in addrs.iter_mut().filter(|(_, a)| a.gauge.is_none()) {
+            let Some(g) = counters.addrs.iter().position(|g| g.addr().is_none()) else {
+                ungauged += 1;
+                continue;
+            };
+            a.gauge = Some(g);
+            counters.addrs[g].set_addr(Some(addr), a.pools[0].capacity());
+            for pi in 0..3 {
+                Engine::publish(counters, a, pi, cfg);
+            }
+        }
+        counters.addrs_ungauged.set(ungauged);
     }
 
     /// Publishes one address's port use for other threads, and re-arms its
