@@ -276,6 +276,9 @@ pub struct Counters {
     pub arp_requests: Counter,
     /// Gratuitous ARPs sent.
     pub arp_gratuitous: Counter,
+    /// Gratuitous ARPs that found the transmit queue full and went out
+    /// later (when it had drained).
+    pub arp_gratuitous_deferred: Counter,
     /// Frames between two environments through their mappings.
     pub hairpinned: Counter,
     /// Sessions created, by [`ProtoIndex`].
@@ -316,6 +319,7 @@ impl Default for Counters {
             arp_replies: Counter::default(),
             arp_requests: Counter::default(),
             arp_gratuitous: Counter::default(),
+            arp_gratuitous_deferred: Counter::default(),
             hairpinned: Counter::default(),
             sessions_created: Default::default(),
             sessions_expired: Default::default(),

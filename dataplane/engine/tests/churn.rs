@@ -460,3 +460,27 @@ fn addresses_past_the_gauges_are_counted_and_gauged_when_a_slot_frees() {
     let gauged: std::collections::HashSet<Ipv4Addr> = c.port_gauges().into_iter().map(|(a, _)| a).collect();
     assert_eq!(gauged, keep.into_iter().collect());
 }
+
+/// Issue 12 item 9: a gratuitous ARP for a new address that does not fit
+/// the transmit queue (300 addresses bound at once, 256 frames of room) is
+/// sent later, not skipped.
+#[test]
+fn every_new_address_is_announced_even_past_the_transmit_queue() {
+    let mut topo = Topology::new(1, 2);
+    let mut h = Harness::new(EngineConfig::default(), topo.clone());
+    let extra: Vec<Ipv4Addr> =
+        (1..=300u32).map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 16, 0)) + i)).collect();
+    topo.enis[0].addrs.extend(&extra);
+    h.engine.set_bindings(topo.bindings());
+    let announced: std::collections::HashSet<Ipv4Addr> = h
+        .drain()
+        .iter()
+        .filter_map(|(_, f)| arp::parse(f))
+        .filter(|m| m.sender_ip == m.target_ip)
+        .map(|m| m.sender_ip)
+        .collect();
+    assert_eq!(announced.len(), 300, "{} of 300 announced", announced.len());
+    assert_eq!(announced, extra.iter().copied().collect());
+    assert_eq!(h.engine.counters().arp_gratuitous_deferred.get(), 300 - 256);
+    assert_eq!(h.engine.counters().arp_gratuitous.get(), 301, "the first address's at start, and 300");
+}

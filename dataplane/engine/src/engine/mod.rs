@@ -199,6 +199,9 @@ pub struct Engine {
     tx: VecDeque<(PortId, [u8; TX_FRAME], usize)>,
     /// Fragments of a datagram the engine split, waiting to be sent.
     frag_out: VecDeque<(PortId, Vec<u8>)>,
+    /// New addresses whose gratuitous ARP found the transmit queue full:
+    /// announced by [`Engine::poll_transmit`] once it has drained.
+    announce: Vec<Ipv4Addr>,
     /// Buffers of sent fragments, reused.
     spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
@@ -237,6 +240,7 @@ impl Engine {
             envs: HashMap::default(),
             tx: VecDeque::with_capacity(TX_QUEUE),
             frag_out: VecDeque::with_capacity(TX_QUEUE),
+            announce: Vec::new(),
             spare: Vec::with_capacity(TX_QUEUE),
             events: VecDeque::with_capacity(EVENTS),
             counters: Arc::new(Counters::default()),
@@ -318,6 +322,9 @@ impl Engine {
                 self.addrs.insert(addr, a);
                 if self.queue_outside(|f| arp::write_announcement(f, b.outside().mac, addr)) {
                     self.counters.arp_gratuitous.inc();
+                } else {
+                    self.counters.arp_gratuitous_deferred.inc();
+                    self.announce.push(addr);
                 }
             }
         }
@@ -452,6 +459,16 @@ impl Engine {
             let n = n.min(buf.len());
             buf[..n].copy_from_slice(&f[..n]);
             return Some((port, n));
+        }
+        while let Some(addr) = self.announce.pop() {
+            if !self.addrs.get(&addr).is_some_and(|a| a.bound) {
+                continue;
+            }
+            let n = arp::write_announcement(buf, self.bindings.outside().mac, addr);
+            if n > 0 {
+                self.counters.arp_gratuitous.inc();
+                return Some((PortId::OUTSIDE, n));
+            }
         }
         if let Some((port, f)) = self.frag_out.pop_front() {
             let n = f.len().min(buf.len());
