@@ -122,7 +122,8 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
             for _ in 0..n {
                 af_tx.push(AfPacket::open(name, Duration::from_millis(200)).map_err(dev(name))?);
             }
-            af_rx = Some(AfPacket::open(name, Duration::from_millis(200)).map_err(dev(name))?);
+            // The reader skips what the workers' sockets send.
+            af_rx = Some(AfPacket::open_receiver(name, Duration::from_millis(200)).map_err(dev(name))?);
         }
     }
 

@@ -491,10 +491,13 @@ impl Workers {
             })?;
             threads.push(t);
         }
+        let mut counters = counters;
         let reader = match outside_rx {
             Some(rx) => {
                 let f = Arc::clone(&fabric);
-                let c = Arc::clone(&counters[0]);
+                // Its own counters: a worker's have a single writer.
+                let c = Arc::new(Counters::default());
+                counters.push(Arc::clone(&c));
                 Some(std::thread::Builder::new().name("hp-afpacket".into()).spawn(move || af_packet_reader(rx, f, c))?)
             }
             None => None,
@@ -502,7 +505,8 @@ impl Workers {
         Ok(Workers { fabric, threads, counters, reader })
     }
 
-    /// Each worker's counters (sum them for the gateway's).
+    /// Each worker's counters, then (with an AF_PACKET outside) the reader
+    /// thread's own (frames it drops); sum them for the gateway's.
     pub fn counters(&self) -> &[Arc<Counters>] {
         &self.counters
     }
