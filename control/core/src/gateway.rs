@@ -92,6 +92,18 @@ fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool, queue: u32) 
     Ok(tap)
 }
 
+static DROP_CAPABILITIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`start`] drop the calling thread's capabilities to
+/// CAP_NET_ADMIN and CAP_NET_RAW once the devices are open, before the
+/// workers start (`hyperplane run` does; tests that start several gateways
+/// from one thread do not). Capabilities are per thread: the threads
+/// started from that one afterwards (workers, control thread, servers)
+/// inherit the reduced set.
+pub fn drop_capabilities_once_started(on: bool) {
+    DROP_CAPABILITIES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Starts the gateway the plan describes.
 pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
     check_net_admin().map_err(StartError::Privileges)?;
@@ -162,6 +174,13 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
             by_port.resize(slot + 1, None);
         }
         by_port[slot] = Some(Arc::clone(t));
+    }
+    if DROP_CAPABILITIES.load(std::sync::atomic::Ordering::Relaxed) {
+        // Every device is open: keep only what the running gateway needs,
+        // before the workers (which read what tenants and the VPC send)
+        // start, so that they and every thread started later inherit it.
+        dataplane_io::keep_only_net_capabilities().map_err(StartError::Io)?;
+        tracing::info!("capabilities dropped to CAP_NET_ADMIN and CAP_NET_RAW");
     }
     let (tx, events) = crossbeam_channel::bounded(1024);
     let gateway = Workers::start(specs, by_port, shards, af_rx, tx)?;

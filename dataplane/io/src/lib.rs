@@ -40,7 +40,7 @@ pub mod vnet;
 pub mod worker;
 
 pub use afpacket::AfPacket;
-pub use error::{check_net_admin, IoError};
+pub use error::{check_net_admin, keep_only_net_capabilities, IoError, KEPT_CAPABILITIES};
 pub use poll::{wait_readable, Events, Poller, Waker};
 pub use tap::{
     Tap, TapOptions, OFFLOADS_TCP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, VNET_HDR_LEN,
