@@ -62,7 +62,7 @@ use dataplane::bindings::Bindings;
 use dataplane::counters::{Counters, DropReason};
 use dataplane::engine::{Action, Engine, Event, Offload};
 use dataplane::time::Instant;
-use dataplane::wire::{get16, ETH_LEN};
+use dataplane::wire::ETH_LEN;
 use dataplane::PortId;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -715,11 +715,20 @@ impl Worker {
         let offload = Offload { csum_partial: hdr.needs_csum(), gso_size: if hdr.is_gso() { hdr.gso_size } else { 0 } };
         let action = self.engine.process_offload(now, port, &mut buf[HDR..], len, offload);
         match action {
-            Action::Forward { port: egress, len } => self.emit(egress, buf, len, hdr),
+            Action::Forward { port: egress, len } => {
+                // The engine may have completed a partial checksum (a
+                // datagram it fragmented).
+                let hdr = if self.engine.forwarded_offload().csum_partial { hdr } else { VnetHdr { flags: 0, ..hdr } };
+                self.emit(egress, buf, len, hdr)
+            }
             Action::Reply { len } if !learn_only => self.emit(port, buf, len, VnetHdr::default()),
             Action::Redirect { len } => {
-                let l4 = dataplane::wire::parse_ipv4(&buf[HDR..HDR + len], ETH_LEN).map(|ip| ip.l4());
-                let owner = l4.map_or(self.index, |l| self.fabric.shards.owner(get16(&buf[HDR..], l + 2)));
+                // The owner of the ENI port it is for (an ICMP error about
+                // a hairpin: of its quoted source port).
+                let owner = match steer::inbound(&buf[HDR..HDR + len]) {
+                    Steer::Port(p) | Steer::FirstFragment(p, _) => self.fabric.shards.owner(p),
+                    _ => self.index,
+                };
                 if owner == self.index {
                     // Not ours after all (bindings changed): our engine decides.
                     let mut b = self.take_spare();
@@ -777,8 +786,13 @@ impl Worker {
             self.emit(port, &mut buf, len, VnetHdr::default());
         }
         self.scratch = buf;
-        while let Some(ev) = self.engine.poll_event() {
-            let _ = self.fabric.events.try_send((self.index, ev));
+        // An event the channel has no room for stays in the engine's queue
+        // until the next flush: events that drive capacity are not lost.
+        while let Some(ev) = self.engine.peek_event() {
+            if self.fabric.events.try_send((self.index, ev)).is_err() {
+                break;
+            }
+            self.engine.poll_event();
         }
     }
 }
@@ -939,10 +953,13 @@ impl Workers {
             })?;
             threads.push(t);
         }
+        let mut counters = counters;
         let reader = match outside_rx {
             Some(rx) => {
                 let f = Arc::clone(&fabric);
-                let c = Arc::clone(&counters[0]);
+                // Its own counters: a worker's have a single writer.
+                let c = Arc::new(Counters::default());
+                counters.push(Arc::clone(&c));
                 let r = Arc::clone(&io[n]);
                 Some(
                     std::thread::Builder::new()
@@ -968,7 +985,8 @@ impl Workers {
         self.backend
     }
 
-    /// Each worker's counters (sum them for the gateway's).
+    /// Each worker's counters, then (with an AF_PACKET outside) the reader
+    /// thread's own (frames it drops); sum them for the gateway's.
     pub fn counters(&self) -> &[Arc<Counters>] {
         &self.counters
     }
