@@ -262,12 +262,6 @@ impl Lab {
             Some(&lab.vpc),
             &[format!("addr add {VPC_ROUTER}/24 dev {vpc_link}"), format!("link set {vpc_link} up")],
         )?;
-        if opts.af_packet {
-            // AF_PACKET (without PACKET_VNET_HDR) cannot see that a frame's
-            // checksum is only partial, as a veth passes it on: have the
-            // router finish checksums before they reach the gateway.
-            lab.vpc.exec(&["ethtool", "-K", &vpc_link, "tx", "off"])?;
-        }
         if let Some(br) = &lab.bridge {
             // The bridges are plain wires: bridged frames skip the bridge namespace's iptables/arptables hooks
             // (br_netfilter, when loaded), which would otherwise cost every frame a netfilter traversal. The keys
