@@ -512,7 +512,7 @@ fn af_packet_sends_are_gathered_with_sendmmsg_on_syscalls() {
         o.af_packet = true;
         o.gateway_extra = io("syscalls");
     });
-    assert!(!lab.gateway().offloads);
+    assert!(lab.gateway().offloads);
     let echo = udp_echo(&lab, 7700);
     for i in 0..2 {
         let reply = lab.envs[i].run(|| udp_ask(SocketAddrV4::new(SERVER, 7700), b"through af_packet"));

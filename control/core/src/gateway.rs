@@ -12,9 +12,13 @@
 //! attachment for environments added later (a worker that reads no
 //! attachment owns no port); worker `i`'s engine allocates only from slice `i`, and
 //! its high-water mark and session capacity are the plan's in proportion.
-//! Offloads (virtio-net header, TSO, checksum offload) are enabled only when
-//! the outside is a TAP too, so that a superframe always has a device that
-//! can segment it.
+//! Offloads (virtio-net header, TSO, checksum offload) apply to every device
+//! when on: the TAPs, and an AF_PACKET outside's send sockets
+//! (`PACKET_VNET_HDR`, the kernel segments what the interface cannot), so a
+//! superframe always has a device that can segment it. An AF_PACKET
+//! outside's receiving socket always reads the offload header (the kernel
+//! passes partial checksums and superframes on from a veth, bridge or
+//! virtio NIC either way).
 
 use crate::config::OutsideKind;
 use crate::plan::Plan;
@@ -26,7 +30,9 @@ use dataplane::{Engine, Event, PortId};
 use dataplane_io::steer::Shards;
 use dataplane_io::syscalls::ActiveBackend;
 use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
-use dataplane_io::{check_net_admin, AfPacket, IoCounters, IoError, PacketSender, Tap, TapOptions, OFFLOADS_TCP};
+use dataplane_io::{
+    check_net_admin, IoCounters, IoError, PacketReceiver, PacketSender, RxOptions, Tap, TapOptions, OFFLOADS_TCP,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,7 +121,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
     let attachments: Vec<PortId> = plan.attachments.iter().map(|a| a.port).collect();
     let weights = port_weights(&attachments, plan.bindings.envs().iter().map(|e| e.port), n);
     let shards = Shards::weighted(plan.engine.port_range.clone(), &weights);
-    let offloads = plan.offloads && plan.outside.kind == OutsideKind::Tap;
+    let offloads = plan.offloads;
     let vnet = TapOptions { vnet_hdr: offloads, multi_queue: false };
 
     let mut outside = Vec::new();
@@ -134,10 +140,13 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         OutsideKind::AfPacket => {
             let name = &plan.outside.name;
             for _ in 0..n {
-                af_tx.push(PacketSender::open(name).map_err(dev(name))?);
+                af_tx.push(PacketSender::open_with(name, offloads).map_err(dev(name))?);
             }
-            // The reader skips what the workers' sockets send.
-            af_rx = Some(AfPacket::open_receiver(name, Duration::from_millis(200)).map_err(dev(name))?);
+            // The reader skips what the workers' sockets send, and always
+            // reads the offload header: a veth, bridge or virtio NIC hands
+            // over partial checksums and superframes whatever we ask.
+            let opts = RxOptions { vnet_hdr: true, fanout: None, read_timeout: Some(Duration::from_millis(200)) };
+            af_rx = Some(PacketReceiver::open(name, opts).map_err(dev(name))?);
         }
     }
 

@@ -164,12 +164,14 @@ impl std::fmt::Debug for AfPacket {
 /// ([`PacketSender::send`]) or many per `sendmmsg` ([`PacketSender::send_batch`]);
 /// its descriptor may also be written through an io_uring.
 ///
-/// Frames must be whole Ethernet frames with complete checksums, at most
-/// MTU + 14 bytes; the kernel refuses longer ones (`EMSGSIZE`).
+/// Without a virtio-net header ([`PacketSender::open_with`]) frames must be
+/// whole Ethernet frames with complete checksums, at most MTU + 14 bytes;
+/// the kernel refuses longer ones (`EMSGSIZE`).
 #[derive(Debug)]
 pub struct PacketSender {
     fd: std::os::fd::OwnedFd,
     name: String,
+    vnet_hdr: bool,
 }
 
 /// Frames one [`PacketSender::send_batch`] call passes to `sendmmsg`.
@@ -181,38 +183,26 @@ impl PacketSender {
     /// Errors: [`IoError::BadName`], [`IoError::NoSuchInterface`],
     /// [`IoError::NotPermitted`] (needs `CAP_NET_RAW`), [`IoError::Sys`].
     pub fn open(name: &str) -> Result<PacketSender, IoError> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let index = ifreq::index(name)?;
-        // SAFETY: socket(2) takes no pointers; a non-negative result is a
-        // new descriptor that nothing else owns.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(IoError::sys("AF_PACKET socket", io::Error::last_os_error()));
+        Self::open_with(name, false)
+    }
+
+    /// Like [`PacketSender::open`], with `vnet_hdr` (`PACKET_VNET_HDR`):
+    /// every frame given to it then starts with a
+    /// [`crate::PACKET_VNET_LEN`]-byte virtio-net header, so a frame with a
+    /// partial checksum or a GSO superframe (longer than the MTU) goes out
+    /// as it is and the kernel (or the NIC) finishes it.
+    pub fn open_with(name: &str, vnet_hdr: bool) -> Result<PacketSender, IoError> {
+        ifreq::validate_name(name)?;
+        let fd = crate::packet_rx::bound_socket(name, 0)?;
+        if vnet_hdr {
+            crate::packet_rx::enable_vnet_hdr(&fd)?;
         }
-        // SAFETY: `raw` was just returned by socket(2) and is owned by no one else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = 0;
-        sll.sll_ifindex = index as i32;
-        // SAFETY: bind(2) reads `size_of::<sockaddr_ll>()` bytes from a valid,
-        // initialised `sll` that outlives the call.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::ENODEV) | Some(libc::ENXIO) => IoError::NoSuchInterface { name: name.to_owned() },
-                _ => IoError::sys("AF_PACKET bind", e),
-            });
-        }
-        Ok(PacketSender { fd, name: name.to_owned() })
+        Ok(PacketSender { fd, name: name.to_owned(), vnet_hdr })
+    }
+
+    /// Whether frames given to it start with a virtio-net header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
     }
 
     /// Sends one frame (one `write`).

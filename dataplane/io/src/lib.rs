@@ -39,6 +39,7 @@ pub mod afpacket;
 pub mod backend;
 pub mod error;
 pub mod ifreq;
+pub mod packet_rx;
 pub mod poll;
 pub mod steer;
 pub mod syscalls;
@@ -50,6 +51,7 @@ pub mod worker;
 pub use afpacket::{AfPacket, PacketSender};
 pub use backend::{Backend, IoSettings};
 pub use error::{check_net_admin, keep_only_net_capabilities, IoError, KEPT_CAPABILITIES};
+pub use packet_rx::{PacketReceiver, RxOptions, PACKET_VNET_LEN};
 pub use poll::{wait_readable, Events, Poller, Waker};
 pub use syscalls::IoCounters;
 pub use tap::{

@@ -56,7 +56,7 @@ use crate::backend::{Backend, IoSettings};
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::syscalls::{ActiveBackend, IoCounters};
 use crate::uring::{Done, Ring};
-use crate::{complete_checksum, AfPacket, Events, Poller, Tap, VnetHdr, Waker, VNET_HDR_LEN};
+use crate::{complete_checksum, Events, PacketReceiver, Poller, Tap, VnetHdr, Waker, PACKET_VNET_LEN, VNET_HDR_LEN};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use dataplane::bindings::Bindings;
 use dataplane::counters::{Counters, DropReason};
@@ -335,8 +335,9 @@ impl Worker {
         while done < self.packets.len() {
             let mut frames: [&[u8]; SEND_BATCH] = [&[]; SEND_BATCH];
             let n = (self.packets.len() - done).min(SEND_BATCH);
+            let start = packet_start(sender);
             for (f, (buf, len)) in frames.iter_mut().zip(&self.packets[done..done + n]) {
-                *f = &buf[HDR..HDR + len];
+                *f = &buf[start..HDR + len];
             }
             self.io.send.inc();
             match sender.send_batch(&frames[..n]) {
@@ -753,9 +754,15 @@ impl Worker {
             match outside {
                 OutsideTx::Tap(t) => tx.tap(t, buf, len, hdr),
                 OutsideTx::AfPacket(s) => {
-                    if !finish_in_software(buf, len, hdr) {
+                    let start = packet_start(s);
+                    if s.vnet_hdr() {
+                        // The socket's header is the TAP's less its last
+                        // two bytes: it ends where the frame starts.
+                        buf[start..HDR].copy_from_slice(&hdr.to_bytes()[..PACKET_VNET_LEN]);
+                    }
+                    if !s.vnet_hdr() && !finish_in_software(buf, len, hdr) {
                         false
-                    } else if tx.ring_write(s.as_raw_fd(), buf, HDR..HDR + len) {
+                    } else if tx.ring_write(s.as_raw_fd(), buf, start..HDR + len) {
                         true
                     } else {
                         let fresh = tx.spare.pop().unwrap_or_else(|| tx.fabric.take_buf());
@@ -863,6 +870,17 @@ fn read(tap: &Tap, buf: &mut [u8]) -> Option<usize> {
     }
 }
 
+/// Where a frame for `s` starts in its buffer: at its virtio-net header
+/// when the socket takes one (the [`PACKET_VNET_LEN`] bytes before
+/// [`HDR`]), else at the frame.
+fn packet_start(s: &PacketSender) -> usize {
+    if s.vnet_hdr() {
+        HDR - PACKET_VNET_LEN
+    } else {
+        HDR
+    }
+}
+
 /// Completes a partial checksum for a device without offloads; false for a
 /// GSO superframe, which such a device cannot take.
 fn finish_in_software(buf: &mut [u8], len: usize, hdr: VnetHdr) -> bool {
@@ -895,7 +913,7 @@ impl Workers {
         specs: Vec<WorkerSpec>,
         inside: Vec<Option<Arc<Tap>>>,
         shards: Shards,
-        outside_rx: Option<AfPacket>,
+        outside_rx: Option<PacketReceiver>,
         events: Sender<(usize, Event)>,
         settings: IoSettings,
     ) -> io::Result<Workers> {
@@ -908,7 +926,7 @@ impl Workers {
         specs: Vec<WorkerSpec>,
         inside: Vec<Option<Arc<Tap>>>,
         shards: Shards,
-        outside_rx: Option<AfPacket>,
+        outside_rx: Option<PacketReceiver>,
         events: Sender<(usize, Event)>,
         mut settings: IoSettings,
         probe: impl FnOnce() -> io::Result<()>,
@@ -1085,21 +1103,46 @@ impl Drop for Workers {
 }
 
 /// The AF_PACKET reader: receives every frame on the outside interface and
-/// hands it to the worker that owns it (ARP to all).
-fn af_packet_reader(mut rx: AfPacket, fabric: Arc<Fabric>, counters: Arc<Counters>, io: Arc<IoCounters>) {
+/// hands it to the worker that owns it (ARP to all). A frame is received
+/// straight into a pool buffer at [`HDR`], its offload header (when the
+/// socket gives one) moved to the start of the buffer, and the buffer goes
+/// to the owner: no copy but for ARP's extra copies.
+fn af_packet_reader(rx: PacketReceiver, fabric: Arc<Fabric>, counters: Arc<Counters>, io: Arc<IoCounters>) {
     let mut frags = FragSteer::new();
+    let mut spare: Option<Vec<u8>> = None;
+    let vnet = rx.vnet_hdr();
+    let start = if vnet { HDR - PACKET_VNET_LEN } else { HDR };
     while !fabric.stop.load(Ordering::Relaxed) {
+        let mut b = spare.take().unwrap_or_else(|| fabric.take_buf());
         io.recv.inc();
-        let frame = match rx.recv() {
-            Ok(f) => f,
-            Err(_) => continue,
+        let n = match rx.recv(&mut b[start..]) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    counters.count_drop(DropReason::Truncated);
+                }
+                spare = Some(b);
+                continue;
+            }
         };
-        if frame.len() > MAX_FRAME {
+        let len = n.saturating_sub(HDR - start);
+        if len == 0 || len > MAX_FRAME {
             counters.count_drop(DropReason::Truncated);
+            spare = Some(b);
             continue;
+        }
+        if vnet {
+            // The socket's 10-byte header, where the workers read the
+            // TAP's 12-byte one (its last two bytes are ignored).
+            b.copy_within(start..HDR, 0);
+        }
+        b[HDR - 2..HDR].fill(0);
+        if !vnet {
+            b[..HDR].fill(0);
         }
         let now = fabric.now();
         let shards = &fabric.shards;
+        let frame = &b[HDR..HDR + len];
         let targets: (usize, usize) = match steer::inbound(frame) {
             Steer::Port(p) => (shards.owner(p), shards.owner(p) + 1),
             Steer::FirstFragment(p, id) => {
@@ -1113,17 +1156,19 @@ fn af_packet_reader(mut rx: AfPacket, fabric: Arc<Fabric>, counters: Arc<Counter
             Steer::Arp => (0, shards.len()),
             Steer::Local => (0, 1),
         };
-        for w in targets.0..targets.1 {
-            let mut b = fabric.take_buf();
-            b[..HDR].fill(0);
-            b[HDR..HDR + frame.len()].copy_from_slice(frame);
-            let len = frame.len();
-            // ARP: worker 0 answers, the others only learn.
-            let msg = if w == 0 { Msg::Frame { buf: b, len } } else { Msg::Learn { buf: b, len } };
+        // ARP: worker 0 answers, the others learn from copies.
+        for w in (targets.0 + 1..targets.1).rev() {
+            let mut c = fabric.take_buf();
+            c[..HDR].fill(0);
+            c[HDR..HDR + len].copy_from_slice(&b[HDR..HDR + len]);
             io.wake.inc();
-            if !fabric.send(w, msg) {
+            if !fabric.send(w, Msg::Learn { buf: c, len }) {
                 counters.count_drop(DropReason::InboxFull);
             }
+        }
+        io.wake.inc();
+        if !fabric.send(targets.0, Msg::Frame { buf: b, len }) {
+            counters.count_drop(DropReason::InboxFull);
         }
     }
 }

@@ -110,7 +110,8 @@ pub enum EniMode {
 pub struct GatewaySettings {
     /// Worker threads; 0 = one per available core. At most 256. Default 0.
     pub workers: usize,
-    /// Open TAPs with `IFF_VNET_HDR` and enable TSO/checksum offload.
+    /// Open TAPs with `IFF_VNET_HDR` and enable TSO/checksum offload (and,
+    /// with an AF_PACKET outside, send through it with `PACKET_VNET_HDR`).
     /// Default true.
     pub offloads: bool,
     /// Engine defaults: `"rfc"` or `"aws"`. Default `"rfc"`.

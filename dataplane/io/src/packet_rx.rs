@@ -1,0 +1,208 @@
+//! The receiving side of an `AF_PACKET` outside: a raw socket on an
+//! existing interface that hands over each frame with the offload state the
+//! kernel knows about it.
+//!
+//! Contracts:
+//! - the socket is bound to the interface with `ETH_P_ALL`, the interface is
+//!   put into promiscuous mode for as long as the socket is open
+//!   (`PACKET_MR_PROMISC`: frames to the ENI MACs arrive even when they are
+//!   not the interface's), and frames this host transmits on the interface
+//!   are skipped (`PACKET_IGNORE_OUTGOING`, Linux 4.20);
+//! - with [`RxOptions::vnet_hdr`] (`PACKET_VNET_HDR`) every frame is
+//!   preceded by a [`PACKET_VNET_LEN`]-byte `struct virtio_net_hdr` in host
+//!   byte order (little-endian on every platform this runs on) describing a
+//!   partial checksum (`CHECKSUM_PARTIAL`, as a veth, bridge or virtio NIC
+//!   passes on locally generated packets) or a GSO superframe: the same
+//!   header a TAP with `IFF_VNET_HDR` gives, less its last two bytes
+//!   (`num_buffers`);
+//! - with [`RxOptions::fanout`] the socket joins a `PACKET_FANOUT` group
+//!   (`PACKET_FANOUT_HASH`: the frames of one flow always reach the same
+//!   socket of the group, every fragment of a datagram too, and each frame
+//!   only one of them);
+//! - [`PacketReceiver::recv`] returns one frame, or `WouldBlock`/`TimedOut`
+//!   after the read timeout (`None`: it does not block); a frame longer than
+//!   the buffer is reported as `InvalidData` (its length is known from
+//!   `MSG_TRUNC`), never returned cut short.
+
+use super::error::IoError;
+use super::ifreq;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// `SOL_PACKET` option: prefix each frame with a `virtio_net_hdr`.
+const PACKET_VNET_HDR: libc::c_int = 15;
+/// `SOL_PACKET` option: join a fanout group.
+const PACKET_FANOUT: libc::c_int = 18;
+/// `SOL_PACKET` option: skip frames this host transmits (Linux 4.20).
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+/// Fanout mode: by the flow hash of the frame.
+const PACKET_FANOUT_HASH: u32 = 0;
+
+/// Bytes of the `virtio_net_hdr` `PACKET_VNET_HDR` puts before (and expects
+/// before) each frame: the 12-byte TAP header without `num_buffers`.
+pub const PACKET_VNET_LEN: usize = 10;
+
+/// How to open a [`PacketReceiver`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RxOptions {
+    /// Prefix each frame with its offload header (`PACKET_VNET_HDR`).
+    pub vnet_hdr: bool,
+    /// Join this `PACKET_FANOUT` group (an id unique to the gateway; every
+    /// socket of one group must be opened with the same options).
+    pub fanout: Option<u16>,
+    /// Block at most this long in [`PacketReceiver::recv`]; `None`: never
+    /// block (a socket a poller watches).
+    pub read_timeout: Option<Duration>,
+}
+
+/// A receiving `AF_PACKET` socket. See the module docs.
+#[derive(Debug)]
+pub struct PacketReceiver {
+    fd: OwnedFd,
+    name: String,
+    vnet_hdr: bool,
+}
+
+/// `setsockopt(fd, level, opt, &value)` for a plain-data `value`; the error
+/// names `op`.
+fn set_opt<T: Copy>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, value: T, op: &'static str) -> Result<(), IoError> {
+    // SAFETY: `fd` is a valid socket; the option value is a live `T` whose
+    // size is passed, and the kernel only reads it during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(IoError::sys(op, io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// A new `AF_PACKET` raw socket for `protocol` (host order), bound to
+/// interface `name`.
+pub(crate) fn bound_socket(name: &str, protocol: u16) -> Result<OwnedFd, IoError> {
+    let index = ifreq::index(name)?;
+    let proto_be = protocol.to_be();
+    // SAFETY: socket(2) takes no pointers; a non-negative result is a new
+    // descriptor that nothing else owns.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto_be)) };
+    if raw < 0 {
+        return Err(IoError::sys("AF_PACKET socket", io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` was just returned by socket(2) and is owned by no one else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto_be;
+    sll.sll_ifindex = index as i32;
+    // SAFETY: bind(2) reads `size_of::<sockaddr_ll>()` bytes from a valid,
+    // initialised `sll` that outlives the call.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENODEV) | Some(libc::ENXIO) => IoError::NoSuchInterface { name: name.to_owned() },
+            _ => IoError::sys("AF_PACKET bind", e),
+        });
+    }
+    Ok(fd)
+}
+
+/// Asks for `PACKET_VNET_HDR` on `fd` (before any frame is sent or
+/// received on it).
+pub(crate) fn enable_vnet_hdr(fd: &OwnedFd) -> Result<(), IoError> {
+    set_opt(fd, libc::SOL_PACKET, PACKET_VNET_HDR, 1 as libc::c_int, "PACKET_VNET_HDR")
+}
+
+impl PacketReceiver {
+    /// Opens the socket on the existing interface `name` (see the module
+    /// docs for what each option does).
+    ///
+    /// Errors: [`IoError::BadName`], [`IoError::NoSuchInterface`],
+    /// [`IoError::NotPermitted`] (needs `CAP_NET_RAW`), [`IoError::Sys`]
+    /// naming the option the kernel refused (`PACKET_IGNORE_OUTGOING` before
+    /// Linux 4.20, `PACKET_FANOUT`, ...).
+    pub fn open(name: &str, opts: RxOptions) -> Result<PacketReceiver, IoError> {
+        ifreq::validate_name(name)?;
+        let fd = bound_socket(name, libc::ETH_P_ALL as u16)?;
+        let index = ifreq::index(name)?;
+        set_opt(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1 as libc::c_int, "PACKET_IGNORE_OUTGOING")?;
+        if opts.vnet_hdr {
+            enable_vnet_hdr(&fd)?;
+        }
+        // SAFETY: packet_mreq is plain old data; all-zero is a valid value.
+        let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
+        mr.mr_ifindex = index as i32;
+        mr.mr_type = libc::PACKET_MR_PROMISC as u16;
+        set_opt(&fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, mr, "PACKET_ADD_MEMBERSHIP (promiscuous)")?;
+        match opts.read_timeout {
+            Some(t) => {
+                let t = t.max(Duration::from_millis(1));
+                let tv = libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: t.subsec_micros() as _ };
+                set_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tv, "SO_RCVTIMEO")?;
+            }
+            None => rustix::io::ioctl_fionbio(&fd, true).map_err(|e| IoError::sys("FIONBIO", e.into()))?,
+        }
+        if let Some(group) = opts.fanout {
+            // No defragmentation flag: the flow hash of a fragment covers
+            // the addresses and protocol only (ports are not parsed), so
+            // every fragment of a datagram reaches the same socket anyway.
+            let arg: u32 = u32::from(group) | (PACKET_FANOUT_HASH << 16);
+            set_opt(&fd, libc::SOL_PACKET, PACKET_FANOUT, arg, "PACKET_FANOUT")?;
+        }
+        Ok(PacketReceiver { fd, name: name.to_owned(), vnet_hdr: opts.vnet_hdr })
+    }
+
+    /// Receives one frame into `buf` (preceded by its
+    /// [`PACKET_VNET_LEN`]-byte header with [`RxOptions::vnet_hdr`]);
+    /// returns the bytes written. Errors: `WouldBlock`/`TimedOut` when
+    /// nothing came, `InvalidData` for a frame longer than `buf` (dropped).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`, a
+        // live exclusive slice; MSG_TRUNC only changes the returned length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n > buf.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame longer than the buffer"));
+        }
+        Ok(n)
+    }
+
+    /// Whether frames come with a [`PACKET_VNET_LEN`]-byte header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl AsFd for PacketReceiver {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for PacketReceiver {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
