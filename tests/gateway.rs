@@ -463,6 +463,14 @@ fn two_hundred_environments_through_af_packet_on_a_veth_with_default_offloads() 
     assert_eq!(r.drops.get("bad_checksum"), None, "{:?}", r.drops);
 }
 
+/// Each worker reads its own socket of a `PACKET_FANOUT` group: no reader
+/// thread (its system calls would be counted after the workers').
+#[track_caller]
+fn check_fanout(lab: &Lab) {
+    let g = lab.gateway();
+    assert_eq!(g.io_counters().len(), g.workers(), "one socket per worker, no reader thread");
+}
+
 fn af_packet_lab(envs: usize, workers: usize) -> Lab {
     lab(envs, |o| {
         o.af_packet = true;
@@ -481,7 +489,9 @@ fn ping_and_icmp_errors_through_af_packet_on_a_veth_with_default_offloads() {
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn hairpinning_through_af_packet_on_a_veth_with_default_offloads() {
     netlab::require_root();
-    hairpin_in(af_packet_lab(2, 2));
+    let lab = af_packet_lab(2, 2);
+    check_fanout(&lab);
+    hairpin_in(lab);
 }
 
 #[test]
@@ -500,6 +510,7 @@ fn a_100_mb_tcp_transfer_each_way_arrives_byte_exact_through_af_packet_on_a_veth
     netlab::require_root();
     let lab = af_packet_lab(1, 2);
     assert!(lab.gateway().offloads);
+    check_fanout(&lab);
     transfer_in(&lab, Direction::Upload);
     transfer_in(&lab, Direction::Download);
 }
@@ -523,7 +534,8 @@ fn af_packet_sends_are_gathered_with_sendmmsg_on_syscalls() {
     check_backend(&lab, "syscalls");
     // [read, write, epoll_wait, io_uring_enter, send, recv, wake]
     let s = lab.gateway().syscalls();
-    assert!(s[4] > 0 && s[5] > 0, "sendmmsg to the outside, recv by the reader: {s:?}");
+    assert!(s[4] > 0 && s[5] > 0, "sendmmsg to the outside, recv by the workers: {s:?}");
+    check_fanout(&lab);
     drop(lab);
     let _ = echo.join();
 }

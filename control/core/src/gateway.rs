@@ -112,6 +112,26 @@ pub fn drop_capabilities_once_started(on: bool) {
     DROP_CAPABILITIES.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// `n` non-blocking receiving sockets on `name` joined in one new
+/// `PACKET_FANOUT` (hash) group, one per worker.
+fn fanout_receivers(name: &str, n: usize) -> Result<Vec<PacketReceiver>, IoError> {
+    static GROUPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Group ids are per network namespace: one another process (or another
+    // gateway of this one) holds on another interface is refused
+    // (`EINVAL`), so a few ids are tried.
+    let mut last = None;
+    for _ in 0..8 {
+        let k = GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let group = (std::process::id().wrapping_mul(0x9e37_79b9).wrapping_add(k.wrapping_mul(0x85eb_ca6b)) >> 16) as u16;
+        let opts = RxOptions { vnet_hdr: true, fanout: Some(group), read_timeout: None };
+        match (0..n).map(|_| PacketReceiver::open(name, opts)).collect::<Result<Vec<_>, _>>() {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| IoError::NoSuchInterface { name: name.to_owned() }))
+}
+
 /// Starts the gateway the plan describes.
 pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
     check_net_admin().map_err(StartError::Privileges)?;
@@ -139,14 +159,25 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         }
         OutsideKind::AfPacket => {
             let name = &plan.outside.name;
+            // Each worker reads its own socket of a fanout group; where
+            // the kernel refuses the group, one reader thread reads for
+            // all. Receivers skip what the workers' sockets send, and
+            // always read the offload header: a veth, bridge or virtio NIC
+            // hands over partial checksums and superframes whatever we ask.
+            let receivers = match fanout_receivers(name, n) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(outside = %name, error = %e, "no PACKET_FANOUT group: one reader thread");
+                    let opts = RxOptions { vnet_hdr: true, fanout: None, read_timeout: Some(Duration::from_millis(200)) };
+                    af_rx = Some(PacketReceiver::open(name, opts).map_err(dev(name))?);
+                    Vec::new()
+                }
+            };
+            let mut receivers = receivers.into_iter();
             for _ in 0..n {
-                af_tx.push(PacketSender::open_with(name, offloads).map_err(dev(name))?);
+                let tx = PacketSender::open_with(name, offloads).map_err(dev(name))?;
+                af_tx.push((tx, receivers.next().map(Arc::new)));
             }
-            // The reader skips what the workers' sockets send, and always
-            // reads the offload header: a veth, bridge or virtio NIC hands
-            // over partial checksums and superframes whatever we ask.
-            let opts = RxOptions { vnet_hdr: true, fanout: None, read_timeout: Some(Duration::from_millis(200)) };
-            af_rx = Some(PacketReceiver::open(name, opts).map_err(dev(name))?);
         }
     }
 
@@ -172,7 +203,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         let out = match outside.get(i) {
             Some(t) => OutsideTx::Tap(Arc::clone(t)),
             None => match af_tx.next() {
-                Some(a) => OutsideTx::AfPacket(a),
+                Some((tx, rx)) => OutsideTx::AfPacket(tx, rx),
                 None => unreachable!("one AF_PACKET sender per worker"),
             },
         };

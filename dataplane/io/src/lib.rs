@@ -15,8 +15,13 @@
 //! - [`vnet`]: the virtio-net header ([`VnetHdr`]) and
 //!   [`complete_checksum`] for frames marked `F_NEEDS_CSUM`.
 //! - [`ifreq`]: interface configuration by name (MTU, up, MAC, index).
-//! - [`afpacket`]: [`AfPacket`], the slower path to an existing interface,
-//!   and [`PacketSender`], a send-only socket on it (batched sends).
+//! - [`afpacket`]: [`AfPacket`], a plain socket on an existing interface,
+//!   and [`PacketSender`], a send-only socket on it (batched sends,
+//!   optionally with a virtio-net header); [`packet_rx`]:
+//!   [`PacketReceiver`], the outside's receiving socket (offload header,
+//!   ignores this host's transmissions, optionally one of a
+//!   `PACKET_FANOUT` group); [`rx_source`]: a TAP queue or packet socket as
+//!   a worker reads it (where the header and frame land in a buffer).
 //! - [`poll`]: [`Poller`] (level-triggered epoll), [`Events`] and [`Waker`]
 //!   (eventfd) to stop a blocked worker.
 //! - [`error`]: [`IoError`] and [`check_net_admin`].
@@ -41,6 +46,7 @@ pub mod error;
 pub mod ifreq;
 pub mod packet_rx;
 pub mod poll;
+pub mod rx_source;
 pub mod steer;
 pub mod syscalls;
 pub mod tap;

@@ -52,6 +52,7 @@
 //! wakes every worker.
 
 use crate::afpacket::{PacketSender, SEND_BATCH};
+use crate::rx_source::RxSource;
 use crate::backend::{Backend, IoSettings};
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::syscalls::{ActiveBackend, IoCounters};
@@ -128,10 +129,12 @@ pub enum Msg {
 pub enum OutsideTx {
     /// Its own queue of the outside TAP (also read by it).
     Tap(Arc<Tap>),
-    /// Its own send-only AF_PACKET socket (frames are read by the gateway's
-    /// AF_PACKET reader thread and steered to their owners). Frames sent in
-    /// one wake-up go together: on the ring, or in one `sendmmsg`.
-    AfPacket(PacketSender),
+    /// Its own send-only AF_PACKET socket, and its own receiving socket of
+    /// the outside's fanout group when it has one (without: frames are
+    /// read by the gateway's AF_PACKET reader thread). Either way frames
+    /// are steered to their owners. Frames sent in one wake-up go
+    /// together: on the ring, or in one `sendmmsg`.
+    AfPacket(PacketSender, Option<Arc<PacketReceiver>>),
 }
 
 /// What one worker is given.
@@ -205,10 +208,10 @@ struct RxFrame {
     learn: bool,
 }
 
-/// A TAP queue the ring keeps reads posted on.
+/// A device the ring keeps reads posted on.
 struct RingFd {
     port: PortId,
-    tap: Arc<Tap>,
+    src: RxSource,
     /// Reads posted now.
     posted: usize,
     /// After a read error: no read is posted before this time.
@@ -224,6 +227,9 @@ pub struct Worker {
     settings: IoSettings,
     inside: Vec<(PortId, Arc<Tap>)>,
     outside: OutsideTx,
+    /// What the worker reads of the outside (none: the AF_PACKET reader
+    /// thread does).
+    outside_rx: Option<RxSource>,
     fabric: Arc<Fabric>,
     inbox: Receiver<Msg>,
     waker: Arc<Waker>,
@@ -259,7 +265,12 @@ impl Worker {
     ) -> Worker {
         let waker = Arc::clone(&fabric.wakers[index]);
         let n = fabric.wakers.len();
+        let outside_rx = match &spec.outside {
+            OutsideTx::Tap(t) => Some(RxSource::Tap(Arc::clone(t))),
+            OutsideTx::AfPacket(_, rx) => rx.as_ref().map(|r| RxSource::Packet(Arc::clone(r))),
+        };
         Worker {
+            outside_rx,
             index,
             counters: spec.engine.counters(),
             engine: spec.engine,
@@ -286,7 +297,7 @@ impl Worker {
     /// chose ([`crate::backend::resolve`]; `Auto` falls back to syscalls
     /// when this thread cannot set up its ring).
     pub fn run(mut self) -> io::Result<()> {
-        let fds = self.inside.len() + usize::from(matches!(self.outside, OutsideTx::Tap(_)));
+        let fds = self.inside.len() + usize::from(self.outside_rx.is_some());
         self.reads_per_fd = READS_PER_FD;
         let slots = fds * self.reads_per_fd + RING_WRITES;
         // Deferred completion work suits a worker that sleeps in the ring;
@@ -328,7 +339,7 @@ impl Worker {
     /// per [`SEND_BATCH`] frames. A frame the kernel refuses is dropped
     /// (`tx_failed`) and the rest go on.
     fn flush_packets(&mut self) {
-        let OutsideTx::AfPacket(sender) = &self.outside else {
+        let OutsideTx::AfPacket(sender, _) = &self.outside else {
             return;
         };
         let mut done = 0;
@@ -360,8 +371,8 @@ impl Worker {
         self.io.set_backend(ActiveBackend::Syscalls);
         let poller = Poller::new()?;
         poller.add(self.waker.as_fd(), TOKEN_WAKER)?;
-        if let OutsideTx::Tap(t) = &self.outside {
-            poller.add(t.as_fd(), TOKEN_OUTSIDE)?;
+        if let Some(src) = &self.outside_rx {
+            poller.add(src.as_fd(), TOKEN_OUTSIDE)?;
         }
         for (i, (_, tap)) in self.inside.iter().enumerate() {
             poller.add(tap.as_fd(), i as u64)?;
@@ -396,14 +407,13 @@ impl Worker {
                         let _ = self.waker.reset();
                     }
                     TOKEN_OUTSIDE => {
-                        if let OutsideTx::Tap(t) = &self.outside {
-                            let t = Arc::clone(t);
-                            self.read_batch(PortId::OUTSIDE, &t);
+                        if let Some(src) = self.outside_rx.clone() {
+                            self.read_batch(PortId::OUTSIDE, &src);
                         }
                     }
                     i => {
                         if let Some((port, tap)) = self.inside.get(i as usize).cloned() {
-                            self.read_batch(port, &tap);
+                            self.read_batch(port, &RxSource::Tap(tap));
                         }
                     }
                 }
@@ -413,12 +423,15 @@ impl Worker {
         Ok(())
     }
 
-    /// Reads up to [`BATCH`] frames from `tap` (one `read` each).
-    fn read_batch(&mut self, port: PortId, tap: &Tap) {
+    /// Reads up to [`BATCH`] frames from `src` (one `read` or `recv` each).
+    fn read_batch(&mut self, port: PortId, src: &RxSource) {
         for _ in 0..BATCH {
             let mut buf = self.take_spare();
-            self.io.read.inc();
-            let Some(len) = read(tap, &mut buf) else {
+            match src {
+                RxSource::Tap(_) => self.io.read.inc(),
+                RxSource::Packet(_) => self.io.recv.inc(),
+            }
+            let Some(len) = read(src, &mut buf) else {
                 self.put_spare(buf);
                 break;
             };
@@ -449,11 +462,12 @@ impl Worker {
     fn run_uring(&mut self, ring: Ring) -> io::Result<()> {
         self.io.set_backend(ActiveBackend::Uring);
         self.ring = Some(ring);
-        if let OutsideTx::Tap(t) = &self.outside {
-            self.ring_fds.push(RingFd { port: PortId::OUTSIDE, tap: Arc::clone(t), posted: 0, retry_at: None });
+        if let Some(src) = &self.outside_rx {
+            self.ring_fds.push(RingFd { port: PortId::OUTSIDE, src: src.clone(), posted: 0, retry_at: None });
         }
         for (port, tap) in &self.inside {
-            self.ring_fds.push(RingFd { port: *port, tap: Arc::clone(tap), posted: 0, retry_at: None });
+            let src = RxSource::Tap(Arc::clone(tap));
+            self.ring_fds.push(RingFd { port: *port, src, posted: 0, retry_at: None });
         }
         let mut done: Vec<Done> = Vec::with_capacity(self.ring.as_ref().map_or(0, Ring::slots));
         self.refill_reads()?;
@@ -521,16 +535,15 @@ impl Worker {
             return;
         };
         f.posted = f.posted.saturating_sub(1);
-        let (port, vnet) = (f.port, f.tap.vnet_hdr());
+        let port = f.port;
+        let mut buf = buf;
         let len = match usize::try_from(res) {
-            Ok(n) if vnet && n >= HDR => Some(n - HDR),
-            Ok(n) if !vnet && n > 0 => Some(n),
             Ok(0) => {
                 // End of file: the device is going away; do not spin on it.
                 f.retry_at = Some(std::time::Instant::now() + READ_RETRY);
                 None
             }
-            Ok(_) => None,
+            Ok(n) => f.src.finish(&mut buf, n).filter(|&l| l <= MAX_FRAME),
             Err(_) => {
                 if res != -libc::EAGAIN && res != -libc::ECANCELED {
                     f.retry_at = Some(std::time::Instant::now() + READ_RETRY);
@@ -539,13 +552,7 @@ impl Worker {
             }
         };
         match len {
-            Some(len) => {
-                let mut buf = buf;
-                if !vnet {
-                    buf[..HDR].fill(0);
-                }
-                self.accept(port, buf, len);
-            }
+            Some(len) => self.accept(port, buf, len),
             None => self.put_spare(buf),
         }
     }
@@ -567,8 +574,7 @@ impl Worker {
             while self.ring_fds[i].posted < self.reads_per_fd && ring.has_room() {
                 let buf = self.take_spare();
                 let f = &mut self.ring_fds[i];
-                let offset = if f.tap.vnet_hdr() { 0 } else { HDR };
-                match ring.post_read(i as u32, f.tap.as_raw_fd(), buf, offset, &self.io) {
+                match ring.post_read(i as u32, f.src.as_raw_fd(), buf, f.src.offset(), &self.io) {
                     Ok(()) => f.posted += 1,
                     Err(buf) => {
                         self.put_spare(buf);
@@ -753,7 +759,7 @@ impl Worker {
         let ok = if port == PortId::OUTSIDE {
             match outside {
                 OutsideTx::Tap(t) => tx.tap(t, buf, len, hdr),
-                OutsideTx::AfPacket(s) => {
+                OutsideTx::AfPacket(s, _) => {
                     let start = packet_start(s);
                     if s.vnet_hdr() {
                         // The socket's header is the TAP's less its last
@@ -856,18 +862,12 @@ impl Tx<'_> {
     }
 }
 
-/// One non-blocking read into `buf`, the frame landing at `HDR`. None when
-/// nothing is waiting (or on error, which the next wake-up retries).
-fn read(tap: &Tap, buf: &mut [u8]) -> Option<usize> {
-    let start = if tap.vnet_hdr() { 0 } else { HDR };
-    if !tap.vnet_hdr() {
-        buf[..HDR].fill(0);
-    }
-    match tap.recv(&mut buf[start..]) {
-        Ok(n) if tap.vnet_hdr() && n >= HDR => Some(n - HDR),
-        Ok(n) if !tap.vnet_hdr() => Some(n),
-        _ => None,
-    }
+/// One non-blocking read into `buf`, the frame landing at `HDR` (its
+/// header before it, see [`RxSource`]). None when nothing is waiting (or on
+/// error, which the next wake-up retries).
+fn read(src: &RxSource, buf: &mut [u8]) -> Option<usize> {
+    let n = src.read(buf).ok()?;
+    src.finish(buf, n).filter(|&l| l <= MAX_FRAME)
 }
 
 /// Where a frame for `s` starts in its buffer: at its virtio-net header
