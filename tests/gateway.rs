@@ -313,6 +313,7 @@ fn read_all(c: &mut TcpStream) -> (usize, u64) {
 /// `dir`, checked byte for byte (a running hash both ends compute).
 fn transfer_in(lab: &Lab, dir: Direction) {
     let backend = lab.gateway().io_backend().to_string();
+    let t0 = std::time::Instant::now();
     let l = lab.server.run(|| TcpListener::bind(SocketAddrV4::new(SERVER, 7400)).expect("bind"));
     let server = std::thread::spawn(move || {
         let (mut c, _) = l.accept().expect("accept");
@@ -335,6 +336,8 @@ fn transfer_in(lab: &Lab, dir: Direction) {
         Direction::Upload => (server, client),
         Direction::Download => (client, server),
     };
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("{dir:?}: 100 MB in {secs:.2} s ({:.0} Mbit/s; rough, shared machine)", 800.0 / secs);
     assert_eq!(got, 100 * 1000 * 1000, "{dir:?}");
     assert_eq!(received, sent, "{dir:?}: bytes arrive exactly");
     check_backend(lab, &backend);

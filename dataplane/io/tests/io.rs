@@ -10,8 +10,8 @@
 use dataplane::testkit;
 use dataplane_io::vnet::{F_NEEDS_CSUM, GSO_NONE};
 use dataplane_io::{
-    check_net_admin, complete_checksum, ifreq, AfPacket, IoError, Poller, Tap, TapOptions, VnetHdr, OFFLOADS_TCP,
-    TUN_F_CSUM, TUN_F_TSO4, TUN_F_UFO, VNET_HDR_LEN,
+    check_net_admin, complete_checksum, ifreq, AfPacket, IoError, PacketReceiver, Poller, RxOptions, Tap, TapOptions,
+    VnetHdr, OFFLOADS_TCP, PACKET_VNET_LEN, TUN_F_CSUM, TUN_F_TSO4, TUN_F_UFO, VNET_HDR_LEN,
 };
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -489,4 +489,107 @@ fn afpacket_receiver_ignores_frames_sent_from_this_host() {
     let inbound = experimental_frame([0x02, 0x99, 0, 0, 0, 1], OUR_MAC, 0x5b);
     tap.send(&inbound).expect("tap send");
     assert!(seen(&mut rx, &inbound), "frames from the wire still arrive");
+}
+
+/// A UDP frame from 10.199.0.9:`sport` to 10.199.0.1:7000 whose payload is
+/// `tag` (checksums complete).
+fn udp_frame(sport: u16, tag: u32) -> Vec<u8> {
+    let (src, dst) = (std::net::Ipv4Addr::new(10, 199, 0, 9), std::net::Ipv4Addr::new(10, 199, 0, 1));
+    let udp = testkit::udp_segment(src, sport, dst, 7000, &tag.to_be_bytes());
+    testkit::ipv4_frame([0x02, 0x99, 0, 0, 0, 1], OUR_MAC, src, dst, 17, testkit::IpOpts::default(), &udp)
+}
+
+/// Receives from `rx` until `want` accepts a frame (header and frame
+/// split when the socket has one) or 3 s pass.
+fn recv_packet(rx: &PacketReceiver, want: impl Fn(&[u8]) -> bool) -> Option<(VnetHdr, Vec<u8>)> {
+    let mut buf = vec![0u8; 65_536 + 64];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let n = match rx.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) => panic!("recv: {e}"),
+        };
+        let (hdr, frame) = if rx.vnet_hdr() {
+            let mut h = [0u8; VNET_HDR_LEN];
+            h[..PACKET_VNET_LEN].copy_from_slice(&buf[..PACKET_VNET_LEN]);
+            (VnetHdr::parse(&h).expect("header"), &buf[PACKET_VNET_LEN..n])
+        } else {
+            (VnetHdr::default(), &buf[..n])
+        };
+        if want(frame) {
+            return Some((hdr, frame.to_vec()));
+        }
+    }
+    None
+}
+
+/// Issue 16: a frame whose checksum is only partial (as a veth, bridge or
+/// virtio NIC passes on what the host sends) reaches a receiver with
+/// `PACKET_VNET_HDR` marked so, with where its checksum starts and lies; a
+/// receiver without the header gets the same bytes and no way to tell.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn packet_receiver_reads_the_partial_checksum_state() {
+    require_root();
+    let tap = Tap::open(&unique_name(), TapOptions { vnet_hdr: true, multi_queue: false }).expect("open tap");
+    tap.set_up().expect("up");
+    let t = Some(Duration::from_millis(20));
+    let with = PacketReceiver::open(tap.name(), RxOptions { vnet_hdr: true, fanout: None, read_timeout: t })
+        .expect("receiver with header");
+    let without = PacketReceiver::open(tap.name(), RxOptions { vnet_hdr: false, fanout: None, read_timeout: t })
+        .expect("receiver without");
+    let mut frame = udp_frame(5555, 0xc0ffee);
+    // The checksum field of a partial frame holds the pseudo-header sum
+    // only; any value does here.
+    frame[40..42].copy_from_slice(&[0x12, 0x34]);
+    let hdr = VnetHdr { flags: F_NEEDS_CSUM, gso_type: GSO_NONE, hdr_len: 0, gso_size: 0, csum_start: 34, csum_offset: 6 };
+    let mut out = hdr.to_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    tap.send(&out).expect("tap send");
+    let ours = |f: &[u8]| f.len() == frame.len() && f[36..38] == 7000u16.to_be_bytes();
+    let (got, bytes) = recv_packet(&with, ours).expect("frame with its header");
+    assert_eq!(bytes, frame);
+    assert!(got.needs_csum(), "{got:?}");
+    assert_eq!((got.csum_start, got.csum_offset), (34, 6));
+    let (_, bytes) = recv_packet(&without, ours).expect("frame without a header");
+    assert_eq!(bytes, frame, "the same bytes, partial checksum and all");
+}
+
+/// Issue 16: sockets of one `PACKET_FANOUT` group share the frames: each
+/// frame reaches exactly one of them, and different flows reach both.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn a_fanout_group_gives_each_frame_to_one_socket() {
+    require_root();
+    let tap = Tap::open(&unique_name(), TapOptions::default()).expect("open tap");
+    tap.set_up().expect("up");
+    let group = (std::process::id() as u16) ^ 0x5a5a;
+    let opts = RxOptions { vnet_hdr: true, fanout: Some(group), read_timeout: None };
+    let socks = [
+        PacketReceiver::open(tap.name(), opts).expect("first member"),
+        PacketReceiver::open(tap.name(), opts).expect("second member"),
+    ];
+    const FLOWS: u32 = 64;
+    for i in 0..FLOWS {
+        tap.send(&udp_frame(20_000 + i as u16, i)).expect("tap send");
+    }
+    let mut seen = vec![Vec::new(); 2];
+    let mut buf = vec![0u8; 65_536 + 64];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while seen.iter().map(Vec::len).sum::<usize>() < FLOWS as usize && Instant::now() < deadline {
+        for (k, s) in socks.iter().enumerate() {
+            while let Ok(n) = s.recv(&mut buf) {
+                let f = &buf[PACKET_VNET_LEN..n];
+                if f.len() == 14 + 20 + 8 + 4 && f[36..38] == 7000u16.to_be_bytes() {
+                    seen[k].push(u32::from_be_bytes([f[42], f[43], f[44], f[45]]));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut all: Vec<u32> = seen.concat();
+    all.sort_unstable();
+    assert_eq!(all, (0..FLOWS).collect::<Vec<_>>(), "every frame exactly once");
+    assert!(seen.iter().all(|s| !s.is_empty()), "both members got flows: {} and {}", seen[0].len(), seen[1].len());
 }
