@@ -464,6 +464,25 @@ fn two_hundred_environments_through_af_packet_on_a_veth_with_default_offloads() 
     assert_eq!(r.envs_ok, 200, "drops {:?}, first failures {failed:#?}", r.drops);
     assert_eq!(r.server_saw_sources, vec![r.eni_address]);
     assert_eq!(r.drops.get("bad_checksum"), None, "{:?}", r.drops);
+    assert_eq!(r.drops.get("rx_overflow"), None, "the sockets' buffers hold the burst: {:?}", r.drops);
+}
+
+/// With `outside.fanout = false` one reader thread reads for both workers
+/// (the path taken where the kernel refuses a fanout group): the same
+/// traffic passes, the VPC's partial checksums and superframes included.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn one_af_packet_reader_thread_feeds_every_worker_without_fanout() {
+    netlab::require_root();
+    let lab = lab(2, |o| {
+        o.af_packet = true;
+        o.workers = 2;
+        o.outside_extra = "fanout = false".into();
+    });
+    let g = lab.gateway();
+    assert_eq!(g.io_counters().len(), g.workers() + 1, "a reader thread after the workers");
+    transfer_in(&lab, Direction::Download);
+    hairpin_in(lab);
 }
 
 /// Each worker reads its own socket of a `PACKET_FANOUT` group: no reader

@@ -122,7 +122,8 @@ fn fanout_receivers(name: &str, n: usize) -> Result<Vec<PacketReceiver>, IoError
     let mut last = None;
     for _ in 0..8 {
         let k = GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let group = (std::process::id().wrapping_mul(0x9e37_79b9).wrapping_add(k.wrapping_mul(0x85eb_ca6b)) >> 16) as u16;
+        let group =
+            (std::process::id().wrapping_mul(0x9e37_79b9).wrapping_add(k.wrapping_mul(0x85eb_ca6b)) >> 16) as u16;
         let opts = RxOptions { vnet_hdr: true, fanout: Some(group), read_timeout: None };
         match (0..n).map(|_| PacketReceiver::open(name, opts)).collect::<Result<Vec<_>, _>>() {
             Ok(v) => return Ok(v),
@@ -164,11 +165,19 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
             // all. Receivers skip what the workers' sockets send, and
             // always read the offload header: a veth, bridge or virtio NIC
             // hands over partial checksums and superframes whatever we ask.
-            let receivers = match fanout_receivers(name, n) {
+            let fanout = if plan.outside.fanout {
+                fanout_receivers(name, n)
+            } else {
+                Err(IoError::Sys { op: "PACKET_FANOUT", source: std::io::Error::other("outside.fanout = false") })
+            };
+            let receivers = match fanout {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(outside = %name, error = %e, "no PACKET_FANOUT group: one reader thread");
-                    let opts = RxOptions { vnet_hdr: true, fanout: None, read_timeout: Some(Duration::from_millis(200)) };
+                    if plan.outside.fanout {
+                        tracing::warn!(outside = %name, error = %e, "no PACKET_FANOUT group: one reader thread");
+                    }
+                    let opts =
+                        RxOptions { vnet_hdr: true, fanout: None, read_timeout: Some(Duration::from_millis(200)) };
                     af_rx = Some(PacketReceiver::open(name, opts).map_err(dev(name))?);
                     Vec::new()
                 }

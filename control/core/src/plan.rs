@@ -106,6 +106,9 @@ pub struct OutsidePlan {
     pub mac: Mac,
     /// Next hop for off-link destinations.
     pub router: Option<Ipv4Addr>,
+    /// AF_PACKET: one socket per worker in a fanout group (else one reader
+    /// thread).
+    pub fanout: bool,
 }
 
 /// Control-plane timers and limits from `[gateway]`.
@@ -332,6 +335,7 @@ pub fn plan(cfg: &Config, existing: &BTreeMap<EniKey, Vec<Ipv4Addr>>) -> Result<
         mtu: cfg.outside.mtu as u16,
         mac: cfg.outside.mac.unwrap_or(OUTSIDE_MAC),
         router: cfg.outside.router,
+        fanout: cfg.outside.fanout.unwrap_or(true),
     };
     let bindings = Bindings::new(
         OutsidePort {

@@ -686,3 +686,18 @@ fn huge_values_are_refused_naming_the_key() {
         assert!(e.reason.contains("at most"), "{field}: {e}");
     }
 }
+
+/// Issue 16: `outside.fanout` chooses how an AF_PACKET outside is read; a
+/// TAP outside has no such choice and says so.
+#[test]
+fn outside_fanout_is_only_for_af_packet() {
+    rejects(
+        &edit("name = \"hp-out\"", "name = \"hp-out\"\nfanout = false"),
+        "outside.fanout",
+        "only for kind = \"af-packet\"",
+    );
+    let c = parse(&edit("name = \"hp-out\"", "name = \"hp-out\"\nkind = \"af-packet\"\nfanout = false")).unwrap();
+    assert_eq!(c.outside.fanout, Some(false));
+    let c = parse(&edit("name = \"hp-out\"", "name = \"hp-out\"\nkind = \"af-packet\"")).unwrap();
+    assert_eq!(c.outside.fanout, None, "default: a fanout group (plan: true)");
+}

@@ -75,8 +75,11 @@ pub struct Options {
     pub egress: String,
     /// Extra `[gateway]` lines (e.g. `port_range = "2000-2009"`).
     pub gateway_extra: String,
-    /// Reach the VPC through AF_PACKET on a veth instead of a TAP.
+    /// Reach the VPC through AF_PACKET on a veth instead of a TAP. The
+    /// veth keeps the offloads Linux gives it.
     pub af_packet: bool,
+    /// Extra `[outside]` lines (e.g. `fanout = false`).
+    pub outside_extra: String,
     /// The second security group's egress rules (`sg-alt`).
     pub alt_egress: String,
     /// The function's security group: `sg-lab` or `sg-alt`.
@@ -103,6 +106,7 @@ impl Default for Options {
             egress: r#"[ { protocol = "all", destination = "0.0.0.0/0" } ]"#.into(),
             gateway_extra: String::new(),
             af_packet: false,
+            outside_extra: String::new(),
             alt_egress: r#"[ { protocol = "all", destination = "0.0.0.0/0" } ]"#.into(),
             group: "sg-lab".into(),
             shared_attachment: None,
@@ -149,7 +153,7 @@ pub fn bridge_name(i: usize) -> String {
 pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
     let mut t = format!(
         "[gateway]\nworkers = {}\noffloads = {}\ncontrol_socket = \"/run/hyperplane-{}.sock\"\n{}\n\n\
-         [outside]\nkind = \"{}\"\nname = \"{outside}\"\nmtu = {}\nrouter = \"{VPC_ROUTER}\"\n\n\
+         [outside]\nkind = \"{}\"\nname = \"{outside}\"\nmtu = {}\nrouter = \"{VPC_ROUTER}\"\n{}\n\n\
          [vpc]\ncidr = \"10.0.0.0/16\"\n\n[[subnets]]\nid = \"subnet-a\"\ncidr = \"{SUBNET}\"\n\n\
          [[security_groups]]\nid = \"sg-lab\"\negress = {}\n\n\
          [[security_groups]]\nid = \"sg-alt\"\negress = {}\n\n\
@@ -160,6 +164,7 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
         opts.gateway_extra,
         if opts.af_packet { "af-packet" } else { "tap" },
         opts.mtu,
+        opts.outside_extra,
         opts.egress,
         opts.alt_egress,
         opts.group,

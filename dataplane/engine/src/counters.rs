@@ -147,6 +147,9 @@ drop_reasons! {
     TxFailed => "tx_failed",
     /// A frame for another worker found its inbox full.
     InboxFull => "inbox_full",
+    /// The kernel dropped frames for want of room in an AF_PACKET outside
+    /// socket's receive buffer (counted from `PACKET_STATISTICS`).
+    RxOverflow => "rx_overflow",
 }
 
 /// Protocols sessions are counted by.
@@ -349,6 +352,11 @@ impl Counters {
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
         self.drops[reason as usize].inc();
+    }
+
+    /// Counts `n` drops for one reason.
+    pub fn count_drops(&self, reason: DropReason, n: u64) {
+        self.drops[reason as usize].add(n);
     }
 
     /// The count for one drop reason.

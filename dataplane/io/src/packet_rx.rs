@@ -39,6 +39,13 @@ const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 /// Fanout mode: by the flow hash of the frame.
 const PACKET_FANOUT_HASH: u32 = 0;
 
+/// Receive buffer asked for each socket, bytes: a burst of a few thousand
+/// frames waits in it while the reading worker is busy (the kernel's
+/// default, about 200 KiB, holds some 150 and drops the rest uncounted by
+/// us). `SO_RCVBUFFORCE` (with `CAP_NET_ADMIN`), else `SO_RCVBUF` up to
+/// `net.core.rmem_max`.
+pub const RCVBUF: usize = 8 << 20;
+
 /// Bytes of the `virtio_net_hdr` `PACKET_VNET_HDR` puts before (and expects
 /// before) each frame: the 12-byte TAP header without `num_buffers`.
 pub const PACKET_VNET_LEN: usize = 10;
@@ -66,7 +73,13 @@ pub struct PacketReceiver {
 
 /// `setsockopt(fd, level, opt, &value)` for a plain-data `value`; the error
 /// names `op`.
-fn set_opt<T: Copy>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, value: T, op: &'static str) -> Result<(), IoError> {
+fn set_opt<T: Copy>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: T,
+    op: &'static str,
+) -> Result<(), IoError> {
     // SAFETY: `fd` is a valid socket; the option value is a live `T` whose
     // size is passed, and the kernel only reads it during the call.
     let rc = unsafe {
@@ -156,6 +169,10 @@ impl PacketReceiver {
             }
             None => rustix::io::ioctl_fionbio(&fd, true).map_err(|e| IoError::sys("FIONBIO", e.into()))?,
         }
+        let size = RCVBUF as libc::c_int;
+        if set_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size, "SO_RCVBUFFORCE").is_err() {
+            set_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, size, "SO_RCVBUF")?;
+        }
         if let Some(group) = opts.fanout {
             // No defragmentation flag: the flow hash of a fragment covers
             // the addresses and protocol only (ports are not parsed), so
@@ -182,6 +199,29 @@ impl PacketReceiver {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "frame longer than the buffer"));
         }
         Ok(n)
+    }
+
+    /// Frames the kernel dropped for want of room in this socket's buffer
+    /// since the last call (`PACKET_STATISTICS`, which resets on read).
+    pub fn take_drops(&self) -> io::Result<u64> {
+        // SAFETY: tpacket_stats is plain old data; all-zero is valid.
+        let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: getsockopt(2) writes at most `len` bytes into `st`, a live
+        // exclusive value of that size, and updates `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(u64::from(st.tp_drops))
     }
 
     /// Whether frames come with a [`PACKET_VNET_LEN`]-byte header.

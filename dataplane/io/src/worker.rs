@@ -52,8 +52,8 @@
 //! wakes every worker.
 
 use crate::afpacket::{PacketSender, SEND_BATCH};
-use crate::rx_source::RxSource;
 use crate::backend::{Backend, IoSettings};
+use crate::rx_source::RxSource;
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::syscalls::{ActiveBackend, IoCounters};
 use crate::uring::{Done, Ring};
@@ -248,6 +248,9 @@ pub struct Worker {
     ring_fds: Vec<RingFd>,
     /// Reads kept posted per TAP queue.
     reads_per_fd: usize,
+    /// When the outside socket's kernel drops were last read (engine
+    /// clock, ms).
+    drops_read_at: u64,
     /// Frames for the AF_PACKET outside, sent together by `flush_packets`
     /// (syscalls path): buffer and frame length.
     packets: Vec<(Vec<u8>, usize)>,
@@ -290,6 +293,7 @@ impl Worker {
             ring_fds: Vec::new(),
             reads_per_fd: 0,
             packets: Vec::with_capacity(SEND_BATCH),
+            drops_read_at: 0,
         }
     }
 
@@ -333,6 +337,12 @@ impl Worker {
         self.flush();
         self.flush_packets();
         self.wake_others();
+        if now.millis() >= self.drops_read_at + 1000 {
+            self.drops_read_at = now.millis();
+            if let Some(RxSource::Packet(p)) = &self.outside_rx {
+                count_kernel_drops(p, &self.counters);
+            }
+        }
     }
 
     /// Sends the frames queued for the AF_PACKET outside: one `sendmmsg`
@@ -870,6 +880,14 @@ fn read(src: &RxSource, buf: &mut [u8]) -> Option<usize> {
     src.finish(buf, n).filter(|&l| l <= MAX_FRAME)
 }
 
+/// Adds the frames the kernel dropped at `rx` since the last read to
+/// `counters` (`rx_overflow`).
+fn count_kernel_drops(rx: &PacketReceiver, counters: &Counters) {
+    if let Ok(n) = rx.take_drops() {
+        counters.count_drops(DropReason::RxOverflow, n);
+    }
+}
+
 /// Where a frame for `s` starts in its buffer: at its virtio-net header
 /// when the socket takes one (the [`PACKET_VNET_LEN`] bytes before
 /// [`HDR`]), else at the frame.
@@ -1112,7 +1130,12 @@ fn af_packet_reader(rx: PacketReceiver, fabric: Arc<Fabric>, counters: Arc<Count
     let mut spare: Option<Vec<u8>> = None;
     let vnet = rx.vnet_hdr();
     let start = if vnet { HDR - PACKET_VNET_LEN } else { HDR };
+    let mut drops_read_at = std::time::Instant::now();
     while !fabric.stop.load(Ordering::Relaxed) {
+        if drops_read_at.elapsed() >= Duration::from_secs(1) {
+            drops_read_at = std::time::Instant::now();
+            count_kernel_drops(&rx, &counters);
+        }
         let mut b = spare.take().unwrap_or_else(|| fabric.take_buf());
         io.recv.inc();
         let n = match rx.recv(&mut b[start..]) {

@@ -543,7 +543,8 @@ fn packet_receiver_reads_the_partial_checksum_state() {
     // The checksum field of a partial frame holds the pseudo-header sum
     // only; any value does here.
     frame[40..42].copy_from_slice(&[0x12, 0x34]);
-    let hdr = VnetHdr { flags: F_NEEDS_CSUM, gso_type: GSO_NONE, hdr_len: 0, gso_size: 0, csum_start: 34, csum_offset: 6 };
+    let hdr =
+        VnetHdr { flags: F_NEEDS_CSUM, gso_type: GSO_NONE, hdr_len: 0, gso_size: 0, csum_start: 34, csum_offset: 6 };
     let mut out = hdr.to_bytes().to_vec();
     out.extend_from_slice(&frame);
     tap.send(&out).expect("tap send");

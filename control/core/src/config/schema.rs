@@ -348,6 +348,12 @@ pub struct Outside {
     /// Our MAC on this link, unicast. Default `02:68:70:00:00:01`.
     #[serde(default, deserialize_with = "de_opt_mac")]
     pub mac: Option<Mac>,
+    /// `"af-packet"` only: each worker reads its own socket of a
+    /// `PACKET_FANOUT` group (`true`), or one reader thread reads for every
+    /// worker (`false`; also what happens when the kernel refuses the
+    /// group). Default `true`.
+    #[serde(default)]
+    pub fanout: Option<bool>,
 }
 
 fn default_mtu() -> u32 {

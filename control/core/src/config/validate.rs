@@ -132,6 +132,9 @@ impl Config {
         let o = &self.outside;
         check_ifname("outside.name".into(), &o.name)?;
         check_mtu("outside.mtu".into(), o.mtu)?;
+        if o.fanout.is_some() && o.kind != OutsideKind::AfPacket {
+            return fail("outside.fanout", "only for kind = \"af-packet\" (a TAP outside has one queue per worker)");
+        }
         check_prefix("vpc.cidr".into(), self.vpc.cidr)?;
         let vpc = self.vpc.cidr;
         let mut ids = BTreeMap::new();
