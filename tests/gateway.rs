@@ -465,6 +465,7 @@ fn two_hundred_environments_through_af_packet_on_a_veth_with_default_offloads() 
     assert_eq!(r.server_saw_sources, vec![r.eni_address]);
     assert_eq!(r.drops.get("bad_checksum"), None, "{:?}", r.drops);
     assert_eq!(r.drops.get("rx_overflow"), None, "the sockets' buffers hold the burst: {:?}", r.drops);
+    assert_eq!(r.drops.get("not_for_us"), None, "the workers read back none of their own frames: {:?}", r.drops);
 }
 
 /// With `outside.fanout = false` one reader thread reads for both workers
@@ -482,6 +483,8 @@ fn one_af_packet_reader_thread_feeds_every_worker_without_fanout() {
     let g = lab.gateway();
     assert_eq!(g.io_counters().len(), g.workers() + 1, "a reader thread after the workers");
     transfer_in(&lab, Direction::Download);
+    let t = lab.gateway().totals();
+    assert_eq!(t.dropped(DropReason::NotForUs), 0, "the reader reads back none of the workers' frames: {:?}", t.drops);
     hairpin_in(lab);
 }
 
@@ -491,6 +494,8 @@ fn one_af_packet_reader_thread_feeds_every_worker_without_fanout() {
 fn check_fanout(lab: &Lab) {
     let g = lab.gateway();
     assert_eq!(g.io_counters().len(), g.workers(), "one socket per worker, no reader thread");
+    let t = g.totals();
+    assert_eq!(t.dropped(DropReason::NotForUs), 0, "the workers read back none of their own frames: {:?}", t.drops);
 }
 
 fn af_packet_lab(envs: usize, workers: usize) -> Lab {
@@ -532,9 +537,9 @@ fn a_100_mb_tcp_transfer_each_way_arrives_byte_exact_through_af_packet_on_a_veth
     netlab::require_root();
     let lab = af_packet_lab(1, 2);
     assert!(lab.gateway().offloads);
-    check_fanout(&lab);
     transfer_in(&lab, Direction::Upload);
     transfer_in(&lab, Direction::Download);
+    check_fanout(&lab);
 }
 
 #[test]

@@ -18,7 +18,10 @@
 //! - with [`RxOptions::fanout`] the socket joins a `PACKET_FANOUT` group
 //!   (`PACKET_FANOUT_HASH`: the frames of one flow always reach the same
 //!   socket of the group, every fragment of a datagram too, and each frame
-//!   only one of them);
+//!   only one of them), which skips this host's transmissions too
+//!   (`PACKET_FANOUT_FLAG_IGNORE_OUTGOING`, Linux 6.9: a member's own
+//!   `PACKET_IGNORE_OUTGOING` no longer applies once it joins; an older
+//!   kernel refuses the flag, and the join fails);
 //! - [`PacketReceiver::recv`] returns one frame, or `WouldBlock`/`TimedOut`
 //!   after the read timeout (`None`: it does not block); a frame longer than
 //!   the buffer is reported as `InvalidData` (its length is known from
@@ -38,6 +41,9 @@ const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 /// Fanout mode: by the flow hash of the frame.
 const PACKET_FANOUT_HASH: u32 = 0;
+/// Fanout flag: the group skips frames this host transmits (a member's
+/// own `PACKET_IGNORE_OUTGOING` stops applying once it joins; Linux 6.9).
+const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
 
 /// Receive buffer asked for each socket, bytes: a burst of a few thousand
 /// frames waits in it while the reading worker is busy (the kernel's
@@ -177,7 +183,7 @@ impl PacketReceiver {
             // No defragmentation flag: the flow hash of a fragment covers
             // the addresses and protocol only (ports are not parsed), so
             // every fragment of a datagram reaches the same socket anyway.
-            let arg: u32 = u32::from(group) | (PACKET_FANOUT_HASH << 16);
+            let arg: u32 = u32::from(group) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16);
             set_opt(&fd, libc::SOL_PACKET, PACKET_FANOUT, arg, "PACKET_FANOUT")?;
         }
         Ok(PacketReceiver { fd, name: name.to_owned(), vnet_hdr: opts.vnet_hdr })

@@ -594,3 +594,29 @@ fn a_fanout_group_gives_each_frame_to_one_socket() {
     assert_eq!(all, (0..FLOWS).collect::<Vec<_>>(), "every frame exactly once");
     assert!(seen.iter().all(|s| !s.is_empty()), "both members got flows: {} and {}", seen[0].len(), seen[1].len());
 }
+
+/// Issue 16: members of a fanout group, like a lone receiver, do not read
+/// back what this host sends on the interface (the workers' own frames):
+/// joining a group replaces each socket's own hook by the group's, so the
+/// group must be told too (`PACKET_FANOUT_FLAG_IGNORE_OUTGOING`).
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn a_fanout_group_ignores_frames_sent_from_this_host() {
+    require_root();
+    let tap = Tap::open(&unique_name(), TapOptions::default()).expect("open tap");
+    tap.set_up().expect("up");
+    let group = (std::process::id() as u16) ^ 0xa5a5;
+    let opts = RxOptions { vnet_hdr: true, fanout: Some(group), read_timeout: Some(Duration::from_millis(20)) };
+    let socks = [
+        PacketReceiver::open(tap.name(), opts).expect("first member"),
+        PacketReceiver::open(tap.name(), opts).expect("second member"),
+    ];
+    let tx = dataplane_io::PacketSender::open(tap.name()).expect("sender");
+    let seen = |want: &[u8]| socks.iter().any(|s| recv_packet(s, |f| f == want).is_some());
+    let outbound = experimental_frame([0x02, 0x99, 0, 0, 0, 2], OUR_MAC, 0x3d);
+    tx.send(&outbound).expect("send");
+    assert!(!seen(&outbound), "a member read back a frame this host sent");
+    let inbound = experimental_frame([0x02, 0x99, 0, 0, 0, 1], OUR_MAC, 0x5c);
+    tap.send(&inbound).expect("tap send");
+    assert!(seen(&inbound), "frames from the wire still arrive");
+}
