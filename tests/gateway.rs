@@ -468,6 +468,33 @@ fn two_hundred_environments_through_af_packet_on_a_veth_with_default_offloads() 
     assert_eq!(r.drops.get("not_for_us"), None, "the workers read back none of their own frames: {:?}", r.drops);
 }
 
+/// Two environments on two workers, 16 UDP flows each: the kernel's
+/// fanout program delivers every reply from the VPC to the socket of the
+/// worker that owns its ENI port, so no worker hands a frame over (each
+/// hand-over wakes the owner; only ARP copies do). By flow hash about half
+/// the replies would land on the other worker.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn the_kernel_steers_each_frame_from_the_vpc_to_the_worker_owning_its_port() {
+    netlab::require_root();
+    let lab = af_packet_lab(2, 2);
+    assert_eq!(lab.gateway().outside_rx, "fanout-steered");
+    let echo = udp_echo(&lab, 7600);
+    for i in 0..2 {
+        for k in 0..16 {
+            let msg = format!("flow {k}");
+            let reply = lab.envs[i].run(move || udp_ask(SocketAddrV4::new(SERVER, 7600), msg.as_bytes()));
+            assert!(reply.is_some(), "environment {i}, flow {k}: no answer");
+        }
+    }
+    let s = lab.gateway().syscalls();
+    // [read, write, epoll_wait, io_uring_enter, send, recv, wake]
+    assert!(s[6] <= 4, "wake-ups of another worker (hand-overs and ARP copies): {s:?}");
+    check_fanout(&lab);
+    drop(lab);
+    let _ = echo.join();
+}
+
 /// With `outside.fanout = false` one reader thread reads for both workers
 /// (the path taken where the kernel refuses a fanout group): the same
 /// traffic passes, the VPC's partial checksums and superframes included.
@@ -540,6 +567,7 @@ fn a_100_mb_tcp_transfer_each_way_arrives_byte_exact_through_af_packet_on_a_veth
     transfer_in(&lab, Direction::Upload);
     transfer_in(&lab, Direction::Download);
     check_fanout(&lab);
+    assert_eq!(lab.gateway().outside_rx, "fanout-steered");
 }
 
 #[test]

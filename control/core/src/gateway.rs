@@ -70,6 +70,12 @@ pub struct RunningGateway {
     pub events: Receiver<(usize, Event)>,
     /// Whether TAP offloads are on.
     pub offloads: bool,
+    /// How the outside is read: `"tap"` (a queue per worker),
+    /// `"fanout-steered"` (an AF_PACKET socket per worker, the kernel
+    /// steering each frame to its port's owner), `"fanout-hash"` (by flow
+    /// hash, the workers handing over), `"reader-thread"` (one thread
+    /// reading for all).
+    pub outside_rx: &'static str,
 }
 
 fn dev(name: &str) -> impl FnOnce(IoError) -> StartError + '_ {
@@ -113,8 +119,10 @@ pub fn drop_capabilities_once_started(on: bool) {
 }
 
 /// `n` non-blocking receiving sockets on `name` joined in one new
-/// `PACKET_FANOUT` (hash) group, one per worker.
-fn fanout_receivers(name: &str, n: usize) -> Result<Vec<PacketReceiver>, IoError> {
+/// `PACKET_FANOUT` group, one per worker in worker order: steered by
+/// `prog` (`PACKET_FANOUT_CBPF`, see `dataplane_io::fanout_bpf`), or by flow
+/// hash without one.
+fn fanout_receivers(name: &str, n: usize, prog: Option<&[libc::sock_filter]>) -> Result<Vec<PacketReceiver>, IoError> {
     static GROUPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     // Group ids are per network namespace: one another process (or another
     // gateway of this one) holds on another interface is refused
@@ -124,10 +132,12 @@ fn fanout_receivers(name: &str, n: usize) -> Result<Vec<PacketReceiver>, IoError
         let k = GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let group =
             (std::process::id().wrapping_mul(0x9e37_79b9).wrapping_add(k.wrapping_mul(0x85eb_ca6b)) >> 16) as u16;
-        let opts = RxOptions { vnet_hdr: true, fanout: Some(group), read_timeout: None };
-        match (0..n).map(|_| PacketReceiver::open(name, opts)).collect::<Result<Vec<_>, _>>() {
-            Ok(v) => return Ok(v),
-            Err(e) => last = Some(e),
+        let opts = RxOptions { vnet_hdr: true, fanout: Some(group), steer: prog.is_some(), read_timeout: None };
+        let joined = (0..n).map(|_| PacketReceiver::open(name, opts)).collect::<Result<Vec<_>, _>>();
+        match (joined, prog) {
+            (Ok(v), Some(p)) => return v[0].set_fanout_program(p).map(|()| v),
+            (Ok(v), None) => return Ok(v),
+            (Err(e), _) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| IoError::NoSuchInterface { name: name.to_owned() }))
@@ -148,6 +158,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
     let mut outside = Vec::new();
     let mut af_tx = Vec::new();
     let mut af_rx = None;
+    let mut outside_rx = "tap";
     match plan.outside.kind {
         OutsideKind::Tap => {
             let opts = TapOptions { vnet_hdr: offloads, multi_queue: n > 1 };
@@ -166,7 +177,22 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
             // always read the offload header: a veth, bridge or virtio NIC
             // hands over partial checksums and superframes whatever we ask.
             let fanout = if plan.outside.fanout {
-                fanout_receivers(name, n)
+                // The kernel steers to the owner where it runs the
+                // program; otherwise by flow hash, the workers handing over.
+                let prog = dataplane_io::fanout_bpf::program(&shards);
+                match prog.as_deref().map(|p| fanout_receivers(name, n, Some(p))) {
+                    Some(Ok(v)) => {
+                        outside_rx = "fanout-steered";
+                        Ok(v)
+                    }
+                    other => {
+                        if let Some(Err(e)) = other {
+                            tracing::info!(outside = %name, error = %e, "no PACKET_FANOUT_CBPF: fanout by flow hash");
+                        }
+                        outside_rx = "fanout-hash";
+                        fanout_receivers(name, n, None)
+                    }
+                }
             } else {
                 Err(IoError::Sys { op: "PACKET_FANOUT", source: std::io::Error::other("outside.fanout = false") })
             };
@@ -176,8 +202,13 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
                     if plan.outside.fanout {
                         tracing::warn!(outside = %name, error = %e, "no PACKET_FANOUT group: one reader thread");
                     }
-                    let opts =
-                        RxOptions { vnet_hdr: true, fanout: None, read_timeout: Some(Duration::from_millis(200)) };
+                    outside_rx = "reader-thread";
+                    let opts = RxOptions {
+                        vnet_hdr: true,
+                        fanout: None,
+                        steer: false,
+                        read_timeout: Some(Duration::from_millis(200)),
+                    };
                     af_rx = Some(PacketReceiver::open(name, opts).map_err(dev(name))?);
                     Vec::new()
                 }
@@ -243,7 +274,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         io = ?gateway.backend(),
         "gateway running"
     );
-    Ok(RunningGateway { gateway, inside, outside, events, offloads })
+    Ok(RunningGateway { gateway, inside, outside, events, offloads, outside_rx })
 }
 
 /// Each worker's weight in the port split: attachment `j` is read by

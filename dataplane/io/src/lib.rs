@@ -20,7 +20,8 @@
 //!   optionally with a virtio-net header); [`packet_rx`]:
 //!   [`PacketReceiver`], the outside's receiving socket (offload header,
 //!   ignores this host's transmissions, optionally one of a
-//!   `PACKET_FANOUT` group); [`rx_source`]: a TAP queue or packet socket as
+//!   `PACKET_FANOUT` group); [`fanout_bpf`]: the group's classic BPF
+//!   program steering each frame to the worker owning its port; [`rx_source`]: a TAP queue or packet socket as
 //!   a worker reads it (where the header and frame land in a buffer).
 //! - [`poll`]: [`Poller`] (level-triggered epoll), [`Events`] and [`Waker`]
 //!   (eventfd) to stop a blocked worker.
@@ -43,6 +44,7 @@
 pub mod afpacket;
 pub mod backend;
 pub mod error;
+pub mod fanout_bpf;
 pub mod ifreq;
 pub mod packet_rx;
 pub mod poll;

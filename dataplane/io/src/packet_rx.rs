@@ -41,6 +41,10 @@ const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 /// Fanout mode: by the flow hash of the frame.
 const PACKET_FANOUT_HASH: u32 = 0;
+/// Fanout mode: by a classic BPF program's answer.
+const PACKET_FANOUT_CBPF: u32 = 6;
+/// `SOL_PACKET` option: the fanout group's program.
+const PACKET_FANOUT_DATA: libc::c_int = 22;
 /// Fanout flag: the group skips frames this host transmits (a member's
 /// own `PACKET_IGNORE_OUTGOING` stops applying once it joins; Linux 6.9).
 const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
@@ -64,6 +68,9 @@ pub struct RxOptions {
     /// Join this `PACKET_FANOUT` group (an id unique to the gateway; every
     /// socket of one group must be opened with the same options).
     pub fanout: Option<u16>,
+    /// Join the group in `PACKET_FANOUT_CBPF` mode instead of by flow hash:
+    /// a program ([`PacketReceiver::set_fanout_program`]) picks the member.
+    pub steer: bool,
     /// Block at most this long in [`PacketReceiver::recv`]; `None`: never
     /// block (a socket a poller watches).
     pub read_timeout: Option<Duration>,
@@ -183,7 +190,8 @@ impl PacketReceiver {
             // No defragmentation flag: the flow hash of a fragment covers
             // the addresses and protocol only (ports are not parsed), so
             // every fragment of a datagram reaches the same socket anyway.
-            let arg: u32 = u32::from(group) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16);
+            let mode = if opts.steer { PACKET_FANOUT_CBPF } else { PACKET_FANOUT_HASH };
+            let arg: u32 = u32::from(group) | ((mode | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16);
             set_opt(&fd, libc::SOL_PACKET, PACKET_FANOUT, arg, "PACKET_FANOUT")?;
         }
         Ok(PacketReceiver { fd, name: name.to_owned(), vnet_hdr: opts.vnet_hdr })
@@ -205,6 +213,17 @@ impl PacketReceiver {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "frame longer than the buffer"));
         }
         Ok(n)
+    }
+
+    /// Sets the program of this socket's `PACKET_FANOUT_CBPF` group (see
+    /// [`crate::fanout_bpf`]): it returns the member's index (in join order,
+    /// taken modulo the group size). Errors name `PACKET_FANOUT_DATA`.
+    pub fn set_fanout_program(&self, prog: &[libc::sock_filter]) -> Result<(), IoError> {
+        let len = u16::try_from(prog.len())
+            .map_err(|_| IoError::sys("PACKET_FANOUT_DATA", io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let fprog = libc::sock_fprog { len, filter: prog.as_ptr() as *mut libc::sock_filter };
+        // The kernel copies the program during the call; `prog` outlives it.
+        set_opt(&self.fd, libc::SOL_PACKET, PACKET_FANOUT_DATA, fprog, "PACKET_FANOUT_DATA")
     }
 
     /// Frames the kernel dropped for want of room in this socket's buffer

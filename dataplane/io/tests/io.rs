@@ -535,10 +535,12 @@ fn packet_receiver_reads_the_partial_checksum_state() {
     let tap = Tap::open(&unique_name(), TapOptions { vnet_hdr: true, multi_queue: false }).expect("open tap");
     tap.set_up().expect("up");
     let t = Some(Duration::from_millis(20));
-    let with = PacketReceiver::open(tap.name(), RxOptions { vnet_hdr: true, fanout: None, read_timeout: t })
-        .expect("receiver with header");
-    let without = PacketReceiver::open(tap.name(), RxOptions { vnet_hdr: false, fanout: None, read_timeout: t })
-        .expect("receiver without");
+    let with =
+        PacketReceiver::open(tap.name(), RxOptions { vnet_hdr: true, fanout: None, steer: false, read_timeout: t })
+            .expect("receiver with header");
+    let without =
+        PacketReceiver::open(tap.name(), RxOptions { vnet_hdr: false, fanout: None, steer: false, read_timeout: t })
+            .expect("receiver without");
     let mut frame = udp_frame(5555, 0xc0ffee);
     // The checksum field of a partial frame holds the pseudo-header sum
     // only; any value does here.
@@ -566,7 +568,7 @@ fn a_fanout_group_gives_each_frame_to_one_socket() {
     let tap = Tap::open(&unique_name(), TapOptions::default()).expect("open tap");
     tap.set_up().expect("up");
     let group = (std::process::id() as u16) ^ 0x5a5a;
-    let opts = RxOptions { vnet_hdr: true, fanout: Some(group), read_timeout: None };
+    let opts = RxOptions { vnet_hdr: true, fanout: Some(group), steer: false, read_timeout: None };
     let socks = [
         PacketReceiver::open(tap.name(), opts).expect("first member"),
         PacketReceiver::open(tap.name(), opts).expect("second member"),
@@ -606,7 +608,8 @@ fn a_fanout_group_ignores_frames_sent_from_this_host() {
     let tap = Tap::open(&unique_name(), TapOptions::default()).expect("open tap");
     tap.set_up().expect("up");
     let group = (std::process::id() as u16) ^ 0xa5a5;
-    let opts = RxOptions { vnet_hdr: true, fanout: Some(group), read_timeout: Some(Duration::from_millis(20)) };
+    let opts =
+        RxOptions { vnet_hdr: true, fanout: Some(group), steer: false, read_timeout: Some(Duration::from_millis(20)) };
     let socks = [
         PacketReceiver::open(tap.name(), opts).expect("first member"),
         PacketReceiver::open(tap.name(), opts).expect("second member"),
