@@ -77,6 +77,7 @@ mod figures;
 mod plot;
 pub mod raw;
 pub mod responder;
+pub mod sender;
 pub mod settings;
 pub mod timeline;
 
