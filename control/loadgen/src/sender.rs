@@ -34,7 +34,7 @@ use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags};
 use std::io::IoSlice;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,37 @@ pub struct FrameSpec {
 }
 
 impl FrameSpec {
+    /// The frame environment `ns` sends out of `link` from `src` to `dst` through the NAT at `gateway` (64 bytes of
+    /// payload, ports 40000 → 9000): `link`'s MAC to the MAC `ns` learns for `gateway` with one ping to `dst`.
+    pub fn from_link(
+        ns: &Netns,
+        link: &str,
+        src: Ipv4Addr,
+        gateway: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Result<FrameSpec, netlab::LabError> {
+        let _ = ns.exec(&["ping", "-c", "1", "-W", "1", &dst.to_string()]);
+        let dst_mac = netlab::meter::neigh_mac(ns, gateway)?
+            .ok_or_else(|| netlab::LabError::Invalid(format!("{gateway}: no neighbour entry in {}", ns.name())))?;
+        let src_mac = netlab::meter::link_mac(ns, link)?;
+        Ok(FrameSpec { src_mac, dst_mac, src, dst, sport: 40000, dport: 9000, payload: 64 })
+    }
+
+    /// The same frame as a trafgen (netsniff-ng) packet configuration: one flow.
+    pub fn trafgen_config(&self) -> String {
+        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        format!(
+            "{{ eth(da={}, sa={}), ipv4(saddr={}, daddr={}, ttl=64), udp(sport={}, dport={}), fill(0x00, {}) }}\n",
+            mac(self.dst_mac),
+            mac(self.src_mac),
+            self.src,
+            self.dst,
+            self.sport,
+            self.dport,
+            self.payload
+        )
+    }
+
     /// The frame: Ethernet + IPv4 (no options, DF clear, TTL 64) + UDP with complete checksums.
     pub fn build(&self) -> Vec<u8> {
         let data = vec![0u8; self.payload];
@@ -122,6 +153,8 @@ pub struct Plan {
     pub rate: Option<f64>,
     /// Most frames in all (`None`: no limit but `duration`).
     pub max_frames: Option<u64>,
+    /// Frames sent so far, added to after every batch (for reading a rate over a window while the run goes on).
+    pub progress: Option<Arc<AtomicU64>>,
 }
 
 /// What a run sent.
@@ -197,6 +230,26 @@ fn set_ports(f: &mut [u8], (s0, d0, c0): (u16, u16, u16), s: u16, d: u16) {
     f[UDP_CSUM..UDP_CSUM + 2].copy_from_slice(&c.to_be_bytes());
 }
 
+/// The command line that runs trafgen (netsniff-ng) from `cfg` (a file made from [`FrameSpec::trafgen_config`]) out
+/// of `link`: one process pinned to `cpu` (`taskset`), through the qdisc like [`send_packet`], leaving the
+/// machine's socket memory settings and IRQ affinities alone, stopping after `count` frames, paced at `pps` when
+/// given.
+pub fn trafgen_args(link: &str, cfg: &std::path::Path, cpu: usize, count: u64, pps: Option<u64>) -> Vec<String> {
+    let mut a: Vec<String> =
+        ["taskset", "-c", &cpu.to_string(), "trafgen", "-o", link, "-i", &cfg.display().to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    for s in ["-P", "1", "--no-sock-mem", "--notouch-irq", "--qdisc-path", "--no-cpu-stats", "-n", &count.to_string()] {
+        a.push(s.to_string());
+    }
+    if let Some(r) = pps {
+        a.push("-b".into());
+        a.push(format!("{r}pps"));
+    }
+    a
+}
+
 /// The per-thread loop: fills batches from `plan.source` and hands them to `send`, which returns how many it sent
 /// (an `Err` counts the whole batch as refused).
 fn drive(
@@ -262,6 +315,9 @@ fn drive(
         match send(frames_now) {
             Ok(sent) => {
                 frames += sent as u64;
+                if let Some(p) = &plan.progress {
+                    p.fetch_add(sent as u64, Ordering::Relaxed);
+                }
                 bytes += frames_now[..sent].iter().map(|f| f.len() as u64).sum::<u64>();
                 errors += (frames_now.len() - sent) as u64;
             }
@@ -333,7 +389,8 @@ fn send_batch(fd: &OwnedFd, frames: &[Vec<u8>]) -> std::io::Result<usize> {
 
 /// Runs `plan` from `ns` out of `link` through `AF_PACKET` sockets (see the module doc). `stop` ends it early.
 pub fn send_packet(ns: &Netns, link: &str, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Sent, SendError> {
-    let cpus: Vec<Option<usize>> = if plan.cpus.is_empty() { vec![None] } else { plan.cpus.iter().copied().map(Some).collect() };
+    let cpus: Vec<Option<usize>> =
+        if plan.cpus.is_empty() { vec![None] } else { plan.cpus.iter().copied().map(Some).collect() };
     let threads = cpus.len();
     let handles: Vec<_> = cpus
         .into_iter()
@@ -370,7 +427,8 @@ pub fn send_packet(ns: &Netns, link: &str, plan: &Plan, stop: &Arc<AtomicBool>) 
 
 /// Runs `plan` into the user side of `tap`, one `write` per frame, from one thread per CPU of the plan.
 pub fn send_tap(tap: &Tap, plan: &Plan, stop: &AtomicBool) -> Result<Sent, SendError> {
-    let cpus: Vec<Option<usize>> = if plan.cpus.is_empty() { vec![None] } else { plan.cpus.iter().copied().map(Some).collect() };
+    let cpus: Vec<Option<usize>> =
+        if plan.cpus.is_empty() { vec![None] } else { plan.cpus.iter().copied().map(Some).collect() };
     let threads = cpus.len();
     let results = std::thread::scope(|s| {
         let handles: Vec<_> = cpus
@@ -453,6 +511,7 @@ mod tests {
             duration: Duration::from_secs(5),
             rate: None,
             max_frames: Some(150),
+            progress: Some(Arc::new(AtomicU64::new(0))),
         };
         let stop = AtomicBool::new(false);
         let mut ports = Vec::new();
@@ -462,6 +521,7 @@ mod tests {
         });
         assert_eq!((frames, errors), (150, 0));
         assert_eq!(bytes, 150 * 106);
+        assert_eq!(plan.progress.as_ref().map(|p| p.load(Ordering::Relaxed)), Some(150));
         let distinct: std::collections::HashSet<_> = ports.iter().collect();
         assert_eq!(distinct.len(), 150, "every frame a new flow within the space of 200");
         // Refusals count as errors, not as sent.
@@ -478,6 +538,7 @@ mod tests {
             duration: Duration::from_millis(300),
             rate: Some(10_000.0),
             max_frames: None,
+            progress: None,
         };
         let stop = AtomicBool::new(false);
         let (frames, _, _, s, e) = drive(0, 1, &plan, &stop, |b| Ok(b.len()));

@@ -37,7 +37,12 @@ pub struct IngressCounter<'a> {
 
 impl<'a> IngressCounter<'a> {
     /// Installs the counter in `ns` on `link` for IPv4 UDP to `daddr`. Replaces an earlier one in that namespace.
-    pub fn install(ns: &'a Netns, link: &str, daddr: Ipv4Addr, verdict: Verdict) -> Result<IngressCounter<'a>, LabError> {
+    pub fn install(
+        ns: &'a Netns,
+        link: &str,
+        daddr: Ipv4Addr,
+        verdict: Verdict,
+    ) -> Result<IngressCounter<'a>, LabError> {
         crate::find_tool("nft")?;
         let _ = ns.exec(&["nft", "delete", "table", "netdev", TABLE]);
         let v = match verdict {
@@ -45,8 +50,8 @@ impl<'a> IngressCounter<'a> {
             Verdict::Accept => "accept",
         };
         let ruleset = format!(
-            "table netdev {TABLE} {{\n  chain in {{\n    type filter hook ingress device \"{link}\" priority -500; \
-             policy accept;\n    ip daddr {daddr} meta l4proto udp counter {v}\n  }}\n}}\n"
+            "table netdev {TABLE} {{\n  counter c {{ }}\n  chain in {{\n    type filter hook ingress device \"{link}\" \
+             priority -500; policy accept;\n    ip daddr {daddr} meta l4proto udp counter name \"c\" {v}\n  }}\n}}\n"
         );
         ns.exec(&["nft", &ruleset])?;
         Ok(IngressCounter { ns, link: link.to_owned() })
@@ -59,10 +64,10 @@ impl<'a> IngressCounter<'a> {
 
     /// (packets, bytes) counted so far.
     pub fn read(&self) -> Result<(u64, u64), LabError> {
-        let out = self.ns.exec(&["nft", "-j", "list", "chain", "netdev", TABLE, "in"])?;
+        let out = self.ns.exec(&["nft", "-j", "list", "counter", "netdev", TABLE, "c"])?;
         parse_counter(&out.stdout).ok_or_else(|| {
             LabError::Invalid(format!(
-                "no counter in `nft -j list chain netdev {TABLE} in`: {}",
+                "no counter in `nft -j list counter netdev {TABLE} c`: {}",
                 String::from_utf8_lossy(&out.stdout)
             ))
         })
@@ -70,7 +75,7 @@ impl<'a> IngressCounter<'a> {
 
     /// Zeroes the counter.
     pub fn reset(&self) -> Result<(), LabError> {
-        self.ns.exec(&["nft", "reset", "rules", "netdev", TABLE, "in"]).map(drop)
+        self.ns.exec(&["nft", "reset", "counter", "netdev", TABLE, "c"]).map(drop)
     }
 }
 
@@ -80,15 +85,22 @@ impl Drop for IngressCounter<'_> {
     }
 }
 
-/// The first rule counter's (packets, bytes) in `nft -j` output.
+/// The first counter's (packets, bytes) in `nft -j` output: a named counter object, or else an anonymous counter
+/// in a rule.
 pub fn parse_counter(json: &[u8]) -> Option<(u64, u64)> {
     let v: serde_json::Value = serde_json::from_slice(json).ok()?;
     let items = v.get("nftables")?.as_array()?;
-    items.iter().find_map(|item| {
-        let expr = item.get("rule")?.get("expr")?.as_array()?;
-        expr.iter().find_map(|e| {
-            let c = e.get("counter")?;
-            Some((c.get("packets")?.as_u64()?, c.get("bytes")?.as_u64()?))
+    let named = items.iter().find_map(|item| {
+        let c = item.get("counter")?;
+        Some((c.get("packets")?.as_u64()?, c.get("bytes")?.as_u64()?))
+    });
+    named.or_else(|| {
+        items.iter().find_map(|item| {
+            let expr = item.get("rule")?.get("expr")?.as_array()?;
+            expr.iter().find_map(|e| {
+                let c = e.get("counter")?;
+                Some((c.get("packets")?.as_u64()?, c.get("bytes")?.as_u64()?))
+            })
         })
     })
 }
@@ -179,6 +191,9 @@ mod tests {
             {"rule": {"family": "netdev", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip",
             "field": "daddr"}}, "right": "10.1.0.2"}}, {"counter": {"packets": 1234, "bytes": 113528}}, {"drop": null}]}}]}"#;
         assert_eq!(parse_counter(j), Some((1234, 113528)));
+        let named = br#"{"nftables": [{"metainfo": {"json_schema_version": 1}}, {"counter": {"family": "netdev",
+            "name": "c", "table": "hpmeter", "handle": 1, "packets": 77, "bytes": 8162}}]}"#;
+        assert_eq!(parse_counter(named), Some((77, 8162)));
         assert_eq!(parse_counter(br#"{"nftables": []}"#), None);
         assert_eq!(parse_counter(b"not json"), None);
     }
