@@ -622,6 +622,44 @@ fn sessions_main(secs: u32, rounds: usize) {
     let _ = std::fs::write("target/compare-sessions.json", serde_json::to_string_pretty(&json).unwrap_or_default());
 }
 
+/// `--only offer`: what the load generator's TAP writers (`loadgen udp --cpus`) can offer: 64-byte-payload frames
+/// written into a TAP whose kernel side sits alone in a fresh namespace, where they are discarded (addressed to
+/// another host). Prints frames/s for one pinned writer and for one per CPU of `--cpus` (default: all CPUs).
+fn offer_main(secs: u32) {
+    use dataplane_io::tap::{Tap, TapOptions};
+    let ns = Netns::new(netlab::unique("hpof")).expect("namespace");
+    let name = netlab::unique("hpof");
+    let tap = Tap::open(&name, TapOptions::default()).expect("TAP");
+    netlab::ip_batch(None, &[format!("link set {name} netns {}", ns.name())]).expect("move the TAP");
+    ns.ip(&["link", "set", "dev", &name, "up"]).expect("TAP up");
+    let spec = FrameSpec {
+        src_mac: [2, 0x4c, 0x47, 0, 0, 1],
+        dst_mac: [2, 0x4c, 0x47, 0, 0, 2],
+        src: env_addr(0),
+        dst: SERVER,
+        sport: 40000,
+        dport: 9000,
+        payload: 64,
+    };
+    let all: Vec<usize> = (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    let many = arg_str("--cpus").map(|_| sender_cpus()).unwrap_or(all);
+    println!("{:<40} {:>14} {:>10}", "TAP writers (64-byte payload, discarded)", "frames/s", "steal %");
+    for cpus in [vec![many[0]], many.clone()] {
+        let plan = Plan {
+            source: Source::Flows(spec.clone(), Flows::ONE),
+            cpus: cpus.clone(),
+            duration: Duration::from_secs(u64::from(secs)),
+            rate: None,
+            max_frames: None,
+            progress: None,
+        };
+        let s0 = Steal::now();
+        let sent = sender::send_tap(&tap, &plan, &AtomicBool::new(false)).expect("send");
+        let steal = s0.share_until(&Steal::now()) * 100.0;
+        println!("{:<40} {:>14.0} {:>10.1}", format!("CPUs {cpus:?}"), sent.pps(), steal);
+    }
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}x", a / b)
@@ -646,6 +684,10 @@ fn main() {
     let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1).and_then(|v| v.parse::<usize>().ok());
     let workers = arg("--workers").unwrap_or(0);
     let rounds = arg("--rounds").unwrap_or(3).max(1);
+    if only("offer") {
+        offer_main(secs);
+        return;
+    }
     if only("sessions") {
         sessions_main(secs, rounds);
         return;
