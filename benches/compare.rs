@@ -1,20 +1,51 @@
 //! Our gateway against the Linux kernel's NAT (nftables masquerade), side by
-//! side in one run, on the same namespace address plan:
+//! side in one run, on the same namespace address plan (ours: the gateway
+//! between per-environment TAPs and a TAP to the VPC router namespace; the
+//! kernel: a NAT namespace between veths):
 //!
 //! - TCP bulk, Gbit/s (iperf3, 5 s, one stream), offloads on;
-//! - UDP 64-byte datagrams per second delivered, flooding (iperf3 `-u -l 64
-//!   -b 0`), and the highest paced rate delivered with at most 1% loss
-//!   (a binary search, one second per trial); both ends use 4 MB socket
-//!   buffers (`-w 4M`), so the receiving socket is not what overflows;
-//! - new TCP connections per second (connect, the client closes, from two
-//!   environments, four threads each, 2 s; `--rst` closes with RST).
+//! - UDP, 64 bytes of payload, one flow: a saturating raw sender
+//!   (`loadgen::sender`: prebuilt frames, `sendmmsg` of 64 frames on an
+//!   `AF_PACKET` socket on environment 0's link, one thread pinned to each CPU
+//!   of `--cpus`, default CPU 0), counted at the VPC side by the kernel: an
+//!   nftables netdev ingress counter on the VPC router's link from the NAT
+//!   (`netlab::meter`), which also drops what it counts, so the VPC side
+//!   discards and only the NAT's forwarding is measured. Offered (the
+//!   sender's running count) and delivered (the counter) are read over the
+//!   same window, from 0.2 s after the counter first moves to 0.3 s before
+//!   the end; a warning says when the offer did not exceed what was carried;
+//! - the same with every packet a new flow (64,000 source ports × 16
+//!   destination ports, no flow repeats within 1,024,000 frames; our
+//!   per-environment quotas are opened up for it, see `OPEN_QUOTAS`);
+//! - with `--trafgen`, trafgen (netsniff-ng, pinned to the first CPU of
+//!   `--cpus`, through the qdisc like our sender) sending the same one-flow
+//!   frame, counted the same way, and how far our sender's delivered figure
+//!   is from it;
+//! - new TCP connections per second (connect, close at once, from two
+//!   environments, four threads each, 2 s), once closing with an RST
+//!   (`SO_LINGER` 0) and once with an orderly close (the client's FIN first),
+//!   with the failed connects (not established within 3 s) of each;
+//! - the machine's steal time over each round (`/proc/stat`), so that a
+//!   noisy round can be recognised.
 //!
 //! Run as root: `cargo bench --bench compare` (`-- --quick` for 2-second
-//! iperf3 runs; `--rounds N`, default 3, alternating ours and the kernel,
-//! medians reported; `--workers N` for our gateway; `--only tcp|udp|conn`).
-//! Needs iperf3, nft, ip, sysctl. Prints each figure for both and the ratio
-//! (ours / kernel), and writes `target/compare.json`. Every load is bounded
-//! in time and runs only between namespaces this program made.
+//! runs; `--rounds N`, default 3, alternating ours and the kernel, medians
+//! reported; `--workers N` for our gateway; `--only tcp|udp|conn`;
+//! `--cpus 0,1` for the sender; `--trafgen`). Needs iperf3 (for TCP), nft, ip,
+//! sysctl, ping; trafgen for `--trafgen`. Prints each figure for both and the
+//! ratio (ours / kernel) where one means something, and writes
+//! `target/compare.json` (medians and every round). Every load is bounded in
+//! time and runs only between namespaces this program made.
+//!
+//! `--only sessions` (ours only): a lab whose gateway is first filled with
+//! ~1k and then, in a new lab, ~1M live UDP sessions (environment 0, source
+//! ports 2000.. × destination ports 10000..10063, paced at 100,000 frames/s,
+//! up to three passes until 97% are live; `max_sessions` 4,194,304 and the
+//! quotas opened), then one established flow's delivered rate as above;
+//! prints both and 1M / 1k, writes `target/compare-sessions.json`.
+//!
+//! `--only offer`: what the TAP writers of `loadgen udp --cpus` can offer,
+//! into a TAP whose kernel side sits alone in a namespace and discards.
 //!
 //! Connection churn (only on request, never in the default run; needs no
 //! iperf3), with `netlab::churn`:
@@ -80,6 +111,8 @@ struct Figures {
     conn_fin_failed: f64,
     /// The machine's steal share over the round, %.
     steal_pct: f64,
+    /// The 1-minute load average at the round's end (other work on this machine's cores).
+    load1: f64,
 }
 
 impl Figures {
@@ -102,6 +135,7 @@ impl Figures {
             conn_fin_per_s: med(|f| f.conn_fin_per_s),
             conn_fin_failed: med(|f| f.conn_fin_failed),
             steal_pct: med(|f| f.steal_pct),
+            load1: med(|f| f.load1),
         }
     }
 
@@ -114,6 +148,7 @@ impl Figures {
             "conn_rst": { "per_s": self.conn_rst_per_s, "failed": self.conn_rst_failed },
             "conn_fin": { "per_s": self.conn_fin_per_s, "failed": self.conn_fin_failed },
             "steal_pct": self.steal_pct,
+            "load_average_1m": self.load1,
         })
     }
 }
@@ -130,6 +165,10 @@ fn iperf(t: &Topo, args: &[&str], secs: u32) -> serde_json::Value {
     let out = out.expect("iperf3 client");
     serde_json::from_slice(&out.stdout).expect("iperf3 JSON")
 }
+
+/// A connect not established within this is a failure (the load generator's default; a SYN lost once and
+/// retransmitted a second later is a slow connect, not a failed one).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connections per second completed, and failed connects: 4 client threads per environment, connect then close at
 /// once (`rst`: with an RST, `SO_LINGER` 0; else an orderly close, the client's FIN first).
@@ -164,7 +203,7 @@ fn connect_rate(t: &Topo, secs: f64, rst: bool) -> (f64, u64) {
             clients.push(ns.thread(move || {
                 let dst = SocketAddr::from(SocketAddrV4::new(SERVER, 7600));
                 while Instant::now() < deadline {
-                    match TcpStream::connect_timeout(&dst, Duration::from_millis(500)) {
+                    match TcpStream::connect_timeout(&dst, CONNECT_TIMEOUT) {
                         Ok(c) => {
                             if rst {
                                 linger_zero(&c);
@@ -528,6 +567,7 @@ fn measure(t: &Topo, secs: u32) -> Figures {
         (f.conn_fin_per_s, f.conn_fin_failed) = (r, n as f64);
     }
     f.steal_pct = steal0.share_until(&Steal::now()) * 100.0;
+    f.load1 = meter::load_average().unwrap_or(0.0);
     f
 }
 
@@ -717,7 +757,7 @@ fn main() {
                 "  gateway: {} packets out, {} in; drops {:?}",
                 totals.outbound.0, totals.inbound.0, totals.drops
             );
-            eprintln!("round {round}: steal {:.1}% (hyperplane)", f.steal_pct);
+            eprintln!("round {round}: steal {:.1}%, load average {:.1} (hyperplane)", f.steal_pct, f.load1);
             ours_all.push(f);
         }
         {
@@ -731,7 +771,7 @@ fn main() {
             };
             let f = measure(&t, secs);
             eprintln!("round {round}: kernel: {f:?}");
-            eprintln!("round {round}: steal {:.1}% (kernel)", f.steal_pct);
+            eprintln!("round {round}: steal {:.1}%, load average {:.1} (kernel)", f.steal_pct, f.load1);
             kernel_all.push(f);
         }
     }
@@ -740,7 +780,7 @@ fn main() {
         "{:<44} {:>12} {:>12} {:>7}",
         "work (same run, same machine, medians)", "hyperplane", "kernel NAT", "ratio"
     );
-    let rows: [(&str, f64, f64, bool); 12] = [
+    let rows: [(&str, f64, f64, bool); 13] = [
         ("TCP bulk, Gbit/s (offloads on)", ours.tcp_gbps, kernel.tcp_gbps, true),
         ("UDP 64-byte one flow: offered pkt/s", ours.udp_offered_pps, kernel.udp_offered_pps, false),
         ("UDP 64-byte one flow: delivered pkt/s", ours.udp_pps, kernel.udp_pps, true),
@@ -752,6 +792,7 @@ fn main() {
         ("TCP connections/s, FIN close", ours.conn_fin_per_s, kernel.conn_fin_per_s, true),
         ("  failed connects, FIN close", ours.conn_fin_failed, kernel.conn_fin_failed, false),
         ("steal time over the round, %", ours.steal_pct, kernel.steal_pct, false),
+        ("1-minute load average after the round", ours.load1, kernel.load1, false),
         ("sender CPUs", sender_cpus().len() as f64, sender_cpus().len() as f64, false),
     ];
     for (name, a, b, with_ratio) in rows {

@@ -594,12 +594,8 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     let mut report = assemble(args, n, eni, measured, seen, gateway, &tl, span);
     if let Some(c) = &counter {
         let (packets, bytes) = c.read()?;
-        report.vpc_counted = Some(Rate {
-            packets,
-            bytes,
-            pps: packets as f64 / load_secs,
-            bps: bytes as f64 * 8.0 / load_secs,
-        });
+        report.vpc_counted =
+            Some(Rate { packets, bytes, pps: packets as f64 / load_secs, bps: bytes as f64 * 8.0 / load_secs });
     }
     drop(counter);
     report.timeline_csv = csv_path.map(|p| p.display().to_string());

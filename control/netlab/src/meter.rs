@@ -10,6 +10,7 @@
 //!   counter deletes the table (deleting the namespace removes it too). The counter counts frames as the link
 //!   receives them, whole IPv4 packets in bytes (nftables counts from the network header), so its figure does not
 //!   depend on the sender's own bookkeeping.
+//! * [`load_average`] is the 1-minute load average (runnable tasks, all CPUs together).
 //! * [`Steal`] reads the `cpu` line of `/proc/stat` (units: clock ticks, summed over all CPUs); the steal share of
 //!   an interval is steal ticks / all ticks, 0..=1.
 
@@ -169,6 +170,12 @@ impl Steal {
         }
         later.steal.saturating_sub(self.steal) as f64 / all as f64
     }
+}
+
+/// The 1-minute load average (`/proc/loadavg`): runnable tasks, a sign of other work on the machine that steal time
+/// does not show (other processes on the same cores). None when unreadable.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]
