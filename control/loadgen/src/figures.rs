@@ -348,6 +348,12 @@ impl LoadReport {
                 u.echoed
             );
         }
+        if let Some(c) = &self.vpc_counted {
+            t += &format!(
+                "  vpc        {} UDP packets counted by the kernel at the VPC router ({:.0} pps)\n",
+                c.packets, c.pps
+            );
+        }
         if let Some(b) = &self.tcp_bulk {
             t += &format!(
                 "  tcp-bulk   {} streams, {} bytes delivered, {:.3} Gbit/s\n",
