@@ -45,7 +45,9 @@
 //! prints both and 1M / 1k, writes `target/compare-sessions.json`.
 //!
 //! `--only offer`: what the TAP writers of `loadgen udp --cpus` can offer,
-//! into a TAP whose kernel side sits alone in a namespace and discards.
+//! into a TAP whose kernel side sits alone in a namespace and discards (one
+//! writer; one per CPU on one queue; one per CPU on a queue each of a
+//! multi-queue TAP).
 //!
 //! Connection churn (only on request, never in the default run; needs no
 //! iperf3), with `netlab::churn`:
@@ -672,6 +674,16 @@ fn offer_main(secs: u32) {
     let tap = Tap::open(&name, TapOptions::default()).expect("TAP");
     netlab::ip_batch(None, &[format!("link set {name} netns {}", ns.name())]).expect("move the TAP");
     ns.ip(&["link", "set", "dev", &name, "up"]).expect("TAP up");
+    // A multi-queue TAP too: one queue per writer.
+    let mq_name = netlab::unique("hpof");
+    let mq = Tap::open(&mq_name, TapOptions { multi_queue: true, ..TapOptions::default() }).expect("multi-queue TAP");
+    let mut queues = vec![];
+    for _ in 1..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        queues.push(mq.open_queue().expect("another queue"));
+    }
+    queues.insert(0, mq);
+    netlab::ip_batch(None, &[format!("link set {mq_name} netns {}", ns.name())]).expect("move the TAP");
+    ns.ip(&["link", "set", "dev", &mq_name, "up"]).expect("TAP up");
     let spec = FrameSpec {
         src_mac: [2, 0x4c, 0x47, 0, 0, 1],
         dst_mac: [2, 0x4c, 0x47, 0, 0, 2],
@@ -684,7 +696,11 @@ fn offer_main(secs: u32) {
     let all: Vec<usize> = (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
     let many = arg_str("--cpus").map(|_| sender_cpus()).unwrap_or(all);
     println!("{:<40} {:>14} {:>10}", "TAP writers (64-byte payload, discarded)", "frames/s", "steal %");
-    for cpus in [vec![many[0]], many.clone()] {
+    for (cpus, taps, what) in [
+        (vec![many[0]], std::slice::from_ref(&tap), "one queue"),
+        (many.clone(), std::slice::from_ref(&tap), "one queue"),
+        (many.clone(), &queues[..], "a queue each"),
+    ] {
         let plan = Plan {
             source: Source::Flows(spec.clone(), Flows::ONE),
             cpus: cpus.clone(),
@@ -694,9 +710,9 @@ fn offer_main(secs: u32) {
             progress: None,
         };
         let s0 = Steal::now();
-        let sent = sender::send_tap(&tap, &plan, &AtomicBool::new(false)).expect("send");
+        let sent = sender::send_tap(taps, &plan, &AtomicBool::new(false)).expect("send");
         let steal = s0.share_until(&Steal::now()) * 100.0;
-        println!("{:<40} {:>14.0} {:>10.1}", format!("CPUs {cpus:?}"), sent.pps(), steal);
+        println!("{:<40} {:>14.0} {:>10.1}", format!("CPUs {cpus:?}, {what}"), sent.pps(), steal);
     }
 }
 

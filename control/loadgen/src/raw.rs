@@ -123,7 +123,7 @@ pub(crate) fn run(
                         max_frames: None,
                         progress: Some(std::sync::Arc::clone(&progress)),
                     };
-                    let r = sender::send_tap(tap, &plan, &halt);
+                    let r = sender::send_tap(std::slice::from_ref(tap), &plan, &halt);
                     let ended = Instant::now().min(end);
                     if let Ok(r) = r {
                         sent.fetch_add(r.frames, Ordering::Relaxed);

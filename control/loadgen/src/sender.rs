@@ -425,8 +425,12 @@ pub fn send_packet(ns: &Netns, link: &str, plan: &Plan, stop: &Arc<AtomicBool>) 
     }
 }
 
-/// Runs `plan` into the user side of `tap`, one `write` per frame, from one thread per CPU of the plan.
-pub fn send_tap(tap: &Tap, plan: &Plan, stop: &AtomicBool) -> Result<Sent, SendError> {
+/// Runs `plan` into the user side of a TAP, one `write` per frame, from one thread per CPU of the plan; thread `t`
+/// writes to `taps[t % taps.len()]` (the queues of a multi-queue TAP, or one descriptor for all).
+pub fn send_tap(taps: &[Tap], plan: &Plan, stop: &AtomicBool) -> Result<Sent, SendError> {
+    if taps.is_empty() {
+        return Err(SendError::NoLink("(no TAP descriptor)".into()));
+    }
     let cpus: Vec<Option<usize>> =
         if plan.cpus.is_empty() { vec![None] } else { plan.cpus.iter().copied().map(Some).collect() };
     let threads = cpus.len();
@@ -435,6 +439,7 @@ pub fn send_tap(tap: &Tap, plan: &Plan, stop: &AtomicBool) -> Result<Sent, SendE
             .into_iter()
             .enumerate()
             .map(|(t, cpu)| {
+                let tap = &taps[t % taps.len()];
                 s.spawn(move || {
                     let pinned = cpu.is_some_and(pin_to);
                     let (f, b, e, st, end) = drive(t, threads, plan, stop, |batch| {
