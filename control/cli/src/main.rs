@@ -131,6 +131,10 @@ enum Command {
         /// attachment per environment); at most 1000 environments.
         #[arg(long)]
         tap_per_env: bool,
+        /// udp: one writer thread per CPU listed (e.g. 0,1), each pinned
+        /// to its CPU; default one unpinned writer.
+        #[arg(long)]
+        cpus: Option<String>,
     },
     #[cfg(feature = "study")]
     /// Study the shared-ENI design: per-environment ENIs against one shared
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
             out,
             json,
             tap_per_env,
+            cpus,
         } => (|| {
             let args = loadgen::LoadArgs {
                 scenario: loadgen::Scenario::parse(&scenario)?,
@@ -245,6 +250,10 @@ fn main() -> ExitCode {
                 json,
                 progress: !json,
                 tap_per_env,
+                cpus: match &cpus {
+                    Some(c) => loadgen::parse_cpus(c)?,
+                    None => Vec::new(),
+                },
                 gateway: match &config {
                     Some(p) => Some(loadgen::GatewayTable::load(p)?),
                     None => None,
