@@ -17,6 +17,7 @@ pub mod counters;
 pub mod engine;
 pub mod flow;
 pub mod frag;
+pub mod index;
 pub mod policy;
 pub mod ports;
 pub mod session;
