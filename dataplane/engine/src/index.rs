@@ -93,6 +93,20 @@ impl FlowIndex {
         prefetch(&self.buckets[self.home(h)]);
     }
 
+    /// Calls `f` with every id in the home bucket of `h` whose tag matches
+    /// (the likely hits, to prefetch; entries that overflowed further are
+    /// left out).
+    #[inline]
+    pub fn candidates(&self, h: u64, mut f: impl FnMut(u32)) {
+        let t = tag(h);
+        let bucket = &self.buckets[self.home(h)];
+        for i in 0..SLOTS {
+            if bucket.tags[i] == t && bucket.ids[i] != NIL {
+                f(bucket.ids[i]);
+            }
+        }
+    }
+
     /// The first id stored under hash `h` that `eq` accepts.
     #[inline]
     pub fn find(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {

@@ -27,7 +27,7 @@ pub mod testkit;
 pub mod time;
 pub mod wire;
 
-pub use engine::{Action, Engine, Event, Offload};
+pub use engine::{Action, BatchFrame, Engine, Event, Offload};
 
 /// A port of the engine: where a frame arrived or where it leaves.
 ///

@@ -431,6 +431,15 @@ impl SessionTable {
         }
     }
 
+    /// Prefetches the sessions that the home bucket of hash `h` holds under
+    /// its tag, in the inside (`outside` false) or outside index: a hint,
+    /// no effect on results.
+    #[inline]
+    pub fn prefetch_candidates(&self, h: u64, outside: bool) {
+        let index = if outside { &self.out_index } else { &self.in_index };
+        index.candidates(h, |id| self.prefetch_session(id));
+    }
+
     /// Prefetches the cache lines of session `id` that an established
     /// packet touches (its first [`HOT_BYTES`] bytes): a hint, no effect
     /// on results.

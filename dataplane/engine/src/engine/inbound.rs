@@ -35,7 +35,7 @@ impl Engine {
         };
         let key =
             FlowKey { proto: ip.proto, local: Endpoint::new(ip.dst, dport), remote: Endpoint::new(ip.src, sport) };
-        let sid = match self.table.find_outside(&key) {
+        let sid = match self.table.find_outside_hashed(&key, self.key_hash(&key)) {
             Some(sid) => {
                 let s = self.table.get_mut(sid);
                 s.in_packets += 1;

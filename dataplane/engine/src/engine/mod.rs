@@ -45,6 +45,8 @@
 //! VPP's nat44-ed splits in2out and out2in):
 //! - this one: the types, [`Engine::new`], [`Engine::set_bindings`], the
 //!   `poll_*` calls, [`Engine::expire`], [`Engine::process`] and dispatch;
+//! - `batch.rs`: [`Engine::process_batch`], frames in vectors with the
+//!   index buckets and sessions prefetched;
 //! - `outbound.rs` (environment → VPC) and `inbound.rs` (VPC → environment);
 //! - `icmp.rs`: ICMP errors translated both ways, and generated;
 //! - `fragment.rs`: fragment forwarding and fragmenting;
@@ -53,6 +55,7 @@
 //!   the recycling of ended ones;
 //! - `rewrite.rs`: the header rewrites, free functions.
 
+mod batch;
 mod fragment;
 mod hold;
 mod icmp;
@@ -61,6 +64,7 @@ mod neighbor;
 mod outbound;
 mod rewrite;
 
+pub use batch::{BatchFrame, BATCH};
 pub use hold::REMOTE_TIME_WAIT;
 
 use crate::arp::{self, ArpTable};
@@ -210,6 +214,8 @@ pub struct Engine {
     /// When the last TIME_WAIT pressure event went out (see
     /// `Engine::note_pressure`).
     pressure_at: Option<Instant>,
+    /// The flow key hashed for the frame being processed by a batch.
+    hint: Option<batch::Hint>,
 }
 
 impl Engine {
@@ -235,6 +241,7 @@ impl Engine {
             now: Instant::ZERO,
             free_lists: (0..crate::session::LISTS as u16).rev().collect(),
             pressure_at: None,
+            hint: None,
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
