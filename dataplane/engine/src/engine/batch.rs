@@ -8,7 +8,8 @@
 //!    index bucket.
 //! 2. Read each bucket and prefetch the sessions whose tags match.
 //! 3. Process the frames in order, exactly as [`Engine::process_offload`]
-//!    would, with the hash from pass 1 handed to the session lookup.
+//!    would, with the IPv4 header from pass 1 (the frame is unchanged
+//!    since) and the hash handed to the session lookup.
 //!
 //! Passes 1 and 2 only read frames and tables and issue prefetches: every
 //! decision is taken in pass 3 in arrival order, so a batch gives the same
@@ -21,7 +22,7 @@ use super::{flow_of, Action, Engine, Offload};
 use crate::flow::{Endpoint, FlowKey};
 use crate::tcp::Dir;
 use crate::time::Instant;
-use crate::wire::{self, ETH_LEN};
+use crate::wire::{self, Ipv4, ETH_LEN};
 use crate::PortId;
 
 /// Frames a batch is worked through in (a longer slice is taken in chunks
@@ -53,9 +54,12 @@ impl<'a> BatchFrame<'a> {
     }
 }
 
-/// A flow key hashed ahead of the frame's turn.
+/// A frame's IPv4 header parsed, and its flow key hashed, ahead of the
+/// frame's turn.
 #[derive(Copy, Clone, Debug)]
 pub(super) struct Hint {
+    /// The header as `wire::parse_ipv4` gave it for `frame[..len]`.
+    pub(super) ip: Ipv4,
     pub(super) key: FlowKey,
     pub(super) hash: u64,
 }
@@ -76,10 +80,10 @@ impl Engine {
         let mut hints: [Option<Hint>; BATCH] = [None; BATCH];
         // Pass 1: keys, hashes, index buckets.
         for (f, h) in frames.iter().zip(hints.iter_mut()) {
-            *h = flow_key(f.port, &f.buf[..f.len.min(f.buf.len())]).map(|key| {
+            *h = flow_key(f.port, &f.buf[..f.len.min(f.buf.len())]).map(|(ip, key)| {
                 let hash = self.table.hash(&key);
                 self.table.prefetch_bucket(hash, !f.port.is_inside());
-                Hint { key, hash }
+                Hint { ip, key, hash }
             });
         }
         // Pass 2: the sessions the buckets point at.
@@ -107,10 +111,11 @@ impl Engine {
     }
 }
 
-/// The session key a frame from `port` would be looked up by, if it is an
-/// unfragmented IPv4 TCP, UDP or ICMP echo packet that parses. Reads the
-/// frame only; the decisions are left to the frame's turn.
-fn flow_key(port: PortId, frame: &[u8]) -> Option<FlowKey> {
+/// The IPv4 header of a frame from `port` and the session key it would be
+/// looked up by, if it is an unfragmented IPv4 TCP, UDP or ICMP echo packet
+/// that parses. Reads the frame only; the decisions are left to the frame's
+/// turn.
+fn flow_key(port: PortId, frame: &[u8]) -> Option<(Ipv4, FlowKey)> {
     if frame.len() < ETH_LEN || wire::ethertype(frame) != wire::ETHERTYPE_IPV4 {
         return None;
     }
@@ -121,8 +126,9 @@ fn flow_key(port: PortId, frame: &[u8]) -> Option<FlowKey> {
     let dir = if port.is_inside() { Dir::Out } else { Dir::In };
     let (_, sport, dport, _) = flow_of(frame, &ip, dir).ok()??;
     let (src, dst) = (Endpoint::new(ip.src, sport), Endpoint::new(ip.dst, dport));
-    Some(match dir {
+    let key = match dir {
         Dir::Out => FlowKey { proto: ip.proto, local: src, remote: dst },
         Dir::In => FlowKey { proto: ip.proto, local: dst, remote: src },
-    })
+    };
+    Some((ip, key))
 }

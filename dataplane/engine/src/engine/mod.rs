@@ -483,7 +483,13 @@ impl Engine {
                 if dst_mac != our_mac {
                     return Action::Drop(DropReason::NotForUs);
                 }
-                let mut ip = match wire::parse_ipv4(&frame[..len], ETH_LEN) {
+                // A batch parsed this frame's header already (and only
+                // gives a hint for a frame whose header parsed).
+                let parsed = match self.hint {
+                    Some(h) => Ok(h.ip),
+                    None => wire::parse_ipv4(&frame[..len], ETH_LEN),
+                };
+                let mut ip = match parsed {
                     Ok(ip) => ip,
                     Err(r) => return Action::Drop(r),
                 };
