@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(ix.buckets.len(), 10);
         // Every hash has home bucket 0 and the same tag: the worst case.
         let h = |i: u32| u64::from(i % 3) << 16;
-        let mut live = vec![false; N];
+        let mut live = [false; N];
         for i in 0..N as u32 {
             assert!(ix.insert(h(i), i));
             live[i as usize] = true;

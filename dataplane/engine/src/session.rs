@@ -66,10 +66,10 @@
 use crate::bindings::Mac;
 use crate::config::Timeouts;
 use crate::flow::{Endpoint, FlowKey, TCP, UDP};
+use crate::index::{prefetch, FlowIndex};
 use crate::tcp;
 use crate::time::Instant;
 use crate::PortId;
-use crate::index::{prefetch, FlowIndex};
 use core::hash::BuildHasher;
 use std::time::Duration;
 

@@ -38,14 +38,15 @@ fn setup() -> (Harness, Harness, Vec<(PortId, Vec<u8>)>) {
     let (udp, tcp, echo, routed) = eports.pop().unwrap();
     let [a, b] = hs;
     let h = &a;
-    let mut v: Vec<(PortId, Vec<u8>)> = vec![];
     // Established, both ways.
-    v.push((h.env_port(0), h.env_frame(0, UDP, 5000, SERVER, 53, 0, b"query")));
-    v.push((PortId::OUTSIDE, h.vpc_frame(SERVER, 53, ENI, udp, UDP, 0, b"answer")));
-    v.push((h.env_port(1), h.env_frame(1, TCP, 6000, SERVER, 443, ACK, b"GET /")));
-    v.push((PortId::OUTSIDE, h.vpc_frame(SERVER, 443, ENI, tcp, TCP, ACK, b"200 OK")));
-    v.push((h.env_port(2), h.env_frame(2, ICMP, 77, SERVER, 0, 0, b"ping")));
-    v.push((PortId::OUTSIDE, h.vpc_frame(SERVER, 0, ENI, echo, ICMP, 0, b"pong")));
+    let mut v: Vec<(PortId, Vec<u8>)> = vec![
+        (h.env_port(0), h.env_frame(0, UDP, 5000, SERVER, 53, 0, b"query")),
+        (PortId::OUTSIDE, h.vpc_frame(SERVER, 53, ENI, udp, UDP, 0, b"answer")),
+        (h.env_port(1), h.env_frame(1, TCP, 6000, SERVER, 443, ACK, b"GET /")),
+        (PortId::OUTSIDE, h.vpc_frame(SERVER, 443, ENI, tcp, TCP, ACK, b"200 OK")),
+        (h.env_port(2), h.env_frame(2, ICMP, 77, SERVER, 0, 0, b"ping")),
+        (PortId::OUTSIDE, h.vpc_frame(SERVER, 0, ENI, echo, ICMP, 0, b"pong")),
+    ];
     // A new flow on env 0's mapping (endpoint-independent: same ENI port),
     // three frames of it, and a reply to it: the reply finds the session
     // only if an earlier frame of the batch created it.
@@ -66,10 +67,7 @@ fn setup() -> (Harness, Harness, Vec<(PortId, Vec<u8>)>) {
     // An ICMP error from the VPC quoting the routed flow's translated packet.
     let quote = &routed[ETH_LEN..ETH_LEN + 28];
     let err = testkit::icmp_message(3, 3, [0; 4], quote);
-    v.push((
-        PortId::OUTSIDE,
-        testkit::ipv4_frame(OUTSIDE_MAC, ROUTER_MAC, ROUTER, ENI, ICMP, IpOpts::default(), &err),
-    ));
+    v.push((PortId::OUTSIDE, testkit::ipv4_frame(OUTSIDE_MAC, ROUTER_MAC, ROUTER, ENI, ICMP, IpOpts::default(), &err)));
     // Hairpin: env 4 to env 0's ENI endpoint.
     v.push((h.env_port(4), h.env_frame(4, UDP, 7003, ENI, udp, 0, b"hairpin")));
     // Fragments of a new datagram, later ones first.
@@ -99,7 +97,9 @@ fn setup() -> (Harness, Harness, Vec<(PortId, Vec<u8>)>) {
 }
 
 /// What an engine left behind: frames to transmit, counters, sessions.
-fn state(h: &mut Harness) -> (Vec<(PortId, Vec<u8>)>, String, Vec<String>) {
+type State = (Vec<(PortId, Vec<u8>)>, String, Vec<String>);
+
+fn state(h: &mut Harness) -> State {
     let tx = h.drain();
     let counters = format!("{:?}", *h.engine.counters());
     let mut sessions = vec![];
