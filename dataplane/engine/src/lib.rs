@@ -17,6 +17,7 @@ pub mod counters;
 pub mod engine;
 pub mod flow;
 pub mod frag;
+pub mod index;
 pub mod policy;
 pub mod ports;
 pub mod session;
@@ -26,7 +27,7 @@ pub mod testkit;
 pub mod time;
 pub mod wire;
 
-pub use engine::{Action, Engine, Event, Offload};
+pub use engine::{Action, BatchFrame, Engine, Event, Offload};
 
 /// A port of the engine: where a frame arrived or where it leaves.
 ///

@@ -60,10 +60,11 @@ use crate::{complete_checksum, AfPacket, Events, Poller, Tap, VnetHdr, Waker, VN
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use dataplane::bindings::Bindings;
 use dataplane::counters::{Counters, DropReason};
-use dataplane::engine::{Action, Engine, Event, Offload};
+use dataplane::engine::{Action, BatchFrame, Engine, Event, Offload};
 use dataplane::time::Instant;
 use dataplane::wire::{get16, ETH_LEN};
 use dataplane::PortId;
+use smallvec::SmallVec;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,7 +77,7 @@ pub const HDR: usize = VNET_HDR_LEN;
 /// Largest frame read: a 64 KiB GSO superframe plus its Ethernet header.
 pub const MAX_FRAME: usize = 65_536 + ETH_LEN;
 /// Frames read from one device per wake-up before the others get a turn.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = dataplane::engine::BATCH;
 /// Capacity of each worker's inbox.
 pub const INBOX: usize = 4096;
 /// Spare buffers kept for handing frames between threads.
@@ -697,8 +698,45 @@ impl Worker {
         }
         let mut rx = std::mem::take(&mut self.rx);
         let now = self.fabric.now();
-        for f in rx.iter_mut() {
-            self.handle(now, f.port, &mut f.buf, f.len, f.learn);
+        // ARP copies from other workers only teach the engine; they go first
+        // and one by one, so the batch below already sees what they taught.
+        for f in rx.iter_mut().filter(|f| f.learn) {
+            self.handle(now, f.port, &mut f.buf, f.len, true);
+        }
+        let mut at = 0;
+        while at < rx.len() {
+            // A vector of up to BATCH frames (skipping ARP copies): the
+            // engine hashes every key and prefetches buckets and sessions
+            // before it translates any frame (see `Engine::process_batch`).
+            let mut actions = [(Action::Consumed, VnetHdr::default()); BATCH];
+            let mut frames: SmallVec<[BatchFrame<'_>; BATCH]> = SmallVec::new();
+            let mut end = at;
+            for f in rx[at..].iter_mut() {
+                if frames.len() == BATCH {
+                    break;
+                }
+                end += 1;
+                if f.learn {
+                    continue;
+                }
+                let hdr = VnetHdr::parse(&f.buf[..HDR]).unwrap_or_default();
+                actions[frames.len()].1 = hdr;
+                let mut b = BatchFrame::new(f.port, &mut f.buf[HDR..], f.len);
+                b.offload = Offload { csum_partial: hdr.needs_csum(), gso_size: if hdr.is_gso() { hdr.gso_size } else { 0 } };
+                frames.push(b);
+            }
+            self.engine.process_batch(now, &mut frames);
+            for (i, f) in frames.iter().enumerate() {
+                actions[i].0 = f.action;
+            }
+            drop(frames);
+            let mut i = 0;
+            for f in rx[at..end].iter_mut().filter(|f| !f.learn) {
+                let (action, hdr) = actions[i];
+                i += 1;
+                self.dispatch(now, f.port, &mut f.buf, action, hdr, false);
+            }
+            at = end;
         }
         for f in rx.drain(..) {
             self.put_spare(f.buf);
@@ -707,13 +745,19 @@ impl Worker {
     }
 
     /// Processes the frame at `buf[HDR..HDR + len]` (its virtio-net header,
-    /// or zeros, before it). `learn_only`: an ARP copy; nothing is sent back.
-    /// A frame sent on the ring leaves with its buffer: `buf` is then
-    /// replaced by a free one.
+    /// or zeros, before it) on its own. `learn_only`: an ARP copy; nothing
+    /// is sent back.
     fn handle(&mut self, now: Instant, port: PortId, buf: &mut Vec<u8>, len: usize, learn_only: bool) {
         let hdr = VnetHdr::parse(&buf[..HDR]).unwrap_or_default();
         let offload = Offload { csum_partial: hdr.needs_csum(), gso_size: if hdr.is_gso() { hdr.gso_size } else { 0 } };
         let action = self.engine.process_offload(now, port, &mut buf[HDR..], len, offload);
+        self.dispatch(now, port, buf, action, hdr, learn_only);
+    }
+
+    /// Carries out what the engine decided for the frame in `buf` (which
+    /// arrived on `port` with offload header `hdr`). A frame sent on the
+    /// ring leaves with its buffer: `buf` is then replaced by a free one.
+    fn dispatch(&mut self, now: Instant, port: PortId, buf: &mut Vec<u8>, action: Action, hdr: VnetHdr, learn_only: bool) {
         match action {
             Action::Forward { port: egress, len } => self.emit(egress, buf, len, hdr),
             Action::Reply { len } if !learn_only => self.emit(port, buf, len, VnetHdr::default()),
