@@ -158,3 +158,37 @@ fn the_control_socket_reports_enis_functions_sessions_and_stats() {
     assert!(message.contains("line"), "{message}");
     srv.stop();
 }
+
+/// Issue 12 item 3: two workers, an environment only behind the first
+/// attachment at start; `apply` adds one behind the second (read by the
+/// other worker). Its connections must work: its worker owns ports of its
+/// own (it used to get the range's first port only, whose replies were
+/// steered to the first worker).
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn an_environment_added_by_apply_on_another_workers_attachment_connects() {
+    netlab::require_root();
+    let lab = Lab::build(&Options { envs: 2, workers: 2, absent_envs: vec![1], ..Options::default() }).expect("lab");
+    server(&lab);
+    let shared = lab.runtime().shared();
+    shared.apply(&lab.config_with(|o| o.absent_envs.clear())).expect("applies");
+    assert!(lab.runtime().wait_settled(Duration::from_secs(5)));
+    let mut ok = 0;
+    let mut conns = vec![];
+    for _ in 0..8 {
+        let c = lab.envs[1].run(|| {
+            let c = TcpStream::connect_timeout(
+                &SocketAddr::from(SocketAddrV4::new(SERVER, PORT)),
+                Duration::from_millis(1500),
+            )?;
+            c.set_read_timeout(Some(Duration::from_secs(3)))?;
+            Ok::<_, std::io::Error>(c)
+        });
+        if let Ok(mut c) = c {
+            assert_eq!(ask(&mut c), lab.eni);
+            ok += 1;
+            conns.push(c);
+        }
+    }
+    assert_eq!(ok, 8, "connections from the environment added on the second worker's attachment");
+}

@@ -354,6 +354,7 @@ fn check(path: &Path) -> Result<(), CliError> {
 fn run(path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> Result<(), CliError> {
     let cfg = read_config(path)?;
     let socket = cfg.gateway.control_socket.clone();
+    control::gateway::drop_capabilities_once_started(true);
     let rt = runtime::Runtime::start(cfg)?;
     let shared = std::sync::Arc::clone(rt.shared());
     let s = std::sync::Arc::clone(&shared);

@@ -53,3 +53,62 @@ fn a_missing_outside_interface_is_reported_before_anything_starts() {
     // No TAP from the config was left behind.
     assert!(!std::path::Path::new("/sys/class/net/hp-e0").exists());
 }
+
+/// Issue 12 item 10: once its devices are open, `hyperplane run` keeps only
+/// CAP_NET_ADMIN and CAP_NET_RAW, in every thread (the signal thread none).
+/// Read from `/proc/PID/task/*/status` of the running gateway, in a
+/// namespace of its own.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn a_running_gateway_keeps_only_the_network_capabilities() {
+    use std::io::{BufRead, BufReader};
+    netlab::require_root();
+    let ns = netlab::Netns::new(format!("hpcap{}", std::process::id())).expect("netns");
+    let sock = std::env::temp_dir().join(format!("hp-cap-{}.sock", std::process::id()));
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../core/examples/gateway.toml")).unwrap();
+    let cfg = example
+        .replace("control_socket = \"/run/hyperplane.sock\"", &format!("control_socket = \"{}\"", sock.display()))
+        .replace("workers = 0 ", "workers = 2 ");
+    let p = write("caps", &cfg);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_hyperplane"), "run", "--config", p.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let pid = child.id();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut seen = String::new();
+    while err.read_line(&mut line).unwrap_or(0) > 0 {
+        seen.push_str(&line);
+        if line.contains("hyperplane: running") {
+            break;
+        }
+        line.clear();
+    }
+    let caps: Vec<(String, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| {
+                    let st = std::fs::read_to_string(t.path().join("status")).ok()?;
+                    let name = st.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_string();
+                    let eff = st.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
+                    Some((name, u64::from_str_radix(&eff, 16).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let status = child.wait().expect("exits");
+    let _ = std::fs::remove_file(&p);
+    assert!(seen.contains("hyperplane: running"), "{seen}");
+    assert!(status.success(), "{seen}");
+    assert!(caps.len() >= 4, "{caps:?}");
+    let kept = 0x3000u64; // CAP_NET_ADMIN (12) and CAP_NET_RAW (13)
+    for (name, eff) in &caps {
+        let want = if name == "hp-signals" { 0 } else { kept };
+        assert_eq!(*eff, want, "thread {name}: CapEff {eff:#x} in {caps:x?}");
+    }
+    drop(ns);
+}

@@ -8,8 +8,9 @@
 //!
 //! Sharding: attachment `j` is read by worker `j mod n`, and the plan's
 //! port range is split into one slice per worker ([`Shards`]), weighted by
-//! the environments behind each worker's attachments (a worker with none
-//! owns no port); worker `i`'s engine allocates only from slice `i`, and
+//! the environments behind each worker's attachments plus one share per
+//! attachment for environments added later (a worker that reads no
+//! attachment owns no port); worker `i`'s engine allocates only from slice `i`, and
 //! its high-water mark and session capacity are the plan's in proportion.
 //! Offloads (virtio-net header, TSO, checksum offload) are enabled only when
 //! the outside is a TAP too, so that a superframe always has a device that
@@ -93,16 +94,26 @@ fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool, queue: u32) 
     Ok(tap)
 }
 
+static DROP_CAPABILITIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`start`] drop the calling thread's capabilities to
+/// CAP_NET_ADMIN and CAP_NET_RAW once the devices are open, before the
+/// workers start (`hyperplane run` does; tests that start several gateways
+/// from one thread do not). Capabilities are per thread: the threads
+/// started from that one afterwards (workers, control thread, servers)
+/// inherit the reduced set.
+pub fn drop_capabilities_once_started(on: bool) {
+    DROP_CAPABILITIES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Starts the gateway the plan describes.
 pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
     check_net_admin().map_err(StartError::Privileges)?;
     let n = plan.workers.max(1);
     // Ports go where flows start: each worker's slice is weighted by the
     // environments behind the attachments it reads.
-    let mut weights = vec![0u32; n];
-    for env in plan.bindings.envs() {
-        weights[usize::from(env.port.0.saturating_sub(1)) % n] += 1;
-    }
+    let attachments: Vec<PortId> = plan.attachments.iter().map(|a| a.port).collect();
+    let weights = port_weights(&attachments, plan.bindings.envs().iter().map(|e| e.port), n);
     let shards = Shards::weighted(plan.engine.port_range.clone(), &weights);
     let offloads = plan.offloads && plan.outside.kind == OutsideKind::Tap;
     let vnet = TapOptions { vnet_hdr: offloads, multi_queue: false };
@@ -125,7 +136,8 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
             for _ in 0..n {
                 af_tx.push(PacketSender::open(name).map_err(dev(name))?);
             }
-            af_rx = Some(AfPacket::open(name, Duration::from_millis(200)).map_err(dev(name))?);
+            // The reader skips what the workers' sockets send.
+            af_rx = Some(AfPacket::open_receiver(name, Duration::from_millis(200)).map_err(dev(name))?);
         }
     }
 
@@ -165,6 +177,13 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         }
         by_port[slot] = Some(Arc::clone(t));
     }
+    if DROP_CAPABILITIES.load(std::sync::atomic::Ordering::Relaxed) {
+        // Every device is open: keep only what the running gateway needs,
+        // before the workers (which read what tenants and the VPC send)
+        // start, so that they and every thread started later inherit it.
+        dataplane_io::keep_only_net_capabilities().map_err(StartError::Io)?;
+        tracing::info!("capabilities dropped to CAP_NET_ADMIN and CAP_NET_RAW");
+    }
     let (tx, events) = crossbeam_channel::bounded(1024);
     let gateway = Workers::start(specs, by_port, shards, af_rx, tx, plan.io).map_err(StartError::Io)?;
     tracing::info!(
@@ -176,6 +195,26 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         "gateway running"
     );
     Ok(RunningGateway { gateway, inside, outside, events, offloads })
+}
+
+/// Each worker's weight in the port split: attachment `j` is read by
+/// worker `j mod n`; each environment counts one for the worker that reads
+/// its attachment, and each attachment one more, a share held for the
+/// environments `apply` may add behind it later (the split is fixed for
+/// the gateway's life, so a worker with no environment at start must not
+/// be left without ports).
+fn port_weights(attachments: &[PortId], envs: impl Iterator<Item = PortId>, n: usize) -> Vec<u32> {
+    let n = n.max(1);
+    let mut weights = vec![0u32; n];
+    for j in 0..attachments.len() {
+        weights[j % n] += 1;
+    }
+    for port in envs {
+        if let Some(j) = attachments.iter().position(|&a| a == port) {
+            weights[j % n] += 1;
+        }
+    }
+    weights
 }
 
 /// Worker `i`'s engine settings: its port slice, its share (by ports) of
@@ -342,5 +381,35 @@ impl RunningGateway {
         drop(self.inside);
         drop(self.outside);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12 item 3: a worker that reads an attachment with no
+    /// environment at start must still own ports of its own, or an
+    /// environment `apply` adds there later allocates a port another worker
+    /// owns (replies to it are steered away).
+    #[test]
+    fn every_worker_reading_an_attachment_owns_ports() {
+        let attachments = [PortId(1), PortId(2)];
+        let envs = [PortId(1), PortId(1), PortId(1)];
+        let weights = port_weights(&attachments, envs.into_iter(), 2);
+        let shards = Shards::weighted(1024..=65535, &weights);
+        for i in 0..2 {
+            assert!(shards.owns_ports(i), "worker {i} reads an attachment but owns no port: {weights:?}");
+            let r = shards.range(i);
+            assert_eq!((shards.owner(*r.start()), shards.owner(*r.end())), (i, i), "worker {i}: {r:?}");
+        }
+        // A later environment on the second attachment gets a real share:
+        // at least a quarter of what one environment on the first gets.
+        let per_env_0 = (u32::from(*shards.range(0).end()) - u32::from(*shards.range(0).start()) + 1) / 3;
+        let ports_1 = u32::from(*shards.range(1).end()) - u32::from(*shards.range(1).start()) + 1;
+        assert!(ports_1 >= per_env_0 / 4, "{ports_1} ports vs {per_env_0} per environment on worker 0");
+        // A worker that reads no attachment owns none.
+        let weights = port_weights(&attachments, envs.into_iter(), 3);
+        assert!(!Shards::weighted(1024..=65535, &weights).owns_ports(2));
     }
 }

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod config;
 pub mod controller;
+pub mod deadline;
 pub mod gateway;
 pub mod ipam;
 pub mod metrics;

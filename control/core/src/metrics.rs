@@ -38,8 +38,11 @@
 //! how busy each environment is, so they are not for the network). `GET
 //! /metrics` gets `200` with `Content-Type: text/plain; version=0.0.4;
 //! charset=utf-8`; anything else gets `404`. One request per connection
-//! (`Connection: close`), 5 s timeouts, at most
-//! [`api::MAX_CONNECTIONS`](crate::api::MAX_CONNECTIONS) connections at once:
+//! (`Connection: close`), 5 s in all for a connection (request in, answer
+//! out, however slowly it trickles), at most
+//! [`api::MAX_CONNECTIONS`](crate::api::MAX_CONNECTIONS) connections at once
+//! and [`MAX_PER_PEER`] per peer (its user id, from `/proc/net/tcp`, or its
+//! address), so one local user cannot hold every slot:
 //! the connections are accepted by the same bounded accept loop as the
 //! control socket's, and the request is parsed by `httparse`.
 //!
@@ -51,24 +54,29 @@
 //! ```
 
 use crate::api::{serve_loop, ApiError, Conn, StatsReport, MAX_CONNECTIONS};
+use crate::deadline::Deadline;
 use crate::threads::StopGroup;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The content type of the text exposition format (0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// Read and write timeout of a metrics connection.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a metrics connection may last in all (reading the request and
+/// writing the answer).
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections one peer (local user, or address) may hold at once.
+pub const MAX_PER_PEER: usize = 8;
 
 /// The largest request head read, in bytes.
 const MAX_HEAD: usize = 8 * 1024;
@@ -348,7 +356,77 @@ pub fn serve_metrics(
     Ok(MetricsServer { addr: local, accept })
 }
 
+/// Who holds a metrics connection: the local user that opened it, or
+/// (when `/proc/net/tcp` does not say) its address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Peer {
+    Uid(u32),
+    Addr(std::net::IpAddr),
+    Unknown,
+}
+
+/// One connection counted against its peer's share; given back on drop.
+struct PeerSlot {
+    peers: Arc<Mutex<HashMap<Peer, usize>>>,
+    peer: Peer,
+}
+
+impl PeerSlot {
+    fn take(peers: &Arc<Mutex<HashMap<Peer, usize>>>, peer: Peer) -> Option<PeerSlot> {
+        let mut m = peers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(peer.clone()).or_default();
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot { peers: Arc::clone(peers), peer })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The peer of an accepted loopback connection: the owner of the client's
+/// socket, found in `/proc/net/tcp` (or `tcp6`) as the line whose local
+/// end is the peer and remote end is us.
+fn peer_of(stream: &TcpStream) -> Peer {
+    let (Ok(us), Ok(them)) = (stream.local_addr(), stream.peer_addr()) else {
+        return Peer::Unknown;
+    };
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v) => format!("{:08X}:{:04X}", u32::from_le_bytes(v.ip().octets()), v.port()),
+        SocketAddr::V6(v) => {
+            let o = v.ip().octets();
+            let words: String =
+                o.chunks(4).map(|c| format!("{:08X}", u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect();
+            format!("{words}:{:04X}", v.port())
+        }
+    };
+    let file = if them.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+    let (local, remote) = (hex(them), hex(us));
+    let uid = std::fs::read_to_string(file).ok().and_then(|t| {
+        t.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 7 && f[1] == local && f[2] == remote).then(|| f[7].parse().ok()).flatten()
+        })
+    });
+    match uid {
+        Some(u) => Peer::Uid(u),
+        None => Peer::Addr(them.ip()),
+    }
+}
+
 fn accept_loop(listener: TcpListener, source: StatsSource, stop: Arc<AtomicBool>) {
+    let peers: Arc<Mutex<HashMap<Peer, usize>>> = Arc::default();
     serve_loop(
         "metrics",
         &listener,
@@ -358,17 +436,19 @@ fn accept_loop(listener: TcpListener, source: StatsSource, stop: Arc<AtomicBool>
             if live >= MAX_CONNECTIONS {
                 return None; // dropped: closed
             }
+            let slot = PeerSlot::take(&peers, peer_of(&stream))?; // over its share: closed
             let setup = || -> io::Result<TcpStream> {
                 stream.set_nonblocking(false)?;
-                stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-                stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
                 stream.try_clone()
             };
             let handle = setup().ok()?;
             let source = source.clone();
             let thread = std::thread::Builder::new()
                 .name("hp-metrics-conn".into())
-                .spawn(move || serve_conn(stream, &source))
+                .spawn(move || {
+                    serve_conn(Deadline::new(stream, HTTP_TIMEOUT), &source);
+                    drop(slot);
+                })
                 .ok()?;
             Some(Conn { stream: handle, thread })
         },
@@ -378,7 +458,7 @@ fn accept_loop(listener: TcpListener, source: StatsSource, stop: Arc<AtomicBool>
 /// Reads the request head (up to the blank line, at most [`MAX_HEAD`]
 /// bytes) and returns its method and path (without the query), or `None`
 /// if it is not an HTTP request (httparse decides).
-fn request_target(stream: &mut TcpStream) -> Option<(String, String)> {
+fn request_target(stream: &mut impl Read) -> Option<(String, String)> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
@@ -401,7 +481,7 @@ fn request_target(stream: &mut TcpStream) -> Option<(String, String)> {
     Some((req.method?.to_string(), path))
 }
 
-fn serve_conn(mut stream: TcpStream, source: &StatsSource) {
+fn serve_conn(mut stream: Deadline<TcpStream>, source: &StatsSource) {
     let target = request_target(&mut stream);
     let is_metrics = target.as_ref().is_some_and(|(method, path)| method == "GET" && path == "/metrics");
     let (status, body) = if is_metrics {
@@ -419,5 +499,5 @@ fn serve_conn(mut stream: TcpStream, source: &StatsSource) {
     );
     let _ = stream.write_all(resp.as_bytes());
     let _ = stream.flush();
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
 }

@@ -224,9 +224,21 @@ fn control_loop(s: &Shared) {
         // Ended connections still hold their ports: an ENI drains until
         // they are gone too.
         live.clear();
-        for c in s.gateway.counters() {
-            for (addr, g) in c.port_gauges() {
-                *live.entry(addr).or_default() += (0..3).map(|i| u64::from(g.in_use[i] + g.closing[i])).sum::<u64>();
+        if s.gateway.counters().iter().any(|c| c.addrs_ungauged.get() > 0) {
+            // Some address has no gauge (past `ADDR_GAUGES` on a worker):
+            // ask the engines, or a draining address would look empty.
+            for per_worker in s.gateway.query(|e| e.port_use()) {
+                for p in per_worker {
+                    *live.entry(p.addr).or_default() +=
+                        (0..3).map(|i| u64::from(p.in_use[i] + p.closing[i])).sum::<u64>();
+                }
+            }
+        } else {
+            for c in s.gateway.counters() {
+                for (addr, g) in c.port_gauges() {
+                    *live.entry(addr).or_default() +=
+                        (0..3).map(|i| u64::from(g.in_use[i] + g.closing[i])).sum::<u64>();
+                }
             }
         }
         let active_envs = if last_activity.elapsed() >= Duration::from_secs(5) {

@@ -35,14 +35,24 @@ pub fn install() -> std::io::Result<()> {
         }
         set
     };
-    std::thread::Builder::new().name("hp-signals".into()).spawn(move || loop {
+    std::thread::Builder::new().name("hp-signals".into()).spawn(move || {
+        // It only waits for signals: it needs no capability.
+        use rustix::thread::{set_capabilities, CapabilitySet, CapabilitySets};
+        let none = CapabilitySet::empty();
+        let _ = set_capabilities(None, CapabilitySets { effective: none, permitted: none, inheritable: none });
+        signal_loop(&set)
+    })?;
+    Ok(())
+}
+
+fn signal_loop(set: &libc::sigset_t) -> ! {
+    loop {
         let mut sig = 0;
         // SAFETY: `set` is initialised above and `sig` is a valid out pointer.
-        let rc = unsafe { libc::sigwait(&set, &mut sig) };
+        let rc = unsafe { libc::sigwait(set, &mut sig) };
         if rc == 0 {
             tracing::info!(signal = sig, "stopping");
             STOPPED.store(true, Ordering::Relaxed);
         }
-    })?;
-    Ok(())
+    }
 }

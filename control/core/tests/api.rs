@@ -440,3 +440,57 @@ fn metrics_are_refused_on_a_non_loopback_address() {
         assert!(err.to_string().contains("loopback only"), "{err}");
     }
 }
+
+/// Issue 12 item 10: a metrics client trickling its request a byte a
+/// second (each read well inside a per-read timeout) is cut off at the
+/// connection's total deadline.
+#[test]
+fn a_trickling_metrics_client_is_cut_off_at_the_deadline() {
+    use control::metrics::HTTP_TIMEOUT;
+    let server = serve_metrics("127.0.0.1:0".parse().unwrap(), Arc::new(stats_report)).unwrap();
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    let start = std::time::Instant::now();
+    let limit = HTTP_TIMEOUT + std::time::Duration::from_secs(3);
+    let mut closed = false;
+    while start.elapsed() < limit {
+        if s.write_all(b"G").is_err() {
+            closed = true;
+            break;
+        }
+        s.set_read_timeout(Some(std::time::Duration::from_secs(1))).unwrap();
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(_) => {
+                closed = true;
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "still open after {:?}", start.elapsed());
+    assert!(start.elapsed() < HTTP_TIMEOUT + std::time::Duration::from_secs(2), "{:?}", start.elapsed());
+}
+
+/// Issue 12 item 10: one local user cannot hold every metrics slot: past
+/// `MAX_PER_PEER` idle connections, its next one is closed at once.
+#[test]
+fn one_peer_cannot_take_every_metrics_slot() {
+    use control::metrics::MAX_PER_PEER;
+    let server = serve_metrics("127.0.0.1:0".parse().unwrap(), Arc::new(stats_report)).unwrap();
+    let addr = server.local_addr();
+    let held: Vec<TcpStream> = (0..MAX_PER_PEER).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut extra = TcpStream::connect(addr).unwrap();
+    extra.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+    let mut b = [0u8; 16];
+    let r = extra.read(&mut b);
+    assert!(matches!(r, Ok(0)) || r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{r:?}");
+    drop(held);
+    // Their slots come back once the server sees them closed.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(http(addr, "GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK"));
+}

@@ -646,3 +646,43 @@ fn workers_resolve() {
     assert_eq!(planned(&gw("workers = 3")).workers, 3);
     assert!(planned(BASE).workers >= 1);
 }
+
+/// Issue 12 item 10: every size and duration key has an upper bound, and a
+/// value past it is refused with an error naming the key (it used to abort
+/// allocating, or overflow a clock, at start).
+#[test]
+fn huge_values_are_refused_naming_the_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("[gateway.frag]", "max_datagrams", "gateway.frag.max_datagrams"),
+        ("[gateway.frag]", "max_buffered_bytes", "gateway.frag.max_buffered_bytes"),
+        ("[gateway.frag]", "max_fragments", "gateway.frag.max_fragments"),
+        ("[gateway.frag]", "frame_capacity", "gateway.frag.frame_capacity"),
+        ("[gateway.frag]", "timeout_secs", "gateway.frag.timeout_secs"),
+        ("[gateway.arp]", "max_entries", "gateway.arp.max_entries"),
+        ("[gateway.arp]", "queue_frames", "gateway.arp.queue_frames"),
+        ("[gateway.arp]", "queue_per_ip", "gateway.arp.queue_per_ip"),
+        ("[gateway.arp]", "frame_capacity", "gateway.arp.frame_capacity"),
+        ("[gateway.arp]", "reachable_secs", "gateway.arp.reachable_secs"),
+        ("[gateway.arp]", "retry_ms", "gateway.arp.retry_ms"),
+        ("[gateway.timeouts]", "tcp_established", "gateway.timeouts.tcp_established"),
+        ("[gateway.timeouts]", "tcp_transitory", "gateway.timeouts.tcp_transitory"),
+        ("[gateway.timeouts]", "tcp_reset", "gateway.timeouts.tcp_reset"),
+        ("[gateway.timeouts]", "tcp_incoming_syn", "gateway.timeouts.tcp_incoming_syn"),
+        ("[gateway.timeouts]", "udp", "gateway.timeouts.udp"),
+        ("[gateway.timeouts]", "icmp", "gateway.timeouts.icmp"),
+        ("", "port_quarantine_secs", "gateway.port_quarantine_secs"),
+        ("", "idle_reclaim_secs", "gateway.idle_reclaim_secs"),
+        ("", "provisioning_delay_ms", "gateway.provisioning_delay_ms"),
+        ("", "drain_limit_secs", "gateway.drain_limit_secs"),
+        ("", "max_eni_addresses", "gateway.max_eni_addresses"),
+        ("", "eni_quota", "gateway.eni_quota"),
+    ];
+    for &(table, key, field) in cases {
+        // The largest value the key's type takes.
+        let huge = if matches!(key, "max_eni_addresses" | "eni_quota") { "4294967295" } else { "9223372036854775807" };
+        let text = gw(&format!("{table}\n{key} = {huge}"));
+        let e = parse(&text).expect_err(field);
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.reason.contains("at most"), "{field}: {e}");
+    }
+}

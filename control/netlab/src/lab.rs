@@ -91,6 +91,10 @@ pub struct Options {
     /// module doc); `envs` is then ignored and no environment namespaces are
     /// made. Ignored when `shared_attachment` is set.
     pub bridged_attachments: Option<usize>,
+    /// One-namespace-per-environment mode: environments whose attachment is
+    /// in the config but the environment itself is not (yet): an `apply`
+    /// with this cleared adds them.
+    pub absent_envs: Vec<usize>,
 }
 
 impl Default for Options {
@@ -107,6 +111,7 @@ impl Default for Options {
             group: "sg-lab".into(),
             shared_attachment: None,
             bridged_attachments: None,
+            absent_envs: Vec::new(),
         }
     }
 }
@@ -174,13 +179,12 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
         }
         return t;
     }
-    for (i, tap) in taps.iter().enumerate() {
-        t += &format!(
-            "\n[[attachments]]\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n\n\
-             [[environments]]\nfunction = \"lab\"\naddress = \"{}\"\nattachment = \"{tap}\"\n",
-            opts.mtu,
-            env_addr(i)
-        );
+    for tap in taps {
+        t += &format!("\n[[attachments]]\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n", opts.mtu);
+    }
+    for (i, tap) in taps.iter().enumerate().filter(|(i, _)| !opts.absent_envs.contains(i)) {
+        t +=
+            &format!("\n[[environments]]\nfunction = \"lab\"\naddress = \"{}\"\nattachment = \"{tap}\"\n", env_addr(i));
     }
     t
 }

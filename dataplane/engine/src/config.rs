@@ -188,9 +188,70 @@ impl EngineConfig {
         if self.env_inbound_quota == 0 {
             return err("env_inbound_quota", "must be positive");
         }
+        self.validate_bounds()
+    }
+
+    /// Upper bounds: sizes that are allocated up front, and durations that
+    /// are added to clocks. A value past them is a mistake (a size would
+    /// abort allocating, a duration overflow a deadline).
+    fn validate_bounds(&self) -> Result<(), EngineConfigError> {
+        let err = |field: &'static str, reason: &'static str| Err(EngineConfigError { field, reason });
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        for (field, d, max, reason) in [
+            ("timeouts.tcp_established", self.timeouts.tcp_established, YEAR, "must be at most one year (31536000 s)"),
+            ("timeouts.tcp_transitory", self.timeouts.tcp_transitory, YEAR, "must be at most one year (31536000 s)"),
+            ("timeouts.tcp_reset", self.timeouts.tcp_reset, YEAR, "must be at most one year (31536000 s)"),
+            (
+                "timeouts.tcp_incoming_syn",
+                self.timeouts.tcp_incoming_syn,
+                YEAR,
+                "must be at most one year (31536000 s)",
+            ),
+            ("timeouts.udp", self.timeouts.udp, YEAR, "must be at most one year (31536000 s)"),
+            ("timeouts.icmp", self.timeouts.icmp, YEAR, "must be at most one year (31536000 s)"),
+            ("port_quarantine", self.port_quarantine, Duration::from_secs(86_400), "must be at most one day (86400 s)"),
+            ("arp.reachable", self.arp.reachable, Duration::from_secs(86_400), "must be at most one day (86400 s)"),
+            ("arp.retry", self.arp.retry, Duration::from_secs(60), "must be at most 60000 ms"),
+            ("frag.timeout", self.frag.timeout, Duration::from_secs(120), "must be at most 120 s"),
+        ] {
+            if d > max {
+                return err(field, reason);
+            }
+        }
+        for (field, v, max, reason) in [
+            ("frag.max_datagrams", self.frag.max_datagrams, 1 << 20, "must be at most 1048576"),
+            ("frag.max_buffered_bytes", self.frag.max_buffered_bytes, 1 << 30, "must be at most 1073741824 (1 GiB)"),
+            ("frag.max_fragments", self.frag.max_fragments, 8192, "must be at most 8192 (64 KiB in 8-byte pieces)"),
+            (
+                "frag.frame_capacity",
+                self.frag.frame_capacity,
+                MAX_FRAME,
+                "must be at most 65553 (a 64 KiB datagram and its Ethernet header)",
+            ),
+            ("arp.max_entries", self.arp.max_entries, 1 << 20, "must be at most 1048576"),
+            ("arp.queue_frames", self.arp.queue_frames, 1 << 16, "must be at most 65536"),
+            ("arp.queue_per_ip", self.arp.queue_per_ip, 1 << 16, "must be at most 65536"),
+            (
+                "arp.frame_capacity",
+                self.arp.frame_capacity,
+                MAX_FRAME,
+                "must be at most 65553 (a 64 KiB datagram and its Ethernet header)",
+            ),
+        ] {
+            if v > max {
+                return err(field, reason);
+            }
+        }
+        if self.arp.queue_frames.saturating_mul(self.arp.frame_capacity) > 1 << 30 {
+            return err("arp.queue_frames", "must be at most 1 GiB divided by arp.frame_capacity");
+        }
         Ok(())
     }
 }
+
+/// The longest frame any buffer holds: a 65,535-byte datagram with its
+/// Ethernet header and a VLAN tag.
+pub const MAX_FRAME: usize = 65_535 + 18;
 
 /// An engine setting that is not acceptable, and why.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]

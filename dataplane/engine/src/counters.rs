@@ -276,6 +276,9 @@ pub struct Counters {
     pub arp_requests: Counter,
     /// Gratuitous ARPs sent.
     pub arp_gratuitous: Counter,
+    /// Gratuitous ARPs that found the transmit queue full and went out
+    /// later (when it had drained).
+    pub arp_gratuitous_deferred: Counter,
     /// Frames between two environments through their mappings.
     pub hairpinned: Counter,
     /// Sessions created, by [`ProtoIndex`].
@@ -298,6 +301,11 @@ pub struct Counters {
     pub drops: [Counter; DropReason::COUNT],
     /// Port use per ENI address (the first [`ADDR_GAUGES`] addresses).
     pub addrs: [AddrGauge; ADDR_GAUGES],
+    /// ENI addresses the engine tracks without a slot in `addrs` (past
+    /// [`ADDR_GAUGES`]): while non-zero, port use is complete only in
+    /// `Engine::port_use`. A slot freed by a removed address goes to one of
+    /// them.
+    pub addrs_ungauged: Gauge,
 }
 
 impl Default for Counters {
@@ -311,6 +319,7 @@ impl Default for Counters {
             arp_replies: Counter::default(),
             arp_requests: Counter::default(),
             arp_gratuitous: Counter::default(),
+            arp_gratuitous_deferred: Counter::default(),
             hairpinned: Counter::default(),
             sessions_created: Default::default(),
             sessions_expired: Default::default(),
@@ -320,6 +329,7 @@ impl Default for Counters {
             sessions_recyclable: Gauge::default(),
             drops: core::array::from_fn(|_| Counter::default()),
             addrs: core::array::from_fn(|_| AddrGauge::default()),
+            addrs_ungauged: Gauge::default(),
         }
     }
 }

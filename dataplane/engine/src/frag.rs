@@ -40,9 +40,12 @@
 //! - At most `max_datagrams` records. When the table is full, a new datagram
 //!   **evicts** the oldest given-up record, or failing that the oldest
 //!   *pending* record (one that has not seen its first fragment: it is most
-//!   likely junk, and its buffered fragments are dropped). Active records are
-//!   never evicted: if every record is active, the new datagram is refused
-//!   ([`Later::Drop`], or `first` returns `false`).
+//!   likely junk, and its buffered fragments are dropped). If every record is
+//!   active, a first fragment ([`FragTable::first`]) evicts the oldest record
+//!   (most likely a datagram that lost a fragment; if not, its stragglers
+//!   start a pending record that times out), so that one sender opening
+//!   records faster than they time out cannot hold the table; a later
+//!   fragment is refused ([`Later::Drop`]) and never evicts an active record.
 //! - At most `max_buffered_bytes` of buffered frames in total, held in
 //!   `max_buffered_bytes / frame_capacity` slots of `frame_capacity` bytes. A
 //!   fragment that needs a slot when none is free evicts the oldest pending
@@ -184,6 +187,9 @@ struct Datagram<T> {
     seen: u32,
     /// Fragments accepted, the first one included.
     frags: u32,
+    /// Where the first fragment arrived (once active): the datagram's
+    /// other fragments must come from there too.
+    port: PortId,
     /// Buffered frame slots, in arrival order.
     head: u32,
     tail: u32,
@@ -197,6 +203,11 @@ struct Datagram<T> {
 struct Slot<T> {
     len: u32,
     port: PortId,
+    /// The fragment's offset and payload length (bytes), and MF, to
+    /// recount its datagram if it is dropped at release.
+    offset: u32,
+    plen: u32,
+    more: bool,
     /// Next slot of the same datagram, the release queue or the free list.
     next: u32,
     /// Set when released.
@@ -258,6 +269,7 @@ impl<T: Copy> FragTable<T> {
             total: UNKNOWN,
             seen: 0,
             frags: 0,
+            port: PortId(0),
             head: NIL,
             tail: NIL,
             h_next: NIL,
@@ -267,7 +279,8 @@ impl<T: Copy> FragTable<T> {
         for (i, d) in dgrams.iter_mut().enumerate() {
             d.h_next = if i + 1 < n { (i + 1) as u32 } else { NIL };
         }
-        let mut slots = vec![Slot { len: 0, port: PortId(0), next: NIL, t: None }; nslots];
+        let mut slots =
+            vec![Slot { len: 0, port: PortId(0), offset: 0, plen: 0, more: false, next: NIL, t: None }; nslots];
         for (i, s) in slots.iter_mut().enumerate() {
             s.next = if i + 1 < nslots { (i + 1) as u32 } else { NIL };
         }
@@ -296,16 +309,19 @@ impl<T: Copy> FragTable<T> {
         &self.config
     }
 
-    /// The first fragment (offset 0) of `key` was translated with `t`; `end`
-    /// is its payload length in bytes.
+    /// The first fragment (offset 0) of `key`, which arrived on `port`, was
+    /// translated with `t`; `end` is its payload length in bytes.
     ///
     /// Records `t` for the rest of the datagram and releases its buffered
-    /// fragments, in arrival order, to [`FragTable::poll_released`]. Returns
+    /// fragments that arrived on `port`, in arrival order, to
+    /// [`FragTable::poll_released`]; the ones that arrived elsewhere are
+    /// dropped (forged: reported by [`FragTable::expire`]) and no longer
+    /// count towards the datagram. Returns
     /// `false` if no record could be kept (every record is active, the
     /// datagram was given up, or this fragment exceeds `max_fragments`): the
     /// datagram's later fragments will then be dropped (possibly after being
     /// buffered, by eviction or the timeout).
-    pub fn first(&mut self, now: Instant, key: FragKey, t: T, end: u32) -> bool {
+    pub fn first(&mut self, now: Instant, key: FragKey, port: PortId, t: T, end: u32) -> bool {
         let now = self.tick(now);
         let i = self.lookup(now, &key);
         if i == NIL {
@@ -318,6 +334,7 @@ impl<T: Copy> FragTable<T> {
             if let Some(d) = self.dgrams.get_mut(i as usize) {
                 d.seen = end;
                 d.frags = 1;
+                d.port = port;
             }
             return true;
         }
@@ -333,10 +350,14 @@ impl<T: Copy> FragTable<T> {
         }
         if matches!(d.state, State::Pending) {
             self.unlink(List::Pending, i);
-            self.release(i, t);
+            self.release(i, t, port);
+        } else if d.port != port {
+            // A second offset-0 fragment from elsewhere: forged.
+            return false;
         }
         if let Some(d) = self.dgrams.get_mut(i as usize) {
             d.state = State::Active(t);
+            d.port = port;
             d.seen = d.seen.saturating_add(end);
             d.frags = d.frags.saturating_add(1);
         }
@@ -368,7 +389,7 @@ impl<T: Copy> FragTable<T> {
             let Some(i) = self.new_record(key, State::Pending) else {
                 return Later::Drop;
             };
-            if !self.buffer(i, port, frame) {
+            if !self.buffer(i, port, frame, offset, len, more) {
                 self.remove(i);
                 return Later::Drop;
             }
@@ -380,6 +401,9 @@ impl<T: Copy> FragTable<T> {
         };
         match d.state {
             State::GivenUp => Later::Drop,
+            // Names a datagram whose first fragment came in elsewhere:
+            // forged, dropped without touching the datagram.
+            State::Active(_) if d.port != port => Later::Drop,
             State::Active(t) => {
                 if !self.fragment_allowed(&d) {
                     self.give_up(i);
@@ -390,7 +414,10 @@ impl<T: Copy> FragTable<T> {
                 Later::Translate(t)
             }
             State::Pending => {
-                if !self.fragment_allowed(&d) || frame.len() > self.cap || !self.buffer(i, port, frame) {
+                if !self.fragment_allowed(&d)
+                    || frame.len() > self.cap
+                    || !self.buffer(i, port, frame, offset, len, more)
+                {
                     self.give_up(i);
                     return Later::Drop;
                 }
@@ -472,6 +499,11 @@ impl<T: Copy> FragTable<T> {
         core::mem::take(&mut self.dropped)
     }
 
+    #[cfg(test)]
+    pub(crate) fn bucket_of(&self, key: &FragKey) -> usize {
+        self.bucket(key)
+    }
+
     /// Datagrams tracked.
     pub fn datagrams(&self) -> usize {
         self.live
@@ -547,6 +579,12 @@ impl<T: Copy> FragTable<T> {
             if victim == NIL {
                 victim = self.ends[List::Pending as usize].0;
             }
+            if victim == NIL && matches!(state, State::Active(_)) {
+                // Every record is active: a first fragment takes the
+                // oldest one's place (most likely a datagram that lost a
+                // fragment), so nobody holds the table by opening records.
+                victim = self.ends[List::Age as usize].0;
+            }
             if victim == NIL {
                 return None;
             }
@@ -566,6 +604,7 @@ impl<T: Copy> FragTable<T> {
             total: UNKNOWN,
             seen: 0,
             frags: 0,
+            port: PortId(0),
             head: NIL,
             tail: NIL,
             h_next: *head,
@@ -640,7 +679,7 @@ impl<T: Copy> FragTable<T> {
 
     /// Copies `frame` into a slot appended to record `i`'s chain, evicting
     /// other pending records if no slot is free. False if none could be had.
-    fn buffer(&mut self, i: u32, port: PortId, frame: &[u8]) -> bool {
+    fn buffer(&mut self, i: u32, port: PortId, frame: &[u8], offset: u32, plen: u32, more: bool) -> bool {
         let Ok(len) = u32::try_from(frame.len()) else {
             return false;
         };
@@ -668,7 +707,7 @@ impl<T: Copy> FragTable<T> {
             return false;
         };
         self.free_slot = slot.next;
-        *slot = Slot { len, port, next: NIL, t: None };
+        *slot = Slot { len, port, offset, plen, more, next: NIL, t: None };
         self.buffered_bytes += frame.len();
         let Some(d) = self.dgrams.get_mut(i as usize) else {
             return false;
@@ -703,25 +742,50 @@ impl<T: Copy> FragTable<T> {
     fn free_slot(&mut self, s: u32) {
         if let Some(slot) = self.slots.get_mut(s as usize) {
             self.buffered_bytes = self.buffered_bytes.saturating_sub(slot.len as usize);
-            *slot = Slot { len: 0, port: PortId(0), next: self.free_slot, t: None };
+            *slot = Slot { len: 0, port: PortId(0), offset: 0, plen: 0, more: false, next: self.free_slot, t: None };
             self.free_slot = s;
         }
     }
 
     /// Moves record `i`'s buffered fragments to the release queue with `t`.
-    fn release(&mut self, i: u32, t: T) {
+    fn release(&mut self, i: u32, t: T, port: PortId) {
         let Some(d) = self.dgrams.get_mut(i as usize) else {
             return;
         };
-        let head = core::mem::replace(&mut d.head, NIL);
-        let tail = core::mem::replace(&mut d.tail, NIL);
+        let mut s = core::mem::replace(&mut d.head, NIL);
+        d.tail = NIL;
+        // Keep the fragments that came from `port`, recounting the datagram
+        // over them alone; free the others.
+        let (mut head, mut tail) = (NIL, NIL);
+        let (mut seen, mut frags, mut total) = (0u32, 0u32, UNKNOWN);
+        while let Some(&slot) = self.slots.get(s as usize) {
+            let next = slot.next;
+            if slot.port == port {
+                seen = seen.saturating_add(slot.plen);
+                frags = frags.saturating_add(1);
+                if !slot.more {
+                    total = slot.offset.saturating_add(slot.plen).min(UNKNOWN - 1);
+                }
+                if let Some(x) = self.slots.get_mut(s as usize) {
+                    x.t = Some(t);
+                    x.next = NIL;
+                }
+                match self.slots.get_mut(tail as usize) {
+                    Some(x) => x.next = s,
+                    None => head = s,
+                }
+                tail = s;
+            } else {
+                self.free_slot(s);
+                self.dropped = self.dropped.saturating_add(1);
+            }
+            s = next;
+        }
+        if let Some(d) = self.dgrams.get_mut(i as usize) {
+            (d.seen, d.frags, d.total) = (seen, frags, total);
+        }
         if head == NIL {
             return;
-        }
-        let mut s = head;
-        while let Some(slot) = self.slots.get_mut(s as usize) {
-            slot.t = Some(t);
-            s = slot.next;
         }
         match self.slots.get_mut(self.released.1 as usize) {
             Some(last) => last.next = head,
@@ -863,7 +927,7 @@ mod tests {
     #[test]
     fn in_order_translates() {
         let mut t = FragTable::<u32>::new(FragConfig::default());
-        assert!(t.first(T0, key(1), 7, 1480));
+        assert!(t.first(T0, key(1), PortId(1), 7, 1480));
         assert_eq!(t.datagrams(), 1);
         let f = frame(0, 1514);
         assert_eq!(t.later(T0, key(1), PortId(1), &f, 1480, 1480, true), Later::Translate(7));
@@ -881,20 +945,20 @@ mod tests {
         let f3 = frame(30, 120);
         let f2 = frame(20, 1514);
         assert_eq!(t.later(T0, key(9), PortId(3), &f3, 2960, 100, false), Later::Buffered);
-        assert_eq!(t.later(T0, key(9), PortId(4), &f2, 1480, 1480, true), Later::Buffered);
+        assert_eq!(t.later(T0, key(9), PortId(3), &f2, 1480, 1480, true), Later::Buffered);
         assert_eq!(t.buffered_bytes(), 120 + 1514);
         assert!(!t.has_released());
         let mut buf = [0u8; 2048];
         assert_eq!(t.poll_released(&mut buf), None);
         t.check();
 
-        assert!(t.first(Instant::from_millis(10), key(9), 42, 1480));
+        assert!(t.first(Instant::from_millis(10), key(9), PortId(3), 42, 1480));
         // Complete: the record is freed even though the frames await polling.
         assert_eq!(t.datagrams(), 0);
         assert!(t.has_released());
         assert_eq!(t.poll_released(&mut buf), Some((42, PortId(3), 120)));
         assert_eq!(&buf[..120], &f3[..]);
-        assert_eq!(t.poll_released(&mut buf), Some((42, PortId(4), 1514)));
+        assert_eq!(t.poll_released(&mut buf), Some((42, PortId(3), 1514)));
         assert_eq!(&buf[..1514], &f2[..]);
         assert_eq!(t.poll_released(&mut buf), None);
         assert_eq!(t.buffered_bytes(), 0);
@@ -907,7 +971,7 @@ mod tests {
         let mut t = FragTable::<u32>::new(small());
         let f = frame(1, 60);
         assert_eq!(t.later(T0, key(1), PortId(1), &f, 16, 8, true), Later::Buffered);
-        assert!(t.first(T0, key(1), 5, 16));
+        assert!(t.first(T0, key(1), PortId(1), 5, 16));
         assert_eq!(t.later(T0, key(1), PortId(1), &f, 24, 8, false), Later::Translate(5));
         assert_eq!(t.datagrams(), 0);
         let mut buf = [0u8; 100];
@@ -919,7 +983,7 @@ mod tests {
     fn record_kept_until_all_bytes_pass() {
         let mut t = FragTable::<u32>::new(small());
         let f = frame(0, 50);
-        assert!(t.first(T0, key(1), 1, 16));
+        assert!(t.first(T0, key(1), PortId(1), 1, 16));
         // Last fragment first: total known (48), 16 + 8 seen.
         assert_eq!(t.later(T0, key(1), PortId(1), &f, 40, 8, false), Later::Translate(1));
         assert_eq!(t.datagrams(), 1);
@@ -949,7 +1013,7 @@ mod tests {
         assert_eq!(t.buffered_bytes(), 0);
         assert_eq!(t.poll_timeout(), None);
         // A late first fragment now starts afresh: nothing to release.
-        assert!(t.first(Instant::from_secs(8), key(1), 3, 8));
+        assert!(t.first(Instant::from_secs(8), key(1), PortId(1), 3, 8));
         assert!(!t.has_released());
         t.check();
     }
@@ -958,7 +1022,7 @@ mod tests {
     fn stale_record_is_not_reused() {
         let mut t = FragTable::<u32>::new(small());
         let f = frame(0, 50);
-        assert!(t.first(T0, key(1), 1, 8));
+        assert!(t.first(T0, key(1), PortId(1), 1, 8));
         // Same key after the timeout, expire not called: a new datagram.
         assert_eq!(t.later(Instant::from_secs(6), key(1), PortId(1), &f, 8, 8, true), Later::Buffered);
         assert_eq!(t.datagrams(), 1);
@@ -971,8 +1035,8 @@ mod tests {
     #[test]
     fn time_going_backwards_is_clamped() {
         let mut t = FragTable::<u32>::new(small());
-        assert!(t.first(Instant::from_secs(10), key(1), 1, 8));
-        assert!(t.first(Instant::from_secs(3), key(2), 2, 8));
+        assert!(t.first(Instant::from_secs(10), key(1), PortId(1), 1, 8));
+        assert!(t.first(Instant::from_secs(3), key(2), PortId(1), 2, 8));
         assert_eq!(t.poll_timeout(), Some(Instant::from_secs(15)));
         assert_eq!(t.expire(Instant::from_secs(9)), 0);
         assert_eq!(t.datagrams(), 2);
@@ -1017,30 +1081,58 @@ mod tests {
         t.check();
 
         // In order: first then later.
-        assert!(t.first(now, key(1), 11, 1480));
-        assert_eq!(t.later(now, key(1), PortId(2), &f, 1480, 100, false), Later::Translate(11));
+        assert!(t.first(now, key(1), PortId(1), 11, 1480));
+        assert_eq!(t.later(now, key(1), PortId(1), &f, 1480, 100, false), Later::Translate(11));
         // Reverse order: the later fragment is buffered (evicting junk) and
         // released by the first.
-        assert_eq!(t.later(now, key(2), PortId(2), &f, 1480, 100, false), Later::Buffered);
-        assert!(t.first(now, key(2), 12, 1480));
+        assert_eq!(t.later(now, key(2), PortId(1), &f, 1480, 100, false), Later::Buffered);
+        assert!(t.first(now, key(2), PortId(1), 12, 1480));
         let mut buf = [0u8; 1518];
-        assert_eq!(t.poll_released(&mut buf), Some((12, PortId(2), 1514)));
+        assert_eq!(t.poll_released(&mut buf), Some((12, PortId(1), 1514)));
         t.check();
     }
 
     #[test]
-    fn full_of_active_refuses_new_datagrams() {
+    fn full_of_active_a_first_fragment_evicts_the_oldest() {
         let mut t = FragTable::<u32>::new(small());
         for i in 0..4 {
-            assert!(t.first(T0, key(i), u32::from(i), 8));
+            assert!(t.first(Instant::from_millis(u64::from(i)), key(i), PortId(1), u32::from(i), 8));
         }
-        assert!(!t.first(T0, key(10), 10, 8));
+        // A later fragment of an unknown datagram never evicts an active one.
         assert_eq!(t.later(T0, key(11), PortId(1), &frame(0, 40), 8, 8, true), Later::Drop);
-        // Existing ones still work.
+        // A first fragment takes the oldest record's place (key 0).
+        assert!(t.first(Instant::from_millis(5), key(10), PortId(1), 10, 8));
+        assert_eq!(t.datagrams(), 4);
+        assert_eq!(t.take_dropped(), 0, "an active record holds no buffered fragment");
+        assert_eq!(t.later(T0, key(10), PortId(1), &frame(0, 40), 8, 8, true), Later::Translate(10));
         assert_eq!(t.later(T0, key(3), PortId(1), &frame(0, 40), 8, 8, true), Later::Translate(3));
-        // After the timeout, room again.
-        assert_eq!(t.expire(Instant::from_secs(5)), 0);
-        assert!(t.first(Instant::from_secs(5), key(10), 10, 8));
+        // Key 0's straggler now starts a pending record (evicting nothing
+        // active: no room, refused).
+        assert_eq!(t.later(T0, key(0), PortId(1), &frame(0, 40), 8, 8, true), Later::Drop);
+        t.check();
+    }
+
+    #[test]
+    fn fragments_from_another_port_than_the_first_are_dropped() {
+        let mut t = FragTable::<u32>::new(FragConfig::default());
+        let f = frame(0, 100);
+        // Before the first: buffered from ports 1 and 2, the forged MF=0 one
+        // from port 2 claiming the datagram ends at 24.
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 8, 8, true), Later::Buffered);
+        assert_eq!(t.later(T0, key(1), PortId(2), &f, 16, 8, false), Later::Buffered);
+        assert!(t.first(T0, key(1), PortId(1), 1, 8));
+        let mut buf = [0u8; 200];
+        assert_eq!(t.poll_released(&mut buf), Some((1, PortId(1), 100)));
+        assert_eq!(t.poll_released(&mut buf), None, "the forged one is not released");
+        assert_eq!(t.take_dropped(), 1);
+        // The forged end did not complete the datagram: it is still there.
+        assert_eq!(t.datagrams(), 1);
+        // After the first: a fragment from port 2 is dropped and changes
+        // nothing; the real ones are translated and complete it.
+        assert_eq!(t.later(T0, key(1), PortId(2), &f, 16, 8, true), Later::Drop);
+        assert!(!t.first(T0, key(1), PortId(2), 9, 8), "a second first fragment from elsewhere");
+        assert_eq!(t.later(T0, key(1), PortId(1), &f, 16, 8, false), Later::Translate(1));
+        assert_eq!(t.datagrams(), 0, "complete");
         t.check();
     }
 
@@ -1066,19 +1158,19 @@ mod tests {
     fn full_table_evicts_oldest_pending() {
         let mut t = FragTable::<u32>::new(small());
         let f = frame(0, 40);
-        assert!(t.first(T0, key(0), 0, 8));
+        assert!(t.first(T0, key(0), PortId(1), 0, 8));
         for i in 1..4 {
             assert_eq!(t.later(Instant::from_millis(u64::from(i)), key(i), PortId(1), &f, 8, 8, true), Later::Buffered);
         }
         // Full: a new first evicts the oldest pending (key 1), not key 0.
-        assert!(t.first(Instant::from_millis(5), key(9), 9, 8));
+        assert!(t.first(Instant::from_millis(5), key(9), PortId(1), 9, 8));
         assert_eq!(t.take_dropped(), 1);
         assert_eq!(t.datagrams(), 4);
         assert_eq!(t.later(T0, key(0), PortId(1), &f, 8, 8, true), Later::Translate(0));
         // key 1 is gone: its fragment starts a new pending record (evicting key 2).
         assert_eq!(t.later(T0, key(1), PortId(1), &f, 16, 8, true), Later::Buffered);
         assert_eq!(t.take_dropped(), 1);
-        assert!(t.first(T0, key(3), 3, 8));
+        assert!(t.first(T0, key(3), PortId(1), 3, 8));
         let mut buf = [0u8; 100];
         assert_eq!(t.poll_released(&mut buf), Some((3, PortId(1), 40)));
         t.check();
@@ -1107,7 +1199,7 @@ mod tests {
         assert_eq!(t.later(T0, key(2), PortId(1), &f, 80, 8, true), Later::Drop);
         assert_eq!(t.take_dropped(), 8);
         assert_eq!(t.buffered_bytes(), 0);
-        assert!(!t.first(T0, key(2), 2, 8));
+        assert!(!t.first(T0, key(2), PortId(1), 2, 8));
         assert_eq!(t.later(T0, key(2), PortId(1), &f, 88, 8, false), Later::Drop);
         t.check();
     }
@@ -1119,7 +1211,7 @@ mod tests {
         for j in 1..=3 {
             assert_eq!(t.later(T0, key(1), PortId(1), &f, 8 * j, 8, true), Later::Buffered);
         }
-        assert!(t.first(T0, key(1), 1, 8)); // 4th
+        assert!(t.first(T0, key(1), PortId(1), 1, 8)); // 4th
         assert_eq!(t.later(T0, key(1), PortId(1), &f, 32, 8, true), Later::Drop); // 5th
         assert_eq!(t.later(T0, key(1), PortId(1), &f, 40, 8, false), Later::Drop);
         let mut buf = [0u8; 100];
@@ -1133,7 +1225,7 @@ mod tests {
         assert_eq!(t.later(T0, key(2), PortId(1), &f, 40, 8, true), Later::Drop);
         assert_eq!(t.take_dropped(), 4);
         assert_eq!(t.buffered_bytes(), 0);
-        assert!(!t.first(T0, key(2), 2, 8));
+        assert!(!t.first(T0, key(2), PortId(1), 2, 8));
         t.check();
     }
 
@@ -1148,7 +1240,7 @@ mod tests {
         assert_eq!(t.later(T0, key(2), PortId(1), &big, 16, 8, true), Later::Drop);
         assert_eq!(t.take_dropped(), 1);
         // Once the first has been seen, size does not matter (nothing is copied).
-        assert!(t.first(T0, key(3), 3, 8));
+        assert!(t.first(T0, key(3), PortId(1), 3, 8));
         assert_eq!(t.later(T0, key(3), PortId(1), &big, 8, 8, true), Later::Translate(3));
         t.check();
     }
@@ -1158,7 +1250,7 @@ mod tests {
         let mut t = FragTable::<u32>::new(small());
         assert_eq!(t.later(T0, key(1), PortId(1), &frame(0, 80), 8, 8, true), Later::Buffered);
         assert_eq!(t.later(T0, key(1), PortId(1), &frame(0, 20), 16, 8, true), Later::Buffered);
-        assert!(t.first(T0, key(1), 1, 8));
+        assert!(t.first(T0, key(1), PortId(1), 1, 8));
         let mut buf = [0u8; 50];
         assert_eq!(t.poll_released(&mut buf), Some((1, PortId(1), 20)));
         assert_eq!(t.take_dropped(), 1);
@@ -1177,10 +1269,10 @@ mod tests {
         ] {
             let mut t = FragTable::<u32>::new(cfg);
             let _ = t.later(T0, key(1), PortId(1), &frame(0, 40), 8, 8, true);
-            let _ = t.first(T0, key(1), 1, 8);
+            let _ = t.first(T0, key(1), PortId(1), 1, 8);
             let _ = t.later(T0, key(1), PortId(1), &[], 16, 8, false);
             let _ = t.later(T0, key(2), PortId(1), &[], u32::MAX, u32::MAX, false);
-            let _ = t.first(T0, key(2), 1, u32::MAX);
+            let _ = t.first(T0, key(2), PortId(1), 1, u32::MAX);
             let _ = t.poll_released(&mut []);
             let _ = t.expire(Instant::FAR_FUTURE);
             t.check();
@@ -1231,7 +1323,7 @@ mod tests {
                         continue; // each fragment once
                     }
                     if j == 0 {
-                        t.first(now, k, d as u32, 8);
+                        t.first(now, k, PortId(d as u16), d as u32, 8);
                         continue;
                     }
                     later_total += 1;

@@ -517,3 +517,57 @@ fn churn_towards_one_server_grows_the_eni_before_any_syn_is_refused() {
     // addresses of 448 (their marks); growth stops there.
     assert!((14..=24).contains(&g.added), "the ENI grew to carry a minute of ports: {}", g.added);
 }
+
+/// Issue 12 item 9: an engine publishes port use for at most
+/// `ADDR_GAUGES` addresses; one past that must not look empty to the
+/// control plane (which would delete a draining ENI that still holds
+/// flows). The engine counts the addresses it tracks without a gauge, and a
+/// gauge freed by a removed address goes to one of them.
+#[test]
+fn addresses_past_the_gauges_are_counted_and_gauged_when_a_slot_frees() {
+    use dataplane::counters::ADDR_GAUGES;
+    let n = ADDR_GAUGES + 10;
+    let mut addrs: Vec<Ipv4Addr> =
+        (1..n as u32).map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 8, 0)) + i)).collect();
+    addrs.insert(0, ENI);
+    let mut topo = Topology::new(1, 2);
+    topo.enis[0].addrs = addrs.clone();
+    let mut h = Harness::new(EngineConfig::default(), topo.clone());
+    let c = h.engine.counters();
+    assert_eq!(c.addrs_ungauged.get(), 10);
+    let gauged: std::collections::HashSet<Ipv4Addr> = c.port_gauges().into_iter().map(|(a, _)| a).collect();
+    assert_eq!(gauged.len(), ADDR_GAUGES);
+    // Drop ten gauged addresses (they hold nothing): the ten others get
+    // their slots.
+    let keep: Vec<Ipv4Addr> =
+        addrs.iter().enumerate().filter(|(i, _)| !(1..=10).contains(i)).map(|(_, &a)| a).collect();
+    topo.enis[0].addrs = keep.clone();
+    h.engine.set_bindings(topo.bindings());
+    assert_eq!(c.addrs_ungauged.get(), 0);
+    let gauged: std::collections::HashSet<Ipv4Addr> = c.port_gauges().into_iter().map(|(a, _)| a).collect();
+    assert_eq!(gauged, keep.into_iter().collect());
+}
+
+/// Issue 12 item 9: a gratuitous ARP for a new address that does not fit
+/// the transmit queue (300 addresses bound at once, 256 frames of room) is
+/// sent later, not skipped.
+#[test]
+fn every_new_address_is_announced_even_past_the_transmit_queue() {
+    let mut topo = Topology::new(1, 2);
+    let mut h = Harness::new(EngineConfig::default(), topo.clone());
+    let extra: Vec<Ipv4Addr> =
+        (1..=300u32).map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 16, 0)) + i)).collect();
+    topo.enis[0].addrs.extend(&extra);
+    h.engine.set_bindings(topo.bindings());
+    let announced: std::collections::HashSet<Ipv4Addr> = h
+        .drain()
+        .iter()
+        .filter_map(|(_, f)| arp::parse(f))
+        .filter(|m| m.sender_ip == m.target_ip)
+        .map(|m| m.sender_ip)
+        .collect();
+    assert_eq!(announced.len(), 300, "{} of 300 announced", announced.len());
+    assert_eq!(announced, extra.iter().copied().collect());
+    assert_eq!(h.engine.counters().arp_gratuitous_deferred.get(), 300 - 256);
+    assert_eq!(h.engine.counters().arp_gratuitous.get(), 301, "the first address's at start, and 300");
+}

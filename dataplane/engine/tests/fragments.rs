@@ -162,3 +162,80 @@ fn a_df0_datagram_over_the_egress_mtu_is_fragmented_in_order() {
     assert!(udp_checksum_ok(&frames));
     assert_eq!(&testkit::reassemble(&frames).unwrap()[8..], &data[..]);
 }
+
+/// Issue 12 item 6: one environment opening a datagram record per first
+/// fragment (1,024, the table's size, and never finishing them) must not
+/// block another environment's fragmented traffic.
+#[test]
+fn a_flood_of_first_fragments_does_not_block_another_environment() {
+    let mut h = Harness::default();
+    for id in 0..1024u32 {
+        let o = IpOpts { ident: id as u16, ..IpOpts::default() };
+        let whole = h.env_frame_opts(0, UDP, 6000, SERVER, 9, 0, &[2u8; 2000], o);
+        let first = testkit::fragment(&whole, 1500).swap_remove(0);
+        assert_eq!(h.send(h.env_port(0), first).forwarded(), Some(PortId::OUTSIDE));
+    }
+    let whole = h.env_frame_opts(1, UDP, 5001, SERVER, 9, 0, &[3u8; 3000], IpOpts { ident: 4242, ..IpOpts::default() });
+    let port = h.env_port(1);
+    let out = send_all(&mut h, port, &testkit::fragment(&whole, 1500));
+    assert_eq!(out.len(), 3);
+    let frames: Vec<Vec<u8>> = out.into_iter().map(|(_, f)| f).collect();
+    assert!(udp_checksum_ok(&frames));
+}
+
+/// Issue 12 item 6: a later fragment that claims another environment's
+/// datagram (its source address, identification) but arrives on a
+/// different attachment is dropped, not translated into that datagram.
+#[test]
+fn a_later_fragment_from_another_attachment_is_not_translated() {
+    let mut h = Harness::default();
+    let (victim, spoofer) = (0, 1);
+    assert_ne!(h.env_port(victim), h.env_port(spoofer));
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 3) as u8).collect();
+    let whole = h.env_frame_opts(victim, UDP, 5000, SERVER, 9, 0, &data, IpOpts { ident: 77, ..IpOpts::default() });
+    let frags = testkit::fragment(&whole, 1500);
+    let first = h.send(h.env_port(victim), frags[0].clone());
+    assert_eq!(first.forwarded(), Some(PortId::OUTSIDE));
+    // The same fragment with other bytes, on the spoofer's attachment.
+    let mut forged = frags[1].clone();
+    forged[0..6].copy_from_slice(&testkit::inside_mac(h.env_port(spoofer).0));
+    let n = forged.len();
+    forged[n - 100..].fill(0xee);
+    let o = h.send(h.env_port(spoofer), forged);
+    assert_eq!(o.action, Action::Drop(DropReason::Fragment), "forged fragment translated");
+    // The genuine ones still pass and the datagram is intact.
+    let mut frames = vec![first.frame];
+    let vp = h.env_port(victim);
+    frames.extend(send_all(&mut h, vp, &frags[1..]).into_iter().map(|(_, f)| f));
+    assert_eq!(frames.len(), 3);
+    assert!(udp_checksum_ok(&frames));
+    assert_eq!(&testkit::reassemble(&frames).unwrap()[8..], &data[..]);
+}
+
+/// Issue 12 item 6: the same forgery before the first fragment arrives
+/// (buffered, then released) is dropped too.
+#[test]
+fn a_buffered_fragment_from_another_attachment_is_not_released_into_the_datagram() {
+    let mut h = Harness::default();
+    let (victim, spoofer) = (0, 1);
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 5) as u8).collect();
+    let whole = h.env_frame_opts(victim, UDP, 5000, SERVER, 9, 0, &data, IpOpts { ident: 78, ..IpOpts::default() });
+    let frags = testkit::fragment(&whole, 1500);
+    let mut forged = frags[2].clone();
+    forged[0..6].copy_from_slice(&testkit::inside_mac(h.env_port(spoofer).0));
+    let n = forged.len();
+    forged[n - 10..].fill(0xee);
+    assert_eq!(h.send(h.env_port(spoofer), forged).action, Action::Consumed);
+    let before = h.dropped(DropReason::Fragment);
+    let vp = h.env_port(victim);
+    let out = send_all(&mut h, vp, &frags);
+    let frames: Vec<Vec<u8>> = out.into_iter().map(|(_, f)| f).collect();
+    assert_eq!(frames.len(), 3, "the forged one is not among them");
+    assert!(udp_checksum_ok(&frames));
+    assert_eq!(&testkit::reassemble(&frames).unwrap()[8..], &data[..]);
+    // Counted at the next timer pass, which is due at once.
+    assert!(h.engine.poll_timeout().is_some_and(|t| t <= h.now));
+    let now = h.now;
+    h.engine.expire(now);
+    assert_eq!(h.dropped(DropReason::Fragment), before + 1, "the forged one is counted");
+}

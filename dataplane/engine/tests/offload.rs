@@ -149,3 +149,37 @@ fn a_partial_frame_queued_for_arp_leaves_with_a_complete_checksum() {
     let (action, _) = run(&mut h2, PortId(1), &g, Offload { csum_partial: true, gso_size: 1448 });
     assert_eq!(action, Action::Drop(dataplane::counters::DropReason::ArpUnresolved));
 }
+
+/// Issue 12 item 4: a partial-checksum datagram that must be fragmented
+/// (9000-byte MTU inside, 1500 outside) leaves with a checksum valid over
+/// the whole datagram. The device completes the first fragment's checksum
+/// only if the engine says the frame is still partial.
+#[test]
+fn a_partial_datagram_fragmented_on_the_way_out_has_a_valid_checksum() {
+    let mut topo = Topology::new(1, 1);
+    topo.inside[0].mtu = 9000;
+    let mut h = Harness::new(EngineConfig::default(), topo);
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+    let mut f = h.env_frame(0, UDP, 40000, SERVER, 5201, 0, &data);
+    let at = make_partial(&mut f);
+    let port = h.env_port(0);
+    let mut buf = f.clone();
+    buf.resize(9100, 0);
+    let action = h.engine.process_offload(h.now, port, &mut buf, f.len(), Offload { csum_partial: true, gso_size: 0 });
+    let Action::Forward { port: PortId::OUTSIDE, len } = action else { panic!("{action:?}") };
+    buf.truncate(len);
+    if h.engine.forwarded_offload().csum_partial {
+        complete(&mut buf, at);
+    }
+    let mut frames = vec![buf];
+    frames.extend(h.drain().into_iter().map(|(_, f)| f));
+    assert_eq!(frames.len(), 3, "3,008 bytes of UDP in 1,500-byte fragments");
+    for f in &frames {
+        assert!(wire::parse_ipv4(f, ETH_LEN).unwrap().total <= 1500);
+    }
+    let seg = testkit::reassemble(&frames).unwrap();
+    assert_eq!(&seg[8..], &data[..]);
+    let ip = wire::parse_ipv4(&frames[0], ETH_LEN).unwrap();
+    let ok = fold(sum(pseudo_header(ip.src, ip.dst, UDP, seg.len() as u16), &seg)) == 0xffff;
+    assert!(ok, "UDP checksum over the reassembled datagram");
+}

@@ -635,3 +635,79 @@ fn the_vpc_router_is_resolved_before_the_first_flow_needs_it() {
     }
     assert!(asked.contains(&(PortId::OUTSIDE, ENI, testkit::ROUTER)), "{asked:?}");
 }
+
+/// Issue 12 item 5: an environment whose function has no ENI floods new
+/// flows (each one a `NoEni` event) while nobody drains the queue; a
+/// high-water crossing on another environment's address must still reach
+/// the control plane, now or on a later flow once the queue has room.
+#[test]
+fn a_flood_of_no_eni_events_does_not_lose_a_high_water_event() {
+    let mut topo = Topology::new(1, 200);
+    topo.enis.push(dataplane::bindings::Eni { id: 0, addrs: vec![], egress: Arc::new(RuleSet::allow_all()) });
+    for env in &mut topo.envs[3..] {
+        env.eni = 0;
+    }
+    let cfg = EngineConfig { high_water: 4, ..EngineConfig::default() };
+    let mut h = Harness::new(cfg, topo);
+    while h.engine.poll_event().is_some() {}
+    for env in 3..200 {
+        for sport in 0..3 {
+            let f = h.env_frame(env, UDP, 10_000 + sport, SERVER, 9, 0, b"x");
+            assert_eq!(h.send(h.env_port(env), f).action, Action::Drop(DropReason::NoEni));
+        }
+    }
+    for sport in 0..4 {
+        h.out_ok(0, UDP, 5000 + sport, SERVER, 9, 0);
+    }
+    let mut seen = false;
+    while let Some(e) = h.engine.poll_event() {
+        seen |= matches!(e, Event::HighWater { addr: ENI, proto: UDP, .. });
+    }
+    if !seen {
+        // The queue was full: the next flow over the mark raises it again.
+        h.out_ok(1, UDP, 5000, SERVER, 9, 0);
+        while let Some(e) = h.engine.poll_event() {
+            seen |= matches!(e, Event::HighWater { addr: ENI, proto: UDP, .. });
+        }
+    }
+    assert!(seen, "the high-water event was lost");
+    // NoEni events took at most their share of the queue, one per environment.
+    for env in 3..200 {
+        let f = h.env_frame(env, UDP, 20_000, SERVER, 9, 0, b"x");
+        h.send(h.env_port(env), f);
+    }
+    let mut no_eni = std::collections::HashSet::new();
+    while let Some(e) = h.engine.poll_event() {
+        if let Event::NoEni { env } = e {
+            assert!(no_eni.insert(env), "one event per environment");
+        }
+    }
+    assert_eq!(no_eni.len(), dataplane::engine::EVENTS_NO_ENI);
+}
+
+/// Issue 12 item 7: under address-and-port-dependent mapping (the `aws`
+/// profile), a new flow towards a destination that holds every port of the
+/// address costs a bounded number of session-table lookups, not a scan of
+/// the whole range (20,000 ports here; 64,512 by default).
+#[test]
+fn choosing_a_port_towards_a_full_destination_is_bounded() {
+    let cfg = EngineConfig { port_range: 10_000..=29_999, env_port_quota: 65_535, ..EngineConfig::aws() };
+    let mut h = Harness::new(cfg, Topology::new(1, 4));
+    let mut opened = 0;
+    for i in 0..21_000u32 {
+        let env = i % 4;
+        let f = h.env_frame(env, UDP, 1024 + (i / 4) as u16, SERVER, 5432, 0, b"q");
+        if h.send(h.env_port(env), f).forwarded() == Some(PortId::OUTSIDE) {
+            opened += 1;
+        }
+    }
+    assert!(opened > 19_000, "{opened} flows opened");
+    // Every further new flow towards the same server: bounded work.
+    for i in 0..10u16 {
+        let before = h.engine.port_probes();
+        let f = h.env_frame(0, UDP, 60_000 + i, SERVER, 5432, 0, b"q");
+        h.send(h.env_port(0), f);
+        let spent = h.engine.port_probes() - before;
+        assert!(spent <= 2 * dataplane::engine::PROBE_LIMIT, "{spent} lookups for one new flow");
+    }
+}

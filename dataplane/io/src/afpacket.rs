@@ -23,7 +23,12 @@ use super::error::IoError;
 use super::ifreq;
 use pnet_datalink::{Channel, Config, DataLinkReceiver, DataLinkSender};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::time::Duration;
+
+/// `SOL_PACKET` option: do not deliver frames this host transmits
+/// (`linux/if_packet.h`, Linux 4.20).
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
 /// The receive buffer size in bytes: a 64 KiB GRO frame plus its Ethernet
 /// header fits.
@@ -44,7 +49,17 @@ impl AfPacket {
     /// Errors: [`IoError::BadName`], [`IoError::NoSuchInterface`],
     /// [`IoError::NotPermitted`] (needs `CAP_NET_RAW`), [`IoError::Sys`].
     pub fn open(name: &str, read_timeout: Duration) -> Result<AfPacket, IoError> {
+        Self::open_with(name, read_timeout, None)
+    }
+
+    fn open_with(name: &str, read_timeout: Duration, socket_fd: Option<i32>) -> Result<AfPacket, IoError> {
         ifreq::validate_name(name)?;
+        // A descriptor handed to pnet is closed by it only once the channel
+        // exists: close it on the way out otherwise.
+        let guard = socket_fd.map(|fd| {
+            // SAFETY: the caller passes a descriptor it owns and gives up.
+            unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+        });
         let iface = pnet_datalink::interfaces()
             .into_iter()
             .find(|i| i.name == name)
@@ -58,10 +73,15 @@ impl AfPacket {
             write_buffer_size: AFPACKET_BUF_LEN,
             read_timeout: Some(read_timeout),
             promiscuous: true,
+            socket_fd: guard.as_ref().map(|g| g.as_raw_fd()),
             ..Config::default()
         };
         match pnet_datalink::channel(&iface, config) {
-            Ok(Channel::Ethernet(tx, rx)) => Ok(AfPacket { tx, rx, mac, name: name.to_owned() }),
+            Ok(Channel::Ethernet(tx, rx)) => {
+                // pnet owns the descriptor now.
+                let _ = guard.map(std::os::fd::IntoRawFd::into_raw_fd);
+                Ok(AfPacket { tx, rx, mac, name: name.to_owned() })
+            }
             Ok(_) => Err(IoError::Sys {
                 op: "AF_PACKET channel",
                 source: io::Error::new(io::ErrorKind::Unsupported, "not an Ethernet channel"),
@@ -71,6 +91,39 @@ impl AfPacket {
                 _ => IoError::sys("AF_PACKET socket", e),
             }),
         }
+    }
+
+    /// Like [`AfPacket::open`], for a socket that only receives: it skips
+    /// every frame this host transmits on the interface (Linux 4.20's
+    /// `PACKET_IGNORE_OUTGOING`), so a reader does not read back what the
+    /// gateway's own sockets send. Its [`AfPacket::send`] still works.
+    pub fn open_receiver(name: &str, read_timeout: Duration) -> Result<AfPacket, IoError> {
+        ifreq::validate_name(name)?;
+        // SAFETY: socket(2) with constant arguments; the returned
+        // descriptor is checked, and owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) };
+        if fd < 0 {
+            return Err(IoError::sys("AF_PACKET socket", io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a descriptor we just created and own nowhere else.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        // SAFETY: `owned` is a valid socket; the option value is a live
+        // `c_int` whose size is passed.
+        let r = unsafe {
+            libc::setsockopt(
+                owned.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_IGNORE_OUTGOING,
+                (&one as *const libc::c_int).cast(),
+                core::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(IoError::sys("PACKET_IGNORE_OUTGOING", io::Error::last_os_error()));
+        }
+        // pnet takes the descriptor over (it closes it when dropped).
+        Self::open_with(name, read_timeout, Some(owned.into_raw_fd()))
     }
 
     /// Receives one frame, waiting up to the read timeout (then an error of

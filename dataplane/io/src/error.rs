@@ -73,6 +73,8 @@ impl IoError {
 
 /// `CAP_NET_ADMIN`, bit 12 of the capability sets.
 const CAP_NET_ADMIN: u32 = 12;
+/// `CAP_NET_RAW` (linux/capability.h).
+const CAP_NET_RAW: u32 = 13;
 /// Checks that this process may configure network devices: its effective
 /// uid is 0, or `CAP_NET_ADMIN` is in its effective capability set (read with
 /// the `capget` system call, falling back to `CapEff` in `/proc/self/status`).
@@ -90,6 +92,28 @@ pub fn check_net_admin() -> Result<(), IoError> {
     } else {
         Err(IoError::NotPermitted { op: "CAP_NET_ADMIN" })
     }
+}
+
+/// The capabilities a running gateway keeps once its devices are open:
+/// `CAP_NET_ADMIN` (interface settings, TAP queues) and `CAP_NET_RAW`
+/// (`AF_PACKET`).
+pub const KEPT_CAPABILITIES: u64 = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW);
+
+/// Drops every capability of the calling thread but
+/// [`KEPT_CAPABILITIES`] (effective and permitted; none inheritable).
+/// Capabilities are per thread: threads started afterwards from this one
+/// inherit the reduced sets, threads already running keep theirs.
+pub fn keep_only_net_capabilities() -> io::Result<()> {
+    use rustix::thread::{set_capabilities, CapabilitySet, CapabilitySets};
+    let keep = CapabilitySet::NET_ADMIN | CapabilitySet::NET_RAW;
+    let have = rustix::thread::capabilities(None)?;
+    let sets = CapabilitySets {
+        effective: have.effective & keep,
+        permitted: have.permitted & keep,
+        inheritable: CapabilitySet::empty(),
+    };
+    set_capabilities(None, sets)?;
+    Ok(())
 }
 
 /// The low 64 bits of the effective set via `capget(2)`, `None` on failure.

@@ -49,7 +49,7 @@ pub mod worker;
 
 pub use afpacket::{AfPacket, PacketSender};
 pub use backend::{Backend, IoSettings};
-pub use error::{check_net_admin, IoError};
+pub use error::{check_net_admin, keep_only_net_capabilities, IoError, KEPT_CAPABILITIES};
 pub use poll::{wait_readable, Events, Poller, Waker};
 pub use syscalls::IoCounters;
 pub use tap::{

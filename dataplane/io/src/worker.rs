@@ -62,7 +62,7 @@ use dataplane::bindings::Bindings;
 use dataplane::counters::{Counters, DropReason};
 use dataplane::engine::{Action, BatchFrame, Engine, Event, Offload};
 use dataplane::time::Instant;
-use dataplane::wire::{get16, ETH_LEN};
+use dataplane::wire::ETH_LEN;
 use dataplane::PortId;
 use smallvec::SmallVec;
 use std::io;
@@ -708,7 +708,7 @@ impl Worker {
             // A vector of up to BATCH frames (skipping ARP copies): the
             // engine hashes every key and prefetches buckets and sessions
             // before it translates any frame (see `Engine::process_batch`).
-            let mut actions = [(Action::Consumed, VnetHdr::default()); BATCH];
+            let mut actions = [(Action::Consumed, VnetHdr::default(), Offload::default()); BATCH];
             let mut frames: SmallVec<[BatchFrame<'_>; BATCH]> = SmallVec::new();
             let mut end = at;
             for f in rx[at..].iter_mut() {
@@ -728,13 +728,14 @@ impl Worker {
             self.engine.process_batch(now, &mut frames);
             for (i, f) in frames.iter().enumerate() {
                 actions[i].0 = f.action;
+                actions[i].2 = f.offload;
             }
             drop(frames);
             let mut i = 0;
             for f in rx[at..end].iter_mut().filter(|f| !f.learn) {
-                let (action, hdr) = actions[i];
+                let (action, hdr, out) = actions[i];
                 i += 1;
-                self.dispatch(now, f.port, &mut f.buf, action, hdr, false);
+                self.dispatch(now, f.port, &mut f.buf, action, hdr, out, false);
             }
             at = end;
         }
@@ -751,19 +752,40 @@ impl Worker {
         let hdr = VnetHdr::parse(&buf[..HDR]).unwrap_or_default();
         let offload = Offload { csum_partial: hdr.needs_csum(), gso_size: if hdr.is_gso() { hdr.gso_size } else { 0 } };
         let action = self.engine.process_offload(now, port, &mut buf[HDR..], len, offload);
-        self.dispatch(now, port, buf, action, hdr, learn_only);
+        let out = self.engine.forwarded_offload();
+        self.dispatch(now, port, buf, action, hdr, out, learn_only);
     }
 
     /// Carries out what the engine decided for the frame in `buf` (which
-    /// arrived on `port` with offload header `hdr`). A frame sent on the
-    /// ring leaves with its buffer: `buf` is then replaced by a free one.
-    fn dispatch(&mut self, now: Instant, port: PortId, buf: &mut Vec<u8>, action: Action, hdr: VnetHdr, learn_only: bool) {
+    /// arrived on `port` with offload header `hdr`; `out`: the offload state
+    /// it leaves with). A frame sent on the ring leaves with its buffer:
+    /// `buf` is then replaced by a free one.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        buf: &mut Vec<u8>,
+        action: Action,
+        hdr: VnetHdr,
+        out: Offload,
+        learn_only: bool,
+    ) {
         match action {
-            Action::Forward { port: egress, len } => self.emit(egress, buf, len, hdr),
+            Action::Forward { port: egress, len } => {
+                // The engine may have completed a partial checksum (a
+                // datagram it fragmented).
+                let hdr = if out.csum_partial { hdr } else { VnetHdr { flags: 0, ..hdr } };
+                self.emit(egress, buf, len, hdr)
+            }
             Action::Reply { len } if !learn_only => self.emit(port, buf, len, VnetHdr::default()),
             Action::Redirect { len } => {
-                let l4 = dataplane::wire::parse_ipv4(&buf[HDR..HDR + len], ETH_LEN).map(|ip| ip.l4());
-                let owner = l4.map_or(self.index, |l| self.fabric.shards.owner(get16(&buf[HDR..], l + 2)));
+                // The owner of the ENI port it is for (an ICMP error about
+                // a hairpin: of its quoted source port).
+                let owner = match steer::inbound(&buf[HDR..HDR + len]) {
+                    Steer::Port(p) | Steer::FirstFragment(p, _) => self.fabric.shards.owner(p),
+                    _ => self.index,
+                };
                 if owner == self.index {
                     // Not ours after all (bindings changed): our engine decides.
                     let mut b = self.take_spare();
@@ -821,8 +843,13 @@ impl Worker {
             self.emit(port, &mut buf, len, VnetHdr::default());
         }
         self.scratch = buf;
-        while let Some(ev) = self.engine.poll_event() {
-            let _ = self.fabric.events.try_send((self.index, ev));
+        // An event the channel has no room for stays in the engine's queue
+        // until the next flush: events that drive capacity are not lost.
+        while let Some(ev) = self.engine.peek_event() {
+            if self.fabric.events.try_send((self.index, ev)).is_err() {
+                break;
+            }
+            self.engine.poll_event();
         }
     }
 }
@@ -983,10 +1010,13 @@ impl Workers {
             })?;
             threads.push(t);
         }
+        let mut counters = counters;
         let reader = match outside_rx {
             Some(rx) => {
                 let f = Arc::clone(&fabric);
-                let c = Arc::clone(&counters[0]);
+                // Its own counters: a worker's have a single writer.
+                let c = Arc::new(Counters::default());
+                counters.push(Arc::clone(&c));
                 let r = Arc::clone(&io[n]);
                 Some(
                     std::thread::Builder::new()
@@ -1012,7 +1042,8 @@ impl Workers {
         self.backend
     }
 
-    /// Each worker's counters (sum them for the gateway's).
+    /// Each worker's counters, then (with an AF_PACKET outside) the reader
+    /// thread's own (frames it drops); sum them for the gateway's.
     pub fn counters(&self) -> &[Arc<Counters>] {
         &self.counters
     }

@@ -456,3 +456,37 @@ fn workers_on_io_uring_answer_calls_and_stop() {
     w.stop().expect("stops");
     assert!(t0.elapsed() < Duration::from_secs(2), "posted reads cancelled at stop");
 }
+
+/// Issue 12 item 9: the AF_PACKET reader of a gateway with several workers
+/// must not read back what the workers' own sockets transmit (each such
+/// frame would cost a hand-over and a drop). A plain socket sees another
+/// socket's transmissions on the same interface; the receiver does not,
+/// and still sees frames arriving from the wire.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn afpacket_receiver_ignores_frames_sent_from_this_host() {
+    require_root();
+    let tap = Tap::open(&unique_name(), TapOptions::default()).expect("open tap");
+    tap.set_up().expect("up");
+    let mut plain = AfPacket::open(tap.name(), Duration::from_millis(20)).expect("af_packet");
+    let mut rx = AfPacket::open_receiver(tap.name(), Duration::from_millis(20)).expect("receiver");
+    let mut tx = AfPacket::open(tap.name(), Duration::from_millis(20)).expect("sender");
+    let seen = |p: &mut AfPacket, want: &[u8]| {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if let Ok(f) = p.recv() {
+                if f == want {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    let outbound = experimental_frame([0x02, 0x99, 0, 0, 0, 2], tx.mac(), 0x3c);
+    tx.send(&outbound).expect("send");
+    assert!(seen(&mut plain, &outbound), "a plain socket reads back other sockets' transmissions");
+    assert!(!seen(&mut rx, &outbound), "the receiver read back a frame this host sent");
+    let inbound = experimental_frame([0x02, 0x99, 0, 0, 0, 1], OUR_MAC, 0x5b);
+    tap.send(&inbound).expect("tap send");
+    assert!(seen(&mut rx, &inbound), "frames from the wire still arrive");
+}

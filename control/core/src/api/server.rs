@@ -7,6 +7,7 @@ use super::{
     MAX_REQUEST_BYTES, POLL_INTERVAL, SOCKET_MODE,
 };
 use crate::config::MAX_SOCKET_PATH_LEN;
+use crate::deadline::Deadline;
 use crate::threads::StopGroup;
 use dataplane_io::wait_readable;
 use std::io::{self, BufReader};
@@ -277,11 +278,14 @@ fn start_conn(stream: UnixStream, handler: &Handler, live: usize) -> Option<Conn
 
 fn serve_conn(stream: UnixStream, handler: &Handler) {
     let mut writer = match stream.try_clone() {
-        Ok(w) => w,
+        Ok(w) => Deadline::new(w, IO_TIMEOUT),
         Err(_) => return,
     };
-    let mut reader = BufReader::new(stream);
+    // Each request has IO_TIMEOUT in all to arrive (and its answer to
+    // leave), however it trickles in.
+    let mut reader = BufReader::new(Deadline::new(stream, IO_TIMEOUT));
     loop {
+        reader.get_mut().renew(IO_TIMEOUT);
         let line = match read_line(&mut reader, MAX_REQUEST_BYTES) {
             Ok(l) => l,
             Err(e) => {
@@ -304,6 +308,7 @@ fn serve_conn(stream: UnixStream, handler: &Handler) {
             Line::Data(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => continue,
             Line::Data(bytes) => answer(&bytes, handler),
         };
+        writer.renew(IO_TIMEOUT);
         if let Err(e) = write_response(&mut writer, &resp) {
             tracing::debug!(error = %e, "control connection: write failed");
             return;

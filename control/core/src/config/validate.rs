@@ -45,6 +45,9 @@ fn check_prefix(field: String, c: Cidr) -> Result<(), ConfigError> {
 fn engine_field(field: &str) -> String {
     let f = match field {
         "port_quarantine" => "port_quarantine_secs",
+        "arp.reachable" => "arp.reachable_secs",
+        "arp.retry" => "arp.retry_ms",
+        "frag.timeout" => "frag.timeout_secs",
         f => f,
     };
     format!("gateway.{f}")
@@ -69,6 +72,18 @@ impl Config {
         }
         if g.eni_quota == 0 {
             return fail("gateway.eni_quota", "must be at least 1");
+        }
+        // Upper bounds: durations are added to clocks, counts size tables.
+        for (field, v, max) in [
+            ("gateway.eni_quota", u64::from(g.eni_quota), 100_000),
+            ("gateway.max_eni_addresses", u64::from(g.max_eni_addresses), 4096),
+            ("gateway.idle_reclaim_secs", g.idle_reclaim_secs, 10 * 365 * 86_400),
+            ("gateway.provisioning_delay_ms", g.provisioning_delay_ms, 3_600_000),
+            ("gateway.drain_limit_secs", g.drain_limit_secs, 365 * 86_400),
+        ] {
+            if v > max {
+                return fail(field, format!("must be at most {max}"));
+            }
         }
         let sock = g.control_socket.as_os_str().len();
         if sock == 0 || sock > MAX_SOCKET_PATH_LEN {

@@ -40,7 +40,9 @@ pub struct BatchFrame<'a> {
     pub buf: &'a mut [u8],
     /// Frame length.
     pub len: usize,
-    /// Offloads the device reported (default: none).
+    /// Offloads the device reported (default: none); after
+    /// [`Engine::process_batch`], the offload state the frame leaves with
+    /// (see [`Engine::forwarded_offload`]).
     pub offload: Offload,
     /// What to do with `buf`, written by [`Engine::process_batch`]; its
     /// value on entry is ignored.
@@ -96,6 +98,7 @@ impl Engine {
         for (f, h) in frames.iter_mut().zip(hints.iter()) {
             self.hint = *h;
             f.action = self.process_offload(now, f.port, f.buf, f.len, f.offload);
+            f.offload = self.forwarded_offload();
         }
         self.hint = None;
     }

@@ -2,6 +2,7 @@
 //! (or buffered until it comes), and forwarded DF=0 datagrams larger than
 //! the egress MTU split (RFC 791, RFC 4787 REQ-13a).
 
+use super::rewrite::finish_partial;
 use super::{Action, Engine, TX_QUEUE};
 use crate::bindings::Mac;
 use crate::checksum::{self, Delta};
@@ -41,6 +42,16 @@ impl Engine {
         if first == 0 || step == 0 {
             return Action::Drop(DropReason::MtuExceeded);
         }
+        // A partial checksum is completed over the whole datagram now: the
+        // next device would complete it over the first fragment alone. The
+        // first fragment then leaves without the offload
+        // ([`Engine::forwarded_offload`]).
+        if self.rx.csum_partial {
+            if ip.frag_off == 0 {
+                finish_partial(&mut frame[..len]);
+            }
+            self.rx.csum_partial = false;
+        }
         let mut off = first;
         while off < payload {
             let end = (off + step).min(payload);
@@ -66,7 +77,7 @@ impl Engine {
     pub(super) fn remember_first_fragment(
         &mut self,
         now: Instant,
-        _port: PortId,
+        port: PortId,
         frame: &[u8],
         ip: &Ipv4,
         action: Action,
@@ -84,7 +95,9 @@ impl Engine {
             mac,
         };
         let key = FragKey { src: ip.src, dst: ip.dst, protocol: ip.proto, ident: ip.ident };
-        self.frags.first(now, key, t, ip.payload_len() as u32);
+        // Its other fragments must arrive on `port` too (the table drops
+        // the ones that name this datagram from elsewhere: forged).
+        self.frags.first(now, key, port, t, ip.payload_len() as u32);
     }
 
     /// A fragment other than the first.

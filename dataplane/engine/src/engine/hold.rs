@@ -150,6 +150,18 @@ impl Hold {
 /// session whose removal gives it a port.
 pub(super) const RECYCLE_SCAN: usize = 64;
 
+/// The most session-table lookups one call of
+/// [`Engine::probe_port`] makes: 32 random ports, then a scan of at most
+/// [`PROBE_SCAN`] from a random start. A destination that has nearly every
+/// port of an address may then be refused a port that is free elsewhere in
+/// the range (the flow tries the next address, recycles, or is refused);
+/// the alternative, a scan of the whole range, costs up to 64,512 lookups
+/// per new flow, and a client retrying SYNs towards a busy server would
+/// hold the worker.
+pub const PROBE_LIMIT: u64 = 32 + PROBE_SCAN as u64;
+/// Ports scanned after the random probes.
+pub const PROBE_SCAN: u32 = 512;
+
 /// How long a remote that closed a connection first holds it in TIME_WAIT
 /// (Linux's `TCP_TIMEWAIT_LEN`, FreeBSD's 2MSL): until then the ENI port
 /// carries no new connection to that same remote endpoint, which would
@@ -172,7 +184,7 @@ pub(super) fn warm(s: &Session) -> bool {
 impl Engine {
     pub(super) fn forget_idle_addrs(&mut self) {
         let m = self.cfg.mapping;
-        let Engine { addrs, counters, free_lists, .. } = self;
+        let Engine { addrs, counters, free_lists, cfg, .. } = self;
         addrs.retain(|_, a| {
             let keep = a.bound || (0..3).any(|i| a.held(i, m) > 0);
             if !keep {
@@ -187,6 +199,20 @@ impl Engine {
             }
             keep
         });
+        // Slots freed above go to addresses that had none.
+        let mut ungauged = 0u64;
+        for (&addr, a) in addrs.iter_mut().filter(|(_, a)| a.gauge.is_none()) {
+            let Some(g) = counters.addrs.iter().position(|g| g.addr().is_none()) else {
+                ungauged += 1;
+                continue;
+            };
+            a.gauge = Some(g);
+            counters.addrs[g].set_addr(Some(addr), a.pools[0].capacity());
+            for pi in 0..3 {
+                Engine::publish(counters, a, pi, cfg);
+            }
+        }
+        counters.addrs_ungauged.set(ungauged);
     }
 
     /// Publishes one address's port use for other threads, and re-arms its
@@ -475,12 +501,15 @@ impl Engine {
     }
 
     /// Address-and-port-dependent mapping: a random port whose outside key
-    /// towards this remote is unused (random probes, then a scan).
+    /// towards this remote is unused (random probes, then a scan; at most
+    /// [`PROBE_LIMIT`] lookups).
     pub(super) fn probe_port(&mut self, addr: Ipv4Addr, key: FlowKey) -> Option<Endpoint> {
         let range = self.cfg.port_range.clone();
         let a = self.addrs.get_mut(&addr)?;
         let pi = proto_index(key.proto);
-        let free = |t: &SessionTable, p: u16| {
+        let probes = &mut self.port_probes;
+        let mut free = |t: &SessionTable, p: u16| {
+            *probes += 1;
             t.find_outside(&FlowKey { proto: key.proto, local: Endpoint::new(addr, p), remote: key.remote }).is_none()
         };
         for _ in 0..32 {
@@ -492,7 +521,7 @@ impl Engine {
         let start = a.pools[pi].random_port();
         let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
         let n = hi - lo + 1;
-        (0..n)
+        (0..n.min(PROBE_SCAN))
             .map(|i| (lo + (u32::from(start) - lo + i) % n) as u16)
             .find(|&p| free(&self.table, p))
             .map(|p| Endpoint::new(addr, p))
@@ -515,8 +544,11 @@ impl Engine {
         Engine::publish(&self.counters, a, pi, &self.cfg);
         let in_use = a.live[pi] + a.warm[pi];
         if in_use >= a.mark(pi, &self.cfg) && !a.high[pi] {
-            a.high[pi] = true;
-            self.event(Event::HighWater { addr, proto, in_use });
+            // Armed until the event is queued: a full queue does not lose it.
+            let queued = self.event(Event::HighWater { addr, proto, in_use });
+            if let Some(a) = self.addrs.get_mut(&addr) {
+                a.high[pi] = queued;
+            }
         }
     }
 }

@@ -149,6 +149,27 @@ impl Engine {
         Action::Reply { len: ETH_LEN + total }
     }
 
+    /// A hairpinned DF datagram (already translated outbound) too big for
+    /// its destination's attachment: the error, from the ENI address it was
+    /// sent to, goes to the sender the way an error from the VPC about its
+    /// flow would, translated back through the sender's session; when that
+    /// session is another engine's, the error is handed over to it.
+    pub(super) fn hairpin_too_big(&mut self, now: Instant, frame: &mut [u8], ip: Ipv4, mtu: u32) -> Action {
+        let len = match self.too_big(frame, ip, mtu, ip.dst) {
+            Action::Reply { len } => len,
+            other => return other,
+        };
+        let Ok(err) = wire::parse_ipv4(&frame[..len], ETH_LEN) else {
+            return Action::Drop(DropReason::MtuExceeded);
+        };
+        if self.icmp_error_session(frame, &err, Dir::In).is_ok() {
+            return self.icmp_error_in(now, frame, err, true);
+        }
+        let mac = self.bindings.outside().mac;
+        wire::set_macs(frame, mac, mac);
+        Action::Redirect { len }
+    }
+
     /// A DF datagram larger than the egress MTU: ICMP fragmentation needed
     /// with the next-hop MTU (RFC 1191).
     pub(super) fn too_big(&mut self, frame: &mut [u8], ip: Ipv4, mtu: u32, src: Ipv4Addr) -> Action {

@@ -70,6 +70,9 @@ impl Engine {
         };
         let (mtu, port_mac) = (usize::from(inside.mtu), inside.mac);
         if ip.df && ip.wire_len > mtu {
+            if hairpin {
+                return self.hairpin_too_big(now, frame, ip, mtu as u32);
+            }
             // Quote the packet as it arrived: undo nothing, it is untouched.
             return self.too_big(frame, ip, mtu as u32, ip.dst);
         }

@@ -65,7 +65,7 @@ mod outbound;
 mod rewrite;
 
 pub use batch::{BatchFrame, BATCH};
-pub use hold::REMOTE_TIME_WAIT;
+pub use hold::{PROBE_LIMIT, REMOTE_TIME_WAIT};
 
 use crate::arp::{self, ArpTable};
 use crate::bindings::{Bindings, Mac};
@@ -108,9 +108,11 @@ pub enum Action {
     Drop(DropReason),
     /// A hairpinned frame, translated outbound, addressed to a mapping in a
     /// port range this engine does not own (a sharded gateway gives each
-    /// worker's engine its own slice of the ports): hand `frame[..len]` to
-    /// the owner's engine as a frame from the outside port. Its MACs are set
-    /// to the outside port's, so the owner accepts it.
+    /// worker's engine its own slice of the ports), or an ICMP error about a
+    /// hairpinned datagram, for the sender's session in such a range: hand
+    /// `frame[..len]` to the owner's engine (`steer::inbound` names it) as
+    /// a frame from the outside port. Its MACs are set to the outside
+    /// port's, so the owner accepts it (and knows it for a hairpin).
     Redirect {
         /// Frame length.
         len: usize,
@@ -131,6 +133,11 @@ pub struct Offload {
     /// use the segment size and the engine never fragments it.
     pub gso_size: u16,
 }
+
+/// Events an engine holds for the control plane.
+pub const EVENTS: usize = 64;
+/// Of those, how many may be `NoEni` (the rest are kept for capacity).
+pub const EVENTS_NO_ENI: usize = 32;
 
 /// Something the control plane should know about.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -196,12 +203,18 @@ pub struct Engine {
     tx: VecDeque<(PortId, [u8; TX_FRAME], usize)>,
     /// Fragments of a datagram the engine split, waiting to be sent.
     frag_out: VecDeque<(PortId, Vec<u8>)>,
+    /// New addresses whose gratuitous ARP found the transmit queue full:
+    /// announced by [`Engine::poll_transmit`] once it has drained.
+    announce: Vec<Ipv4Addr>,
     /// Buffers of sent fragments, reused.
     spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     counters: Arc<Counters>,
     ident: u16,
     seed: u64,
+    /// Session-table lookups made choosing ports under
+    /// address-and-port-dependent mapping, since start.
+    port_probes: u64,
     /// Offloads of the frame being processed.
     rx: Offload,
     /// Addresses being probed (RFC 5227) and whether another host has
@@ -223,16 +236,20 @@ impl Engine {
         let mut e = Engine {
             table: SessionTable::new(config.max_sessions, config.timeouts, config.seed),
             arp: ArpTable::new(config.arp.clone(), bindings.outside().mac),
-            frags: FragTable::new(config.frag),
+            // Seeded like the session table, so that which datagrams share
+            // a bucket cannot be worked out from the source.
+            frags: FragTable::with_seed(config.frag, config.seed ^ 0x6672_6167_6d65_6e74),
             addrs: HashMap::default(),
             envs: HashMap::default(),
             tx: VecDeque::with_capacity(TX_QUEUE),
             frag_out: VecDeque::with_capacity(TX_QUEUE),
+            announce: Vec::new(),
             spare: Vec::with_capacity(TX_QUEUE),
-            events: VecDeque::with_capacity(64),
+            events: VecDeque::with_capacity(EVENTS),
             counters: Arc::new(Counters::default()),
             ident: (config.seed >> 16) as u16,
             seed: config.seed,
+            port_probes: 0,
             rx: Offload::default(),
             probes: Vec::new(),
             now: Instant::ZERO,
@@ -310,6 +327,9 @@ impl Engine {
                 self.addrs.insert(addr, a);
                 if self.queue_outside(|f| arp::write_announcement(f, b.outside().mac, addr)) {
                     self.counters.arp_gratuitous.inc();
+                } else {
+                    self.counters.arp_gratuitous_deferred.inc();
+                    self.announce.push(addr);
                 }
             }
         }
@@ -348,15 +368,59 @@ impl Engine {
         v
     }
 
+    /// Session-table lookups made so far choosing external ports under
+    /// address-and-port-dependent mapping (the `aws` profile): the work new
+    /// flows cost, bounded per flow by [`hold::PROBE_LIMIT`].
+    pub fn port_probes(&self) -> u64 {
+        self.port_probes
+    }
+
     /// The next control-plane event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
-    fn event(&mut self, e: Event) {
-        if self.events.len() < self.events.capacity().max(64) {
-            self.events.push_back(e);
+    /// The next control-plane event, left in the queue: a caller that
+    /// cannot pass it on yet (its channel is full) keeps it here and
+    /// [`Engine::poll_event`]s it once it has.
+    pub fn peek_event(&self) -> Option<Event> {
+        self.events.front().copied()
+    }
+
+    /// Queues an event; false when it was not queued (the caller raises it
+    /// again later: a high-water mark stays armed).
+    ///
+    /// The queue holds [`EVENTS`]. Events about capacity (`HighWater`,
+    /// `Exhausted`) coalesce by address and protocol, so at most one of each
+    /// per address waits; `NoEni`, which any environment can raise once per
+    /// new flow, coalesces by environment and may fill only
+    /// [`EVENTS_NO_ENI`] slots, leaving the rest to capacity events.
+    fn event(&mut self, e: Event) -> bool {
+        if matches!(e, Event::NoEni { .. }) && self.events.len() >= EVENTS_NO_ENI {
+            return false;
         }
+        for q in self.events.iter_mut() {
+            match (q, e) {
+                (Event::HighWater { addr, proto, in_use }, Event::HighWater { addr: a, proto: p, in_use: n })
+                    if *addr == a && *proto == p =>
+                {
+                    *in_use = n;
+                    return true;
+                }
+                (Event::Exhausted { addr, proto }, Event::Exhausted { addr: a, proto: p })
+                    if *addr == a && *proto == p =>
+                {
+                    return true
+                }
+                (Event::NoEni { env }, Event::NoEni { env: v }) if *env == v => return true,
+                _ => {}
+            }
+        }
+        if self.events.len() >= EVENTS {
+            return false;
+        }
+        self.events.push_back(e);
+        true
     }
 
     fn next_ident(&mut self) -> u16 {
@@ -400,6 +464,16 @@ impl Engine {
             let n = n.min(buf.len());
             buf[..n].copy_from_slice(&f[..n]);
             return Some((port, n));
+        }
+        while let Some(addr) = self.announce.pop() {
+            if !self.addrs.get(&addr).is_some_and(|a| a.bound) {
+                continue;
+            }
+            let n = arp::write_announcement(buf, self.bindings.outside().mac, addr);
+            if n > 0 {
+                self.counters.arp_gratuitous.inc();
+                return Some((PortId::OUTSIDE, n));
+            }
         }
         if let Some((port, f)) = self.frag_out.pop_front() {
             let n = f.len().min(buf.len());
@@ -459,6 +533,15 @@ impl Engine {
         action
     }
 
+    /// The offload state the frame just forwarded still carries: the
+    /// caller writes its offload header from this, not from what the frame
+    /// came with. The two differ when the engine had to complete a partial
+    /// checksum (a datagram it fragmented: a device completing it over the
+    /// first fragment alone would get it wrong).
+    pub fn forwarded_offload(&self) -> Offload {
+        self.rx
+    }
+
     fn port_mac(&self, port: PortId) -> Option<Mac> {
         if port == PortId::OUTSIDE {
             Some(self.bindings.outside().mac)
@@ -497,7 +580,12 @@ impl Engine {
                 if port.is_inside() {
                     self.outbound(now, port, frame, ip)
                 } else {
-                    self.inbound(now, frame, ip, false)
+                    // A hairpin another engine translated and handed over
+                    // (`Action::Redirect`: the outside port's MAC as source
+                    // too, one of our ENI addresses as source): its TTL went
+                    // down there.
+                    let hairpin = wire::mac_at(frame, 6) == our_mac && self.addrs.contains_key(&ip.src);
+                    self.inbound(now, frame, ip, hairpin)
                 }
             }
             _ => Action::Drop(DropReason::UnsupportedEthertype),
@@ -547,4 +635,35 @@ fn flow_of(frame: &[u8], ip: &Ipv4, dir: Dir) -> Result<Option<(L4, u16, u16, u8
         (L4::IcmpError { .. }, _) => return Ok(None),
     };
     Ok(Some((l4, sport, dport, flags)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frag::FragKey;
+    use crate::testkit::Topology;
+
+    /// Issue 12 item 6: the fragment table's index is seeded from the
+    /// engine's seed, so which datagrams share a bucket differs from one
+    /// gateway to the next (it was a constant, public in the source).
+    #[test]
+    fn the_fragment_index_is_seeded_per_engine() {
+        let b = Topology::new(1, 1).bindings();
+        let buckets = |seed: u64| {
+            let e = Engine::new(EngineConfig { seed, ..EngineConfig::default() }, Arc::clone(&b)).unwrap();
+            (0..64u16)
+                .map(|ident| {
+                    let key = FragKey {
+                        src: Ipv4Addr::new(10, 1, 0, 2),
+                        dst: Ipv4Addr::new(192, 0, 2, 1),
+                        protocol: 17,
+                        ident,
+                    };
+                    e.frags.bucket_of(&key)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(buckets(1), buckets(1));
+        assert_ne!(buckets(1), buckets(2));
+    }
 }

@@ -146,7 +146,7 @@ impl Engine {
         let Some(eni) = b.eni(env.eni).filter(|e| !e.addrs.is_empty()) else {
             // Its function has no active ENI (being created, or reclaimed
             // while idle): the control plane wants to know.
-            self.event(Event::NoEni { env: key.local.ip });
+            let _ = self.event(Event::NoEni { env: key.local.ip });
             return Err(DropReason::NoEni);
         };
         if !eni.egress.allows(key.proto, key.remote.ip, key.remote.port) {
@@ -175,7 +175,7 @@ impl Engine {
                 let ep = match self.find_port(now, &eni.addrs, paired, pi, key) {
                     Ok(ep) => ep,
                     Err(addr) => {
-                        self.event(Event::Exhausted { addr, proto: key.proto });
+                        let _ = self.event(Event::Exhausted { addr, proto: key.proto });
                         return Err(DropReason::PortsExhausted);
                     }
                 };
