@@ -51,8 +51,12 @@
 //! - `neighbor.rs`: ARP on every port and the probes of new addresses;
 //! - `hold.rs`: what sessions hold (ports, quotas, high-water marks) and
 //!   the recycling of ended ones;
-//! - `rewrite.rs`: the header rewrites, free functions.
+//! - `rewrite.rs`: the header rewrites, free functions;
+//! - `admin.rs`: what the control plane asks between frames (sessions
+//!   walked a chunk at a time, removed on an operator's request, the
+//!   environments with live sessions).
 
+mod admin;
 mod fragment;
 mod hold;
 mod icmp;
@@ -61,6 +65,7 @@ mod neighbor;
 mod outbound;
 mod rewrite;
 
+pub use admin::Walk;
 pub use hold::REMOTE_TIME_WAIT;
 
 use crate::arp::{self, ArpTable};
