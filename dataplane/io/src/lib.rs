@@ -18,6 +18,7 @@
 //! - [`poll`]: [`Poller`] (level-triggered epoll), [`Events`] and [`Waker`]
 //!   (eventfd) to stop a blocked worker.
 //! - [`error`]: [`IoError`] and [`check_net_admin`].
+//! - [`capture`]: [`capture::Capture`], the pcap tap points of the workers.
 //! - [`worker`]: the gateway's worker threads (epoll, batched reads, offload
 //!   headers, hand-over between workers); [`steer`]: which worker owns a
 //!   frame from the VPC.
@@ -31,6 +32,7 @@
 //! `AF_PACKET` sockets `CAP_NET_RAW`; getters and polling need nothing.
 
 pub mod afpacket;
+pub mod capture;
 pub mod error;
 pub mod ifreq;
 pub mod poll;

@@ -36,6 +36,7 @@
 //! Reads are non-blocking and batched ([`BATCH`] frames per device per
 //! wake-up). [`Workers::stop`] sets a flag and wakes every worker.
 
+use crate::capture::Capture;
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::{complete_checksum, AfPacket, Events, Poller, Tap, VnetHdr, Waker, VNET_HDR_LEN};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -130,6 +131,9 @@ pub struct Fabric {
     /// Spare buffers for frames handed between threads: taken by the
     /// sender, given back by the receiver once it is done.
     pub pool: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+    /// Capture tap points (`hyperplane capture`): one relaxed load per
+    /// frame while off.
+    pub capture: Capture,
 }
 
 impl Fabric {
@@ -239,6 +243,7 @@ impl Worker {
             let Some(len) = read(&tap, buf) else {
                 break;
             };
+            self.fabric.capture.frame(port, &buf[HDR..HDR + len]); // capture: received
             let now = self.fabric.now();
             self.handle(now, port, buf, len, false);
         }
@@ -253,6 +258,7 @@ impl Worker {
             let Some(len) = read(&tap, buf) else {
                 break;
             };
+            self.fabric.capture.frame(PortId::OUTSIDE, &buf[HDR..HDR + len]); // capture: received
             let now = self.fabric.now();
             if let Some(owner) = self.steer(now, &buf[HDR..HDR + len]) {
                 self.hand_over(owner, buf, len, false);
@@ -360,6 +366,7 @@ impl Worker {
 
     /// Sends `buf[HDR..HDR + len]` out of `port` with offload header `hdr`.
     fn emit(&mut self, port: PortId, buf: &mut [u8], len: usize, hdr: VnetHdr) {
+        self.fabric.capture.frame(port, &buf[HDR..HDR + len]); // capture: sent
         let ok = if port == PortId::OUTSIDE {
             match &mut self.outside {
                 OutsideTx::Tap(t) => write(t, buf, len, hdr),
@@ -463,6 +470,7 @@ impl Workers {
             events,
             epoch: std::time::Instant::now(),
             pool: crossbeam_channel::bounded(SPARE),
+            capture: Capture::new(),
         });
         let counters: Vec<Arc<Counters>> = specs.iter().map(|s| s.engine.counters()).collect();
         let mut threads = Vec::with_capacity(n);
@@ -486,6 +494,11 @@ impl Workers {
             None => None,
         };
         Ok(Workers { fabric, threads, counters, reader })
+    }
+
+    /// The capture tap points every worker shares.
+    pub fn capture(&self) -> &Capture {
+        &self.fabric.capture
     }
 
     /// Each worker's counters (sum them for the gateway's).
@@ -599,6 +612,7 @@ fn af_packet_reader(mut rx: AfPacket, fabric: Arc<Fabric>, counters: Arc<Counter
             counters.count_drop(DropReason::Truncated);
             continue;
         }
+        fabric.capture.frame(PortId::OUTSIDE, frame); // capture: received
         let now = fabric.now();
         let shards = &fabric.shards;
         let targets: (usize, usize) = match steer::inbound(frame) {
