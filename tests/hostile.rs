@@ -63,7 +63,8 @@ fn connect(ns: &Netns) -> std::io::Result<TcpStream> {
 
 /// Connects from the calling thread's namespace.
 fn connect_here() -> std::io::Result<TcpStream> {
-    let c = TcpStream::connect_timeout(&SocketAddr::from(SocketAddrV4::new(SERVER, ECHO_PORT)), Duration::from_secs(2))?;
+    let c =
+        TcpStream::connect_timeout(&SocketAddr::from(SocketAddrV4::new(SERVER, ECHO_PORT)), Duration::from_secs(2))?;
     c.set_read_timeout(Some(Duration::from_secs(2)))?;
     Ok(c)
 }

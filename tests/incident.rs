@@ -119,10 +119,8 @@ fn flush_and_delete_remove_the_sessions_they_name_and_count_them() {
     assert!(n0 >= 4 && n1 >= 2, "sessions before: {n0} {n1}");
 
     // Bad filters: an error naming the field, nothing removed.
-    for (req, field) in [
-        (flush(None, None, Some("sctp"), None), "proto"),
-        (flush(None, Some(999), None, None), "eni"),
-    ] {
+    for (req, field) in [(flush(None, None, Some("sctp"), None), "proto"), (flush(None, Some(999), None, None), "eni")]
+    {
         match sock.call(&req) {
             Response::Error { message } => assert!(message.starts_with(field), "{message}"),
             r => panic!("{req:?} must be refused: {r:?}"),

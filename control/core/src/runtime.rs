@@ -342,12 +342,7 @@ pub struct SessionFilter {
 }
 
 /// One session as the API shows it.
-fn session_line(
-    reg: &Registry,
-    now: Instant,
-    s: &dataplane::session::Session,
-    deadline: Instant,
-) -> SessionLine {
+fn session_line(reg: &Registry, now: Instant, s: &dataplane::session::Session, deadline: Instant) -> SessionLine {
     let v4 = |ep: dataplane::flow::Endpoint| std::net::SocketAddrV4::new(ep.ip, ep.port);
     SessionLine {
         proto: match s.proto {
@@ -468,7 +463,12 @@ impl Shared {
         match r {
             Ok(s) => {
                 tracing::info!(port, out = %out.display(), frames = s.frames, dropped = s.dropped, "capture ended");
-                Ok(crate::api::CaptureReport { out: out.to_path_buf(), frames: s.frames, dropped: s.dropped, seconds: took })
+                Ok(crate::api::CaptureReport {
+                    out: out.to_path_buf(),
+                    frames: s.frames,
+                    dropped: s.dropped,
+                    seconds: took,
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let _ = std::fs::remove_file(out);

@@ -422,7 +422,8 @@ fn traffic_reports_stay_flat_at_10000_environments() {
          [[functions]]\nname = \"f\"\nsubnets = [\"subnet-a\"]\nsecurity_groups = [\"sg-1\"]\n\
          [[attachments]]\nname = \"hp-e0\"\ngateway = \"172.16.0.1\"\n",
     );
-    let envs: Vec<Ipv4Addr> = (0..10_000u32).map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 17, 0, 2)) + i)).collect();
+    let envs: Vec<Ipv4Addr> =
+        (0..10_000u32).map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 17, 0, 2)) + i)).collect();
     for a in &envs {
         t_cfg += &format!("[[environments]]\nfunction = \"f\"\naddress = \"{a}\"\nattachment = \"hp-e0\"\n");
     }

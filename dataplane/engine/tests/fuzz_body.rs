@@ -29,10 +29,10 @@ impl Rng {
 fn seed_frame(r: &mut Rng) -> Vec<u8> {
     let env = (r.next() % 8) as u32;
     let big = vec![0x5a; (r.next() % 1400) as usize];
-    let data: &[u8] = if r.next() % 3 == 0 { &big } else { b"hello" };
+    let data: &[u8] = if r.next().is_multiple_of(3) { &big } else { b"hello" };
     let proto = [TCP, UDP, 1][(r.next() % 3) as usize];
     let (sport, dport) = (1000 + (r.next() % 4) as u16, 53 + (r.next() % 2) as u16);
-    if r.next() % 2 == 0 {
+    if r.next().is_multiple_of(2) {
         let src = testkit::env_ip(env);
         let seg = match proto {
             TCP => testkit::tcp_segment(src, sport, SERVER, dport, 0x02, data),
@@ -40,7 +40,15 @@ fn seed_frame(r: &mut Rng) -> Vec<u8> {
             _ => testkit::echo(true, sport, 1, data),
         };
         let port = (env % 2) as u16 + 1;
-        testkit::ipv4_frame(testkit::inside_mac(port), testkit::env_mac(env), src, SERVER, proto, IpOpts::default(), &seg)
+        testkit::ipv4_frame(
+            testkit::inside_mac(port),
+            testkit::env_mac(env),
+            src,
+            SERVER,
+            proto,
+            IpOpts::default(),
+            &seg,
+        )
     } else {
         let eni = Ipv4Addr::new(10, 0, 0, 10);
         let port = 1024 + (r.next() % 32) as u16;
@@ -66,12 +74,13 @@ fn input(r: &mut Rng) -> Vec<u8> {
         }
         let mut control = r.byte();
         match r.next() % 4 {
-            0 => control |= 0x0b, // a fragment flood
+            0 => control |= 0x0b,                                                 // a fragment flood
             1 => control = (control & !0x0b) | 0x08 | (1 + (r.next() % 2) as u8), // inside, fixed checksums
             _ => {}
         }
         let len = f.len() as u16;
-        let (hi, lo) = if control & 0x0b == 0x0b { (r.byte(), r.byte()) } else { (len.to_be_bytes()[0], len.to_be_bytes()[1]) };
+        let (hi, lo) =
+            if control & 0x0b == 0x0b { (r.byte(), r.byte()) } else { (len.to_be_bytes()[0], len.to_be_bytes()[1]) };
         // For a flood the length bytes are its parameters: the length
         // taken is then (hi, lo) % 1600 cut to what is left, so the frame
         // goes last to be taken whole.

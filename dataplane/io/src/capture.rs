@@ -135,7 +135,13 @@ impl Capture {
         r
     }
 
-    fn run_claimed(&self, port: PortId, out: &mut impl Write, max_frames: u64, max_time: Duration) -> io::Result<Summary> {
+    fn run_claimed(
+        &self,
+        port: PortId,
+        out: &mut impl Write,
+        max_frames: u64,
+        max_time: Duration,
+    ) -> io::Result<Summary> {
         write_header(out)?;
         for _ in 0..POOL {
             let _ = self.spare.0.try_send(vec![0u8; SNAPLEN]);

@@ -12,12 +12,16 @@
 //! requests on one connection, one after the other; each gets its response,
 //! in order, before the next request is read. Blank lines are ignored.
 //!
-//! - A request is tagged by `"cmd"`: `status`, `sessions`, `stats`, `apply`.
-//!   Fields that are `Option`s may be `null` or left out. Unknown fields of
-//!   `sessions` and `apply` are refused (a typo is an error, not a silently
-//!   unfiltered answer); `status` and `stats` ignore extra fields.
+//! - A request is tagged by `"cmd"`: `status`, `sessions`, `stats`, `apply`,
+//!   `flush`, `capture`. Fields that are `Option`s may be `null` or left
+//!   out. Unknown fields of `sessions`, `apply`, `flush` and `capture` are
+//!   refused (a typo is an error, not a silently unfiltered answer — or a
+//!   flush of everything); `status` and `stats` ignore extra fields.
 //! - A response is tagged by `"kind"`: `status`, `sessions`, `stats`,
-//!   `applied`, or `error` with a `"message"`.
+//!   `applied`, `flushed`, `captured`, or `error` with a `"message"`.
+//! - `capture` is answered when the capture ends (up to
+//!   [`CAPTURE_MAX_SECONDS`]): a client waits that long
+//!   ([`Client::set_timeout`]).
 //! - A line that is not a valid request (bad JSON, unknown `cmd`, bad field)
 //!   gets an `error` response and the connection stays usable.
 //! - A request line longer than 4 MiB ([`MAX_REQUEST_BYTES`]) gets an `error`
