@@ -154,6 +154,7 @@ fn flush_and_delete_remove_the_sessions_they_name_and_count_them() {
     assert_eq!(flushed_counter(&lab), n1 as u64 + 1 + before as u64);
     let Response::Stats(stats) = sock.call(&Request::Stats) else { panic!("stats") };
     assert_eq!(stats.sessions.values().sum::<u64>(), 0, "{:?}", stats.sessions);
+    assert_eq!(stats.sessions_flushed, flushed_counter(&lab), "stats report the flushed sessions");
 }
 
 /// `tcpdump -r FILE -n` lines (one per frame), or a panic with its stderr.

@@ -686,6 +686,7 @@ impl Shared {
             sessions: PROTOS.iter().zip(t.live).map(|(p, n)| (p.to_string(), n)).collect(),
             sessions_created: per_proto(&|c, i| c.sessions_created[i].get()),
             sessions_expired: per_proto(&|c, i| c.sessions_expired[i].get()),
+            sessions_flushed: sum(&|c| c.sessions_flushed.get()),
             drops: dataplane::counters::DropReason::ALL
                 .iter()
                 .map(|&r| (r.label().to_string(), sum(&|c| c.dropped(r))))

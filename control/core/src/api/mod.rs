@@ -390,6 +390,10 @@ pub struct StatsReport {
     pub sessions_created: BTreeMap<String, u64>,
     /// Sessions expired or closed, by protocol (count).
     pub sessions_expired: BTreeMap<String, u64>,
+    /// Sessions removed by `flush` or `sessions --delete` (count; also in
+    /// `sessions_expired`).
+    #[serde(default)]
+    pub sessions_flushed: u64,
     /// Packets dropped, by reason label; every reason, zeros included
     /// (count).
     pub drops: BTreeMap<String, u64>,
