@@ -342,7 +342,12 @@ pub struct SessionFilter {
 }
 
 /// One session as the API shows it.
-fn session_line(reg: &Registry, now: Instant, s: &dataplane::session::Session, deadline: Instant) -> SessionLine {
+fn session_line(
+    owners: &BTreeMap<Ipv4Addr, u32>,
+    now: Instant,
+    s: &dataplane::session::Session,
+    deadline: Instant,
+) -> SessionLine {
     let v4 = |ep: dataplane::flow::Endpoint| std::net::SocketAddrV4::new(ep.ip, ep.port);
     SessionLine {
         proto: match s.proto {
@@ -354,7 +359,7 @@ fn session_line(reg: &Registry, now: Instant, s: &dataplane::session::Session, d
         timeout_s: deadline.saturating_since(now).as_secs(),
         state: if s.proto == TCP { format!("{:?}", s.tcp) } else { "-".into() },
         env: s.inside.ip,
-        eni: reg.eni_of_addr(s.eni.ip),
+        eni: owners.get(&s.eni.ip).copied(),
         original_src: v4(s.inside),
         original_dst: v4(s.remote),
         translated_src: v4(s.eni),
@@ -488,13 +493,15 @@ impl Shared {
             Some("icmp") => Some(ICMP),
             Some(p) => return Err(format!("proto: {p:?} is not one of tcp, udp, icmp")),
         };
-        if let Some(id) = filter.eni {
-            if !self.registry.enis().iter().any(|e| e.id == id) {
-                return Err(format!("eni: no shared ENI has id {id}"));
-            }
-        }
-        let reg = Arc::clone(&self.registry);
-        let (env, eni, dst, dport, sport) = (filter.env, filter.eni, filter.dst, filter.dport, filter.sport);
+        // The ENI's addresses, looked up once (a handful), not per session.
+        let eni_addrs: Option<Vec<Ipv4Addr>> = match filter.eni {
+            None => None,
+            Some(id) => match self.registry.enis().into_iter().find(|e| e.id == id) {
+                Some(e) => Some(e.addrs),
+                None => return Err(format!("eni: no shared ENI has id {id}")),
+            },
+        };
+        let (env, dst, dport, sport) = (filter.env, filter.dst, filter.dport, filter.sport);
         let now = self.now();
         let mut removed = 0u64;
         self.walk_chunks(
@@ -505,7 +512,7 @@ impl Shared {
                         && dst.is_none_or(|a| a == s.remote.ip)
                         && dport.is_none_or(|p| p == s.remote.port)
                         && sport.is_none_or(|p| p == s.inside.port)
-                        && eni.is_none_or(|id| reg.eni_of_addr(s.eni.ip) == Some(id))
+                        && eni_addrs.as_ref().is_none_or(|a| a.contains(&s.eni.ip))
                 });
                 (w.matched, w.next)
             },
@@ -627,7 +634,9 @@ impl Shared {
     /// at most twice that many lines are held while walking.
     pub fn sessions(&self, eni: Option<u32>, env: Option<Ipv4Addr>, limit: Option<usize>) -> SessionsReport {
         let now = self.now();
-        let reg = Arc::clone(&self.registry);
+        // Which ENI owns each address, looked up once per request.
+        let owners: BTreeMap<Ipv4Addr, u32> =
+            self.registry.enis().iter().flat_map(|e| e.addrs.iter().map(move |a| (*a, e.id))).collect();
         let key = |l: &SessionLine| (l.env, l.original_src.port(), l.original_dst);
         let mut lines: Vec<SessionLine> = Vec::new();
         let mut total = 0usize;
@@ -644,7 +653,7 @@ impl Shared {
             },
             |chunk| {
                 for (s, deadline) in chunk {
-                    let line = session_line(&reg, now, &s, deadline);
+                    let line = session_line(&owners, now, &s, deadline);
                     if eni.is_none() || line.eni == eni {
                         total += 1;
                         lines.push(line);

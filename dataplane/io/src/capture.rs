@@ -143,6 +143,9 @@ impl Capture {
         max_time: Duration,
     ) -> io::Result<Summary> {
         write_header(out)?;
+        // A worker that saw the last capture's flag late may have left a
+        // frame of it behind.
+        while self.records.1.try_recv().is_ok() {}
         for _ in 0..POOL {
             let _ = self.spare.0.try_send(vec![0u8; SNAPLEN]);
         }
