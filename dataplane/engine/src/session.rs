@@ -802,6 +802,21 @@ impl SessionTable {
             }
         }
     }
+
+    /// Calls `f` for every session in slots `start..start + slots` (free
+    /// slots skipped), for walks spread over several calls: returns the
+    /// slot to start the next call at, or `None` when the walk reached the
+    /// end of the table. Allocates nothing; costs `slots`, not the table.
+    pub fn for_each_from(&self, start: u32, slots: usize, mut f: impl FnMut(u32, &Session)) -> Option<u32> {
+        let start = (start as usize).min(self.sessions.len());
+        let end = start.saturating_add(slots).min(self.sessions.len());
+        for (i, s) in self.sessions[start..end].iter().enumerate() {
+            if s.proto != 0 {
+                f((start + i) as u32, s);
+            }
+        }
+        (end < self.sessions.len()).then_some(end as u32)
+    }
 }
 
 /// Which hash chain a link belongs to.

@@ -19,10 +19,10 @@ use dataplane::config::EngineConfig;
 use dataplane::counters::DropReason;
 use dataplane::flow::{TCP, UDP};
 use dataplane::testkit::{self, Topology, ROUTER, ROUTER_MAC, SERVER};
+use dataplane::time::Instant;
 use dataplane::{arp, Action, Event, PortId};
 use std::net::Ipv4Addr;
 use std::time::Duration;
-use dataplane::time::Instant;
 
 const SYN: u8 = 0x02;
 const SYNACK: u8 = 0x12;

@@ -53,6 +53,7 @@
 
 use crate::afpacket::{PacketSender, SEND_BATCH};
 use crate::backend::{Backend, IoSettings};
+use crate::capture::Capture;
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::syscalls::{ActiveBackend, IoCounters};
 use crate::uring::{Done, Ring};
@@ -164,6 +165,9 @@ pub struct Fabric {
     /// Spare buffers for frames handed between threads: taken by the
     /// sender, given back by the receiver once it is done.
     pub pool: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+    /// Capture tap points (`hyperplane capture`): one relaxed load per
+    /// frame while off.
+    pub capture: Capture,
 }
 
 impl Fabric {
@@ -429,6 +433,7 @@ impl Worker {
     /// Takes a frame just read: steers a frame from the outside to its
     /// owner, queues the others for the engine.
     fn accept(&mut self, port: PortId, buf: Vec<u8>, len: usize) {
+        self.fabric.capture.frame(port, &buf[HDR..HDR + len]); // capture: received
         if port == PortId::OUTSIDE {
             let now = self.fabric.now();
             if let Some(owner) = self.steer(now, &buf[HDR..HDR + len]) {
@@ -722,7 +727,8 @@ impl Worker {
                 let hdr = VnetHdr::parse(&f.buf[..HDR]).unwrap_or_default();
                 actions[frames.len()].1 = hdr;
                 let mut b = BatchFrame::new(f.port, &mut f.buf[HDR..], f.len);
-                b.offload = Offload { csum_partial: hdr.needs_csum(), gso_size: if hdr.is_gso() { hdr.gso_size } else { 0 } };
+                b.offload =
+                    Offload { csum_partial: hdr.needs_csum(), gso_size: if hdr.is_gso() { hdr.gso_size } else { 0 } };
                 frames.push(b);
             }
             self.engine.process_batch(now, &mut frames);
@@ -804,6 +810,7 @@ impl Worker {
 
     /// Sends `buf[HDR..HDR + len]` out of `port` with offload header `hdr`.
     fn emit(&mut self, port: PortId, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) {
+        self.fabric.capture.frame(port, &buf[HDR..HDR + len]); // capture: sent
         let Worker { outside, fabric, ring, spare, io, packets, .. } = self;
         let mut tx = Tx { ring, spare, fabric, io };
         let ok = if port == PortId::OUTSIDE {
@@ -995,6 +1002,7 @@ impl Workers {
             events,
             epoch: std::time::Instant::now(),
             pool: crossbeam_channel::bounded(SPARE),
+            capture: Capture::new(),
         });
         let counters: Vec<Arc<Counters>> = specs.iter().map(|s| s.engine.counters()).collect();
         let io: Vec<Arc<IoCounters>> = (0..n + usize::from(outside_rx.is_some())).map(|_| Arc::default()).collect();
@@ -1040,6 +1048,11 @@ impl Workers {
     /// [`IoCounters::backend`]).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The capture tap points every worker shares.
+    pub fn capture(&self) -> &Capture {
+        &self.fabric.capture
     }
 
     /// Each worker's counters, then (with an AF_PACKET outside) the reader
@@ -1155,6 +1168,7 @@ fn af_packet_reader(mut rx: AfPacket, fabric: Arc<Fabric>, counters: Arc<Counter
             counters.count_drop(DropReason::Truncated);
             continue;
         }
+        fabric.capture.frame(PortId::OUTSIDE, frame); // capture: received
         let now = fabric.now();
         let shards = &fabric.shards;
         let targets: (usize, usize) = match steer::inbound(frame) {

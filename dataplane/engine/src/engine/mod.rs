@@ -53,8 +53,12 @@
 //! - `neighbor.rs`: ARP on every port and the probes of new addresses;
 //! - `hold.rs`: what sessions hold (ports, quotas, high-water marks) and
 //!   the recycling of ended ones;
-//! - `rewrite.rs`: the header rewrites, free functions.
+//! - `rewrite.rs`: the header rewrites, free functions;
+//! - `admin.rs`: what the control plane asks between frames (sessions
+//!   walked a chunk at a time, removed on an operator's request, the
+//!   environments with live sessions).
 
+mod admin;
 mod batch;
 mod fragment;
 mod hold;
@@ -64,6 +68,7 @@ mod neighbor;
 mod outbound;
 mod rewrite;
 
+pub use admin::Walk;
 pub use batch::{BatchFrame, BATCH};
 pub use hold::{PROBE_LIMIT, REMOTE_TIME_WAIT};
 
