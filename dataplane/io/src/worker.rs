@@ -737,10 +737,7 @@ impl Worker {
                 actions[i].2 = f.offload;
             }
             drop(frames);
-            let mut i = 0;
-            for f in rx[at..end].iter_mut().filter(|f| !f.learn) {
-                let (action, hdr, out) = actions[i];
-                i += 1;
+            for (f, &(action, hdr, out)) in rx[at..end].iter_mut().filter(|f| !f.learn).zip(actions.iter()) {
                 self.dispatch(now, f.port, &mut f.buf, action, hdr, out, false);
             }
             at = end;
