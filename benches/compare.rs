@@ -1,20 +1,53 @@
 //! Our gateway against the Linux kernel's NAT (nftables masquerade), side by
-//! side in one run, on the same namespace address plan:
+//! side in one run, on the same namespace address plan (ours: the gateway
+//! between per-environment TAPs and a TAP to the VPC router namespace; the
+//! kernel: a NAT namespace between veths):
 //!
 //! - TCP bulk, Gbit/s (iperf3, 5 s, one stream), offloads on;
-//! - UDP 64-byte datagrams per second delivered, flooding (iperf3 `-u -l 64
-//!   -b 0`), and the highest paced rate delivered with at most 1% loss
-//!   (a binary search, one second per trial); both ends use 4 MB socket
-//!   buffers (`-w 4M`), so the receiving socket is not what overflows;
-//! - new TCP connections per second (connect, the client closes, from two
-//!   environments, four threads each, 2 s; `--rst` closes with RST).
+//! - UDP, 64 bytes of payload, one flow: a saturating raw sender
+//!   (`loadgen::sender`: prebuilt frames, `sendmmsg` of 64 frames on an
+//!   `AF_PACKET` socket on environment 0's link, one thread pinned to each CPU
+//!   of `--cpus`, default CPU 0), counted at the VPC side by the kernel: an
+//!   nftables netdev ingress counter on the VPC router's link from the NAT
+//!   (`netlab::meter`), which also drops what it counts, so the VPC side
+//!   discards and only the NAT's forwarding is measured. Offered (the
+//!   sender's running count) and delivered (the counter) are read over the
+//!   same window, from 0.2 s after the counter first moves to 0.3 s before
+//!   the end; a warning says when the offer did not exceed what was carried;
+//! - the same with every packet a new flow (64,000 source ports × 16
+//!   destination ports, no flow repeats within 1,024,000 frames; our
+//!   per-environment quotas are opened up for it, see `OPEN_QUOTAS`);
+//! - with `--trafgen`, trafgen (netsniff-ng, pinned to the first CPU of
+//!   `--cpus`, through the qdisc like our sender) sending the same one-flow
+//!   frame, counted the same way, and how far our sender's delivered figure
+//!   is from it;
+//! - new TCP connections per second (connect, close at once, from two
+//!   environments, four threads each, 2 s), once closing with an RST
+//!   (`SO_LINGER` 0) and once with an orderly close (the client's FIN first),
+//!   with the failed connects (not established within 3 s) of each;
+//! - the machine's steal time over each round (`/proc/stat`), so that a
+//!   noisy round can be recognised.
 //!
 //! Run as root: `cargo bench --bench compare` (`-- --quick` for 2-second
-//! iperf3 runs; `--rounds N`, default 3, alternating ours and the kernel,
-//! medians reported; `--workers N` for our gateway; `--only tcp|udp|conn`).
-//! Needs iperf3, nft, ip, sysctl. Prints each figure for both and the ratio
-//! (ours / kernel), and writes `target/compare.json`. Every load is bounded
-//! in time and runs only between namespaces this program made.
+//! runs; `--rounds N`, default 3, alternating ours and the kernel, medians
+//! reported; `--workers N` for our gateway; `--only tcp|udp|conn`;
+//! `--cpus 0,1` for the sender; `--trafgen`). Needs iperf3 (for TCP), nft, ip,
+//! sysctl, ping; trafgen for `--trafgen`. Prints each figure for both and the
+//! ratio (ours / kernel) where one means something, and writes
+//! `target/compare.json` (medians and every round). Every load is bounded in
+//! time and runs only between namespaces this program made.
+//!
+//! `--only sessions` (ours only): a lab whose gateway is first filled with
+//! ~1k and then, in a new lab, ~1M live UDP sessions (environment 0, source
+//! ports 2000.. × destination ports 10000..10063, paced at 100,000 frames/s,
+//! up to three passes until 97% are live; `max_sessions` 4,194,304 and the
+//! quotas opened), then one established flow's delivered rate as above;
+//! prints both and 1M / 1k, writes `target/compare-sessions.json`.
+//!
+//! `--only offer`: what the TAP writers of `loadgen udp --cpus` can offer,
+//! into a TAP whose kernel side sits alone in a namespace and discards (one
+//! writer; one per CPU on one queue; one per CPU on a queue each of a
+//! multi-queue TAP).
 //!
 //! Connection churn (only on request, never in the default run; needs no
 //! iperf3), with `netlab::churn`:
@@ -36,25 +69,52 @@
 //! for `churn`, rst for `churn1k`). Both write `target/churn.json` (the
 //! reports with their per-second timelines), after every run.
 
+use loadgen::sender::{self, Flows, FrameSpec, Plan, Source};
 use netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
 use netlab::lab::{Lab, Options};
-use netlab::{KernelNat, Netns, SERVER};
+use netlab::meter::{self, IngressCounter, Steal, Verdict};
+use netlab::{env_addr, KernelNat, Netns, INSIDE_GATEWAY, SERVER};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Our gateway's per-environment quotas opened up to what one environment sends here (the kernel's masquerade has
+/// none; its conntrack table holds 262,144 entries by default): the new-flow variant sends up to 1,024,000 distinct
+/// flows from one environment.
+const OPEN_QUOTAS: &str = "env_session_quota = 2000000\nenv_port_quota = 65000\n";
+
+/// One target's topology, as the measurements see it.
 struct Topo<'a> {
     server: &'a Netns,
     envs: Vec<&'a Netns>,
+    /// The VPC router's namespace and its link from the NAT (where delivered UDP is counted).
+    vpc: &'a Netns,
+    vpc_link: String,
+    /// Environment 0's link towards the NAT (where the raw sender transmits).
+    env_link: String,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Figures {
     tcp_gbps: f64,
+    /// One UDP flow, 64-byte payloads: frames the sender got out per second, and packets per second the VPC
+    /// side's kernel counter saw.
+    udp_offered_pps: f64,
     udp_pps: f64,
-    udp_lossless_pps: f64,
-    conn_per_s: f64,
+    /// Every packet a new flow.
+    new_offered_pps: f64,
+    new_pps: f64,
+    /// trafgen (one flow, pinned), counted the same way (`--trafgen` only).
+    trafgen_pps: f64,
+    conn_rst_per_s: f64,
+    conn_rst_failed: f64,
+    conn_fin_per_s: f64,
+    conn_fin_failed: f64,
+    /// The machine's steal share over the round, %.
+    steal_pct: f64,
+    /// The 1-minute load average at the round's end (other work on this machine's cores).
+    load1: f64,
 }
 
 impl Figures {
@@ -67,10 +127,31 @@ impl Figures {
         };
         Figures {
             tcp_gbps: med(|f| f.tcp_gbps),
+            udp_offered_pps: med(|f| f.udp_offered_pps),
             udp_pps: med(|f| f.udp_pps),
-            udp_lossless_pps: med(|f| f.udp_lossless_pps),
-            conn_per_s: med(|f| f.conn_per_s),
+            new_offered_pps: med(|f| f.new_offered_pps),
+            new_pps: med(|f| f.new_pps),
+            trafgen_pps: med(|f| f.trafgen_pps),
+            conn_rst_per_s: med(|f| f.conn_rst_per_s),
+            conn_rst_failed: med(|f| f.conn_rst_failed),
+            conn_fin_per_s: med(|f| f.conn_fin_per_s),
+            conn_fin_failed: med(|f| f.conn_fin_failed),
+            steal_pct: med(|f| f.steal_pct),
+            load1: med(|f| f.load1),
         }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tcp_gbps": self.tcp_gbps,
+            "udp_one_flow": { "offered_pps": self.udp_offered_pps, "delivered_pps": self.udp_pps },
+            "udp_new_flows": { "offered_pps": self.new_offered_pps, "delivered_pps": self.new_pps },
+            "trafgen_one_flow_delivered_pps": self.trafgen_pps,
+            "conn_rst": { "per_s": self.conn_rst_per_s, "failed": self.conn_rst_failed },
+            "conn_fin": { "per_s": self.conn_fin_per_s, "failed": self.conn_fin_failed },
+            "steal_pct": self.steal_pct,
+            "load_average_1m": self.load1,
+        })
     }
 }
 
@@ -87,7 +168,13 @@ fn iperf(t: &Topo, args: &[&str], secs: u32) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("iperf3 JSON")
 }
 
-fn connect_rate(t: &Topo, secs: f64) -> f64 {
+/// A connect not established within this is a failure (the load generator's default; a SYN lost once and
+/// retransmitted a second later is a slow connect, not a failed one).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connections per second completed, and failed connects: 4 client threads per environment, connect then close at
+/// once (`rst`: with an RST, `SO_LINGER` 0; else an orderly close, the client's FIN first).
+fn connect_rate(t: &Topo, secs: f64, rst: bool) -> (f64, u64) {
     use std::io::Read;
     let l = Arc::new(t.server.run(|| TcpListener::bind(SocketAddrV4::new(SERVER, 7600)).expect("bind")));
     let stop = Arc::new(AtomicBool::new(false));
@@ -109,20 +196,27 @@ fn connect_rate(t: &Topo, secs: f64) -> f64 {
         })
         .collect();
     let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut clients = vec![];
-    let rst = std::env::args().any(|a| a == "--rst");
     for ns in &t.envs {
         for _ in 0..4 {
-            let done = Arc::clone(&done);
+            let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
             clients.push(ns.thread(move || {
                 let dst = SocketAddr::from(SocketAddrV4::new(SERVER, 7600));
                 while Instant::now() < deadline {
-                    if let Ok(c) = TcpStream::connect_timeout(&dst, Duration::from_millis(500)) {
-                        if rst {
-                            linger_zero(&c);
+                    match TcpStream::connect_timeout(&dst, CONNECT_TIMEOUT) {
+                        Ok(c) => {
+                            if rst {
+                                linger_zero(&c);
+                            }
+                            done.fetch_add(1, Ordering::Relaxed);
                         }
-                        done.fetch_add(1, Ordering::Relaxed);
+                        Err(e) => {
+                            if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                                eprintln!("    connect failed ({:?}): {e}", churn::FailureKind::of_connect(&e));
+                            }
+                        }
                     }
                 }
             }));
@@ -143,7 +237,7 @@ fn connect_rate(t: &Topo, secs: f64) -> f64 {
     for a in acceptors {
         let _ = a.join();
     }
-    done.load(Ordering::Relaxed) as f64 / el
+    (done.load(Ordering::Relaxed) as f64 / el, failed.load(Ordering::Relaxed))
 }
 
 /// SO_LINGER 0: close sends an RST and leaves no TIME_WAIT.
@@ -353,60 +447,281 @@ fn churn_main(which: &str) {
     println!("(JSON with the per-second timelines: target/churn.json)");
 }
 
+/// The raw sender's frame template from environment 0 of `t` (its link's MAC, the NAT's MAC it learned with a
+/// ping), 64 bytes of UDP payload to the server, port 40000 → 9000.
+fn template(t: &Topo) -> FrameSpec {
+    FrameSpec::from_link(t.envs[0], &t.env_link, env_addr(0), INSIDE_GATEWAY, SERVER).expect("the frame template")
+}
+
+/// The CPUs the sender runs on (`--cpus 0,1`; default CPU 0).
+fn sender_cpus() -> Vec<usize> {
+    arg_str("--cpus").map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect()).unwrap_or_else(|| vec![0])
+}
+
+/// A window's rates: (offered frames/s, delivered packets/s), both over the same window.
+///
+/// Runs `load` on another thread; the window opens 0.2 s after the VPC counter first moves (at most 3 s after the
+/// start: senders such as trafgen take a moment to set up) and lasts `window` seconds. Offered comes from
+/// `progress` (the sender's running count; None: not known, 0).
+fn counted<R: Send>(
+    counter: &IngressCounter,
+    progress: Option<&AtomicU64>,
+    window: f64,
+    load: impl FnOnce() -> R + Send,
+) -> (f64, f64, R) {
+    let read = || counter.read().expect("read the VPC counter").0;
+    let sent = || progress.map_or(0, |p| p.load(Ordering::Relaxed));
+    std::thread::scope(|s| {
+        let h = s.spawn(load);
+        let (start, c0) = (Instant::now(), read());
+        while read() == c0 && start.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let (c1, o1, t1) = (read(), sent(), Instant::now());
+        std::thread::sleep(Duration::from_secs_f64(window));
+        let (c2, o2, t2) = (read(), sent(), Instant::now());
+        let r = h.join().expect("the load thread");
+        let el = (t2 - t1).as_secs_f64();
+        (o2.saturating_sub(o1) as f64 / el, c2.saturating_sub(c1) as f64 / el, r)
+    })
+}
+
+/// The measurement window for a load of `secs`.
+fn window(secs: f64) -> f64 {
+    (secs - 0.6).max(0.4)
+}
+
+/// Our sender for `secs` with `flows`: (offered frames/s, delivered packets/s at the VPC side), over the same
+/// window; the environment link's transmit drops (frames the sender got out that the NAT's side never took) are
+/// printed.
+fn udp_raw(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, flows: Flows, secs: f64) -> (f64, f64) {
+    let progress = Arc::new(AtomicU64::new(0));
+    let plan = Plan {
+        source: Source::Flows(spec.clone(), flows),
+        cpus: sender_cpus(),
+        duration: Duration::from_secs_f64(secs),
+        rate: None,
+        max_frames: None,
+        progress: Some(Arc::clone(&progress)),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let before = meter::link_stats(t.envs[0], &t.env_link).unwrap_or_default();
+    let (offered, delivered, sent) = counted(counter, Some(&progress), window(secs), || {
+        sender::send_packet(t.envs[0], &t.env_link, &plan, &stop).expect("raw sender")
+    });
+    let after = meter::link_stats(t.envs[0], &t.env_link).unwrap_or_default();
+    eprintln!(
+        "    sender: {} frames in {:.2} s on CPUs {:?} (pinned {:?}), {} refused; {} dropped on the environment link",
+        sent.frames,
+        sent.seconds,
+        plan.cpus,
+        sent.pinned,
+        sent.errors,
+        after[3].saturating_sub(before[3])
+    );
+    (offered, delivered)
+}
+
+/// trafgen (netsniff-ng) sending `spec`'s frame (one flow) from environment 0 for `secs`, pinned to the first of
+/// `--cpus`, through the qdisc like our sender; delivered packets/s counted at the VPC side. None without trafgen.
+fn udp_trafgen(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, secs: f64) -> Option<f64> {
+    netlab::find_tool("trafgen").ok()?;
+    let cfg = spec.trafgen_config();
+    let path = std::env::temp_dir().join(format!("hp-trafgen-{}.cfg", std::process::id()));
+    std::fs::write(&path, cfg).ok()?;
+    let cpu = sender_cpus().first().copied().unwrap_or(0);
+    let args = sender::trafgen_args(&t.env_link, &path, cpu, (secs * 5e6) as u64, None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = t.envs[0].spawn(&args).ok()?;
+    let (_, pps, ()) = counted(counter, None, window(secs), || std::thread::sleep(Duration::from_secs_f64(secs + 1.0)));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&path);
+    Some(pps)
+}
+
 fn measure(t: &Topo, secs: u32) -> Figures {
+    let steal0 = Steal::now();
     let mut f = Figures::default();
     if wanted("tcp") {
         let tcp = iperf(t, &[], secs);
         f.tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
     }
     if wanted("udp") {
-        let udp = iperf(t, &["-u", "-l", "64", "-b", "0", "-w", "4M"], secs);
-        let sum = &udp["end"]["sum"];
-        let packets = sum["packets"].as_f64().unwrap_or(0.0);
-        let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-        let seconds = sum["seconds"].as_f64().unwrap_or(1.0).max(0.001);
-        f.udp_pps = (packets - lost).max(0.0) / seconds;
-        eprintln!("  udp: {packets} sent, {lost} lost in {seconds:.1} s");
-    }
-    if wanted("udp") {
-        f.udp_lossless_pps = udp_lossless(t);
+        let spec = template(t);
+        let counter = IngressCounter::install(t.vpc, &t.vpc_link, SERVER, Verdict::Drop).expect("VPC counter");
+        let s = f64::from(secs);
+        (f.udp_offered_pps, f.udp_pps) = udp_raw(t, &spec, &counter, Flows::ONE, s);
+        eprintln!("  udp one flow: offered {:.0}/s, delivered {:.0}/s", f.udp_offered_pps, f.udp_pps);
+        // 64,000 source ports × 16 destination ports: no flow repeats within 1,024,000 frames.
+        (f.new_offered_pps, f.new_pps) = udp_raw(t, &spec, &counter, Flows { sports: 64_000, dports: 16 }, s);
+        eprintln!("  udp new flows: offered {:.0}/s, delivered {:.0}/s", f.new_offered_pps, f.new_pps);
+        if std::env::args().any(|a| a == "--trafgen") {
+            f.trafgen_pps = udp_trafgen(t, &spec, &counter, s).unwrap_or(0.0);
+            eprintln!("  trafgen one flow: delivered {:.0}/s", f.trafgen_pps);
+        }
     }
     if wanted("conn") {
-        f.conn_per_s = connect_rate(t, 2.0);
+        let (r, n) = connect_rate(t, 2.0, true);
+        (f.conn_rst_per_s, f.conn_rst_failed) = (r, n as f64);
+        let (r, n) = connect_rate(t, 2.0, false);
+        (f.conn_fin_per_s, f.conn_fin_failed) = (r, n as f64);
     }
+    f.steal_pct = steal0.share_until(&Steal::now()) * 100.0;
+    f.load1 = meter::load_average().unwrap_or(0.0);
     f
 }
 
-/// One paced iperf3 UDP run of 64-byte datagrams at `pps` for a second:
-/// (packets per second sent, fraction lost).
-fn udp_at(t: &Topo, pps: f64) -> (f64, f64) {
-    let bps = format!("{}", (pps * 64.0 * 8.0) as u64);
-    let udp = iperf(t, &["-u", "-l", "64", "-b", &bps, "-w", "4M"], 1);
-    let sum = &udp["end"]["sum"];
-    let packets = sum["packets"].as_f64().unwrap_or(0.0);
-    let lost = sum["lost_packets"].as_f64().unwrap_or(packets);
-    let seconds = sum["seconds"].as_f64().unwrap_or(1.0).max(0.001);
-    (packets / seconds, if packets > 0.0 { lost / packets } else { 1.0 })
-}
-
-/// The highest 64-byte UDP rate delivered with at most 1% loss (RFC 2544's
-/// throughput, with a loss allowance for a shared machine): a binary
-/// search over the offered rate, one second per trial.
-fn udp_lossless(t: &Topo) -> f64 {
-    let (mut lo, mut hi) = (10_000.0f64, 800_000.0f64);
-    let mut best = 0.0f64;
-    for _ in 0..7 {
-        let rate = (lo * hi).sqrt();
-        let (sent, loss) = udp_at(t, rate);
-        eprintln!("  udp at {rate:.0} pps: {sent:.0} sent/s, {:.2}% lost", loss * 100.0);
-        if loss <= 0.01 {
-            best = best.max(sent * (1.0 - loss));
-            lo = rate;
-        } else {
-            hi = rate;
+/// `--only sessions`: our gateway with `n` live UDP sessions made first (environment 0, source ports 2000.. ×
+/// destination ports 10000.., paced), then one established flow's delivered rate. Returns (live UDP sessions
+/// before the measurement, offered/s, delivered/s).
+fn sessions_round(n: u64, secs: f64) -> (u64, f64, f64) {
+    let extra = format!("max_sessions = 4194304\n{OPEN_QUOTAS}");
+    let workers = arg_str("--workers").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let lab = Lab::build(&Options { envs: 1, workers, gateway_extra: extra, ..Options::default() }).expect("our lab");
+    let t = Topo {
+        server: &lab.server,
+        envs: lab.envs.iter().collect(),
+        vpc: &lab.vpc,
+        vpc_link: lab.outside.clone(),
+        env_link: lab.taps[0].clone(),
+    };
+    let spec = template(&t);
+    let counter = IngressCounter::install(t.vpc, &t.vpc_link, SERVER, Verdict::Drop).expect("VPC counter");
+    let dports = 64u16;
+    let sports = n.div_ceil(u64::from(dports)).clamp(1, 60_000) as u16;
+    let fill = Plan {
+        source: Source::Flows(FrameSpec { sport: 2000, dport: 10000, ..spec.clone() }, Flows { sports, dports }),
+        cpus: sender_cpus(),
+        duration: Duration::from_secs(60),
+        rate: Some(100_000.0),
+        max_frames: Some(u64::from(sports) * u64::from(dports)),
+        progress: None,
+    };
+    // A deep queue on the environment's TAP while filling, so that few fill frames are lost; passes over the whole
+    // space (existing sessions are only refreshed) until nearly all of them are live, at most three.
+    let qlen = t.envs[0].ip(&["-j", "link", "show", "dev", &t.env_link]).ok().and_then(|o| {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v[0]["txqlen"].as_u64()
+    });
+    let _ = t.envs[0].ip(&["link", "set", "dev", &t.env_link, "txqueuelen", "65536"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let want = u64::from(sports) * u64::from(dports);
+    let mut live = 0;
+    for pass in 1..=3 {
+        let sent = sender::send_packet(t.envs[0], &t.env_link, &fill, &stop).expect("fill");
+        std::thread::sleep(Duration::from_millis(500));
+        live = lab.gateway().totals().live[1];
+        eprintln!(
+            "  sessions: pass {pass}: {} fill frames sent in {:.1} s; {live} live UDP sessions",
+            sent.frames, sent.seconds
+        );
+        if live * 100 >= want * 97 {
+            break;
         }
     }
-    best
+    // Back to the TAP's own queue for the measurement.
+    let qlen = qlen.unwrap_or(1000).to_string();
+    let _ = t.envs[0].ip(&["link", "set", "dev", &t.env_link, "txqueuelen", &qlen]);
+    // The established flow: a first frame, then the measurement.
+    let (offered, delivered) = udp_raw(&t, &spec, &counter, Flows::ONE, secs);
+    (live, offered, delivered)
+}
+
+fn sessions_main(secs: u32, rounds: usize) {
+    let (mut small, mut big) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for (n, all) in [(1_000u64, &mut small), (1_000_000, &mut big)] {
+            let s0 = Steal::now();
+            let (live, offered, delivered) = sessions_round(n, f64::from(secs));
+            let steal = s0.share_until(&Steal::now()) * 100.0;
+            eprintln!(
+                "round {round}: {live} live: one flow offered {offered:.0}/s, delivered {delivered:.0}/s; steal {steal:.1}%"
+            );
+            all.push((live as f64, offered, delivered));
+        }
+    }
+    let med = |v: &[(f64, f64, f64)], k: usize| {
+        let mut x: Vec<f64> = v.iter().map(|t| [t.0, t.1, t.2][k]).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    println!(
+        "{:<44} {:>12} {:>12} {:>12}",
+        "one established UDP flow, 64-byte (ours)", "live", "offered/s", "delivered/s"
+    );
+    for (name, v) in [("with ~1k live sessions", &small), ("with ~1M live sessions", &big)] {
+        println!("{name:<44} {:>12.0} {:>12.0} {:>12.0}", med(v, 0), med(v, 1), med(v, 2));
+    }
+    let ratio = med(&big, 2) / med(&small, 2).max(1.0);
+    println!("1M / 1k delivered: {ratio:.2} (done when >= 0.80)");
+    let json = serde_json::json!({ "seconds": secs, "rounds": rounds,
+        "small": { "live": med(&small, 0), "offered_pps": med(&small, 1), "delivered_pps": med(&small, 2) },
+        "big": { "live": med(&big, 0), "offered_pps": med(&big, 1), "delivered_pps": med(&big, 2) },
+        "ratio": ratio });
+    let _ = std::fs::create_dir_all("target");
+    let _ = std::fs::write("target/compare-sessions.json", serde_json::to_string_pretty(&json).unwrap_or_default());
+}
+
+/// `--only offer`: what the load generator's TAP writers (`loadgen udp --cpus`) can offer: 64-byte-payload frames
+/// written into a TAP whose kernel side sits alone in a fresh namespace, where they are discarded (addressed to
+/// another host). Prints frames/s for one pinned writer and for one per CPU of `--cpus` (default: all CPUs).
+fn offer_main(secs: u32) {
+    use dataplane_io::tap::{Tap, TapOptions};
+    let ns = Netns::new(netlab::unique("hpof")).expect("namespace");
+    let name = netlab::unique("hpof");
+    let tap = Tap::open(&name, TapOptions::default()).expect("TAP");
+    netlab::ip_batch(None, &[format!("link set {name} netns {}", ns.name())]).expect("move the TAP");
+    ns.ip(&["link", "set", "dev", &name, "up"]).expect("TAP up");
+    // A multi-queue TAP too: one queue per writer.
+    let mq_name = netlab::unique("hpof");
+    let mq = Tap::open(&mq_name, TapOptions { multi_queue: true, ..TapOptions::default() }).expect("multi-queue TAP");
+    let mut queues = vec![];
+    for _ in 1..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        queues.push(mq.open_queue().expect("another queue"));
+    }
+    queues.insert(0, mq);
+    netlab::ip_batch(None, &[format!("link set {mq_name} netns {}", ns.name())]).expect("move the TAP");
+    ns.ip(&["link", "set", "dev", &mq_name, "up"]).expect("TAP up");
+    let spec = FrameSpec {
+        src_mac: [2, 0x4c, 0x47, 0, 0, 1],
+        dst_mac: [2, 0x4c, 0x47, 0, 0, 2],
+        src: env_addr(0),
+        dst: SERVER,
+        sport: 40000,
+        dport: 9000,
+        payload: 64,
+    };
+    let all: Vec<usize> = (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    let many = arg_str("--cpus").map(|_| sender_cpus()).unwrap_or(all);
+    println!("{:<40} {:>14} {:>10}", "TAP writers (64-byte payload, discarded)", "frames/s", "steal %");
+    for (cpus, taps, what) in [
+        (vec![many[0]], std::slice::from_ref(&tap), "one queue"),
+        (many.clone(), std::slice::from_ref(&tap), "one queue"),
+        (many.clone(), &queues[..], "a queue each"),
+    ] {
+        let plan = Plan {
+            source: Source::Flows(spec.clone(), Flows::ONE),
+            cpus: cpus.clone(),
+            duration: Duration::from_secs(u64::from(secs)),
+            rate: None,
+            max_frames: None,
+            progress: None,
+        };
+        let s0 = Steal::now();
+        let sent = sender::send_tap(taps, &plan, &AtomicBool::new(false)).expect("send");
+        let steal = s0.share_until(&Steal::now()) * 100.0;
+        println!("{:<40} {:>14.0} {:>10.1}", format!("CPUs {cpus:?}, {what}"), sent.pps(), steal);
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "—".into()
+    }
 }
 
 fn main() {
@@ -420,23 +735,37 @@ fn main() {
             return;
         }
     }
-    if netlab::find_tool("iperf3").is_err() {
-        eprintln!("compare: needs iperf3 (apt-get install iperf3); skipping");
-        return;
-    }
     let quick = std::env::args().any(|a| a == "--quick");
     let secs = if quick { 2 } else { 5 };
-
     let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1).and_then(|v| v.parse::<usize>().ok());
     let workers = arg("--workers").unwrap_or(0);
     let rounds = arg("--rounds").unwrap_or(3).max(1);
+    if only("offer") {
+        offer_main(secs);
+        return;
+    }
+    if only("sessions") {
+        sessions_main(secs, rounds);
+        return;
+    }
+    if wanted("tcp") && netlab::find_tool("iperf3").is_err() {
+        eprintln!("compare: TCP bulk needs iperf3 (apt-get install iperf3); skipping");
+        return;
+    }
     // Rounds alternate between the two, so drift on a shared machine hits
     // both alike; each figure is the median over the rounds.
     let (mut ours_all, mut kernel_all) = (vec![], vec![]);
     for round in 1..=rounds {
         {
-            let lab = Lab::build(&Options { envs: 2, workers, ..Options::default() }).expect("our lab");
-            let t = Topo { server: &lab.server, envs: lab.envs.iter().collect() };
+            let opts = Options { envs: 2, workers, gateway_extra: OPEN_QUOTAS.into(), ..Options::default() };
+            let lab = Lab::build(&opts).expect("our lab");
+            let t = Topo {
+                server: &lab.server,
+                envs: lab.envs.iter().collect(),
+                vpc: &lab.vpc,
+                vpc_link: lab.outside.clone(),
+                env_link: lab.taps[0].clone(),
+            };
             let f = measure(&t, secs);
             let totals = lab.gateway().totals();
             eprintln!("round {round}: hyperplane ({} workers): {f:?}", lab.gateway().workers());
@@ -444,34 +773,67 @@ fn main() {
                 "  gateway: {} packets out, {} in; drops {:?}",
                 totals.outbound.0, totals.inbound.0, totals.drops
             );
+            eprintln!("round {round}: steal {:.1}%, load average {:.1} (hyperplane)", f.steal_pct, f.load1);
             ours_all.push(f);
         }
         {
             let k = KernelNat::build("hpkb", 2, true).expect("kernel lab");
-            let t = Topo { server: k.server_ns(), envs: (0..2).map(|i| k.env_ns(i)).collect() };
+            let t = Topo {
+                server: k.server_ns(),
+                envs: (0..2).map(|i| k.env_ns(i)).collect(),
+                vpc: k.vpc_ns(),
+                vpc_link: "gw".into(),
+                env_link: netlab::ENV_LINK.into(),
+            };
             let f = measure(&t, secs);
             eprintln!("round {round}: kernel: {f:?}");
+            eprintln!("round {round}: steal {:.1}%, load average {:.1} (kernel)", f.steal_pct, f.load1);
             kernel_all.push(f);
         }
     }
     let (ours, kernel) = (Figures::median(&ours_all), Figures::median(&kernel_all));
-    println!("{:<34} {:>12} {:>12} {:>7}", "work (same run, same machine)", "hyperplane", "kernel NAT", "ratio");
-    let rows = [
-        ("TCP bulk, Gbit/s (offloads on)", ours.tcp_gbps, kernel.tcp_gbps),
-        ("UDP 64-byte flood, delivered pkt/s", ours.udp_pps, kernel.udp_pps),
-        ("UDP 64-byte, pkt/s at <=1% loss", ours.udp_lossless_pps, kernel.udp_lossless_pps),
-        ("TCP connections/s", ours.conn_per_s, kernel.conn_per_s),
+    println!(
+        "{:<44} {:>12} {:>12} {:>7}",
+        "work (same run, same machine, medians)", "hyperplane", "kernel NAT", "ratio"
+    );
+    let rows: [(&str, f64, f64, bool); 13] = [
+        ("TCP bulk, Gbit/s (offloads on)", ours.tcp_gbps, kernel.tcp_gbps, true),
+        ("UDP 64-byte one flow: offered pkt/s", ours.udp_offered_pps, kernel.udp_offered_pps, false),
+        ("UDP 64-byte one flow: delivered pkt/s", ours.udp_pps, kernel.udp_pps, true),
+        ("UDP new flow per packet: offered pkt/s", ours.new_offered_pps, kernel.new_offered_pps, false),
+        ("UDP new flow per packet: delivered pkt/s", ours.new_pps, kernel.new_pps, true),
+        ("trafgen one flow: delivered pkt/s", ours.trafgen_pps, kernel.trafgen_pps, true),
+        ("TCP connections/s, RST close", ours.conn_rst_per_s, kernel.conn_rst_per_s, true),
+        ("  failed connects, RST close", ours.conn_rst_failed, kernel.conn_rst_failed, false),
+        ("TCP connections/s, FIN close", ours.conn_fin_per_s, kernel.conn_fin_per_s, true),
+        ("  failed connects, FIN close", ours.conn_fin_failed, kernel.conn_fin_failed, false),
+        ("steal time over the round, %", ours.steal_pct, kernel.steal_pct, false),
+        ("1-minute load average after the round", ours.load1, kernel.load1, false),
+        ("sender CPUs", sender_cpus().len() as f64, sender_cpus().len() as f64, false),
     ];
-    for (name, a, b) in rows {
-        println!("{name:<34} {a:>12.2} {b:>12.2} {:>6.2}x", if b > 0.0 { a / b } else { 0.0 });
+    for (name, a, b, with_ratio) in rows {
+        let r = if with_ratio { ratio(a, b) } else { "—".into() };
+        println!("{name:<44} {a:>12.2} {b:>12.2} {r:>7}");
+    }
+    for (who, f) in [("hyperplane", &ours), ("kernel", &kernel)] {
+        for (what, o, d) in [("one flow", f.udp_offered_pps, f.udp_pps), ("new flows", f.new_offered_pps, f.new_pps)] {
+            if o > 0.0 && o <= d * 1.05 {
+                println!("warning: {who}: UDP {what}: offered {o:.0}/s did not exceed delivered {d:.0}/s: the sender's figure");
+            }
+        }
+        if f.trafgen_pps > 0.0 {
+            let dev = (f.udp_pps - f.trafgen_pps).abs() / f.trafgen_pps;
+            println!("{who}: our sender vs trafgen (one flow, delivered): {:.1}% apart", dev * 100.0);
+        }
     }
     let json = serde_json::json!({
         "seconds": secs,
         "rounds": rounds,
-        "hyperplane": { "tcp_gbps": ours.tcp_gbps, "udp_pps": ours.udp_pps,
-            "udp_lossless_pps": ours.udp_lossless_pps, "conn_per_s": ours.conn_per_s },
-        "kernel": { "tcp_gbps": kernel.tcp_gbps, "udp_pps": kernel.udp_pps,
-            "udp_lossless_pps": kernel.udp_lossless_pps, "conn_per_s": kernel.conn_per_s },
+        "sender_cpus": sender_cpus(),
+        "hyperplane": ours.json(),
+        "kernel": kernel.json(),
+        "rounds_hyperplane": ours_all.iter().map(Figures::json).collect::<Vec<_>>(),
+        "rounds_kernel": kernel_all.iter().map(Figures::json).collect::<Vec<_>>(),
     });
     let _ = std::fs::create_dir_all("target");
     let _ = std::fs::write("target/compare.json", serde_json::to_string_pretty(&json).unwrap_or_default());

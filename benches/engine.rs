@@ -1,14 +1,29 @@
 //! Criterion benchmarks of the dataplane engine.
 //!
-//! - `established/{1k,100k,1M}/{outbound,inbound}`: one packet of an
-//!   established UDP session, with 1,000 / 100,000 / 1,000,000 live sessions
-//!   in the table. Every iteration takes the next packet of a stream laid out
-//!   in a random permutation of all the sessions, so successive packets hit
-//!   random places of the whole table (as real traffic does) while the stream
-//!   itself is read sequentially (so fetching the packet does not add a
-//!   cache miss of its own). The packet is copied from its template into the
-//!   receive buffer first (the engine rewrites in place and decrements TTL);
-//!   that copy of a 74-byte frame is part of the figure.
+//! - `established/{1k,100k,1M}/{outbound,inbound}`: packets of established
+//!   UDP sessions, with 1,000 / 100,000 / 1,000,000 live sessions in the
+//!   table, through `Engine::process_batch` in vectors of 64 (as a worker
+//!   reads them); the figure is per packet. The packets follow a stream laid
+//!   out in a random permutation of all the sessions, so successive packets
+//!   hit random places of the whole table (as real traffic does) while the
+//!   stream itself is read sequentially (so fetching the packet does not add
+//!   a cache miss of its own). Each packet is copied from its template into
+//!   its receive buffer first (the engine rewrites in place and decrements
+//!   TTL); that copy of a 74-byte frame is part of the figure.
+//! - `established/{..}/{outbound,inbound}_single`: the same streams through
+//!   `Engine::process`, one frame at a time.
+//! - `established/{..}/hashbrown`: the same-run baseline: a `hashbrown`
+//!   map from the outbound stream's flow keys to session ids, looked up in
+//!   the same random order (what a plain hash table costs at that size on
+//!   this machine at this moment). The table build also prints the bytes
+//!   per session of the session slab and its indexes.
+//!
+//! `BENCH_CLOCK=cpu` times the `established` and `new_flow` groups by the thread's time on
+//! a CPU (`/proc/thread-self/schedstat`, updated at least every scheduler
+//! tick) instead of the wall clock: on a machine shared with other work the
+//! time the bench thread waits for a CPU is left out (what other work does
+//! to the caches is not). Samples are long enough (a few milliseconds at
+//! least) for the tick granularity to matter little.
 //! - `new_flow/{udp,tcp_syn}`: the first packet of a new flow: environment
 //!   lookup, a 20-rule security group whose matching rule is near the end,
 //!   quota checks, port allocation, mapping and session insert, rewrite.
@@ -35,12 +50,12 @@
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use dataplane::arp;
 use dataplane::config::EngineConfig;
-use dataplane::flow::{TCP, UDP};
+use dataplane::flow::{Endpoint, FlowKey, TCP, UDP};
 use dataplane::policy::{Cidr, Rule, RuleProto, RuleSet};
 use dataplane::testkit::{self, flags, IpOpts, Topology, OUTSIDE_MAC, ROUTER, ROUTER_MAC};
 use dataplane::time::Instant;
 use dataplane::wire::{get16, get_ip, ETH_LEN};
-use dataplane::{Action, Engine, PortId};
+use dataplane::{Action, BatchFrame, Engine, PortId};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -67,6 +82,8 @@ const SPORT_BASE: u16 = 10_000;
 /// choosing a full first address and new flows fail with `PortsExhausted`
 /// while the other addresses are idle.
 const HIGH_WATER: u32 = 60_000;
+/// Frames per `process_batch` call.
+const VECTOR: usize = 64;
 /// Fresh flows each engine takes in `new_flow`.
 const NEW_FLOWS_PER_ENGINE: u32 = 32_768;
 
@@ -260,6 +277,97 @@ impl Established {
     }
 }
 
+/// The inside key of an outbound stream packet.
+fn inside_key(p: &Packet) -> FlowKey {
+    let f = &p.frame;
+    let (src, dst) = (get_ip(f, ETH_LEN + 12), get_ip(f, ETH_LEN + 16));
+    let (sport, dport) = (get16(f, ETH_LEN + 20), get16(f, ETH_LEN + 22));
+    FlowKey { proto: f[ETH_LEN + 9], local: Endpoint::new(src, sport), remote: Endpoint::new(dst, dport) }
+}
+
+/// A clock for the `established` and `new_flow` groups: the wall clock, or with
+/// `BENCH_CLOCK=cpu` the thread's time on a CPU (see the module doc).
+#[derive(Copy, Clone)]
+enum Clock {
+    Wall(std::time::Instant),
+    Cpu(u64),
+}
+
+impl Clock {
+    fn start() -> Clock {
+        if std::env::var("BENCH_CLOCK").is_ok_and(|v| v == "cpu") {
+            Clock::Cpu(thread_cpu_ns())
+        } else {
+            Clock::Wall(std::time::Instant::now())
+        }
+    }
+
+    fn elapsed(self) -> Duration {
+        match self {
+            Clock::Wall(t) => t.elapsed(),
+            Clock::Cpu(ns) => Duration::from_nanos(thread_cpu_ns().saturating_sub(ns)),
+        }
+    }
+}
+
+/// Nanoseconds this thread has run on a CPU.
+fn thread_cpu_ns() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("/proc/thread-self/schedstat");
+    s.split_whitespace().next().and_then(|v| v.parse().ok()).expect("schedstat's first field")
+}
+
+/// Runs `iters` packets of `stream` from `*i` on through `process_batch` in
+/// vectors of `VECTOR` frames (the last one shorter), each copied into its
+/// buffer first; returns the time taken.
+fn run_batches(
+    engine: &mut Engine,
+    now: Instant,
+    frames: &mut [BatchFrame<'_>],
+    stream: &[Packet],
+    i: &mut usize,
+    iters: u64,
+) -> Duration {
+    let t = Clock::start();
+    let mut left = iters as usize;
+    while left > 0 {
+        let n = left.min(frames.len());
+        for f in frames[..n].iter_mut() {
+            let p = &stream[*i];
+            *i += 1;
+            if *i == stream.len() {
+                *i = 0;
+            }
+            f.buf[..FRAME_LEN].copy_from_slice(&p.frame);
+            f.port = p.port;
+            f.len = FRAME_LEN;
+        }
+        engine.process_batch(now, black_box(&mut frames[..n]));
+        black_box(&frames[..n]);
+        left -= n;
+    }
+    t.elapsed()
+}
+
+/// Whether the command line's filter (criterion takes it as a regular
+/// expression) may select a benchmark whose id starts with `prefix`: no
+/// filter, a filter that looks like a regular expression, or a plain
+/// filter that matches a prefix of it or of which it is a prefix.
+fn may_run(prefix: &str) -> bool {
+    let mut args = std::env::args().skip(1);
+    let mut filters = vec![];
+    while let Some(a) = args.next() {
+        if a == "--profile-time" || a == "--save-baseline" || a == "--baseline" || a == "--sample-size" {
+            args.next();
+        } else if !a.starts_with('-') {
+            filters.push(a);
+        }
+    }
+    filters.is_empty()
+        || filters.iter().any(|f| {
+            f.contains(|c: char| "^$|.*+?()[]{}\\".contains(c)) || prefix.contains(f.as_str()) || f.starts_with(prefix)
+        })
+}
+
 fn established(c: &mut Criterion) {
     let mut g = c.benchmark_group("established");
     g.throughput(Throughput::Elements(1));
@@ -267,30 +375,93 @@ fn established(c: &mut Criterion) {
     g.warm_up_time(Duration::from_millis(1000));
     g.measurement_time(Duration::from_secs(3));
     for (label, n) in [("1k", 1_000), ("100k", 100_000), ("1M", 1_000_000)] {
-        // Built on first use, so a filtered run (`cargo bench -- new_flow`)
-        // does not build tables it does not measure.
+        // Built before its benchmarks (a build inside the first one would
+        // eat criterion's warm-up and leave it one cold iteration per
+        // sample), but only when some of them may run: a filtered run
+        // (`cargo bench -- new_flow`) does not build tables it does not
+        // measure.
         let mut fx: Option<Established> = None;
-        let mut buf = [0u8; BUF_LEN];
+        let get = |fx: &mut Option<Established>| {
+            if fx.is_none() {
+                let built = std::time::Instant::now();
+                let f = Established::build(n);
+                eprintln!(
+                    "established/{label}: built {n} sessions in {:.2?}; {:.1} bytes per session slot \
+                     (slab and both indexes, {} slots)",
+                    built.elapsed(),
+                    f.engine.sessions().bytes_per_session(),
+                    f.engine.sessions().capacity(),
+                );
+                *fx = Some(f);
+            }
+        };
+        if may_run(&format!("established/{label}/")) {
+            get(&mut fx);
+        }
+        // One cache line more than the buffer, so the 64 frames' headers
+        // do not all fall in the same few cache sets (a 2 KiB stride would).
+        let mut bufs = vec![[0u8; BUF_LEN + 64]; VECTOR];
+        let mut frames: Vec<BatchFrame> =
+            bufs.iter_mut().map(|b| BatchFrame::new(PortId::OUTSIDE, b, FRAME_LEN)).collect();
         for dir in ["outbound", "inbound"] {
             let mut i = 0;
             g.bench_function(format!("{label}/{dir}"), |b| {
-                let Established { engine, now, out, inb } = fx.get_or_insert_with(|| {
-                    let built = std::time::Instant::now();
-                    let fx = Established::build(n);
-                    eprintln!("established/{label}: built {n} sessions in {:.2?}", built.elapsed());
-                    fx
-                });
+                get(&mut fx);
+                let Established { engine, now, out, inb } = fx.as_mut().expect("built");
                 let stream = if dir == "outbound" { &*out } else { &*inb };
-                b.iter(|| {
-                    let p = &stream[i];
-                    i += 1;
-                    if i == stream.len() {
-                        i = 0;
+                b.iter_custom(|iters| run_batches(engine, *now, &mut frames, stream, &mut i, iters))
+            });
+        }
+        let mut buf = [0u8; BUF_LEN];
+        for dir in ["outbound", "inbound"] {
+            let mut i = 0;
+            g.bench_function(format!("{label}/{dir}_single"), |b| {
+                get(&mut fx);
+                let Established { engine, now, out, inb } = fx.as_mut().expect("built");
+                let stream = if dir == "outbound" { &*out } else { &*inb };
+                b.iter_custom(|iters| {
+                    let t = Clock::start();
+                    for _ in 0..iters {
+                        let p = &stream[i];
+                        i += 1;
+                        if i == stream.len() {
+                            i = 0;
+                        }
+                        black_box(run(engine, *now, &mut buf, black_box(p)));
                     }
-                    black_box(run(engine, *now, &mut buf, black_box(p)))
+                    t.elapsed()
                 })
             });
         }
+        // The baseline: the same keys, in the same order, in a hashbrown map.
+        let mut keys: Option<(hashbrown::HashMap<FlowKey, u32>, Vec<FlowKey>)> = None;
+        let mut i = 0;
+        g.bench_function(format!("{label}/hashbrown"), |b| {
+            get(&mut fx);
+            let (map, order) = keys.get_or_insert_with(|| {
+                let out = &fx.as_ref().expect("built").out;
+                let order: Vec<FlowKey> = out.iter().map(inside_key).collect();
+                let mut sorted = order.clone();
+                sorted.sort_by_key(|k| (k.local, k.remote));
+                let mut map = hashbrown::HashMap::with_capacity(order.len());
+                for (id, k) in sorted.into_iter().enumerate() {
+                    map.insert(k, id as u32);
+                }
+                (map, order)
+            });
+            b.iter_custom(|iters| {
+                let t = Clock::start();
+                for _ in 0..iters {
+                    let k = &order[i];
+                    i += 1;
+                    if i == order.len() {
+                        i = 0;
+                    }
+                    black_box(map.get(black_box(k)).copied());
+                }
+                t.elapsed()
+            })
+        });
         if let Some(fx) = fx {
             let created = fx.engine.counters().sessions_created[1].get();
             assert_eq!(created, u64::from(n), "only the setup created sessions");
@@ -364,7 +535,7 @@ fn time_new_flows(
     while left > 0 {
         let mut e = fresh();
         let k = left.min(u64::from(NEW_FLOWS_PER_ENGINE)) as usize;
-        let t = std::time::Instant::now();
+        let t = Clock::start();
         for i in 0..k {
             step(&mut e, &mut buf, i);
         }

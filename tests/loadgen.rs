@@ -95,6 +95,25 @@ fn udp_counts_match_the_responder_and_come_from_the_eni() {
 
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn udp_delivered_matches_the_vpc_kernel_counter_with_pinned_writers() {
+    netlab::require_root();
+    // Two writer threads pinned to CPUs 0 and 1 (`--cpus 0,1`), at a rate both NATs carry: the kernel's own count at
+    // the VPC router (nftables netdev ingress) and the responder's count are independent and must agree, for both.
+    for target in [Target::Ours, Target::Kernel] {
+        let r = loadgen::run(&LoadArgs { rate: Some(20_000.0), cpus: vec![0, 1], target, ..args(Scenario::Udp, 250) })
+            .expect("udp run");
+        let udp = r.udp.as_ref().expect("udp figures");
+        let vpc = r.vpc_counted.as_ref().expect("the VPC counter");
+        eprintln!("{target:?}: sent {}, VPC counter {}, responder {}", udp.sent, vpc.packets, r.responder.udp_packets);
+        assert!(udp.sent > 30_000, "two writers at 20,000/s for 2 s: {udp:?}");
+        assert_eq!(vpc.packets, r.responder.udp_packets, "{target:?}: the kernel counter and the responder");
+        assert!(vpc.packets * 100 >= udp.sent * 95, "{target:?}: {} of {} reached the VPC", vpc.packets, udp.sent);
+        assert_eq!(vpc.bytes, vpc.packets * (20 + 8 + 64), "whole IPv4 packets of 64-byte datagrams");
+    }
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn connect_counts_match_the_responder_and_come_from_the_eni() {
     netlab::require_root();
     // Open loop at 3000 connections/s: every environment connects more than once.

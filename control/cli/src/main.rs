@@ -46,6 +46,58 @@ enum Command {
         /// At most this many lines.
         #[arg(long)]
         limit: Option<usize>,
+        /// Remove the matching sessions instead of listing them (as
+        /// `conntrack -D`); at least one filter is needed (`flush` removes
+        /// all).
+        #[arg(long)]
+        delete: bool,
+        /// With --delete: only this protocol (tcp, udp, icmp).
+        #[arg(long, requires = "delete")]
+        proto: Option<String>,
+        /// With --delete: only sessions to this remote address.
+        #[arg(long, requires = "delete")]
+        dst: Option<std::net::Ipv4Addr>,
+        /// With --delete: only sessions to this remote port.
+        #[arg(long, requires = "delete")]
+        dport: Option<u16>,
+        /// With --delete: only sessions from this source port.
+        #[arg(long, requires = "delete")]
+        sport: Option<u16>,
+    },
+    /// Remove sessions, in the spirit of `conntrack -F`: all of them, or
+    /// those of one environment, ENI or protocol. Counted and logged.
+    Flush {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this environment's sessions (its address).
+        #[arg(long)]
+        env: Option<std::net::Ipv4Addr>,
+        /// Only this ENI's sessions (its id).
+        #[arg(long)]
+        eni: Option<u32>,
+        /// Only this protocol (tcp, udp, icmp).
+        #[arg(long)]
+        proto: Option<String>,
+    },
+    /// Write the frames one port receives and sends to a pcap file
+    /// (tcpdump -r, Wireshark): an attachment (environments' addresses) or
+    /// the outside interface (ENI addresses). Ends after --count frames or
+    /// --seconds, whichever comes first.
+    Capture {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The attachment's name, or the outside interface's.
+        #[arg(long)]
+        port: String,
+        /// The pcap file (written by the gateway).
+        #[arg(long)]
+        out: PathBuf,
+        /// Stop after this many frames (at most 1,000,000).
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Stop after this many seconds (at most 600).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
     },
     /// Counters, drops by reason, port use.
     Stats {
@@ -131,6 +183,10 @@ enum Command {
         /// attachment per environment); at most 1000 environments.
         #[arg(long)]
         tap_per_env: bool,
+        /// udp: one writer thread per CPU listed (e.g. 0,1), each pinned
+        /// to its CPU; default one unpinned writer.
+        #[arg(long)]
+        cpus: Option<String>,
     },
     #[cfg(feature = "study")]
     /// Study the shared-ENI design: per-environment ENIs against one shared
@@ -200,7 +256,24 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Run { config, metrics } => run(&config, metrics),
         Command::Status { api } => ask(&api, api::Request::Status),
-        Command::Sessions { api, eni, env, limit } => ask(&api, api::Request::Sessions { eni, env, limit }),
+        Command::Sessions { api, eni, env, limit, delete: false, .. } => {
+            ask(&api, api::Request::Sessions { eni, env, limit })
+        }
+        Command::Sessions { api, eni, env, limit: _, delete: true, proto, dst, dport, sport } => {
+            if (eni, env, &proto, dst, dport, sport) == (None, None, &None, None, None, None) {
+                Err(CliError::Usage(
+                    "sessions --delete needs a filter (--env, --eni, --proto, --dst, --dport, --sport); \
+                     `hyperplane flush` removes every session"
+                        .into(),
+                ))
+            } else {
+                ask(&api, api::Request::Flush { env, eni, proto, dst, dport, sport })
+            }
+        }
+        Command::Flush { api, env, eni, proto } => {
+            ask(&api, api::Request::Flush { env, eni, proto, dst: None, dport: None, sport: None })
+        }
+        Command::Capture { api, port, out, count, seconds } => capture(&api, port, &out, count, seconds),
         Command::Stats { api } => ask(&api, api::Request::Stats),
         Command::Apply { api, config } => match std::fs::read_to_string(&config) {
             Ok(text) => ask(&api, api::Request::Apply { config: text }),
@@ -225,6 +298,7 @@ fn main() -> ExitCode {
             out,
             json,
             tap_per_env,
+            cpus,
         } => (|| {
             let args = loadgen::LoadArgs {
                 scenario: loadgen::Scenario::parse(&scenario)?,
@@ -245,6 +319,10 @@ fn main() -> ExitCode {
                 json,
                 progress: !json,
                 tap_per_env,
+                cpus: match &cpus {
+                    Some(c) => loadgen::parse_cpus(c)?,
+                    None => Vec::new(),
+                },
                 gateway: match &config {
                     Some(p) => Some(loadgen::GatewayTable::load(p)?),
                     None => None,
@@ -378,6 +456,11 @@ fn run(path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> Result<(), Cl
 /// One request to the running gateway, printed as text or JSON.
 fn ask(a: &ApiArgs, req: api::Request) -> Result<(), CliError> {
     let resp = api::call(&a.socket, &req)?;
+    print_response(a, resp)
+}
+
+/// Prints a response as a table, or JSON with `--json`.
+fn print_response(a: &ApiArgs, resp: api::Response) -> Result<(), CliError> {
     if let api::Response::Error { message } = &resp {
         return Err(CliError::Refused(message.clone()));
     }
@@ -397,9 +480,36 @@ fn ask(a: &ApiArgs, req: api::Request) -> Result<(), CliError> {
                 println!("applied: {l}");
             }
         }
+        api::Response::Flushed(r) => println!("{} session(s) removed", r.removed),
+        api::Response::Captured(r) => println!(
+            "{} frame(s) written to {} in {:.1} s; {} not captured (writer behind)",
+            r.frames,
+            r.out.display(),
+            r.seconds,
+            r.dropped
+        ),
         api::Response::Error { .. } => {}
     }
     Ok(())
+}
+
+/// `hyperplane capture`: the gateway writes the file and answers when the
+/// capture ends, so the client waits that long (plus the usual timeout).
+fn capture(a: &ApiArgs, port: String, out: &Path, count: u64, seconds: f64) -> Result<(), CliError> {
+    // The gateway resolves the path itself: make it absolute here.
+    let out = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        let cwd = std::env::current_dir().map_err(|e| CliError::Usage(format!("--out: {e}")))?;
+        cwd.join(out)
+    };
+    let req = api::Request::Capture { port, out, count: Some(count), seconds: Some(seconds) };
+    let mut c = api::Client::connect(&a.socket)?;
+    if seconds.is_finite() && seconds > 0.0 {
+        c.set_timeout(api::IO_TIMEOUT + Duration::from_secs_f64(seconds.min(api::CAPTURE_MAX_SECONDS)))?;
+    }
+    let resp = c.call(&req)?;
+    print_response(a, resp)
 }
 
 #[cfg(feature = "study")]

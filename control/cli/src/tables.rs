@@ -250,6 +250,9 @@ pub fn format_stats(s: &StatsReport) -> String {
     let _ = writeln!(out, "sessions          {}", by_proto(&s.sessions));
     let _ = writeln!(out, "sessions created  {}", by_proto(&s.sessions_created));
     let _ = writeln!(out, "sessions expired  {}", by_proto(&s.sessions_expired));
+    if s.sessions_flushed > 0 {
+        let _ = writeln!(out, "sessions flushed  {}", s.sessions_flushed);
+    }
     let drops: Vec<(&String, &u64)> = s.drops.iter().filter(|(_, n)| **n > 0).collect();
     if drops.is_empty() {
         out.push_str("drops             none\n");

@@ -112,3 +112,21 @@ fn a_running_gateway_keeps_only_the_network_capabilities() {
     }
     drop(ns);
 }
+
+#[test]
+fn sessions_delete_needs_a_filter_and_its_filters_need_delete() {
+    let sock = "/nonexistent/hyperplane.sock";
+    let (ok, _, err) = hyperplane(&["sessions", "--delete", "--socket", sock]);
+    assert!(!ok);
+    assert!(err.contains("needs a filter") && err.contains("flush"), "{err}");
+    let (ok, _, err) = hyperplane(&["sessions", "--proto", "tcp", "--socket", sock]);
+    assert!(!ok);
+    assert!(err.contains("--delete"), "{err}");
+    // With a filter it goes to the socket (none here).
+    let (ok, _, err) = hyperplane(&["sessions", "--delete", "--env", "172.16.0.2", "--socket", sock]);
+    assert!(!ok);
+    assert!(err.contains("no control socket"), "{err}");
+    let (ok, _, err) = hyperplane(&["capture", "--port", "hp-out", "--out", "x.pcap", "--socket", sock]);
+    assert!(!ok);
+    assert!(err.contains("no control socket"), "{err}");
+}

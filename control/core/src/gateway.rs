@@ -387,6 +387,11 @@ impl RunningGateway {
         Totals::sum(self.gateway.counters())
     }
 
+    /// The workers' capture tap points (`hyperplane capture`).
+    pub fn capture(&self) -> &dataplane_io::capture::Capture {
+        self.gateway.capture()
+    }
+
     /// Each worker's counters.
     pub fn counters(&self) -> &[Arc<Counters>] {
         self.gateway.counters()

@@ -20,6 +20,7 @@
 //! | `hyperplane_sessions_table` | gauge | `state` = `live`, `recyclable`, `capacity` |
 //! | `hyperplane_sessions_recycled_total` | counter | |
 //! | `hyperplane_sessions_reopened_total` | counter | |
+//! | `hyperplane_sessions_flushed_total` | counter | |
 //! | `hyperplane_port_use` | gauge | `addr`, `proto` = `tcp`, `udp`, `icmp` (ports held by live flows) |
 //! | `hyperplane_port_recyclable` | gauge | `addr`, `proto` |
 //! | `hyperplane_port_quarantined` | gauge | `addr`, `proto` |
@@ -208,6 +209,11 @@ fn families(s: &StatsReport) -> Vec<Family> {
             "hyperplane_sessions_reopened",
             "Ended TCP sessions reopened by a new SYN on the same 5-tuple.",
             one(h.sessions_reopened),
+        ),
+        counter(
+            "hyperplane_sessions_flushed",
+            "Sessions removed by an operator (flush, sessions --delete).",
+            one(s.sessions_flushed),
         ),
     ];
 

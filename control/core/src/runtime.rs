@@ -243,11 +243,11 @@ fn control_loop(s: &Shared) {
         }
         let active_envs = if last_activity.elapsed() >= Duration::from_secs(5) {
             last_activity = std::time::Instant::now();
+            // Each engine keeps live-session counts per environment: this
+            // costs the environments, not the table, on every worker.
             let per_worker = s.gateway.query(|e| {
-                let mut v = std::collections::BTreeSet::new();
-                e.sessions().for_each(|_, x| {
-                    v.insert(x.inside.ip);
-                });
+                let mut v = Vec::new();
+                e.active_envs(|ip| v.push(ip));
                 v
             });
             per_worker.into_iter().flatten().collect()
@@ -332,6 +332,57 @@ use dataplane::flow::{ICMP, TCP};
 
 const PROTOS: [&str; 3] = ["tcp", "udp", "icmp"];
 
+/// Session table slots a worker looks at per control-plane call (walks for
+/// `sessions` and `flush`): about a millisecond of a worker's time.
+pub const WALK_SLOTS: usize = 16_384;
+
+/// Which sessions a flush removes: every field that is set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// The execution environment (its address).
+    pub env: Option<Ipv4Addr>,
+    /// The shared ENI (its id).
+    pub eni: Option<u32>,
+    /// `tcp`, `udp` or `icmp`.
+    pub proto: Option<String>,
+    /// The remote address.
+    pub dst: Option<Ipv4Addr>,
+    /// The remote port (ICMP: the query id).
+    pub dport: Option<u16>,
+    /// The environment's source port.
+    pub sport: Option<u16>,
+}
+
+/// One session as the API shows it.
+fn session_line(
+    owners: &BTreeMap<Ipv4Addr, u32>,
+    now: Instant,
+    s: &dataplane::session::Session,
+    deadline: Instant,
+) -> SessionLine {
+    let v4 = |ep: dataplane::flow::Endpoint| std::net::SocketAddrV4::new(ep.ip, ep.port);
+    SessionLine {
+        proto: match s.proto {
+            TCP => "tcp",
+            ICMP => "icmp",
+            _ => "udp",
+        }
+        .to_string(),
+        timeout_s: deadline.saturating_since(now).as_secs(),
+        state: if s.proto == TCP { format!("{:?}", s.tcp) } else { "-".into() },
+        env: s.inside.ip,
+        eni: owners.get(&s.eni.ip).copied(),
+        original_src: v4(s.inside),
+        original_dst: v4(s.remote),
+        translated_src: v4(s.eni),
+        translated_dst: v4(s.remote),
+        packets_out: s.out_packets,
+        bytes_out: s.out_bytes,
+        packets_in: s.in_packets,
+        bytes_in: s.in_bytes,
+    }
+}
+
 impl Shared {
     /// Answers one runtime API request (see [`crate::api`]).
     pub fn handle(&self, req: Request) -> Response {
@@ -343,7 +394,153 @@ impl Shared {
                 Ok(changes) => Response::Applied(ApplyReport { changes }),
                 Err(e) => Response::Error { message: e.to_string() },
             },
+            Request::Flush { env, eni, proto, dst, dport, sport } => {
+                match self.flush(&SessionFilter { env, eni, proto, dst, dport, sport }) {
+                    Ok(removed) => Response::Flushed(crate::api::FlushReport { removed }),
+                    Err(message) => Response::Error { message },
+                }
+            }
+            Request::Capture { port, out, count, seconds } => match self.capture(&port, &out, count, seconds) {
+                Ok(r) => Response::Captured(r),
+                Err(message) => Response::Error { message },
+            },
         }
+    }
+
+    /// Walks every worker's session table [`WALK_SLOTS`] slots at a time,
+    /// one call per chunk, so a worker is away from its frames for one
+    /// chunk's walk at most, whatever the table size; `f` runs on the
+    /// worker for each session of the chunk and `done` on the control side
+    /// with each chunk's results.
+    fn walk_chunks<R: Send + 'static>(
+        &self,
+        f: impl Fn(&mut dataplane::Engine, u32, usize) -> (R, Option<u32>) + Send + Sync + 'static,
+        mut done: impl FnMut(R),
+    ) {
+        let f = Arc::new(f);
+        for w in 0..self.gateway.workers() {
+            let mut cursor = Some(0u32);
+            while let Some(start) = cursor {
+                let f = Arc::clone(&f);
+                let Some((r, next)) = self.gateway.call(w, move |e| f(e, start, WALK_SLOTS)) else {
+                    break;
+                };
+                done(r);
+                cursor = next;
+            }
+        }
+    }
+
+    /// Captures the frames one port (an attachment's name or the outside
+    /// interface's) receives and sends into the pcap file `out`, until
+    /// `count` frames (default 1,000) or `seconds` (default 10) pass,
+    /// within [`crate::api::CAPTURE_MAX_FRAMES`] and
+    /// [`crate::api::CAPTURE_MAX_SECONDS`]. One capture at a time. Errors
+    /// name the field.
+    pub fn capture(
+        &self,
+        port: &str,
+        out: &std::path::Path,
+        count: Option<u64>,
+        seconds: Option<f64>,
+    ) -> Result<crate::api::CaptureReport, String> {
+        use crate::api::{CAPTURE_MAX_FRAMES, CAPTURE_MAX_SECONDS};
+        let id = {
+            let ctl = self.controller();
+            let plan = ctl.plan();
+            if plan.outside.name == port {
+                dataplane::PortId::OUTSIDE
+            } else {
+                match plan.attachments.iter().find(|a| a.name == port) {
+                    Some(a) => a.port,
+                    None => return Err(format!("port: {port:?} is neither an attachment nor the outside interface")),
+                }
+            }
+        };
+        let count = count.unwrap_or(1000);
+        if count == 0 || count > CAPTURE_MAX_FRAMES {
+            return Err(format!("count: {count} is not within 1..={CAPTURE_MAX_FRAMES}"));
+        }
+        let seconds = seconds.unwrap_or(10.0);
+        if !(seconds > 0.0 && seconds <= CAPTURE_MAX_SECONDS) {
+            return Err(format!("seconds: {seconds} is not within (0, {CAPTURE_MAX_SECONDS}]"));
+        }
+        if !out.is_absolute() {
+            return Err(format!("out: {} is not an absolute path", out.display()));
+        }
+        if self.gateway.capture().running() {
+            return Err("capture: another capture is running; try again when it ends".into());
+        }
+        let file = std::fs::File::create(out).map_err(|e| format!("out: cannot create {}: {e}", out.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        tracing::info!(port, out = %out.display(), count, seconds, "capture started");
+        let t0 = std::time::Instant::now();
+        let r = self.gateway.capture().run(id, &mut w, count, Duration::from_secs_f64(seconds));
+        let took = t0.elapsed().as_secs_f64();
+        match r {
+            Ok(s) => {
+                tracing::info!(port, out = %out.display(), frames = s.frames, dropped = s.dropped, "capture ended");
+                Ok(crate::api::CaptureReport {
+                    out: out.to_path_buf(),
+                    frames: s.frames,
+                    dropped: s.dropped,
+                    seconds: took,
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let _ = std::fs::remove_file(out);
+                Err("capture: another capture is running; try again when it ends".into())
+            }
+            Err(e) => Err(format!("out: writing {}: {e}", out.display())),
+        }
+    }
+
+    /// Removes the sessions `filter` matches on every worker, a chunk at a
+    /// time; counted (`sessions_flushed`) and logged. Errors name the field.
+    pub fn flush(&self, filter: &SessionFilter) -> Result<u64, String> {
+        let proto = match filter.proto.as_deref() {
+            None => None,
+            Some("tcp") => Some(TCP),
+            Some("udp") => Some(dataplane::flow::UDP),
+            Some("icmp") => Some(ICMP),
+            Some(p) => return Err(format!("proto: {p:?} is not one of tcp, udp, icmp")),
+        };
+        // The ENI's addresses, looked up once (a handful), not per session.
+        let eni_addrs: Option<Vec<Ipv4Addr>> = match filter.eni {
+            None => None,
+            Some(id) => match self.registry.enis().into_iter().find(|e| e.id == id) {
+                Some(e) => Some(e.addrs),
+                None => return Err(format!("eni: no shared ENI has id {id}")),
+            },
+        };
+        let (env, dst, dport, sport) = (filter.env, filter.dst, filter.dport, filter.sport);
+        let now = self.now();
+        let mut removed = 0u64;
+        self.walk_chunks(
+            move |e, start, slots| {
+                let w = e.remove_sessions(now, start, slots, |s| {
+                    env.is_none_or(|a| a == s.inside.ip)
+                        && proto.is_none_or(|p| p == s.proto)
+                        && dst.is_none_or(|a| a == s.remote.ip)
+                        && dport.is_none_or(|p| p == s.remote.port)
+                        && sport.is_none_or(|p| p == s.inside.port)
+                        && eni_addrs.as_ref().is_none_or(|a| a.contains(&s.eni.ip))
+                });
+                (w.matched, w.next)
+            },
+            |n| removed += n,
+        );
+        tracing::info!(
+            removed,
+            env = ?filter.env,
+            eni = ?filter.eni,
+            proto = ?filter.proto,
+            dst = ?filter.dst,
+            dport = ?filter.dport,
+            sport = ?filter.sport,
+            "sessions flushed by request"
+        );
+        Ok(removed)
     }
 
     fn port_use(&self) -> Vec<PortUseLine> {
@@ -443,50 +640,46 @@ impl Shared {
         StatusReport { enis, functions, headroom: self.headroom() }
     }
 
-    /// Sessions, filtered by ENI and environment, at most `limit`.
+    /// Sessions, filtered by ENI and environment, at most `limit` (the
+    /// first by environment, source port and destination). The tables are
+    /// walked a chunk at a time ([`Shared::walk_chunks`]); with a limit,
+    /// at most twice that many lines are held while walking.
     pub fn sessions(&self, eni: Option<u32>, env: Option<Ipv4Addr>, limit: Option<usize>) -> SessionsReport {
         let now = self.now();
-        let per_worker = self.gateway.query(move |e| {
-            let t = *e.sessions().timeouts();
-            let mut v = vec![];
-            e.sessions().for_each(|_, s| {
-                if env.is_none_or(|a| a == s.inside.ip) {
-                    v.push((*s, s.deadline(&t)));
-                }
-            });
-            v
-        });
-        let reg = &self.registry;
-        let mut lines: Vec<SessionLine> = per_worker
-            .into_iter()
-            .flatten()
-            .map(|(s, deadline)| {
-                let v4 = |ep: dataplane::flow::Endpoint| std::net::SocketAddrV4::new(ep.ip, ep.port);
-                SessionLine {
-                    proto: match s.proto {
-                        TCP => "tcp",
-                        ICMP => "icmp",
-                        _ => "udp",
+        // Which ENI owns each address, looked up once per request.
+        let owners: BTreeMap<Ipv4Addr, u32> =
+            self.registry.enis().iter().flat_map(|e| e.addrs.iter().map(move |a| (*a, e.id))).collect();
+        let key = |l: &SessionLine| (l.env, l.original_src.port(), l.original_dst);
+        let mut lines: Vec<SessionLine> = Vec::new();
+        let mut total = 0usize;
+        self.walk_chunks(
+            move |e, start, slots| {
+                let t = *e.sessions().timeouts();
+                let mut v = vec![];
+                let w = e.walk_sessions(start, slots, |s| {
+                    if env.is_none_or(|a| a == s.inside.ip) {
+                        v.push((*s, s.deadline(&t)));
                     }
-                    .to_string(),
-                    timeout_s: deadline.saturating_since(now).as_secs(),
-                    state: if s.proto == TCP { format!("{:?}", s.tcp) } else { "-".into() },
-                    env: s.inside.ip,
-                    eni: reg.eni_of_addr(s.eni.ip),
-                    original_src: v4(s.inside),
-                    original_dst: v4(s.remote),
-                    translated_src: v4(s.eni),
-                    translated_dst: v4(s.remote),
-                    packets_out: s.out_packets,
-                    bytes_out: s.out_bytes,
-                    packets_in: s.in_packets,
-                    bytes_in: s.in_bytes,
+                });
+                (v, w.next)
+            },
+            |chunk| {
+                for (s, deadline) in chunk {
+                    let line = session_line(&owners, now, &s, deadline);
+                    if eni.is_none() || line.eni == eni {
+                        total += 1;
+                        lines.push(line);
+                    }
                 }
-            })
-            .filter(|l| eni.is_none() || l.eni == eni)
-            .collect();
-        lines.sort_by_key(|l| (l.env, l.original_src.port(), l.original_dst));
-        let total = lines.len();
+                if let Some(n) = limit {
+                    if lines.len() > n.saturating_mul(2).max(WALK_SLOTS) {
+                        lines.sort_by_key(key);
+                        lines.truncate(n);
+                    }
+                }
+            },
+        );
+        lines.sort_by_key(key);
         if let Some(n) = limit {
             lines.truncate(n);
         }
@@ -514,6 +707,7 @@ impl Shared {
             sessions: PROTOS.iter().zip(t.live).map(|(p, n)| (p.to_string(), n)).collect(),
             sessions_created: per_proto(&|c, i| c.sessions_created[i].get()),
             sessions_expired: per_proto(&|c, i| c.sessions_expired[i].get()),
+            sessions_flushed: sum(&|c| c.sessions_flushed.get()),
             drops: dataplane::counters::DropReason::ALL
                 .iter()
                 .map(|&r| (r.label().to_string(), sum(&|c| c.dropped(r))))

@@ -46,6 +46,10 @@ fn handler() -> api::Handler {
         }
         Request::Apply { config } if config == "boom" => panic!("test handler panics on purpose"),
         Request::Apply { .. } => Response::Applied(apply_report()),
+        Request::Flush { .. } => Response::Flushed(api::FlushReport { removed: 3 }),
+        Request::Capture { out, .. } => {
+            Response::Captured(api::CaptureReport { out, frames: 10, dropped: 1, seconds: 0.5 })
+        }
     })
 }
 
@@ -59,6 +63,15 @@ fn every_request_and_response_round_trips_through_json() {
         Request::Sessions { eni: Some(1), env: Some(Ipv4Addr::new(172, 16, 0, 2)), limit: Some(10) },
         Request::Sessions { eni: None, env: None, limit: None },
         Request::Apply { config: "[gateway]\nname = \"x\"\n".into() },
+        Request::Flush {
+            env: Some(Ipv4Addr::new(172, 16, 0, 2)),
+            eni: None,
+            proto: Some("udp".into()),
+            dst: None,
+            dport: Some(53),
+            sport: None,
+        },
+        Request::Capture { port: "hp-out".into(), out: "/tmp/x.pcap".into(), count: Some(5), seconds: None },
     ];
     for r in reqs {
         let text = serde_json::to_string(&r).unwrap();
@@ -70,6 +83,8 @@ fn every_request_and_response_round_trips_through_json() {
         Response::Sessions(sessions_report()),
         Response::Stats(stats_report()),
         Response::Applied(apply_report()),
+        Response::Flushed(api::FlushReport { removed: 7 }),
+        Response::Captured(api::CaptureReport { out: "/tmp/x.pcap".into(), frames: 3, dropped: 0, seconds: 1.5 }),
         Response::Error { message: "nope".into() },
     ];
     for r in resps {
@@ -91,6 +106,12 @@ fn the_json_of_requests_is_pinned() {
     // Options may be left out; unknown fields of sessions and apply are refused.
     assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"sessions","eni":1}"#).unwrap(), r);
     assert!(serde_json::from_str::<Request>(r#"{"cmd":"sessions","enii":1}"#).is_err());
+    // A typo in a flush filter must not flush everything.
+    assert!(serde_json::from_str::<Request>(r#"{"cmd":"flush","evn":"172.16.0.2"}"#).is_err());
+    assert_eq!(
+        serde_json::from_str::<Request>(r#"{"cmd":"flush"}"#).unwrap(),
+        Request::Flush { env: None, eni: None, proto: None, dst: None, dport: None, sport: None }
+    );
     // (serde ignores extra fields on the field-less commands.)
     assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).unwrap(), Request::Status);
     let e = Response::Error { message: "m".into() };
@@ -357,6 +378,7 @@ fn metrics_render_in_the_text_exposition_format() {
         "hyperplane_sessions_table{state=\"capacity\"} 262144",
         "hyperplane_sessions_recycled_total 1200",
         "hyperplane_sessions_reopened_total 7",
+        "hyperplane_sessions_flushed_total 2",
         "hyperplane_port_recyclable{addr=\"10.0.0.4\",proto=\"tcp\"} 40",
         "hyperplane_port_quarantined{addr=\"10.0.0.4\",proto=\"udp\"} 2",
         "hyperplane_eni_addresses{eni=\"1\",limit=\"in_use\"} 2",
@@ -386,7 +408,7 @@ fn metrics_render_in_the_text_exposition_format() {
             assert!(value.parse::<f64>().is_ok(), "bad value in {l:?}");
         }
     }
-    assert_eq!(families, 21, "{m}");
+    assert_eq!(families, 22, "{m}");
     assert!(m.ends_with('\n'));
 }
 

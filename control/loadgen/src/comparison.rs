@@ -6,6 +6,9 @@
 //! when a target was offered no more than it carried (`offered ≤ delivered × 1.05`), the figure measures the load
 //! generator rather than the NAT, and a warning line says so.
 //!
+//! For `udp` and `mixed` the kernel's own count of UDP packets that reached the VPC router from the NAT (an
+//! nftables netdev ingress counter, [`netlab::meter`]) is shown beside the responder's delivered datagrams.
+//!
 //! What "offered" is per scenario: `udp`, datagrams the environments sent per second; `connect` (and the connect
 //! share of `mixed`), `--rate` when given, else connections started per second; `tcp-bulk`, bytes the environments
 //! queued, in Gbit/s.
@@ -132,6 +135,8 @@ impl CompareReport {
                 row(&format!("delivered {what}"), Kind::Ratio, &delivered);
             }
             if matches!(scenario, Scenario::Udp | Scenario::Mixed) {
+                // The kernel's own count at the VPC side, next to the responder's.
+                row("VPC counter, packets/s", Kind::Ratio, &|r| r.vpc_counted.as_ref().map_or(0.0, |c| c.pps));
                 row("loss, %", Kind::Plain, &|r| r.loss.ratio * 100.0);
             }
             if matches!(scenario, Scenario::Connect | Scenario::Mixed) {

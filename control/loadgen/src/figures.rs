@@ -180,6 +180,10 @@ pub struct LoadReport {
     pub timeline_csv: Option<String>,
     /// SVG plots written.
     pub plots: Vec<String>,
+    /// UDP to the server counted by the kernel at the VPC router's link from the NAT (an nftables netdev ingress
+    /// counter; packets, whole-IPv4-packet bytes, over the run's duration), independent of the generator and the
+    /// responder. `udp` and `mixed` only.
+    pub vpc_counted: Option<Rate>,
 }
 
 /// What the environments' side measured.
@@ -273,6 +277,7 @@ pub(crate) fn assemble(
         timeline: tl.buckets(span),
         timeline_csv: None,
         plots: Vec::new(),
+        vpc_counted: None,
     }
 }
 
@@ -341,6 +346,12 @@ impl LoadReport {
                 self.loss.packets,
                 self.loss.ratio * 100.0,
                 u.echoed
+            );
+        }
+        if let Some(c) = &self.vpc_counted {
+            t += &format!(
+                "  vpc        {} UDP packets counted by the kernel at the VPC router ({:.0} pps)\n",
+                c.packets, c.pps
             );
         }
         if let Some(b) = &self.tcp_bulk {

@@ -77,6 +77,7 @@ mod figures;
 mod plot;
 pub mod raw;
 pub mod responder;
+pub mod sender;
 pub mod settings;
 pub mod timeline;
 
@@ -91,6 +92,7 @@ pub use timeline::{Bucket, Timeline};
 use dataplane_io::tap::{Tap, TapOptions};
 use dataplane_io::IoError;
 use netlab::lab::{self, Lab};
+use netlab::meter::{IngressCounter, Verdict};
 use netlab::{self, env_addr, KernelNat, LabError, Netns, SERVER};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -245,6 +247,8 @@ pub struct LoadArgs {
     pub gateway: Option<GatewayTable>,
     /// Stops the run early (also SIGINT/SIGTERM).
     pub stop: StopHandle,
+    /// udp: one writer thread per CPU listed, pinned to it ([`sender`]); empty: one unpinned writer.
+    pub cpus: Vec<usize>,
 }
 
 impl Default for LoadArgs {
@@ -269,6 +273,7 @@ impl Default for LoadArgs {
             tap_per_env: false,
             gateway: None,
             stop: StopHandle::new(),
+            cpus: Vec::new(),
         }
     }
 }
@@ -303,6 +308,16 @@ impl LoadArgs {
                     settings::human_duration(MAX_DURATION)
                 ),
             ));
+        }
+        if !self.cpus.is_empty() && self.scenario != Scenario::Udp {
+            return Err(invalid("cpus", "writer threads per CPU are for the udp scenario".into()));
+        }
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(c) = self.cpus.iter().find(|&&c| c >= ncpu) {
+            return Err(invalid("cpus", format!("CPU {c} is not one of this machine's {ncpu} (0..{ncpu})")));
+        }
+        if self.cpus.len() > 64 {
+            return Err(invalid("cpus", format!("{} threads; at most 64", self.cpus.len())));
         }
         if self.ramp > self.duration {
             return Err(invalid("ramp", format!("{:?} is longer than the duration", self.ramp)));
@@ -524,6 +539,12 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     if args.stop.is_stopped() {
         return Err(LoadError::Stopped);
     }
+    // The kernel's own count of what reached the VPC side (accepted on to the responder).
+    let counter = match (&world, args.scenario) {
+        (_, Scenario::TcpBulk | Scenario::Connect) => None,
+        (World::Ours(l), _) => Some(IngressCounter::install(&l.vpc, &l.outside, SERVER, Verdict::Accept)?),
+        (World::Kernel(k), _) => Some(IngressCounter::install(k.vpc_ns(), "gw", SERVER, Verdict::Accept)?),
+    };
     let grace = args.connect_timeout + Duration::from_secs(1);
     // Room for the grace period, the drain below and the raw reader's limit.
     let tl = Arc::new(Timeline::new(args.duration, grace + Duration::from_secs(6)));
@@ -569,7 +590,14 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         }
     }
     let hist = measured.latency.clone();
+    let load_secs = measured.load.as_secs_f64().max(1e-3);
     let mut report = assemble(args, n, eni, measured, seen, gateway, &tl, span);
+    if let Some(c) = &counter {
+        let (packets, bytes) = c.read()?;
+        report.vpc_counted =
+            Some(Rate { packets, bytes, pps: packets as f64 / load_secs, bps: bytes as f64 * 8.0 / load_secs });
+    }
+    drop(counter);
     report.timeline_csv = csv_path.map(|p| p.display().to_string());
     if let Some(dir) = &args.out_dir {
         let stem = format!("{}-{}", report.scenario, report.target);
@@ -673,7 +701,53 @@ fn gateway_delta(b: &control::gateway::Totals, a: &control::gateway::Totals) -> 
     }
 }
 
+/// Parses a CPU list, `0,1` or `0-3` or a mix (`--cpus`); the error names `cpus`.
+pub fn parse_cpus(s: &str) -> Result<Vec<usize>, LoadError> {
+    let bad = || invalid("cpus", format!("{s:?} is not a list of CPUs such as 0,1 or 0-3"));
+    let mut v = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b || b - a > 1024 {
+                    return Err(bad());
+                }
+                v.extend(a..=b);
+            }
+            None => v.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(v)
+}
+
 /// The server the environments talk to.
 pub const fn server() -> Ipv4Addr {
     SERVER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_and_bad_ones_name_the_field() {
+        assert_eq!(parse_cpus("0,1").ok(), Some(vec![0, 1]));
+        assert_eq!(parse_cpus("0-2,5").ok(), Some(vec![0, 1, 2, 5]));
+        for bad in ["", "a", "2-1", "0,,1", "1-"] {
+            match parse_cpus(bad) {
+                Err(LoadError::Invalid { param: "cpus", .. }) => {}
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cpus_are_for_udp_and_must_exist() {
+        let udp = LoadArgs { cpus: vec![0], target: Target::Kernel, ..LoadArgs::default() };
+        assert!(udp.validate().is_ok());
+        let connect = LoadArgs { scenario: Scenario::Connect, ..udp.clone() };
+        assert!(matches!(connect.validate(), Err(LoadError::Invalid { param: "cpus", .. })));
+        let missing = LoadArgs { cpus: vec![100_000], ..udp };
+        assert!(matches!(missing.validate(), Err(LoadError::Invalid { param: "cpus", .. })));
+    }
 }

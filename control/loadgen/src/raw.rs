@@ -8,6 +8,7 @@
 //! for every environment address (the NAT must resolve environments to deliver replies) and counts UDP datagrams
 //! that come back to [`RAW_SPORT`] (echoes).
 
+use super::sender;
 use super::{env_mac, env_of_addr, io_err, LoadArgs, LoadError, Measured, Timeline, UdpFigures, UDP_PORT};
 use dataplane::testkit::{ipv4_frame, udp_segment, IpOpts};
 use dataplane_io::tap::Tap;
@@ -106,10 +107,32 @@ pub(crate) fn run(
     let mut echoed = 0u64;
     let mut arp_replies = 0u64;
     let mut read_errors = 0u64;
+    let halt = AtomicBool::new(false);
+    let progress = std::sync::Arc::new(AtomicU64::new(0));
     let ended = std::thread::scope(|s| -> Result<Instant, LoadError> {
         let writer = std::thread::Builder::new()
             .name("lg-raw".into())
             .spawn_scoped(s, || {
+                if !args.cpus.is_empty() {
+                    // One pinned writer per CPU (the sender module); the reader below keeps the timeline.
+                    let plan = sender::Plan {
+                        source: sender::Source::Fixed(std::sync::Arc::new(frames.clone())),
+                        cpus: args.cpus.clone(),
+                        duration: end.saturating_duration_since(Instant::now()),
+                        rate: args.rate,
+                        max_frames: None,
+                        progress: Some(std::sync::Arc::clone(&progress)),
+                    };
+                    let r = sender::send_tap(std::slice::from_ref(tap), &plan, &halt);
+                    let ended = Instant::now().min(end);
+                    if let Ok(r) = r {
+                        sent.fetch_add(r.frames, Ordering::Relaxed);
+                        bytes.fetch_add(r.bytes, Ordering::Relaxed);
+                        errors.fetch_add(r.errors, Ordering::Relaxed);
+                    }
+                    done.store(true, Ordering::Relaxed);
+                    return ended;
+                }
                 let (mut k, mut total) = (0usize, 0u64);
                 let mut last_tick = Instant::now();
                 let mut tick_frames = 0u64;
@@ -159,8 +182,18 @@ pub(crate) fn run(
         let mut buf = vec![0u8; 65536];
         let mut drain_until: Option<Instant> = None;
         let mut last_bar = Instant::now();
+        let mut counted = 0u64;
         loop {
             let now = Instant::now();
+            if args.stop.is_stopped() {
+                halt.store(true, Ordering::Relaxed);
+            }
+            // The pinned writers' progress, into the timeline.
+            let p = progress.load(Ordering::Relaxed);
+            if p > counted {
+                tl.add(&tl.offered, now, p - counted);
+                counted = p;
+            }
             if done.load(Ordering::Relaxed) && drain_until.is_none() {
                 drain_until = Some(now + Duration::from_millis(300));
             }

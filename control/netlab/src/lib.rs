@@ -59,6 +59,7 @@ pub mod churn;
 pub mod demo;
 mod kernel_nat;
 pub mod lab;
+pub mod meter;
 pub mod probe;
 
 pub use kernel_nat::{KernelNat, ENV_LINK, GW_OUTSIDE_LINK};

@@ -295,6 +295,9 @@ pub struct Counters {
     /// Closing or reset TCP sessions that a new SYN on the same 5-tuple
     /// opened again.
     pub sessions_reopened: Counter,
+    /// Sessions removed by an operator (`hyperplane flush`, `sessions
+    /// --delete`; also counted in `sessions_expired`).
+    pub sessions_flushed: Counter,
     /// Session table capacity.
     pub sessions_capacity: Gauge,
     /// Sessions in the table that a new flow may recycle (closing TCP,
@@ -328,6 +331,7 @@ impl Default for Counters {
             sessions_expired: Default::default(),
             sessions_recycled: Counter::default(),
             sessions_reopened: Counter::default(),
+            sessions_flushed: Counter::default(),
             sessions_capacity: Gauge::default(),
             sessions_recyclable: Gauge::default(),
             drops: core::array::from_fn(|_| Counter::default()),

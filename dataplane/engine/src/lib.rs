@@ -6,8 +6,9 @@
 //! what to do with it. It never reads a clock and never does I/O; drivers (the
 //! TAP gateway in `dataplane-io`, tests, benches) own sockets, buffers and time.
 //!
-//! [`testkit`] (frame builders for tests, benches and fuzzing) is behind the
-//! cargo feature `testkit`.
+//! [`testkit`] (frame builders for tests, benches and fuzzing) and
+//! [`fuzzing`] (the fuzz target's body) are behind the cargo feature
+//! `testkit`.
 
 pub mod arp;
 pub mod bindings;
@@ -17,6 +18,9 @@ pub mod counters;
 pub mod engine;
 pub mod flow;
 pub mod frag;
+#[cfg(any(test, feature = "testkit"))]
+pub mod fuzzing;
+pub mod index;
 pub mod policy;
 pub mod ports;
 pub mod session;
@@ -26,7 +30,7 @@ pub mod testkit;
 pub mod time;
 pub mod wire;
 
-pub use engine::{Action, Engine, Event, Offload};
+pub use engine::{Action, BatchFrame, Engine, Event, Offload};
 
 /// A port of the engine: where a frame arrived or where it leaves.
 ///

@@ -6,8 +6,18 @@
 //! endpoint) and the ENI endpoint it is translated to. It is found by its
 //! inside key `(proto, inside, remote)` when a packet leaves an environment,
 //! and by its outside key `(proto, eni, remote)` when a packet comes back.
-//! Both indexes are chained hash tables whose links live in the session
-//! itself, so a hit costs one bucket read and one session read.
+//! Both indexes are [`FlowIndex`]es: 64-byte buckets of ten slot ids and
+//! their 16-bit hash tags, open addressing over buckets, so a hit costs one
+//! bucket line and the session's hot lines, and a miss one bucket line. The
+//! key's hash ([`SessionTable::hash`]) can be computed once and passed to
+//! the `*_hashed` lookups, and buckets and sessions prefetched before them
+//! (the engine's batch path does).
+//!
+//! A session's fields are laid out hot first: everything an established
+//! packet touches (key, translation, attachment, MAC, `last_seen`, the four
+//! counters) is in its first [`HOT_BYTES`] (72) bytes, of which the first 64
+//! hold all that the outbound path touches; the wheel, list and mapping
+//! links that only creating, expiring and recycling touch come after.
 //!
 //! # Mappings
 //! Under endpoint-independent mapping a [`Mapping`] ties an environment
@@ -38,13 +48,25 @@
 //!
 //! # Capacity and memory
 //! Everything is allocated in [`SessionTable::new`]; a full table refuses new
-//! sessions (the caller counts the drop or recycles) and never grows. Memory
-//! per session slot: `size_of::<Session>()` (120 bytes) plus 8 bytes of index
-//! buckets; per mapping slot `size_of::<Mapping>()` (44 bytes) plus 8 bytes.
+//! sessions (the caller counts the drop or recycles) and never grows.
+//!
+//! Memory per session slot, indexes included: `size_of::<Session>()` (112
+//! bytes: 34 bytes of one-byte and two-byte fields, 6 eight-byte and 7
+//! four-byte fields, rounded up to the 8-byte alignment) plus two indexes of
+//! `ceil(capacity / 9)` 64-byte buckets each, 64 / 9 = 7.1 bytes per slot
+//! per index: 112 + 14.2 = 126.2 bytes (at most 128 for 64 slots or more;
+//! [`SessionTable::bytes_per_session`] gives the exact figure). The slab has
+//! a 112-byte stride, so a session's 72 hot bytes span at most two cache
+//! lines, both prefetched by [`SessionTable::prefetch_session`].
+//!
+//! Per mapping slot (as many as session slots): `size_of::<Mapping>()` (44
+//! bytes) plus 8 bytes of its two chained indexes. Mappings are only read
+//! by new flows and by inbound packets without a session.
 
 use crate::bindings::Mac;
 use crate::config::Timeouts;
 use crate::flow::{Endpoint, FlowKey, TCP, UDP};
+use crate::index::{prefetch, FlowIndex};
 use crate::tcp;
 use crate::time::Instant;
 use crate::PortId;
@@ -57,11 +79,19 @@ pub const NIL: u32 = u32::MAX;
 pub const WHEEL_SLOTS: usize = 8192;
 /// Recyclable lists a table keeps.
 pub const LISTS: usize = 1024;
+/// Leading bytes of a [`Session`] that the established path reads or
+/// writes (through `in_bytes`).
+pub const HOT_BYTES: usize = 72;
 /// Not on any list, or not in the wheel.
 const NIL16: u16 = u16::MAX;
 
-/// One flow.
+/// One flow. `repr(C)` keeps the fields in this order: everything an
+/// established packet reads or writes comes first (key, translation,
+/// attachment, MAC, `last_seen`, the counters, 72 bytes, the first 64 of
+/// them all that the outbound path touches); the links that only creating,
+/// expiring and recycling touch come after.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub struct Session {
     /// IP protocol number.
     pub proto: u8,
@@ -76,31 +106,17 @@ pub struct Session {
     pub remote_closed_first: bool,
     /// The environment's attachment.
     pub port: PortId,
-    /// The environment's MAC.
-    pub env_mac: Mac,
     /// The environment's endpoint.
     pub inside: Endpoint,
     /// The remote endpoint.
     pub remote: Endpoint,
     /// The ENI endpoint.
     pub eni: Endpoint,
+    /// The environment's MAC.
+    pub env_mac: Mac,
+    wheel_slot: u16,
     /// Last packet that refreshes the session.
     pub last_seen: Instant,
-    /// The mapping it belongs to, or [`NIL`].
-    pub mapping: u32,
-    in_next: u32,
-    out_next: u32,
-    map_prev: u32,
-    map_next: u32,
-    wheel_prev: u32,
-    wheel_next: u32,
-    wheel_slot: u16,
-    /// The recyclable list it is on, or `NIL16`.
-    list: u16,
-    list_prev: u32,
-    list_next: u32,
-    /// When it was created.
-    pub created: Instant,
     /// Packets environment → VPC.
     pub out_packets: u64,
     /// IP bytes environment → VPC.
@@ -109,6 +125,18 @@ pub struct Session {
     pub in_packets: u64,
     /// IP bytes VPC → environment.
     pub in_bytes: u64,
+    /// When it was created.
+    pub created: Instant,
+    /// The mapping it belongs to, or [`NIL`].
+    pub mapping: u32,
+    map_prev: u32,
+    map_next: u32,
+    wheel_prev: u32,
+    wheel_next: u32,
+    list_prev: u32,
+    list_next: u32,
+    /// The recyclable list it is on, or `NIL16`.
+    list: u16,
 }
 
 impl Session {
@@ -134,8 +162,6 @@ impl Session {
             eni,
             last_seen: now,
             mapping: NIL,
-            in_next: NIL,
-            out_next: NIL,
             map_prev: NIL,
             map_next: NIL,
             wheel_prev: NIL,
@@ -251,8 +277,9 @@ fn buckets_for(capacity: usize) -> usize {
 pub struct SessionTable {
     sessions: Vec<Session>,
     free: Vec<u32>,
-    in_buckets: Vec<u32>,
-    out_buckets: Vec<u32>,
+    in_index: FlowIndex,
+    out_index: FlowIndex,
+    /// Buckets of the mapping indexes, less one.
     mask: u64,
     mappings: Vec<Mapping>,
     map_free: Vec<u32>,
@@ -295,8 +322,8 @@ impl SessionTable {
         SessionTable {
             sessions: vec![blank; cap],
             free: (0..cap as u32).rev().collect(),
-            in_buckets: vec![NIL; nb],
-            out_buckets: vec![NIL; nb],
+            in_index: FlowIndex::new(cap),
+            out_index: FlowIndex::new(cap),
             mask: nb as u64 - 1,
             mappings: vec![blank_map; cap],
             map_free: (0..cap as u32).rev().collect(),
@@ -359,11 +386,25 @@ impl SessionTable {
         &self.mappings[id as usize]
     }
 
+    /// The hash of a flow key, as both session indexes use it (an inside
+    /// key in the inside index, an outside key in the outside index).
+    #[inline]
+    pub fn hash(&self, k: &FlowKey) -> u64 {
+        hash3(&self.hasher, k.proto, k.local, k.remote)
+    }
+
     /// Finds a session by inside key.
     #[inline]
     pub fn find_inside(&self, k: &FlowKey) -> Option<u32> {
-        let b = (hash3(&self.hasher, k.proto, k.local, k.remote) & self.mask) as usize;
-        find_on_chain(self.in_buckets[b], &self.sessions, Link::Inside, |s| {
+        self.find_inside_hashed(k, self.hash(k))
+    }
+
+    /// Finds a session by inside key whose [`SessionTable::hash`] is `h`.
+    #[inline]
+    pub fn find_inside_hashed(&self, k: &FlowKey, h: u64) -> Option<u32> {
+        let sessions = &self.sessions;
+        self.in_index.find(h, |id| {
+            let s = &sessions[id as usize];
             s.inside == k.local && s.remote == k.remote && s.proto == k.proto
         })
     }
@@ -371,10 +412,58 @@ impl SessionTable {
     /// Finds a session by outside key.
     #[inline]
     pub fn find_outside(&self, k: &FlowKey) -> Option<u32> {
-        let b = (hash3(&self.hasher, k.proto, k.local, k.remote) & self.mask) as usize;
-        find_on_chain(self.out_buckets[b], &self.sessions, Link::Outside, |s| {
+        self.find_outside_hashed(k, self.hash(k))
+    }
+
+    /// Finds a session by outside key whose [`SessionTable::hash`] is `h`.
+    #[inline]
+    pub fn find_outside_hashed(&self, k: &FlowKey, h: u64) -> Option<u32> {
+        let sessions = &self.sessions;
+        self.out_index.find(h, |id| {
+            let s = &sessions[id as usize];
             s.eni == k.local && s.remote == k.remote && s.proto == k.proto
         })
+    }
+
+    /// Prefetches the index bucket of an inside (`outside` false) or outside
+    /// key hash: a hint, no effect on results.
+    #[inline]
+    pub fn prefetch_bucket(&self, h: u64, outside: bool) {
+        if outside {
+            self.out_index.prefetch(h);
+        } else {
+            self.in_index.prefetch(h);
+        }
+    }
+
+    /// Prefetches the sessions that the home bucket of hash `h` holds under
+    /// its tag, in the inside (`outside` false) or outside index: a hint,
+    /// no effect on results.
+    #[inline]
+    pub fn prefetch_candidates(&self, h: u64, outside: bool) {
+        let index = if outside { &self.out_index } else { &self.in_index };
+        index.candidates(h, |id| self.prefetch_session(id));
+    }
+
+    /// Prefetches the cache lines of session `id` that an established
+    /// packet touches (its first [`HOT_BYTES`] bytes): a hint, no effect
+    /// on results.
+    #[inline]
+    pub fn prefetch_session(&self, id: u32) {
+        if let Some(s) = self.sessions.get(id as usize) {
+            prefetch(s);
+            // The last hot byte: with a 112-byte stride the hot bytes span
+            // at most two lines.
+            prefetch(&s.in_bytes);
+        }
+    }
+
+    /// Bytes the session slab and both session indexes take, per session
+    /// slot (see the module doc).
+    pub fn bytes_per_session(&self) -> f64 {
+        let slab = self.sessions.len() * core::mem::size_of::<Session>();
+        let total = slab + self.in_index.bytes() + self.out_index.bytes();
+        total as f64 / self.sessions.len().max(1) as f64
     }
 
     /// Finds a mapping by (proto, environment endpoint).
@@ -453,10 +542,18 @@ impl SessionTable {
     /// sure neither key is present.
     pub fn insert(&mut self, mut s: Session, mapping: u32) -> Result<u32, Full> {
         let id = self.free.pop().ok_or(Full)?;
-        let bi = (hash3(&self.hasher, s.proto, s.inside, s.remote) & self.mask) as usize;
-        let bo = (hash3(&self.hasher, s.proto, s.eni, s.remote) & self.mask) as usize;
-        s.in_next = self.in_buckets[bi];
-        s.out_next = self.out_buckets[bo];
+        let hi = hash3(&self.hasher, s.proto, s.inside, s.remote);
+        let ho = hash3(&self.hasher, s.proto, s.eni, s.remote);
+        // Each index is sized for every slot: an insert always finds room.
+        if !self.in_index.insert(hi, id) {
+            self.free.push(id);
+            return Err(Full);
+        }
+        if !self.out_index.insert(ho, id) {
+            self.in_index.remove(hi, id);
+            self.free.push(id);
+            return Err(Full);
+        }
         s.mapping = mapping;
         s.map_prev = NIL;
         s.map_next = NIL;
@@ -472,8 +569,6 @@ impl SessionTable {
                 self.sessions[s.map_next as usize].map_prev = id;
             }
         }
-        self.in_buckets[bi] = id;
-        self.out_buckets[bo] = id;
         self.sessions[id as usize] = s;
         let deadline = s.deadline(&self.timeouts);
         self.wheel_insert(id, deadline);
@@ -494,10 +589,8 @@ impl SessionTable {
         let was_recyclable = self.sessions[id as usize].recyclable();
         self.list_remove(id);
         let s = self.sessions[id as usize];
-        let bi = (hash3(&self.hasher, s.proto, s.inside, s.remote) & self.mask) as usize;
-        let bo = (hash3(&self.hasher, s.proto, s.eni, s.remote) & self.mask) as usize;
-        unlink(&mut self.in_buckets[bi], &mut self.sessions, id, Link::Inside);
-        unlink(&mut self.out_buckets[bo], &mut self.sessions, id, Link::Outside);
+        self.in_index.remove(hash3(&self.hasher, s.proto, s.inside, s.remote), id);
+        self.out_index.remove(hash3(&self.hasher, s.proto, s.eni, s.remote), id);
         self.free.push(id);
         // A free slot has protocol 0 (no live session has).
         self.sessions[id as usize].proto = 0;
@@ -709,6 +802,21 @@ impl SessionTable {
             }
         }
     }
+
+    /// Calls `f` for every session in slots `start..start + slots` (free
+    /// slots skipped), for walks spread over several calls: returns the
+    /// slot to start the next call at, or `None` when the walk reached the
+    /// end of the table. Allocates nothing; costs `slots`, not the table.
+    pub fn for_each_from(&self, start: u32, slots: usize, mut f: impl FnMut(u32, &Session)) -> Option<u32> {
+        let start = (start as usize).min(self.sessions.len());
+        let end = start.saturating_add(slots).min(self.sessions.len());
+        for (i, s) in self.sessions[start..end].iter().enumerate() {
+            if s.proto != 0 {
+                f((start + i) as u32, s);
+            }
+        }
+        (end < self.sessions.len()).then_some(end as u32)
+    }
 }
 
 /// Which hash chain a link belongs to.
@@ -739,7 +847,7 @@ fn find_on_chain<T: Chained>(head: u32, slab: &[T], l: Link, hit: impl Fn(&T) ->
     None
 }
 
-/// Both slabs keep their two chain links in `in_next` and `out_next`.
+/// The mapping slab keeps its two chain links in `in_next` and `out_next`.
 macro_rules! chained {
     ($($t:ty),*) => {$(
         impl Chained for $t {
@@ -760,7 +868,7 @@ macro_rules! chained {
     )*};
 }
 
-chained!(Session, Mapping);
+chained!(Mapping);
 
 /// Removes `id` from the chain of `l` links that starts at `head`.
 fn unlink<T: Chained>(head: &mut u32, slab: &mut [T], id: u32, l: Link) {
@@ -795,8 +903,54 @@ mod tests {
 
     #[test]
     fn memory_per_session_is_as_documented() {
-        assert_eq!(core::mem::size_of::<Session>(), 120);
+        assert_eq!(core::mem::size_of::<Session>(), 112);
         assert_eq!(core::mem::size_of::<Mapping>(), 44);
+        // The hot fields lead, the outbound path's within 64 bytes.
+        assert_eq!(core::mem::offset_of!(Session, in_bytes) + 8, HOT_BYTES);
+        assert!(core::mem::offset_of!(Session, out_bytes) + 8 <= 64);
+        assert!(core::mem::offset_of!(Session, created) >= HOT_BYTES);
+        // Session slab and both indexes: at most 128 bytes per session.
+        for cap in [64, 1000, 100_000, 1_250_000] {
+            let t = SessionTable::new(cap, Timeouts::default(), 7);
+            let b = t.bytes_per_session();
+            assert!(b <= 128.0, "{cap} slots: {b} bytes per session");
+            assert!(b >= 126.0, "{cap} slots: {b}: the arithmetic in the module doc is stale");
+        }
+    }
+
+    /// Lookups find exactly the sessions present while thousands come and
+    /// go in a table filled to capacity (index buckets overflowing into
+    /// their neighbours and draining again).
+    #[test]
+    fn full_table_churn_keeps_both_indexes_exact() {
+        let cap = 2000;
+        let mut t = SessionTable::new(cap, Timeouts::default(), 11);
+        let s = |i: u32| {
+            let inside = Endpoint::new(Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8), 1000 + (i % 7) as u16);
+            let eni = Endpoint::new(Ipv4Addr::new(10, 9, 0, 1), 20_000 + i as u16);
+            Session::new(UDP, inside, ep(100, 53), eni, PortId(1), [0; 6], Instant::ZERO)
+        };
+        let mut ids: Vec<Option<u32>> = vec![None; 3 * cap];
+        let mut x = 1u64;
+        for step in 0..20_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let i = ((x >> 33) as usize) % ids.len();
+            match ids[i] {
+                Some(id) => {
+                    t.remove(id);
+                    ids[i] = None;
+                }
+                None if t.len() < cap => ids[i] = Some(t.insert(s(i as u32), NIL).unwrap()),
+                None => assert_eq!(t.insert(s(i as u32), NIL), Err(Full)),
+            }
+            if step % 997 == 0 {
+                for (j, id) in ids.iter().enumerate() {
+                    let k = s(j as u32);
+                    assert_eq!(t.find_inside(&k.inside_key()), *id);
+                    assert_eq!(t.find_outside(&k.outside_key()), *id);
+                }
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use dataplane::flow::{ICMP, TCP, UDP};
 use dataplane::testkit::{self, flags::*, SERVER, SERVER2};
-use dataplane::{Action, PortId};
+use dataplane::{Action, BatchFrame, PortId};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
@@ -182,4 +182,28 @@ fn established_flows_do_not_allocate() {
     assert_eq!(allocs, 0, "established-flow packets allocated {allocs} times");
     assert_eq!(frees, 0, "established-flow packets freed {frees} times");
     assert_eq!(h.engine.sessions().len(), sessions, "no session was created or lost");
+
+    // The batch path: the same templates, a vector of all of them at a time.
+    let mut bufs: Vec<Vec<u8>> = t.iter().map(|_| vec![0u8; 2048]).collect();
+    let engine = &mut h.engine;
+    let mut frames: Vec<BatchFrame> =
+        t.iter().zip(bufs.iter_mut()).map(|(tp, b)| BatchFrame::new(tp.port, b, tp.frame.len())).collect();
+    let (forwarded, allocs, frees) = count(|| {
+        let mut forwarded = 0usize;
+        for _ in 0..ROUNDS / 10 {
+            for (f, tp) in frames.iter_mut().zip(&t) {
+                f.buf[..tp.frame.len()].copy_from_slice(&tp.frame);
+            }
+            engine.process_batch(now, black_box(&mut frames));
+            for (f, tp) in frames.iter().zip(&t) {
+                if matches!(f.action, Action::Forward { port, .. } if port == tp.egress) {
+                    forwarded += 1;
+                }
+            }
+        }
+        forwarded
+    });
+    assert_eq!(forwarded, ROUNDS / 10 * t.len(), "every packet of every batch was forwarded");
+    assert_eq!(allocs, 0, "established-flow batches allocated {allocs} times");
+    assert_eq!(frees, 0, "established-flow batches freed {frees} times");
 }

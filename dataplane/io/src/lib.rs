@@ -26,6 +26,7 @@
 //! - [`poll`]: [`Poller`] (level-triggered epoll), [`Events`] and [`Waker`]
 //!   (eventfd) to stop a blocked worker.
 //! - [`error`]: [`IoError`] and [`check_net_admin`].
+//! - [`capture`]: [`capture::Capture`], the pcap tap points of the workers.
 //! - [`worker`]: the gateway's worker threads (batched reads, offload
 //!   headers, hand-over between workers); [`steer`]: which worker owns a
 //!   frame from the VPC.
@@ -43,6 +44,7 @@
 
 pub mod afpacket;
 pub mod backend;
+pub mod capture;
 pub mod error;
 pub mod fanout_bpf;
 pub mod ifreq;

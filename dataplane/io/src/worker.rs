@@ -53,6 +53,7 @@
 
 use crate::afpacket::{PacketSender, SEND_BATCH};
 use crate::backend::{Backend, IoSettings};
+use crate::capture::Capture;
 use crate::rx_source::RxSource;
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::syscalls::{ActiveBackend, IoCounters};
@@ -61,10 +62,11 @@ use crate::{complete_checksum, Events, PacketReceiver, Poller, Tap, VnetHdr, Wak
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use dataplane::bindings::Bindings;
 use dataplane::counters::{Counters, DropReason};
-use dataplane::engine::{Action, Engine, Event, Offload};
+use dataplane::engine::{Action, BatchFrame, Engine, Event, Offload};
 use dataplane::time::Instant;
 use dataplane::wire::ETH_LEN;
 use dataplane::PortId;
+use smallvec::SmallVec;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,7 +79,7 @@ pub const HDR: usize = VNET_HDR_LEN;
 /// Largest frame read: a 64 KiB GSO superframe plus its Ethernet header.
 pub const MAX_FRAME: usize = 65_536 + ETH_LEN;
 /// Frames read from one device per wake-up before the others get a turn.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = dataplane::engine::BATCH;
 /// Capacity of each worker's inbox.
 pub const INBOX: usize = 4096;
 /// Spare buffers kept for handing frames between threads.
@@ -166,6 +168,9 @@ pub struct Fabric {
     /// Spare buffers for frames handed between threads: taken by the
     /// sender, given back by the receiver once it is done.
     pub pool: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+    /// Capture tap points (`hyperplane capture`): one relaxed load per
+    /// frame while off.
+    pub capture: Capture,
 }
 
 impl Fabric {
@@ -452,6 +457,7 @@ impl Worker {
     /// Takes a frame just read: steers a frame from the outside to its
     /// owner, queues the others for the engine.
     fn accept(&mut self, port: PortId, buf: Vec<u8>, len: usize) {
+        self.fabric.capture.frame(port, &buf[HDR..HDR + len]); // capture: received
         if port == PortId::OUTSIDE {
             let now = self.fabric.now();
             if let Some(owner) = self.steer(now, &buf[HDR..HDR + len]) {
@@ -714,8 +720,44 @@ impl Worker {
         }
         let mut rx = std::mem::take(&mut self.rx);
         let now = self.fabric.now();
-        for f in rx.iter_mut() {
-            self.handle(now, f.port, &mut f.buf, f.len, f.learn);
+        // ARP copies from other workers only teach the engine; they go first
+        // and one by one, so the batch below already sees what they taught.
+        for f in rx.iter_mut().filter(|f| f.learn) {
+            self.handle(now, f.port, &mut f.buf, f.len, true);
+        }
+        let mut at = 0;
+        while at < rx.len() {
+            // A vector of up to BATCH frames (skipping ARP copies): the
+            // engine hashes every key and prefetches buckets and sessions
+            // before it translates any frame (see `Engine::process_batch`).
+            let mut actions = [(Action::Consumed, VnetHdr::default(), Offload::default()); BATCH];
+            let mut frames: SmallVec<[BatchFrame<'_>; BATCH]> = SmallVec::new();
+            let mut end = at;
+            for f in rx[at..].iter_mut() {
+                if frames.len() == BATCH {
+                    break;
+                }
+                end += 1;
+                if f.learn {
+                    continue;
+                }
+                let hdr = VnetHdr::parse(&f.buf[..HDR]).unwrap_or_default();
+                actions[frames.len()].1 = hdr;
+                let mut b = BatchFrame::new(f.port, &mut f.buf[HDR..], f.len);
+                b.offload =
+                    Offload { csum_partial: hdr.needs_csum(), gso_size: if hdr.is_gso() { hdr.gso_size } else { 0 } };
+                frames.push(b);
+            }
+            self.engine.process_batch(now, &mut frames);
+            for (i, f) in frames.iter().enumerate() {
+                actions[i].0 = f.action;
+                actions[i].2 = f.offload;
+            }
+            drop(frames);
+            for (f, &(action, hdr, out)) in rx[at..end].iter_mut().filter(|f| !f.learn).zip(actions.iter()) {
+                self.dispatch(now, f.port, &mut f.buf, action, hdr, out, false);
+            }
+            at = end;
         }
         for f in rx.drain(..) {
             self.put_spare(f.buf);
@@ -724,18 +766,36 @@ impl Worker {
     }
 
     /// Processes the frame at `buf[HDR..HDR + len]` (its virtio-net header,
-    /// or zeros, before it). `learn_only`: an ARP copy; nothing is sent back.
-    /// A frame sent on the ring leaves with its buffer: `buf` is then
-    /// replaced by a free one.
+    /// or zeros, before it) on its own. `learn_only`: an ARP copy; nothing
+    /// is sent back.
     fn handle(&mut self, now: Instant, port: PortId, buf: &mut Vec<u8>, len: usize, learn_only: bool) {
         let hdr = VnetHdr::parse(&buf[..HDR]).unwrap_or_default();
         let offload = Offload { csum_partial: hdr.needs_csum(), gso_size: if hdr.is_gso() { hdr.gso_size } else { 0 } };
         let action = self.engine.process_offload(now, port, &mut buf[HDR..], len, offload);
+        let out = self.engine.forwarded_offload();
+        self.dispatch(now, port, buf, action, hdr, out, learn_only);
+    }
+
+    /// Carries out what the engine decided for the frame in `buf` (which
+    /// arrived on `port` with offload header `hdr`; `out`: the offload state
+    /// it leaves with). A frame sent on the ring leaves with its buffer:
+    /// `buf` is then replaced by a free one.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        buf: &mut Vec<u8>,
+        action: Action,
+        hdr: VnetHdr,
+        out: Offload,
+        learn_only: bool,
+    ) {
         match action {
             Action::Forward { port: egress, len } => {
                 // The engine may have completed a partial checksum (a
                 // datagram it fragmented).
-                let hdr = if self.engine.forwarded_offload().csum_partial { hdr } else { VnetHdr { flags: 0, ..hdr } };
+                let hdr = if out.csum_partial { hdr } else { VnetHdr { flags: 0, ..hdr } };
                 self.emit(egress, buf, len, hdr)
             }
             Action::Reply { len } if !learn_only => self.emit(port, buf, len, VnetHdr::default()),
@@ -764,6 +824,7 @@ impl Worker {
 
     /// Sends `buf[HDR..HDR + len]` out of `port` with offload header `hdr`.
     fn emit(&mut self, port: PortId, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) {
+        self.fabric.capture.frame(port, &buf[HDR..HDR + len]); // capture: sent
         let Worker { outside, fabric, ring, spare, io, packets, .. } = self;
         let mut tx = Tx { ring, spare, fabric, io };
         let ok = if port == PortId::OUTSIDE {
@@ -974,6 +1035,7 @@ impl Workers {
             events,
             epoch: std::time::Instant::now(),
             pool: crossbeam_channel::bounded(SPARE),
+            capture: Capture::new(),
         });
         let counters: Vec<Arc<Counters>> = specs.iter().map(|s| s.engine.counters()).collect();
         let io: Vec<Arc<IoCounters>> = (0..n + usize::from(outside_rx.is_some())).map(|_| Arc::default()).collect();
@@ -1019,6 +1081,11 @@ impl Workers {
     /// [`IoCounters::backend`]).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The capture tap points every worker shares.
+    pub fn capture(&self) -> &Capture {
+        &self.fabric.capture
     }
 
     /// Each worker's counters, then (with an AF_PACKET outside) the reader
@@ -1163,6 +1230,7 @@ fn af_packet_reader(rx: PacketReceiver, fabric: Arc<Fabric>, counters: Arc<Count
         if !vnet {
             b[..HDR].fill(0);
         }
+        fabric.capture.frame(PortId::OUTSIDE, &b[HDR..HDR + len]); // capture: received
         let now = fabric.now();
         let shards = &fabric.shards;
         let frame = &b[HDR..HDR + len];

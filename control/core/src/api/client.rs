@@ -36,6 +36,16 @@ impl Client {
         Ok(Client { path: path.to_path_buf(), reader: BufReader::new(stream), writer })
     }
 
+    /// Changes the read and write timeouts (30 s by default), e.g. for a
+    /// capture, which the gateway answers when it ends.
+    pub fn set_timeout(&mut self, d: std::time::Duration) -> Result<(), ApiError> {
+        let set = || -> io::Result<()> {
+            self.writer.set_read_timeout(Some(d))?;
+            self.writer.set_write_timeout(Some(d))
+        };
+        set().map_err(|e| ApiError::io(format!("setting up {}", self.path.display()), e))
+    }
+
     /// Sends `req` and waits for its response. A request the gateway could
     /// not carry out is `Ok(Response::Error { .. })`; `Err` is for failures
     /// to talk to it.

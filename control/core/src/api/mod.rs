@@ -12,12 +12,16 @@
 //! requests on one connection, one after the other; each gets its response,
 //! in order, before the next request is read. Blank lines are ignored.
 //!
-//! - A request is tagged by `"cmd"`: `status`, `sessions`, `stats`, `apply`.
-//!   Fields that are `Option`s may be `null` or left out. Unknown fields of
-//!   `sessions` and `apply` are refused (a typo is an error, not a silently
-//!   unfiltered answer); `status` and `stats` ignore extra fields.
+//! - A request is tagged by `"cmd"`: `status`, `sessions`, `stats`, `apply`,
+//!   `flush`, `capture`. Fields that are `Option`s may be `null` or left
+//!   out. Unknown fields of `sessions`, `apply`, `flush` and `capture` are
+//!   refused (a typo is an error, not a silently unfiltered answer — or a
+//!   flush of everything); `status` and `stats` ignore extra fields.
 //! - A response is tagged by `"kind"`: `status`, `sessions`, `stats`,
-//!   `applied`, or `error` with a `"message"`.
+//!   `applied`, `flushed`, `captured`, or `error` with a `"message"`.
+//! - `capture` is answered when the capture ends (up to
+//!   [`CAPTURE_MAX_SECONDS`]): a client waits that long
+//!   ([`Client::set_timeout`]).
 //! - A line that is not a valid request (bad JSON, unknown `cmd`, bad field)
 //!   gets an `error` response and the connection stays usable.
 //! - A request line longer than 4 MiB ([`MAX_REQUEST_BYTES`]) gets an `error`
@@ -120,7 +124,54 @@ pub enum Request {
         /// The config, TOML text.
         config: String,
     },
+    /// Remove the sessions that match every filter that is set (all of
+    /// them when none is), as `conntrack -F` / `-D` do; `hyperplane flush`
+    /// and `hyperplane sessions --delete` send it. Their ports rest in
+    /// quarantine as after expiry; a packet of a removed flow starts a new
+    /// session (or is unsolicited, from the VPC).
+    Flush {
+        /// Only sessions of this execution environment (its address).
+        #[serde(default)]
+        env: Option<Ipv4Addr>,
+        /// Only sessions on this shared ENI (its id).
+        #[serde(default)]
+        eni: Option<u32>,
+        /// Only this protocol: `tcp`, `udp` or `icmp`.
+        #[serde(default)]
+        proto: Option<String>,
+        /// Only sessions to this remote address.
+        #[serde(default)]
+        dst: Option<Ipv4Addr>,
+        /// Only sessions to this remote port (ICMP: the query id).
+        #[serde(default)]
+        dport: Option<u16>,
+        /// Only sessions from this source port of the environment.
+        #[serde(default)]
+        sport: Option<u16>,
+    },
+    /// Write the frames one port sees, received and sent, to a pcap file:
+    /// `hyperplane capture` sends it. The gateway answers when the capture
+    /// ends (after `count` frames or `seconds`, whichever comes first).
+    Capture {
+        /// The port: an attachment's name, or the outside interface's.
+        port: String,
+        /// The pcap file to write (the gateway writes it, as its user).
+        out: PathBuf,
+        /// Stop after this many frames (default 1,000; at most
+        /// [`CAPTURE_MAX_FRAMES`]).
+        #[serde(default)]
+        count: Option<u64>,
+        /// Stop after this many seconds (default 10; at most
+        /// [`CAPTURE_MAX_SECONDS`]).
+        #[serde(default)]
+        seconds: Option<f64>,
+    },
 }
+
+/// The most frames one capture writes.
+pub const CAPTURE_MAX_FRAMES: u64 = 1_000_000;
+/// The longest a capture runs, in seconds.
+pub const CAPTURE_MAX_SECONDS: f64 = 600.0;
 
 /// The gateway's answer to a [`Request`], one JSON object tagged by `"kind"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +185,10 @@ pub enum Response {
     Stats(StatsReport),
     /// Answer to [`Request::Apply`] that succeeded.
     Applied(ApplyReport),
+    /// Answer to [`Request::Flush`].
+    Flushed(FlushReport),
+    /// Answer to [`Request::Capture`], once the capture ended.
+    Captured(CaptureReport),
     /// The request failed or could not be read.
     Error {
         /// What went wrong, for a human.
@@ -350,6 +405,10 @@ pub struct StatsReport {
     pub sessions_created: BTreeMap<String, u64>,
     /// Sessions expired or closed, by protocol (count).
     pub sessions_expired: BTreeMap<String, u64>,
+    /// Sessions removed by `flush` or `sessions --delete` (count; also in
+    /// `sessions_expired`).
+    #[serde(default)]
+    pub sessions_flushed: u64,
     /// Packets dropped, by reason label; every reason, zeros included
     /// (count).
     pub drops: BTreeMap<String, u64>,
@@ -364,6 +423,27 @@ pub struct StatsReport {
     /// [`Response`] small).
     #[serde(default)]
     pub io: Box<IoStats>,
+}
+
+/// What a flush removed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlushReport {
+    /// Sessions removed (count).
+    pub removed: u64,
+}
+
+/// What a capture wrote.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaptureReport {
+    /// The pcap file.
+    pub out: PathBuf,
+    /// Frames written (count).
+    pub frames: u64,
+    /// Frames seen on the port but not written because the writer fell
+    /// behind (the workers never wait for it) (count).
+    pub dropped: u64,
+    /// How long the capture ran, in seconds.
+    pub seconds: f64,
 }
 
 /// What an apply changed.

@@ -51,7 +51,7 @@ use crate::plan::{self, EniKey, Plan};
 use dataplane::bindings::{Bindings, Eni, Env, InsidePort};
 use dataplane::policy::RuleSet;
 use dataplane::time::Instant;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +73,14 @@ pub struct Controller {
     effects: VecDeque<Effect>,
     /// Addresses another host answered for: never handed out.
     conflicts: BTreeSet<Ipv4Addr>,
+    /// The unit (see [`unit_of`]) of every environment, by address: what
+    /// [`Controller::traffic`] looks up, rebuilt with each config.
+    env_units: HashMap<Ipv4Addr, String>,
+}
+
+/// The unit of every environment of `cfg`, by address.
+fn env_units(cfg: &Config) -> HashMap<Ipv4Addr, String> {
+    cfg.environments.iter().map(|e| (e.address, unit_of(cfg, e))).collect()
 }
 
 fn keys_of(f: &config::Function) -> BTreeMap<String, EniKey> {
@@ -144,6 +152,7 @@ impl Controller {
             next_id: 1,
             effects: VecDeque::new(),
             conflicts: BTreeSet::new(),
+            env_units: HashMap::new(),
         };
         c.apply(cfg, now)?;
         Ok(c)
@@ -268,6 +277,7 @@ impl Controller {
             changes.push("security groups recompiled: new flows use the new rules".to_string());
         }
         self.cfg = cfg.clone();
+        self.env_units = env_units(&self.cfg);
         self.plan = plan;
         self.ipam = ipam;
         for u in &new_units {
@@ -457,11 +467,11 @@ impl Controller {
     /// Traffic from environment `env` (a new flow, or live sessions): keeps
     /// its function from going idle, and brings an inactive one back.
     pub fn traffic(&mut self, env: Ipv4Addr, now: Instant) {
-        let Some(name) = self.cfg.environments.iter().find(|e| e.address == env).map(|e| unit_of(&self.cfg, e)) else {
+        let Some(name) = self.env_units.get(&env) else {
             return;
         };
         let restore = {
-            let Some(mut f) = self.reg.functions.get_mut(&name) else {
+            let Some(mut f) = self.reg.functions.get_mut(name) else {
                 return;
             };
             f.last_activity = now;
@@ -475,6 +485,7 @@ impl Controller {
             }
         };
         if let Some(target) = restore {
+            let name = name.clone();
             tracing::info!(function = %name, "restoring");
             self.ensure_enis(&name, &target, now);
         }

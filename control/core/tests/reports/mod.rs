@@ -125,6 +125,7 @@ pub fn stats_report() -> StatsReport {
             capacity: 64512,
         }],
         eni_setup_seconds: vec![(1, 0.4125)],
+        sessions_flushed: 2,
         headroom: headroom(),
         io: Box::new(IoStats {
             backend: "uring".into(),

@@ -35,7 +35,7 @@ impl Engine {
         };
         let key =
             FlowKey { proto: ip.proto, local: Endpoint::new(ip.dst, dport), remote: Endpoint::new(ip.src, sport) };
-        let sid = match self.table.find_outside(&key) {
+        let sid = match self.table.find_outside_hashed(&key, self.key_hash(&key)) {
             Some(sid) => {
                 let s = self.table.get_mut(sid);
                 s.in_packets += 1;
@@ -62,8 +62,10 @@ impl Engine {
                 Err(r) => return Action::Drop(r),
             },
         };
-        let s = *self.table.get(sid);
-        let Some(inside) = self.bindings.inside(s.port) else {
+        // Only the session's hot fields: the rest is another cache line.
+        let s = self.table.get(sid);
+        let (s_port, s_inside, s_env_mac) = (s.port, s.inside, s.env_mac);
+        let Some(inside) = self.bindings.inside(s_port) else {
             return Action::Drop(DropReason::NoRoute);
         };
         let (mtu, port_mac) = (usize::from(inside.mtu), inside.mac);
@@ -74,10 +76,10 @@ impl Engine {
             // Quote the packet as it arrived: undo nothing, it is untouched.
             return self.too_big(frame, ip, mtu as u32, ip.dst);
         }
-        rewrite_inbound(frame, &ip, l4, s.inside, !hairpin);
-        wire::set_macs(frame, s.env_mac, port_mac);
+        rewrite_inbound(frame, &ip, l4, s_inside, !hairpin);
+        wire::set_macs(frame, s_env_mac, port_mac);
         self.counters.inbound.count(ip.total);
-        let action = Action::Forward { port: s.port, len: ip.end() };
+        let action = Action::Forward { port: s_port, len: ip.end() };
         if ip.mf && !hairpin {
             self.remember_first_fragment(now, PortId::OUTSIDE, frame, &ip, action);
         }

@@ -45,14 +45,21 @@
 //! VPP's nat44-ed splits in2out and out2in):
 //! - this one: the types, [`Engine::new`], [`Engine::set_bindings`], the
 //!   `poll_*` calls, [`Engine::expire`], [`Engine::process`] and dispatch;
+//! - `batch.rs`: [`Engine::process_batch`], frames in vectors with the
+//!   index buckets and sessions prefetched;
 //! - `outbound.rs` (environment → VPC) and `inbound.rs` (VPC → environment);
 //! - `icmp.rs`: ICMP errors translated both ways, and generated;
 //! - `fragment.rs`: fragment forwarding and fragmenting;
 //! - `neighbor.rs`: ARP on every port and the probes of new addresses;
 //! - `hold.rs`: what sessions hold (ports, quotas, high-water marks) and
 //!   the recycling of ended ones;
-//! - `rewrite.rs`: the header rewrites, free functions.
+//! - `rewrite.rs`: the header rewrites, free functions;
+//! - `admin.rs`: what the control plane asks between frames (sessions
+//!   walked a chunk at a time, removed on an operator's request, the
+//!   environments with live sessions).
 
+mod admin;
+mod batch;
 mod fragment;
 mod hold;
 mod icmp;
@@ -61,6 +68,8 @@ mod neighbor;
 mod outbound;
 mod rewrite;
 
+pub use admin::Walk;
+pub use batch::{BatchFrame, BATCH};
 pub use hold::{PROBE_LIMIT, REMOTE_TIME_WAIT};
 
 use crate::arp::{self, ArpTable};
@@ -220,6 +229,8 @@ pub struct Engine {
     now: Instant,
     /// Recyclable list ids not given to an address.
     free_lists: Vec<u16>,
+    /// The flow key hashed for the frame being processed by a batch.
+    hint: Option<batch::Hint>,
 }
 
 impl Engine {
@@ -248,6 +259,7 @@ impl Engine {
             probes: Vec::new(),
             now: Instant::ZERO,
             free_lists: (0..crate::session::LISTS as u16).rev().collect(),
+            hint: None,
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
@@ -557,7 +569,13 @@ impl Engine {
                 if dst_mac != our_mac {
                     return Action::Drop(DropReason::NotForUs);
                 }
-                let mut ip = match wire::parse_ipv4(&frame[..len], ETH_LEN) {
+                // A batch parsed this frame's header already (and only
+                // gives a hint for a frame whose header parsed).
+                let parsed = match self.hint {
+                    Some(h) => Ok(h.ip),
+                    None => wire::parse_ipv4(&frame[..len], ETH_LEN),
+                };
+                let mut ip = match parsed {
                     Ok(ip) => ip,
                     Err(r) => return Action::Drop(r),
                 };

@@ -48,7 +48,7 @@ impl Engine {
         };
         let key =
             FlowKey { proto: ip.proto, local: Endpoint::new(ip.src, sport), remote: Endpoint::new(ip.dst, dport) };
-        let sid = match self.table.find_inside(&key) {
+        let sid = match self.table.find_inside_hashed(&key, self.key_hash(&key)) {
             Some(sid) => {
                 let s = self.table.get_mut(sid);
                 if s.port != port {

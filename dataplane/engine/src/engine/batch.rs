@@ -1,0 +1,137 @@
+//! Frames in vectors, VPP style: [`Engine::process_batch`] takes up to a
+//! read's worth of frames and works through them in passes, so the cache
+//! misses of one frame overlap those of the others instead of following
+//! them one by one.
+//!
+//! 1. Parse every frame and hash its flow key (inside key for a frame from
+//!    an attachment, outside key for one from the VPC); prefetch the key's
+//!    index bucket.
+//! 2. Read each bucket and prefetch the sessions whose tags match.
+//! 3. Process the frames in order, exactly as [`Engine::process_offload`]
+//!    would, with the IPv4 header from pass 1 (the frame is unchanged
+//!    since) and the hash handed to the session lookup.
+//!
+//! Passes 1 and 2 only read frames and tables and issue prefetches: every
+//! decision is taken in pass 3 in arrival order, so a batch gives the same
+//! frames, actions, counters and sessions as the frames one by one (a frame
+//! that hits a session an earlier frame of the same batch created finds it,
+//! its prefetch only came too early). A hash is used in pass 3 only for the
+//! very key it was computed from.
+
+use super::{flow_of, Action, Engine, Offload};
+use crate::flow::{Endpoint, FlowKey};
+use crate::tcp::Dir;
+use crate::time::Instant;
+use crate::wire::{self, Ipv4, ETH_LEN};
+use crate::PortId;
+
+/// Frames a batch is worked through in (a longer slice is taken in chunks
+/// of this many).
+pub const BATCH: usize = 64;
+
+/// One frame of a batch for [`Engine::process_batch`].
+#[derive(Debug)]
+pub struct BatchFrame<'a> {
+    /// The port it arrived on.
+    pub port: PortId,
+    /// Its buffer, owned by the caller: `buf[..len]` holds the frame, the
+    /// rest is room for a reply (see [`Engine::process`] on sizes). The
+    /// engine rewrites it in place.
+    pub buf: &'a mut [u8],
+    /// Frame length.
+    pub len: usize,
+    /// Offloads the device reported (default: none); after
+    /// [`Engine::process_batch`], the offload state the frame leaves with
+    /// (see [`Engine::forwarded_offload`]).
+    pub offload: Offload,
+    /// What to do with `buf`, written by [`Engine::process_batch`]; its
+    /// value on entry is ignored.
+    pub action: Action,
+}
+
+impl<'a> BatchFrame<'a> {
+    /// A frame of `len` bytes in `buf` from `port`, without offloads.
+    pub fn new(port: PortId, buf: &'a mut [u8], len: usize) -> BatchFrame<'a> {
+        BatchFrame { port, buf, len, offload: Offload::default(), action: Action::Consumed }
+    }
+}
+
+/// A frame's IPv4 header parsed, and its flow key hashed, ahead of the
+/// frame's turn.
+#[derive(Copy, Clone, Debug)]
+pub(super) struct Hint {
+    /// The header as `wire::parse_ipv4` gave it for `frame[..len]`.
+    pub(super) ip: Ipv4,
+    pub(super) key: FlowKey,
+    pub(super) hash: u64,
+}
+
+impl Engine {
+    /// Processes `frames` in order, each as [`Engine::process_offload`]
+    /// would (same rewrites, actions, counters and sessions), writing each
+    /// frame's [`Action`] into its `action`. Frames the engine makes or
+    /// releases meanwhile wait for [`Engine::poll_transmit`] as usual. No
+    /// allocation on the established path.
+    pub fn process_batch(&mut self, now: Instant, frames: &mut [BatchFrame<'_>]) {
+        for chunk in frames.chunks_mut(BATCH) {
+            self.process_chunk(now, chunk);
+        }
+    }
+
+    fn process_chunk(&mut self, now: Instant, frames: &mut [BatchFrame<'_>]) {
+        let mut hints: [Option<Hint>; BATCH] = [None; BATCH];
+        // Pass 1: keys, hashes, index buckets.
+        for (f, h) in frames.iter().zip(hints.iter_mut()) {
+            *h = flow_key(f.port, &f.buf[..f.len.min(f.buf.len())]).map(|(ip, key)| {
+                let hash = self.table.hash(&key);
+                self.table.prefetch_bucket(hash, !f.port.is_inside());
+                Hint { ip, key, hash }
+            });
+        }
+        // Pass 2: the sessions the buckets point at.
+        for (f, h) in frames.iter().zip(hints.iter()) {
+            if let Some(h) = h {
+                self.table.prefetch_candidates(h.hash, !f.port.is_inside());
+            }
+        }
+        // Pass 3: in order, as one by one.
+        for (f, h) in frames.iter_mut().zip(hints.iter()) {
+            self.hint = *h;
+            f.action = self.process_offload(now, f.port, f.buf, f.len, f.offload);
+            f.offload = self.forwarded_offload();
+        }
+        self.hint = None;
+    }
+
+    /// The hash of `key`: from the batch's pass 1 when it was computed for
+    /// this very key, else computed now.
+    #[inline]
+    pub(super) fn key_hash(&self, key: &FlowKey) -> u64 {
+        match self.hint {
+            Some(h) if h.key == *key => h.hash,
+            _ => self.table.hash(key),
+        }
+    }
+}
+
+/// The IPv4 header of a frame from `port` and the session key it would be
+/// looked up by, if it is an unfragmented IPv4 TCP, UDP or ICMP echo packet
+/// that parses. Reads the frame only; the decisions are left to the frame's
+/// turn.
+fn flow_key(port: PortId, frame: &[u8]) -> Option<(Ipv4, FlowKey)> {
+    if frame.len() < ETH_LEN || wire::ethertype(frame) != wire::ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = wire::parse_ipv4(frame, ETH_LEN).ok()?;
+    if ip.frag_off != 0 {
+        return None;
+    }
+    let dir = if port.is_inside() { Dir::Out } else { Dir::In };
+    let (_, sport, dport, _) = flow_of(frame, &ip, dir).ok()??;
+    let (src, dst) = (Endpoint::new(ip.src, sport), Endpoint::new(ip.dst, dport));
+    let key = match dir {
+        Dir::Out => FlowKey { proto: ip.proto, local: src, remote: dst },
+        Dir::In => FlowKey { proto: ip.proto, local: dst, remote: src },
+    };
+    Some((ip, key))
+}

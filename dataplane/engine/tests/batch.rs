@@ -1,0 +1,194 @@
+//! `Engine::process_batch` gives exactly what `Engine::process` gives frame
+//! by frame: the same bytes in every buffer, the same actions, the same
+//! frames to transmit, the same counters and the same sessions, for a mixed
+//! vector (new flows, several frames of one new flow, replies to a session
+//! created earlier in the same batch, established flows both ways, ICMP echo
+//! and errors, fragments, hairpin, ARP, malformed frames) in several orders
+//! and batch sizes, including more than one chunk of `BATCH`.
+
+mod common;
+
+use common::*;
+use dataplane::flow::{ICMP, TCP, UDP};
+use dataplane::testkit::{self, flags::*, IpOpts, OUTSIDE_MAC, ROUTER, ROUTER_MAC, SERVER, SERVER2};
+use dataplane::wire::ETH_LEN;
+use dataplane::{arp, Action, BatchFrame, PortId};
+
+/// Buffer per frame (room for ICMP errors).
+const BUF: usize = 2048;
+
+/// Two engines in the same state: the first takes frames one by one, the
+/// second in batches. Sessions set up before the batch: an established UDP
+/// flow, a TCP connection, an echo session; returns the harnesses and the
+/// test frames.
+fn setup() -> (Harness, Harness, Vec<(PortId, Vec<u8>)>) {
+    let mut hs = [Harness::default(), Harness::default()];
+    let mut eports = vec![];
+    for h in &mut hs {
+        let udp = h.out_ok(0, UDP, 5000, SERVER, 53, 0).src().1;
+        let tcp = h.out_ok(1, TCP, 6000, SERVER, 443, SYN).src().1;
+        let synack = h.vpc_frame(SERVER, 443, ENI, tcp, TCP, SYN | ACK, b"");
+        assert_eq!(h.send(PortId::OUTSIDE, synack).forwarded(), Some(h.env_port(1)));
+        let echo = h.out_ok(2, ICMP, 77, SERVER, 0, 0).echo_id();
+        let routed = h.out_ok(3, UDP, 5001, SERVER2, 443, 0);
+        assert!(h.drain().is_empty());
+        eports.push((udp, tcp, echo, routed.frame));
+    }
+    assert_eq!(eports[0], eports[1], "both engines start in the same state");
+    let (udp, tcp, echo, routed) = eports.pop().unwrap();
+    let [a, b] = hs;
+    let h = &a;
+    // Established, both ways.
+    let mut v: Vec<(PortId, Vec<u8>)> = vec![
+        (h.env_port(0), h.env_frame(0, UDP, 5000, SERVER, 53, 0, b"query")),
+        (PortId::OUTSIDE, h.vpc_frame(SERVER, 53, ENI, udp, UDP, 0, b"answer")),
+        (h.env_port(1), h.env_frame(1, TCP, 6000, SERVER, 443, ACK, b"GET /")),
+        (PortId::OUTSIDE, h.vpc_frame(SERVER, 443, ENI, tcp, TCP, ACK, b"200 OK")),
+        (h.env_port(2), h.env_frame(2, ICMP, 77, SERVER, 0, 0, b"ping")),
+        (PortId::OUTSIDE, h.vpc_frame(SERVER, 0, ENI, echo, ICMP, 0, b"pong")),
+    ];
+    // A new flow on env 0's mapping (endpoint-independent: same ENI port),
+    // three frames of it, and a reply to it: the reply finds the session
+    // only if an earlier frame of the batch created it.
+    for _ in 0..3 {
+        v.push((h.env_port(0), h.env_frame(0, UDP, 5000, SERVER2, 53, 0, b"new")));
+    }
+    v.push((PortId::OUTSIDE, h.vpc_frame(SERVER2, 53, ENI, udp, UDP, 0, b"new back")));
+    // New flows: UDP, a TCP SYN and a segment of it, an echo, a TCP
+    // segment that does not open (dropped).
+    v.push((h.env_port(4), h.env_frame(4, UDP, 7000, SERVER, 123, 0, b"ntp")));
+    v.push((h.env_port(5), h.env_frame(5, TCP, 7001, SERVER2, 80, SYN, b"")));
+    v.push((h.env_port(5), h.env_frame(5, TCP, 7001, SERVER2, 80, ACK, b"")));
+    v.push((h.env_port(6), h.env_frame(6, ICMP, 99, SERVER2, 0, 0, b"ping")));
+    v.push((h.env_port(7), h.env_frame(7, TCP, 7002, SERVER, 22, ACK, b"")));
+    // Unsolicited inbound, and inbound to a port with no mapping.
+    v.push((PortId::OUTSIDE, h.vpc_frame(SERVER, 9, ENI, 1, UDP, 0, b"x")));
+    v.push((PortId::OUTSIDE, h.vpc_frame(SERVER2, 443, ENI, tcp, TCP, SYN, b"")));
+    // An ICMP error from the VPC quoting the routed flow's translated packet.
+    let quote = &routed[ETH_LEN..ETH_LEN + 28];
+    let err = testkit::icmp_message(3, 3, [0; 4], quote);
+    v.push((PortId::OUTSIDE, testkit::ipv4_frame(OUTSIDE_MAC, ROUTER_MAC, ROUTER, ENI, ICMP, IpOpts::default(), &err)));
+    // Hairpin: env 4 to env 0's ENI endpoint.
+    v.push((h.env_port(4), h.env_frame(4, UDP, 7003, ENI, udp, 0, b"hairpin")));
+    // Fragments of a new datagram, later ones first.
+    let big = h.env_frame(3, UDP, 5005, SERVER, 9000, 0, &[7u8; 1200]);
+    let mut frags = testkit::fragment(&big, 500);
+    frags.reverse();
+    v.extend(frags.into_iter().map(|f| (h.env_port(3), f)));
+    // An ARP request, then malformed frames: truncated Ethernet, truncated
+    // IP, bad IP checksum, an unknown port, a non-IP ethertype.
+    let mut arp_req = vec![0u8; 64];
+    let n = arp::write_request(&mut arp_req, [2, 0, 0, 0, 0, 0x33], SERVER2, ENI);
+    arp_req.truncate(n);
+    v.push((PortId::OUTSIDE, arp_req));
+    v.push((h.env_port(0), vec![1, 2, 3]));
+    let mut f = h.env_frame(0, UDP, 5000, SERVER, 53, 0, b"query");
+    f.truncate(ETH_LEN + 10);
+    v.push((h.env_port(0), f));
+    let mut f = h.env_frame(0, UDP, 5000, SERVER, 53, 0, b"query");
+    f[ETH_LEN + 10] ^= 0x55;
+    v.push((h.env_port(0), f));
+    v.push((PortId(99), h.env_frame(0, UDP, 5000, SERVER, 53, 0, b"query")));
+    let mut f = h.env_frame(0, UDP, 5000, SERVER, 53, 0, b"query");
+    f[12] = 0x86;
+    f[13] = 0xdd;
+    v.push((h.env_port(0), f));
+    (a, b, v)
+}
+
+/// What an engine left behind: frames to transmit, counters, sessions.
+type State = (Vec<(PortId, Vec<u8>)>, String, Vec<String>);
+
+fn state(h: &mut Harness) -> State {
+    let tx = h.drain();
+    let counters = format!("{:?}", *h.engine.counters());
+    let mut sessions = vec![];
+    h.engine.sessions().for_each(|id, s| sessions.push(format!("{id} {s:?}")));
+    (tx, counters, sessions)
+}
+
+/// Runs `frames` through `one` frame by frame and through `batched` in
+/// batches of `size`; asserts identical outcomes.
+fn compare(one: &mut Harness, batched: &mut Harness, frames: &[(PortId, Vec<u8>)], size: usize) {
+    let mut bufs_one: Vec<Vec<u8>> = vec![];
+    let mut actions_one = vec![];
+    for (port, f) in frames {
+        let mut buf = f.clone();
+        buf.resize(BUF, 0);
+        actions_one.push(one.engine.process(one.now, *port, &mut buf, f.len()));
+        bufs_one.push(buf);
+    }
+    let mut bufs: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|(_, f)| {
+            let mut b = f.clone();
+            b.resize(BUF, 0);
+            b
+        })
+        .collect();
+    let mut actions = vec![];
+    for (chunk, bufs) in frames.chunks(size).zip(bufs.chunks_mut(size)) {
+        let mut batch: Vec<BatchFrame> =
+            chunk.iter().zip(bufs.iter_mut()).map(|((p, f), b)| BatchFrame::new(*p, b, f.len())).collect();
+        batched.engine.process_batch(batched.now, &mut batch);
+        actions.extend(batch.iter().map(|f| f.action));
+    }
+    for i in 0..frames.len() {
+        assert_eq!(actions[i], actions_one[i], "frame {i}: action");
+        assert!(bufs[i] == bufs_one[i], "frame {i}: buffer differs ({:?})", actions[i]);
+    }
+    assert_eq!(state(batched), state(one), "transmit queue, counters and sessions");
+}
+
+#[test]
+fn a_batch_is_the_frames_one_by_one() {
+    let (mut one, mut batched, frames) = setup();
+    assert!(frames.len() < dataplane::engine::BATCH);
+    compare(&mut one, &mut batched, &frames, frames.len());
+    let created = one.engine.counters().sessions_created.iter().map(|c| c.get()).sum::<u64>();
+    assert!(created >= 8, "new flows were created in the batch ({created} sessions in all)");
+}
+
+#[test]
+fn batches_in_any_order_and_size_match() {
+    for (seed, size) in [(1u64, 1), (2, 5), (3, 64), (4, 100), (5, 17)] {
+        let (mut one, mut batched, mut frames) = setup();
+        // Several rounds of the vector in a shuffled order: more than one
+        // chunk, and later rounds mostly established.
+        let base = frames.clone();
+        for _ in 0..3 {
+            frames.extend(base.iter().cloned());
+        }
+        let mut x = seed;
+        for i in (1..frames.len()).rev() {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            frames.swap(i, (x >> 33) as usize % (i + 1));
+        }
+        compare(&mut one, &mut batched, &frames, size);
+    }
+}
+
+#[test]
+fn actions_of_a_batch_are_the_expected_ones() {
+    let (_, mut h, frames) = setup();
+    let mut bufs: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|(_, f)| {
+            let mut b = f.clone();
+            b.resize(BUF, 0);
+            b
+        })
+        .collect();
+    let mut batch: Vec<BatchFrame> =
+        frames.iter().zip(bufs.iter_mut()).map(|((p, f), b)| BatchFrame::new(*p, b, f.len())).collect();
+    h.engine.process_batch(h.now, &mut batch);
+    let fwd = |a: Action, p: PortId| matches!(a, Action::Forward { port, .. } if port == p);
+    // Established both ways, the new flow's frames and the reply to it.
+    assert!(fwd(batch[0].action, PortId::OUTSIDE));
+    assert!(fwd(batch[1].action, h.env_port(0)));
+    for f in &batch[6..9] {
+        assert!(fwd(f.action, PortId::OUTSIDE), "{:?}", f.action);
+    }
+    assert!(fwd(batch[9].action, h.env_port(0)), "reply to a flow the same batch created: {:?}", batch[9].action);
+    assert!(matches!(batch.last().unwrap().action, Action::Drop(_)));
+}
