@@ -212,6 +212,9 @@ impl Shards {
 /// [`FragSteer::TTL_MS`] are ignored. No allocation after construction.
 pub struct FragSteer {
     slots: Box<[(Option<FragId>, u16, u64)]>,
+    /// Mixed into every slot choice: random per table, so a VPC host
+    /// cannot pick identifications that evict another datagram's record.
+    seed: u64,
 }
 
 impl FragSteer {
@@ -222,23 +225,27 @@ impl FragSteer {
 
     /// An empty table.
     pub fn new() -> FragSteer {
-        FragSteer { slots: vec![(None, 0, 0); Self::SLOTS].into_boxed_slice() }
+        use std::hash::BuildHasher;
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
+        FragSteer { slots: vec![(None, 0, 0); Self::SLOTS].into_boxed_slice(), seed }
     }
 
-    fn slot(id: &FragId) -> usize {
+    fn slot(&self, id: &FragId) -> usize {
         let h = u64::from(u32::from(id.src)) ^ u64::from(u32::from(id.dst)).rotate_left(17);
-        let h = (h ^ u64::from(id.ident) << 32 ^ u64::from(id.proto) << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let h =
+            (h ^ u64::from(id.ident) << 32 ^ u64::from(id.proto) << 48 ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let h = (h ^ h >> 29 ^ self.seed.rotate_left(31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         (h >> 54) as usize % Self::SLOTS
     }
 
     /// Records that `id`'s first fragment went to `owner` at `now_ms`.
     pub fn record(&mut self, id: FragId, owner: usize, now_ms: u64) {
-        self.slots[Self::slot(&id)] = (Some(id), owner as u16, now_ms);
+        self.slots[self.slot(&id)] = (Some(id), owner as u16, now_ms);
     }
 
     /// Where `id`'s first fragment went, if it is remembered.
     pub fn lookup(&self, id: &FragId, now_ms: u64) -> Option<usize> {
-        match self.slots[Self::slot(id)] {
+        match self.slots[self.slot(id)] {
             (Some(k), owner, t) if k == *id && now_ms.saturating_sub(t) <= Self::TTL_MS => Some(usize::from(owner)),
             _ => None,
         }
@@ -362,5 +369,27 @@ mod tests {
         assert_eq!(t.lookup(&id, 2000), Some(3));
         assert_eq!(t.lookup(&FragId { ident: 8, ..id }, 2000), None);
         assert_eq!(t.lookup(&id, 1000 + FragSteer::TTL_MS + 1), None);
+    }
+
+    /// A VPC host that knows how slots are chosen must not be able to pick
+    /// identifications that evict another datagram's record: each table
+    /// picks its slots with a seed of its own (issue 12 item 6). The
+    /// attacker computes collisions on a table of its own (`u`).
+    #[test]
+    fn frag_steer_slots_cannot_be_predicted_from_another_table() {
+        let mut t = FragSteer::new();
+        let u = FragSteer::new();
+        let mut survived = 0;
+        for v in 0..8u16 {
+            let victim = FragId { src: A, dst: ENI, proto: UDP, ident: v };
+            t.record(victim, 1, 1000);
+            let evil = (1000..=u16::MAX)
+                .map(|ident| FragId { src: Ipv4Addr::new(10, 1, 0, 66), ident, ..victim })
+                .find(|x| u.slot(x) == u.slot(&victim))
+                .expect("a colliding identification in the attacker's table");
+            t.record(evil, 0, 1000);
+            survived += usize::from(t.lookup(&victim, 1000) == Some(1));
+        }
+        assert!(survived >= 7, "{survived} of 8 records survived identifications chosen to collide");
     }
 }
