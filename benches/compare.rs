@@ -44,6 +44,12 @@
 //! quotas opened), then one established flow's delivered rate as above;
 //! prints both and 1M / 1k, writes `target/compare-sessions.json`.
 //!
+//! `--only outside`: the same measurements with our gateway's outside on a
+//! TAP and on a veth read through AF_PACKET (offloads as Linux sets them,
+//! a fanout group across the workers), against the kernel, in alternating
+//! rounds; prints AF_PACKET / TAP and AF_PACKET / kernel, and how many
+//! workers took frames from the VPC side.
+//!
 //! `--only offer`: what the TAP writers of `loadgen udp --cpus` can offer,
 //! into a TAP whose kernel side sits alone in a namespace and discards (one
 //! writer; one per CPU on one queue; one per CPU on a queue each of a
@@ -245,11 +251,12 @@ fn linger_zero(c: &TcpStream) {
     let _ = churn::set_linger_zero(c);
 }
 
-/// Which measurements to run (`--only tcp|udp|conn`; all by default).
+/// Which measurements to run (`--only tcp|udp|conn`; all by default, and
+/// all for `--only outside`).
 fn wanted(what: &str) -> bool {
     let args: Vec<String> = std::env::args().collect();
     match args.iter().position(|a| a == "--only") {
-        Some(i) => args.get(i + 1).is_some_and(|w| w == what),
+        Some(i) => args.get(i + 1).is_some_and(|w| w == what || w == "outside"),
         None => true,
     }
 }
@@ -748,6 +755,10 @@ fn main() {
         sessions_main(secs, rounds);
         return;
     }
+    if only("outside") {
+        outside_main(secs, rounds, workers);
+        return;
+    }
     if wanted("tcp") && netlab::find_tool("iperf3").is_err() {
         eprintln!("compare: TCP bulk needs iperf3 (apt-get install iperf3); skipping");
         return;
@@ -837,4 +848,73 @@ fn main() {
     });
     let _ = std::fs::create_dir_all("target");
     let _ = std::fs::write("target/compare.json", serde_json::to_string_pretty(&json).unwrap_or_default());
+}
+
+/// `--only outside`: our gateway with its outside on a TAP and on a veth
+/// through AF_PACKET (offloads as Linux sets them), and the kernel, in
+/// alternating rounds; medians, and how many workers took frames from the
+/// VPC side on the AF_PACKET outside.
+fn outside_main(secs: u32, rounds: usize, workers: usize) {
+    let (mut tap_all, mut af_all, mut kernel_all) = (vec![], vec![], vec![]);
+    let mut busy_workers = vec![];
+    for round in 1..=rounds {
+        for af_packet in [false, true] {
+            let opts = Options { envs: 2, workers, af_packet, gateway_extra: OPEN_QUOTAS.into(), ..Options::default() };
+            let lab = Lab::build(&opts).expect("our lab");
+            let vpc_link = if af_packet { "hplvo".to_string() } else { lab.outside.clone() };
+            let t = Topo {
+                server: &lab.server,
+                envs: lab.envs.iter().collect(),
+                vpc: &lab.vpc,
+                vpc_link,
+                env_link: lab.taps[0].clone(),
+            };
+            let f = measure(&t, secs);
+            let name = if af_packet { "af-packet" } else { "tap" };
+            let inbound: Vec<u64> = lab.gateway().counters().iter().map(|c| c.inbound.packets.get()).collect();
+            eprintln!(
+                "round {round}: hyperplane, {name} outside ({} workers, {}): {f:?}; inbound frames per worker {inbound:?}",
+                lab.gateway().workers(),
+                lab.gateway().outside_rx
+            );
+            if af_packet {
+                busy_workers.push(inbound.iter().filter(|&&n| n > 0).count() as f64);
+                af_all.push(f);
+            } else {
+                tap_all.push(f);
+            }
+        }
+        let k = KernelNat::build("hpko", 2, true).expect("kernel lab");
+        let t = Topo {
+            server: k.server_ns(),
+            envs: (0..2).map(|i| k.env_ns(i)).collect(),
+            vpc: k.vpc_ns(),
+            vpc_link: "gw".into(),
+            env_link: netlab::ENV_LINK.into(),
+        };
+        let f = measure(&t, secs);
+        eprintln!("round {round}: kernel: {f:?}");
+        kernel_all.push(f);
+    }
+    let (tap, af, kernel) = (Figures::median(&tap_all), Figures::median(&af_all), Figures::median(&kernel_all));
+    println!(
+        "{:<40} {:>12} {:>12} {:>12} {:>9} {:>9}",
+        "work (same run, medians)", "TAP outside", "AF_PACKET", "kernel NAT", "AF/TAP", "AF/kernel"
+    );
+    let rows: [(&str, fn(&Figures) -> f64); 5] = [
+        ("TCP bulk, Gbit/s", |f| f.tcp_gbps),
+        ("UDP 64-byte one flow, delivered pkt/s", |f| f.udp_pps),
+        ("UDP new flow per packet, delivered pkt/s", |f| f.new_pps),
+        ("TCP connections/s, RST close", |f| f.conn_rst_per_s),
+        ("TCP connections/s, FIN close", |f| f.conn_fin_per_s),
+    ];
+    for (name, get) in rows {
+        let (a, b, c) = (get(&tap), get(&af), get(&kernel));
+        println!("{name:<40} {a:>12.2} {b:>12.2} {c:>12.2} {:>9} {:>9}", ratio(b, a), ratio(b, c));
+    }
+    busy_workers.sort_by(f64::total_cmp);
+    println!(
+        "workers that took frames from the VPC on the AF_PACKET outside (fewest over the rounds): {}",
+        busy_workers.first().copied().unwrap_or(0.0)
+    );
 }
