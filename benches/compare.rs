@@ -901,7 +901,8 @@ fn outside_main(secs: u32, rounds: usize, workers: usize) {
         "{:<40} {:>12} {:>12} {:>12} {:>9} {:>9}",
         "work (same run, medians)", "TAP outside", "AF_PACKET", "kernel NAT", "AF/TAP", "AF/kernel"
     );
-    let rows: [(&str, fn(&Figures) -> f64); 5] = [
+    type Row = (&'static str, fn(&Figures) -> f64);
+    let rows: [Row; 5] = [
         ("TCP bulk, Gbit/s", |f| f.tcp_gbps),
         ("UDP 64-byte one flow, delivered pkt/s", |f| f.udp_pps),
         ("UDP new flow per packet, delivered pkt/s", |f| f.new_pps),
