@@ -1,0 +1,230 @@
+//! The workers' two I/O loops: read/write + epoll, and io_uring (reads
+//! kept posted, writes queued, one `io_uring_enter` per iteration). Both
+//! hand what they read to [`Worker::accept`].
+
+use super::tx::read;
+use super::*;
+
+impl Worker {
+    /// The read/write + epoll path.
+    pub(super) fn run_syscalls(&mut self) -> io::Result<()> {
+        self.io.set_backend(ActiveBackend::Syscalls);
+        let poller = Poller::new()?;
+        poller.add(self.waker.as_fd(), TOKEN_WAKER)?;
+        if let Some(src) = &self.outside_rx {
+            poller.add(src.as_fd(), TOKEN_OUTSIDE)?;
+        }
+        for (i, (_, tap)) in self.inside.iter().enumerate() {
+            poller.add(tap.as_fd(), i as u64)?;
+        }
+        let mut events = Events::with_capacity(256);
+        let mut ready: Vec<u64> = Vec::with_capacity(256);
+        self.flush();
+        let busy = self.settings.busy_poll();
+        while !self.fabric.stop.load(Ordering::Relaxed) {
+            let mut n = 0;
+            if !busy.is_zero() {
+                let end = std::time::Instant::now() + busy;
+                loop {
+                    self.io.epoll_wait.inc();
+                    n = poller.wait(&mut events, Some(Duration::ZERO))?;
+                    if n > 0 || !self.inbox.is_empty() || std::time::Instant::now() >= end {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            if n == 0 && self.inbox.is_empty() {
+                self.io.epoll_wait.inc();
+                poller.wait(&mut events, self.timeout())?;
+            }
+            ready.clear();
+            ready.extend(events.tokens());
+            for &token in &ready {
+                match token {
+                    TOKEN_WAKER => {
+                        self.io.read.inc();
+                        let _ = self.waker.reset();
+                    }
+                    TOKEN_OUTSIDE => {
+                        if let Some(src) = self.outside_rx.clone() {
+                            self.read_batch(PortId::OUTSIDE, &src);
+                        }
+                    }
+                    i => {
+                        if let Some((port, tap)) = self.inside.get(i as usize).cloned() {
+                            self.read_batch(port, &RxSource::Tap(tap));
+                        }
+                    }
+                }
+            }
+            self.finish_iteration();
+        }
+        Ok(())
+    }
+
+    /// Reads up to [`BATCH`] frames from `src` (one `read` or `recv` each).
+    pub(super) fn read_batch(&mut self, port: PortId, src: &RxSource) {
+        for _ in 0..BATCH {
+            let mut buf = self.take_spare();
+            match src {
+                RxSource::Tap(_) => self.io.read.inc(),
+                RxSource::Packet(_) => self.io.recv.inc(),
+            }
+            let Some(len) = read(src, &mut buf) else {
+                self.put_spare(buf);
+                break;
+            };
+            self.accept(port, buf, len);
+        }
+    }
+
+    /// Takes a frame just read: steers a frame from the outside to its
+    /// owner, queues the others for the engine.
+    pub(super) fn accept(&mut self, port: PortId, buf: Vec<u8>, len: usize) {
+        self.fabric.capture.frame(port, &buf[HDR..HDR + len]); // capture: received
+        if port == PortId::OUTSIDE {
+            let now = self.fabric.now();
+            if let Some(owner) = self.steer(now, &buf[HDR..HDR + len]) {
+                self.hand_over(owner, buf, len);
+                return;
+            }
+        }
+        self.rx.push(RxFrame { port, buf, len, learn: false });
+        if self.rx.len() >= BATCH {
+            self.process_rx();
+        }
+    }
+
+    /// The io_uring path: reads kept posted on every TAP queue and on the
+    /// eventfd; completions reaped, frames processed, writes queued; one
+    /// `io_uring_enter` per iteration submits the writes and new reads and
+    /// waits.
+    pub(super) fn run_uring(&mut self, ring: Ring) -> io::Result<()> {
+        self.io.set_backend(ActiveBackend::Uring);
+        self.ring = Some(ring);
+        if let Some(src) = &self.outside_rx {
+            self.ring_fds.push(RingFd { port: PortId::OUTSIDE, src: src.clone(), posted: 0, retry_at: None });
+        }
+        for (port, tap) in &self.inside {
+            let src = RxSource::Tap(Arc::clone(tap));
+            self.ring_fds.push(RingFd { port: *port, src, posted: 0, retry_at: None });
+        }
+        let mut done: Vec<Done> = Vec::with_capacity(self.ring.as_ref().map_or(0, Ring::slots));
+        self.refill_reads()?;
+        self.flush();
+        let busy = self.settings.busy_poll();
+        while !self.fabric.stop.load(Ordering::Relaxed) {
+            let ready = self.ring.as_mut().is_some_and(Ring::has_completions) || !self.inbox.is_empty();
+            let timeout = if ready { None } else { self.uring_timeout() };
+            let Some(ring) = self.ring.as_mut() else { break };
+            if ready {
+                ring.submit(&self.io)?;
+            } else {
+                let mut got = false;
+                if !busy.is_zero() {
+                    ring.submit(&self.io)?;
+                    let end = std::time::Instant::now() + busy;
+                    while std::time::Instant::now() < end {
+                        if ring.has_completions() || !self.inbox.is_empty() {
+                            got = true;
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                }
+                if !got {
+                    ring.wait(timeout, &self.io)?;
+                }
+            }
+            ring.reap(&mut done);
+            for d in done.drain(..) {
+                match d {
+                    Done::Read { fd, buf, res } => self.read_done(fd as usize, buf, res),
+                    Done::Write { buf, res } => {
+                        if res < 0 {
+                            self.counters.count_drop(DropReason::TxFailed);
+                        }
+                        self.put_spare(buf);
+                    }
+                    Done::Wake => {}
+                }
+            }
+            self.finish_iteration();
+            self.refill_reads()?;
+        }
+        // Dropping the ring cancels the reads still posted.
+        self.ring = None;
+        Ok(())
+    }
+
+    /// The ring's wait: the engine's next timer, or the next retry of a
+    /// queue whose read failed.
+    pub(super) fn uring_timeout(&self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        let retry = self.ring_fds.iter().filter_map(|f| f.retry_at).map(|t| t.saturating_duration_since(now)).min();
+        match (self.timeout(), retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A read on ring queue `fd` completed with `res` bytes (or `-errno`).
+    pub(super) fn read_done(&mut self, fd: usize, buf: Vec<u8>, res: i32) {
+        let Some(f) = self.ring_fds.get_mut(fd) else {
+            self.put_spare(buf);
+            return;
+        };
+        f.posted = f.posted.saturating_sub(1);
+        let port = f.port;
+        let mut buf = buf;
+        let len = match usize::try_from(res) {
+            Ok(0) => {
+                // End of file: the device is going away; do not spin on it.
+                f.retry_at = Some(std::time::Instant::now() + READ_RETRY);
+                None
+            }
+            Ok(n) => f.src.finish(&mut buf, n).filter(|&l| l <= MAX_FRAME),
+            Err(_) => {
+                if res != -libc::EAGAIN && res != -libc::ECANCELED {
+                    f.retry_at = Some(std::time::Instant::now() + READ_RETRY);
+                }
+                None
+            }
+        };
+        match len {
+            Some(len) => self.accept(port, buf, len),
+            None => self.put_spare(buf),
+        }
+    }
+
+    /// Posts reads until every ring queue has its share posted, and the
+    /// eventfd read.
+    pub(super) fn refill_reads(&mut self) -> io::Result<()> {
+        let Some(mut ring) = self.ring.take() else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        let r = ring.post_wake(self.waker.as_raw_fd(), &self.io);
+        for i in 0..self.ring_fds.len() {
+            let f = &mut self.ring_fds[i];
+            if f.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            f.retry_at = None;
+            while self.ring_fds[i].posted < self.reads_per_fd && ring.has_room() {
+                let buf = self.take_spare();
+                let f = &mut self.ring_fds[i];
+                match ring.post_read(i as u32, f.src.as_raw_fd(), buf, f.src.offset(), &self.io) {
+                    Ok(()) => f.posted += 1,
+                    Err(buf) => {
+                        self.put_spare(buf);
+                        break;
+                    }
+                }
+            }
+        }
+        self.ring = Some(ring);
+        r
+    }
+}
