@@ -575,14 +575,6 @@ impl SessionTable {
         Ok(id)
     }
 
-    /// Re-slots a session after a state change that may have shortened its
-    /// timeout.
-    pub fn reschedule(&mut self, id: u32) {
-        self.wheel_remove(id);
-        let deadline = self.sessions[id as usize].deadline(&self.timeouts);
-        self.wheel_insert(id, deadline);
-    }
-
     /// Removes a session; see [`Removed`] for what else it released.
     pub fn remove(&mut self, id: u32) -> Removed {
         self.wheel_remove(id);
@@ -619,120 +611,6 @@ impl SessionTable {
         Removed { mapping: None, port_left_live }
     }
 
-    fn wheel_insert(&mut self, id: u32, deadline: Instant) {
-        // Round up to the next whole second, and keep within the wheel.
-        let due = deadline.millis().div_ceil(1000);
-        let due = due.clamp(self.wheel_now + 1, self.wheel_now + WHEEL_SLOTS as u64 - 1);
-        let slot = (due as usize) & (WHEEL_SLOTS - 1);
-        let head = self.wheel[slot];
-        let s = &mut self.sessions[id as usize];
-        s.wheel_slot = slot as u16;
-        s.wheel_prev = NIL;
-        s.wheel_next = head;
-        if head != NIL {
-            self.sessions[head as usize].wheel_prev = id;
-        }
-        self.wheel[slot] = id;
-    }
-
-    fn wheel_remove(&mut self, id: u32) {
-        let s = self.sessions[id as usize];
-        if s.wheel_slot == NIL16 {
-            return;
-        }
-        if s.wheel_prev != NIL {
-            self.sessions[s.wheel_prev as usize].wheel_next = s.wheel_next;
-        } else {
-            self.wheel[s.wheel_slot as usize] = s.wheel_next;
-        }
-        if s.wheel_next != NIL {
-            self.sessions[s.wheel_next as usize].wheel_prev = s.wheel_prev;
-        }
-        self.sessions[id as usize].wheel_slot = NIL16;
-    }
-
-    /// Puts session `id` at the tail of recyclable list `list`, or takes it
-    /// off its list (`None`), keeping its mapping's count of live sessions.
-    /// `list` is below [`LISTS`]; a larger one is taken as `LISTS - 1`.
-    /// Returns whether the port it uses changed between held by a live
-    /// session and not (see [`Removed::port_left_live`]).
-    pub fn set_recyclable(&mut self, id: u32, list: Option<u16>) -> bool {
-        let was = self.sessions[id as usize].recyclable();
-        self.list_remove(id);
-        let m = self.sessions[id as usize].mapping;
-        if let Some(l) = list {
-            let l = l.min(LISTS as u16 - 1);
-            let (head, tail, len) = self.lists[l as usize];
-            let s = &mut self.sessions[id as usize];
-            s.list = l;
-            s.list_prev = tail;
-            s.list_next = NIL;
-            if tail != NIL {
-                self.sessions[tail as usize].list_next = id;
-            }
-            self.lists[l as usize] = (if head == NIL { id } else { head }, id, len + 1);
-        }
-        if was == list.is_some() {
-            return false;
-        }
-        if m == NIL {
-            return true;
-        }
-        let mp = &mut self.mappings[m as usize];
-        if was {
-            mp.live += 1;
-            mp.live == 1
-        } else {
-            mp.live -= 1;
-            mp.live == 0
-        }
-    }
-
-    fn list_remove(&mut self, id: u32) {
-        let s = self.sessions[id as usize];
-        if s.list == NIL16 {
-            return;
-        }
-        let (mut head, mut tail, len) = self.lists[s.list as usize];
-        if s.list_prev != NIL {
-            self.sessions[s.list_prev as usize].list_next = s.list_next;
-        } else {
-            head = s.list_next;
-        }
-        if s.list_next != NIL {
-            self.sessions[s.list_next as usize].list_prev = s.list_prev;
-        } else {
-            tail = s.list_prev;
-        }
-        self.lists[s.list as usize] = (head, tail, len - 1);
-        let s = &mut self.sessions[id as usize];
-        s.list = NIL16;
-        s.list_prev = NIL;
-        s.list_next = NIL;
-    }
-
-    /// The session that has been on recyclable list `list` longest.
-    pub fn list_head(&self, list: u16) -> Option<u32> {
-        let h = self.lists.get(usize::from(list))?.0;
-        (h != NIL).then_some(h)
-    }
-
-    /// The session after `id` on its recyclable list.
-    pub fn list_next(&self, id: u32) -> Option<u32> {
-        let n = self.sessions[id as usize].list_next;
-        (n != NIL).then_some(n)
-    }
-
-    /// Sessions on recyclable list `list`.
-    pub fn list_len(&self, list: u16) -> u32 {
-        self.lists.get(usize::from(list)).map_or(0, |l| l.2)
-    }
-
-    /// Recyclable sessions on every list.
-    pub fn recyclable_len(&self) -> usize {
-        self.lists.iter().map(|l| l.2 as usize).sum()
-    }
-
     /// The sessions of mapping `m`, newest first (at most `out.len()`);
     /// how many were written.
     pub fn mapping_sessions(&self, m: u32, out: &mut [u32]) -> usize {
@@ -744,53 +622,6 @@ impl SessionTable {
             id = self.sessions[id as usize].map_next;
         }
         n
-    }
-
-    /// When [`SessionTable::expire`] next has work: the next second boundary
-    /// while any session lives.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.is_empty() {
-            None
-        } else {
-            Some(Instant::from_secs(self.wheel_now + 1))
-        }
-    }
-
-    /// Expires every session whose deadline is at or before `now`, calling
-    /// `gone(session, removed)` for each after it left the table (the
-    /// session as it was, still showing whether it was recyclable).
-    /// Returns how many expired.
-    pub fn expire(&mut self, now: Instant, mut gone: impl FnMut(&Session, Removed)) -> usize {
-        let target = now.secs();
-        if target <= self.wheel_now {
-            return 0;
-        }
-        let from = if target - self.wheel_now > WHEEL_SLOTS as u64 {
-            target - WHEEL_SLOTS as u64 + 1
-        } else {
-            self.wheel_now + 1
-        };
-        self.wheel_now = target;
-        let mut expired = 0;
-        for t in from..=target {
-            let slot = (t as usize) & (WHEEL_SLOTS - 1);
-            let mut id = std::mem::replace(&mut self.wheel[slot], NIL);
-            while id != NIL {
-                let s = self.sessions[id as usize];
-                let next = s.wheel_next;
-                self.sessions[id as usize].wheel_slot = NIL16;
-                let deadline = s.deadline(&self.timeouts);
-                if deadline <= now {
-                    let m = self.remove(id);
-                    gone(&s, m);
-                    expired += 1;
-                } else {
-                    self.wheel_insert(id, deadline);
-                }
-                id = next;
-            }
-        }
-        expired
     }
 
     /// Calls `f` for every session in the table (free slots have protocol
@@ -887,6 +718,9 @@ fn unlink<T: Chained>(head: &mut u32, slab: &mut [T], id: u32, l: Link) {
         cur = *next;
     }
 }
+
+mod lists;
+mod wheel;
 
 #[cfg(test)]
 mod tests {

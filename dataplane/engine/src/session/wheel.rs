@@ -1,0 +1,94 @@
+//! The timer wheel: [`WHEEL_SLOTS`] one-second slots, a session in the slot
+//! of its deadline; a session is never expired before its deadline (see the
+//! module doc of [`super`]).
+
+use super::*;
+
+impl SessionTable {
+    /// Re-slots a session after a state change that may have shortened its
+    /// timeout.
+    pub fn reschedule(&mut self, id: u32) {
+        self.wheel_remove(id);
+        let deadline = self.sessions[id as usize].deadline(&self.timeouts);
+        self.wheel_insert(id, deadline);
+    }
+
+    pub(super) fn wheel_insert(&mut self, id: u32, deadline: Instant) {
+        // Round up to the next whole second, and keep within the wheel.
+        let due = deadline.millis().div_ceil(1000);
+        let due = due.clamp(self.wheel_now + 1, self.wheel_now + WHEEL_SLOTS as u64 - 1);
+        let slot = (due as usize) & (WHEEL_SLOTS - 1);
+        let head = self.wheel[slot];
+        let s = &mut self.sessions[id as usize];
+        s.wheel_slot = slot as u16;
+        s.wheel_prev = NIL;
+        s.wheel_next = head;
+        if head != NIL {
+            self.sessions[head as usize].wheel_prev = id;
+        }
+        self.wheel[slot] = id;
+    }
+
+    pub(super) fn wheel_remove(&mut self, id: u32) {
+        let s = self.sessions[id as usize];
+        if s.wheel_slot == NIL16 {
+            return;
+        }
+        if s.wheel_prev != NIL {
+            self.sessions[s.wheel_prev as usize].wheel_next = s.wheel_next;
+        } else {
+            self.wheel[s.wheel_slot as usize] = s.wheel_next;
+        }
+        if s.wheel_next != NIL {
+            self.sessions[s.wheel_next as usize].wheel_prev = s.wheel_prev;
+        }
+        self.sessions[id as usize].wheel_slot = NIL16;
+    }
+
+    /// When [`SessionTable::expire`] next has work: the next second boundary
+    /// while any session lives.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_empty() {
+            None
+        } else {
+            Some(Instant::from_secs(self.wheel_now + 1))
+        }
+    }
+
+    /// Expires every session whose deadline is at or before `now`, calling
+    /// `gone(session, removed)` for each after it left the table (the
+    /// session as it was, still showing whether it was recyclable).
+    /// Returns how many expired.
+    pub fn expire(&mut self, now: Instant, mut gone: impl FnMut(&Session, Removed)) -> usize {
+        let target = now.secs();
+        if target <= self.wheel_now {
+            return 0;
+        }
+        let from = if target - self.wheel_now > WHEEL_SLOTS as u64 {
+            target - WHEEL_SLOTS as u64 + 1
+        } else {
+            self.wheel_now + 1
+        };
+        self.wheel_now = target;
+        let mut expired = 0;
+        for t in from..=target {
+            let slot = (t as usize) & (WHEEL_SLOTS - 1);
+            let mut id = std::mem::replace(&mut self.wheel[slot], NIL);
+            while id != NIL {
+                let s = self.sessions[id as usize];
+                let next = s.wheel_next;
+                self.sessions[id as usize].wheel_slot = NIL16;
+                let deadline = s.deadline(&self.timeouts);
+                if deadline <= now {
+                    let m = self.remove(id);
+                    gone(&s, m);
+                    expired += 1;
+                } else {
+                    self.wheel_insert(id, deadline);
+                }
+                id = next;
+            }
+        }
+        expired
+    }
+}
