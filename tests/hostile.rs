@@ -16,7 +16,7 @@ use netlab::lab::{Lab, Options};
 use netlab::{Netns, SERVER};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,22 +28,7 @@ const ENDPOINTS: usize = 500;
 const FRAGMENTS: usize = 2000;
 
 fn echo_server(lab: &Lab) {
-    let l = lab.server.run(|| TcpListener::bind(SocketAddrV4::new(SERVER, ECHO_PORT)).expect("bind"));
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(c.try_clone().expect("clone"));
-                let mut w = c;
-                let mut line = String::new();
-                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    if w.write_all(line.as_bytes()).is_err() {
-                        break;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
+    netlab::line_server(&lab.server, SocketAddrV4::new(SERVER, ECHO_PORT), |line, _| line.to_string()).expect("bind");
 }
 
 fn echo(c: &mut TcpStream) -> std::io::Result<()> {

@@ -8,7 +8,7 @@ use control::api::{self, Request, Response};
 use netlab::lab::{Lab, Options};
 use netlab::SERVER;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,22 +17,7 @@ const PORTS: [u16; 2] = [7710, 7711];
 /// Servers on both ports that echo each line.
 fn servers(lab: &Lab) {
     for port in PORTS {
-        let l = lab.server.run(move || TcpListener::bind(SocketAddrV4::new(SERVER, port)).expect("bind"));
-        std::thread::spawn(move || {
-            for c in l.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(c.try_clone().expect("clone"));
-                    let mut w = c;
-                    let mut line = String::new();
-                    while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                        if w.write_all(line.as_bytes()).is_err() {
-                            break;
-                        }
-                        line.clear();
-                    }
-                });
-            }
-        });
+        netlab::line_server(&lab.server, SocketAddrV4::new(SERVER, port), |line, _| line.to_string()).expect("bind");
     }
 }
 

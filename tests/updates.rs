@@ -7,30 +7,14 @@ use dataplane::counters::DropReason;
 use netlab::lab::{Lab, Options};
 use netlab::SERVER;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::Duration;
 
 const PORT: u16 = 7700;
 
 /// A server that answers each line with the peer it sees.
 fn server(lab: &Lab) {
-    let l = lab.server.run(|| TcpListener::bind(SocketAddrV4::new(SERVER, PORT)).expect("bind"));
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let peer = c.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                let mut r = BufReader::new(c.try_clone().expect("clone"));
-                let mut w = c;
-                let mut line = String::new();
-                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    if w.write_all(format!("{peer}\n").as_bytes()).is_err() {
-                        break;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
+    netlab::line_server(&lab.server, SocketAddrV4::new(SERVER, PORT), |_, peer| format!("{peer}\n")).expect("bind");
 }
 
 fn connect(lab: &Lab) -> std::io::Result<TcpStream> {

@@ -149,6 +149,34 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// A TCP server on `addr` inside `ns` that answers every line it reads with `answer(line, peer)` (one thread per
+/// connection, living as long as the process: the tests' echo and who-am-I servers).
+pub fn line_server(
+    ns: &Netns,
+    addr: std::net::SocketAddrV4,
+    answer: fn(&str, std::net::SocketAddr) -> String,
+) -> io::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let l = ns.run(move || std::net::TcpListener::bind(addr))?;
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(peer) = c.peer_addr() else { return };
+                let Ok(read) = c.try_clone() else { return };
+                let (mut r, mut w) = (BufReader::new(read), c);
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if w.write_all(answer(&line, peer).as_bytes()).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
 /// The first line of every root-only test: such tests are `#[ignore]`d unless built as root (`cfg(root_tests)`,
 /// set by the build script `dataplane/io/build.rs`), and this makes one that runs anyway without root fail loudly
 /// instead of passing without testing anything.
