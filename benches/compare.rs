@@ -787,20 +787,7 @@ fn main() {
             eprintln!("round {round}: steal {:.1}%, load average {:.1} (hyperplane)", f.steal_pct, f.load1);
             ours_all.push(f);
         }
-        {
-            let k = KernelNat::build("hpkb", 2, true).expect("kernel lab");
-            let t = Topo {
-                server: k.server_ns(),
-                envs: (0..2).map(|i| k.env_ns(i)).collect(),
-                vpc: k.vpc_ns(),
-                vpc_link: "gw".into(),
-                env_link: netlab::ENV_LINK.into(),
-            };
-            let f = measure(&t, secs);
-            eprintln!("round {round}: kernel: {f:?}");
-            eprintln!("round {round}: steal {:.1}%, load average {:.1} (kernel)", f.steal_pct, f.load1);
-            kernel_all.push(f);
-        }
+        kernel_all.push(measure_kernel(round, secs));
     }
     let (ours, kernel) = (Figures::median(&ours_all), Figures::median(&kernel_all));
     println!(
@@ -884,17 +871,7 @@ fn outside_main(secs: u32, rounds: usize, workers: usize) {
                 tap_all.push(f);
             }
         }
-        let k = KernelNat::build("hpko", 2, true).expect("kernel lab");
-        let t = Topo {
-            server: k.server_ns(),
-            envs: (0..2).map(|i| k.env_ns(i)).collect(),
-            vpc: k.vpc_ns(),
-            vpc_link: "gw".into(),
-            env_link: netlab::ENV_LINK.into(),
-        };
-        let f = measure(&t, secs);
-        eprintln!("round {round}: kernel: {f:?}");
-        kernel_all.push(f);
+        kernel_all.push(measure_kernel(round, secs));
     }
     let (tap, af, kernel) = (Figures::median(&tap_all), Figures::median(&af_all), Figures::median(&kernel_all));
     println!(
@@ -918,4 +895,21 @@ fn outside_main(secs: u32, rounds: usize, workers: usize) {
         "workers that took frames from the VPC on the AF_PACKET outside (fewest over the rounds): {}",
         busy_workers.first().copied().unwrap_or(0.0)
     );
+}
+
+/// One round of [`measure`] against the kernel's masquerade (two
+/// environments, a fresh lab).
+fn measure_kernel(round: usize, secs: u32) -> Figures {
+    let k = KernelNat::build("hpkb", 2, true).expect("kernel lab");
+    let t = Topo {
+        server: k.server_ns(),
+        envs: (0..2).map(|i| k.env_ns(i)).collect(),
+        vpc: k.vpc_ns(),
+        vpc_link: "gw".into(),
+        env_link: netlab::ENV_LINK.into(),
+    };
+    let f = measure(&t, secs);
+    eprintln!("round {round}: kernel: {f:?}");
+    eprintln!("round {round}: steal {:.1}%, load average {:.1} (kernel)", f.steal_pct, f.load1);
+    f
 }

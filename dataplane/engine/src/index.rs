@@ -138,19 +138,26 @@ impl FlowIndex {
                 self.buckets[b].ids[i] = id;
                 self.buckets[b].tags[i] = t;
                 // Count the insert on every full bucket it passed.
-                let mut p = home;
-                while p != b {
-                    let o = &mut self.buckets[p].overflow;
-                    if *o != STUCK {
-                        *o += 1;
-                    }
-                    p = self.next(p);
-                }
+                self.count_passed(home, b, true);
                 return true;
             }
             b = self.next(b);
         }
         false
+    }
+
+    /// Counts an entry stored in bucket `b` in (`up`) or out of the overflow
+    /// count of every bucket from its home `home` up to `b` (a count that
+    /// reached [`STUCK`] stays there).
+    fn count_passed(&mut self, home: usize, b: usize, up: bool) {
+        let mut p = home;
+        while p != b {
+            let o = &mut self.buckets[p].overflow;
+            if *o != STUCK {
+                *o = if up { *o + 1 } else { *o - 1 };
+            }
+            p = self.next(p);
+        }
     }
 
     /// Removes `id` stored under hash `h`. Returns whether it was there.
@@ -160,14 +167,7 @@ impl FlowIndex {
         for _ in 0..self.buckets.len() {
             if let Some(i) = self.buckets[b].ids.iter().position(|&x| x == id) {
                 self.buckets[b].ids[i] = NIL;
-                let mut p = home;
-                while p != b {
-                    let o = &mut self.buckets[p].overflow;
-                    if *o != STUCK {
-                        *o -= 1;
-                    }
-                    p = self.next(p);
-                }
+                self.count_passed(home, b, false);
                 return true;
             }
             if self.buckets[b].overflow == 0 {
