@@ -9,7 +9,6 @@
 use crate::counters::DropReason;
 use crate::flow::{ICMP, TCP, UDP};
 use core::net::Ipv4Addr;
-use smoltcp::wire::{EthernetFrame, Ipv4Packet};
 
 /// Ethernet header length.
 pub const ETH_LEN: usize = 14;
@@ -61,7 +60,7 @@ pub fn put_ip(b: &mut [u8], off: usize, a: Ipv4Addr) {
 /// The EtherType of a frame at least [`ETH_LEN`] long.
 #[inline]
 pub fn ethertype(frame: &[u8]) -> u16 {
-    u16::from(EthernetFrame::new_unchecked(frame).ethertype())
+    get16(frame, 12)
 }
 
 /// The six bytes of the MAC address at `at` in `frame` (0: destination,
@@ -140,52 +139,52 @@ impl Ipv4 {
     }
 }
 
-fn bad_source(a: Ipv4Addr) -> bool {
-    a.is_multicast() || a.is_broadcast() || a.is_loopback() || a.is_unspecified()
-}
-
-fn bad_destination(a: Ipv4Addr) -> bool {
-    a.is_multicast() || a.is_broadcast() || a.is_loopback() || a.is_unspecified()
+/// Multicast, limited broadcast, loopback or unspecified: never a valid
+/// source or destination of a forwarded datagram.
+#[inline]
+fn bad_address(a: u32) -> bool {
+    a >> 28 == 0xe || a == u32::MAX || a >> 24 == 127 || a == 0
 }
 
 /// Validates the IPv4 header at `off` in `frame` (version, header length,
 /// total length, header checksum, addresses).
 pub fn parse_ipv4(frame: &[u8], off: usize) -> Result<Ipv4, DropReason> {
     let b = frame.get(off..).ok_or(DropReason::Truncated)?;
-    if b.len() < 20 {
-        return Err(DropReason::Truncated);
-    }
-    let p = Ipv4Packet::new_unchecked(b);
-    if p.version() != 4 {
+    // The fixed 20 bytes read once, without a bounds check per field.
+    let h: &[u8; 20] = b.first_chunk().ok_or(DropReason::Truncated)?;
+    if h[0] >> 4 != 4 {
         return Err(DropReason::BadIpVersion);
     }
-    let hlen = usize::from(p.header_len());
+    let hlen = usize::from(h[0] & 0x0f) * 4;
     if hlen < 20 || hlen > b.len() {
         return Err(DropReason::BadIpHeaderLength);
     }
-    let total = usize::from(p.total_len());
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
     if total < hlen || total > b.len() {
         return Err(DropReason::BadIpTotalLength);
     }
-    if crate::checksum::fold(crate::checksum::sum(0, &b[..hlen])) != 0xffff {
+    let header_sum = if hlen == 20 { crate::checksum::sum(0, h) } else { crate::checksum::sum(0, &b[..hlen]) };
+    if crate::checksum::fold(header_sum) != 0xffff {
         return Err(DropReason::BadIpChecksum);
     }
-    let (src, dst) = (p.src_addr(), p.dst_addr());
-    if bad_source(src) || bad_destination(dst) {
+    let (src, dst) =
+        (u32::from_be_bytes([h[12], h[13], h[14], h[15]]), u32::from_be_bytes([h[16], h[17], h[18], h[19]]));
+    if bad_address(src) || bad_address(dst) {
         return Err(DropReason::BadAddress);
     }
+    let flags_frag = u16::from_be_bytes([h[6], h[7]]);
     Ok(Ipv4 {
         off,
         hlen,
         total,
-        proto: u8::from(p.next_header()),
-        src,
-        dst,
-        ttl: p.hop_limit(),
-        ident: p.ident(),
-        df: p.dont_frag(),
-        mf: p.more_frags(),
-        frag_off: usize::from(p.frag_offset()),
+        proto: h[9],
+        src: Ipv4Addr::from(src),
+        dst: Ipv4Addr::from(dst),
+        ttl: h[8],
+        ident: u16::from_be_bytes([h[4], h[5]]),
+        df: flags_frag & 0x4000 != 0,
+        mf: flags_frag & 0x2000 != 0,
+        frag_off: usize::from(flags_frag & 0x1fff) * 8,
         partial: false,
         wire_len: total,
     })

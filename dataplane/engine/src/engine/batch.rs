@@ -8,8 +8,9 @@
 //!    index bucket.
 //! 2. Read each bucket and prefetch the sessions whose tags match.
 //! 3. Process the frames in order, exactly as [`Engine::process_offload`]
-//!    would, with the IPv4 header from pass 1 (the frame is unchanged
-//!    since) and the hash handed to the session lookup.
+//!    would, with the IPv4 and transport headers from pass 1 (the frame
+//!    is unchanged since; each is used once, for the frame it was parsed
+//!    from) and the hash handed to the session lookup.
 //!
 //! Passes 1 and 2 only read frames and tables and issue prefetches: every
 //! decision is taken in pass 3 in arrival order, so a batch gives the same
@@ -18,7 +19,7 @@
 //! its prefetch only came too early). A hash is used in pass 3 only for the
 //! very key it was computed from.
 
-use super::{flow_of, Action, Engine, Offload};
+use super::{flow_of, Action, Engine, Flow, Offload};
 use crate::flow::{Endpoint, FlowKey};
 use crate::tcp::Dir;
 use crate::time::Instant;
@@ -64,6 +65,8 @@ pub(super) struct Hint {
     pub(super) ip: Ipv4,
     pub(super) key: FlowKey,
     pub(super) hash: u64,
+    /// What `flow_of` gave for the frame (the key's ports come from it).
+    pub(super) flow: Flow,
 }
 
 impl Engine {
@@ -82,10 +85,10 @@ impl Engine {
         let mut hints: [Option<Hint>; BATCH] = [None; BATCH];
         // Pass 1: keys, hashes, index buckets.
         for (f, h) in frames.iter().zip(hints.iter_mut()) {
-            *h = flow_key(f.port, &f.buf[..f.len.min(f.buf.len())]).map(|(ip, key)| {
+            *h = flow_key(f.port, &f.buf[..f.len.min(f.buf.len())]).map(|(ip, key, flow)| {
                 let hash = self.table.hash(&key);
                 self.table.prefetch_bucket(hash, !f.port.is_inside());
-                Hint { ip, key, hash }
+                Hint { ip, key, hash, flow }
             });
         }
         // Pass 2: the sessions the buckets point at.
@@ -118,7 +121,7 @@ impl Engine {
 /// looked up by, if it is an unfragmented IPv4 TCP, UDP or ICMP echo packet
 /// that parses. Reads the frame only; the decisions are left to the frame's
 /// turn.
-fn flow_key(port: PortId, frame: &[u8]) -> Option<(Ipv4, FlowKey)> {
+fn flow_key(port: PortId, frame: &[u8]) -> Option<(Ipv4, FlowKey, Flow)> {
     if frame.len() < ETH_LEN || wire::ethertype(frame) != wire::ETHERTYPE_IPV4 {
         return None;
     }
@@ -127,11 +130,12 @@ fn flow_key(port: PortId, frame: &[u8]) -> Option<(Ipv4, FlowKey)> {
         return None;
     }
     let dir = if port.is_inside() { Dir::Out } else { Dir::In };
-    let (_, sport, dport, _) = flow_of(frame, &ip, dir).ok()??;
+    let flow = flow_of(frame, &ip, dir).ok()??;
+    let (_, sport, dport, _) = flow;
     let (src, dst) = (Endpoint::new(ip.src, sport), Endpoint::new(ip.dst, dport));
     let key = match dir {
         Dir::Out => FlowKey { proto: ip.proto, local: src, remote: dst },
         Dir::In => FlowKey { proto: ip.proto, local: dst, remote: src },
     };
-    Some((ip, key))
+    Some((ip, key, flow))
 }

@@ -184,7 +184,7 @@ pub(super) fn warm(s: &Session) -> bool {
 impl Engine {
     pub(super) fn forget_idle_addrs(&mut self) {
         let m = self.cfg.mapping;
-        let Engine { addrs, counters, free_lists, cfg, .. } = self;
+        let Engine { addrs, addr_set, counters, free_lists, cfg, .. } = self;
         addrs.retain(|_, a| {
             let keep = a.bound || (0..3).any(|i| a.held(i, m) > 0);
             if !keep {
@@ -199,6 +199,7 @@ impl Engine {
             }
             keep
         });
+        addr_set.rebuild(addrs.keys().copied());
         // Slots freed above go to addresses that had none.
         let mut ungauged = 0u64;
         for (&addr, a) in addrs.iter_mut().filter(|(_, a)| a.gauge.is_none()) {

@@ -54,7 +54,7 @@ impl Engine {
         }
         self.translate_icmp_error(frame, &ip, &emb, Side::Dst, s.eni, true);
         self.counters.outbound.count(ip.total);
-        if self.addrs.contains_key(&ip.dst) {
+        if self.is_eni(ip.dst) {
             self.counters.hairpinned.inc();
             let ip2 = Ipv4 { src: s.eni.ip, ttl: ip.ttl - 1, ..ip };
             return self.inbound(now, frame, ip2, true);

@@ -5,7 +5,7 @@
 
 use super::hold::Hold;
 use super::rewrite::rewrite_inbound;
-use super::{flow_of, Action, Engine};
+use super::{Action, Engine};
 use crate::config::{Filtering, Mapping};
 use crate::counters::DropReason;
 use crate::flow::{proto_index, Endpoint, FlowKey, ICMP, TCP};
@@ -19,7 +19,7 @@ impl Engine {
     /// A frame from the VPC (or a hairpinned one, already translated on its
     /// way out and with its TTL already decremented).
     pub(super) fn inbound(&mut self, now: Instant, frame: &mut [u8], ip: Ipv4, hairpin: bool) -> Action {
-        if !self.addrs.contains_key(&ip.dst) {
+        if !self.is_eni(ip.dst) {
             return Action::Drop(DropReason::NotForUs);
         }
         if !hairpin && ip.ttl <= 1 {
@@ -28,7 +28,7 @@ impl Engine {
         if ip.frag_off != 0 {
             return self.later_fragment(now, PortId::OUTSIDE, frame, ip);
         }
-        let (l4, sport, dport, flags) = match flow_of(frame, &ip, Dir::In) {
+        let (l4, sport, dport, flags) = match self.flow_of_frame(frame, &ip, Dir::In) {
             Ok(Some(f)) => f,
             Ok(None) => return self.icmp_error_in(now, frame, ip, hairpin),
             Err(r) => return Action::Drop(r),

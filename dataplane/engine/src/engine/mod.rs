@@ -58,6 +58,7 @@
 //!   walked a chunk at a time, removed on an operator's request, the
 //!   environments with live sessions).
 
+mod addr_set;
 mod admin;
 mod batch;
 mod fragment;
@@ -202,6 +203,8 @@ pub struct Engine {
     bindings: Arc<Bindings>,
     table: SessionTable,
     addrs: HashMap<Ipv4Addr, Addr, foldhash::fast::RandomState>,
+    /// The keys of `addrs`, for the per-frame membership test.
+    addr_set: addr_set::AddrSet,
     envs: HashMap<Ipv4Addr, EnvState, foldhash::fast::RandomState>,
     arp: ArpTable,
     frags: FragTable<FragXlate>,
@@ -231,6 +234,9 @@ pub struct Engine {
     free_lists: Vec<u16>,
     /// The flow key hashed for the frame being processed by a batch.
     hint: Option<batch::Hint>,
+    /// The transport header the batch parsed for the frame in hand, taken
+    /// (once) by the first [`Engine::flow_of_frame`] of that frame.
+    hint_flow: Option<Flow>,
 }
 
 impl Engine {
@@ -245,6 +251,7 @@ impl Engine {
             // a bucket cannot be worked out from the source.
             frags: FragTable::with_seed(config.frag, config.seed ^ 0x6672_6167_6d65_6e74),
             addrs: HashMap::default(),
+            addr_set: addr_set::AddrSet::new(),
             envs: HashMap::default(),
             tx: VecDeque::with_capacity(TX_QUEUE),
             frag_out: VecDeque::with_capacity(TX_QUEUE),
@@ -260,6 +267,7 @@ impl Engine {
             now: Instant::ZERO,
             free_lists: (0..crate::session::LISTS as u16).rev().collect(),
             hint: None,
+            hint_flow: None,
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
@@ -330,6 +338,7 @@ impl Engine {
                     bound: true,
                 };
                 self.addrs.insert(addr, a);
+                self.addr_set.rebuild(self.addrs.keys().copied());
                 if self.queue_outside(|f| arp::write_announcement(f, b.outside().mac, addr)) {
                     self.counters.arp_gratuitous.inc();
                 } else {
@@ -526,6 +535,7 @@ impl Engine {
         self.now = now;
         let len = len.min(frame.len());
         let mut action = self.dispatch(now, port, frame, len);
+        self.hint_flow = None;
         if let Action::Forward { port, len } = action {
             let mtu = self.mtu(port);
             if len - ETH_LEN > mtu && offload.gso_size == 0 {
@@ -547,6 +557,27 @@ impl Engine {
         self.rx
     }
 
+    /// Whether `ip` is one of this engine's ENI addresses.
+    #[inline]
+    pub(super) fn is_eni(&self, ip: Ipv4Addr) -> bool {
+        match self.addr_set.get(ip) {
+            addr_set::Member::Yes => true,
+            addr_set::Member::No => false,
+            addr_set::Member::Ask => self.addrs.contains_key(&ip),
+        }
+    }
+
+    /// [`flow_of`] for the frame in hand: what the batch parsed, the first
+    /// time it is asked for a frame (a hairpin's second leg, or any later
+    /// call, parses the rewritten frame again).
+    #[inline]
+    fn flow_of_frame(&mut self, frame: &[u8], ip: &Ipv4, dir: Dir) -> Result<Option<Flow>, DropReason> {
+        match self.hint_flow.take() {
+            Some(f) => Ok(Some(f)),
+            None => flow_of(frame, ip, dir),
+        }
+    }
+
     fn port_mac(&self, port: PortId) -> Option<Mac> {
         if port == PortId::OUTSIDE {
             Some(self.bindings.outside().mac)
@@ -556,6 +587,7 @@ impl Engine {
     }
 
     fn dispatch(&mut self, now: Instant, port: PortId, frame: &mut [u8], len: usize) -> Action {
+        self.hint_flow = None;
         if len < ETH_LEN {
             return Action::Drop(DropReason::Truncated);
         }
@@ -572,7 +604,10 @@ impl Engine {
                 // A batch parsed this frame's header already (and only
                 // gives a hint for a frame whose header parsed).
                 let parsed = match self.hint {
-                    Some(h) => Ok(h.ip),
+                    Some(h) => {
+                        self.hint_flow = Some(h.flow);
+                        Ok(h.ip)
+                    }
                     None => wire::parse_ipv4(&frame[..len], ETH_LEN),
                 };
                 let mut ip = match parsed {
@@ -589,7 +624,7 @@ impl Engine {
                     // (`Action::Redirect`: the outside port's MAC as source
                     // too, one of our ENI addresses as source): its TTL went
                     // down there.
-                    let hairpin = wire::mac_at(frame, 6) == our_mac && self.addrs.contains_key(&ip.src);
+                    let hairpin = wire::mac_at(frame, 6) == our_mac && self.is_eni(ip.src);
                     self.inbound(now, frame, ip, hairpin)
                 }
             }
@@ -622,13 +657,17 @@ impl Engine {
     }
 }
 
+/// A transport header and what a flow key takes from it: `(l4, sport,
+/// dport, tcp flags)` (see [`flow_of`]).
+type Flow = (L4, u16, u16, u8);
+
 /// The transport header of a packet going `dir` and what its flow key takes
 /// from it: `(l4, sport, dport, tcp flags)`. An echo's identifier is the
 /// environment's "port": the source of a request going out, the destination
 /// of a reply coming in; an echo the other way is dropped (`UnsupportedIcmp`
 /// going out, `NoSession` coming in). `Ok(None)`: an ICMP error, which has
 /// its own path.
-fn flow_of(frame: &[u8], ip: &Ipv4, dir: Dir) -> Result<Option<(L4, u16, u16, u8)>, DropReason> {
+fn flow_of(frame: &[u8], ip: &Ipv4, dir: Dir) -> Result<Option<Flow>, DropReason> {
     let l4 = wire::parse_l4(frame, ip)?;
     let (sport, dport, flags) = match (l4, dir) {
         (L4::Tcp { sport, dport, flags }, _) => (sport, dport, flags),

@@ -32,7 +32,7 @@ impl Engine {
                     *claimed = true;
                 }
             }
-            let ours = self.addrs.contains_key(&msg.target_ip);
+            let ours = self.is_eni(msg.target_ip);
             self.arp.learn(now, msg.sender_ip, msg.sender_mac, ours);
             ours
         };

@@ -6,7 +6,7 @@
 use super::fragment::set_ident;
 use super::hold::{warm, Hold};
 use super::rewrite::{finish_partial, rewrite, swap_macs, Side};
-use super::{flow_of, Action, Engine, Event};
+use super::{Action, Engine, Event};
 use crate::arp;
 use crate::bindings::Mac;
 use crate::checksum;
@@ -36,12 +36,12 @@ impl Engine {
         if ip.frag_off != 0 {
             return self.later_fragment(now, port, frame, ip);
         }
-        let hairpin = self.addrs.contains_key(&ip.dst);
+        let hairpin = self.is_eni(ip.dst);
         if ip.df && !hairpin && ip.wire_len > usize::from(self.bindings.outside().mtu) {
             let mtu = u32::from(self.bindings.outside().mtu);
             return self.too_big(frame, ip, mtu, gateway);
         }
-        let (l4, sport, dport, flags) = match flow_of(frame, &ip, Dir::Out) {
+        let (l4, sport, dport, flags) = match self.flow_of_frame(frame, &ip, Dir::Out) {
             Ok(Some(f)) => f,
             Ok(None) => return self.icmp_error_out(now, port, frame, ip),
             Err(r) => return Action::Drop(r),
