@@ -316,6 +316,11 @@ pub struct ArpTable {
     config: ArpConfig,
     our_mac: Mac,
     entries: HashMap<Ipv4Addr, Entry, RandomState>,
+    /// The last fresh hit of [`ArpTable::lookup`]: its address, MAC and the
+    /// end of its entry's reachable time. Valid while the entries are as
+    /// they were then (the entry marked used): [`ArpTable::learn`] and
+    /// [`ArpTable::expire`], the only other writers of `entries`, clear it.
+    memo: Option<(Ipv4Addr, Mac, Instant)>,
     /// Next hop to its index in `pending`.
     pending_index: HashMap<Ipv4Addr, u32, RandomState>,
     pending: Vec<Pending>,
@@ -361,6 +366,7 @@ impl ArpTable {
             config,
             our_mac,
             entries: HashMap::with_capacity_and_hasher(max_entries.saturating_mul(2), RandomState::default()),
+            memo: None,
             pending_index: HashMap::with_capacity_and_hasher(n.saturating_mul(2), RandomState::default()),
             pending: vec![Pending::FREE; n],
             pending_free: (0..n as u32).rev().collect(),
@@ -398,13 +404,22 @@ impl ArpTable {
 
     /// Hot path: the MAC for `ip` if known and confirmed less than
     /// `reachable` ago, marking the entry used (so it is refreshed before
-    /// it ages out). One hash lookup; no allocation.
+    /// it ages out). One hash lookup, none when asked for the same next hop
+    /// as last time (the memo); no allocation.
     #[inline]
     pub fn lookup(&mut self, now: Instant, ip: Ipv4Addr) -> Option<Mac> {
+        if let Some((m_ip, mac, until)) = self.memo {
+            if m_ip == ip && now < until {
+                return Some(mac);
+            }
+        }
         let reachable = self.config.reachable;
         let e = self.entries.get_mut(&ip)?;
         e.used = true;
-        (now < e.confirmed + reachable).then_some(e.mac)
+        let until = e.confirmed + reachable;
+        let fresh = now < until;
+        self.memo = fresh.then_some((ip, e.mac, until));
+        fresh.then_some(e.mac)
     }
 
     /// Whether `ip` is resolved at `now` (without marking it used).
@@ -432,6 +447,7 @@ impl ArpTable {
     ///
     /// [`poll_transmit`]: ArpTable::poll_transmit
     pub fn learn(&mut self, now: Instant, ip: Ipv4Addr, mac: Mac, create: bool) {
+        self.memo = None;
         if ip.is_unspecified()
             || ip.is_broadcast()
             || ip.is_multicast()
@@ -714,6 +730,7 @@ impl ArpTable {
     /// entries confirmed `reachable` or more ago. Returns how many frames
     /// were dropped.
     pub fn expire(&mut self, now: Instant) -> usize {
+        self.memo = None;
         let retry = self.config.retry;
         let max_requests = self.config.max_requests;
         let mut dropped = 0;
@@ -1159,6 +1176,29 @@ mod tests {
         assert!(t.is_empty());
         assert_eq!(t.lookup(ms(500_000), GW), None);
         assert_eq!(t.poll_timeout(), None, "ageing needs no timer");
+    }
+
+    /// The lookup's memo of its last hit answers only what the table would:
+    /// a new MAC at once, and a hit through it marks the entry used (so a
+    /// refresh is asked again after the last one).
+    #[test]
+    fn the_lookup_memo_never_outlives_what_it_remembers() {
+        let mut t = table(ArpConfig::default());
+        t.set_sender(ENI);
+        t.learn(ms(0), GW, GW_MAC, true);
+        assert_eq!(t.lookup(ms(1), GW), Some(GW_MAC));
+        let other: Mac = [0x02, 0, 0, 0, 0, 9];
+        t.learn(ms(2), GW, other, false);
+        assert_eq!(t.lookup(ms(3), GW), Some(other));
+        assert_eq!(t.expire(ms(230_000)), 0);
+        assert_eq!(drain(&mut t).len(), 1, "a refresh in the last quarter of the entry's life");
+        assert_eq!(t.lookup(ms(230_500), GW), Some(other));
+        assert_eq!(t.lookup(ms(230_600), GW), Some(other));
+        assert_eq!(t.expire(ms(232_000)), 0);
+        assert_eq!(drain(&mut t).len(), 1, "used again since: refreshed again");
+        assert_eq!(t.expire(ms(234_000)), 0);
+        assert_eq!(drain(&mut t).len(), 0, "not used since the last refresh");
+        assert_eq!(t.lookup(ms(300_002), GW), None, "past its reachable time");
     }
 
     #[test]

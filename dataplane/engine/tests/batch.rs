@@ -192,3 +192,93 @@ fn actions_of_a_batch_are_the_expected_ones() {
     assert!(fwd(batch[9].action, h.env_port(0)), "reply to a flow the same batch created: {:?}", batch[9].action);
     assert!(matches!(batch.last().unwrap().action, Action::Drop(_)));
 }
+
+/// The established path of a batch (`engine/fast.rs`) against the frames
+/// one by one, on frames of established flows that must leave it for the
+/// general path: TTL 1, too big with and without DF both ways, IP options, a
+/// frame to the attachment's gateway, FIN, SYN (a reopen) and RST both ways
+/// and segments after them, a frame from the wrong port, hairpins both
+/// ways (from an environment, and handed over by another worker), and the
+/// next hop's ARP entry aging out between two batches.
+#[test]
+fn the_established_path_leaves_every_exception_to_the_general_path() {
+    let (mut one, mut batched, _) = setup();
+    let h = &one;
+    let udp = |data: &[u8], o: IpOpts| h.env_frame_opts(0, UDP, 5000, SERVER, 53, 0, data, o);
+    let tcp_port = {
+        let out = one.engine.sessions();
+        let mut p = 0;
+        out.for_each(|_, s| {
+            if s.proto == TCP && s.inside.port == 6000 {
+                p = s.eni.port;
+            }
+        });
+        p
+    };
+    assert_ne!(tcp_port, 0);
+    let udp_port = {
+        let mut p = 0;
+        one.engine.sessions().for_each(|_, s| {
+            if s.proto == UDP && s.inside.port == 5000 {
+                p = s.eni.port;
+            }
+        });
+        p
+    };
+    // A hairpin translated by another worker and handed over: the outside
+    // port's MAC as source, an ENI address as source (its TTL went down
+    // there already).
+    let seg = testkit::udp_segment(ENI, 7777, ENI, udp_port, b"handed over");
+    let handed_over = testkit::ipv4_frame(OUTSIDE_MAC, OUTSIDE_MAC, ENI, ENI, UDP, IpOpts::default(), &seg);
+    let ack = |data: &[u8]| (h.env_port(1), h.env_frame(1, TCP, 6000, SERVER, 443, ACK, data));
+    let back = |flags: u8| (PortId::OUTSIDE, h.vpc_frame(SERVER, 443, ENI, tcp_port, TCP, flags, b"data"));
+    let mut v = vec![
+        (h.env_port(0), udp(b"plain", IpOpts::default())),
+        (h.env_port(0), udp(b"ttl 1", IpOpts { ttl: 1, ..IpOpts::default() })),
+        (h.env_port(0), udp(&[1u8; 1600], IpOpts { df: true, ..IpOpts::default() })),
+        (h.env_port(0), udp(&[2u8; 1600], IpOpts::default())),
+        (h.env_port(0), udp(b"options", IpOpts { options: &[1, 1, 1, 0], ..IpOpts::default() })),
+        (h.env_port(0), h.env_frame(0, UDP, 5000, testkit::GATEWAY, 53, 0, b"to the gateway")),
+        (h.env_port(3), h.env_frame(0, UDP, 5000, SERVER, 53, 0, b"wrong port")),
+        (PortId::OUTSIDE, h.vpc_frame(SERVER, 53, ENI, udp_port, UDP, 0, &[3u8; 1600])),
+        (PortId::OUTSIDE, h.vpc_frame(SERVER, 53, ENI, udp_port, UDP, 0, b"answer")),
+        (PortId::OUTSIDE, handed_over.clone()),
+        (PortId::OUTSIDE, handed_over),
+        ack(b"one"),
+        back(ACK),
+        ack(b"two"),
+        (h.env_port(1), h.env_frame(1, TCP, 6000, SERVER, 443, FIN | ACK, b"")),
+        ack(b"after fin"),
+        back(ACK),
+        back(FIN | ACK),
+        ack(b""),
+        (h.env_port(1), h.env_frame(1, TCP, 6000, SERVER, 443, SYN, b"")),
+        back(SYN | ACK),
+        ack(b"reopened"),
+        back(RST),
+        back(ACK),
+        ack(b"after rst"),
+        back(RST),
+        ack(b"after the second rst"),
+        back(ACK),
+        (h.env_port(4), h.env_frame(4, UDP, 7003, ENI, udp_port, 0, b"hairpin")),
+        (h.env_port(4), h.env_frame(4, UDP, 7003, ENI, udp_port, 0, b"hairpin again")),
+    ];
+    let later = (h.env_port(0), udp(b"later", IpOpts::default()));
+    // Frame by frame with the state compared after each (a state that
+    // diverged for one frame may converge again later), then in batches.
+    for f in v.chunks(1) {
+        compare(&mut one, &mut batched, f, 1);
+    }
+    let n = v.len();
+    for size in [3, n] {
+        compare(&mut one, &mut batched, &v, size);
+    }
+    // The router's entry ages out: established frames wait for ARP, on
+    // both paths alike.
+    one.advance(std::time::Duration::from_secs(400));
+    batched.advance(std::time::Duration::from_secs(400));
+    v.truncate(1);
+    v.push(later);
+    compare(&mut one, &mut batched, &v, v.len());
+}

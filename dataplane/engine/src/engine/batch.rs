@@ -8,7 +8,10 @@
 //!    index bucket.
 //! 2. Read each bucket and prefetch the sessions whose tags match.
 //! 3. Process the frames in order, exactly as [`Engine::process_offload`]
-//!    would, with the IPv4 and transport headers from pass 1 (the frame
+//!    would: a frame of an established flow that changes nothing but its
+//!    session's counters by the fast path (`fast`, whose doc lists when it
+//!    applies), any other by the general path, with the IPv4 and transport
+//!    headers from pass 1 (the frame
 //!    is unchanged since; each is used once, for the frame it was parsed
 //!    from) and the hash handed to the session lookup.
 //!
@@ -99,6 +102,11 @@ impl Engine {
         }
         // Pass 3: in order, as one by one.
         for (f, h) in frames.iter_mut().zip(hints.iter()) {
+            if let Some(h) = h {
+                if self.fast(now, f, h) {
+                    continue;
+                }
+            }
             self.hint = *h;
             f.action = self.process_offload(now, f.port, f.buf, f.len, f.offload);
             f.offload = self.forwarded_offload();

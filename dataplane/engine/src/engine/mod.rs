@@ -61,6 +61,7 @@
 mod addr_set;
 mod admin;
 mod batch;
+mod fast;
 mod fragment;
 mod hold;
 mod icmp;
