@@ -71,6 +71,8 @@
 //!   (open loop, 4 threads, RST close) for `--churn-secs S` (default 600),
 //!   against ours and then the kernel: failures and the rate per minute.
 //!
+//! `--churn-target ours|kernel` runs one target only (default both),
+//! `--churn-port-range "LO HI"` sets the environments' ephemeral ports, and
 //! `--churn-close rst|fin|both` overrides the close modes (defaults: both
 //! for `churn`, rst for `churn1k`). Both write `target/churn.json` (the
 //! reports with their per-second timelines), after every run.
@@ -306,7 +308,15 @@ fn churn_ours(envs: usize, cfg: &ClientConfig) -> ChurnRun {
         cfg.mode.label(),
         cfg.secs
     );
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (counters, stop) = (lab.gateway().counters().to_vec(), Arc::clone(&stop));
+        std::thread::spawn(move || sample_gateway(&counters, &stop))
+    };
+    churn_port_range(&nss);
     let (report, server) = churn::run(&lab.server, &nss, cfg).expect("churn against ours");
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
     let totals = lab.gateway().totals();
     eprintln!(
         "  gateway: {} packets out, {} in; sessions live {:?} (tcp, udp, icmp); drops {:?}",
@@ -316,11 +326,57 @@ fn churn_ours(envs: usize, cfg: &ClientConfig) -> ChurnRun {
     ChurnRun { target: "hyperplane", report, server, outside: lab.eni, drops }
 }
 
+/// Every 5 s until `stop`: the gateway's live TCP sessions, recycled sessions, drops and its workers' CPU time
+/// (from `/proc/self/task/*/stat`, threads named `hp-worker-*`), so a rate that falls can be put beside what the
+/// gateway was doing.
+fn sample_gateway(counters: &[Arc<dataplane::counters::Counters>], stop: &AtomicBool) {
+    fn worker_ticks() -> u64 {
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0 };
+        dir.flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("hp-worker")))
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .map(|st| {
+                let f: Vec<&str> = st.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+                f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            })
+            .sum()
+    }
+    let start = Instant::now();
+    let (mut last_rx, mut last_ticks) = (0u64, worker_ticks());
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_secs(5));
+        let t = control::gateway::Totals::sum(counters);
+        let ticks = worker_ticks();
+        eprintln!(
+            "  [{:>4.0} s] gateway: tcp live {} recycled {} rx {}/s workers cpu {}% drops {:?}",
+            start.elapsed().as_secs_f64(),
+            t.live[0],
+            t.recycled,
+            (t.rx_frames - last_rx) / 5,
+            (ticks - last_ticks) * 100 / 500,
+            t.drops
+        );
+        (last_rx, last_ticks) = (t.rx_frames, ticks);
+    }
+}
+
+/// `--churn-port-range "LO HI"`: the environments' ephemeral ports (`net.ipv4.ip_local_port_range`), to tell a
+/// client's own port reuse (TIME_WAIT in its namespace) from the NAT's.
+fn churn_port_range(nss: &[&Netns]) {
+    if let Some(r) = arg_str("--churn-port-range") {
+        for ns in nss {
+            ns.sysctl("net.ipv4.ip_local_port_range", &r).expect("--churn-port-range: LO HI");
+        }
+    }
+}
+
 /// Churn against the kernel's masquerade, `envs` environments.
 fn churn_kernel(envs: usize, cfg: &ClientConfig) -> ChurnRun {
     let k = KernelNat::build("hpkc", envs, true).expect("kernel lab");
     let nss: Vec<&Netns> = (0..envs).map(|i| k.env_ns(i)).collect();
     eprintln!("churn: kernel, {} close, {} s ...", cfg.mode.label(), cfg.secs);
+    churn_port_range(&nss);
     let (report, server) = churn::run(k.server_ns(), &nss, cfg).expect("churn against the kernel");
     ChurnRun { target: "kernel", report, server, outside: k.eni_addr(), drops: Vec::new() }
 }
@@ -376,7 +432,12 @@ fn churn_main(which: &str) {
     let mut runs: Vec<ChurnRun> = Vec::new();
     for mode in modes {
         let cfg = ClientConfig { mode, ..base };
-        for target in ["hyperplane", "kernel"] {
+        let targets: &[&str] = match arg_str("--churn-target").as_deref() {
+            Some("ours") => &["hyperplane"],
+            Some("kernel") => &["kernel"],
+            _ => &["hyperplane", "kernel"],
+        };
+        for &target in targets {
             let run = if target == "hyperplane" { churn_ours(envs, &cfg) } else { churn_kernel(envs, &cfg) };
             let c = &run.report;
             eprintln!(
