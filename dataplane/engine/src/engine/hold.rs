@@ -427,9 +427,7 @@ impl Engine {
         key: FlowKey,
     ) -> Result<Endpoint, Ipv4Addr> {
         let paired = paired.filter(|p| addrs.contains(p));
-        for &a in addrs {
-            self.cool_down(now, a);
-        }
+        self.cool_all(now);
         if let Some(ep) = paired.and_then(|p| self.take_port(now, p, pi, key)) {
             return Ok(ep);
         }
@@ -460,18 +458,25 @@ impl Engine {
     /// [`RECYCLE_SCAN`] a call: each moves once, so new flows keep up), and
     /// takes them off the high-water count.
     pub(super) fn cool_down(&mut self, now: Instant, addr: Ipv4Addr) {
-        let Some(a) = self.addrs.get_mut(&addr) else { return };
-        if a.cool == a.list {
+        if let Some(a) = self.addrs.get_mut(&addr) {
+            cool(&mut self.table, a, now);
+        }
+    }
+
+    /// [`Engine::cool_down`] for every address, at most once per
+    /// millisecond of the engine's clock: a cooling period ends on a
+    /// millisecond, so a second pass within the same one finds nothing new
+    /// (only what a pass left at [`RECYCLE_SCAN`] waits for the next
+    /// millisecond). New flows call it, so a burst of them pays for one
+    /// pass, not one per flow and address.
+    pub(super) fn cool_all(&mut self, now: Instant) {
+        if self.cooled_at == now {
             return;
         }
-        for _ in 0..RECYCLE_SCAN {
-            let Some(i) = self.table.list_head(a.cool) else { break };
-            if cooling(self.table.get(i), now) {
-                break;
-            }
-            self.table.set_recyclable(i, Some(a.list));
-            let pi = proto_index(self.table.get(i).proto);
-            step(&mut a.warm[pi], false);
+        self.cooled_at = now;
+        let Engine { addrs, table, .. } = self;
+        for a in addrs.values_mut() {
+            cool(table, a, now);
         }
     }
 
@@ -551,5 +556,22 @@ impl Engine {
                 a.high[pi] = queued;
             }
         }
+    }
+}
+
+/// Moves `a`'s cooling sessions whose remote's TIME_WAIT has passed to its
+/// ready list (see [`Engine::cool_down`]).
+fn cool(table: &mut crate::session::SessionTable, a: &mut Addr, now: Instant) {
+    if a.cool == a.list {
+        return;
+    }
+    for _ in 0..RECYCLE_SCAN {
+        let Some(i) = table.list_head(a.cool) else { break };
+        if cooling(table.get(i), now) {
+            break;
+        }
+        table.set_recyclable(i, Some(a.list));
+        let pi = proto_index(table.get(i).proto);
+        step(&mut a.warm[pi], false);
     }
 }

@@ -238,6 +238,9 @@ pub struct Engine {
     /// The transport header the batch parsed for the frame in hand, taken
     /// (once) by the first [`Engine::flow_of_frame`] of that frame.
     hint_flow: Option<Flow>,
+    /// When every address last had its cooling sessions moved
+    /// ([`Engine::cool_all`]).
+    cooled_at: Instant,
 }
 
 impl Engine {
@@ -269,6 +272,7 @@ impl Engine {
             free_lists: (0..crate::session::LISTS as u16).rev().collect(),
             hint: None,
             hint_flow: None,
+            cooled_at: Instant::ZERO,
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
