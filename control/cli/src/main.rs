@@ -184,9 +184,35 @@ enum Command {
         #[arg(long)]
         tap_per_env: bool,
         /// udp: one writer thread per CPU listed (e.g. 0,1), each pinned
-        /// to its CPU; default one unpinned writer.
+        /// to its CPU (a TAP queue each); default one unpinned writer.
         #[arg(long)]
         cpus: Option<String>,
+        /// Any NAT: the link towards its inside (the environments send
+        /// and receive here; a packet socket, promiscuous). With --outside.
+        #[arg(long, requires = "outside")]
+        inside: Option<String>,
+        /// The namespace of --inside (default: this one).
+        #[arg(long, requires = "inside")]
+        inside_ns: Option<String>,
+        /// Any NAT: the link its outside traffic arrives on (the responder
+        /// and the kernel's counter are here). With --inside.
+        #[arg(long, requires = "inside")]
+        outside: Option<String>,
+        /// The namespace of --outside (default: this one).
+        #[arg(long, requires = "outside")]
+        outside_ns: Option<String>,
+        /// With --inside: the environments' network (their addresses are
+        /// its hosts, the gateway's skipped).
+        #[arg(long, default_value = "172.16.0.0/16", requires = "inside")]
+        env_net: String,
+        /// With --inside: the NAT's inside address, the environments'
+        /// default gateway.
+        #[arg(long, default_value = "172.16.0.1", requires = "inside")]
+        gateway: String,
+        /// With --inside: the responder's address; it must be on --outside,
+        /// and the NAT must route it there.
+        #[arg(long, default_value = "10.1.0.2", requires = "inside")]
+        responder: String,
     },
     #[cfg(feature = "study")]
     /// Study the shared-ENI design: per-environment ENIs against one shared
@@ -299,14 +325,42 @@ fn main() -> ExitCode {
             json,
             tap_per_env,
             cpus,
+            inside,
+            inside_ns,
+            outside,
+            outside_ns,
+            env_net,
+            gateway,
+            responder,
         } => (|| {
+            let external = match (&inside, &outside) {
+                (Some(i), Some(o)) => {
+                    if compare {
+                        return Err(CliError::Usage(
+                            "--compare runs ours and the kernel in the lab; --inside/--outside measure one NAT".into(),
+                        ));
+                    }
+                    Some(loadgen::ExternalNat::parse(
+                        (inside_ns.as_deref(), i),
+                        (outside_ns.as_deref(), o),
+                        &env_net,
+                        &gateway,
+                        &responder,
+                    )?)
+                }
+                _ => None,
+            };
             let args = loadgen::LoadArgs {
                 scenario: loadgen::Scenario::parse(&scenario)?,
-                target: match target.as_str() {
-                    "ours" => loadgen::Target::Ours,
-                    "kernel" => loadgen::Target::Kernel,
-                    t => return Err(CliError::Usage(format!("--target {t}: ours or kernel"))),
+                target: match (target.as_str(), &external) {
+                    (_, Some(_)) => loadgen::Target::External,
+                    ("ours", None) => loadgen::Target::Ours,
+                    ("kernel", None) => loadgen::Target::Kernel,
+                    (t, None) => {
+                        return Err(CliError::Usage(format!("--target {t}: ours or kernel (or --inside/--outside)")))
+                    }
                 },
+                external,
                 envs,
                 duration: loadgen::parse_duration("duration", &duration)?,
                 rate,

@@ -136,7 +136,7 @@ pub struct GatewayFigures {
 pub struct LoadReport {
     /// Scenario name.
     pub scenario: String,
-    /// `ours` or `kernel`.
+    /// `ours`, `kernel` or `external`.
     pub target: String,
     /// Environments.
     pub envs: usize,
@@ -168,7 +168,7 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
     /// The responder's counts.
     pub responder: ResponderReport,
-    /// The address every environment should arrive from.
+    /// The address every environment should arrive from (null for an external NAT: see `responder.addresses`).
     pub eni: Option<Ipv4Addr>,
     /// Our gateway's counters (target ours).
     pub gateway: Option<GatewayFigures>,
@@ -180,9 +180,9 @@ pub struct LoadReport {
     pub timeline_csv: Option<String>,
     /// SVG plots written.
     pub plots: Vec<String>,
-    /// UDP to the server counted by the kernel at the VPC router's link from the NAT (an nftables netdev ingress
-    /// counter; packets, whole-IPv4-packet bytes, over the run's duration), independent of the generator and the
-    /// responder. `udp` and `mixed` only.
+    /// UDP to the server counted by the kernel at the VPC router's link from the NAT (an external NAT: on the
+    /// `--outside` link) (an nftables netdev ingress counter; packets, whole-IPv4-packet bytes, over the run's
+    /// duration), independent of the generator and the responder. `udp` and `mixed` only.
     pub vpc_counted: Option<Rate>,
 }
 
@@ -210,7 +210,7 @@ pub(crate) struct Measured {
 pub(crate) fn assemble(
     args: &LoadArgs,
     n: usize,
-    eni: Ipv4Addr,
+    eni: Option<Ipv4Addr>,
     m: Measured,
     seen: ResponderReport,
     gateway: Option<GatewayFigures>,
@@ -252,10 +252,7 @@ pub(crate) fn assemble(
     }
     LoadReport {
         scenario: args.scenario.name().into(),
-        target: match args.target {
-            Target::Ours => "ours".into(),
-            Target::Kernel => "kernel".into(),
-        },
+        target: args.target.name().into(),
         envs: n,
         duration_s: secs,
         requested_duration_s: args.duration.as_secs_f64(),
@@ -271,7 +268,7 @@ pub(crate) fn assemble(
         connect,
         errors: m.errors,
         responder: seen,
-        eni: Some(eni),
+        eni,
         gateway,
         timeline_bucket_ms: tl.bucket().as_millis() as u64,
         timeline: tl.buckets(span),
@@ -350,7 +347,7 @@ impl LoadReport {
         }
         if let Some(c) = &self.vpc_counted {
             t += &format!(
-                "  vpc        {} UDP packets counted by the kernel at the VPC router ({:.0} pps)\n",
+                "  vpc        {} UDP packets counted by the kernel past the NAT ({:.0} pps)\n",
                 c.packets, c.pps
             );
         }

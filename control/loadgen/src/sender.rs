@@ -369,14 +369,14 @@ fn packet_socket(link: &str) -> Result<OwnedFd, SendError> {
 }
 
 /// `sendmmsg` of a batch on a bound packet socket: how many the kernel took.
-fn send_batch(fd: &OwnedFd, frames: &[Vec<u8>]) -> std::io::Result<usize> {
+fn send_batch(fd: impl std::os::fd::AsFd, frames: &[Vec<u8>]) -> std::io::Result<usize> {
     let iovs: Vec<[IoSlice<'_>; 1]> = frames.iter().map(|f| [IoSlice::new(f)]).collect();
     let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
         (0..frames.len()).map(|_| SendAncillaryBuffer::default()).collect();
     let mut msgs: Vec<MMsgHdr<'_>> = iovs.iter().zip(controls.iter_mut()).map(|(v, c)| MMsgHdr::new(v, c)).collect();
     let mut done = 0;
     while done < msgs.len() {
-        match sendmmsg(fd, &mut msgs[done..], SendFlags::empty()) {
+        match sendmmsg(&fd, &mut msgs[done..], SendFlags::empty()) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(rustix::io::Errno::INTR) => continue,
@@ -428,9 +428,63 @@ pub fn send_packet(ns: &Netns, link: &str, plan: &Plan, stop: &Arc<AtomicBool>) 
 /// Runs `plan` into the user side of a TAP, one `write` per frame, from one thread per CPU of the plan; thread `t`
 /// writes to `taps[t % taps.len()]` (the queues of a multi-queue TAP, or one descriptor for all).
 pub fn send_tap(taps: &[Tap], plan: &Plan, stop: &AtomicBool) -> Result<Sent, SendError> {
-    if taps.is_empty() {
+    send_each(taps, plan, stop, |tap, batch| {
+        let mut ok = 0;
+        for f in batch {
+            if tap.send(f).is_ok() {
+                ok += 1;
+            }
+        }
+        Ok(ok)
+    })
+}
+
+/// Runs `plan` into the load generator's ports (see [`crate::port`]), from one thread per CPU of the plan; thread
+/// `t` sends on `ports[t % ports.len()]`: one `write` per frame to a TAP queue, one `sendmmsg` per batch on a
+/// packet socket.
+pub fn send_ports(ports: &[crate::Port], plan: &Plan, stop: &AtomicBool) -> Result<Sent, SendError> {
+    send_each(ports, plan, stop, |port, batch| match port {
+        crate::Port::Tap(tap) => {
+            let mut ok = 0;
+            for f in batch {
+                if tap.send(f).is_ok() {
+                    ok += 1;
+                }
+            }
+            Ok(ok)
+        }
+        crate::Port::Packet(p) => {
+            // The socket does not block (it is also read): a full send buffer refuses the rest of a batch, which
+            // is retried after a pause (at most 10 ms in all) rather than counted as refused at once.
+            let mut done = 0;
+            for _ in 0..200 {
+                match send_batch(p, &batch[done..]) {
+                    Ok(k) => done += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if done == 0 => return Err(e),
+                    Err(_) => break,
+                }
+                if done == batch.len() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            Ok(done)
+        }
+    })
+}
+
+/// One pinned thread per CPU of the plan, thread `t` sending through `send(&sinks[t % sinks.len()], batch)`.
+fn send_each<S: Sync>(
+    sinks: &[S],
+    plan: &Plan,
+    stop: &AtomicBool,
+    send: impl Fn(&S, &[Vec<u8>]) -> std::io::Result<usize> + Sync,
+) -> Result<Sent, SendError> {
+    if sinks.is_empty() {
         return Err(SendError::NoLink("(no TAP descriptor)".into()));
     }
+    let taps = sinks;
     let cpus: Vec<Option<usize>> =
         if plan.cpus.is_empty() { vec![None] } else { plan.cpus.iter().copied().map(Some).collect() };
     let threads = cpus.len();
@@ -440,17 +494,10 @@ pub fn send_tap(taps: &[Tap], plan: &Plan, stop: &AtomicBool) -> Result<Sent, Se
             .enumerate()
             .map(|(t, cpu)| {
                 let tap = &taps[t % taps.len()];
+                let send = &send;
                 s.spawn(move || {
                     let pinned = cpu.is_some_and(pin_to);
-                    let (f, b, e, st, end) = drive(t, threads, plan, stop, |batch| {
-                        let mut ok = 0;
-                        for f in batch {
-                            if tap.send(f).is_ok() {
-                                ok += 1;
-                            }
-                        }
-                        Ok(ok)
-                    });
+                    let (f, b, e, st, end) = drive(t, threads, plan, stop, |batch| send(tap, batch));
                     (f, b, e, st, end, pinned)
                 })
             })
