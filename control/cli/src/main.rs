@@ -187,6 +187,10 @@ enum Command {
         /// to its CPU (a TAP queue each); default one unpinned writer.
         #[arg(long)]
         cpus: Option<String>,
+        /// udp: no NAT; measure what the writers offer into a TAP whose
+        /// kernel side counts and discards every frame.
+        #[arg(long, conflicts_with_all = ["compare", "inside"])]
+        offer_only: bool,
         /// Any NAT: the link towards its inside (the environments send
         /// and receive here; a packet socket, promiscuous). With --outside.
         #[arg(long, requires = "outside")]
@@ -332,6 +336,7 @@ fn main() -> ExitCode {
             env_net,
             gateway,
             responder,
+            offer_only,
         } => (|| {
             let external = match (&inside, &outside) {
                 (Some(i), Some(o)) => {
@@ -385,7 +390,14 @@ fn main() -> ExitCode {
             };
             // SIGINT/SIGTERM (see `signals`) stop the run through `args.stop`:
             // the report below then covers what was measured until then.
-            if compare {
+            if offer_only {
+                let r = loadgen::offer::run(&args)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", r.table());
+                }
+            } else if compare {
                 let r = loadgen::compare(&args)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);

@@ -182,8 +182,11 @@ pub struct LoadReport {
     pub plots: Vec<String>,
     /// UDP to the server counted by the kernel at the VPC router's link from the NAT (an external NAT: on the
     /// `--outside` link) (an nftables netdev ingress counter; packets, whole-IPv4-packet bytes, over the run's
-    /// duration), independent of the generator and the responder. `udp` and `mixed` only.
+    /// duration), independent of the generator and the responder. `udp` and `mixed` only. With `--offer-only`
+    /// (target `discard`): counted at the TAP's ingress and dropped there.
     pub vpc_counted: Option<Rate>,
+    /// `--offer-only`: the writers (CPUs, pinned, frames each); else null.
+    pub writers: Option<crate::offer::Writers>,
 }
 
 /// What the environments' side measured.
@@ -275,6 +278,7 @@ pub(crate) fn assemble(
         timeline_csv: None,
         plots: Vec::new(),
         vpc_counted: None,
+        writers: None,
     }
 }
 
@@ -321,6 +325,9 @@ impl LoadReport {
                 settings::human_duration(Duration::from_secs_f64(self.requested_duration_s))
             );
         }
+        if let Some(w) = &self.writers {
+            t += &format!("  writers    CPUs {:?}, pinned {:?}, frames {:?}\n", w.cpus, w.pinned, w.per_thread);
+        }
         if let Some(f) = &self.gateway_config {
             t += &format!("  config     [gateway] settings from {f}\n");
         }
@@ -345,7 +352,12 @@ impl LoadReport {
                 u.echoed
             );
         }
-        if let Some(c) = &self.vpc_counted {
+        if let (Some(c), "discard") = (&self.vpc_counted, self.target.as_str()) {
+            t += &format!(
+                "  discard    {} frames counted by the kernel at the TAP's ingress and dropped ({:.0} pps)\n",
+                c.packets, c.pps
+            );
+        } else if let Some(c) = &self.vpc_counted {
             t += &format!(
                 "  vpc        {} UDP packets counted by the kernel past the NAT ({:.0} pps)\n",
                 c.packets, c.pps

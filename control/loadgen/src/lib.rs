@@ -76,6 +76,7 @@ pub mod comparison;
 pub mod envs;
 pub mod external;
 mod figures;
+pub mod offer;
 mod plot;
 pub mod port;
 pub mod raw;
