@@ -541,8 +541,8 @@ fn external_arguments_are_checked() {
     assert_eq!(param(a(5, |a| a.target = Target::Kernel)), "inside");
 }
 
-/// The hand-made NAT measured through `--inside/--outside` and the kernel target, unpaced, 5 s each (udp with
-/// 1000 environments, then connect with 1000): the figures the issue asks to agree within 10%. A measurement, not
+/// The hand-made NAT measured through `--inside/--outside` and the kernel target, unpaced, 5 s each (udp, then
+/// connect, 200 environments each: the hand-made NAT's /24): the figures the issue asks to agree within 10%. A measurement, not
 /// a check: `cargo test --release --test loadgen -- --ignored --nocapture external_against_kernel_figures`.
 #[test]
 #[ignore]
@@ -551,7 +551,7 @@ fn external_against_kernel_figures() {
     let nat = HandMadeNat::build();
     let external = Some(nat.external());
     for scenario in [Scenario::Udp, Scenario::Connect] {
-        let a = LoadArgs { duration: Duration::from_secs(5), ..args(scenario, 1000) };
+        let a = LoadArgs { duration: Duration::from_secs(5), ..args(scenario, 200) };
         let x = loadgen::run(&LoadArgs { target: Target::External, external: external.clone(), ..a.clone() })
             .expect("external");
         let k = loadgen::run(&LoadArgs { target: Target::Kernel, ..a }).expect("kernel");

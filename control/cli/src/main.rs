@@ -191,6 +191,10 @@ enum Command {
         /// kernel side counts and discards every frame.
         #[arg(long, conflicts_with_all = ["compare", "inside"])]
         offer_only: bool,
+        /// udp: how the writers hand frames to a TAP queue: uring (a batch
+        /// per system call) or write (one per frame).
+        #[arg(long, default_value = "uring")]
+        tap_writes: String,
         /// Any NAT: the link towards its inside (the environments send
         /// and receive here; a packet socket, promiscuous). With --outside.
         #[arg(long, requires = "outside")]
@@ -337,6 +341,7 @@ fn main() -> ExitCode {
             gateway,
             responder,
             offer_only,
+            tap_writes,
         } => (|| {
             let external = match (&inside, &outside) {
                 (Some(i), Some(o)) => {
@@ -366,6 +371,7 @@ fn main() -> ExitCode {
                     }
                 },
                 external,
+                tap_writes: loadgen::sender::TapWrites::parse(&tap_writes)?,
                 envs,
                 duration: loadgen::parse_duration("duration", &duration)?,
                 rate,

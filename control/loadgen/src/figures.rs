@@ -326,7 +326,10 @@ impl LoadReport {
             );
         }
         if let Some(w) = &self.writers {
-            t += &format!("  writers    CPUs {:?}, pinned {:?}, frames {:?}\n", w.cpus, w.pinned, w.per_thread);
+            t += &format!(
+                "  writers    CPUs {:?}, pinned {:?}, frames {:?}, {:?} writes\n",
+                w.cpus, w.pinned, w.per_thread, w.tap_writes
+            );
         }
         if let Some(f) = &self.gateway_config {
             t += &format!("  config     [gateway] settings from {f}\n");

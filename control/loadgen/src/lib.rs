@@ -271,6 +271,8 @@ pub struct LoadArgs {
     pub cpus: Vec<usize>,
     /// The NAT under test when `target` is [`Target::External`] (`--inside`, `--outside`, ...; see [`external`]).
     pub external: Option<ExternalNat>,
+    /// udp: how the writers hand a batch to a TAP queue (`--tap-writes`).
+    pub tap_writes: sender::TapWrites,
 }
 
 impl Default for LoadArgs {
@@ -297,6 +299,7 @@ impl Default for LoadArgs {
             stop: StopHandle::new(),
             cpus: Vec::new(),
             external: None,
+            tap_writes: sender::TapWrites::default(),
         }
     }
 }

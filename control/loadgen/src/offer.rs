@@ -5,7 +5,8 @@
 //!
 //! The frames are the `udp` scenario's (one per environment, 64..=1472 bytes of payload, [`raw::frame`]), sent by
 //! one writer per CPU of `--cpus`, each pinned and writing its own queue of a multi-queue TAP (one unpinned writer
-//! without `--cpus`), for `duration` or until a stop. The report's `offered` is what the writers' `write`s took;
+//! without `--cpus`), a batch per `io_uring_enter` or a `write(2)` per frame (`--tap-writes`), for `duration` or
+//! until a stop. The report's `offered` is what the writers' `write`s took;
 //! `vpc_counted` is the kernel's count at the TAP's ingress (they differ by frames the kernel refused); `delivered`
 //! is 0 (nothing is delivered anywhere). `target` is `discard`.
 
@@ -56,7 +57,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     let halt = AtomicBool::new(false);
     let t0 = Instant::now();
     let sent = std::thread::scope(|s| {
-        let h = s.spawn(|| sender::send_ports(&ports, &plan, &halt));
+        let h = s.spawn(|| sender::send_ports(&ports, &plan, &halt, args.tap_writes));
         while !h.is_finished() {
             if args.stop.is_stopped() {
                 halt.store(true, Ordering::Relaxed);
@@ -90,7 +91,12 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         offered: rate(sent.frames, sent.bytes),
         vpc_counted: Some(rate(packets, bytes)),
         errors,
-        writers: Some(Writers { cpus: args.cpus.clone(), pinned: sent.pinned.clone(), per_thread: sent.per_thread }),
+        writers: Some(Writers {
+            cpus: args.cpus.clone(),
+            pinned: sent.pinned.clone(),
+            per_thread: sent.per_thread,
+            tap_writes: args.tap_writes,
+        }),
         ..LoadReport::default()
     })
 }
@@ -104,4 +110,6 @@ pub struct Writers {
     pub pinned: Vec<bool>,
     /// Frames each writer sent.
     pub per_thread: Vec<u64>,
+    /// How they wrote.
+    pub tap_writes: sender::TapWrites,
 }

@@ -2,10 +2,11 @@
 //!
 //! One prebuilt Ethernet + IPv4 + UDP frame per environment (source [`env_mac`]`(i)` / the plan's address `i`
 //! ([`Addresses::env`]) port [`RAW_SPORT`], destination the gateway's MAC / the responder's [`UDP_PORT`]; IPv4 and
-//! UDP checksums complete, built with `dataplane::testkit`). A dedicated writer thread sends them round-robin with
-//! one `write(2)` per frame, in batches of [`BATCH`], open loop: at `rate` frames/s (paced per batch) or as fast as
-//! it can, for `duration` or until `args.stop`. With `--cpus`, one writer per CPU instead ([`sender::send_ports`]),
-//! writer `t` on port `t % ports` (a TAP queue each, or the one packet socket of an external NAT's inside link).
+//! UDP checksums complete, built with `dataplane::testkit`). Writer threads ([`sender::send_ports`]; one per CPU of
+//! `--cpus`, pinned, or one unpinned) send them round-robin in batches of [`sender::BATCH`], open loop: at `rate`
+//! frames/s (paced per batch) or as fast as they can, for `duration` or until `args.stop`. Writer `t` sends on
+//! port `t % ports` (a TAP queue each: one `io_uring_enter` per batch, or one `write(2)` per frame as
+//! `tap_writes` says; or the one packet socket of an external NAT's inside link, one `sendmmsg` per batch).
 //! Meanwhile the calling thread reads every port: it answers ARP requests for every environment address (the NAT
 //! must resolve environments to deliver replies) and counts UDP datagrams that come back to [`RAW_SPORT`]
 //! (echoes).
@@ -19,8 +20,6 @@ use std::time::{Duration, Instant};
 
 /// The environments' UDP source port in raw mode.
 pub const RAW_SPORT: u16 = 40000;
-/// Frames per pacing batch.
-pub const BATCH: usize = 64;
 const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// An ARP frame (Ethernet header included): `op` 1 request, 2 reply.
@@ -117,67 +116,23 @@ pub(crate) fn run(
         let writer = std::thread::Builder::new()
             .name("lg-raw".into())
             .spawn_scoped(s, || {
-                if !args.cpus.is_empty() {
-                    // One pinned writer per CPU (the sender module); the reader below keeps the timeline.
-                    let plan = sender::Plan {
-                        source: sender::Source::Fixed(std::sync::Arc::new(frames.clone())),
-                        cpus: args.cpus.clone(),
-                        duration: end.saturating_duration_since(Instant::now()),
-                        rate: args.rate,
-                        max_frames: None,
-                        progress: Some(std::sync::Arc::clone(&progress)),
-                    };
-                    let r = sender::send_ports(ports, &plan, &halt);
-                    let ended = Instant::now().min(end);
-                    if let Ok(r) = r {
-                        sent.fetch_add(r.frames, Ordering::Relaxed);
-                        bytes.fetch_add(r.bytes, Ordering::Relaxed);
-                        errors.fetch_add(r.errors, Ordering::Relaxed);
-                    }
-                    done.store(true, Ordering::Relaxed);
-                    return ended;
-                }
-                let (mut k, mut total) = (0usize, 0u64);
-                let mut last_tick = Instant::now();
-                let mut tick_frames = 0u64;
-                let ended = loop {
-                    let now = Instant::now();
-                    if now >= end || args.stop.is_stopped() {
-                        break now.min(end);
-                    }
-                    if let Some(rate) = args.rate {
-                        let due = (now - t0).as_secs_f64() * rate;
-                        if (total as f64) >= due {
-                            let ahead = (total as f64 - due) / rate;
-                            std::thread::sleep(Duration::from_secs_f64(ahead.min(0.001)));
-                            continue;
-                        }
-                    }
-                    let (mut ok, mut b) = (0u64, 0u64);
-                    for _ in 0..BATCH {
-                        let f = &frames[k];
-                        k = if k + 1 == frames.len() { 0 } else { k + 1 };
-                        match tap.send(f) {
-                            Ok(_) => {
-                                ok += 1;
-                                b += f.len() as u64;
-                            }
-                            Err(_) => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    total += BATCH as u64;
-                    sent.fetch_add(ok, Ordering::Relaxed);
-                    bytes.fetch_add(b, Ordering::Relaxed);
-                    tick_frames += ok;
-                    if now - last_tick >= Duration::from_millis(10) {
-                        tl.add(&tl.offered, now, tick_frames);
-                        tick_frames = 0;
-                        last_tick = now;
-                    }
+                // One pinned writer per CPU (one unpinned without --cpus; the sender module); the reader below keeps
+                // the timeline.
+                let plan = sender::Plan {
+                    source: sender::Source::Fixed(std::sync::Arc::new(frames.clone())),
+                    cpus: args.cpus.clone(),
+                    duration: end.saturating_duration_since(Instant::now()),
+                    rate: args.rate,
+                    max_frames: None,
+                    progress: Some(std::sync::Arc::clone(&progress)),
                 };
-                tl.add(&tl.offered, Instant::now(), tick_frames);
+                let r = sender::send_ports(ports, &plan, &halt, args.tap_writes);
+                let ended = Instant::now().min(end);
+                if let Ok(r) = r {
+                    sent.fetch_add(r.frames, Ordering::Relaxed);
+                    bytes.fetch_add(r.bytes, Ordering::Relaxed);
+                    errors.fetch_add(r.errors, Ordering::Relaxed);
+                }
                 done.store(true, Ordering::Relaxed);
                 ended
             })

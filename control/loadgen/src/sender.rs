@@ -428,7 +428,7 @@ pub fn send_packet(ns: &Netns, link: &str, plan: &Plan, stop: &Arc<AtomicBool>) 
 /// Runs `plan` into the user side of a TAP, one `write` per frame, from one thread per CPU of the plan; thread `t`
 /// writes to `taps[t % taps.len()]` (the queues of a multi-queue TAP, or one descriptor for all).
 pub fn send_tap(taps: &[Tap], plan: &Plan, stop: &AtomicBool) -> Result<Sent, SendError> {
-    send_each(taps, plan, stop, |tap, batch| {
+    send_each(taps, plan, stop, || (), |_, tap, batch| {
         let mut ok = 0;
         for f in batch {
             if tap.send(f).is_ok() {
@@ -439,12 +439,42 @@ pub fn send_tap(taps: &[Tap], plan: &Plan, stop: &AtomicBool) -> Result<Sent, Se
     })
 }
 
+/// How a writer thread hands a batch to a TAP queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TapWrites {
+    /// One `write(2)` per frame.
+    Write,
+    /// The batch in one `io_uring_enter` ([`dataplane_io::WriteBatch`]); one `write` per frame where the kernel
+    /// has no io_uring.
+    #[default]
+    Uring,
+}
+
+impl TapWrites {
+    /// Parses `write` or `uring`; the error names `tap_writes`.
+    pub fn parse(s: &str) -> Result<TapWrites, crate::LoadError> {
+        match s {
+            "write" => Ok(TapWrites::Write),
+            "uring" => Ok(TapWrites::Uring),
+            _ => Err(crate::invalid("tap_writes", format!("{s:?} is not write or uring"))),
+        }
+    }
+}
+
 /// Runs `plan` into the load generator's ports (see [`crate::port`]), from one thread per CPU of the plan; thread
-/// `t` sends on `ports[t % ports.len()]`: one `write` per frame to a TAP queue, one `sendmmsg` per batch on a
-/// packet socket.
-pub fn send_ports(ports: &[crate::Port], plan: &Plan, stop: &AtomicBool) -> Result<Sent, SendError> {
-    send_each(ports, plan, stop, |port, batch| match port {
+/// `t` sends on `ports[t % ports.len()]`: to a TAP queue as `writes` says, one `sendmmsg` per batch on a packet
+/// socket.
+pub fn send_ports(ports: &[crate::Port], plan: &Plan, stop: &AtomicBool, writes: TapWrites) -> Result<Sent, SendError> {
+    let ring = || match writes {
+        TapWrites::Uring => dataplane_io::WriteBatch::new(BATCH).ok(),
+        TapWrites::Write => None,
+    };
+    send_each(ports, plan, stop, ring, |ring, port, batch| match port {
         crate::Port::Tap(tap) => {
+            if let Some(w) = ring {
+                return w.write(std::os::fd::AsFd::as_fd(tap), batch);
+            }
             let mut ok = 0;
             for f in batch {
                 if tap.send(f).is_ok() {
@@ -474,12 +504,14 @@ pub fn send_ports(ports: &[crate::Port], plan: &Plan, stop: &AtomicBool) -> Resu
     })
 }
 
-/// One pinned thread per CPU of the plan, thread `t` sending through `send(&sinks[t % sinks.len()], batch)`.
-fn send_each<S: Sync>(
+/// One pinned thread per CPU of the plan, thread `t` sending through `send(&mut state, &sinks[t % sinks.len()],
+/// batch)` with a `state` of its own made by `make` (on the thread, after pinning).
+fn send_each<S: Sync, St>(
     sinks: &[S],
     plan: &Plan,
     stop: &AtomicBool,
-    send: impl Fn(&S, &[Vec<u8>]) -> std::io::Result<usize> + Sync,
+    make: impl Fn() -> St + Sync,
+    send: impl Fn(&mut St, &S, &[Vec<u8>]) -> std::io::Result<usize> + Sync,
 ) -> Result<Sent, SendError> {
     if sinks.is_empty() {
         return Err(SendError::NoLink("(no TAP descriptor)".into()));
@@ -494,10 +526,11 @@ fn send_each<S: Sync>(
             .enumerate()
             .map(|(t, cpu)| {
                 let tap = &taps[t % taps.len()];
-                let send = &send;
+                let (send, make) = (&send, &make);
                 s.spawn(move || {
                     let pinned = cpu.is_some_and(pin_to);
-                    let (f, b, e, st, end) = drive(t, threads, plan, stop, |batch| send(tap, batch));
+                    let mut state = make();
+                    let (f, b, e, st, end) = drive(t, threads, plan, stop, |batch| send(&mut state, tap, batch));
                     (f, b, e, st, end, pinned)
                 })
             })
