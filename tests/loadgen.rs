@@ -568,3 +568,30 @@ fn external_against_kernel_figures() {
         );
     }
 }
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn offer_only_counts_every_frame_the_writers_wrote_at_the_tap() {
+    netlab::require_root();
+    // Paced so that a loaded machine keeps up: the kernel's count at the TAP's ingress is every frame the writers'
+    // writes took, whichever way they write.
+    for writes in [loadgen::sender::TapWrites::Write, loadgen::sender::TapWrites::Uring] {
+        let r = loadgen::offer::run(&LoadArgs {
+            duration: Duration::from_secs(1),
+            rate: Some(50_000.0),
+            cpus: vec![0],
+            tap_writes: writes,
+            ..args(Scenario::Udp, 100)
+        })
+        .expect("offer-only run");
+        eprintln!("{}", r.table());
+        let counted = r.vpc_counted.as_ref().expect("the kernel's count");
+        assert_eq!(r.target, "discard");
+        assert!(r.offered.packets >= 40_000, "{writes:?}: 50,000/s for 1 s: {:?}", r.offered);
+        assert_eq!(counted.packets, r.offered.packets, "{writes:?}: every frame written reached the TAP's ingress");
+        assert_eq!(counted.bytes, counted.packets * (20 + 8 + 64), "whole IPv4 packets of 64-byte datagrams");
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+    let not_udp = loadgen::offer::run(&args(Scenario::Connect, 10));
+    assert!(matches!(not_udp, Err(loadgen::LoadError::Invalid { param: "offer_only", .. })), "{not_udp:?}");
+}

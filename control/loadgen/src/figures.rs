@@ -187,6 +187,9 @@ pub struct LoadReport {
     pub vpc_counted: Option<Rate>,
     /// `--offer-only`: the writers (CPUs, pinned, frames each); else null.
     pub writers: Option<crate::offer::Writers>,
+    /// Figures that measure the load generator rather than the NAT: offered no more than delivered (see
+    /// [`crate::comparison::saturation_warnings`]); with a `rate`, expected (the offer is paced).
+    pub warnings: Vec<String>,
 }
 
 /// What the environments' side measured.
@@ -279,6 +282,7 @@ pub(crate) fn assemble(
         plots: Vec::new(),
         vpc_counted: None,
         writers: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -407,6 +411,9 @@ impl LoadReport {
         }
         for p in &self.plots {
             t += &format!("  plot       {p}\n");
+        }
+        for w in &self.warnings {
+            t += &format!("warning: {w}\n");
         }
         t
     }

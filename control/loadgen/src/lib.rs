@@ -685,6 +685,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     let hist = measured.latency.clone();
     let load_secs = measured.load.as_secs_f64().max(1e-3);
     let mut report = assemble(args, n, eni, measured, seen, gateway, &tl, span);
+    report.warnings = comparison::saturation_warnings(&report);
     if let Some(c) = &counter {
         let (packets, bytes) = c.read()?;
         report.vpc_counted =

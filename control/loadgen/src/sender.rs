@@ -557,6 +557,13 @@ mod tests {
     }
 
     #[test]
+    fn tap_writes_parse_and_a_bad_one_names_the_field() {
+        assert_eq!(TapWrites::parse("uring").ok(), Some(TapWrites::Uring));
+        assert_eq!(TapWrites::parse("write").ok(), Some(TapWrites::Write));
+        assert!(matches!(TapWrites::parse("mmap"), Err(crate::LoadError::Invalid { param: "tap_writes", .. })));
+    }
+
+    #[test]
     fn rewritten_ports_carry_the_checksum_a_fresh_frame_has() {
         let base = spec();
         let f0 = base.build();
