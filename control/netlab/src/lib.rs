@@ -774,6 +774,21 @@ mod tests {
     }
 
     #[test]
+    fn the_current_namespace_runs_commands_directly_and_is_never_deleted() {
+        let here = Netns::current();
+        assert_eq!(here.name(), "");
+        let (_, line) = here.exec_command(&["/bin/true", "x"]).expect("a command");
+        assert_eq!(line, "/bin/true x", "no `ip netns exec`");
+        assert_eq!(here.path(), PathBuf::from("/proc/self/ns/net"));
+        let ours = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
+        let theirs = here.run(|| std::fs::metadata("/proc/thread-self/ns/net").map(|m| m.ino()).ok());
+        assert_eq!(ours, theirs, "a thread run there stays in this namespace");
+        drop(here);
+        let missing = Netns::existing("hp-no-such-namespace-here");
+        assert!(matches!(missing, Err(LabError::Invalid(_))), "{missing:?}");
+    }
+
+    #[test]
     fn env_addresses_follow_the_plan() {
         assert_eq!(env_addr(0), Ipv4Addr::new(172, 16, 0, 2));
         assert_eq!(env_addr(249), Ipv4Addr::new(172, 16, 0, 251));
