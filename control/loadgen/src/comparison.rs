@@ -125,7 +125,8 @@ impl CompareReport {
     pub fn new(ours: LoadReport, kernel: Option<LoadReport>) -> CompareReport {
         let scenario = Scenario::parse(&ours.scenario).unwrap_or(Scenario::Connect);
         let mut rows = Vec::new();
-        let warnings: Vec<String> = std::iter::once(&ours).chain(kernel.as_ref()).flat_map(saturation_warnings).collect();
+        let warnings: Vec<String> =
+            std::iter::once(&ours).chain(kernel.as_ref()).flat_map(saturation_warnings).collect();
         if let Some(k) = &kernel {
             let mut row = |figure: &str, kind: Kind, get: &dyn Fn(&LoadReport) -> f64| {
                 let (a, b) = (get(&ours), get(k));

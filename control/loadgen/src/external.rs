@@ -74,7 +74,10 @@ impl ExternalNat {
             dataplane_io::ifreq::validate_name(link).map_err(|e| invalid(param, e.to_string()))?;
         }
         if self.inside == self.outside && self.inside_ns == self.outside_ns {
-            return Err(invalid("outside", format!("{} is the inside link too: the NAT sits between two", self.inside)));
+            return Err(invalid(
+                "outside",
+                format!("{} is the inside link too: the NAT sits between two", self.inside),
+            ));
         }
         Ok(())
     }
@@ -88,9 +91,9 @@ impl ExternalNat {
         };
         let (inside, outside) = (ns("inside_ns", &self.inside_ns)?, ns("outside_ns", &self.outside_ns)?);
         let addrs_of = |param: &'static str, ns: &Netns, link: &str| {
-            let out = ns.ip(&["-j", "-4", "addr", "show", "dev", link]).map_err(|_| {
-                invalid(param, format!("no link {link} in {}", where_(ns)))
-            })?;
+            let out = ns
+                .ip(&["-j", "-4", "addr", "show", "dev", link])
+                .map_err(|_| invalid(param, format!("no link {link} in {}", where_(ns))))?;
             Ok::<_, LoadError>(local_addrs(&out.stdout))
         };
         addrs_of("inside", &inside, &self.inside)?;

@@ -26,6 +26,17 @@
 //! each environment only sees its own attachment's ARP replies; against the kernel,
 //! [`KernelNat::build_with_taps`].
 //!
+//! Against any other NAT ([`Target::External`], [`LoadArgs::external`]) nothing is built: the environments use a
+//! packet socket on the user's inside link instead of a TAP, the responder binds in the outside link's namespace,
+//! and the addresses come from the arguments ([`Addresses`]); see [`external`]:
+//!
+//! ```text
+//!  external: packet socket on --inside ── the user's NAT ── --outside (responder, kernel counter)
+//! ```
+//!
+//! With `udp --cpus`, the loadgen TAP is multi-queue, one queue per writer. [`offer`] (`--offer-only`) runs the
+//! writers into a TAP alone, its kernel side discarding.
+//!
 //! # Scenarios and units
 //!
 //! - `udp` ([`raw`]): prebuilt Ethernet+IPv4+UDP frames, `payload` bytes of UDP data (64..=1472), round-robin over
@@ -59,7 +70,8 @@
 //!
 //! [`LoadReport`] (serde JSON, `report.json` in `out_dir` when given) holds: `scenario`, `target`, `envs`,
 //! `duration_s` (how long the load ran), `requested_duration_s`, `stopped_early`, `payload`, `rate`, `gateway_config`
-//! (the `--config` file, if any); `offered` / `delivered` (`packets`, `bytes`, `pps`, `bps`); `loss` (`packets`,
+//! (the `--config` file, if any); `warnings` (figures that are the generator's: offered no more than delivered);
+//! `writers` (`--offer-only` only); `offered` / `delivered` (`packets`, `bytes`, `pps`, `bps`); `loss` (`packets`,
 //! `ratio`: offered UDP datagrams not received by the responder); `udp`, `tcp_bulk`, `connect` (per scenario, else
 //! null; `connect.latency_us` has `count`, `p50`, `p90`, `p99`, `p999`, `max`, `mean`); `errors` (by kind, counts);
 //! `responder`; `eni` (the address the server should see); `gateway` (ours only: live sessions, packets, drops by
@@ -88,11 +100,11 @@ pub mod timeline;
 pub use addresses::Addresses;
 pub use comparison::{compare, CompareReport, CompareRow};
 pub use external::ExternalNat;
-pub use port::Port;
 pub(crate) use figures::{assemble, Measured};
 pub use figures::{
     BulkFigures, ConnectFigures, GatewayFigures, Latency, LoadReport, Loss, Rate, ResponderReport, UdpFigures,
 };
+pub use port::Port;
 pub use settings::{parse_duration, GatewayTable};
 pub use timeline::{Bucket, Timeline};
 
@@ -394,7 +406,10 @@ impl LoadArgs {
                 }
             }
             (_, Some(_)) => {
-                return Err(invalid("inside", "--inside/--outside measure an external NAT: not with ours or kernel".into()))
+                return Err(invalid(
+                    "inside",
+                    "--inside/--outside measure an external NAT: not with ours or kernel".into(),
+                ))
             }
             (Target::Ours, None) => {
                 gateway_plan(self)?;
@@ -470,7 +485,11 @@ enum World {
     Ours(Box<Lab>),
     Kernel(KernelNat),
     /// The user's NAT: the inside and outside namespaces (never deleted), the outside link.
-    External { inside: Netns, outside: Netns, outside_link: String },
+    External {
+        inside: Netns,
+        outside: Netns,
+        outside_link: String,
+    },
 }
 
 impl World {

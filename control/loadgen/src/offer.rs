@@ -74,7 +74,8 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     drop(ports);
     drop(ns);
     let secs = sent.seconds.max(1e-3);
-    let rate = |packets: u64, bytes: u64| Rate { packets, bytes, pps: packets as f64 / secs, bps: bytes as f64 * 8.0 / secs };
+    let rate =
+        |packets: u64, bytes: u64| Rate { packets, bytes, pps: packets as f64 / secs, bps: bytes as f64 * 8.0 / secs };
     let mut errors = std::collections::BTreeMap::new();
     if sent.errors > 0 {
         errors.insert("tap_write".to_string(), sent.errors);

@@ -428,15 +428,21 @@ pub fn send_packet(ns: &Netns, link: &str, plan: &Plan, stop: &Arc<AtomicBool>) 
 /// Runs `plan` into the user side of a TAP, one `write` per frame, from one thread per CPU of the plan; thread `t`
 /// writes to `taps[t % taps.len()]` (the queues of a multi-queue TAP, or one descriptor for all).
 pub fn send_tap(taps: &[Tap], plan: &Plan, stop: &AtomicBool) -> Result<Sent, SendError> {
-    send_each(taps, plan, stop, || (), |_, tap, batch| {
-        let mut ok = 0;
-        for f in batch {
-            if tap.send(f).is_ok() {
-                ok += 1;
+    send_each(
+        taps,
+        plan,
+        stop,
+        || (),
+        |_, tap, batch| {
+            let mut ok = 0;
+            for f in batch {
+                if tap.send(f).is_ok() {
+                    ok += 1;
+                }
             }
-        }
-        Ok(ok)
-    })
+            Ok(ok)
+        },
+    )
 }
 
 /// How a writer thread hands a batch to a TAP queue.

@@ -58,8 +58,8 @@ pub mod syscalls;
 pub mod tap;
 pub mod uring;
 pub mod vnet;
-pub mod write_batch;
 pub mod worker;
+pub mod write_batch;
 
 pub use afpacket::{AfPacket, PacketSender};
 pub use backend::{Backend, IoSettings};
