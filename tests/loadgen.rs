@@ -595,3 +595,29 @@ fn offer_only_counts_every_frame_the_writers_wrote_at_the_tap() {
     let not_udp = loadgen::offer::run(&args(Scenario::Connect, 10));
     assert!(matches!(not_udp, Err(loadgen::LoadError::Invalid { param: "offer_only", .. })), "{not_udp:?}");
 }
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn spread_receive_lets_the_offer_exceed_what_the_kernel_nat_carries() {
+    netlab::require_root();
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipping: needs a CPU besides the writer's");
+        return;
+    }
+    // One writer pinned to CPU 0, unpaced; the kernel's NAT on the other CPUs. Without the spread the NAT runs in
+    // the writer's own system call, so what it is offered is what it carries (the generator's figure).
+    let a = LoadArgs { cpus: vec![0], target: Target::Kernel, spread_receive: true, ..args(Scenario::Udp, 250) };
+    let r = loadgen::run(&a).expect("udp with the receive path spread");
+    eprintln!("{}", r.table());
+    let vpc = r.vpc_counted.as_ref().expect("the VPC counter");
+    assert!(vpc.packets > 0, "{vpc:?}");
+    assert!(
+        r.offered.pps > vpc.pps * loadgen::comparison::SATURATION_MARGIN,
+        "offered {:.0}/s, carried {:.0}/s",
+        r.offered.pps,
+        vpc.pps
+    );
+    assert!(r.warnings.is_empty(), "the figure is the NAT's: {:?}", r.warnings);
+    let no_cpus = LoadArgs { cpus: vec![], ..a }.validate();
+    assert!(matches!(no_cpus, Err(loadgen::LoadError::Invalid { param: "spread_receive", .. })), "{no_cpus:?}");
+}

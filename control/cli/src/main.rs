@@ -241,6 +241,11 @@ struct LoadgenCmd {
     /// per system call) or write (one per frame).
     #[arg(long, default_value = "uring")]
     tap_writes: String,
+    /// udp --cpus: the TAP's receive path (the kernel's NAT, the bridge
+    /// to ours) on the CPUs not writing (receive packet steering), so the
+    /// offer can exceed what the target carries.
+    #[arg(long, requires = "cpus")]
+    spread_receive: bool,
     /// Any NAT: the link towards its inside (the environments send
     /// and receive here; a packet socket, promiscuous). With --outside.
     #[arg(long, requires = "outside")]
@@ -348,6 +353,7 @@ fn main() -> ExitCode {
                 responder,
                 offer_only,
                 tap_writes,
+                spread_receive,
             } = *cmd;
             let external = match (&inside, &outside) {
                 (Some(i), Some(o)) => {
@@ -378,6 +384,7 @@ fn main() -> ExitCode {
                 },
                 external,
                 tap_writes: loadgen::sender::TapWrites::parse(&tap_writes)?,
+                spread_receive,
                 envs,
                 duration: loadgen::parse_duration("duration", &duration)?,
                 rate,

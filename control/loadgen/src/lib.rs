@@ -285,6 +285,10 @@ pub struct LoadArgs {
     pub external: Option<ExternalNat>,
     /// udp: how the writers hand a batch to a TAP queue (`--tap-writes`).
     pub tap_writes: sender::TapWrites,
+    /// udp with `cpus`: the loadgen TAP's receive path on the CPUs not writing (`--spread-receive`; receive packet
+    /// steering, `rps_cpus`); off, it runs inside the writers' own system calls, as a sender's does through a veth.
+    /// Frames the receiving CPUs' backlogs cannot take are counted as `receive_backlog_overflow` (machine-wide).
+    pub spread_receive: bool,
 }
 
 impl Default for LoadArgs {
@@ -312,6 +316,7 @@ impl Default for LoadArgs {
             cpus: Vec::new(),
             external: None,
             tap_writes: sender::TapWrites::default(),
+            spread_receive: false,
         }
     }
 }
@@ -346,6 +351,9 @@ impl LoadArgs {
                     settings::human_duration(MAX_DURATION)
                 ),
             ));
+        }
+        if self.spread_receive && (self.cpus.is_empty() || self.target == Target::External) {
+            return Err(invalid("spread_receive", "needs pinned writers (--cpus) into the loadgen's TAP".into()));
         }
         if !self.cpus.is_empty() && self.scenario != Scenario::Udp {
             return Err(invalid("cpus", "writer threads per CPU are for the udp scenario".into()));
@@ -615,6 +623,12 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     if let (Some(ns), false) = (world.tap_ns(), args.tap_per_env) {
         ns.ip_batch(&[format!("link set {tap_name} txqueuelen {TAP_QUEUE_LEN}")])?;
     }
+    // With --spread-receive, the TAP's receive path (the kernel's NAT, or the bridge to ours) on the other CPUs.
+    let spread = match (world.tap_ns(), args.scenario, args.spread_receive) {
+        (Some(ns), Scenario::Udp, true) => spread_receive(ns, tap_name, queues, &args.cpus)?,
+        _ => false,
+    };
+    let backlog_before = spread.then(backlog_drops);
     let eni = match &world {
         World::Ours(l) => Some(l.eni),
         World::Kernel(k) => Some(k.eni_addr()),
@@ -699,6 +713,13 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     for (k, v) in world.overflows(&tap_names) {
         if v > 0 {
             measured.errors.insert(k.into(), v);
+        }
+    }
+    if let Some(b) = backlog_before {
+        // Frames the receiving CPUs could not take (machine-wide: other traffic's drops count too).
+        let d = backlog_drops().saturating_sub(b);
+        if d > 0 {
+            measured.errors.insert("receive_backlog_overflow".into(), d);
         }
     }
     let hist = measured.latency.clone();
@@ -794,6 +815,29 @@ fn gateway_plan(args: &LoadArgs) -> Result<GatewayPlan, LoadError> {
     t.remove("workers");
     t.remove("offloads");
     Ok(GatewayPlan { workers: cfg.gateway.workers, offloads: cfg.gateway.offloads, extra: settings::gateway_lines(&t) })
+}
+
+/// With raw writers pinned to `cpus` and CPUs left over, steers the receive path of every queue of `tap` (in `ns`)
+/// to the CPUs not writing (receive packet steering, `rps_cpus`): without it a frame written to a TAP goes through
+/// the kernel's receive path (the kernel's NAT itself, or the bridge towards ours) inside the writer's own system
+/// call, so the writer's rate is the NAT's and the offer can never exceed what the target carries. Whether it did.
+fn spread_receive(ns: &Netns, tap: &str, queues: usize, cpus: &[usize]) -> Result<bool, LoadError> {
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
+    let mask = (0..ncpu).filter(|c| !cpus.contains(c)).fold(0u64, |m, c| m | 1 << c);
+    if cpus.is_empty() || mask == 0 {
+        return Ok(false);
+    }
+    let script: String =
+        (0..queues).map(|q| format!("echo {mask:x} > /sys/class/net/{tap}/queues/rx-{q}/rps_cpus;")).collect();
+    ns.exec(&["sh", "-c", &script])?;
+    Ok(true)
+}
+
+/// Frames dropped for want of room in the CPUs' receive backlogs, all CPUs together (`/proc/net/softnet_stat`, the
+/// second column, hexadecimal); 0 if unreadable.
+fn backlog_drops() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+    text.lines().filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok()).sum()
 }
 
 /// A permanent neighbour entry for environment `i` on `dev` (an `ip -batch` line).
