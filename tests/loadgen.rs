@@ -54,6 +54,9 @@ fn documented_fields(r: &LoadReport) {
         "timeline",
         "timeline_csv",
         "plots",
+        "vpc_counted",
+        "writers",
+        "warnings",
     ] {
         assert!(v.get(k).is_some(), "JSON field {k} missing: {v}");
     }

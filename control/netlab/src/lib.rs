@@ -338,7 +338,9 @@ impl Netns {
     pub fn existing(name: &str) -> Result<Netns, LabError> {
         validate_ns_name(name)?;
         if !ns_path(name).exists() {
-            return Err(LabError::Invalid(format!("no network namespace {name:?} ({} does not exist)", NETNS_DIR)));
+            return Err(LabError::Invalid(format!(
+                "no network namespace {name:?} ({NETNS_DIR}/{name} does not exist)"
+            )));
         }
         Ok(Netns { name: name.to_owned(), kind: NsKind::Existing })
     }
