@@ -54,6 +54,9 @@ fn documented_fields(r: &LoadReport) {
         "timeline",
         "timeline_csv",
         "plots",
+        "vpc_counted",
+        "writers",
+        "warnings",
     ] {
         assert!(v.get(k).is_some(), "JSON field {k} missing: {v}");
     }
@@ -419,4 +422,206 @@ fn compare_figures() {
         }
         println!("{}", c.table());
     }
+}
+
+/// A NAT made by hand, as a user would: the kernel's masquerade in a namespace of its own between two veths, an
+/// inside namespace holding the link towards its inside, an outside namespace holding the responder's address.
+/// Every namespace is deleted when this is dropped (also on panic).
+struct HandMadeNat {
+    lan: netlab::Netns,
+    wan: netlab::Netns,
+    _nat: netlab::Netns,
+}
+
+/// The hand-made NAT's plan: environments in 192.168.50.0/24 behind 192.168.50.1; the NAT's outside address
+/// 198.51.100.1, the responder 198.51.100.2.
+const HAND_ENV_NET: &str = "192.168.50.0/24";
+const HAND_GATEWAY: &str = "192.168.50.1";
+const HAND_NAT_OUTSIDE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 51, 100, 1);
+const HAND_RESPONDER: &str = "198.51.100.2";
+
+impl HandMadeNat {
+    fn build() -> HandMadeNat {
+        let ns = || netlab::Netns::new(netlab::unique("lgx")).expect("namespace");
+        let (lan, nat, wan) = (ns(), ns(), ns());
+        netlab::veth("in1", Some(&lan), "in0", Some(&nat)).expect("inside veth");
+        netlab::veth("out0", Some(&nat), "out1", Some(&wan)).expect("outside veth");
+        lan.ip_batch(&["link set in1 up"]).expect("lan");
+        nat.ip_batch(&[
+            format!("addr add {HAND_GATEWAY}/24 dev in0"),
+            "link set in0 up".into(),
+            format!("addr add {HAND_NAT_OUTSIDE}/24 dev out0"),
+            "link set out0 up".into(),
+        ])
+        .expect("nat links");
+        wan.ip_batch(&[format!("addr add {HAND_RESPONDER}/24 dev out1"), "link set out1 up".into()]).expect("wan");
+        nat.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
+        nat.exec(&[
+            "nft",
+            "table ip handnat {\n  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    \
+             oifname \"out0\" masquerade\n  }\n}\n",
+        ])
+        .expect("masquerade");
+        HandMadeNat { lan, wan, _nat: nat }
+    }
+
+    fn external(&self) -> loadgen::ExternalNat {
+        loadgen::ExternalNat::parse(
+            (Some(self.lan.name()), "in1"),
+            (Some(self.wan.name()), "out1"),
+            HAND_ENV_NET,
+            HAND_GATEWAY,
+            HAND_RESPONDER,
+        )
+        .expect("the hand-made NAT's flags")
+    }
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn any_nat_between_two_links_counts_as_the_kernel_target_does() {
+    netlab::require_root();
+    let nat = HandMadeNat::build();
+    let external = Some(nat.external());
+    let ext = |a: LoadArgs| LoadArgs { target: Target::External, external: external.clone(), ..a };
+
+    // UDP at a rate the kernel carries: the kernel's counter on the outside link and the responder agree, every
+    // environment arrives as one mapping from the NAT's outside address.
+    let udp = LoadArgs { rate: Some(20_000.0), ..args(Scenario::Udp, 200) };
+    let r = loadgen::run(&ext(udp.clone())).expect("udp through the hand-made NAT");
+    eprintln!("{}", r.table());
+    assert_eq!(r.target, "external");
+    let sent = r.udp.as_ref().expect("udp figures").sent;
+    let vpc = r.vpc_counted.as_ref().expect("the kernel's counter on the outside link");
+    assert!(sent > 30_000, "20,000/s for 2 s: {sent}");
+    assert_eq!(vpc.packets, r.responder.udp_packets, "the kernel counter and the responder");
+    assert!(vpc.packets * 100 >= sent * 95, "{} of {sent} crossed the NAT", vpc.packets);
+    assert_eq!(r.responder.addresses, vec![HAND_NAT_OUTSIDE], "masqueraded to the NAT's outside address");
+    assert_eq!(r.responder.distinct_sources, 200, "one mapping per environment");
+    let k = loadgen::run(&LoadArgs { target: Target::Kernel, ..udp }).expect("udp through the kernel target");
+    let kv = k.vpc_counted.as_ref().expect("the kernel target's counter");
+    assert_eq!(kv.packets, k.responder.udp_packets);
+    eprintln!(
+        "udp at 20,000/s: external delivered {:.0}/s (counted {:.0}/s), kernel target {:.0}/s (counted {:.0}/s)",
+        r.delivered.pps, vpc.pps, k.delivered.pps, kv.pps
+    );
+
+    // Connections: every one completes, the responder accepted each one the environments saw established.
+    let connect = LoadArgs { rate: Some(1000.0), ..args(Scenario::Connect, 200) };
+    let r = loadgen::run(&ext(connect.clone())).expect("connect through the hand-made NAT");
+    eprintln!("{}", r.table());
+    let c = r.connect.as_ref().expect("connect figures");
+    assert!(c.completed >= 1000, "1,000/s for 2 s: {c:?}");
+    assert_eq!(c.failed, 0, "{c:?}");
+    assert_eq!(r.responder.tcp_accepted, c.established, "{c:?} {:?}", r.responder);
+    assert_eq!(r.responder.addresses, vec![HAND_NAT_OUTSIDE]);
+    let k = loadgen::run(&LoadArgs { target: Target::Kernel, ..connect }).expect("connect through the kernel target");
+    let kc = k.connect.as_ref().expect("connect figures");
+    assert_eq!(kc.failed, 0, "{kc:?}");
+    eprintln!("connect at 1,000/s: external {:.0}/s, kernel target {:.0}/s", c.per_s, kc.per_s);
+    drop(nat);
+}
+
+#[test]
+fn external_arguments_are_checked() {
+    let x = loadgen::ExternalNat::parse((None, "a0"), (None, "b0"), "10.9.0.0/29", "10.9.0.1", "192.0.2.1")
+        .expect("valid flags");
+    // Five environments fit a /29 (eight addresses less the network, the broadcast and the gateway's).
+    let a = |envs, f: fn(&mut LoadArgs)| {
+        let mut a = LoadArgs { target: Target::External, external: Some(x.clone()), ..args(Scenario::Connect, envs) };
+        f(&mut a);
+        a.validate()
+    };
+    assert!(a(5, |_| {}).is_ok());
+    let param = |r: Result<(), loadgen::LoadError>| match r {
+        Err(loadgen::LoadError::Invalid { param, .. }) => param,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(param(a(6, |_| {})), "envs");
+    assert_eq!(param(a(5, |a| a.port_range = Some("2000-2100".into()))), "port_range");
+    assert_eq!(param(a(5, |a| a.tap_per_env = true)), "tap_per_env");
+    assert_eq!(param(a(5, |a| a.external = None)), "target");
+    assert_eq!(param(a(5, |a| a.target = Target::Kernel)), "inside");
+}
+
+/// The hand-made NAT measured through `--inside/--outside` and the kernel target, unpaced, 5 s each (udp, then
+/// connect, 200 environments each: the hand-made NAT's /24): the figures the issue asks to agree within 10%. A measurement, not
+/// a check: `cargo test --release --test loadgen -- --ignored --nocapture external_against_kernel_figures`.
+#[test]
+#[ignore]
+fn external_against_kernel_figures() {
+    netlab::require_root();
+    let nat = HandMadeNat::build();
+    let external = Some(nat.external());
+    for scenario in [Scenario::Udp, Scenario::Connect] {
+        let a = LoadArgs { duration: Duration::from_secs(5), ..args(scenario, 200) };
+        let x = loadgen::run(&LoadArgs { target: Target::External, external: external.clone(), ..a.clone() })
+            .expect("external");
+        let k = loadgen::run(&LoadArgs { target: Target::Kernel, ..a }).expect("kernel");
+        println!("{}\n{}", x.table(), k.table());
+        let (fx, fk) = (x.headline(), k.headline());
+        println!(
+            "{}: external {:.0}, kernel target {:.0} (offered {:.0} / {:.0} frames/s): external / kernel = {:.2}",
+            scenario.name(),
+            fx,
+            fk,
+            x.offered.pps,
+            k.offered.pps,
+            fx / fk.max(1e-9)
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn offer_only_counts_every_frame_the_writers_wrote_at_the_tap() {
+    netlab::require_root();
+    // Paced: the kernel's count at the TAP's ingress is every frame the writers' writes took, whichever way they
+    // write.
+    for writes in [loadgen::sender::TapWrites::Write, loadgen::sender::TapWrites::Uring] {
+        let r = loadgen::offer::run(&LoadArgs {
+            duration: Duration::from_secs(1),
+            rate: Some(50_000.0),
+            cpus: vec![0],
+            tap_writes: writes,
+            ..args(Scenario::Udp, 100)
+        })
+        .expect("offer-only run");
+        eprintln!("{}", r.table());
+        let counted = r.vpc_counted.as_ref().expect("the kernel's count");
+        assert_eq!(r.target, "discard");
+        // (How many depends on the CPU the machine leaves the writer: not a timing test.)
+        assert!(r.offered.packets >= 1_000, "{writes:?}: 50,000/s for 1 s: {:?}", r.offered);
+        assert_eq!(counted.packets, r.offered.packets, "{writes:?}: every frame written reached the TAP's ingress");
+        assert_eq!(counted.bytes, counted.packets * (20 + 8 + 64), "whole IPv4 packets of 64-byte datagrams");
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+    let not_udp = loadgen::offer::run(&args(Scenario::Connect, 10));
+    assert!(matches!(not_udp, Err(loadgen::LoadError::Invalid { param: "offer_only", .. })), "{not_udp:?}");
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn spread_receive_lets_the_offer_exceed_what_the_kernel_nat_carries() {
+    netlab::require_root();
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipping: needs a CPU besides the writer's");
+        return;
+    }
+    // One writer pinned to CPU 0, unpaced; the kernel's NAT on the other CPUs. Without the spread the NAT runs in
+    // the writer's own system call, so what it is offered is what it carries (the generator's figure).
+    let a = LoadArgs { cpus: vec![0], target: Target::Kernel, spread_receive: true, ..args(Scenario::Udp, 250) };
+    let r = loadgen::run(&a).expect("udp with the receive path spread");
+    eprintln!("{}", r.table());
+    let vpc = r.vpc_counted.as_ref().expect("the VPC counter");
+    assert!(vpc.packets > 0, "{vpc:?}");
+    assert!(
+        r.offered.pps > vpc.pps * loadgen::comparison::SATURATION_MARGIN,
+        "offered {:.0}/s, carried {:.0}/s",
+        r.offered.pps,
+        vpc.pps
+    );
+    assert!(r.warnings.is_empty(), "the figure is the NAT's: {:?}", r.warnings);
+    let no_cpus = LoadArgs { cpus: vec![], ..a }.validate();
+    assert!(matches!(no_cpus, Err(loadgen::LoadError::Invalid { param: "spread_receive", .. })), "{no_cpus:?}");
 }

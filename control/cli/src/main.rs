@@ -129,65 +129,10 @@ enum Command {
     },
     #[cfg(feature = "loadgen")]
     /// Load-test a NAT with emulated execution environments (root): ours,
-    /// the kernel's nftables masquerade, or both side by side (--compare).
-    /// Ctrl-C (SIGINT/SIGTERM) ends the load early and reports what was
-    /// measured.
-    Loadgen {
-        /// udp, tcp-bulk, connect or mixed.
-        scenario: String,
-        /// Run against ours and the kernel in one run and print the ratios.
-        #[arg(long)]
-        compare: bool,
-        /// Which NAT: ours or kernel (without --compare).
-        #[arg(long, default_value = "ours")]
-        target: String,
-        /// Emulated environments (default 1000; 16 for tcp-bulk).
-        #[arg(long)]
-        envs: Option<usize>,
-        /// How long the load runs: seconds (600) or with units (90s, 10m,
-        /// 2h, 1h30m); at most 24h.
-        #[arg(long, default_value = "5")]
-        duration: String,
-        /// Open loop: packets/s (udp) or connections/s (connect, mixed);
-        /// default as fast as possible.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// UDP payload, bytes (64-1472).
-        #[arg(long, default_value_t = 64)]
-        payload: usize,
-        /// Environments appear over this time (seconds, or 30s, 5m).
-        #[arg(long, default_value = "0")]
-        ramp: String,
-        /// connect: each environment connects once (the cold start).
-        #[arg(long)]
-        once: bool,
-        /// Our gateway's port range, e.g. 2000-2049.
-        #[arg(long)]
-        port_range: Option<String>,
-        /// Our gateway's workers (0: one per core, or the --config file's).
-        #[arg(long, default_value_t = 0)]
-        workers: usize,
-        /// Run our gateway with the [gateway] settings of this config file
-        /// (the schema of `hyperplane run --config`; other tables ignored).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Write timeline.csv (each second, as the run goes), report.json
-        /// and SVG plots here (with --compare: ours/, kernel/ and
-        /// compare.json).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Print JSON; no progress bar.
-        #[arg(long)]
-        json: bool,
-        /// One loadgen TAP per environment (and, against ours, one gateway
-        /// attachment per environment); at most 1000 environments.
-        #[arg(long)]
-        tap_per_env: bool,
-        /// udp: one writer thread per CPU listed (e.g. 0,1), each pinned
-        /// to its CPU; default one unpinned writer.
-        #[arg(long)]
-        cpus: Option<String>,
-    },
+    /// the kernel's nftables masquerade, both side by side (--compare), or
+    /// any NAT between two links (--inside/--outside). Ctrl-C
+    /// (SIGINT/SIGTERM) ends the load early and reports what was measured.
+    Loadgen(Box<LoadgenCmd>),
     #[cfg(feature = "study")]
     /// Study the shared-ENI design: per-environment ENIs against one shared
     /// ENI, simulated (default) or measured on this machine (--real, root).
@@ -228,6 +173,105 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+/// `hyperplane loadgen`'s arguments.
+#[cfg(feature = "loadgen")]
+#[derive(clap::Args)]
+struct LoadgenCmd {
+    /// udp, tcp-bulk, connect or mixed.
+    scenario: String,
+    /// Run against ours and the kernel in one run and print the ratios.
+    #[arg(long)]
+    compare: bool,
+    /// Which NAT: ours or kernel (without --compare).
+    #[arg(long, default_value = "ours")]
+    target: String,
+    /// Emulated environments (default 1000; 16 for tcp-bulk).
+    #[arg(long)]
+    envs: Option<usize>,
+    /// How long the load runs: seconds (600) or with units (90s, 10m,
+    /// 2h, 1h30m); at most 24h.
+    #[arg(long, default_value = "5")]
+    duration: String,
+    /// Open loop: packets/s (udp) or connections/s (connect, mixed);
+    /// default as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// UDP payload, bytes (64-1472).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Environments appear over this time (seconds, or 30s, 5m).
+    #[arg(long, default_value = "0")]
+    ramp: String,
+    /// connect: each environment connects once (the cold start).
+    #[arg(long)]
+    once: bool,
+    /// Our gateway's port range, e.g. 2000-2049.
+    #[arg(long)]
+    port_range: Option<String>,
+    /// Our gateway's workers (0: one per core, or the --config file's).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Run our gateway with the [gateway] settings of this config file
+    /// (the schema of `hyperplane run --config`; other tables ignored).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Write timeline.csv (each second, as the run goes), report.json
+    /// and SVG plots here (with --compare: ours/, kernel/ and
+    /// compare.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print JSON; no progress bar.
+    #[arg(long)]
+    json: bool,
+    /// One loadgen TAP per environment (and, against ours, one gateway
+    /// attachment per environment); at most 1000 environments.
+    #[arg(long)]
+    tap_per_env: bool,
+    /// udp: one writer thread per CPU listed (e.g. 0,1), each pinned
+    /// to its CPU (a TAP queue each); default one unpinned writer.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// udp: no NAT; measure what the writers offer into a TAP whose
+    /// kernel side counts and discards every frame.
+    #[arg(long, conflicts_with_all = ["compare", "inside"])]
+    offer_only: bool,
+    /// udp: how the writers hand frames to a TAP queue: uring (a batch
+    /// per system call) or write (one per frame).
+    #[arg(long, default_value = "uring")]
+    tap_writes: String,
+    /// udp --cpus: the TAP's receive path (the kernel's NAT, the bridge
+    /// to ours) on the CPUs not writing (receive packet steering), so the
+    /// offer can exceed what the target carries.
+    #[arg(long, requires = "cpus")]
+    spread_receive: bool,
+    /// Any NAT: the link towards its inside (the environments send
+    /// and receive here; a packet socket, promiscuous). With --outside.
+    #[arg(long, requires = "outside")]
+    inside: Option<String>,
+    /// The namespace of --inside (default: this one).
+    #[arg(long, requires = "inside")]
+    inside_ns: Option<String>,
+    /// Any NAT: the link its outside traffic arrives on (the responder
+    /// and the kernel's counter are here). With --inside.
+    #[arg(long, requires = "inside")]
+    outside: Option<String>,
+    /// The namespace of --outside (default: this one).
+    #[arg(long, requires = "outside")]
+    outside_ns: Option<String>,
+    /// With --inside: the environments' network (their addresses are
+    /// its hosts, the gateway's skipped).
+    #[arg(long, default_value = "172.16.0.0/16", requires = "inside")]
+    env_net: String,
+    /// With --inside: the NAT's inside address, the environments'
+    /// default gateway.
+    #[arg(long, default_value = "172.16.0.1", requires = "inside")]
+    gateway: String,
+    /// With --inside: the responder's address; it must be on --outside,
+    /// and the NAT must route it there.
+    #[arg(long, default_value = "10.1.0.2", requires = "inside")]
+    responder: String,
 }
 
 #[derive(clap::Args)]
@@ -282,31 +326,65 @@ fn main() -> ExitCode {
         Command::Demo { envs, workers, no_offloads, json } => run_demo(envs, workers, !no_offloads, json),
         Command::Check { config } => check(&config),
         #[cfg(feature = "loadgen")]
-        Command::Loadgen {
-            scenario,
-            compare,
-            target,
-            envs,
-            duration,
-            rate,
-            payload,
-            ramp,
-            once,
-            port_range,
-            workers,
-            config,
-            out,
-            json,
-            tap_per_env,
-            cpus,
-        } => (|| {
+        Command::Loadgen(cmd) => (|| {
+            let LoadgenCmd {
+                scenario,
+                compare,
+                target,
+                envs,
+                duration,
+                rate,
+                payload,
+                ramp,
+                once,
+                port_range,
+                workers,
+                config,
+                out,
+                json,
+                tap_per_env,
+                cpus,
+                inside,
+                inside_ns,
+                outside,
+                outside_ns,
+                env_net,
+                gateway,
+                responder,
+                offer_only,
+                tap_writes,
+                spread_receive,
+            } = *cmd;
+            let external = match (&inside, &outside) {
+                (Some(i), Some(o)) => {
+                    if compare {
+                        return Err(CliError::Usage(
+                            "--compare runs ours and the kernel in the lab; --inside/--outside measure one NAT".into(),
+                        ));
+                    }
+                    Some(loadgen::ExternalNat::parse(
+                        (inside_ns.as_deref(), i),
+                        (outside_ns.as_deref(), o),
+                        &env_net,
+                        &gateway,
+                        &responder,
+                    )?)
+                }
+                _ => None,
+            };
             let args = loadgen::LoadArgs {
                 scenario: loadgen::Scenario::parse(&scenario)?,
-                target: match target.as_str() {
-                    "ours" => loadgen::Target::Ours,
-                    "kernel" => loadgen::Target::Kernel,
-                    t => return Err(CliError::Usage(format!("--target {t}: ours or kernel"))),
+                target: match (target.as_str(), &external) {
+                    (_, Some(_)) => loadgen::Target::External,
+                    ("ours", None) => loadgen::Target::Ours,
+                    ("kernel", None) => loadgen::Target::Kernel,
+                    (t, None) => {
+                        return Err(CliError::Usage(format!("--target {t}: ours or kernel (or --inside/--outside)")))
+                    }
                 },
+                external,
+                tap_writes: loadgen::sender::TapWrites::parse(&tap_writes)?,
+                spread_receive,
                 envs,
                 duration: loadgen::parse_duration("duration", &duration)?,
                 rate,
@@ -331,7 +409,14 @@ fn main() -> ExitCode {
             };
             // SIGINT/SIGTERM (see `signals`) stop the run through `args.stop`:
             // the report below then covers what was measured until then.
-            if compare {
+            if offer_only {
+                let r = loadgen::offer::run(&args)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", r.table());
+                }
+            } else if compare {
                 let r = loadgen::compare(&args)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);

@@ -100,26 +100,33 @@ fn pairs(s: Scenario) -> Vec<Pair> {
     }
 }
 
+/// The figures of one run that measure the load generator rather than the NAT: for each offered/delivered pair of
+/// its scenario, a warning when the target was offered no more than it carried (`offered ≤ delivered × 1.05`).
+pub fn saturation_warnings(r: &LoadReport) -> Vec<String> {
+    let scenario = Scenario::parse(&r.scenario).unwrap_or(Scenario::Connect);
+    let mut warnings = Vec::new();
+    for (what, offered, delivered) in pairs(scenario) {
+        let (o, d) = (offered(r), delivered(r));
+        if o <= d * SATURATION_MARGIN {
+            warnings.push(format!(
+                "{}: {what}: not saturated: offered {} ≤ delivered {} × {SATURATION_MARGIN} — this figure is the \
+                 generator's, not the NAT's",
+                r.target,
+                num(o),
+                num(d)
+            ));
+        }
+    }
+    warnings
+}
+
 impl CompareReport {
     /// Sets `ours` and `kernel` side by side.
     pub fn new(ours: LoadReport, kernel: Option<LoadReport>) -> CompareReport {
         let scenario = Scenario::parse(&ours.scenario).unwrap_or(Scenario::Connect);
         let mut rows = Vec::new();
-        let mut warnings = Vec::new();
-        for r in std::iter::once(&ours).chain(kernel.as_ref()) {
-            for (what, offered, delivered) in pairs(scenario) {
-                let (o, d) = (offered(r), delivered(r));
-                if o <= d * SATURATION_MARGIN {
-                    warnings.push(format!(
-                        "{}: {what}: not saturated: offered {} ≤ delivered {} × {SATURATION_MARGIN} — this \
-                         figure is the generator's, not the NAT's",
-                        r.target,
-                        num(o),
-                        num(d)
-                    ));
-                }
-            }
-        }
+        let warnings: Vec<String> =
+            std::iter::once(&ours).chain(kernel.as_ref()).flat_map(saturation_warnings).collect();
         if let Some(k) = &kernel {
             let mut row = |figure: &str, kind: Kind, get: &dyn Fn(&LoadReport) -> f64| {
                 let (a, b) = (get(&ours), get(k));
@@ -294,6 +301,17 @@ mod tests {
         let warnings: Vec<&str> = t.lines().filter(|l| l.starts_with("warning:")).collect();
         assert_eq!(warnings.len(), 1, "only the kernel was not offered more than it carried: {t}");
         assert!(warnings[0].contains("kernel") && warnings[0].contains("not saturated: offered"), "{t}");
+    }
+
+    #[test]
+    fn a_single_run_says_when_its_figure_is_the_generators() {
+        // Offered 20,100/s, carried 20,000/s: within 5%, so the generator was the limit.
+        let paced = connect_report("external", 40_200, 40_000, 0, 100);
+        let w = saturation_warnings(&paced);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("external: connections/s: not saturated"), "{w:?}");
+        // Offered 30,000/s, carried 10,000/s: the NAT was the limit.
+        assert!(saturation_warnings(&connect_report("external", 60_000, 20_000, 0, 100)).is_empty());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Emulated execution environments: one smoltcp [`Interface`] (medium Ethernet, MAC [`env_mac`]`(i)`, address
-//! [`env_addr`]`(i)`/16, default route via [`INSIDE_GATEWAY`], ARP answered for its address) and its own socket per
-//! environment, all behind one TAP (or, with `tap_per_env`, environment `i` behind TAP `i`), driven by one poll loop
-//! on the calling thread.
+//! Emulated execution environments: one smoltcp [`Interface`] (medium Ethernet, MAC [`env_mac`]`(i)`, the plan's
+//! address `i` ([`Addresses::env`]) with the plan's prefix, default route via the plan's gateway, ARP answered for
+//! its address) and its own socket per environment, all behind one port (the TAP, or a packet socket on an external
+//! NAT's inside link; with `tap_per_env`, environment `i` behind TAP `i`), driven by one poll loop on the calling
+//! thread. Frames from a packet socket may carry a checksum the sender's kernel left to offload (a veth passes them
+//! on so), so there received checksums are not verified; from a TAP they are.
 //!
 //! # The loop
 //!
@@ -29,15 +31,13 @@
 //! senders, which refill their whole free send space in place (no copy) after each poll.
 
 use super::{
-    env_mac, env_of_addr, env_of_mac, io_err, raw, ConnectFigures, LoadArgs, LoadError, Measured, Scenario, Timeline,
-    UdpFigures, BULK_PORT, CONNECT_PORT, UDP_PORT,
+    env_mac, env_of_mac, io_err, raw, Addresses, ConnectFigures, LoadArgs, LoadError, Measured, Port, Scenario,
+    Timeline, UdpFigures, BULK_PORT, CONNECT_PORT, UDP_PORT,
 };
-use dataplane_io::tap::Tap;
 use dataplane_io::{Events, Poller};
 use hdrhistogram::Histogram;
-use netlab::{env_addr, INSIDE_GATEWAY, SERVER};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
@@ -138,7 +138,7 @@ struct Env {
 
 /// The TAP as a smoltcp device for one environment's poll: frames from its inbox, frames out to the TAP.
 struct Wire<'a> {
-    tap: &'a Tap,
+    tap: &'a Port,
     inbox: &'a mut VecDeque<Vec<u8>>,
     tx: &'a mut TxCount,
 }
@@ -152,7 +152,7 @@ struct TxCount {
 
 struct RxTok(Vec<u8>);
 struct TxTok<'a> {
-    tap: &'a Tap,
+    tap: &'a Port,
     tx: &'a mut TxCount,
 }
 
@@ -201,6 +201,13 @@ impl Device for Wire<'_> {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ethernet;
         c.max_transmission_unit = 1514;
+        if matches!(self.tap, Port::Packet(_)) {
+            // Computed on transmit, not verified on receive (see the module doc).
+            c.checksum.ipv4 = Checksum::Tx;
+            c.checksum.tcp = Checksum::Tx;
+            c.checksum.udp = Checksum::Tx;
+            c.checksum.icmpv4 = Checksum::Tx;
+        }
         c
     }
 }
@@ -225,6 +232,7 @@ struct Stats {
 }
 
 struct Ctx<'a> {
+    server: std::net::Ipv4Addr,
     t0: Instant,
     end_us: i64,
     timeout_us: i64,
@@ -244,16 +252,16 @@ impl Ctx<'_> {
     }
 }
 
-fn new_env(i: usize, kind: Kind, bulk_buf: usize, tap: &Tap, tx: &mut TxCount) -> Env {
+fn new_env(addrs: &Addresses, i: usize, kind: Kind, bulk_buf: usize, tap: &Port, tx: &mut TxCount) -> Env {
     let mut inbox = VecDeque::new();
     let mut dev = Wire { tap, inbox: &mut inbox, tx };
     let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(env_mac(i))));
     cfg.random_seed = i as u64 ^ 0x6c67_6c67;
     let mut iface = Interface::new(cfg, &mut dev, SInstant::from_micros(0));
     iface.update_ip_addrs(|a| {
-        let _ = a.push(IpCidr::new(IpAddress::Ipv4(env_addr(i)), 16));
+        let _ = a.push(IpCidr::new(IpAddress::Ipv4(addrs.env(i)), addrs.prefix()));
     });
-    let _ = iface.routes_mut().add_default_ipv4_route(INSIDE_GATEWAY);
+    let _ = iface.routes_mut().add_default_ipv4_route(addrs.gateway);
     let mut sockets = SocketSet::new(Vec::with_capacity(1));
     let handle = match kind {
         Kind::Udp => {
@@ -292,7 +300,8 @@ fn new_env(i: usize, kind: Kind, bulk_buf: usize, tap: &Tap, tx: &mut TxCount) -
 /// Runs a smoltcp scenario (`tcp-bulk`, `connect`, `mixed`) with `n` environments (see the module doc): all behind
 /// `taps[0]`, or environment `i` behind `taps[i]` when there are `n` TAPs.
 pub(crate) fn run(
-    taps: &[Tap],
+    taps: &[Port],
+    addrs: &Addresses,
     n: usize,
     args: &LoadArgs,
     grace: Duration,
@@ -317,12 +326,13 @@ pub(crate) fn run(
     let mut tx = TxCount::default();
     let bulk_buf = bulk_tx_buf(kinds.iter().filter(|&&k| k == Kind::Bulk).count());
     let mut envs: Vec<Env> =
-        kinds.iter().enumerate().map(|(i, &k)| new_env(i, k, bulk_buf, tap_of(i), &mut tx)).collect();
+        kinds.iter().enumerate().map(|(i, &k)| new_env(addrs, i, k, bulk_buf, tap_of(i), &mut tx)).collect();
     let us = |d: Duration| d.as_micros() as i64;
     let hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let t0 = Instant::now();
     tl.start(t0);
     let mut cx = Ctx {
+        server: addrs.server,
         t0,
         end_us: us(args.duration),
         timeout_us: us(args.connect_timeout),
@@ -411,7 +421,7 @@ pub(crate) fn run(
                         let to = if len < 14 {
                             None
                         } else if f[..6] == [0xff; 6] {
-                            raw::parse_arp(f).and_then(|(_, _, _, tpa)| env_of_addr(tpa))
+                            raw::parse_arp(f).and_then(|(_, _, _, tpa)| addrs.env_index(tpa))
                         } else {
                             env_of_mac(&f[..6])
                         };
@@ -566,7 +576,7 @@ fn start_connect(e: &mut Env, now_us: i64, cx: &mut Ctx) {
     let local = 10_000 + (e.seq % 50_000) as u16;
     let port = if e.kind == Kind::Bulk { BULK_PORT } else { CONNECT_PORT };
     let s = e.sockets.get_mut::<tcp::Socket>(e.handle);
-    if s.connect(e.iface.context(), IpEndpoint::new(IpAddress::Ipv4(SERVER), port), local).is_ok() {
+    if s.connect(e.iface.context(), IpEndpoint::new(IpAddress::Ipv4(cx.server), port), local).is_ok() {
         cx.stats.attempted += u64::from(e.kind == Kind::Connect);
         e.phase = Phase::Syn;
         e.since = now_us;
@@ -594,7 +604,7 @@ fn finish_connect(e: &mut Env, now_us: i64, closed_out: bool, cx: &mut Ctx, i: u
 }
 
 /// Polls one environment and advances its scenario.
-fn step(e: &mut Env, i: u32, now_us: i64, closed_out: bool, tap: &Tap, tx: &mut TxCount, cx: &mut Ctx) {
+fn step(e: &mut Env, i: u32, now_us: i64, closed_out: bool, tap: &Port, tx: &mut TxCount, cx: &mut Ctx) {
     let ts = SInstant::from_micros(now_us);
     if e.phase == Phase::Waiting && !closed_out {
         match e.kind {
@@ -630,7 +640,7 @@ fn advance(e: &mut Env, i: u32, now_us: i64, closed_out: bool, cx: &mut Ctx) -> 
                 cx.stats.udp_echoed += 1;
             }
             if e.phase == Phase::Sending && e.app_at.is_some_and(|t| t <= now_us) {
-                let dst = IpEndpoint::new(IpAddress::Ipv4(SERVER), UDP_PORT);
+                let dst = IpEndpoint::new(IpAddress::Ipv4(cx.server), UDP_PORT);
                 match s.send(cx.payload, dst) {
                     Ok(b) => {
                         b.fill(0x75);

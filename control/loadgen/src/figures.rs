@@ -136,7 +136,7 @@ pub struct GatewayFigures {
 pub struct LoadReport {
     /// Scenario name.
     pub scenario: String,
-    /// `ours` or `kernel`.
+    /// `ours`, `kernel` or `external`.
     pub target: String,
     /// Environments.
     pub envs: usize,
@@ -168,7 +168,7 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
     /// The responder's counts.
     pub responder: ResponderReport,
-    /// The address every environment should arrive from.
+    /// The address every environment should arrive from (null for an external NAT: see `responder.addresses`).
     pub eni: Option<Ipv4Addr>,
     /// Our gateway's counters (target ours).
     pub gateway: Option<GatewayFigures>,
@@ -180,10 +180,16 @@ pub struct LoadReport {
     pub timeline_csv: Option<String>,
     /// SVG plots written.
     pub plots: Vec<String>,
-    /// UDP to the server counted by the kernel at the VPC router's link from the NAT (an nftables netdev ingress
-    /// counter; packets, whole-IPv4-packet bytes, over the run's duration), independent of the generator and the
-    /// responder. `udp` and `mixed` only.
+    /// UDP to the server counted by the kernel at the VPC router's link from the NAT (an external NAT: on the
+    /// `--outside` link) (an nftables netdev ingress counter; packets, whole-IPv4-packet bytes, over the run's
+    /// duration), independent of the generator and the responder. `udp` and `mixed` only. With `--offer-only`
+    /// (target `discard`): counted at the TAP's ingress and dropped there.
     pub vpc_counted: Option<Rate>,
+    /// `--offer-only`: the writers (CPUs, pinned, frames each); else null.
+    pub writers: Option<crate::offer::Writers>,
+    /// Figures that measure the load generator rather than the NAT: offered no more than delivered (see
+    /// [`crate::comparison::saturation_warnings`]); with a `rate`, expected (the offer is paced).
+    pub warnings: Vec<String>,
 }
 
 /// What the environments' side measured.
@@ -210,7 +216,7 @@ pub(crate) struct Measured {
 pub(crate) fn assemble(
     args: &LoadArgs,
     n: usize,
-    eni: Ipv4Addr,
+    eni: Option<Ipv4Addr>,
     m: Measured,
     seen: ResponderReport,
     gateway: Option<GatewayFigures>,
@@ -252,10 +258,7 @@ pub(crate) fn assemble(
     }
     LoadReport {
         scenario: args.scenario.name().into(),
-        target: match args.target {
-            Target::Ours => "ours".into(),
-            Target::Kernel => "kernel".into(),
-        },
+        target: args.target.name().into(),
         envs: n,
         duration_s: secs,
         requested_duration_s: args.duration.as_secs_f64(),
@@ -271,13 +274,15 @@ pub(crate) fn assemble(
         connect,
         errors: m.errors,
         responder: seen,
-        eni: Some(eni),
+        eni,
         gateway,
         timeline_bucket_ms: tl.bucket().as_millis() as u64,
         timeline: tl.buckets(span),
         timeline_csv: None,
         plots: Vec::new(),
         vpc_counted: None,
+        writers: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -324,6 +329,12 @@ impl LoadReport {
                 settings::human_duration(Duration::from_secs_f64(self.requested_duration_s))
             );
         }
+        if let Some(w) = &self.writers {
+            t += &format!(
+                "  writers    CPUs {:?}, pinned {:?}, frames {:?}, {:?} writes\n",
+                w.cpus, w.pinned, w.per_thread, w.tap_writes
+            );
+        }
         if let Some(f) = &self.gateway_config {
             t += &format!("  config     [gateway] settings from {f}\n");
         }
@@ -348,9 +359,14 @@ impl LoadReport {
                 u.echoed
             );
         }
-        if let Some(c) = &self.vpc_counted {
+        if let (Some(c), "discard") = (&self.vpc_counted, self.target.as_str()) {
             t += &format!(
-                "  vpc        {} UDP packets counted by the kernel at the VPC router ({:.0} pps)\n",
+                "  discard    {} frames counted by the kernel at the TAP's ingress and dropped ({:.0} pps)\n",
+                c.packets, c.pps
+            );
+        } else if let Some(c) = &self.vpc_counted {
+            t += &format!(
+                "  vpc        {} UDP packets counted by the kernel past the NAT ({:.0} pps)\n",
                 c.packets, c.pps
             );
         }
@@ -395,6 +411,9 @@ impl LoadReport {
         }
         for p in &self.plots {
             t += &format!("  plot       {p}\n");
+        }
+        for w in &self.warnings {
+            t += &format!("warning: {w}\n");
         }
         t
     }

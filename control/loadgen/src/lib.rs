@@ -26,6 +26,17 @@
 //! each environment only sees its own attachment's ARP replies; against the kernel,
 //! [`KernelNat::build_with_taps`].
 //!
+//! Against any other NAT ([`Target::External`], [`LoadArgs::external`]) nothing is built: the environments use a
+//! packet socket on the user's inside link instead of a TAP, the responder binds in the outside link's namespace,
+//! and the addresses come from the arguments ([`Addresses`]); see [`external`]:
+//!
+//! ```text
+//!  external: packet socket on --inside ── the user's NAT ── --outside (responder, kernel counter)
+//! ```
+//!
+//! With `udp --cpus`, the loadgen TAP is multi-queue, one queue per writer. [`offer`] (`--offer-only`) runs the
+//! writers into a TAP alone, its kernel side discarding.
+//!
 //! # Scenarios and units
 //!
 //! - `udp` ([`raw`]): prebuilt Ethernet+IPv4+UDP frames, `payload` bytes of UDP data (64..=1472), round-robin over
@@ -59,7 +70,8 @@
 //!
 //! [`LoadReport`] (serde JSON, `report.json` in `out_dir` when given) holds: `scenario`, `target`, `envs`,
 //! `duration_s` (how long the load ran), `requested_duration_s`, `stopped_early`, `payload`, `rate`, `gateway_config`
-//! (the `--config` file, if any); `offered` / `delivered` (`packets`, `bytes`, `pps`, `bps`); `loss` (`packets`,
+//! (the `--config` file, if any); `warnings` (figures that are the generator's: offered no more than delivered);
+//! `writers` (`--offer-only` only); `offered` / `delivered` (`packets`, `bytes`, `pps`, `bps`); `loss` (`packets`,
 //! `ratio`: offered UDP datagrams not received by the responder); `udp`, `tcp_bulk`, `connect` (per scenario, else
 //! null; `connect.latency_us` has `count`, `p50`, `p90`, `p99`, `p999`, `max`, `mean`); `errors` (by kind, counts);
 //! `responder`; `eni` (the address the server should see); `gateway` (ours only: live sessions, packets, drops by
@@ -71,21 +83,28 @@
 //! scenario's figure, frames offered and failures per second over the whole run; `…-latency.svg`: the connection
 //! setup distribution).
 
+mod addresses;
 pub mod comparison;
 pub mod envs;
+pub mod external;
 mod figures;
+pub mod offer;
 mod plot;
+pub mod port;
 pub mod raw;
 pub mod responder;
 pub mod sender;
 pub mod settings;
 pub mod timeline;
 
+pub use addresses::Addresses;
 pub use comparison::{compare, CompareReport, CompareRow};
+pub use external::ExternalNat;
 pub(crate) use figures::{assemble, Measured};
 pub use figures::{
     BulkFigures, ConnectFigures, GatewayFigures, Latency, LoadReport, Loss, Rate, ResponderReport, UdpFigures,
 };
+pub use port::Port;
 pub use settings::{parse_duration, GatewayTable};
 pub use timeline::{Bucket, Timeline};
 
@@ -180,6 +199,19 @@ pub enum Target {
     Ours,
     /// The kernel's nftables masquerade.
     Kernel,
+    /// A NAT someone else runs between two links ([`LoadArgs::external`], [`external`]).
+    External,
+}
+
+impl Target {
+    /// `ours`, `kernel` or `external`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Ours => "ours",
+            Target::Kernel => "kernel",
+            Target::External => "external",
+        }
+    }
 }
 
 /// Stops a run early (see the module doc); clones share the flag. SIGINT and SIGTERM, once [`control::signals`] is
@@ -249,6 +281,14 @@ pub struct LoadArgs {
     pub stop: StopHandle,
     /// udp: one writer thread per CPU listed, pinned to it ([`sender`]); empty: one unpinned writer.
     pub cpus: Vec<usize>,
+    /// The NAT under test when `target` is [`Target::External`] (`--inside`, `--outside`, ...; see [`external`]).
+    pub external: Option<ExternalNat>,
+    /// udp: how the writers hand a batch to a TAP queue (`--tap-writes`).
+    pub tap_writes: sender::TapWrites,
+    /// udp with `cpus`: the loadgen TAP's receive path on the CPUs not writing (`--spread-receive`; receive packet
+    /// steering, `rps_cpus`); off, it runs inside the writers' own system calls, as a sender's does through a veth.
+    /// Frames the receiving CPUs' backlogs cannot take are counted as `receive_backlog_overflow` (machine-wide).
+    pub spread_receive: bool,
 }
 
 impl Default for LoadArgs {
@@ -274,6 +314,9 @@ impl Default for LoadArgs {
             gateway: None,
             stop: StopHandle::new(),
             cpus: Vec::new(),
+            external: None,
+            tap_writes: sender::TapWrites::default(),
+            spread_receive: false,
         }
     }
 }
@@ -308,6 +351,9 @@ impl LoadArgs {
                     settings::human_duration(MAX_DURATION)
                 ),
             ));
+        }
+        if self.spread_receive && (self.cpus.is_empty() || self.target == Target::External) {
+            return Err(invalid("spread_receive", "needs pinned writers (--cpus) into the loadgen's TAP".into()));
         }
         if !self.cpus.is_empty() && self.scenario != Scenario::Udp {
             return Err(invalid("cpus", "writer threads per CPU are for the udp scenario".into()));
@@ -344,8 +390,39 @@ impl LoadArgs {
                 "the [gateway] settings are our gateway's: use target ours or compare".into(),
             ));
         }
-        if self.target == Target::Ours {
-            gateway_plan(self)?;
+        match (self.target, &self.external) {
+            (Target::External, None) => {
+                return Err(invalid("target", "external needs the NAT's links (--inside, --outside)".into()))
+            }
+            (Target::External, Some(x)) => {
+                x.validate()?;
+                if n > x.addrs.capacity() {
+                    return Err(invalid(
+                        "envs",
+                        format!("{n} environments do not fit the environments' network ({})", x.addrs.capacity()),
+                    ));
+                }
+                let ours_only = [
+                    ("config", self.gateway.is_some()),
+                    ("port_range", self.port_range.is_some()),
+                    ("max_eni_addresses", self.max_eni_addresses.is_some()),
+                    ("workers", self.workers != 0),
+                    ("tap_per_env", self.tap_per_env),
+                ];
+                if let Some((param, _)) = ours_only.iter().find(|(_, set)| *set) {
+                    return Err(invalid(param, "is for our gateway in the lab; the external NAT is the user's".into()));
+                }
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "inside",
+                    "--inside/--outside measure an external NAT: not with ours or kernel".into(),
+                ))
+            }
+            (Target::Ours, None) => {
+                gateway_plan(self)?;
+            }
+            (Target::Kernel, None) => {}
         }
         Ok(())
     }
@@ -403,7 +480,7 @@ pub enum LoadError {
     Stopped,
 }
 
-fn invalid(param: &'static str, reason: String) -> LoadError {
+pub(crate) fn invalid(param: &'static str, reason: String) -> LoadError {
     LoadError::Invalid { param, reason }
 }
 
@@ -415,6 +492,12 @@ pub(crate) fn io_err(what: impl Into<String>, source: std::io::Error) -> LoadErr
 enum World {
     Ours(Box<Lab>),
     Kernel(KernelNat),
+    /// The user's NAT: the inside and outside namespaces (never deleted), the outside link.
+    External {
+        inside: Netns,
+        outside: Netns,
+        outside_link: String,
+    },
 }
 
 impl World {
@@ -422,6 +505,7 @@ impl World {
         match self {
             World::Ours(l) => &l.server,
             World::Kernel(k) => k.server_ns(),
+            World::External { outside, .. } => outside,
         }
     }
 
@@ -430,6 +514,7 @@ impl World {
         match self {
             World::Ours(l) => l.bridge.as_ref(),
             World::Kernel(k) => Some(k.gw_ns()),
+            World::External { .. } => None,
         }
     }
 
@@ -476,13 +561,27 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(format!("create {}", dir.display()), e))?;
     }
     netlab::sweep_stale("lg");
-    let ntaps = if args.tap_per_env { n } else { 1 };
+    let external = args.target == Target::External;
+    let ntaps = if external {
+        0
+    } else if args.tap_per_env {
+        n
+    } else {
+        1
+    };
     let tap_names: Vec<String> = (0..ntaps).map(|_| netlab::unique("lg")).collect();
-    let taps = TapSet::open(&tap_names)?;
-    let tap_name = &tap_names[0];
-    let tap = &taps.taps[0];
+    // The raw UDP writers get a TAP queue each (`--cpus`).
+    let queues = if args.scenario == Scenario::Udp { args.cpus.len().max(1) } else { 1 };
+    let taps = TapSet::open(&tap_names, queues)?;
+    let tap_name = tap_names.first().map_or("", String::as_str);
+    let addrs = args.external.as_ref().map_or(Addresses::lab(), |x| x.addrs);
     // Field order of this function's locals: the world (namespaces) drops after the responder and the TAPs.
     let world = match args.target {
+        Target::External => {
+            let x = args.external.as_ref().ok_or_else(|| invalid("target", "external without --inside".into()))?;
+            let (inside, outside) = x.open()?;
+            World::External { inside, outside, outside_link: x.outside.clone() }
+        }
         Target::Ours => {
             let gw = gateway_plan(args)?;
             let opts = lab::Options {
@@ -524,18 +623,35 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     if let (Some(ns), false) = (world.tap_ns(), args.tap_per_env) {
         ns.ip_batch(&[format!("link set {tap_name} txqueuelen {TAP_QUEUE_LEN}")])?;
     }
+    // With --spread-receive, the TAP's receive path (the kernel's NAT, or the bridge to ours) on the other CPUs.
+    let spread = match (world.tap_ns(), args.scenario, args.spread_receive) {
+        (Some(ns), Scenario::Udp, true) => spread_receive(ns, tap_name, queues, &args.cpus)?,
+        _ => false,
+    };
+    let backlog_before = spread.then(backlog_drops);
     let eni = match &world {
-        World::Ours(l) => l.eni,
-        World::Kernel(k) => k.eni_addr(),
+        World::Ours(l) => Some(l.eni),
+        World::Kernel(k) => Some(k.eni_addr()),
+        World::External { .. } => None,
     };
     let before = match &world {
         World::Ours(l) => Some(l.gateway().totals()),
-        World::Kernel(_) => None,
+        _ => None,
+    };
+    let ports: Vec<Port> = match &world {
+        World::External { inside, .. } => {
+            let link = &args.external.as_ref().map_or("", |x| x.inside.as_str());
+            vec![Port::packet(inside, link).map_err(|e| invalid("inside", format!("{link}: {e}")))?]
+        }
+        _ => taps.taps.into_iter().map(Port::Tap).collect(),
     };
 
     // Raw UDP needs the gateway's MAC before the clock starts.
-    let gw_mac =
-        if args.scenario == Scenario::Udp { Some(raw::resolve_gateway(tap, Duration::from_secs(3))?) } else { None };
+    let gw_mac = if args.scenario == Scenario::Udp {
+        Some(raw::resolve_gateway(&ports[0], &addrs, Duration::from_secs(3))?)
+    } else {
+        None
+    };
     if args.stop.is_stopped() {
         return Err(LoadError::Stopped);
     }
@@ -544,13 +660,23 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         (_, Scenario::TcpBulk | Scenario::Connect) => None,
         (World::Ours(l), _) => Some(IngressCounter::install(&l.vpc, &l.outside, SERVER, Verdict::Accept)?),
         (World::Kernel(k), _) => Some(IngressCounter::install(k.vpc_ns(), "gw", SERVER, Verdict::Accept)?),
+        (World::External { outside, outside_link, .. }, _) => {
+            Some(IngressCounter::install(outside, outside_link, addrs.server, Verdict::Accept)?)
+        }
     };
     let grace = args.connect_timeout + Duration::from_secs(1);
     // Room for the grace period, the drain below and the raw reader's limit.
     let tl = Arc::new(Timeline::new(args.duration, grace + Duration::from_secs(6)));
     let responder = responder::Responder::start(
         world.server(),
-        responder::Config { echo: args.echo, udp_port: UDP_PORT, connect_port: CONNECT_PORT, bulk_port: BULK_PORT },
+        responder::Config {
+            addr: addrs.server,
+            tune_backlog: !external,
+            echo: args.echo,
+            udp_port: UDP_PORT,
+            connect_port: CONNECT_PORT,
+            bulk_port: BULK_PORT,
+        },
         Arc::clone(&tl),
     )?;
     let csv_path = args.out_dir.as_ref().map(|d| d.join("timeline.csv"));
@@ -558,7 +684,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         Some(p) => {
             let counters = match &world {
                 World::Ours(l) => Some(l.gateway().counters().to_vec()),
-                World::Kernel(_) => None,
+                _ => None,
             };
             Some(timeline::CsvWriter::start(p, Arc::clone(&tl), counters)?)
         }
@@ -566,8 +692,8 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     };
     let bar = progress_bar(args);
     let measured = match gw_mac {
-        Some(mac) => raw::run(tap, mac, n, args, &tl, bar.as_ref())?,
-        None => envs::run(&taps.taps, n, args, grace, &tl, bar.as_ref())?,
+        Some(mac) => raw::run(&ports, &addrs, mac, n, args, &tl, bar.as_ref())?,
+        None => envs::run(&ports, &addrs, n, args, grace, &tl, bar.as_ref())?,
     };
     if let Some(b) = &bar {
         b.finish_and_clear();
@@ -589,9 +715,17 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
             measured.errors.insert(k.into(), v);
         }
     }
+    if let Some(b) = backlog_before {
+        // Frames the receiving CPUs could not take (machine-wide: other traffic's drops count too).
+        let d = backlog_drops().saturating_sub(b);
+        if d > 0 {
+            measured.errors.insert("receive_backlog_overflow".into(), d);
+        }
+    }
     let hist = measured.latency.clone();
     let load_secs = measured.load.as_secs_f64().max(1e-3);
     let mut report = assemble(args, n, eni, measured, seen, gateway, &tl, span);
+    report.warnings = comparison::saturation_warnings(&report);
     if let Some(c) = &counter {
         let (packets, bytes) = c.read()?;
         report.vpc_counted =
@@ -606,7 +740,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         let path = dir.join("report.json");
         std::fs::write(&path, json).map_err(|e| io_err(format!("write {}", path.display()), e))?;
     }
-    drop(taps);
+    drop(ports);
     drop(world);
     Ok(report)
 }
@@ -617,7 +751,17 @@ struct TapSet {
 }
 
 impl TapSet {
-    fn open(names: &[String]) -> Result<TapSet, LoadError> {
+    /// One TAP per name; with `queues > 1` (one name) a multi-queue TAP with that many queues, in order.
+    fn open(names: &[String], queues: usize) -> Result<TapSet, LoadError> {
+        if let ([name], true) = (names, queues > 1) {
+            let first = Tap::open(name, TapOptions { multi_queue: true, ..TapOptions::default() })?;
+            let mut taps = Vec::with_capacity(queues);
+            for _ in 1..queues {
+                taps.push(first.open_queue()?);
+            }
+            taps.insert(0, first);
+            return Ok(TapSet { taps });
+        }
         let taps = names.iter().map(|t| Tap::open(t, TapOptions::default())).collect::<Result<Vec<_>, _>>()?;
         Ok(TapSet { taps })
     }
@@ -671,6 +815,29 @@ fn gateway_plan(args: &LoadArgs) -> Result<GatewayPlan, LoadError> {
     t.remove("workers");
     t.remove("offloads");
     Ok(GatewayPlan { workers: cfg.gateway.workers, offloads: cfg.gateway.offloads, extra: settings::gateway_lines(&t) })
+}
+
+/// With raw writers pinned to `cpus` and CPUs left over, steers the receive path of every queue of `tap` (in `ns`)
+/// to the CPUs not writing (receive packet steering, `rps_cpus`): without it a frame written to a TAP goes through
+/// the kernel's receive path (the kernel's NAT itself, or the bridge towards ours) inside the writer's own system
+/// call, so the writer's rate is the NAT's and the offer can never exceed what the target carries. Whether it did.
+fn spread_receive(ns: &Netns, tap: &str, queues: usize, cpus: &[usize]) -> Result<bool, LoadError> {
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
+    let mask = (0..ncpu).filter(|c| !cpus.contains(c)).fold(0u64, |m, c| m | 1 << c);
+    if cpus.is_empty() || mask == 0 {
+        return Ok(false);
+    }
+    let script: String =
+        (0..queues).map(|q| format!("echo {mask:x} > /sys/class/net/{tap}/queues/rx-{q}/rps_cpus;")).collect();
+    ns.exec(&["sh", "-c", &script])?;
+    Ok(true)
+}
+
+/// Frames dropped for want of room in the CPUs' receive backlogs, all CPUs together (`/proc/net/softnet_stat`, the
+/// second column, hexadecimal); 0 if unreadable.
+fn backlog_drops() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+    text.lines().filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok()).sum()
 }
 
 /// A permanent neighbour entry for environment `i` on `dev` (an `ip -batch` line).

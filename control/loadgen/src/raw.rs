@@ -1,26 +1,25 @@
 //! Raw-frame UDP: the highest packet rates the load generator can offer.
 //!
-//! One prebuilt Ethernet + IPv4 + UDP frame per environment (source [`env_mac`]`(i)` / [`env_addr`]`(i)` port
-//! [`RAW_SPORT`], destination the gateway's MAC / the responder's [`UDP_PORT`]; IPv4 and UDP
-//! checksums complete, built with `dataplane::testkit`). A dedicated writer thread sends them round-robin with one
-//! `write(2)` per frame, in batches of [`BATCH`], open loop: at `rate` frames/s (paced per batch) or as fast as it
-//! can, for `duration` or until `args.stop`. Meanwhile the calling thread reads the TAP: it answers ARP requests
-//! for every environment address (the NAT must resolve environments to deliver replies) and counts UDP datagrams
-//! that come back to [`RAW_SPORT`] (echoes).
+//! One prebuilt Ethernet + IPv4 + UDP frame per environment (source [`env_mac`]`(i)` / the plan's address `i`
+//! ([`Addresses::env`]) port [`RAW_SPORT`], destination the gateway's MAC / the responder's [`UDP_PORT`]; IPv4 and
+//! UDP checksums complete, built with `dataplane::testkit`). Writer threads ([`sender::send_ports`]; one per CPU of
+//! `--cpus`, pinned, or one unpinned) send them round-robin in batches of [`sender::BATCH`], open loop: at `rate`
+//! frames/s (paced per batch) or as fast as they can, for `duration` or until `args.stop`. Writer `t` sends on
+//! port `t % ports` (a TAP queue each: one `io_uring_enter` per batch, or one `write(2)` per frame as
+//! `tap_writes` says; or the one packet socket of an external NAT's inside link, one `sendmmsg` per batch).
+//! Meanwhile the calling thread reads every port: it answers ARP requests for every environment address (the NAT
+//! must resolve environments to deliver replies) and counts UDP datagrams that come back to [`RAW_SPORT`]
+//! (echoes).
 
 use super::sender;
-use super::{env_mac, env_of_addr, io_err, LoadArgs, LoadError, Measured, Timeline, UdpFigures, UDP_PORT};
+use super::{env_mac, io_err, Addresses, LoadArgs, LoadError, Measured, Port, Timeline, UdpFigures, UDP_PORT};
 use dataplane::testkit::{ipv4_frame, udp_segment, IpOpts};
-use dataplane_io::tap::Tap;
-use netlab::{env_addr, INSIDE_GATEWAY, SERVER};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The environments' UDP source port in raw mode.
 pub const RAW_SPORT: u16 = 40000;
-/// Frames per pacing batch.
-pub const BATCH: usize = 64;
 const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// An ARP frame (Ethernet header included): `op` 1 request, 2 reply.
@@ -49,9 +48,10 @@ pub fn parse_arp(f: &[u8]) -> Option<(u16, [u8; 6], Ipv4Addr, Ipv4Addr)> {
     Some((op, sha, ip(28), ip(38)))
 }
 
-/// ARPs for [`INSIDE_GATEWAY`] from environment 0 (every 200 ms) until it answers; its MAC.
-pub fn resolve_gateway(tap: &Tap, timeout: Duration) -> Result<[u8; 6], LoadError> {
-    let req = arp_frame(1, env_mac(0), env_addr(0), [0; 6], INSIDE_GATEWAY);
+/// ARPs for the plan's gateway from environment 0 (every 200 ms) until it answers; its MAC.
+pub fn resolve_gateway(tap: &Port, addrs: &Addresses, timeout: Duration) -> Result<[u8; 6], LoadError> {
+    let gateway = addrs.gateway;
+    let req = arp_frame(1, env_mac(0), addrs.env(0), [0; 6], gateway);
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 2048];
     while Instant::now() < deadline {
@@ -61,7 +61,7 @@ pub fn resolve_gateway(tap: &Tap, timeout: Duration) -> Result<[u8; 6], LoadErro
             match tap.recv(&mut buf) {
                 Ok(n) => {
                     if let Some((2, mac, ip, _)) = parse_arp(&buf[..n]) {
-                        if ip == INSIDE_GATEWAY {
+                        if ip == gateway {
                             return Ok(mac);
                         }
                     }
@@ -71,32 +71,35 @@ pub fn resolve_gateway(tap: &Tap, timeout: Duration) -> Result<[u8; 6], LoadErro
             }
         }
     }
-    Err(LoadError::GatewayUnresolved(INSIDE_GATEWAY, timeout))
+    Err(LoadError::GatewayUnresolved(gateway, timeout))
 }
 
 /// Waits up to `ms` milliseconds for the TAP to become readable.
-pub(crate) fn wait(tap: &Tap, ms: u64) {
+pub(crate) fn wait(tap: &Port, ms: u64) {
     let _ = dataplane_io::wait_readable(tap, std::time::Duration::from_millis(ms));
 }
 
 /// The frame environment `i` sends.
-pub fn frame(i: usize, gw_mac: [u8; 6], payload: usize) -> Vec<u8> {
+pub fn frame(addrs: &Addresses, i: usize, gw_mac: [u8; 6], payload: usize) -> Vec<u8> {
     let mut data = vec![0u8; payload];
     data[..8].copy_from_slice(&(i as u64).to_be_bytes());
-    let seg = udp_segment(env_addr(i), RAW_SPORT, SERVER, UDP_PORT, &data);
-    ipv4_frame(gw_mac, env_mac(i), env_addr(i), SERVER, 17, IpOpts { ident: i as u16, ..IpOpts::default() }, &seg)
+    let (src, dst) = (addrs.env(i), addrs.server);
+    let seg = udp_segment(src, RAW_SPORT, dst, UDP_PORT, &data);
+    ipv4_frame(gw_mac, env_mac(i), src, dst, 17, IpOpts { ident: i as u16, ..IpOpts::default() }, &seg)
 }
 
 /// Runs the raw UDP scenario (see the module doc).
 pub(crate) fn run(
-    tap: &Tap,
+    ports: &[Port],
+    addrs: &Addresses,
     gw_mac: [u8; 6],
     n: usize,
     args: &LoadArgs,
     tl: &Timeline,
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<Measured, LoadError> {
-    let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(i, gw_mac, args.payload)).collect();
+    let tap = &ports[0];
+    let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(addrs, i, gw_mac, args.payload)).collect();
     let sent = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
@@ -113,67 +116,23 @@ pub(crate) fn run(
         let writer = std::thread::Builder::new()
             .name("lg-raw".into())
             .spawn_scoped(s, || {
-                if !args.cpus.is_empty() {
-                    // One pinned writer per CPU (the sender module); the reader below keeps the timeline.
-                    let plan = sender::Plan {
-                        source: sender::Source::Fixed(std::sync::Arc::new(frames.clone())),
-                        cpus: args.cpus.clone(),
-                        duration: end.saturating_duration_since(Instant::now()),
-                        rate: args.rate,
-                        max_frames: None,
-                        progress: Some(std::sync::Arc::clone(&progress)),
-                    };
-                    let r = sender::send_tap(std::slice::from_ref(tap), &plan, &halt);
-                    let ended = Instant::now().min(end);
-                    if let Ok(r) = r {
-                        sent.fetch_add(r.frames, Ordering::Relaxed);
-                        bytes.fetch_add(r.bytes, Ordering::Relaxed);
-                        errors.fetch_add(r.errors, Ordering::Relaxed);
-                    }
-                    done.store(true, Ordering::Relaxed);
-                    return ended;
-                }
-                let (mut k, mut total) = (0usize, 0u64);
-                let mut last_tick = Instant::now();
-                let mut tick_frames = 0u64;
-                let ended = loop {
-                    let now = Instant::now();
-                    if now >= end || args.stop.is_stopped() {
-                        break now.min(end);
-                    }
-                    if let Some(rate) = args.rate {
-                        let due = (now - t0).as_secs_f64() * rate;
-                        if (total as f64) >= due {
-                            let ahead = (total as f64 - due) / rate;
-                            std::thread::sleep(Duration::from_secs_f64(ahead.min(0.001)));
-                            continue;
-                        }
-                    }
-                    let (mut ok, mut b) = (0u64, 0u64);
-                    for _ in 0..BATCH {
-                        let f = &frames[k];
-                        k = if k + 1 == frames.len() { 0 } else { k + 1 };
-                        match tap.send(f) {
-                            Ok(_) => {
-                                ok += 1;
-                                b += f.len() as u64;
-                            }
-                            Err(_) => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    total += BATCH as u64;
-                    sent.fetch_add(ok, Ordering::Relaxed);
-                    bytes.fetch_add(b, Ordering::Relaxed);
-                    tick_frames += ok;
-                    if now - last_tick >= Duration::from_millis(10) {
-                        tl.add(&tl.offered, now, tick_frames);
-                        tick_frames = 0;
-                        last_tick = now;
-                    }
+                // One pinned writer per CPU (one unpinned without --cpus; the sender module); the reader below keeps
+                // the timeline.
+                let plan = sender::Plan {
+                    source: sender::Source::Fixed(std::sync::Arc::new(frames.clone())),
+                    cpus: args.cpus.clone(),
+                    duration: end.saturating_duration_since(Instant::now()),
+                    rate: args.rate,
+                    max_frames: None,
+                    progress: Some(std::sync::Arc::clone(&progress)),
                 };
-                tl.add(&tl.offered, Instant::now(), tick_frames);
+                let r = sender::send_ports(ports, &plan, &halt, args.tap_writes);
+                let ended = Instant::now().min(end);
+                if let Ok(r) = r {
+                    sent.fetch_add(r.frames, Ordering::Relaxed);
+                    bytes.fetch_add(r.bytes, Ordering::Relaxed);
+                    errors.fetch_add(r.errors, Ordering::Relaxed);
+                }
                 done.store(true, Ordering::Relaxed);
                 ended
             })
@@ -207,26 +166,34 @@ pub(crate) fn run(
                     b.set_message(format!("{} sent", sent.load(Ordering::Relaxed)));
                 }
             }
-            match tap.recv(&mut buf) {
-                Ok(len) => {
-                    let f = &buf[..len];
-                    if let Some((1, sha, spa, tpa)) = parse_arp(f) {
-                        if let Some(i) = env_of_addr(tpa).filter(|&i| i < n) {
-                            let reply = arp_frame(2, env_mac(i), tpa, sha, spa);
-                            if tap.send(&reply).is_ok() {
-                                arp_replies += 1;
+            // Every port (the kernel spreads frames towards a multi-queue TAP over its queues).
+            let mut got = false;
+            for port in ports {
+                match port.recv(&mut buf) {
+                    Ok(len) => {
+                        got = true;
+                        let f = &buf[..len];
+                        if let Some((1, sha, spa, tpa)) = parse_arp(f) {
+                            if let Some(i) = addrs.env_index(tpa).filter(|&i| i < n) {
+                                let reply = arp_frame(2, env_mac(i), tpa, sha, spa);
+                                if port.send(&reply).is_ok() {
+                                    arp_replies += 1;
+                                }
+                            }
+                        } else if len >= 42 && f[12..14] == [0x08, 0x00] && f[23] == 17 {
+                            let ihl = usize::from(f[14] & 0x0f) * 4;
+                            let dport = f.get(14 + ihl + 2..14 + ihl + 4).map(|p| u16::from_be_bytes([p[0], p[1]]));
+                            if dport == Some(RAW_SPORT) {
+                                echoed += 1;
                             }
                         }
-                    } else if len >= 42 && f[12..14] == [0x08, 0x00] && f[23] == 17 {
-                        let ihl = usize::from(f[14] & 0x0f) * 4;
-                        let dport = f.get(14 + ihl + 2..14 + ihl + 4).map(|p| u16::from_be_bytes([p[0], p[1]]));
-                        if dport == Some(RAW_SPORT) {
-                            echoed += 1;
-                        }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => read_errors += 1,
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait(tap, 1),
-                Err(_) => read_errors += 1,
+            }
+            if !got {
+                wait(tap, 1);
             }
         }
         Ok(writer.join().unwrap_or_else(|_| Instant::now()))

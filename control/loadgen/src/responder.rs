@@ -14,7 +14,7 @@
 
 use super::{io_err, LoadError, ResponderReport, Timeline};
 use control::threads::StopGroup;
-use netlab::{Netns, SERVER};
+use netlab::Netns;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -36,6 +36,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ports and behaviour.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
+    /// The address the three sockets bind (the lab's [`netlab::SERVER`], or `--responder`).
+    pub addr: Ipv4Addr,
+    /// Deepen the namespace's accept queues (`net.core.somaxconn`, `net.ipv4.tcp_max_syn_backlog`): in the
+    /// namespaces the load generator made, not in a user's.
+    pub tune_backlog: bool,
     /// Echo UDP datagrams back.
     pub echo: bool,
     /// UDP port.
@@ -72,24 +77,31 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// Binds the three sockets on [`SERVER`] inside `ns` and starts the threads.
+    /// Binds the three sockets on `cfg.addr` inside `ns` and starts the threads.
     pub fn start(ns: &Netns, cfg: Config, tl: Arc<Timeline>) -> Result<Responder, LoadError> {
         // A deep accept queue, whichever NAT is under test: a burst of
         // thousands of SYNs must not be dropped by the server.
-        for (key, value) in [("net.core.somaxconn", "65535"), ("net.ipv4.tcp_max_syn_backlog", "65535")] {
+        // (Not in a namespace the user made: its settings are the user's, and cap the backlog asked for below.)
+        let tune: &[(&str, &str)] = if cfg.tune_backlog {
+            &[("net.core.somaxconn", "65535"), ("net.ipv4.tcp_max_syn_backlog", "65535")]
+        } else {
+            &[]
+        };
+        for &(key, value) in tune {
             if let Err(e) = ns.sysctl(key, value) {
                 tracing::warn!(key, error = %e, "responder: cannot deepen the accept queue");
             }
         }
+        let a = cfg.addr;
         let (udp, conn, bulk) = ns.run(move || {
-            let udp = UdpSocket::bind(SocketAddrV4::new(SERVER, cfg.udp_port));
-            let conn = TcpListener::bind(SocketAddrV4::new(SERVER, cfg.connect_port));
-            let bulk = TcpListener::bind(SocketAddrV4::new(SERVER, cfg.bulk_port));
+            let udp = UdpSocket::bind(SocketAddrV4::new(a, cfg.udp_port));
+            let conn = TcpListener::bind(SocketAddrV4::new(a, cfg.connect_port));
+            let bulk = TcpListener::bind(SocketAddrV4::new(a, cfg.bulk_port));
             (udp, conn, bulk)
         });
-        let udp = udp.map_err(|e| io_err(format!("bind udp {SERVER}:{}", cfg.udp_port), e))?;
-        let conn = conn.map_err(|e| io_err(format!("bind tcp {SERVER}:{}", cfg.connect_port), e))?;
-        let bulk = bulk.map_err(|e| io_err(format!("bind tcp {SERVER}:{}", cfg.bulk_port), e))?;
+        let udp = udp.map_err(|e| io_err(format!("bind udp {a}:{}", cfg.udp_port), e))?;
+        let conn = conn.map_err(|e| io_err(format!("bind tcp {a}:{}", cfg.connect_port), e))?;
+        let bulk = bulk.map_err(|e| io_err(format!("bind tcp {a}:{}", cfg.bulk_port), e))?;
         set_rcvbuf(&udp, 32 << 20);
         udp.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| io_err("udp read timeout", e))?;
         // std listens with a backlog of 128 whatever somaxconn says; at ~16,000 connections/s that overflows

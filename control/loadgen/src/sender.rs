@@ -369,14 +369,14 @@ fn packet_socket(link: &str) -> Result<OwnedFd, SendError> {
 }
 
 /// `sendmmsg` of a batch on a bound packet socket: how many the kernel took.
-fn send_batch(fd: &OwnedFd, frames: &[Vec<u8>]) -> std::io::Result<usize> {
+fn send_batch(fd: impl std::os::fd::AsFd, frames: &[Vec<u8>]) -> std::io::Result<usize> {
     let iovs: Vec<[IoSlice<'_>; 1]> = frames.iter().map(|f| [IoSlice::new(f)]).collect();
     let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
         (0..frames.len()).map(|_| SendAncillaryBuffer::default()).collect();
     let mut msgs: Vec<MMsgHdr<'_>> = iovs.iter().zip(controls.iter_mut()).map(|(v, c)| MMsgHdr::new(v, c)).collect();
     let mut done = 0;
     while done < msgs.len() {
-        match sendmmsg(fd, &mut msgs[done..], SendFlags::empty()) {
+        match sendmmsg(&fd, &mut msgs[done..], SendFlags::empty()) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(rustix::io::Errno::INTR) => continue,
@@ -428,9 +428,101 @@ pub fn send_packet(ns: &Netns, link: &str, plan: &Plan, stop: &Arc<AtomicBool>) 
 /// Runs `plan` into the user side of a TAP, one `write` per frame, from one thread per CPU of the plan; thread `t`
 /// writes to `taps[t % taps.len()]` (the queues of a multi-queue TAP, or one descriptor for all).
 pub fn send_tap(taps: &[Tap], plan: &Plan, stop: &AtomicBool) -> Result<Sent, SendError> {
-    if taps.is_empty() {
+    send_each(
+        taps,
+        plan,
+        stop,
+        || (),
+        |_, tap, batch| {
+            let mut ok = 0;
+            for f in batch {
+                if tap.send(f).is_ok() {
+                    ok += 1;
+                }
+            }
+            Ok(ok)
+        },
+    )
+}
+
+/// How a writer thread hands a batch to a TAP queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TapWrites {
+    /// One `write(2)` per frame.
+    Write,
+    /// The batch in one `io_uring_enter` ([`dataplane_io::WriteBatch`]); one `write` per frame where the kernel
+    /// has no io_uring.
+    #[default]
+    Uring,
+}
+
+impl TapWrites {
+    /// Parses `write` or `uring`; the error names `tap_writes`.
+    pub fn parse(s: &str) -> Result<TapWrites, crate::LoadError> {
+        match s {
+            "write" => Ok(TapWrites::Write),
+            "uring" => Ok(TapWrites::Uring),
+            _ => Err(crate::invalid("tap_writes", format!("{s:?} is not write or uring"))),
+        }
+    }
+}
+
+/// Runs `plan` into the load generator's ports (see [`crate::port`]), from one thread per CPU of the plan; thread
+/// `t` sends on `ports[t % ports.len()]`: to a TAP queue as `writes` says, one `sendmmsg` per batch on a packet
+/// socket.
+pub fn send_ports(ports: &[crate::Port], plan: &Plan, stop: &AtomicBool, writes: TapWrites) -> Result<Sent, SendError> {
+    let ring = || match writes {
+        TapWrites::Uring => dataplane_io::WriteBatch::new(BATCH).ok(),
+        TapWrites::Write => None,
+    };
+    send_each(ports, plan, stop, ring, |ring, port, batch| match port {
+        crate::Port::Tap(tap) => {
+            if let Some(w) = ring {
+                return w.write(std::os::fd::AsFd::as_fd(tap), batch);
+            }
+            let mut ok = 0;
+            for f in batch {
+                if tap.send(f).is_ok() {
+                    ok += 1;
+                }
+            }
+            Ok(ok)
+        }
+        crate::Port::Packet(p) => {
+            // The socket does not block (it is also read): a full send buffer refuses the rest of a batch, which
+            // is retried after a pause (at most 10 ms in all) rather than counted as refused at once.
+            let mut done = 0;
+            for _ in 0..200 {
+                match send_batch(p, &batch[done..]) {
+                    Ok(k) => done += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if done == 0 => return Err(e),
+                    Err(_) => break,
+                }
+                if done == batch.len() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            Ok(done)
+        }
+    })
+}
+
+/// One pinned thread per CPU of the plan, thread `t` sending through `send(&mut state, &sinks[t % sinks.len()],
+/// batch)` with a `state` of its own made by `make` (on the thread, after pinning).
+fn send_each<S: Sync, St>(
+    sinks: &[S],
+    plan: &Plan,
+    stop: &AtomicBool,
+    make: impl Fn() -> St + Sync,
+    send: impl Fn(&mut St, &S, &[Vec<u8>]) -> std::io::Result<usize> + Sync,
+) -> Result<Sent, SendError> {
+    if sinks.is_empty() {
         return Err(SendError::NoLink("(no TAP descriptor)".into()));
     }
+    let taps = sinks;
     let cpus: Vec<Option<usize>> =
         if plan.cpus.is_empty() { vec![None] } else { plan.cpus.iter().copied().map(Some).collect() };
     let threads = cpus.len();
@@ -440,17 +532,11 @@ pub fn send_tap(taps: &[Tap], plan: &Plan, stop: &AtomicBool) -> Result<Sent, Se
             .enumerate()
             .map(|(t, cpu)| {
                 let tap = &taps[t % taps.len()];
+                let (send, make) = (&send, &make);
                 s.spawn(move || {
                     let pinned = cpu.is_some_and(pin_to);
-                    let (f, b, e, st, end) = drive(t, threads, plan, stop, |batch| {
-                        let mut ok = 0;
-                        for f in batch {
-                            if tap.send(f).is_ok() {
-                                ok += 1;
-                            }
-                        }
-                        Ok(ok)
-                    });
+                    let mut state = make();
+                    let (f, b, e, st, end) = drive(t, threads, plan, stop, |batch| send(&mut state, tap, batch));
                     (f, b, e, st, end, pinned)
                 })
             })
@@ -474,6 +560,13 @@ mod tests {
             dport: 9000,
             payload: 64,
         }
+    }
+
+    #[test]
+    fn tap_writes_parse_and_a_bad_one_names_the_field() {
+        assert_eq!(TapWrites::parse("uring").ok(), Some(TapWrites::Uring));
+        assert_eq!(TapWrites::parse("write").ok(), Some(TapWrites::Write));
+        assert!(matches!(TapWrites::parse("mmap"), Err(crate::LoadError::Invalid { param: "tap_writes", .. })));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   thread is still in the namespace (the same test `ip netns pids` makes; this process itself is never killed) and
 //!   then runs `ip netns del`, ignoring errors. Drop runs during unwinding too, so a panicking test leaves nothing
 //!   behind. Setting `NETLAB_KEEP=1` in the environment keeps namespaces for post-mortem debugging (a later
-//!   [`sweep_stale`] removes them).
+//!   [`sweep_stale`] removes them). [`Netns::existing`] (a namespace someone else made) and [`Netns::current`] (the
+//!   one this process runs in) are never deleted and nothing in them is killed.
 //! * **Names.** [`unique`] makes `{prefix}-{pid}-{counter}` with the creating process id and a process-wide counter,
 //!   both in lowercase base 36. With a prefix of at most 4 characters the result fits in 15 bytes, so it is valid as
 //!   an interface name as well as a namespace name. Any namespace or root-namespace link whose name *starts* with
@@ -270,9 +271,24 @@ fn list_dir(dir: &Path) -> Vec<String> {
 const NETNS_DIR: &str = "/run/netns";
 
 /// A named network namespace (`/run/netns/NAME`), deleted on drop. See the module doc for the contract.
+///
+/// [`Netns::existing`] and [`Netns::current`] name namespaces this process did not make (a user's, or the one it
+/// runs in): those are used the same way and never deleted.
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    kind: NsKind,
+}
+
+/// Whose namespace a [`Netns`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NsKind {
+    /// Made by this process: deleted on drop.
+    Owned,
+    /// A named namespace made elsewhere: left alone on drop.
+    Existing,
+    /// The namespace this process runs in (no name; commands run without `ip netns exec`): left alone.
+    Current,
 }
 
 impl Netns {
@@ -282,7 +298,7 @@ impl Netns {
         validate_ns_name(&name)?;
         run_tool("ip", &["netns", "add", &name], None)?;
         // From here on the namespace is ours: Drop cleans it up if the rest fails.
-        let ns = Netns { name };
+        let ns = Netns { name, kind: NsKind::Owned };
         ns.link_up("lo")?;
         Ok(ns)
     }
@@ -311,20 +327,41 @@ impl Netns {
         let nss: Vec<Netns> = names
             .iter()
             .filter(|n| ns_path(n.as_ref()).exists())
-            .map(|n| Netns { name: n.as_ref().to_owned() })
+            .map(|n| Netns { name: n.as_ref().to_owned(), kind: NsKind::Owned })
             .collect();
         added?;
         Ok(nss)
     }
 
-    /// The namespace's name.
+    /// An existing named namespace (`/run/netns/NAME`, e.g. made with `ip netns add` by the user), used like one
+    /// of ours but never deleted. Errors when there is no such namespace.
+    pub fn existing(name: &str) -> Result<Netns, LabError> {
+        validate_ns_name(name)?;
+        if !ns_path(name).exists() {
+            return Err(LabError::Invalid(format!(
+                "no network namespace {name:?} ({NETNS_DIR}/{name} does not exist)"
+            )));
+        }
+        Ok(Netns { name: name.to_owned(), kind: NsKind::Existing })
+    }
+
+    /// The namespace this process runs in (for the root namespace, when no namespace is named): commands run
+    /// directly, threads stay where they are; never deleted. Its [`Netns::name`] is empty.
+    pub fn current() -> Netns {
+        Netns { name: String::new(), kind: NsKind::Current }
+    }
+
+    /// The namespace's name (empty for [`Netns::current`]).
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The namespace's bind-mount file, `/run/netns/NAME`.
+    /// The namespace's bind-mount file, `/run/netns/NAME` (`/proc/self/ns/net` for [`Netns::current`]).
     pub fn path(&self) -> PathBuf {
-        ns_path(&self.name)
+        match self.kind {
+            NsKind::Current => PathBuf::from("/proc/self/ns/net"),
+            _ => ns_path(&self.name),
+        }
     }
 
     /// Runs `ip netns exec NAME args...` to completion; a non-zero exit is an error carrying stderr.
@@ -378,6 +415,12 @@ impl Netns {
         let (program, rest) =
             args.split_first().ok_or_else(|| LabError::Invalid("Netns::exec needs a program".into()))?;
         let program = if program.contains('/') { PathBuf::from(program) } else { find_tool(program)? };
+        if self.kind == NsKind::Current {
+            let mut cmd = Command::new(&program);
+            cmd.args(rest);
+            let line = display_cmd(&program.to_string_lossy(), rest.iter().copied());
+            return Ok((cmd, line));
+        }
         let mut cmd = Command::new(find_tool("ip")?);
         cmd.args(["netns", "exec", &self.name]).arg(&program).args(rest);
         let line = display_cmd(
@@ -389,6 +432,9 @@ impl Netns {
 
     /// Runs `ip -n NAME args...`.
     pub fn ip(&self, args: &[&str]) -> Result<Output, LabError> {
+        if self.kind == NsKind::Current {
+            return run_tool("ip", args, None);
+        }
         let mut full = vec!["-n", &self.name];
         full.extend_from_slice(args);
         run_tool("ip", &full, None)
@@ -469,6 +515,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.kind != NsKind::Owned {
+            return;
+        }
         // Empty when destroy_all took the name over.
         let name = std::mem::take(&mut self.name);
         delete_namespaces(&[name]);
@@ -501,7 +550,11 @@ fn validate_ns_name(name: &str) -> Result<(), LabError> {
 /// Deletes several namespaces at once: kills the processes left in them, then one `ip -force -batch` with
 /// `netns del` lines. Errors are ignored (as in `Drop`).
 pub fn destroy_all(namespaces: Vec<Netns>) {
-    let names: Vec<String> = namespaces.into_iter().map(|mut ns| std::mem::take(&mut ns.name)).collect();
+    let names: Vec<String> = namespaces
+        .into_iter()
+        .filter(|ns| ns.kind == NsKind::Owned)
+        .map(|mut ns| std::mem::take(&mut ns.name))
+        .collect();
     delete_namespaces(&names);
 }
 
@@ -584,7 +637,7 @@ fn ip_batch_inner<S: AsRef<str>>(ns: Option<&Netns>, cmds: &[S], force: bool) ->
         return Ok(());
     }
     let mut args: Vec<&str> = Vec::new();
-    if let Some(ns) = ns {
+    if let Some(ns) = ns.filter(|ns| ns.kind != NsKind::Current) {
         args.extend(["-n", ns.name()]);
     }
     if force {
@@ -720,6 +773,21 @@ mod tests {
         assert_eq!(owner_pid("hp-1a", "hp"), None);
         assert_eq!(owner_pid("hp--0", "hp"), None);
         assert_eq!(owner_pid("hp-1A-0", "hp"), None);
+    }
+
+    #[test]
+    fn the_current_namespace_runs_commands_directly_and_is_never_deleted() {
+        let here = Netns::current();
+        assert_eq!(here.name(), "");
+        let (_, line) = here.exec_command(&["/bin/true", "x"]).expect("a command");
+        assert_eq!(line, "/bin/true x", "no `ip netns exec`");
+        assert_eq!(here.path(), PathBuf::from("/proc/self/ns/net"));
+        let ours = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
+        let theirs = here.run(|| std::fs::metadata("/proc/thread-self/ns/net").map(|m| m.ino()).ok());
+        assert_eq!(ours, theirs, "a thread run there stays in this namespace");
+        drop(here);
+        let missing = Netns::existing("hp-no-such-namespace-here");
+        assert!(matches!(missing, Err(LabError::Invalid(_))), "{missing:?}");
     }
 
     #[test]

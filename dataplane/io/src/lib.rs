@@ -33,6 +33,8 @@
 //! - [`backend`]: the workers' I/O path, io_uring ([`uring`]) or
 //!   `read`/`write` + epoll, and the fallback between them;
 //!   [`syscalls`]: system calls counted per thread ([`IoCounters`]).
+//! - [`write_batch`]: [`WriteBatch`], many frames written to one descriptor
+//!   with one `io_uring_enter` (the load generator's TAP writers).
 //!
 //! Setup calls return [`IoError`]; per-frame calls return
 //! [`std::io::Result`] so that `WouldBlock`/`TimedOut` stay cheap to match.
@@ -57,6 +59,7 @@ pub mod tap;
 pub mod uring;
 pub mod vnet;
 pub mod worker;
+pub mod write_batch;
 
 pub use afpacket::{AfPacket, PacketSender};
 pub use backend::{Backend, IoSettings};
@@ -68,3 +71,4 @@ pub use tap::{
     Tap, TapOptions, OFFLOADS_TCP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, VNET_HDR_LEN,
 };
 pub use vnet::{complete_checksum, VnetHdr};
+pub use write_batch::WriteBatch;
