@@ -131,7 +131,8 @@ fn run_guest(attach: Attach) {
     netlab::require_root();
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let Some(kit) = kit() else { return };
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hp-vm-{attach:?}-{}", std::process::id()));
+    let dir =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hp-vm-{attach:?}-{}", std::process::id()));
     let name = netlab::unique("hpl");
 
     // Drop order (reverse of declaration): the VM, then the lab (gateway
