@@ -635,3 +635,23 @@ fn direct_attach_on_a_veth_carries_100_mb_each_way_byte_exact() {
         assert_eq!(t.dropped(DropReason::TxFailed), 0, "{backend}: {t:?}");
     }
 }
+
+/// Issue 15: an `af-packet` attachment whose interface is missing, or whose
+/// MTU is below the attachment's, stops the start with an error naming the
+/// interface (and nothing is left behind).
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and veths")]
+fn a_direct_attach_on_a_missing_or_too_small_interface_is_refused() {
+    netlab::require_root();
+    let missing = netlab::unique("hpl");
+    let e = Lab::build(&Options { direct: Some(vec![missing.clone()]), ..Options::default() }).err().expect("refused");
+    assert!(e.to_string().contains(&missing), "{e}");
+    let small = netlab::unique("hpl");
+    let peer = netlab::unique("hpl");
+    netlab::veth(&small, None, &peer, None).expect("veth");
+    netlab::ip_batch(None, &[format!("link set {small} mtu 1400 up")]).expect("mtu");
+    let e = Lab::build(&Options { direct: Some(vec![small.clone()]), ..Options::default() }).err().expect("refused");
+    let text = e.to_string();
+    let _ = netlab::ip_batch(None, &[format!("link del {small}")]);
+    assert!(text.contains(&small) && text.contains("mtu = 1500") && text.contains("1400"), "{text}");
+}
