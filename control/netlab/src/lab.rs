@@ -26,6 +26,13 @@
 //! (`br{i}`) in the bridge namespace, and [`Lab::attach_to_bridges`] adds the
 //! load generator's TAP for environment `i` to it, so each environment only
 //! ever sees its own attachment's frames (ARP replies too).
+//!
+//! Direct attach (`kind = "af-packet"` attachments on interfaces the gateway
+//! does not own): with [`Options::direct`] `= Some(names)` on root-namespace
+//! interfaces the caller made (a VMM's TAP), one environment each and no
+//! environment namespaces; with [`Options::direct_veth`] each environment
+//! namespace's link is a veth ([`DIRECT_ENV_LINK`]) whose root-namespace
+//! end is the attachment.
 //! The VPC namespace routes between the ENI subnet and the server subnet, so
 //! a traceroute sees the VPC router as a hop beyond the gateway. Nothing
 //! outside the namespaces the lab made is touched, and dropping the lab
@@ -94,6 +101,19 @@ pub struct Options {
     /// module doc); `envs` is then ignored and no environment namespaces are
     /// made. Ignored when `shared_attachment` is set.
     pub bridged_attachments: Option<usize>,
+    /// `Some(names)`: direct attach: one attachment of kind `"af-packet"`
+    /// on each of these existing root-namespace interfaces (a VMM's TAP, a
+    /// veth end the caller made and owns), one environment each
+    /// ([`env_addr`]`(i)`); nothing is moved and no environment namespaces
+    /// are made. Takes precedence over `shared_attachment` and
+    /// `bridged_attachments`.
+    pub direct: Option<Vec<String>>,
+    /// One-namespace-per-environment mode with direct attach: each
+    /// environment namespace's link is a veth ([`DIRECT_ENV_LINK`] inside),
+    /// its root-namespace end (named `taps[i]`) the gateway's `af-packet`
+    /// attachment. Ignored with `direct`, `shared_attachment` or
+    /// `bridged_attachments`.
+    pub direct_veth: bool,
     /// One-namespace-per-environment mode: environments whose attachment is
     /// in the config but the environment itself is not (yet): an `apply`
     /// with this cleared adds them.
@@ -115,6 +135,8 @@ impl Default for Options {
             group: "sg-lab".into(),
             shared_attachment: None,
             bridged_attachments: None,
+            direct: None,
+            direct_veth: false,
             absent_envs: Vec::new(),
         }
     }
@@ -144,6 +166,9 @@ pub struct Lab {
     /// The bridge namespace (shared- and bridged-attachment modes only).
     pub bridge: Option<Netns>,
 }
+
+/// An environment namespace's link with [`Options::direct_veth`].
+pub const DIRECT_ENV_LINK: &str = "e0";
 
 /// The bridge's name inside the bridge namespace (shared-attachment mode).
 pub const BRIDGE: &str = "br0";
@@ -184,8 +209,13 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
         }
         return t;
     }
+    let direct_veth = opts.direct_veth && opts.shared_attachment.is_none() && opts.bridged_attachments.is_none();
+    let kind = if opts.direct.is_some() || direct_veth { "af-packet" } else { "tap" };
     for tap in taps {
-        t += &format!("\n[[attachments]]\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n", opts.mtu);
+        t += &format!(
+            "\n[[attachments]]\nkind = \"{kind}\"\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n",
+            opts.mtu
+        );
     }
     for (i, tap) in taps.iter().enumerate().filter(|(i, _)| !opts.absent_envs.contains(i)) {
         t +=
@@ -200,15 +230,20 @@ impl Lab {
         crate::sweep_stale("hpl");
         let tag = crate::unique("hpl");
         let outside = crate::unique("hpl");
-        let shared = opts.shared_attachment;
-        let bridged = if shared.is_some() { None } else { opts.bridged_attachments };
-        let (ntaps, nenvs) = match (shared, bridged) {
-            (Some(_), _) => (1, 0),
-            (None, Some(n)) => (n, 0),
-            (None, None) => (opts.envs, opts.envs),
+        let direct = opts.direct.as_ref();
+        let shared = if direct.is_some() { None } else { opts.shared_attachment };
+        let bridged = if shared.is_some() || direct.is_some() { None } else { opts.bridged_attachments };
+        let (ntaps, nenvs) = match (direct, shared, bridged) {
+            (Some(d), _, _) => (d.len(), 0),
+            (None, Some(_), _) => (1, 0),
+            (None, None, Some(n)) => (n, 0),
+            (None, None, None) => (opts.envs, opts.envs),
         };
         let bridge_ns = shared.is_some() || bridged.is_some();
-        let taps: Vec<String> = (0..ntaps).map(|_| crate::unique("hpl")).collect();
+        let taps: Vec<String> = match direct {
+            Some(d) => d.clone(),
+            None => (0..ntaps).map(|_| crate::unique("hpl")).collect(),
+        };
         let names: Vec<String> = [format!("{tag}v"), format!("{tag}s")]
             .into_iter()
             .chain(bridge_ns.then(|| format!("{tag}b")))
@@ -237,6 +272,24 @@ impl Lab {
         if opts.af_packet {
             crate::veth(&outside, None, &vpc_link, Some(&vpc))?;
             ip_batch(None, &[format!("link set {outside} up")])?;
+        }
+
+        // Direct attach on veths: the gateway opens the root-namespace ends.
+        let direct_veth = direct.is_none() && bridged.is_none() && shared.is_none() && opts.direct_veth;
+        if direct_veth {
+            for (i, (tap, ns)) in taps.iter().zip(&envs).enumerate() {
+                crate::veth(DIRECT_ENV_LINK, Some(ns), tap, None)?;
+                ip_batch(None, &[format!("link set {tap} up")])?;
+                ip_batch(
+                    Some(ns),
+                    &[
+                        format!("link set {DIRECT_ENV_LINK} up"),
+                        format!("addr add {}/32 dev {DIRECT_ENV_LINK}", env_addr(i)),
+                        format!("route add {INSIDE_GATEWAY} dev {DIRECT_ENV_LINK}"),
+                        format!("route add default via {INSIDE_GATEWAY}"),
+                    ],
+                )?;
+            }
         }
 
         // The gateway: config → plan → devices → workers.
@@ -283,6 +336,9 @@ impl Lab {
                 "net.bridge.bridge-nf-call-ip6tables=0",
                 "net.bridge.bridge-nf-call-arptables=0",
             ]);
+        }
+        if direct.is_some() || direct_veth {
+            return Ok(lab);
         }
         if let (Some(br), Some(_)) = (&lab.bridge, bridged) {
             // One bridge per attachment.
@@ -368,6 +424,15 @@ impl Lab {
         }
         ip_batch(Some(br), &cmds)?;
         Ok(())
+    }
+
+    /// Environment `i`'s link inside its namespace (per-environment mode).
+    pub fn env_link(&self, i: usize) -> &str {
+        if self.opts.direct_veth && self.opts.direct.is_none() {
+            DIRECT_ENV_LINK
+        } else {
+            &self.taps[i]
+        }
     }
 
     /// This lab's config with some options changed (for `apply`).
