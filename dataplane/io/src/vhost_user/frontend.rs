@@ -391,6 +391,24 @@ impl TestFrontend {
         n
     }
 
+    /// Sleeps until the device signals either queue (its *call* eventfds)
+    /// or `timeout` passes, as a guest waits for an interrupt; clears both.
+    pub fn wait_call(&self, timeout: Duration) {
+        use rustix::event::{poll, PollFd, PollFlags};
+        // SAFETY: both descriptors are owned by `self.rx` and `self.tx`,
+        // which outlive these borrows (they end with this function).
+        let (a, b) = unsafe {
+            (
+                std::os::fd::BorrowedFd::borrow_raw(self.rx.call.as_raw_fd()),
+                std::os::fd::BorrowedFd::borrow_raw(self.tx.call.as_raw_fd()),
+            )
+        };
+        let ts = rustix::event::Timespec { tv_sec: 0, tv_nsec: timeout.as_nanos().min(999_999_999) as i64 };
+        let _ = poll(&mut [PollFd::new(&a, PollFlags::IN), PollFd::new(&b, PollFlags::IN)], Some(&ts));
+        let _ = self.rx.call.read();
+        let _ = self.tx.call.read();
+    }
+
     /// Waits until `f` returns `Some`, polling every 100 µs, for at most
     /// `timeout`.
     pub fn wait_for<T>(&mut self, timeout: Duration, mut f: impl FnMut(&mut Self) -> Option<T>) -> Option<T> {
