@@ -20,7 +20,7 @@
 //! passes partial checksums and superframes on from a veth, bridge or
 //! virtio NIC either way).
 
-use crate::config::OutsideKind;
+use crate::config::{AttachmentKind, OutsideKind};
 use crate::plan::Plan;
 use crossbeam_channel::Receiver;
 use dataplane::bindings::Bindings;
@@ -31,7 +31,8 @@ use dataplane_io::steer::Shards;
 use dataplane_io::syscalls::ActiveBackend;
 use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
 use dataplane_io::{
-    check_net_admin, IoCounters, IoError, PacketReceiver, PacketSender, RxOptions, Tap, TapOptions, OFFLOADS_TCP,
+    check_net_admin, Inside, IoCounters, IoError, PacketPort, PacketReceiver, PacketSender, RxOptions, Tap, TapOptions,
+    OFFLOADS_TCP,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,8 +63,8 @@ pub enum StartError {
 /// A running gateway and the devices it holds.
 pub struct RunningGateway {
     gateway: Workers,
-    /// The inside TAPs, in attachment order.
-    pub inside: Vec<Arc<Tap>>,
+    /// The inside devices, in attachment order.
+    pub inside: Vec<Arc<Inside>>,
     /// The outside TAP's queues (empty for AF_PACKET).
     pub outside: Vec<Arc<Tap>>,
     /// Engine events (high-water marks, exhaustion), tagged with the worker.
@@ -104,6 +105,26 @@ fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool, queue: u32) 
     dataplane_io::ifreq::set_tx_queue_len(name, queue).map_err(dev(name))?;
     tap.set_up().map_err(dev(name))?;
     Ok(tap)
+}
+
+/// Opens an `af-packet` attachment on the existing interface `name`: it
+/// must be up and carry frames of the attachment's MTU (the gateway does
+/// not configure a device it does not own; a VMM's TAP is the VMM's).
+fn open_packet_attachment(name: &str, mtu: u16, offloads: bool) -> Result<Inside, StartError> {
+    let port = PacketPort::open(name, offloads).map_err(dev(name))?;
+    let have = dataplane_io::ifreq::mtu(name).map_err(dev(name))?;
+    if have < u32::from(mtu) {
+        return Err(StartError::Device {
+            device: name.to_string(),
+            source: IoError::Sys {
+                op: "attachment MTU",
+                source: std::io::Error::other(format!(
+                    "the interface's MTU is {have}, below the attachment's mtu = {mtu}: raise it or lower mtu"
+                )),
+            },
+        });
+    }
+    Ok(Inside::Packet(port))
 }
 
 static DROP_CAPABILITIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -224,7 +245,11 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
     let mut inside = Vec::with_capacity(plan.attachments.len());
     for a in &plan.attachments {
         let envs = plan.bindings.envs().iter().filter(|e| e.port == a.port).count();
-        inside.push(Arc::new(open_tap(&a.name, vnet, a.mtu, offloads, tap_queue(envs))?));
+        let dev = match a.kind {
+            AttachmentKind::Tap => Inside::from(open_tap(&a.name, vnet, a.mtu, offloads, tap_queue(envs))?),
+            AttachmentKind::AfPacket => open_packet_attachment(&a.name, a.mtu, offloads)?,
+        };
+        inside.push(Arc::new(dev));
     }
 
     let bindings = Arc::new(plan.bindings.clone());
@@ -249,7 +274,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         };
         specs.push(WorkerSpec { engine, inside: mine, outside: out });
     }
-    let mut by_port: Vec<Option<Arc<Tap>>> = Vec::new();
+    let mut by_port: Vec<Option<Arc<Inside>>> = Vec::new();
     for (a, t) in plan.attachments.iter().zip(&inside) {
         let slot = usize::from(a.port.0);
         if by_port.len() <= slot {

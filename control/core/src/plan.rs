@@ -81,7 +81,9 @@ pub struct EniPlan {
 /// One planned inside attachment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttachmentPlan {
-    /// TAP name.
+    /// How its device is opened.
+    pub kind: crate::config::AttachmentKind,
+    /// Interface name.
     pub name: String,
     /// Engine port.
     pub port: PortId,
@@ -308,6 +310,7 @@ pub fn plan(cfg: &Config, existing: &BTreeMap<EniKey, Vec<Ipv4Addr>>) -> Result<
         .iter()
         .enumerate()
         .map(|(i, a)| AttachmentPlan {
+            kind: a.kind,
             name: a.name.clone(),
             port: PortId(i as u16 + 1),
             gateway: a.gateway,

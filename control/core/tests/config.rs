@@ -701,3 +701,18 @@ fn outside_fanout_is_only_for_af_packet() {
     let c = parse(&edit("name = \"hp-out\"", "name = \"hp-out\"\nkind = \"af-packet\"")).unwrap();
     assert_eq!(c.outside.fanout, None, "default: a fanout group (plan: true)");
 }
+
+/// Issue 15: `[[attachments]] kind` chooses the device: a TAP the gateway
+/// makes (the default) or an existing interface opened with `AF_PACKET`
+/// (a VMM's TAP); anything else is refused naming the field.
+#[test]
+fn attachment_kind_tap_or_af_packet() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.attachments[0].kind, control::config::AttachmentKind::Tap, "default");
+    let text = edit("name = \"hp-e0\"", "name = \"hp-e0\"\nkind = \"af-packet\"");
+    let c = parse(&text).unwrap();
+    assert_eq!(c.attachments[0].kind, control::config::AttachmentKind::AfPacket);
+    let p = planned(&text);
+    assert_eq!(p.attachments[0].kind, control::config::AttachmentKind::AfPacket, "the plan carries the kind");
+    rejects(&edit("name = \"hp-e0\"", "name = \"hp-e0\"\nkind = \"vhost\""), "attachments[0].kind", "unknown variant");
+}

@@ -23,6 +23,8 @@
 //!   `PACKET_FANOUT` group); [`fanout_bpf`]: the group's classic BPF
 //!   program steering each frame to the worker owning its port; [`rx_source`]: a TAP queue or packet socket as
 //!   a worker reads it (where the header and frame land in a buffer).
+//! - [`inside`]: [`Inside`], an attachment's device: a TAP queue, or
+//!   packet sockets on an existing interface (a VMM's TAP).
 //! - [`poll`]: [`Poller`] (level-triggered epoll), [`Events`] and [`Waker`]
 //!   (eventfd) to stop a blocked worker.
 //! - [`error`]: [`IoError`] and [`check_net_admin`].
@@ -51,6 +53,7 @@ pub mod capture;
 pub mod error;
 pub mod fanout_bpf;
 pub mod ifreq;
+pub mod inside;
 pub mod packet_rx;
 pub mod poll;
 pub mod rx_source;
@@ -64,6 +67,7 @@ pub mod worker;
 
 pub use afpacket::{AfPacket, PacketSender};
 pub use backend::{Backend, IoSettings};
+pub use inside::{Inside, PacketPort};
 pub use error::{check_net_admin, keep_only_net_capabilities, IoError, KEPT_CAPABILITIES};
 pub use packet_rx::{PacketReceiver, RxOptions, PACKET_VNET_LEN};
 pub use poll::{wait_readable, Events, Poller, Waker};

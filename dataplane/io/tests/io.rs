@@ -386,16 +386,17 @@ fn workers_with(
     let outside = Arc::new(Tap::open(&unique_name(), TapOptions::default()).expect("outside tap"));
     let inside = Arc::new(Tap::open(&unique_name(), TapOptions::default()).expect("inside tap"));
     let engine = dataplane::Engine::new(EngineConfig::default(), topo.bindings()).expect("engine");
+    let dev = Arc::new(dataplane_io::Inside::Tap(Arc::clone(&inside)));
     let spec = WorkerSpec {
         engine,
-        inside: vec![(PortId(1), Arc::clone(&inside))],
+        inside: vec![(PortId(1), Arc::clone(&dev))],
         outside: OutsideTx::Tap(Arc::clone(&outside)),
     };
     let (tx, _rx) = crossbeam_channel::bounded(16);
     let settings = dataplane_io::IoSettings { backend, busy_poll: Duration::from_micros(200) };
     let shards = Shards::weighted(EngineConfig::default().port_range, &[1]);
     let w =
-        Workers::start_with_probe(vec![spec], vec![None, Some(Arc::clone(&inside))], shards, None, tx, settings, probe);
+        Workers::start_with_probe(vec![spec], vec![None, Some(dev)], shards, None, tx, settings, probe);
     (w, vec![outside, inside])
 }
 

@@ -460,11 +460,28 @@ pub struct Function {
     pub security_groups: Vec<String>,
 }
 
-/// `[[attachments]]`: an inside TAP.
+/// How an attachment's device is opened.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachmentKind {
+    /// A TAP device the gateway creates or attaches by name (its kernel
+    /// side is where the environments are, e.g. bridged to a VMM's TAP).
+    #[default]
+    Tap,
+    /// An existing interface, opened with `AF_PACKET` sockets: the host
+    /// side of a VMM's TAP (direct attach), or a veth. The gateway does not
+    /// configure it (MTU, link state are the owner's).
+    AfPacket,
+}
+
+/// `[[attachments]]`: an inside device.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Attachment {
-    /// TAP name, 1 to 15 bytes, unique, not the outside interface's.
+    /// `"tap"` or `"af-packet"`. Default `"tap"`.
+    #[serde(default)]
+    pub kind: AttachmentKind,
+    /// Interface name, 1 to 15 bytes, unique, not the outside interface's.
     /// Required.
     pub name: String,
     /// Our address on this attachment: its environments' default gateway.

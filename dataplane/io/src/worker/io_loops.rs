@@ -14,8 +14,8 @@ impl Worker {
         if let Some(src) = &self.outside_rx {
             poller.add(src.as_fd(), TOKEN_OUTSIDE)?;
         }
-        for (i, (_, tap)) in self.inside.iter().enumerate() {
-            poller.add(tap.as_fd(), i as u64)?;
+        for (i, (_, dev)) in self.inside.iter().enumerate() {
+            poller.add(dev.rx_source().as_fd(), i as u64)?;
         }
         let mut events = Events::with_capacity(256);
         let mut ready: Vec<u64> = Vec::with_capacity(256);
@@ -52,8 +52,9 @@ impl Worker {
                         }
                     }
                     i => {
-                        if let Some((port, tap)) = self.inside.get(i as usize).cloned() {
-                            self.read_batch(port, &RxSource::Tap(tap));
+                        if let Some((port, dev)) = self.inside.get(i as usize) {
+                            let (port, src) = (*port, dev.rx_source());
+                            self.read_batch(port, &src);
                         }
                     }
                 }
@@ -106,8 +107,8 @@ impl Worker {
         if let Some(src) = &self.outside_rx {
             self.ring_fds.push(RingFd { port: PortId::OUTSIDE, src: src.clone(), posted: 0, retry_at: None });
         }
-        for (port, tap) in &self.inside {
-            let src = RxSource::Tap(Arc::clone(tap));
+        for (port, dev) in &self.inside {
+            let src = dev.rx_source();
             self.ring_fds.push(RingFd { port: *port, src, posted: 0, retry_at: None });
         }
         let mut done: Vec<Done> = Vec::with_capacity(self.ring.as_ref().map_or(0, Ring::slots));

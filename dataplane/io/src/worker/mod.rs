@@ -59,6 +59,7 @@
 use crate::afpacket::{PacketSender, SEND_BATCH};
 use crate::backend::{Backend, IoSettings};
 use crate::capture::Capture;
+use crate::inside::Inside;
 use crate::rx_source::RxSource;
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::syscalls::{ActiveBackend, IoCounters};
@@ -149,15 +150,15 @@ pub struct WorkerSpec {
     /// The engine (its port range is this worker's shard).
     pub engine: Engine,
     /// Attachments this worker reads.
-    pub inside: Vec<(PortId, Arc<Tap>)>,
+    pub inside: Vec<(PortId, Arc<Inside>)>,
     /// The outside.
     pub outside: OutsideTx,
 }
 
 /// What all workers share.
 pub struct Fabric {
-    /// Egress TAP of every inside port, indexed by `PortId.0`.
-    pub inside: Vec<Option<Arc<Tap>>>,
+    /// Device of every inside port, indexed by `PortId.0`.
+    pub inside: Vec<Option<Arc<Inside>>>,
     /// The port split.
     pub shards: Shards,
     /// Every worker's inbox.
@@ -235,7 +236,7 @@ pub struct Worker {
     counters: Arc<Counters>,
     io: Arc<IoCounters>,
     settings: IoSettings,
-    inside: Vec<(PortId, Arc<Tap>)>,
+    inside: Vec<(PortId, Arc<Inside>)>,
     outside: OutsideTx,
     /// What the worker reads of the outside (none: the AF_PACKET reader
     /// thread does).
@@ -351,6 +352,11 @@ impl Worker {
             self.drops_read_at = now.millis();
             if let Some(RxSource::Packet(p)) = &self.outside_rx {
                 count_kernel_drops(p, &self.counters);
+            }
+            for (_, dev) in &self.inside {
+                if let Inside::Packet(p) = dev.as_ref() {
+                    count_kernel_drops(&p.rx, &self.counters);
+                }
             }
         }
     }

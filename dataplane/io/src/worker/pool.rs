@@ -21,7 +21,7 @@ impl Workers {
     /// workers use syscalls then.
     pub fn start(
         specs: Vec<WorkerSpec>,
-        inside: Vec<Option<Arc<Tap>>>,
+        inside: Vec<Option<Arc<Inside>>>,
         shards: Shards,
         outside_rx: Option<PacketReceiver>,
         events: Sender<(usize, Event)>,
@@ -34,7 +34,7 @@ impl Workers {
     /// failure with it).
     pub fn start_with_probe(
         specs: Vec<WorkerSpec>,
-        inside: Vec<Option<Arc<Tap>>>,
+        inside: Vec<Option<Arc<Inside>>>,
         shards: Shards,
         outside_rx: Option<PacketReceiver>,
         events: Sender<(usize, Event)>,

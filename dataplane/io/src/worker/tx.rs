@@ -45,12 +45,7 @@ impl Worker {
                 OutsideTx::Tap(t) => tx.tap(t, buf, len, hdr),
                 OutsideTx::AfPacket(s, _) => {
                     let start = packet_start(s);
-                    if s.vnet_hdr() {
-                        // The socket's header is the TAP's less its last
-                        // two bytes: it ends where the frame starts.
-                        buf[start..HDR].copy_from_slice(&hdr.to_bytes()[..PACKET_VNET_LEN]);
-                    }
-                    if !s.vnet_hdr() && !finish_in_software(buf, len, hdr) {
+                    if !prepare_packet(s, buf, len, hdr) {
                         false
                     } else if tx.ring_write(s.as_raw_fd(), buf, start..HDR + len) {
                         true
@@ -65,9 +60,10 @@ impl Worker {
                 }
             }
         } else {
-            match fabric.inside.get(usize::from(port.0)).and_then(Option::as_ref) {
-                Some(t) => tx.tap(t, buf, len, hdr),
-                None => false,
+            match fabric.inside.get(usize::from(port.0)).map(Option::as_deref) {
+                Some(Some(Inside::Tap(t))) => tx.tap(t, buf, len, hdr),
+                Some(Some(Inside::Packet(p))) => tx.packet(&p.tx, buf, len, hdr),
+                _ => false,
             }
         };
         if !ok {
@@ -106,6 +102,22 @@ impl Tx<'_> {
         }
         self.io.write.inc();
         tap.send(&buf[start..HDR + len]).is_ok()
+    }
+
+    /// Sends a frame out of a packet socket (an inside `af-packet`
+    /// attachment): with its offload header when the socket takes one,
+    /// otherwise with checksums completed in software. Queued on the ring
+    /// like [`Tx::tap`], else one `write`.
+    pub(super) fn packet(&mut self, s: &PacketSender, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) -> bool {
+        if !prepare_packet(s, buf, len, hdr) {
+            return false;
+        }
+        let start = packet_start(s);
+        if self.ring_write(s.as_raw_fd(), buf, start..HDR + len) {
+            return true;
+        }
+        self.io.send.inc();
+        s.send(&buf[start..HDR + len]).is_ok()
     }
 
     /// Queues a write of `buf[range]` to `fd` on the ring, the buffer going
@@ -157,6 +169,20 @@ pub(super) fn packet_start(s: &PacketSender) -> usize {
         HDR - PACKET_VNET_LEN
     } else {
         HDR
+    }
+}
+
+/// Readies `buf[HDR..HDR + len]` for packet socket `s`: its offload
+/// header written before it when the socket takes one (the TAP's header
+/// less its last two bytes: it ends where the frame starts), else its
+/// checksum completed in software; false when it cannot go (a superframe
+/// to a socket without the header).
+pub(super) fn prepare_packet(s: &PacketSender, buf: &mut [u8], len: usize, hdr: VnetHdr) -> bool {
+    if s.vnet_hdr() {
+        buf[HDR - PACKET_VNET_LEN..HDR].copy_from_slice(&hdr.to_bytes()[..PACKET_VNET_LEN]);
+        true
+    } else {
+        finish_in_software(buf, len, hdr)
     }
 }
 
