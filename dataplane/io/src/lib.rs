@@ -67,8 +67,8 @@ pub mod worker;
 
 pub use afpacket::{AfPacket, PacketSender};
 pub use backend::{Backend, IoSettings};
-pub use inside::{Inside, PacketPort};
 pub use error::{check_net_admin, keep_only_net_capabilities, IoError, KEPT_CAPABILITIES};
+pub use inside::{Inside, PacketPort};
 pub use packet_rx::{PacketReceiver, RxOptions, PACKET_VNET_LEN};
 pub use poll::{wait_readable, Events, Poller, Waker};
 pub use syscalls::IoCounters;

@@ -395,8 +395,7 @@ fn workers_with(
     let (tx, _rx) = crossbeam_channel::bounded(16);
     let settings = dataplane_io::IoSettings { backend, busy_poll: Duration::from_micros(200) };
     let shards = Shards::weighted(EngineConfig::default().port_range, &[1]);
-    let w =
-        Workers::start_with_probe(vec![spec], vec![None, Some(dev)], shards, None, tx, settings, probe);
+    let w = Workers::start_with_probe(vec![spec], vec![None, Some(dev)], shards, None, tx, settings, probe);
     (w, vec![outside, inside])
 }
 

@@ -151,7 +151,7 @@ impl VhostUserBackend for NetDevice {
             };
             self.shared.publish(Some(Arc::new(link)));
         } else if usize::from(device_event) == TX_QUEUE {
-            let _ = self.shared.doorbell.wake();
+            self.shared.ring();
         }
         Ok(())
     }

@@ -7,6 +7,8 @@
 //! guest). Frames then move between the guest's rings and the gateway's
 //! worker buffers without a system call per frame.
 //!
+//! - [`attachment`]: [`VhostUserAttachment`], a port as a gateway
+//!   attachment, taken by its owning worker;
 //! - [`device`]: [`device::NetDevice`], what the rust-vmm
 //!   `vhost-user-backend` daemon asks about the device (features, queues),
 //!   and where a connection's rings are published to the port;
@@ -51,6 +53,7 @@
 //!   software; a GSO superframe is dropped (the guest takes no offloads).
 //! - Units: lengths in bytes; counters in frames.
 
+pub mod attachment;
 pub mod device;
 #[cfg(any(test, feature = "vhost-user-frontend"))]
 pub mod frontend;
@@ -58,6 +61,7 @@ pub mod queues;
 #[cfg(test)]
 mod tests;
 
+pub use attachment::VhostUserAttachment;
 pub use queues::{GuestRx, GuestTx, RxDrop, VhostCounters};
 
 use crate::error::IoError;
@@ -67,7 +71,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
@@ -78,6 +82,8 @@ pub(crate) struct Shared {
     /// Rung when the guest kicks its transmit queue, and when a connection's
     /// rings are published or withdrawn.
     pub(crate) doorbell: Waker,
+    /// Rung instead of `doorbell` once set: the owning worker's own waker.
+    pub(crate) forward: OnceLock<Arc<Waker>>,
     /// The current connection's memory and rings (none between
     /// connections). Read by the owner only when `generation` moved.
     pub(crate) link: Mutex<Option<Arc<Link>>>,
@@ -88,7 +94,7 @@ pub(crate) struct Shared {
     /// Ends the current connection (port drop).
     pub(crate) shutdown: Mutex<Option<ShutdownHandle>>,
     /// The port's counters.
-    pub(crate) counters: VhostCounters,
+    pub(crate) counters: Arc<VhostCounters>,
 }
 
 impl Shared {
@@ -96,7 +102,15 @@ impl Shared {
     pub(crate) fn publish(&self, link: Option<Arc<Link>>) {
         *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
         self.generation.fetch_add(1, Ordering::Release);
-        let _ = self.doorbell.wake();
+        self.ring();
+    }
+
+    /// Rings the doorbell (or the owner's waker, once forwarded).
+    pub(crate) fn ring(&self) {
+        let _ = match self.forward.get() {
+            Some(w) => w.wake(),
+            None => self.doorbell.wake(),
+        };
     }
 }
 
@@ -128,7 +142,8 @@ impl VhostUserPort {
             generation: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             shutdown: Mutex::new(None),
-            counters: VhostCounters::default(),
+            forward: OnceLock::new(),
+            counters: Arc::default(),
         });
         let s = Arc::clone(&shared);
         let name = format!("hp-vhost-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("sock"));
@@ -161,6 +176,20 @@ impl VhostUserPort {
         &self.shared.counters
     }
 
+    /// The port's counters, to keep after the port moves.
+    pub fn counters_handle(&self) -> Arc<VhostCounters> {
+        Arc::clone(&self.shared.counters)
+    }
+
+    /// From now on, ring `waker` instead of the port's own doorbell (a
+    /// worker that polls all its ports when woken). Once; later calls are
+    /// ignored.
+    pub fn forward_doorbell(&self, waker: Arc<Waker>) {
+        let _ = self.shared.forward.set(waker);
+        // Whatever was rung before, the owner looks at least once.
+        self.shared.ring();
+    }
+
     /// Whether a VMM is connected and both queues are running.
     pub fn is_running(&mut self) -> bool {
         self.refresh();
@@ -191,6 +220,12 @@ impl VhostUserPort {
     pub fn guest_rx(&mut self) -> Option<GuestRx<'_>> {
         self.refresh();
         GuestRx::new(self.cached.as_deref()?, &self.shared.counters)
+    }
+}
+
+impl std::fmt::Debug for VhostUserPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostUserPort").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
