@@ -50,6 +50,13 @@
 //! rounds; prints AF_PACKET / TAP and AF_PACKET / kernel, and how many
 //! workers took frames from the VPC side.
 //!
+//! `--only attach`: how an environment reaches our gateway, TCP bulk and
+//! the 64-byte UDP figures (one flow, new flows) from an environment
+//! namespace whose link is a veth: through a bridge joining its host-side
+//! end to a gateway TAP attachment, against a direct attach (an
+//! `af-packet` attachment on that host-side end), in alternating rounds;
+//! prints both and direct / bridged.
+//!
 //! `--only offer`: what the TAP writers of `loadgen udp --cpus` can offer,
 //! into a TAP whose kernel side sits alone in a namespace and discards (one
 //! writer; one per CPU on one queue; one per CPU on a queue each of a
@@ -256,7 +263,7 @@ fn linger_zero(c: &TcpStream) {
 fn wanted(what: &str) -> bool {
     let args: Vec<String> = std::env::args().collect();
     match args.iter().position(|a| a == "--only") {
-        Some(i) => args.get(i + 1).is_some_and(|w| w == what || w == "outside"),
+        Some(i) => args.get(i + 1).is_some_and(|w| w == what || w == "outside" || (w == "attach" && what != "conn")),
         None => true,
     }
 }
@@ -759,6 +766,10 @@ fn main() {
         outside_main(secs, rounds, workers);
         return;
     }
+    if only("attach") {
+        attach_main(secs, rounds, workers);
+        return;
+    }
     if wanted("tcp") && netlab::find_tool("iperf3").is_err() {
         eprintln!("compare: TCP bulk needs iperf3 (apt-get install iperf3); skipping");
         return;
@@ -912,4 +923,81 @@ fn measure_kernel(round: usize, secs: u32) -> Figures {
     eprintln!("round {round}: kernel: {f:?}");
     eprintln!("round {round}: steal {:.1}%, load average {:.1} (kernel)", f.steal_pct, f.load1);
     f
+}
+
+/// `--only attach`: one environment namespace (veth `e0`, its host-side
+/// end `peer`) reaching our gateway through a bridge to a TAP attachment,
+/// and by a direct `af-packet` attachment on `peer`, in alternating rounds;
+/// TCP bulk and UDP medians, direct / bridged.
+fn attach_main(secs: u32, rounds: usize, workers: usize) {
+    if netlab::find_tool("iperf3").is_err() {
+        eprintln!("compare: TCP bulk needs iperf3 (apt-get install iperf3); skipping");
+        return;
+    }
+    let (mut bridged_all, mut direct_all) = (vec![], vec![]);
+    for round in 1..=rounds {
+        for direct in [false, true] {
+            let env = Netns::new(format!("{}e", netlab::unique("hpl"))).expect("environment namespace");
+            let peer = netlab::unique("hpl");
+            netlab::veth("e0", Some(&env), &peer, None).expect("environment veth");
+            env.ip_batch(&[
+                "link set e0 up".to_string(),
+                format!("addr add {}/32 dev e0", env_addr(0)),
+                format!("route add {INSIDE_GATEWAY} dev e0"),
+                format!("route add default via {INSIDE_GATEWAY}"),
+            ])
+            .expect("environment address");
+            let base = Options { workers, gateway_extra: OPEN_QUOTAS.into(), ..Options::default() };
+            let lab = if direct {
+                netlab::ip_batch(None, &[format!("link set {peer} up")]).expect("peer up");
+                Lab::build(&Options { direct: Some(vec![peer.clone()]), ..base }).expect("direct lab")
+            } else {
+                let lab = Lab::build(&Options { bridged_attachments: Some(1), ..base }).expect("bridged lab");
+                lab.attach_to_bridges(std::slice::from_ref(&peer), 1000).expect("bridge port");
+                lab
+            };
+            let t = Topo {
+                server: &lab.server,
+                envs: vec![&env],
+                vpc: &lab.vpc,
+                vpc_link: lab.outside.clone(),
+                env_link: "e0".into(),
+            };
+            let f = measure(&t, secs);
+            let name = if direct { "direct af-packet" } else { "bridged TAP" };
+            let totals = lab.gateway().totals();
+            eprintln!("round {round}: {name} ({} workers): {f:?}; drops {:?}", lab.gateway().workers(), totals.drops);
+            if direct {
+                direct_all.push(f);
+            } else {
+                bridged_all.push(f);
+            }
+            drop(lab);
+            drop(env);
+        }
+    }
+    let (bridged, direct) = (Figures::median(&bridged_all), Figures::median(&direct_all));
+    println!("{:<44} {:>12} {:>12} {:>9}", "work (same run, medians)", "bridged TAP", "direct", "direct/br");
+    type Row = (&'static str, fn(&Figures) -> f64);
+    let rows: [Row; 5] = [
+        ("TCP bulk, Gbit/s", |f| f.tcp_gbps),
+        ("UDP 64-byte one flow, offered pkt/s", |f| f.udp_offered_pps),
+        ("UDP 64-byte one flow, delivered pkt/s", |f| f.udp_pps),
+        ("UDP new flow per packet, delivered pkt/s", |f| f.new_pps),
+        ("steal time over the round, %", |f| f.steal_pct),
+    ];
+    for (name, get) in rows {
+        let (a, b) = (get(&bridged), get(&direct));
+        println!("{name:<44} {a:>12.2} {b:>12.2} {:>9}", ratio(b, a));
+    }
+    let json = serde_json::json!({
+        "seconds": secs,
+        "rounds": rounds,
+        "bridged_tap": bridged.json(),
+        "direct_af_packet": direct.json(),
+        "rounds_bridged_tap": bridged_all.iter().map(Figures::json).collect::<Vec<_>>(),
+        "rounds_direct_af_packet": direct_all.iter().map(Figures::json).collect::<Vec<_>>(),
+    });
+    let _ = std::fs::create_dir_all("target");
+    let _ = std::fs::write("target/compare-attach.json", serde_json::to_string_pretty(&json).unwrap_or_default());
 }

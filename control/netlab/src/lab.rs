@@ -94,6 +94,13 @@ pub struct Options {
     /// module doc); `envs` is then ignored and no environment namespaces are
     /// made. Ignored when `shared_attachment` is set.
     pub bridged_attachments: Option<usize>,
+    /// `Some(names)`: direct attach: one attachment of kind `"af-packet"`
+    /// on each of these existing root-namespace interfaces (a VMM's TAP, a
+    /// veth end the caller made and owns), one environment each
+    /// ([`env_addr`]`(i)`); nothing is moved and no environment namespaces
+    /// are made. Takes precedence over `shared_attachment` and
+    /// `bridged_attachments`.
+    pub direct: Option<Vec<String>>,
     /// One-namespace-per-environment mode: environments whose attachment is
     /// in the config but the environment itself is not (yet): an `apply`
     /// with this cleared adds them.
@@ -115,6 +122,7 @@ impl Default for Options {
             group: "sg-lab".into(),
             shared_attachment: None,
             bridged_attachments: None,
+            direct: None,
             absent_envs: Vec::new(),
         }
     }
@@ -184,8 +192,12 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
         }
         return t;
     }
+    let kind = if opts.direct.is_some() { "af-packet" } else { "tap" };
     for tap in taps {
-        t += &format!("\n[[attachments]]\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n", opts.mtu);
+        t += &format!(
+            "\n[[attachments]]\nkind = \"{kind}\"\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n",
+            opts.mtu
+        );
     }
     for (i, tap) in taps.iter().enumerate().filter(|(i, _)| !opts.absent_envs.contains(i)) {
         t +=
@@ -200,15 +212,20 @@ impl Lab {
         crate::sweep_stale("hpl");
         let tag = crate::unique("hpl");
         let outside = crate::unique("hpl");
-        let shared = opts.shared_attachment;
-        let bridged = if shared.is_some() { None } else { opts.bridged_attachments };
-        let (ntaps, nenvs) = match (shared, bridged) {
-            (Some(_), _) => (1, 0),
-            (None, Some(n)) => (n, 0),
-            (None, None) => (opts.envs, opts.envs),
+        let direct = opts.direct.as_ref();
+        let shared = if direct.is_some() { None } else { opts.shared_attachment };
+        let bridged = if shared.is_some() || direct.is_some() { None } else { opts.bridged_attachments };
+        let (ntaps, nenvs) = match (direct, shared, bridged) {
+            (Some(d), _, _) => (d.len(), 0),
+            (None, Some(_), _) => (1, 0),
+            (None, None, Some(n)) => (n, 0),
+            (None, None, None) => (opts.envs, opts.envs),
         };
         let bridge_ns = shared.is_some() || bridged.is_some();
-        let taps: Vec<String> = (0..ntaps).map(|_| crate::unique("hpl")).collect();
+        let taps: Vec<String> = match direct {
+            Some(d) => d.clone(),
+            None => (0..ntaps).map(|_| crate::unique("hpl")).collect(),
+        };
         let names: Vec<String> = [format!("{tag}v"), format!("{tag}s")]
             .into_iter()
             .chain(bridge_ns.then(|| format!("{tag}b")))
@@ -283,6 +300,9 @@ impl Lab {
                 "net.bridge.bridge-nf-call-ip6tables=0",
                 "net.bridge.bridge-nf-call-arptables=0",
             ]);
+        }
+        if direct.is_some() {
+            return Ok(lab);
         }
         if let (Some(br), Some(_)) = (&lab.bridge, bridged) {
             // One bridge per attachment.

@@ -61,6 +61,7 @@ mod kernel_nat;
 pub mod lab;
 pub mod meter;
 pub mod probe;
+pub mod vm;
 
 pub use kernel_nat::{KernelNat, ENV_LINK, GW_OUTSIDE_LINK};
 
