@@ -17,15 +17,12 @@ const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// A lab whose one attachment is `vhost-user` on `socket`, with one
 /// environment behind it.
 fn lab(socket: &std::path::Path, backend: &str) -> Lab {
-    // The attachment and environment tables ride in the gateway section's
-    // extra text (TOML allows them anywhere after its keys).
-    let extra = format!(
-        "io.backend = \"{backend}\"\n\n[[attachments]]\nkind = \"vhost-user\"\nname = \"vm0\"\nsocket = \"{}\"\n\
-         gateway = \"{INSIDE_GATEWAY}\"\n\n[[environments]]\nfunction = \"lab\"\naddress = \"{}\"\nattachment = \"vm0\"\n",
-        socket.display(),
-        env_addr(0)
-    );
-    Lab::build(&Options { envs: 0, gateway_extra: extra, ..Options::default() }).expect("lab builds")
+    let opts = Options {
+        vhost_user: Some(vec![socket.to_path_buf()]),
+        gateway_extra: format!("io.backend = \"{backend}\""),
+        ..Options::default()
+    };
+    Lab::build(&opts).expect("lab builds")
 }
 
 /// An ARP frame: `op` 1 (request) or 2 (reply).

@@ -5,10 +5,10 @@
 //! Features offered: `VIRTIO_F_VERSION_1` (the 12-byte header; a legacy
 //! driver that does not take it gets the 10-byte one),
 //! `VIRTIO_RING_F_EVENT_IDX`, `VIRTIO_RING_F_INDIRECT_DESC` and
-//! `VHOST_USER_F_PROTOCOL_FEATURES` (protocol feature: `REPLY_ACK`). No
-//! checksum or segmentation offload, and no mergeable receive buffers: the
-//! guest sends whole frames with complete checksums, and posts receive
-//! buffers big enough for a frame of its MTU.
+//! `VHOST_USER_F_PROTOCOL_FEATURES` (QEMU requires it of a net backend;
+//! protocol feature: `REPLY_ACK`). No checksum or segmentation offload, and
+//! no mergeable receive buffers: the guest sends whole frames with complete
+//! checksums, and posts receive buffers big enough for a frame of its MTU.
 
 use super::Shared;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -15,13 +15,16 @@
 //! - [`queues`]: the data path, [`GuestTx`] (frames the guest sent) and
 //!   [`GuestRx`] (frames written into the guest), and the port's
 //!   [`VhostCounters`];
+//! - `shim`: the relay between the VMM and the daemon (it passes messages
+//!   on, and adds one QEMU needs the daemon to have seen);
 //! - `frontend` (feature `vhost-user-frontend`, and tests): the VMM's side,
 //!   with a driver-side split virtqueue, for tests and benches.
 //!
 //! # Threads and locks
 //! One [`VhostUserPort`] per VM socket. It runs one protocol thread
-//! (accepts a connection, serves its requests, and accepts the next one when
-//! the VMM goes away) and the daemon's vring thread, which only reads the
+//! (accepts a connection, relays it to the daemon, and accepts the next one
+//! when the VMM goes away), the relay's two threads, the daemon's request
+//! thread and its vring thread, which only reads the
 //! guest's kicks and rings the port's *doorbell* (an eventfd) for the
 //! transmit queue. The frames themselves are moved by the port's owner (a
 //! gateway worker) with `&mut self` calls: [`VhostUserPort::guest_tx`] and
@@ -58,6 +61,7 @@ pub mod device;
 #[cfg(any(test, feature = "vhost-user-frontend"))]
 pub mod frontend;
 pub mod queues;
+mod shim;
 #[cfg(test)]
 mod tests;
 
@@ -68,13 +72,14 @@ use crate::error::IoError;
 use crate::poll::Waker;
 use device::{Link, NetDevice};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 /// What the protocol thread and the port's owner share.
@@ -91,8 +96,8 @@ pub(crate) struct Shared {
     pub(crate) generation: AtomicU64,
     /// Set when the port is dropped.
     pub(crate) stop: AtomicBool,
-    /// Ends the current connection (port drop).
-    pub(crate) shutdown: Mutex<Option<ShutdownHandle>>,
+    /// The current VMM connection, to end it (port drop).
+    pub(crate) shutdown: Mutex<Option<UnixStream>>,
     /// The port's counters.
     pub(crate) counters: Arc<VhostCounters>,
 }
@@ -132,10 +137,23 @@ impl VhostUserPort {
     /// serving: a VMM may connect at once, and again after it goes away.
     pub fn bind(path: impl AsRef<Path>) -> Result<VhostUserPort, IoError> {
         let path = path.as_ref().to_path_buf();
-        let mut listener = Listener::new(&path, true).map_err(|e| IoError::Sys {
+        let bind_err = |e: std::io::Error| IoError::Sys {
             op: "vhost-user socket bind",
-            source: std::io::Error::other(format!("{}: {e}", path.display())),
-        })?;
+            source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+        };
+        // An earlier socket file there is replaced (as a VMM restarts).
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            _ => {}
+        }
+        let public = UnixListener::bind(&path).map_err(bind_err)?;
+        // The daemon's side: an abstract socket only the relay connects to.
+        static N: AtomicU64 = AtomicU64::new(0);
+        let name = format!("hp-vhost-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let private_addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(bind_err)?;
+        let private = UnixListener::bind_addr(&private_addr).map_err(bind_err)?;
         let shared = Arc::new(Shared {
             doorbell: Waker::new().map_err(|e| IoError::sys("eventfd", e))?,
             link: Mutex::new(None),
@@ -149,7 +167,7 @@ impl VhostUserPort {
         let name = format!("hp-vhost-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("sock"));
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .spawn(move || serve(&s, &mut listener))
+            .spawn(move || serve(&s, &public, Listener::from(private), &private_addr))
             .map_err(|e| IoError::sys("spawn vhost-user thread", e))?;
         Ok(VhostUserPort { shared, path, thread: Some(thread), cached: None, seen: 0 })
     }
@@ -238,8 +256,8 @@ impl AsFd for VhostUserPort {
 impl Drop for VhostUserPort {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        if let Some(h) = self.shared.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            h.shutdown();
+        if let Some(c) = self.shared.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
         }
         // A thread waiting in `accept` is woken by a connection of our own.
         let _ = UnixStream::connect(&self.path);
@@ -251,9 +269,21 @@ impl Drop for VhostUserPort {
 }
 
 /// The protocol thread: one connection at a time, each with a fresh device
-/// and daemon (the rust-vmm handler cannot be reset after a VMM leaves).
-fn serve(shared: &Arc<Shared>, listener: &mut Listener) {
+/// and daemon (the rust-vmm handler cannot be reset after a VMM leaves),
+/// the VMM's messages passed to it through [`shim::relay`].
+fn serve(shared: &Arc<Shared>, public: &UnixListener, mut private: Listener, private_addr: &SocketAddr) {
     while !shared.stop.load(Ordering::Acquire) {
+        let vmm = match public.accept() {
+            Ok((c, _)) => c,
+            Err(e) => {
+                tracing::warn!("vhost-user: accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let device = Arc::new(NetDevice::new(Arc::clone(shared), mem.clone()));
         let mut daemon = match VhostUserDaemon::new("hp-vhost-vring".into(), Arc::clone(&device), mem) {
@@ -263,17 +293,31 @@ fn serve(shared: &Arc<Shared>, listener: &mut Listener) {
                 return;
             }
         };
-        if let Err(e) = daemon.start(listener) {
-            tracing::warn!("vhost-user: accept failed: {e}");
+        // Queued on the private listener before the daemon accepts it.
+        let inner = match UnixStream::connect_addr(private_addr) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("vhost-user: cannot reach the daemon: {e}");
+                stop_vring_threads(&daemon);
+                continue;
+            }
+        };
+        if let Err(e) = daemon.start(&mut private) {
+            tracing::warn!("vhost-user: daemon start failed: {e}");
             stop_vring_threads(&daemon);
             continue;
         }
-        *shared.shutdown.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+        *shared.shutdown.lock().unwrap_or_else(|e| e.into_inner()) = vmm.try_clone().ok();
         if shared.stop.load(Ordering::Acquire) {
-            daemon.request_shutdown();
+            let _ = vmm.shutdown(std::net::Shutdown::Both);
         }
+        let relay = std::thread::Builder::new().name("hp-vhost-relay".into()).spawn(move || shim::relay(vmm, inner));
         if let Err(e) = daemon.wait() {
             tracing::debug!("vhost-user: connection ended: {e}");
+        }
+        daemon.request_shutdown();
+        if let Ok(t) = relay {
+            let _ = t.join();
         }
         shared.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take();
         stop_vring_threads(&daemon);
