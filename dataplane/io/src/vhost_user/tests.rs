@@ -320,7 +320,7 @@ fn a_vmm_can_reconnect() {
 
 #[test]
 fn binding_a_bad_path_names_it() {
-    let e = VhostUserPort::bind("/nonexistent-dir/x.sock").err().expect("no such directory");
+    let e = VhostUserPort::bind("/nonexistent-dir/x.sock").expect_err("no such directory");
     assert!(e.to_string().contains("/nonexistent-dir/x.sock"), "{e}");
 }
 

@@ -39,7 +39,7 @@ impl Worker {
     pub(super) fn emit(&mut self, port: PortId, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) {
         self.fabric.capture.frame(port, &buf[HDR..HDR + len]); // capture: sent
         if let Some(owner) = self.vhost_owner(port) {
-            self.to_guest_of(owner, port, buf, len, hdr);
+            self.send_to_guest(owner, port, buf, len, hdr);
             return;
         }
         let Worker { outside, fabric, ring, spare, io, packets, .. } = self;

@@ -23,7 +23,7 @@ impl Worker {
     /// behind vhost-user `port`, owned by worker `owner`: queued for
     /// `flush_guests` here, or handed over. The buffer goes with the frame;
     /// `buf` gets a free one.
-    pub(super) fn to_guest_of(&mut self, owner: usize, port: PortId, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) {
+    pub(super) fn send_to_guest(&mut self, owner: usize, port: PortId, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) {
         let _ = hdr.write(&mut buf[..HDR]);
         let fresh = self.take_spare();
         let b = std::mem::replace(buf, fresh);
