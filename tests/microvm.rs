@@ -198,6 +198,8 @@ fn run_guest(attach: Attach) {
     assert!(r.contains_key("done"), "{}", show());
     let t = lab.gateway().totals();
     assert!(t.outbound.1 >= UPLOAD, "the gateway carried the upload: {t:?}");
+    let failed = t.dropped(dataplane::counters::DropReason::TxFailed);
+    assert_eq!(failed, 0, "every frame to and from the guest left (offload headers carried): {t:?}");
     drop(lab);
     drop(tap_holder);
     let _ = std::fs::remove_dir_all(&dir);

@@ -18,7 +18,11 @@
 //! superframe always has a device that can segment it. An AF_PACKET
 //! outside's receiving socket always reads the offload header (the kernel
 //! passes partial checksums and superframes on from a veth, bridge or
-//! virtio NIC either way).
+//! virtio NIC either way). An `af-packet` attachment (an existing
+//! interface such as a VMM's TAP, `dataplane_io::Inside::Packet`) is
+//! handled the same way: its receiving socket always reads the header, its
+//! send socket takes it when offloads are on; the gateway does not
+//! configure that interface, it only checks its MTU.
 
 use crate::config::{AttachmentKind, OutsideKind};
 use crate::plan::Plan;

@@ -26,6 +26,13 @@
 //! (`br{i}`) in the bridge namespace, and [`Lab::attach_to_bridges`] adds the
 //! load generator's TAP for environment `i` to it, so each environment only
 //! ever sees its own attachment's frames (ARP replies too).
+//!
+//! Direct attach (`kind = "af-packet"` attachments on interfaces the gateway
+//! does not own): with [`Options::direct`] `= Some(names)` on root-namespace
+//! interfaces the caller made (a VMM's TAP), one environment each and no
+//! environment namespaces; with [`Options::direct_veth`] each environment
+//! namespace's link is a veth ([`DIRECT_ENV_LINK`]) whose root-namespace
+//! end is the attachment.
 //! The VPC namespace routes between the ENI subnet and the server subnet, so
 //! a traceroute sees the VPC router as a hop beyond the gateway. Nothing
 //! outside the namespaces the lab made is touched, and dropping the lab
@@ -107,6 +114,12 @@ pub struct Options {
     /// environment namespaces. Takes precedence over every other
     /// attachment option.
     pub vhost_user: Option<Vec<std::path::PathBuf>>,
+    /// One-namespace-per-environment mode with direct attach: each
+    /// environment namespace's link is a veth ([`DIRECT_ENV_LINK`] inside),
+    /// its root-namespace end (named `taps[i]`) the gateway's `af-packet`
+    /// attachment. Ignored with `direct`, `shared_attachment` or
+    /// `bridged_attachments`.
+    pub direct_veth: bool,
     /// One-namespace-per-environment mode: environments whose attachment is
     /// in the config but the environment itself is not (yet): an `apply`
     /// with this cleared adds them.
@@ -130,6 +143,7 @@ impl Default for Options {
             bridged_attachments: None,
             direct: None,
             vhost_user: None,
+            direct_veth: false,
             absent_envs: Vec::new(),
         }
     }
@@ -159,6 +173,9 @@ pub struct Lab {
     /// The bridge namespace (shared- and bridged-attachment modes only).
     pub bridge: Option<Netns>,
 }
+
+/// An environment namespace's link with [`Options::direct_veth`].
+pub const DIRECT_ENV_LINK: &str = "e0";
 
 /// The bridge's name inside the bridge namespace (shared-attachment mode).
 pub const BRIDGE: &str = "br0";
@@ -212,7 +229,8 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
         }
         return t;
     }
-    let kind = if opts.direct.is_some() { "af-packet" } else { "tap" };
+    let direct_veth = opts.direct_veth && opts.shared_attachment.is_none() && opts.bridged_attachments.is_none();
+    let kind = if opts.direct.is_some() || direct_veth { "af-packet" } else { "tap" };
     for tap in taps {
         t += &format!(
             "\n[[attachments]]\nkind = \"{kind}\"\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n",
@@ -235,7 +253,7 @@ impl Lab {
         let vhost = opts.vhost_user.is_some();
         let direct = opts.direct.as_ref().filter(|_| !vhost);
         let shared = if direct.is_some() || vhost { None } else { opts.shared_attachment };
-        let bridged = if shared.is_some() || direct.is_some() { None } else { opts.bridged_attachments };
+        let bridged = if shared.is_some() || direct.is_some() || vhost { None } else { opts.bridged_attachments };
         let (ntaps, nenvs) = match (direct, shared, bridged) {
             _ if vhost => (0, 0),
             (Some(d), _, _) => (d.len(), 0),
@@ -276,6 +294,24 @@ impl Lab {
         if opts.af_packet {
             crate::veth(&outside, None, &vpc_link, Some(&vpc))?;
             ip_batch(None, &[format!("link set {outside} up")])?;
+        }
+
+        // Direct attach on veths: the gateway opens the root-namespace ends.
+        let direct_veth = !vhost && direct.is_none() && bridged.is_none() && shared.is_none() && opts.direct_veth;
+        if direct_veth {
+            for (i, (tap, ns)) in taps.iter().zip(&envs).enumerate() {
+                crate::veth(DIRECT_ENV_LINK, Some(ns), tap, None)?;
+                ip_batch(None, &[format!("link set {tap} up")])?;
+                ip_batch(
+                    Some(ns),
+                    &[
+                        format!("link set {DIRECT_ENV_LINK} up"),
+                        format!("addr add {}/32 dev {DIRECT_ENV_LINK}", env_addr(i)),
+                        format!("route add {INSIDE_GATEWAY} dev {DIRECT_ENV_LINK}"),
+                        format!("route add default via {INSIDE_GATEWAY}"),
+                    ],
+                )?;
+            }
         }
 
         // The gateway: config → plan → devices → workers.
@@ -323,7 +359,7 @@ impl Lab {
                 "net.bridge.bridge-nf-call-arptables=0",
             ]);
         }
-        if direct.is_some() || vhost {
+        if direct.is_some() || direct_veth || vhost {
             return Ok(lab);
         }
         if let (Some(br), Some(_)) = (&lab.bridge, bridged) {
@@ -410,6 +446,15 @@ impl Lab {
         }
         ip_batch(Some(br), &cmds)?;
         Ok(())
+    }
+
+    /// Environment `i`'s link inside its namespace (per-environment mode).
+    pub fn env_link(&self, i: usize) -> &str {
+        if self.opts.direct_veth && self.opts.direct.is_none() {
+            DIRECT_ENV_LINK
+        } else {
+            &self.taps[i]
+        }
     }
 
     /// This lab's config with some options changed (for `apply`).

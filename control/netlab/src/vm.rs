@@ -405,3 +405,35 @@ impl Drop for VmTap {
         let _ = cmd.args(["link", "del", &self.name]).stderr(Stdio::null()).status();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `newc` entry: magic, 13 eight-digit hex fields, the name with its
+    /// NUL padded to 4 bytes, the data padded to 4 bytes.
+    #[test]
+    fn cpio_entries_are_newc_and_aligned() {
+        let mut out = Vec::new();
+        cpio_entry(&mut out, 7, "init", 0o100755, (0, 0), b"#!x");
+        assert_eq!(&out[..6], b"070701");
+        let field = |i: usize| u32::from_str_radix(std::str::from_utf8(&out[6 + 8 * i..14 + 8 * i]).unwrap(), 16);
+        assert_eq!(field(0), Ok(7), "ino");
+        assert_eq!(field(1), Ok(0o100755), "mode");
+        assert_eq!(field(6), Ok(3), "file size");
+        assert_eq!(field(11), Ok(5), "name size with its NUL");
+        // 110-byte header + "init\0" = 115, padded to 116; data 3, padded to 4.
+        assert_eq!(&out[110..116], b"init\0\0");
+        assert_eq!(&out[116..120], b"#!x\0");
+        assert_eq!(out.len(), 120);
+    }
+
+    #[test]
+    fn results_take_the_hp_lines() {
+        let r = results("boot noise\r\nHP up\nHP ping_gw 0 3\r\nHP upload 0 count 5 secs 1\nxHP no\n");
+        assert_eq!(r.get("up").map(String::as_str), Some(""));
+        assert_eq!(r.get("ping_gw").map(String::as_str), Some("0 3"));
+        assert_eq!(r.get("upload").map(String::as_str), Some("0 count 5 secs 1"));
+        assert_eq!(r.len(), 3);
+    }
+}
