@@ -1,7 +1,8 @@
 //! A vhost-user port as a gateway attachment ([`crate::Inside::VhostUser`]):
 //! bound when the gateway starts, then taken by the one worker the
 //! attachment is assigned to, which alone moves its frames. Frames for it
-//! produced on another worker are handed to that owner ([`Self::owner`]).
+//! produced on another worker are handed to that owner
+//! ([`VhostUserAttachment::owner`]).
 
 use super::{VhostCounters, VhostUserPort};
 use crate::error::IoError;

@@ -45,8 +45,9 @@
 //!   virtio-net header: no offload is offered to the guest, so a frame it
 //!   sends carries no offload state (a header claiming any is ignored).
 //! - Every frame in a virtqueue is preceded by the 12-byte
-//!   `virtio_net_hdr_v1` (`VIRTIO_F_VERSION_1` is required); one frame is
-//!   one descriptor chain (no `VIRTIO_NET_F_MRG_RXBUF`).
+//!   `virtio_net_hdr_v1` (10 bytes for a legacy driver that did not accept
+//!   `VIRTIO_F_VERSION_1`); one frame is one descriptor chain (no
+//!   `VIRTIO_NET_F_MRG_RXBUF`).
 //! - A chain the guest made available is always returned to it (added to
 //!   the used ring), also when it is malformed (a write-only descriptor in
 //!   a transmit chain, an address outside guest memory, too short or too
@@ -178,8 +179,9 @@ impl VhostUserPort {
     }
 
     /// The doorbell: readable when the guest kicked its transmit queue or
-    /// a connection came or went. Poll it, [`VhostUserPort::reset`] it,
-    /// then drain [`VhostUserPort::guest_tx`].
+    /// a connection came or went (unless forwarded:
+    /// [`VhostUserPort::forward_doorbell`]). Poll it,
+    /// [`VhostUserPort::reset`] it, then drain [`VhostUserPort::guest_tx`].
     pub fn doorbell(&self) -> BorrowedFd<'_> {
         self.shared.doorbell.as_fd()
     }
