@@ -102,6 +102,18 @@ fn exchange(backend: &str) {
     assert_eq!(&back[30..34], &me.octets(), "to the environment's own address");
     assert_eq!(u16::from_be_bytes([back[36], back[37]]), 5555);
     assert!(testkit::checksums_ok(&back));
+    // The device adds its counts when a batch ends, just after the guest
+    // could see the frames: a moment's wait.
+    let end = Instant::now() + Duration::from_secs(2);
+    let c = loop {
+        let c = lab.runtime().shared().stats().io.vhost_user["vm0"].clone();
+        if c["guest_rx_frames"] >= 2 || Instant::now() > end {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!((c["guest_tx_frames"], c["malformed_chains"]), (2, 0), "ARP and the datagram, counted: {c:?}");
+    assert!(c["guest_rx_frames"] >= 2, "the ARP reply and the answer: {c:?}");
     drop(fe);
     drop(lab);
     assert!(!socket.exists(), "the socket goes with the gateway");

@@ -50,6 +50,22 @@ pub struct VhostCounters {
     pub ring_errors: AtomicU64,
 }
 
+impl VhostCounters {
+    /// Every counter by its stable name (the metric's `counter` label).
+    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
+        [
+            ("guest_tx_frames", &self.guest_tx_frames),
+            ("guest_rx_frames", &self.guest_rx_frames),
+            ("malformed_chains", &self.malformed_chains),
+            ("rx_no_buffer", &self.rx_no_buffer),
+            ("rx_too_big", &self.rx_too_big),
+            ("rx_offload", &self.rx_offload),
+            ("ring_errors", &self.ring_errors),
+        ]
+        .map(|(k, v)| (k, v.load(Relaxed)))
+    }
+}
+
 /// Local tallies of one batch.
 #[derive(Default)]
 struct Tally {
