@@ -403,7 +403,10 @@ impl TestFrontend {
                 std::os::fd::BorrowedFd::borrow_raw(self.tx.call.as_raw_fd()),
             )
         };
-        let ts = rustix::event::Timespec { tv_sec: 0, tv_nsec: timeout.as_nanos().min(999_999_999) as i64 };
+        let ts = rustix::event::Timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
         let _ = poll(&mut [PollFd::new(&a, PollFlags::IN), PollFd::new(&b, PollFlags::IN)], Some(&ts));
         let _ = self.rx.call.read();
         let _ = self.tx.call.read();
