@@ -3,7 +3,10 @@
 //! once per way of attaching it:
 //! - bridged: the VM's TAP and a gateway TAP attachment joined by a kernel
 //!   bridge (in a bridge namespace, where QEMU runs);
-//! - direct: an `af-packet` attachment on the VM's TAP itself.
+//! - direct: an `af-packet` attachment on the VM's TAP itself;
+//! - vhost-user: a `vhost-user` attachment, the gateway being the VM's
+//!   network device (QEMU's `-netdev vhost-user`, guest memory in a shared
+//!   memfd).
 //!
 //! From inside the guest: ping the gateway and the VPC server, an HTTP GET
 //! the server answers with the source address it saw (the ENI's), and a
@@ -18,7 +21,7 @@
 //! TCG is slow: each guest gets [`GUEST_LIMIT`]. One guest at a time.
 
 use netlab::lab::{Lab, Options};
-use netlab::vm::{self, Boot, GuestKit, Vm, VmTap};
+use netlab::vm::{self, Boot, GuestKit, Net, Vm, VmTap};
 use netlab::{env_addr, INSIDE_GATEWAY, SERVER};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddrV4, TcpListener};
@@ -44,6 +47,8 @@ enum Attach {
     Bridged,
     /// An `af-packet` attachment on the VM's TAP.
     Direct,
+    /// A `vhost-user` attachment: the gateway is the VM's network device.
+    VhostUser,
 }
 
 /// The guest kit, or `None` (with the reason printed) when this machine
@@ -134,6 +139,8 @@ fn run_guest(attach: Attach) {
     let dir =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hp-vm-{attach:?}-{}", std::process::id()));
     let name = netlab::unique("hpl");
+    // A Unix socket path has at most 107 bytes: a short one.
+    let sock = std::env::temp_dir().join(format!("{name}.sock"));
 
     // Drop order (reverse of declaration): the VM, then the lab (gateway
     // and namespaces), then the VM's TAP.
@@ -152,14 +159,23 @@ fn run_guest(attach: Attach) {
             let opts = Options { direct: Some(vec![name.clone()]), ..Options::default() };
             Lab::build(&opts).expect("lab builds")
         }
+        Attach::VhostUser => {
+            tap_holder = None;
+            let opts = Options { vhost_user: Some(vec![sock.clone()]), ..Options::default() };
+            Lab::build(&opts).expect("lab builds")
+        }
+    };
+    let net = match attach {
+        Attach::VhostUser => Net::VhostUser(&sock),
+        _ => Net::Tap(&name),
     };
     let seen = servers(&lab);
     let init = guest_script();
     let ns = match attach {
         Attach::Bridged => lab.bridge.as_ref(),
-        Attach::Direct => None,
+        Attach::Direct | Attach::VhostUser => None,
     };
-    let mut guest = Vm::boot(&Boot { kit: &kit, dir: &dir, init: &init, tap: &name, ns, mem_mib: 256 }).expect("boot");
+    let mut guest = Vm::boot(&Boot { kit: &kit, dir: &dir, init: &init, net, ns, mem_mib: 256 }).expect("boot");
     let console = match guest.wait(GUEST_LIMIT) {
         Ok(c) => c,
         Err(c) => panic!("{attach:?}: the guest did not finish within {GUEST_LIMIT:?}; console:\n{c}"),
@@ -199,4 +215,10 @@ fn guest_through_a_bridged_tap() {
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces, TAP devices and a VM")]
 fn guest_on_a_direct_af_packet_attach() {
     run_guest(Attach::Direct);
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and a VM")]
+fn guest_on_a_vhost_user_attach() {
+    run_guest(Attach::VhostUser);
 }

@@ -33,6 +33,7 @@ use dataplane::counters::{Counters, DropReason};
 use dataplane::{Engine, Event, PortId};
 use dataplane_io::steer::Shards;
 use dataplane_io::syscalls::ActiveBackend;
+use dataplane_io::vhost_user::VhostUserAttachment;
 use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
 use dataplane_io::{
     check_net_admin, Inside, IoCounters, IoError, PacketPort, PacketReceiver, PacketSender, RxOptions, Tap, TapOptions,
@@ -252,6 +253,10 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         let dev = match a.kind {
             AttachmentKind::Tap => Inside::from(open_tap(&a.name, vnet, a.mtu, offloads, tap_queue(envs))?),
             AttachmentKind::AfPacket => open_packet_attachment(&a.name, a.mtu, offloads)?,
+            AttachmentKind::VhostUser => {
+                let socket = a.socket.as_deref().unwrap_or(std::path::Path::new(""));
+                Inside::VhostUser(VhostUserAttachment::bind(&a.name, socket).map_err(dev(&a.name))?)
+            }
         };
         inside.push(Arc::new(dev));
     }

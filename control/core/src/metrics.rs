@@ -280,6 +280,17 @@ fn families(s: &StatsReport) -> Vec<Family> {
         "System calls made by the I/O threads, by kind.",
         by("kind", &s.io.syscalls),
     ));
+    v.push(counter(
+        "hyperplane_vhost_user",
+        "vhost-user attachments' device counters: frames from and to the guest, malformed descriptor chains returned unused, frames for the guest dropped (no buffer, too big, offload), ring errors.",
+        s.io
+            .vhost_user
+            .iter()
+            .flat_map(|(a, cs)| {
+                cs.iter().map(|(k, n)| (vec![("attachment", a.clone()), ("counter", k.clone())], Value::Int(*n)))
+            })
+            .collect(),
+    ));
     if !s.io.backend.is_empty() {
         v.push(gauge(
             "hyperplane_syscalls_per_packet",

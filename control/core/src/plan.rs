@@ -85,6 +85,8 @@ pub struct AttachmentPlan {
     pub kind: crate::config::AttachmentKind,
     /// Interface name.
     pub name: String,
+    /// The vhost-user socket (kind `vhost-user` only).
+    pub socket: Option<std::path::PathBuf>,
     /// Engine port.
     pub port: PortId,
     /// Our address on it.
@@ -142,7 +144,8 @@ pub struct Plan {
     pub outside: OutsidePlan,
     /// Worker threads (0 in the file resolved to the available cores).
     pub workers: usize,
-    /// TAP offloads on.
+    /// TAP offloads on (the config's `offloads`, unless an attachment is
+    /// `vhost-user`).
     pub offloads: bool,
     /// The workers' I/O path and busy-poll (`[gateway.io]`).
     pub io: dataplane_io::IoSettings,
@@ -312,6 +315,7 @@ pub fn plan(cfg: &Config, existing: &BTreeMap<EniKey, Vec<Ipv4Addr>>) -> Result<
         .map(|(i, a)| AttachmentPlan {
             kind: a.kind,
             name: a.name.clone(),
+            socket: a.socket.clone(),
             port: PortId(i as u16 + 1),
             gateway: a.gateway,
             mtu: a.mtu as u16,
@@ -365,7 +369,8 @@ pub fn plan(cfg: &Config, existing: &BTreeMap<EniKey, Vec<Ipv4Addr>>) -> Result<
         attachments,
         outside,
         workers,
-        offloads: g.offloads,
+        // A vhost-user guest takes no offloads: no superframe may reach it.
+        offloads: g.offloads && !cfg.attachments.iter().any(|a| a.kind == crate::config::AttachmentKind::VhostUser),
         io: cfg.io_settings(),
         control_socket: g.control_socket.clone(),
         lifecycle: Lifecycle {

@@ -727,6 +727,18 @@ impl Shared {
             backend: self.gateway.io_backend(),
             syscalls: dataplane_io::syscalls::KINDS.iter().zip(calls).map(|(k, n)| (k.to_string(), n)).collect(),
             syscalls_per_packet: if packets == 0 { 0.0 } else { total as f64 / packets as f64 },
+            vhost_user: self
+                .gateway
+                .inside
+                .iter()
+                .filter_map(|d| match d.as_ref() {
+                    dataplane_io::Inside::VhostUser(v) => Some((
+                        v.name().to_string(),
+                        v.counters().snapshot().iter().map(|&(k, n)| (k.to_string(), n)).collect(),
+                    )),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 }

@@ -387,6 +387,8 @@ fn metrics_render_in_the_text_exposition_format() {
         "hyperplane_syscalls_total{kind=\"read\"} 0",
         "hyperplane_syscalls_per_packet 0.505",
         "hyperplane_io_backend{backend=\"uring\"} 1",
+        "hyperplane_vhost_user_total{attachment=\"vm0\",counter=\"malformed_chains\"} 1",
+        "hyperplane_vhost_user_total{attachment=\"vm0\",counter=\"guest_tx_frames\"} 12",
     ] {
         assert!(m.lines().any(|l| l == want), "missing line {want:?} in\n{m}");
     }
@@ -408,7 +410,7 @@ fn metrics_render_in_the_text_exposition_format() {
             assert!(value.parse::<f64>().is_ok(), "bad value in {l:?}");
         }
     }
-    assert_eq!(families, 22, "{m}");
+    assert_eq!(families, 23, "{m}");
     assert!(m.ends_with('\n'));
 }
 

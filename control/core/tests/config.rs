@@ -716,3 +716,29 @@ fn attachment_kind_tap_or_af_packet() {
     assert_eq!(p.attachments[0].kind, control::config::AttachmentKind::AfPacket, "the plan carries the kind");
     rejects(&edit("name = \"hp-e0\"", "name = \"hp-e0\"\nkind = \"vhost\""), "attachments[0].kind", "unknown variant");
 }
+
+/// Issue 15: `kind = "vhost-user"` needs a `socket` (and only it takes one);
+/// two attachments cannot share a socket; such an attachment turns the TAP
+/// offloads off (its guest takes none).
+#[test]
+fn attachment_kind_vhost_user_needs_its_socket() {
+    let vhost = |extra: &str| edit("name = \"hp-e0\"", &format!("name = \"hp-e0\"\nkind = \"vhost-user\"{extra}"));
+    let text = vhost("\nsocket = \"/run/vm0.sock\"");
+    let c = parse(&text).unwrap();
+    assert_eq!(c.attachments[0].kind, control::config::AttachmentKind::VhostUser);
+    assert_eq!(c.attachments[0].socket.as_deref(), Some(std::path::Path::new("/run/vm0.sock")));
+    let p = planned(&text);
+    assert_eq!(p.attachments[0].socket.as_deref(), Some(std::path::Path::new("/run/vm0.sock")));
+    assert!(!p.offloads, "a vhost-user guest takes no offloads");
+    assert!(planned(BASE).offloads, "the default is on");
+    rejects(&vhost(""), "attachments[0].socket", "required for kind = \"vhost-user\"");
+    rejects(&vhost("\nsocket = \"\""), "attachments[0].socket", "an empty path");
+    rejects(
+        &edit("name = \"hp-e0\"", "name = \"hp-e0\"\nsocket = \"/run/vm0.sock\""),
+        "attachments[0].socket",
+        "only for kind = \"vhost-user\"",
+    );
+    let two = text.clone()
+        + "\n[[attachments]]\nkind = \"vhost-user\"\nname = \"vm1\"\nsocket = \"/run/vm0.sock\"\ngateway = \"172.16.1.1\"\n";
+    rejects(&two, "attachments[1].socket", "also attachments[0]'s socket");
+}

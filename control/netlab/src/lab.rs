@@ -108,6 +108,12 @@ pub struct Options {
     /// are made. Takes precedence over `shared_attachment` and
     /// `bridged_attachments`.
     pub direct: Option<Vec<String>>,
+    /// `Some(sockets)`: one attachment of kind `"vhost-user"` per socket
+    /// path (named `vm{i}`; the gateway binds the socket, a VMM connects),
+    /// one environment each ([`env_addr`]`(i)`); no TAPs and no
+    /// environment namespaces. Takes precedence over every other
+    /// attachment option.
+    pub vhost_user: Option<Vec<std::path::PathBuf>>,
     /// One-namespace-per-environment mode with direct attach: each
     /// environment namespace's link is a veth ([`DIRECT_ENV_LINK`] inside),
     /// its root-namespace end (named `taps[i]`) the gateway's `af-packet`
@@ -136,6 +142,7 @@ impl Default for Options {
             shared_attachment: None,
             bridged_attachments: None,
             direct: None,
+            vhost_user: None,
             direct_veth: false,
             absent_envs: Vec::new(),
         }
@@ -199,6 +206,19 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
         opts.alt_egress,
         opts.group,
     );
+    if let Some(sockets) = &opts.vhost_user {
+        for (i, sock) in sockets.iter().enumerate() {
+            t += &format!(
+                "\n[[attachments]]\nkind = \"vhost-user\"\nname = \"vm{i}\"\nsocket = \"{}\"\n\
+                 gateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n\n\
+                 [[environments]]\nfunction = \"lab\"\naddress = \"{}\"\nattachment = \"vm{i}\"\n",
+                sock.display(),
+                opts.mtu,
+                env_addr(i)
+            );
+        }
+        return t;
+    }
     if let (Some(n), Some(tap)) = (opts.shared_attachment, taps.first()) {
         t += &format!("\n[[attachments]]\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n", opts.mtu);
         for i in 0..n {
@@ -230,10 +250,12 @@ impl Lab {
         crate::sweep_stale("hpl");
         let tag = crate::unique("hpl");
         let outside = crate::unique("hpl");
-        let direct = opts.direct.as_ref();
-        let shared = if direct.is_some() { None } else { opts.shared_attachment };
-        let bridged = if shared.is_some() || direct.is_some() { None } else { opts.bridged_attachments };
+        let vhost = opts.vhost_user.is_some();
+        let direct = opts.direct.as_ref().filter(|_| !vhost);
+        let shared = if direct.is_some() || vhost { None } else { opts.shared_attachment };
+        let bridged = if shared.is_some() || direct.is_some() || vhost { None } else { opts.bridged_attachments };
         let (ntaps, nenvs) = match (direct, shared, bridged) {
+            _ if vhost => (0, 0),
             (Some(d), _, _) => (d.len(), 0),
             (None, Some(_), _) => (1, 0),
             (None, None, Some(n)) => (n, 0),
@@ -275,7 +297,7 @@ impl Lab {
         }
 
         // Direct attach on veths: the gateway opens the root-namespace ends.
-        let direct_veth = direct.is_none() && bridged.is_none() && shared.is_none() && opts.direct_veth;
+        let direct_veth = !vhost && direct.is_none() && bridged.is_none() && shared.is_none() && opts.direct_veth;
         if direct_veth {
             for (i, (tap, ns)) in taps.iter().zip(&envs).enumerate() {
                 crate::veth(DIRECT_ENV_LINK, Some(ns), tap, None)?;
@@ -337,7 +359,7 @@ impl Lab {
                 "net.bridge.bridge-nf-call-arptables=0",
             ]);
         }
-        if direct.is_some() || direct_veth {
+        if direct.is_some() || direct_veth || vhost {
             return Ok(lab);
         }
         if let (Some(br), Some(_)) = (&lab.bridge, bridged) {

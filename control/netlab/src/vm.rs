@@ -15,7 +15,9 @@
 //!   dependable; `HP_VM_ACCEL=kvm` picks KVM) with the serial console in a
 //!   file, in a network namespace or the caller's, on an existing TAP
 //!   (`-netdev tap,ifname=...,script=no`: the caller owns the device, QEMU
-//!   only opens a queue of it). [`Vm::wait`] waits until the guest powers
+//!   only opens a queue of it) or on a vhost-user socket ([`Net::VhostUser`]:
+//!   `-netdev vhost-user` with the guest's memory in a shared memfd, which
+//!   the backend maps). [`Vm::wait`] waits until the guest powers
 //!   off (the script ends with `reboot -f`, QEMU runs with `-no-reboot`) or
 //!   a deadline passes; dropping a [`Vm`] kills QEMU.
 //!
@@ -215,6 +217,16 @@ pub struct Vm {
     started: Instant,
 }
 
+/// What the guest's virtio-net NIC is connected to.
+#[derive(Clone, Copy, Debug)]
+pub enum Net<'a> {
+    /// A TAP the VMM opens (it must exist in `ns`, or in this namespace).
+    Tap(&'a str),
+    /// A vhost-user-net backend listening on this Unix socket (QEMU
+    /// connects; guest memory is a shared memfd of the guest's size).
+    VhostUser(&'a Path),
+}
+
 /// How to boot a guest.
 pub struct Boot<'a> {
     /// The kit.
@@ -223,8 +235,8 @@ pub struct Boot<'a> {
     pub dir: &'a Path,
     /// The `/init` script.
     pub init: &'a str,
-    /// The TAP the VMM opens (it must exist in `ns`, or in this namespace).
-    pub tap: &'a str,
+    /// The guest's NIC's backend.
+    pub net: Net<'a>,
     /// The namespace QEMU runs in (`None`: this one).
     pub ns: Option<&'a Netns>,
     /// Guest memory, MiB.
@@ -248,7 +260,7 @@ impl Vm {
             "-nodefaults".into(),
             "-no-user-config".into(),
             "-accel".into(),
-            accel,
+            accel.clone(),
             "-m".into(),
             b.mem_mib.to_string(),
             "-smp".into(),
@@ -264,11 +276,35 @@ impl Vm {
             initrd.display().to_string(),
             "-append".into(),
             "console=ttyS0 panic=-1 quiet loglevel=3".into(),
-            "-netdev".into(),
-            format!("tap,id=n0,ifname={},script=no,downscript=no", b.tap),
-            "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}"),
         ];
+        let mut args = args;
+        match b.net {
+            Net::Tap(tap) => {
+                args.push("-netdev".into());
+                args.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
+            }
+            Net::VhostUser(sock) => {
+                // The backend reads and writes the guest's memory: it must
+                // be a shared file, the guest's only RAM.
+                args.extend([
+                    "-object".into(),
+                    format!("memory-backend-memfd,id=mem,size={}M,share=on", b.mem_mib),
+                    "-numa".into(),
+                    "node,memdev=mem".into(),
+                    "-chardev".into(),
+                    format!("socket,id=c0,path={}", sock.display()),
+                    "-netdev".into(),
+                    "vhost-user,id=n0,chardev=c0".into(),
+                ]);
+            }
+        }
+        // QEMU 7.2 under TCG crashes starting a vhost-user NIC with MSI-X
+        // (in `msix_set_vector_notifiers`); the NIC then uses INTx.
+        let vectors = match b.net {
+            Net::VhostUser(_) if accel == "tcg" => ",vectors=0",
+            _ => "",
+        };
+        args.extend(["-device".into(), format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}{vectors}")]);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut cmd = match b.ns {
             Some(ns) => ns.command(&argv).map_err(|e| e.to_string())?,

@@ -12,18 +12,23 @@
 //!   superframes go out as they are and the kernel finishes them for the
 //!   device; without, the worker completes checksums in software and drops
 //!   superframes).
+//! - [`Inside::VhostUser`]: a vhost-user-net device on a Unix socket (the
+//!   VMM's network device; [`crate::vhost_user`]): no descriptor to read,
+//!   the owning worker takes the port and polls its queues when woken.
 //!
 //! Invariants: a device is read by exactly one worker (the one its
-//! attachment is assigned to), and written by any worker (frames for its
-//! port); every variant's reading side is one descriptor a poller or ring
-//! can wait on ([`Inside::rx_source`]), its frames landing in a worker
-//! buffer as [`RxSource`] describes.
+//! attachment is assigned to); a TAP or packet device is written by any
+//! worker (frames for its port), a vhost-user one only by its owner (the
+//! others hand frames over). A TAP's or packet device's reading side is
+//! one descriptor a poller or ring can wait on ([`Inside::rx_source`]),
+//! its frames landing in a worker buffer as [`RxSource`] describes.
 
 use crate::afpacket::PacketSender;
 use crate::error::IoError;
 use crate::packet_rx::{PacketReceiver, RxOptions};
 use crate::rx_source::RxSource;
 use crate::tap::Tap;
+use crate::vhost_user::VhostUserAttachment;
 use std::sync::Arc;
 
 /// An attachment's device. See the module docs.
@@ -33,6 +38,8 @@ pub enum Inside {
     Tap(Arc<Tap>),
     /// Packet sockets on an existing interface.
     Packet(PacketPort),
+    /// A vhost-user-net device.
+    VhostUser(VhostUserAttachment),
 }
 
 /// The two `AF_PACKET` sockets of an [`Inside::Packet`] attachment.
@@ -61,11 +68,13 @@ impl PacketPort {
 }
 
 impl Inside {
-    /// What its worker reads.
-    pub fn rx_source(&self) -> RxSource {
+    /// What its worker reads; `None` for a vhost-user device (its owner
+    /// polls the port itself).
+    pub fn rx_source(&self) -> Option<RxSource> {
         match self {
-            Inside::Tap(t) => RxSource::Tap(Arc::clone(t)),
-            Inside::Packet(p) => RxSource::Packet(Arc::clone(&p.rx)),
+            Inside::Tap(t) => Some(RxSource::Tap(Arc::clone(t))),
+            Inside::Packet(p) => Some(RxSource::Packet(Arc::clone(&p.rx))),
+            Inside::VhostUser(_) => None,
         }
     }
 
@@ -74,6 +83,7 @@ impl Inside {
         match self {
             Inside::Tap(t) => t.name(),
             Inside::Packet(p) => p.tx.name(),
+            Inside::VhostUser(v) => v.name(),
         }
     }
 
@@ -82,6 +92,7 @@ impl Inside {
         match self {
             Inside::Tap(_) => "tap",
             Inside::Packet(_) => "af-packet",
+            Inside::VhostUser(_) => "vhost-user",
         }
     }
 
@@ -89,7 +100,7 @@ impl Inside {
     pub fn as_tap(&self) -> Option<&Arc<Tap>> {
         match self {
             Inside::Tap(t) => Some(t),
-            Inside::Packet(_) => None,
+            Inside::Packet(_) | Inside::VhostUser(_) => None,
         }
     }
 }

@@ -32,6 +32,9 @@
 //! - [`worker`]: the gateway's worker threads (batched reads, offload
 //!   headers, hand-over between workers); [`steer`]: which worker owns a
 //!   frame from the VPC.
+//! - [`vhost_user`]: [`vhost_user::VhostUserPort`], a vhost-user-net
+//!   backend on a Unix socket (a VMM's network device: the guest's
+//!   virtqueues read and written in shared memory).
 //! - [`backend`]: the workers' I/O path, io_uring ([`uring`]) or
 //!   `read`/`write` + epoll, and the fallback between them;
 //!   [`syscalls`]: system calls counted per thread ([`IoCounters`]).
@@ -60,6 +63,7 @@ pub mod steer;
 pub mod syscalls;
 pub mod tap;
 pub mod uring;
+pub mod vhost_user;
 pub mod vnet;
 pub mod worker;
 pub mod write_batch;

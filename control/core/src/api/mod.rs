@@ -221,6 +221,12 @@ pub struct IoStats {
     /// All of those divided by the packets forwarded (outbound plus
     /// inbound translated packets); 0 before the first.
     pub syscalls_per_packet: f64,
+    /// Each `vhost-user` attachment's device counters, by attachment name,
+    /// then by counter (`guest_tx_frames`, `guest_rx_frames`,
+    /// `malformed_chains`, `rx_no_buffer`, `rx_too_big`, `rx_offload`,
+    /// `ring_errors`) (count of frames or chains).
+    #[serde(default)]
+    pub vhost_user: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// One shared ENI.

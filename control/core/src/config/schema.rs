@@ -472,18 +472,28 @@ pub enum AttachmentKind {
     /// side of a VMM's TAP (direct attach), or a veth. The gateway does not
     /// configure it (MTU, link state are the owner's).
     AfPacket,
+    /// A vhost-user-net device on a Unix socket (`socket`) that a VMM
+    /// (QEMU, cloud-hypervisor) connects to: the gateway is the VM's
+    /// network device, reading and writing its virtqueues in shared
+    /// memory. The guest takes no offloads, so the gateway's TAP offloads
+    /// are turned off when any attachment is of this kind.
+    VhostUser,
 }
 
 /// `[[attachments]]`: an inside device.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Attachment {
-    /// `"tap"` or `"af-packet"`. Default `"tap"`.
+    /// `"tap"`, `"af-packet"` or `"vhost-user"`. Default `"tap"`.
     #[serde(default)]
     pub kind: AttachmentKind,
-    /// Interface name, 1 to 15 bytes, unique, not the outside interface's.
-    /// Required.
+    /// Interface name, 1 to 15 bytes, unique, not the outside interface's
+    /// (for `vhost-user`: the attachment's name, same rules). Required.
     pub name: String,
+    /// `vhost-user` only, and required there: the Unix socket's path (an
+    /// existing socket file there is replaced; the VMM connects to it).
+    #[serde(default)]
+    pub socket: Option<std::path::PathBuf>,
     /// Our address on this attachment: its environments' default gateway.
     /// Outside the VPC. Several attachments may share it. Required.
     #[serde(deserialize_with = "de_ip")]

@@ -318,6 +318,26 @@ impl Config {
                 );
             }
             check_mtu(format!("attachments[{i}].mtu"), a.mtu)?;
+            match (a.kind, &a.socket) {
+                (AttachmentKind::VhostUser, None) => {
+                    return fail(format!("attachments[{i}].socket"), "required for kind = \"vhost-user\"");
+                }
+                (AttachmentKind::VhostUser, Some(p)) if p.as_os_str().is_empty() => {
+                    return fail(format!("attachments[{i}].socket"), "an empty path");
+                }
+                (AttachmentKind::VhostUser, Some(_)) | (_, None) => {}
+                (_, Some(_)) => {
+                    return fail(format!("attachments[{i}].socket"), "only for kind = \"vhost-user\"");
+                }
+            }
+            if let Some(p) = &a.socket {
+                if let Some(j) = self.attachments[..i].iter().position(|b| b.socket.as_ref() == Some(p)) {
+                    return fail(
+                        format!("attachments[{i}].socket"),
+                        format!("{} is also attachments[{j}]'s socket", p.display()),
+                    );
+                }
+            }
         }
         let gateways: BTreeSet<Ipv4Addr> = self.attachments.iter().map(|a| a.gateway).collect();
         let functions: BTreeMap<&str, &Function> = self.functions.iter().map(|f| (f.name.as_str(), f)).collect();

@@ -131,6 +131,7 @@ pub fn stats_report() -> StatsReport {
             backend: "uring".into(),
             syscalls: m(&[("read", 0), ("write", 3), ("io_uring_enter", 495), ("wake", 2)]),
             syscalls_per_packet: 0.505,
+            vhost_user: [("vm0".to_string(), m(&[("guest_tx_frames", 12), ("malformed_chains", 1)]))].into(),
         }),
     }
 }

@@ -15,7 +15,9 @@ impl Worker {
             poller.add(src.as_fd(), TOKEN_OUTSIDE)?;
         }
         for (i, (_, dev)) in self.inside.iter().enumerate() {
-            poller.add(dev.rx_source().as_fd(), i as u64)?;
+            if let Some(src) = dev.rx_source() {
+                poller.add(src.as_fd(), i as u64)?;
+            }
         }
         let mut events = Events::with_capacity(256);
         let mut ready: Vec<u64> = Vec::with_capacity(256);
@@ -36,7 +38,9 @@ impl Worker {
             }
             if n == 0 && self.inbox.is_empty() {
                 self.io.epoll_wait.inc();
-                poller.wait(&mut events, self.timeout())?;
+                // A guest's queue left with frames waiting: only a look.
+                let timeout = if self.vhost_more { Some(Duration::ZERO) } else { self.timeout() };
+                poller.wait(&mut events, timeout)?;
             }
             ready.clear();
             ready.extend(events.tokens());
@@ -52,8 +56,7 @@ impl Worker {
                         }
                     }
                     i => {
-                        if let Some((port, dev)) = self.inside.get(i as usize) {
-                            let (port, src) = (*port, dev.rx_source());
+                        if let Some((port, Some(src))) = self.inside.get(i as usize).map(|(p, d)| (*p, d.rx_source())) {
                             self.read_batch(port, &src);
                         }
                     }
@@ -108,15 +111,17 @@ impl Worker {
             self.ring_fds.push(RingFd { port: PortId::OUTSIDE, src: src.clone(), posted: 0, retry_at: None });
         }
         for (port, dev) in &self.inside {
-            let src = dev.rx_source();
-            self.ring_fds.push(RingFd { port: *port, src, posted: 0, retry_at: None });
+            if let Some(src) = dev.rx_source() {
+                self.ring_fds.push(RingFd { port: *port, src, posted: 0, retry_at: None });
+            }
         }
         let mut done: Vec<Done> = Vec::with_capacity(self.ring.as_ref().map_or(0, Ring::slots));
         self.refill_reads()?;
         self.flush();
         let busy = self.settings.busy_poll();
         while !self.fabric.stop.load(Ordering::Relaxed) {
-            let ready = self.ring.as_mut().is_some_and(Ring::has_completions) || !self.inbox.is_empty();
+            let ready =
+                self.ring.as_mut().is_some_and(Ring::has_completions) || !self.inbox.is_empty() || self.vhost_more;
             let timeout = if ready { None } else { self.uring_timeout() };
             let Some(ring) = self.ring.as_mut() else { break };
             if ready {

@@ -64,6 +64,7 @@ use crate::rx_source::RxSource;
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::syscalls::{ActiveBackend, IoCounters};
 use crate::uring::{Done, Ring};
+use crate::vhost_user::VhostUserPort;
 use crate::{complete_checksum, Events, PacketReceiver, Poller, Tap, VnetHdr, Waker, PACKET_VNET_LEN, VNET_HDR_LEN};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use dataplane::bindings::Bindings;
@@ -122,6 +123,16 @@ pub enum Msg {
     /// An ARP frame from the outside, to learn from (no reply is sent).
     Learn {
         /// The buffer (frame at `HDR`).
+        buf: Vec<u8>,
+        /// Frame length.
+        len: usize,
+    },
+    /// A frame for a vhost-user attachment this worker owns, from another
+    /// worker: `buf[HDR..HDR + len]`, its virtio-net header before it.
+    Guest {
+        /// The attachment's port.
+        port: PortId,
+        /// The buffer.
         buf: Vec<u8>,
         /// Frame length.
         len: usize,
@@ -265,6 +276,17 @@ pub struct Worker {
     /// Frames for the AF_PACKET outside, sent together by `flush_packets`
     /// (syscalls path): buffer and frame length.
     packets: Vec<(Vec<u8>, usize)>,
+    /// The vhost-user ports this worker owns.
+    vhost: Vec<(PortId, VhostUserPort)>,
+    /// A guest's transmit queue was left with frames waiting: look again
+    /// before sleeping.
+    vhost_more: bool,
+    /// Frames for this worker's guests, written by `flush_guests` (one
+    /// queue lock per port per iteration): port, buffer (header before the
+    /// frame), frame length.
+    to_guest: Vec<(PortId, Vec<u8>, usize)>,
+    /// Frames just read from a guest, before they are accepted.
+    from_guest: Vec<(Vec<u8>, usize)>,
 }
 
 impl Worker {
@@ -279,6 +301,17 @@ impl Worker {
     ) -> Worker {
         let waker = Arc::clone(&fabric.wakers[index]);
         let n = fabric.wakers.len();
+        let vhost: Vec<(PortId, VhostUserPort)> = spec
+            .inside
+            .iter()
+            .filter_map(|(port, dev)| match dev.as_ref() {
+                Inside::VhostUser(v) => v.take(index).map(|p| (*port, p)),
+                _ => None,
+            })
+            .collect();
+        for (_, p) in &vhost {
+            p.forward_doorbell(Arc::clone(&waker));
+        }
         let outside_rx = match &spec.outside {
             OutsideTx::Tap(t) => Some(RxSource::Tap(Arc::clone(t))),
             OutsideTx::AfPacket(_, rx) => rx.as_ref().map(|r| RxSource::Packet(Arc::clone(r))),
@@ -305,6 +338,10 @@ impl Worker {
             reads_per_fd: 0,
             packets: Vec::with_capacity(SEND_BATCH),
             drops_read_at: 0,
+            vhost,
+            vhost_more: false,
+            to_guest: Vec::with_capacity(BATCH),
+            from_guest: Vec::with_capacity(BATCH),
         }
     }
 
@@ -339,6 +376,7 @@ impl Worker {
     /// The end of every loop iteration: frames from other threads, due
     /// timers, what the engine generated, wake-ups owed to other workers.
     fn finish_iteration(&mut self) {
+        self.read_guests();
         self.drain_inbox();
         self.process_rx();
         let now = self.fabric.now();
@@ -347,6 +385,7 @@ impl Worker {
         }
         self.flush();
         self.flush_packets();
+        self.flush_guests();
         self.wake_others();
         if now.millis() >= self.drops_read_at + 1000 {
             self.drops_read_at = now.millis();
@@ -406,7 +445,7 @@ impl Worker {
             Ok(()) => self.to_wake[w] = true,
             Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => {
                 self.counters.count_drop(DropReason::InboxFull);
-                if let Msg::Frame { buf, .. } | Msg::Learn { buf, .. } = m {
+                if let Msg::Frame { buf, .. } | Msg::Learn { buf, .. } | Msg::Guest { buf, .. } = m {
                     self.put_spare(buf);
                 }
             }
@@ -446,6 +485,7 @@ impl Worker {
             match msg {
                 Msg::Frame { buf, len } => self.queue_rx(PortId::OUTSIDE, buf, len, false),
                 Msg::Learn { buf, len } => self.queue_rx(PortId::OUTSIDE, buf, len, true),
+                Msg::Guest { port, buf, len } => self.to_guest.push((port, buf, len)),
                 Msg::Bindings(b) => {
                     self.process_rx();
                     self.engine.set_bindings(b);
@@ -602,6 +642,7 @@ impl Worker {
 mod io_loops;
 mod pool;
 mod tx;
+mod vhost;
 
 pub use pool::Workers;
 use tx::count_kernel_drops;

@@ -38,6 +38,10 @@ impl Worker {
     /// Sends `buf[HDR..HDR + len]` out of `port` with offload header `hdr`.
     pub(super) fn emit(&mut self, port: PortId, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) {
         self.fabric.capture.frame(port, &buf[HDR..HDR + len]); // capture: sent
+        if let Some(owner) = self.vhost_owner(port) {
+            self.send_to_guest(owner, port, buf, len, hdr);
+            return;
+        }
         let Worker { outside, fabric, ring, spare, io, packets, .. } = self;
         let mut tx = Tx { ring, spare, fabric, io };
         let ok = if port == PortId::OUTSIDE {
@@ -63,7 +67,8 @@ impl Worker {
             match fabric.inside.get(usize::from(port.0)).map(Option::as_deref) {
                 Some(Some(Inside::Tap(t))) => tx.tap(t, buf, len, hdr),
                 Some(Some(Inside::Packet(p))) => tx.packet(&p.tx, buf, len, hdr),
-                _ => false,
+                // No worker took it (cannot happen once workers run).
+                Some(Some(Inside::VhostUser(_))) | Some(None) | None => false,
             }
         };
         if !ok {
