@@ -63,13 +63,19 @@ impl Worker {
         Ok(())
     }
 
-    /// Reads up to [`BATCH`] frames from `src` (one `read` or `recv` each).
+    /// Reads up to [`BATCH`] frames from `src` (one `read` or `recv` each;
+    /// a ring: its handed-over blocks, see [`Worker::read_ring`]).
     pub(super) fn read_batch(&mut self, port: PortId, src: &RxSource) {
         for _ in 0..BATCH {
             let mut buf = self.take_spare();
             match src {
                 RxSource::Tap(_) => self.io.read.inc(),
                 RxSource::Packet(_) => self.io.recv.inc(),
+                RxSource::Ring(r) => {
+                    self.put_spare(buf);
+                    self.read_ring(r);
+                    return;
+                }
             }
             let Some(len) = read(src, &mut buf) else {
                 self.put_spare(buf);
@@ -77,6 +83,27 @@ impl Worker {
             };
             self.accept(port, buf, len);
         }
+    }
+
+    /// Takes the frames of up to [`RING_BLOCKS`] blocks the outside's
+    /// receive ring has handed over: each is copied to `HDR` of a buffer,
+    /// its offload header before it (the worker's buffer layout, see
+    /// [`RxSource`]), and accepted. A frame the ring holds only part of, or
+    /// longer than [`MAX_FRAME`], is dropped (`truncated`). Returns the
+    /// frames walked.
+    pub(super) fn read_ring(&mut self, ring: &RxRing) -> usize {
+        ring.drain(RING_BLOCKS, |f| {
+            let len = f.frame.len();
+            if f.truncated() || len == 0 || len > MAX_FRAME {
+                self.counters.count_drop(DropReason::Truncated);
+                return;
+            }
+            let mut buf = self.take_spare();
+            let hdr = f.vnet.unwrap_or_default().to_bytes();
+            buf[..HDR].copy_from_slice(&hdr);
+            buf[HDR..HDR + len].copy_from_slice(f.frame);
+            self.accept(PortId::OUTSIDE, buf, len);
+        })
     }
 
     /// Takes a frame just read: steers a frame from the outside to its
@@ -103,9 +130,17 @@ impl Worker {
     pub(super) fn run_uring(&mut self, ring: Ring) -> io::Result<()> {
         self.io.set_backend(ActiveBackend::Uring);
         self.ring = Some(ring);
-        if let Some(src) = &self.outside_rx {
-            self.ring_fds.push(RingFd { port: PortId::OUTSIDE, src: src.clone(), posted: 0, retry_at: None });
-        }
+        // A receive ring is not read by posted reads: it is walked in
+        // place, and a readiness poll posted on it wakes the worker.
+        let rx_ring = match &self.outside_rx {
+            Some(RxSource::Ring(r)) => Some(Arc::clone(r)),
+            Some(src) => {
+                self.ring_fds.push(RingFd { port: PortId::OUTSIDE, src: src.clone(), posted: 0, retry_at: None });
+                None
+            }
+            None => None,
+        };
+        let rx_ready = |r: &Option<Arc<RxRing>>| r.as_ref().is_some_and(|r| r.ready());
         for (port, tap) in &self.inside {
             let src = RxSource::Tap(Arc::clone(tap));
             self.ring_fds.push(RingFd { port: *port, src, posted: 0, retry_at: None });
@@ -115,7 +150,8 @@ impl Worker {
         self.flush();
         let busy = self.settings.busy_poll();
         while !self.fabric.stop.load(Ordering::Relaxed) {
-            let ready = self.ring.as_mut().is_some_and(Ring::has_completions) || !self.inbox.is_empty();
+            let ready =
+                self.ring.as_mut().is_some_and(Ring::has_completions) || !self.inbox.is_empty() || rx_ready(&rx_ring);
             let timeout = if ready { None } else { self.uring_timeout() };
             let Some(ring) = self.ring.as_mut() else { break };
             if ready {
@@ -126,7 +162,7 @@ impl Worker {
                     ring.submit(&self.io)?;
                     let end = std::time::Instant::now() + busy;
                     while std::time::Instant::now() < end {
-                        if ring.has_completions() || !self.inbox.is_empty() {
+                        if ring.has_completions() || !self.inbox.is_empty() || rx_ready(&rx_ring) {
                             got = true;
                             break;
                         }
@@ -148,10 +184,19 @@ impl Worker {
                         self.put_spare(buf);
                     }
                     Done::Wake => {}
+                    Done::Ready { .. } => self.ring_rx_polled = false,
                 }
+            }
+            if let Some(r) = &rx_ring {
+                self.read_ring(r);
             }
             self.finish_iteration();
             self.refill_reads()?;
+            if let (Some(r), Some(ring)) = (&rx_ring, self.ring.as_mut()) {
+                if !self.ring_rx_polled && !r.ready() {
+                    self.ring_rx_polled = ring.post_poll(RING_RX_POLL, r.as_raw_fd(), &self.io);
+                }
+            }
         }
         // Dropping the ring cancels the reads still posted.
         self.ring = None;

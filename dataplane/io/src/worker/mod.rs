@@ -63,7 +63,10 @@ use crate::rx_source::RxSource;
 use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::syscalls::{ActiveBackend, IoCounters};
 use crate::uring::{Done, Ring};
-use crate::{complete_checksum, Events, PacketReceiver, Poller, Tap, VnetHdr, Waker, PACKET_VNET_LEN, VNET_HDR_LEN};
+use crate::{
+    complete_checksum, Events, PacketReceiver, Poller, RxRing, Tap, TxRing, VnetHdr, Waker, PACKET_VNET_LEN,
+    VNET_HDR_LEN,
+};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use dataplane::bindings::Bindings;
 use dataplane::counters::{Counters, DropReason};
@@ -105,6 +108,13 @@ const READ_RETRY: Duration = Duration::from_millis(100);
 /// Buffer size: header room, the largest frame, and room for a reply.
 const BUF: usize = HDR + MAX_FRAME;
 
+/// Blocks of the outside's receive ring walked per wake-up before the
+/// other devices get a turn.
+const RING_BLOCKS: usize = 2;
+/// The io_uring descriptor index of the readiness poll on the outside's
+/// receive ring (reads are indexed from 0).
+const RING_RX_POLL: u32 = u32::MAX;
+
 const TOKEN_WAKER: u64 = u64::MAX;
 const TOKEN_OUTSIDE: u64 = u64::MAX - 1;
 
@@ -142,6 +152,19 @@ pub enum OutsideTx {
     /// are steered to their owners. Frames sent in one wake-up go
     /// together: on the ring, or in one `sendmmsg`.
     AfPacket(PacketSender, Option<Arc<PacketReceiver>>),
+    /// Its own rings on the outside interface ([`crate::packet_ring`]): a
+    /// receive ring, its member of the outside's fanout group, and a
+    /// transmit ring, kicked once per wake-up; a frame longer than a
+    /// transmit slot (a superframe) goes out on `big` (same offload
+    /// header setting as `tx`), after the frames already in the ring.
+    Ring {
+        /// The receive ring (read by this worker only).
+        rx: Arc<RxRing>,
+        /// The transmit ring.
+        tx: TxRing,
+        /// Frames the transmit ring cannot take.
+        big: PacketSender,
+    },
 }
 
 /// What one worker is given.
@@ -264,6 +287,9 @@ pub struct Worker {
     /// Frames for the AF_PACKET outside, sent together by `flush_packets`
     /// (syscalls path): buffer and frame length.
     packets: Vec<(Vec<u8>, usize)>,
+    /// On the io_uring path, whether a readiness poll is posted on the
+    /// outside's receive ring.
+    ring_rx_polled: bool,
 }
 
 impl Worker {
@@ -281,6 +307,7 @@ impl Worker {
         let outside_rx = match &spec.outside {
             OutsideTx::Tap(t) => Some(RxSource::Tap(Arc::clone(t))),
             OutsideTx::AfPacket(_, rx) => rx.as_ref().map(|r| RxSource::Packet(Arc::clone(r))),
+            OutsideTx::Ring { rx, .. } => Some(RxSource::Ring(Arc::clone(rx))),
         };
         Worker {
             outside_rx,
@@ -304,6 +331,7 @@ impl Worker {
             reads_per_fd: 0,
             packets: Vec::with_capacity(SEND_BATCH),
             drops_read_at: 0,
+            ring_rx_polled: false,
         }
     }
 
@@ -346,12 +374,16 @@ impl Worker {
         }
         self.flush();
         self.flush_packets();
+        self.kick_ring();
         self.wake_others();
         if now.millis() >= self.drops_read_at + 1000 {
             self.drops_read_at = now.millis();
-            if let Some(RxSource::Packet(p)) = &self.outside_rx {
-                count_kernel_drops(p, &self.counters);
-            }
+            let drops = match &self.outside_rx {
+                Some(RxSource::Packet(p)) => p.take_drops(),
+                Some(RxSource::Ring(r)) => r.take_drops(),
+                _ => Ok(0),
+            };
+            count_kernel_drops(drops, &self.counters);
         }
     }
 
