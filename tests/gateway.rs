@@ -568,6 +568,37 @@ fn a_100_mb_tcp_transfer_each_way_arrives_byte_exact_through_af_packet_on_a_veth
     transfer_in(&lab, Direction::Download);
     check_fanout(&lab);
     assert_eq!(lab.gateway().outside_rx, "fanout-steered");
+    assert!(lab.gateway().outside_ring, "on packet rings (the default)");
+}
+
+/// Issue 16: on packet rings (the default) the workers read the VPC side
+/// without a system call per frame (no `recv`) and send to it with one
+/// `send` per wake-up (a ring kick, or a superframe too long for a slot),
+/// on both I/O paths; the VPC's partial checksums and superframes pass.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn af_packet_rings_read_and_write_without_a_system_call_per_frame() {
+    netlab::require_root();
+    for backend in ["syscalls", "uring"] {
+        let lab = lab(1, |o| {
+            o.af_packet = true;
+            o.workers = 2;
+            o.gateway_extra = io(backend);
+        });
+        assert!(lab.gateway().outside_ring, "{backend}: on packet rings");
+        transfer_in(&lab, Direction::Download);
+        transfer_in(&lab, Direction::Upload);
+        let t = lab.gateway().totals();
+        // [read, write, epoll_wait, io_uring_enter, send, recv, wake]
+        let s = lab.gateway().syscalls();
+        assert_eq!(s[5], 0, "{backend}: no recv on rings: {s:?}");
+        assert!(s[4] > 0, "{backend}: the transmit rings were kicked: {s:?}");
+        let (inbound, outbound) = (t.inbound.0, t.outbound.0);
+        assert!(s[4] < outbound, "{backend}: fewer sends ({}) than frames out ({outbound})", s[4]);
+        assert!(inbound > 1000, "{backend}: frames in through the rings: {inbound}");
+        check_fanout(&lab);
+        check_backend(&lab, backend);
+    }
 }
 
 #[test]
@@ -577,7 +608,9 @@ fn af_packet_sends_are_gathered_with_sendmmsg_on_syscalls() {
     let lab = lab(2, |o| {
         o.af_packet = true;
         o.gateway_extra = io("syscalls");
+        o.outside_extra = "ring = false".into();
     });
+    assert!(!lab.gateway().outside_ring);
     assert!(lab.gateway().offloads);
     let echo = udp_echo(&lab, 7700);
     for i in 0..2 {
