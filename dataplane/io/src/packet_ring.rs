@@ -1,29 +1,41 @@
-//! `AF_PACKET` rings: a `TPACKET_V3` receive ring ([`RxRing`]) and a
-//! `TPACKET_V2` transmit ring ([`TxRing`]), mapped into the process so that
-//! frames cross into and out of the kernel without a system call each.
+//! `AF_PACKET` rings: a receive ring ([`RxRing`]) and a `TPACKET_V2`
+//! transmit ring ([`TxRing`]), mapped into the process so that frames cross
+//! into and out of the kernel without a system call each.
 //!
 //! # Receive ([`RxRing`])
-//! The kernel copies each frame into the current block of the ring (blocks
-//! of [`RingConfig::block_size`] bytes, frames of any length packed one
-//! after the other) and hands the block over (`block_status` gains
-//! `TP_STATUS_USER`) when it is full or [`RingConfig::retire`] after it was
-//! opened, waking a reader blocked in `poll`/`epoll`. [`RxRing::drain`] walks
-//! the frames of every handed-over block in ring order, in place, then gives
-//! the block back (`TP_STATUS_KERNEL`). Per frame (`struct tpacket3_hdr`):
-//! the frame starts `tp_mac` bytes after its header and is `tp_snaplen`
-//! bytes long (`tp_len` on the wire: a shorter snapshot is a frame the
-//! block had no room for, reported as truncated); with `PACKET_VNET_HDR`
-//! the kernel writes the [`PACKET_VNET_LEN`]-byte `virtio_net_hdr` right
-//! before the frame (`tpacket_rcv`, since Linux 4.20; the option must be set
-//! before the ring). Frames the ring has no room for are dropped by the
-//! kernel and counted ([`RxRing::take_drops`]).
+//! Two layouts ([`RxLayout`]):
+//! - slots (`TPACKET_V2`, the default): fixed slots of
+//!   [`RingConfig::rx_frame_size`] bytes; the kernel copies a frame into
+//!   the next slot, marks it `TP_STATUS_USER` and wakes a reader blocked in
+//!   `poll`/`epoll` at once. A frame longer than a slot (a 64 KiB
+//!   superframe) is queued whole on the socket instead (`PACKET_COPY_THRESH`;
+//!   its slot marked `TP_STATUS_COPY` holds its start) and read with
+//!   [`RxRing::recv_copied`], in the same order.
+//! - blocks (`TPACKET_V3`): blocks of [`RingConfig::block_size`] bytes,
+//!   frames of any length packed one after the other; a block is handed over
+//!   when it is full or [`RingConfig::retire`] after it was opened. Fewer
+//!   wake-ups under load, but at light load every frame waits up to that
+//!   long (at least 1 ms): measured, that costs round-trip-bound traffic
+//!   (TCP connects, a TCP stream's ACKs) far more than the wake-ups save,
+//!   hence slots by default.
+//!
+//! [`RxRing::drain`] walks the frames handed over, in ring order and in
+//! place, then gives each slot or block back (`TP_STATUS_KERNEL`). Per
+//! frame (`struct tpacket2_hdr` or `tpacket3_hdr`): the frame starts
+//! `tp_mac` bytes after its header and is `tp_snaplen` bytes long (`tp_len`
+//! on the wire: a shorter snapshot that was not queued whole is reported as
+//! truncated); with `PACKET_VNET_HDR` the kernel writes the
+//! [`PACKET_VNET_LEN`]-byte `virtio_net_hdr` right before the frame
+//! (`tpacket_rcv`, since Linux 4.20; the option must be set before the
+//! ring). Frames the ring has no room for are dropped by the kernel and
+//! counted ([`RxRing::take_drops`]).
 //!
 //! Invariants: one reader at a time ([`RxRing::drain`] on another thread
-//! while one runs returns at once); a block is read only while it is ours
-//! and given back only once the walk over it is done (the frames lent to
+//! while one runs returns at once); a slot or block is read only while it
+//! is ours and given back only once the walk over it is done (the frames lent to
 //! the walk's closure cannot outlive the call); every offset read from the
-//! ring is checked against the block before use, so a corrupt ring stops
-//! the walk of that block instead of reading out of bounds.
+//! ring is checked against its slot or block before use, so a corrupt ring
+//! stops the walk there instead of reading out of bounds.
 //!
 //! # Transmit ([`TxRing`])
 //! Fixed slots of [`RingConfig::tx_frame_size`] bytes (a `struct
@@ -63,12 +75,15 @@ const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_TX_RING: libc::c_int = 13;
 /// `SOL_PACKET` option: skip malformed frames of the transmit ring.
 const PACKET_LOSS: libc::c_int = 14;
+/// `SOL_PACKET` option: queue frames longer than a slot on the socket.
+const PACKET_COPY_THRESH: libc::c_int = 7;
 /// `PACKET_VERSION` values.
 const TPACKET_V2: libc::c_int = 1;
 const TPACKET_V3: libc::c_int = 2;
 /// Slot and block status bits.
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_COPY: u32 = 2;
 const TP_STATUS_SEND_REQUEST: u32 = 1;
 const TP_STATUS_SENDING: u32 = 2;
 
@@ -82,16 +97,37 @@ const BLOCK_DESC: usize = 48;
 /// Bytes of `struct tpacket3_hdr`.
 const FRAME_HDR: usize = 48;
 
+/// How a receive ring hands frames over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxLayout {
+    /// `TPACKET_V3`: frames packed in blocks, a block handed over when full
+    /// or [`RingConfig::retire`] after it was opened (fewest wake-ups; up
+    /// to that long a wait for a frame when traffic is light).
+    Blocks,
+    /// `TPACKET_V2`: fixed slots of [`RingConfig::rx_frame_size`] bytes,
+    /// each handed over (and the reader woken) as soon as it is written. A
+    /// frame longer than a slot (a superframe) is queued whole on the
+    /// socket (`PACKET_COPY_THRESH`), its slot marked `TP_STATUS_COPY`, and
+    /// read from there with [`RxRing::recv_copied`].
+    Frames,
+}
+
 /// Sizes of a socket's rings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingConfig {
-    /// Receive block size: a multiple of the page size, at least
+    /// How the receive ring hands frames over.
+    pub rx_layout: RxLayout,
+    /// [`RxLayout::Frames`]: slot size, a power of two from 256 to 64 KiB.
+    pub rx_frame_size: usize,
+    /// [`RxLayout::Frames`]: slots (rounded up to whole 64 KiB blocks).
+    pub rx_frames: usize,
+    /// [`RxLayout::Blocks`]: receive block size: a multiple of the page size, at least
     /// [`MIN_BLOCK`] (a block holds a 64 KiB superframe).
     pub block_size: usize,
-    /// Receive blocks.
+    /// [`RxLayout::Blocks`]: receive blocks.
     pub blocks: usize,
-    /// How long the kernel fills a block before it hands it over anyway,
-    /// milliseconds, at least 1.
+    /// [`RxLayout::Blocks`]: how long the kernel fills a block before it
+    /// hands it over anyway, milliseconds, at least 1.
     pub retire: Duration,
     /// Transmit slot size: a power of two, at least 256 (frames longer than
     /// it less [`TX_DATA`] go another way).
@@ -105,10 +141,14 @@ pub struct RingConfig {
 pub const MIN_BLOCK: usize = 128 << 10;
 
 impl Default for RingConfig {
-    /// 32 blocks of 128 KiB (4 MiB: some 25,000 small frames), retired
-    /// after 1 ms; 1,024 transmit slots of 2 KiB (a 1500-byte MTU frame).
+    /// Receive: 2,048 slots of 2 KiB (4 MiB; a 1500-byte MTU frame per
+    /// slot), handed over one by one ([`RxLayout::Frames`]; blocks would be
+    /// 32 of 128 KiB retired after 1 ms). Transmit: 1,024 slots of 2 KiB.
     fn default() -> RingConfig {
         RingConfig {
+            rx_layout: RxLayout::Frames,
+            rx_frame_size: 2048,
+            rx_frames: 2048,
             block_size: MIN_BLOCK,
             blocks: 32,
             retire: Duration::from_millis(1),
@@ -242,25 +282,35 @@ pub struct RingFrame<'a> {
     /// Its length on the wire (`tp_len`): longer than `frame` when the block
     /// had no room for all of it.
     pub wire_len: usize,
+    /// [`RxLayout::Frames`]: the frame did not fit its slot and was queued
+    /// whole on the socket: read it with [`RxRing::recv_copied`] (`frame`
+    /// is only its start).
+    pub copied: bool,
 }
 
 impl RingFrame<'_> {
-    /// Whether only part of the frame is in the ring (drop it).
+    /// Whether only part of the frame is here and none of it elsewhere
+    /// (drop it).
     pub fn truncated(&self) -> bool {
-        self.frame.len() < self.wire_len
+        self.frame.len() < self.wire_len && !self.copied
     }
 }
 
-/// A receiving `AF_PACKET` socket with a `TPACKET_V3` ring. See the module
+/// A receiving `AF_PACKET` socket with a receive ring. See the module
 /// docs.
 #[derive(Debug)]
 pub struct RxRing {
     // Field order: the mapping goes before the socket is closed.
     map: Mapping,
     fd: OwnedFd,
+    layout: RxLayout,
+    /// Blocks: block size; frames: slot size.
     block_size: usize,
+    /// Blocks: blocks; frames: slots.
     blocks: usize,
-    /// The next block to read (only changed under `busy`).
+    /// Frames: slots per 64 KiB block.
+    per_block: usize,
+    /// The next block (or slot) to read (only changed under `busy`).
     next: AtomicU32,
     /// Set while a `drain` runs.
     busy: AtomicBool,
@@ -275,41 +325,85 @@ impl RxRing {
     ///
     /// Errors: those of [`crate::PacketReceiver::open`], and
     /// [`IoError::Sys`] naming `PACKET_VERSION`, `PACKET_RX_RING` or `mmap`
-    /// when the kernel has no `TPACKET_V3` ring or refuses its size.
+    /// when the kernel has no such ring or refuses its size, or the size
+    /// asked for is not one the module docs allow.
     pub fn open(name: &str, opts: RxOptions, cfg: RingConfig) -> Result<RxRing, IoError> {
         ifreq::validate_name(name)?;
         let page = page_size();
         let bad = |what: &'static str| IoError::sys(what, io::Error::from(io::ErrorKind::InvalidInput));
-        if cfg.block_size < MIN_BLOCK || cfg.block_size % page != 0 || cfg.blocks == 0 {
-            return Err(bad("PACKET_RX_RING (block size)"));
-        }
-        let total = cfg.block_size.checked_mul(cfg.blocks).filter(|&t| t <= u32::MAX as usize);
-        let Some(total) = total else {
-            return Err(bad("PACKET_RX_RING (ring size)"));
+        let (version, req, total, unit, count, per_block) = match cfg.rx_layout {
+            RxLayout::Blocks => {
+                if cfg.block_size < MIN_BLOCK || cfg.block_size % page != 0 || cfg.blocks == 0 {
+                    return Err(bad("PACKET_RX_RING (block size)"));
+                }
+                let total = cfg.block_size.checked_mul(cfg.blocks).filter(|&t| t <= u32::MAX as usize);
+                let Some(total) = total else {
+                    return Err(bad("PACKET_RX_RING (ring size)"));
+                };
+                let req = libc::tpacket_req3 {
+                    tp_block_size: cfg.block_size as u32,
+                    tp_block_nr: cfg.blocks as u32,
+                    // The frame fields only size the ring here: one "frame"
+                    // per 2 KiB of it.
+                    tp_frame_size: 2048,
+                    tp_frame_nr: (total / 2048) as u32,
+                    tp_retire_blk_tov: cfg.retire.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+                    tp_sizeof_priv: 0,
+                    tp_feature_req_word: 0,
+                };
+                (TPACKET_V3, req, total, cfg.block_size, cfg.blocks, 1)
+            }
+            RxLayout::Frames => {
+                let fs = cfg.rx_frame_size;
+                if !fs.is_power_of_two() || !(256..=SLOT_BLOCK).contains(&fs) || cfg.rx_frames == 0 {
+                    return Err(bad("PACKET_RX_RING (frame size)"));
+                }
+                let per_block = SLOT_BLOCK / fs;
+                let blocks = cfg.rx_frames.div_ceil(per_block);
+                let total = blocks.checked_mul(SLOT_BLOCK).filter(|&t| t <= u32::MAX as usize);
+                let Some(total) = total else {
+                    return Err(bad("PACKET_RX_RING (ring size)"));
+                };
+                let req = libc::tpacket_req3 {
+                    tp_block_size: SLOT_BLOCK as u32,
+                    tp_block_nr: blocks as u32,
+                    tp_frame_size: fs as u32,
+                    tp_frame_nr: (blocks * per_block) as u32,
+                    tp_retire_blk_tov: 0,
+                    tp_sizeof_priv: 0,
+                    tp_feature_req_word: 0,
+                };
+                (TPACKET_V2, req, total, fs, blocks * per_block, per_block)
+            }
         };
         let fd = packet_rx::raw_socket(0)?;
         packet_rx::before_bind(&fd, opts)?;
-        packet_rx::set_opt(&fd, libc::SOL_PACKET, PACKET_VERSION, TPACKET_V3, "PACKET_VERSION (TPACKET_V3)")?;
-        let req = libc::tpacket_req3 {
-            tp_block_size: cfg.block_size as u32,
-            tp_block_nr: cfg.blocks as u32,
-            // The frame fields only size the ring here: one "frame" per
-            // 2 KiB of it.
-            tp_frame_size: 2048,
-            tp_frame_nr: (total / 2048) as u32,
-            tp_retire_blk_tov: cfg.retire.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
-        };
-        packet_rx::set_opt(&fd, libc::SOL_PACKET, PACKET_RX_RING, req, "PACKET_RX_RING")?;
+        packet_rx::set_opt(&fd, libc::SOL_PACKET, PACKET_VERSION, version, "PACKET_VERSION")?;
+        if cfg.rx_layout == RxLayout::Frames {
+            // Superframes queued whole on the socket (its receive buffer,
+            // sized by `after_bind`) rather than cut to a slot.
+            packet_rx::set_opt(&fd, libc::SOL_PACKET, PACKET_COPY_THRESH, 1 as libc::c_int, "PACKET_COPY_THRESH")?;
+            // A V2 ring takes the first four fields (`struct tpacket_req`).
+            let v2 = libc::tpacket_req {
+                tp_block_size: req.tp_block_size,
+                tp_block_nr: req.tp_block_nr,
+                tp_frame_size: req.tp_frame_size,
+                tp_frame_nr: req.tp_frame_nr,
+            };
+            packet_rx::set_opt(&fd, libc::SOL_PACKET, PACKET_RX_RING, v2, "PACKET_RX_RING")?;
+        } else {
+            packet_rx::set_opt(&fd, libc::SOL_PACKET, PACKET_RX_RING, req, "PACKET_RX_RING")?;
+        }
         let map = Mapping::new(&fd, total)?;
         packet_rx::bind(&fd, name, libc::ETH_P_ALL as u16)?;
         packet_rx::after_bind(&fd, name, RxOptions { read_timeout: None, ..opts })?;
         Ok(RxRing {
             map,
             fd,
-            block_size: cfg.block_size,
-            blocks: cfg.blocks,
+            layout: cfg.rx_layout,
+            block_size: unit,
+            blocks: count,
+            per_block,
             next: AtomicU32::new(0),
             busy: AtomicBool::new(false),
             vnet_hdr: opts.vnet_hdr,
@@ -317,34 +411,61 @@ impl RxRing {
         })
     }
 
+    /// How the ring hands frames over.
+    pub fn layout(&self) -> RxLayout {
+        self.layout
+    }
+
+    /// Where block (or slot) `i` starts in the mapping.
+    fn unit(&self, i: usize) -> usize {
+        match self.layout {
+            RxLayout::Blocks => i * self.block_size,
+            RxLayout::Frames => (i / self.per_block) * SLOT_BLOCK + (i % self.per_block) * self.block_size,
+        }
+    }
+
     /// Whether the next block is ours (frames are waiting; no system call).
     pub fn ready(&self) -> bool {
         let b = self.next.load(Ordering::Relaxed) as usize;
-        self.block_status(b).load(Ordering::Acquire) & TP_STATUS_USER != 0
+        self.status(b).load(Ordering::Acquire) & TP_STATUS_USER != 0
     }
 
-    fn block_status(&self, b: usize) -> &AtomicU32 {
-        // `struct tpacket_block_desc`: version, offset_to_priv, then the
-        // v1 header whose first word is `block_status`.
-        self.map.status(b * self.block_size + 8)
+    /// The status word of block (or slot) `b`.
+    fn status(&self, b: usize) -> &AtomicU32 {
+        match self.layout {
+            // `struct tpacket_block_desc`: version, offset_to_priv, then the
+            // v1 header whose first word is `block_status`.
+            RxLayout::Blocks => self.map.status(self.unit(b) + 8),
+            // `struct tpacket2_hdr`: `tp_status` first.
+            RxLayout::Frames => self.map.status(self.unit(b)),
+        }
     }
 
-    /// Walks the frames of up to `max_blocks` handed-over blocks, in order,
-    /// calling `f` for each (see [`RingFrame`]), and gives each block back
+    /// Walks the frames of up to `max_blocks` handed-over blocks (with
+    /// [`RxLayout::Frames`]: `max_blocks` times 64 slots), in order, calling
+    /// `f` for each (see [`RingFrame`]), and gives each block (slot) back
     /// after its last frame. Returns the frames walked (0 when nothing was
     /// waiting, or when another thread is draining).
     pub fn drain(&self, max_blocks: usize, mut f: impl FnMut(RingFrame<'_>)) -> usize {
         if self.busy.swap(true, Ordering::Acquire) {
             return 0;
         }
+        let units = match self.layout {
+            RxLayout::Blocks => max_blocks,
+            RxLayout::Frames => max_blocks.saturating_mul(64),
+        };
         let mut frames = 0;
         let mut b = self.next.load(Ordering::Relaxed) as usize;
-        for _ in 0..max_blocks {
-            let status = self.block_status(b);
-            if status.load(Ordering::Acquire) & TP_STATUS_USER == 0 {
+        for _ in 0..units {
+            let status = self.status(b);
+            let st = status.load(Ordering::Acquire);
+            if st & TP_STATUS_USER == 0 {
                 break;
             }
-            frames += self.walk(b, &mut f);
+            frames += match self.layout {
+                RxLayout::Blocks => self.walk(b, &mut f),
+                RxLayout::Frames => self.slot(b, st, &mut f),
+            };
             status.store(TP_STATUS_KERNEL, Ordering::Release);
             b = (b + 1) % self.blocks;
         }
@@ -353,9 +474,35 @@ impl RxRing {
         frames
     }
 
+    /// The frame in slot `b` (ours, status `st`), checked against the
+    /// slot's bounds; 0 or 1.
+    fn slot(&self, b: usize, st: u32, f: &mut impl FnMut(RingFrame<'_>)) -> usize {
+        let start = self.unit(b);
+        let end = start + self.block_size;
+        // struct tpacket2_hdr: tp_len (4), tp_snaplen (8), tp_mac (12).
+        let wire = self.map.u32_at(start + 4) as usize;
+        let snap = self.map.u32_at(start + 8) as usize;
+        let mac = usize::from(self.map.u16_at(start + 12));
+        let hdr = if self.vnet_hdr { PACKET_VNET_LEN } else { 0 };
+        let from = start + mac;
+        if mac < TX_DATA + hdr || from.checked_add(snap).is_none_or(|e| e > end) {
+            return 0;
+        }
+        let vnet = (hdr > 0).then(|| self.vnet_at(from));
+        f(RingFrame { vnet, frame: self.map.bytes(from, snap), wire_len: wire, copied: st & TP_STATUS_COPY != 0 });
+        1
+    }
+
+    /// The virtio-net header right before the frame at `from`.
+    fn vnet_at(&self, from: usize) -> VnetHdr {
+        let mut h = [0u8; VNET_HDR_LEN];
+        h[..PACKET_VNET_LEN].copy_from_slice(self.map.bytes(from - PACKET_VNET_LEN, PACKET_VNET_LEN));
+        VnetHdr::parse(&h).unwrap_or_default()
+    }
+
     /// The frames of block `b` (ours), checked against the block's bounds.
     fn walk(&self, b: usize, f: &mut impl FnMut(RingFrame<'_>)) -> usize {
-        let start = b * self.block_size;
+        let start = self.unit(b);
         let end = start + self.block_size;
         // tpacket_hdr_v1: block_status (8), num_pkts (12),
         // offset_to_first_pkt (16).
@@ -377,12 +524,8 @@ impl RxRing {
             if mac < FRAME_HDR + hdr || from.checked_add(snap).is_none_or(|e| e > end) {
                 break;
             }
-            let vnet = (hdr > 0).then(|| {
-                let mut h = [0u8; VNET_HDR_LEN];
-                h[..PACKET_VNET_LEN].copy_from_slice(self.map.bytes(from - PACKET_VNET_LEN, PACKET_VNET_LEN));
-                VnetHdr::parse(&h).unwrap_or_default()
-            });
-            f(RingFrame { vnet, frame: self.map.bytes(from, snap), wire_len: wire });
+            let vnet = (hdr > 0).then(|| self.vnet_at(from));
+            f(RingFrame { vnet, frame: self.map.bytes(from, snap), wire_len: wire, copied: false });
             walked += 1;
             if next == 0 {
                 break;
@@ -390,6 +533,27 @@ impl RxRing {
             at += next;
         }
         walked
+    }
+
+    /// Receives the next frame queued whole on the socket (one marked
+    /// [`RingFrame::copied`], in the same order) into `buf`, preceded by
+    /// its [`PACKET_VNET_LEN`]-byte header when the ring has one; the bytes
+    /// written. Errors: `WouldBlock` when none is queued, `InvalidData` for
+    /// a frame longer than `buf` (dropped).
+    pub fn recv_copied(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`, a
+        // live exclusive slice; MSG_TRUNC only changes the returned length.
+        let n = unsafe {
+            libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC | libc::MSG_DONTWAIT)
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n > buf.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame longer than the buffer"));
+        }
+        Ok(n)
     }
 
     /// Frames the kernel dropped (no room in the ring) since the last call
@@ -446,8 +610,9 @@ pub struct TxRing {
     name: String,
 }
 
-/// Transmit ring block size (slots never straddle blocks).
-const TX_BLOCK: usize = 64 << 10;
+/// Block size of the slot rings (slots never straddle blocks).
+const SLOT_BLOCK: usize = 64 << 10;
+const TX_BLOCK: usize = SLOT_BLOCK;
 
 /// The socket's send buffer asked for: more than every slot of a default
 /// ring in flight at once, so a kick is never refused for want of it.
@@ -597,9 +762,12 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused_before_any_socket() {
-        let small = RingConfig { block_size: 4096, ..RingConfig::default() };
+        let small = RingConfig { rx_layout: RxLayout::Blocks, block_size: 4096, ..RingConfig::default() };
         let e = RxRing::open("lo", RxOptions::default(), small).unwrap_err();
         assert!(e.to_string().contains("block size"), "{e}");
+        let odd = RingConfig { rx_frame_size: 3000, ..RingConfig::default() };
+        let e = RxRing::open("lo", RxOptions::default(), odd).unwrap_err();
+        assert!(e.to_string().contains("frame size"), "{e}");
         let odd = RingConfig { tx_frame_size: 3000, ..RingConfig::default() };
         let e = TxRing::open("lo", false, odd).unwrap_err();
         assert!(e.to_string().contains("frame size"), "{e}");

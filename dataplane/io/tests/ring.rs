@@ -9,6 +9,7 @@
 
 use dataplane::testkit;
 use dataplane_io::vnet::F_NEEDS_CSUM;
+use dataplane_io::packet_ring::RxLayout;
 use dataplane_io::{PacketReceiver, PacketSender, RingConfig, RxOptions, RxRing, TxRing, VnetHdr, PACKET_VNET_LEN};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
@@ -106,6 +107,9 @@ fn small_ring() -> RingConfig {
     RingConfig { blocks: 8, ..RingConfig::default() }
 }
 
+/// Both receive layouts (slots handed over one by one, and blocks).
+const LAYOUTS: [RxLayout; 2] = [RxLayout::Frames, RxLayout::Blocks];
+
 /// Drains `ring` until `take` (given each frame, its header and whether it
 /// is truncated) returns true, or 3 s pass.
 fn drain_until(ring: &RxRing, mut take: impl FnMut(Option<VnetHdr>, &[u8], bool) -> bool) {
@@ -126,9 +130,16 @@ fn drain_until(ring: &RxRing, mut take: impl FnMut(Option<VnetHdr>, &[u8], bool)
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and veth pairs")]
 fn a_partial_checksum_arrives_with_its_vnet_header_through_the_ring() {
     require_root();
+    for layout in LAYOUTS {
+        partial_checksum_through(layout);
+    }
+}
+
+fn partial_checksum_through(layout: RxLayout) {
     let v = Veth::new();
     let opts = RxOptions { vnet_hdr: true, ..RxOptions::default() };
-    let ring = RxRing::open(&v.ours, opts, small_ring()).expect("rx ring");
+    let ring = RxRing::open(&v.ours, opts, RingConfig { rx_layout: layout, ..small_ring() }).expect("rx ring");
+    assert_eq!(ring.layout(), layout);
     v.in_peer(|| {
         let s = UdpSocket::bind((PEER_IP, 5555)).expect("bind");
         s.send_to(b"partial checksum", (OUR_IP, 7000)).expect("send");
@@ -140,10 +151,10 @@ fn a_partial_checksum_arrives_with_its_vnet_header_through_the_ring() {
         }
         got.is_some()
     });
-    let (hdr, frame) = got.expect("the datagram through the ring");
+    let (hdr, frame) = got.unwrap_or_else(|| panic!("{layout:?}: the datagram through the ring"));
     let hdr = hdr.expect("a ring with PACKET_VNET_HDR gives a header");
-    assert!(hdr.flags & F_NEEDS_CSUM != 0, "{hdr:?}");
-    assert_eq!((hdr.csum_start, hdr.csum_offset), (34, 6), "{hdr:?}");
+    assert!(hdr.flags & F_NEEDS_CSUM != 0, "{layout:?}: {hdr:?}");
+    assert_eq!((hdr.csum_start, hdr.csum_offset), (34, 6), "{layout:?}: {hdr:?}");
     assert_eq!(&frame[42..], b"partial checksum");
     assert!(!testkit::checksums_ok(&frame), "the checksum is only the pseudo-header's");
     let mut done = frame.clone();
@@ -159,31 +170,85 @@ fn a_partial_checksum_arrives_with_its_vnet_header_through_the_ring() {
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and veth pairs")]
 fn a_burst_longer_than_a_block_arrives_whole_and_in_order() {
     require_root();
+    // Blocks: each frame takes at least 96 bytes of a block (header,
+    // offload header, frame, alignment), so 6,000 are over 4 blocks' worth.
+    let blocks = RingConfig { rx_layout: RxLayout::Blocks, retire: Duration::from_millis(500), ..small_ring() };
+    assert!(6000 * 96 > 4 * blocks.block_size && 6000 * 160 < blocks.blocks * blocks.block_size);
+    // Slots: 32 per 64 KiB block; 1,500 fill most of the 2,048.
+    let slots = RingConfig { rx_layout: RxLayout::Frames, ..small_ring() };
+    for (cfg, n) in [(blocks, 6000u32), (slots, 1500)] {
+        let v = Veth::new();
+        let opts = RxOptions { vnet_hdr: true, ..RxOptions::default() };
+        let ring = RxRing::open(&v.ours, opts, cfg).expect("rx ring");
+        let mac = v.peer_mac;
+        let peer = v.peer.clone();
+        v.in_peer(move || {
+            let tx = PacketSender::open(&peer).expect("peer sender");
+            for i in 0..n {
+                tx.send(&udp_frame(mac, 9000, i)).expect("send");
+            }
+        });
+        let mut tags = Vec::new();
+        drain_until(&ring, |_, f, cut| {
+            assert!(!cut, "truncated");
+            tags.extend(tag(f));
+            tags.len() == n as usize
+        });
+        let layout = cfg.rx_layout;
+        assert_eq!(tags.len(), n as usize, "{layout:?}: frames through the ring");
+        assert!(tags.windows(2).all(|w| w[0] + 1 == w[1]), "{layout:?}: in order");
+        assert_eq!(ring.take_drops().expect("stats"), 0, "{layout:?}");
+    }
+}
+
+/// With slots, a frame longer than a slot (here a 4,000-byte frame on a
+/// 9000-byte MTU link; a superframe alike) is queued whole on the socket,
+/// its slot says so, and it is received from there with its header, in
+/// order with the frames around it.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and veth pairs")]
+fn a_frame_longer_than_a_slot_is_received_whole_from_the_socket() {
+    require_root();
     let v = Veth::new();
+    run(&["ip", "link", "set", &v.ours, "mtu", "9000"]);
+    run(&["ip", "netns", "exec", &v.ns, "ip", "link", "set", &v.peer, "mtu", "9000"]);
     let opts = RxOptions { vnet_hdr: true, ..RxOptions::default() };
-    let cfg = RingConfig { retire: Duration::from_millis(500), ..small_ring() };
-    let ring = RxRing::open(&v.ours, opts, cfg).expect("rx ring");
-    // Each frame takes at least 96 bytes of a block (header, offload
-    // header, frame, alignment): this is over 4 blocks' worth.
-    const N: u32 = 6000;
-    assert!(N as usize * 96 > 4 * cfg.block_size && (N as usize) * 160 < cfg.blocks * cfg.block_size);
-    let mac = v.peer_mac;
-    let peer = v.peer.clone();
+    let ring = RxRing::open(&v.ours, opts, small_ring()).expect("rx ring");
+    assert_eq!(ring.layout(), RxLayout::Frames);
+    let (mac, peer) = (v.peer_mac, v.peer.clone());
+    let big = {
+        let udp = testkit::udp_segment(PEER_IP, 9001, OUR_IP, 7000, &[0x5a; 4000 - 42]);
+        testkit::ipv4_frame(mac, OURS, PEER_IP, OUR_IP, 17, testkit::IpOpts::default(), &udp)
+    };
+    let sent = big.clone();
     v.in_peer(move || {
         let tx = PacketSender::open(&peer).expect("peer sender");
-        for i in 0..N {
-            tx.send(&udp_frame(mac, 9000, i)).expect("send");
-        }
+        tx.send(&udp_frame(mac, 9000, 1)).expect("before");
+        tx.send(&sent).expect("big");
+        tx.send(&udp_frame(mac, 9000, 2)).expect("after");
     });
-    let mut tags = Vec::new();
-    drain_until(&ring, |_, f, cut| {
-        assert!(!cut, "truncated");
-        tags.extend(tag(f));
-        tags.len() == N as usize
-    });
-    assert_eq!(tags.len(), N as usize, "frames through the ring");
-    assert!(tags.windows(2).all(|w| w[0] + 1 == w[1]), "in order");
-    assert_eq!(ring.take_drops().expect("stats"), 0);
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 65_600];
+    let mut walk = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while seen.len() < 3 && Instant::now() < deadline {
+        ring.drain(usize::MAX, |f| {
+            walk.push(f.copied);
+            if f.copied {
+                let n = ring.recv_copied(&mut buf).expect("the copied frame is queued");
+                let hdr = VnetHdr::parse(&[&buf[..PACKET_VNET_LEN], &[0, 0]].concat()).expect("header");
+                assert_eq!(&buf[PACKET_VNET_LEN..n], &big[..], "the whole frame");
+                assert!(!hdr.needs_csum() && !hdr.is_gso(), "{hdr:?}");
+                seen.push(u32::MAX);
+            } else {
+                assert!(!f.truncated());
+                seen.extend(tag(f.frame));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(seen, [1, u32::MAX, 2], "in order, the big one whole (slots copied: {walk:?})");
+    assert_eq!(walk, [false, true, false]);
 }
 
 /// Two rings of one fanout group share the frames: each frame reaches

@@ -88,20 +88,41 @@ impl Worker {
     /// Takes the frames of up to [`RING_BLOCKS`] blocks the outside's
     /// receive ring has handed over: each is copied to `HDR` of a buffer,
     /// its offload header before it (the worker's buffer layout, see
-    /// [`RxSource`]), and accepted. A frame the ring holds only part of, or
-    /// longer than [`MAX_FRAME`], is dropped (`truncated`). Returns the
-    /// frames walked.
+    /// [`RxSource`]), and accepted; one the ring queued whole on its socket
+    /// (a superframe) is received straight into the buffer instead. A frame
+    /// the ring holds only part of, or longer than [`MAX_FRAME`], is
+    /// dropped (`truncated`). Returns the frames walked.
     pub(super) fn read_ring(&mut self, ring: &RxRing) -> usize {
         ring.drain(RING_BLOCKS, |f| {
-            let len = f.frame.len();
-            if f.truncated() || len == 0 || len > MAX_FRAME {
+            let mut buf = self.take_spare();
+            let len = if f.copied {
+                let start = if ring.vnet_hdr() { HDR - PACKET_VNET_LEN } else { HDR };
+                self.io.recv.inc();
+                match ring.recv_copied(&mut buf[start..]) {
+                    Ok(n) if n > HDR - start => {
+                        if ring.vnet_hdr() {
+                            buf.copy_within(start..HDR, 0);
+                            buf[PACKET_VNET_LEN..HDR].fill(0);
+                        } else {
+                            buf[..HDR].fill(0);
+                        }
+                        n - (HDR - start)
+                    }
+                    _ => 0,
+                }
+            } else if f.truncated() || f.frame.len() > MAX_FRAME {
+                0
+            } else {
+                let len = f.frame.len();
+                buf[..HDR].copy_from_slice(&f.vnet.unwrap_or_default().to_bytes());
+                buf[HDR..HDR + len].copy_from_slice(f.frame);
+                len
+            };
+            if len == 0 || len > MAX_FRAME {
                 self.counters.count_drop(DropReason::Truncated);
+                self.put_spare(buf);
                 return;
             }
-            let mut buf = self.take_spare();
-            let hdr = f.vnet.unwrap_or_default().to_bytes();
-            buf[..HDR].copy_from_slice(&hdr);
-            buf[HDR..HDR + len].copy_from_slice(f.frame);
             self.accept(PortId::OUTSIDE, buf, len);
         })
     }
