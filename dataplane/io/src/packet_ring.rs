@@ -41,7 +41,10 @@
 //! Fixed slots of [`RingConfig::tx_frame_size`] bytes (a `struct
 //! tpacket2_hdr`, the frame [`TX_DATA`] bytes in). [`TxRing::push`] copies a
 //! frame (its virtio-net header first, when the socket takes one) into the
-//! next free slot and marks it `TP_STATUS_SEND_REQUEST`; [`TxRing::kick`]
+//! next free slot and marks it `TP_STATUS_SEND_REQUEST` (with the header, a
+//! frame that is not a superframe gets `hdr_len` = its length, so that the
+//! kernel copies it whole into the socket buffer rather than attaching the
+//! slot's page: a veth or bridge copies such a page again); [`TxRing::kick`]
 //! has the kernel send every marked slot with one `send()` that does not
 //! wait (`MSG_DONTWAIT`). A slot is free again once the kernel is done with
 //! it (`TP_STATUS_AVAILABLE`); a push that finds the next slot busy, or a
@@ -694,7 +697,17 @@ impl TxRing {
         if status.load(Ordering::Acquire) & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING) != 0 {
             return false;
         }
-        self.map.bytes_mut(at + TX_DATA, frame.len()).copy_from_slice(frame);
+        let slot = self.map.bytes_mut(at + TX_DATA, frame.len());
+        slot.copy_from_slice(frame);
+        if self.vnet_hdr && slot.len() > PACKET_VNET_LEN && slot[1] == 0 {
+            // Not a superframe: `hdr_len` (a hint) made the whole frame, so
+            // the kernel copies it into the socket buffer instead of
+            // attaching the slot's page, which a veth or bridge would have
+            // to copy again (frames it takes from a ring are marked
+            // zero-copy). Bounded by the frame, as the kernel checks.
+            let whole = (slot.len() - PACKET_VNET_LEN) as u16;
+            slot[2..4].copy_from_slice(&whole.to_le_bytes());
+        }
         // tpacket2_hdr: tp_status (0), tp_len (4), tp_snaplen (8).
         let hdr = self.map.bytes_mut(at + 4, 8);
         hdr[..4].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
