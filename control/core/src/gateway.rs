@@ -31,7 +31,8 @@ use dataplane_io::steer::Shards;
 use dataplane_io::syscalls::ActiveBackend;
 use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
 use dataplane_io::{
-    check_net_admin, IoCounters, IoError, PacketReceiver, PacketSender, RingConfig, RxOptions, RxRing, Tap, TapOptions, TxRing, OFFLOADS_TCP,
+    check_net_admin, IoCounters, IoError, PacketReceiver, PacketSender, RingConfig, RxOptions, RxRing, Tap, TapOptions,
+    TxRing, OFFLOADS_TCP,
 };
 use std::sync::Arc;
 use std::time::Duration;

@@ -706,7 +706,11 @@ fn outside_fanout_is_only_for_af_packet() {
 /// rings; a TAP outside has none, and rings need the fanout group.
 #[test]
 fn outside_ring_is_only_for_af_packet_with_fanout() {
-    rejects(&edit("name = \"hp-out\"", "name = \"hp-out\"\nring = true"), "outside.ring", "only for kind = \"af-packet\"");
+    rejects(
+        &edit("name = \"hp-out\"", "name = \"hp-out\"\nring = true"),
+        "outside.ring",
+        "only for kind = \"af-packet\"",
+    );
     rejects(
         &edit("name = \"hp-out\"", "name = \"hp-out\"\nkind = \"af-packet\"\nfanout = false\nring = true"),
         "outside.ring",

@@ -218,7 +218,7 @@ impl Mapping {
 
     /// The status word at byte `at` (4-byte aligned, inside the mapping).
     fn status(&self, at: usize) -> &AtomicU32 {
-        debug_assert!(at % 4 == 0 && at + 4 <= self.len);
+        debug_assert!(at.is_multiple_of(4) && at + 4 <= self.len);
         // SAFETY: `at + 4 <= len` and `at` is 4-aligned (callers pass block
         // and slot starts, page and 16-byte aligned); the word is shared with
         // the kernel, so it is only ever accessed atomically.
@@ -336,7 +336,7 @@ impl RxRing {
         let bad = |what: &'static str| IoError::sys(what, io::Error::from(io::ErrorKind::InvalidInput));
         let (version, req, total, unit, count, per_block) = match cfg.rx_layout {
             RxLayout::Blocks => {
-                if cfg.block_size < MIN_BLOCK || cfg.block_size % page != 0 || cfg.blocks == 0 {
+                if cfg.block_size < MIN_BLOCK || !cfg.block_size.is_multiple_of(page) || cfg.blocks == 0 {
                     return Err(bad("PACKET_RX_RING (block size)"));
                 }
                 let total = cfg.block_size.checked_mul(cfg.blocks).filter(|&t| t <= u32::MAX as usize);

@@ -8,8 +8,8 @@
 //! peer and with it our end.
 
 use dataplane::testkit;
-use dataplane_io::vnet::F_NEEDS_CSUM;
 use dataplane_io::packet_ring::RxLayout;
+use dataplane_io::vnet::F_NEEDS_CSUM;
 use dataplane_io::{PacketReceiver, PacketSender, RingConfig, RxOptions, RxRing, TxRing, VnetHdr, PACKET_VNET_LEN};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
@@ -45,7 +45,7 @@ impl Veth {
         static N: AtomicU32 = AtomicU32::new(0);
         let k = N.fetch_add(1, Ordering::Relaxed);
         let base = format!("hpr{}{}", std::process::id(), k);
-        assert!(base.len() + 1 <= 15, "{base}");
+        assert!(base.len() < 15, "{base}: one more letter must fit 15 bytes");
         let v = Veth {
             ns: format!("{base}n"),
             ours: format!("{base}a"),
@@ -74,8 +74,11 @@ impl Veth {
         std::thread::scope(|s| {
             s.spawn(|| {
                 let file = std::fs::File::open(format!("/var/run/netns/{}", self.ns)).expect("netns file");
-                rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-                    .expect("setns");
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .expect("setns");
                 f()
             })
             .join()
@@ -296,12 +299,9 @@ fn the_transmit_ring_sends_and_no_ring_reads_our_own_frames() {
     let v = Veth::new();
     let lone = RxRing::open(&v.ours, RxOptions { vnet_hdr: true, ..RxOptions::default() }, small_ring()).expect("rx");
     let group = (std::process::id() as u16) ^ 0x4b4b;
-    let member = RxRing::open(
-        &v.ours,
-        RxOptions { vnet_hdr: true, fanout: Some(group), ..RxOptions::default() },
-        small_ring(),
-    )
-    .expect("member");
+    let member =
+        RxRing::open(&v.ours, RxOptions { vnet_hdr: true, fanout: Some(group), ..RxOptions::default() }, small_ring())
+            .expect("member");
     let mut tx = TxRing::open(&v.ours, true, small_ring()).expect("tx ring");
     let peer = v.peer.clone();
     let peer_rx = v.in_peer(move || {

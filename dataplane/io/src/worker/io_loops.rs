@@ -225,10 +225,16 @@ impl Worker {
     }
 
     /// The ring's wait: the engine's next timer, or the next retry of a
-    /// queue whose read failed.
+    /// queue whose read failed (or of the receive ring when no poll could
+    /// be posted on it).
     pub(super) fn uring_timeout(&self) -> Option<Duration> {
         let now = std::time::Instant::now();
-        let retry = self.ring_fds.iter().filter_map(|f| f.retry_at).map(|t| t.saturating_duration_since(now)).min();
+        let mut retry = self.ring_fds.iter().filter_map(|f| f.retry_at).map(|t| t.saturating_duration_since(now)).min();
+        if matches!(self.outside_rx, Some(RxSource::Ring(_))) && !self.ring_rx_polled {
+            // No poll could be posted on the receive ring (every slot
+            // taken): look at it again soon rather than sleep past it.
+            retry = Some(retry.map_or(RING_RX_RETRY, |r| r.min(RING_RX_RETRY)));
+        }
         match (self.timeout(), retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

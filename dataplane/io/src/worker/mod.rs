@@ -114,6 +114,9 @@ const RING_BLOCKS: usize = 2;
 /// The io_uring descriptor index of the readiness poll on the outside's
 /// receive ring (reads are indexed from 0).
 const RING_RX_POLL: u32 = u32::MAX;
+/// On io_uring, how soon the receive ring is looked at again when no poll
+/// could be posted on it.
+const RING_RX_RETRY: Duration = Duration::from_millis(1);
 
 const TOKEN_WAKER: u64 = u64::MAX;
 const TOKEN_OUTSIDE: u64 = u64::MAX - 1;
