@@ -43,6 +43,11 @@
 //!   `io_uring_enter` per loop iteration, which submits them and sleeps.
 //! - syscalls: `epoll_wait`, then non-blocking `read`s (up to [`BATCH`] per
 //!   device per wake-up) and one `write` per frame sent.
+//! - an AF_PACKET outside on packet rings ([`OutsideTx::Ring`], either
+//!   path): the worker walks its receive ring in place when it is readable
+//!   (epoll, or a poll posted on the io_uring), copying each frame once
+//!   into a buffer, and frames for the outside go into its transmit ring,
+//!   kicked with one `send` at the end of the iteration.
 //!
 //! On both, the frames of one wake-up (at most [`BATCH`] at a time) are
 //! handed to the engine together, in `Worker::process_rx`; frames handed to
