@@ -639,3 +639,31 @@ fn af_packet_sends_are_gathered_with_sendmmsg_on_syscalls() {
     drop(lab);
     let _ = echo.join();
 }
+
+/// Issue 16: an idle gateway on packet rings sleeps: its workers make
+/// (almost) no system calls while nothing arrives, on both I/O paths (a
+/// ring that stayed readable, or a poll that kept completing, would spin).
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn an_idle_gateway_on_packet_rings_sleeps() {
+    netlab::require_root();
+    for backend in ["syscalls", "uring"] {
+        let lab = lab(1, |o| {
+            o.af_packet = true;
+            o.workers = 2;
+            o.gateway_extra = io(backend);
+        });
+        assert!(lab.gateway().outside_ring, "{backend}: on packet rings");
+        let port = 7900;
+        let echo = udp_echo(&lab, port);
+        let reply = lab.envs[0].run(move || udp_ask(SocketAddrV4::new(SERVER, port), b"wake up"));
+        assert!(reply.is_some(), "{backend}: no answer");
+        std::thread::sleep(Duration::from_millis(300));
+        let before: u64 = lab.gateway().syscalls().iter().sum();
+        std::thread::sleep(Duration::from_millis(1000));
+        let after: u64 = lab.gateway().syscalls().iter().sum();
+        assert!(after - before < 100, "{backend}: {} system calls in an idle second", after - before);
+        drop(lab);
+        let _ = echo.join();
+    }
+}
