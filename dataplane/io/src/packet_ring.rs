@@ -617,6 +617,9 @@ pub struct TxRing {
 const SLOT_BLOCK: usize = 64 << 10;
 const TX_BLOCK: usize = SLOT_BLOCK;
 
+/// Most `send()` calls one [`TxRing::kick`] makes.
+pub const KICKS: usize = 4;
+
 /// The socket's send buffer asked for: more than every slot of a default
 /// ring in flight at once, so a kick is never refused for want of it.
 const SNDBUF: usize = 8 << 20;
@@ -723,22 +726,29 @@ impl TxRing {
         self.pending
     }
 
-    /// Has the kernel send every marked slot: one `send()` that does not
-    /// wait for the frames to leave (none without pending slots). An error
-    /// (`EAGAIN`, `ENOBUFS`: the send buffer is full) leaves the slots
-    /// marked, for the next kick.
-    pub fn kick(&mut self) -> io::Result<()> {
-        if self.pending == 0 {
-            return Ok(());
+    /// Has the kernel send every marked slot: a `send()` that does not wait
+    /// for the frames to leave (none without pending slots); returns the
+    /// calls made. The kernel stops at a frame the device dropped
+    /// (`ENOBUFS`: a full backlog, the frame is lost as with any send) and
+    /// leaves the rest marked: it is kicked again, up to [`KICKS`] calls in
+    /// all. Slots still marked after that (or after `EAGAIN`, a full send
+    /// buffer) stay pending, for the next kick.
+    pub fn kick(&mut self) -> usize {
+        let mut calls = 0;
+        while self.pending > 0 && calls < KICKS {
+            calls += 1;
+            // SAFETY: send(2) with no buffer: the kernel reads the frames
+            // from the ring mapping it set up; nothing of ours is borrowed.
+            let rc = unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+            let last = self.slot((self.head + self.frames - 1) % self.frames);
+            if self.map.status(last).load(Ordering::Acquire) & TP_STATUS_SEND_REQUEST == 0 {
+                // The kernel took every marked slot (they go in order).
+                self.pending = 0;
+            } else if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+                break;
+            }
         }
-        // SAFETY: send(2) with no buffer: the kernel reads the frames from
-        // the ring mapping it set up; nothing of ours is borrowed.
-        let rc = unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        self.pending = 0;
-        Ok(())
+        calls
     }
 
     /// Whether frames start with a virtio-net header.

@@ -119,8 +119,8 @@ const RING_BLOCKS: usize = 2;
 /// The io_uring descriptor index of the readiness poll on the outside's
 /// receive ring (reads are indexed from 0).
 const RING_RX_POLL: u32 = u32::MAX;
-/// On io_uring, how soon the receive ring is looked at again when no poll
-/// could be posted on it.
+/// How soon the receive ring is looked at again when no poll could be
+/// posted on it (io_uring), and a refused transmit ring kick retried.
 const RING_RX_RETRY: Duration = Duration::from_millis(1);
 
 const TOKEN_WAKER: u64 = u64::MAX;
@@ -364,11 +364,16 @@ impl Worker {
         }
     }
 
-    /// How long the engine may sleep: until its next timer (`None`: no
-    /// timer).
+    /// How long the worker may sleep: until its engine's next timer
+    /// (`None`: no timer). Slots of the outside's transmit ring that a refused kick left
+    /// marked shorten it to [`RING_RX_RETRY`], so they are kicked again soon.
     fn timeout(&self) -> Option<Duration> {
         let now = self.fabric.now();
-        self.engine.poll_timeout().map(|t| Duration::from_millis(t.millis().saturating_sub(now.millis())))
+        let t = self.engine.poll_timeout().map(|t| Duration::from_millis(t.millis().saturating_sub(now.millis())));
+        match &self.outside {
+            OutsideTx::Ring { tx, .. } if tx.pending() > 0 => Some(t.map_or(RING_RX_RETRY, |t| t.min(RING_RX_RETRY))),
+            _ => t,
+        }
     }
 
     /// The end of every loop iteration: frames from other threads, due

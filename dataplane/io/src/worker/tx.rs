@@ -40,17 +40,15 @@ impl Worker {
         self.packets = packets;
     }
 
-    /// Has the kernel send what the outside's transmit ring holds (one
-    /// `send`, counted; none when it holds nothing). Slots a refused kick
-    /// left marked go at the next one.
+    /// Has the kernel send what the outside's transmit ring holds (a
+    /// `send`, counted, or a few when the device drops a frame; none when
+    /// it holds nothing). Slots a refused kick left marked go at the next
+    /// one (the worker then sleeps at most 1 ms).
     pub(super) fn kick_ring(&mut self) {
         let OutsideTx::Ring { tx, .. } = &mut self.outside else {
             return;
         };
-        if tx.pending() > 0 {
-            self.io.send.inc();
-            let _ = tx.kick();
-        }
+        self.io.send.add(tx.kick() as u64);
     }
 
     /// Sends `buf[HDR..HDR + len]` out of `port` with offload header `hdr`.
@@ -70,17 +68,13 @@ impl Worker {
                         false
                     } else if txr.push(&buf[start..HDR + len]) {
                         if txr.pending() >= RING_KICK {
-                            tx.io.send.inc();
-                            let _ = txr.kick();
+                            tx.io.send.add(txr.kick() as u64);
                         }
                         true
                     } else {
                         // Too long for a slot, or the ring is full: after
                         // what the ring holds, so the frames keep their order.
-                        if txr.pending() > 0 {
-                            tx.io.send.inc();
-                            let _ = txr.kick();
-                        }
+                        tx.io.send.add(txr.kick() as u64);
                         tx.io.send.inc();
                         big.send(&buf[start..HDR + len]).is_ok()
                     }
