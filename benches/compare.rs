@@ -46,8 +46,9 @@
 //!
 //! `--only outside`: the same measurements with our gateway's outside on a
 //! TAP and on a veth read through AF_PACKET (offloads as Linux sets them,
-//! a fanout group across the workers), against the kernel, in alternating
-//! rounds; prints AF_PACKET / TAP and AF_PACKET / kernel, and how many
+//! a fanout group across the workers) on packet rings and on plain sockets
+//! (`ring = false`), against the kernel, in alternating rounds; prints
+//! AF_PACKET (rings) / TAP, / kernel and / plain sockets, and how many
 //! workers took frames from the VPC side.
 //!
 //! `--only attach`: how an environment reaches our gateway, TCP bulk and
@@ -910,15 +911,25 @@ fn main() {
 }
 
 /// `--only outside`: our gateway with its outside on a TAP and on a veth
-/// through AF_PACKET (offloads as Linux sets them), and the kernel, in
-/// alternating rounds; medians, and how many workers took frames from the
-/// VPC side on the AF_PACKET outside.
+/// through AF_PACKET (offloads as Linux sets them; on rings and on plain
+/// sockets), and the kernel, in alternating rounds; medians, and how many
+/// workers took frames from the VPC side on the AF_PACKET outside.
 fn outside_main(secs: u32, rounds: usize, workers: usize) {
-    let (mut tap_all, mut af_all, mut kernel_all) = (vec![], vec![], vec![]);
+    let (mut tap_all, mut af_all, mut plain_all, mut kernel_all) = (vec![], vec![], vec![], vec![]);
     let mut busy_workers = vec![];
     for round in 1..=rounds {
-        for af_packet in [false, true] {
-            let opts = Options { envs: 2, workers, af_packet, gateway_extra: OPEN_QUOTAS.into(), ..Options::default() };
+        // The TAP outside, AF_PACKET on rings (the default), AF_PACKET on
+        // plain sockets (`ring = false`).
+        for (af_packet, ring) in [(false, false), (true, true), (true, false)] {
+            let outside_extra = if af_packet && !ring { "ring = false".into() } else { String::new() };
+            let opts = Options {
+                envs: 2,
+                workers,
+                af_packet,
+                outside_extra,
+                gateway_extra: OPEN_QUOTAS.into(),
+                ..Options::default()
+            };
             let lab = Lab::build(&opts).expect("our lab");
             let vpc_link = if af_packet { "hplvo".to_string() } else { lab.outside.clone() };
             let t = Topo {
@@ -929,26 +940,40 @@ fn outside_main(secs: u32, rounds: usize, workers: usize) {
                 env_link: lab.taps[0].clone(),
             };
             let f = measure(&t, secs);
-            let name = if af_packet { "af-packet" } else { "tap" };
+            let name = match (af_packet, lab.gateway().outside_ring) {
+                (false, _) => "tap",
+                (true, true) => "af-packet on rings",
+                (true, false) => "af-packet on plain sockets",
+            };
             let inbound: Vec<u64> = lab.gateway().counters().iter().map(|c| c.inbound.packets.get()).collect();
             eprintln!(
                 "round {round}: hyperplane, {name} outside ({} workers, {}): {f:?}; inbound frames per worker {inbound:?}",
                 lab.gateway().workers(),
                 lab.gateway().outside_rx
             );
-            if af_packet {
-                busy_workers.push(inbound.iter().filter(|&&n| n > 0).count() as f64);
-                af_all.push(f);
-            } else {
-                tap_all.push(f);
+            match (af_packet, ring) {
+                (false, _) => tap_all.push(f),
+                (true, true) => {
+                    busy_workers.push(inbound.iter().filter(|&&n| n > 0).count() as f64);
+                    af_all.push(f);
+                }
+                (true, false) => plain_all.push(f),
             }
         }
         kernel_all.push(measure_kernel(round, secs));
     }
-    let (tap, af, kernel) = (Figures::median(&tap_all), Figures::median(&af_all), Figures::median(&kernel_all));
+    let tap = Figures::median(&tap_all);
+    let (af, plain, kernel) = (Figures::median(&af_all), Figures::median(&plain_all), Figures::median(&kernel_all));
     println!(
-        "{:<40} {:>12} {:>12} {:>12} {:>9} {:>9}",
-        "work (same run, medians)", "TAP outside", "AF_PACKET", "kernel NAT", "AF/TAP", "AF/kernel"
+        "{:<40} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9} {:>11}",
+        "work (same run, medians)",
+        "TAP outside",
+        "AF rings",
+        "AF plain",
+        "kernel NAT",
+        "AF/TAP",
+        "AF/kernel",
+        "rings/plain"
     );
     type Row = (&'static str, fn(&Figures) -> f64);
     let rows: [Row; 5] = [
@@ -959,12 +984,17 @@ fn outside_main(secs: u32, rounds: usize, workers: usize) {
         ("TCP connections/s, FIN close", |f| f.conn_fin_per_s),
     ];
     for (name, get) in rows {
-        let (a, b, c) = (get(&tap), get(&af), get(&kernel));
-        println!("{name:<40} {a:>12.2} {b:>12.2} {c:>12.2} {:>9} {:>9}", ratio(b, a), ratio(b, c));
+        let (a, b, p, c) = (get(&tap), get(&af), get(&plain), get(&kernel));
+        println!(
+            "{name:<40} {a:>12.2} {b:>12.2} {p:>12.2} {c:>12.2} {:>9} {:>9} {:>11}",
+            ratio(b, a),
+            ratio(b, c),
+            ratio(b, p)
+        );
     }
     busy_workers.sort_by(f64::total_cmp);
     println!(
-        "workers that took frames from the VPC on the AF_PACKET outside (fewest over the rounds): {}",
+        "workers that took frames from the VPC on the AF_PACKET outside on rings (fewest over the rounds): {}",
         busy_workers.first().copied().unwrap_or(0.0)
     );
 }

@@ -568,6 +568,49 @@ fn a_100_mb_tcp_transfer_each_way_arrives_byte_exact_through_af_packet_on_a_veth
     transfer_in(&lab, Direction::Download);
     check_fanout(&lab);
     assert_eq!(lab.gateway().outside_rx, "fanout-steered");
+    assert!(lab.gateway().outside_ring, "on packet rings (the default)");
+}
+
+/// Issue 16: on packet rings (the default) the workers read the VPC side
+/// without a system call per frame (no `recv` but for a superframe, which
+/// the ring queues whole on the socket) and send to it through the
+/// transmit ring (a kick per wake-up; one kick for many frames is checked
+/// in `dataplane/io/tests/ring.rs`), on both I/O paths; the VPC's partial
+/// checksums and superframes pass both ways.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn af_packet_rings_read_and_write_without_a_system_call_per_frame() {
+    netlab::require_root();
+    for (k, backend) in ["syscalls", "uring"].into_iter().enumerate() {
+        let lab = lab(1, |o| {
+            o.af_packet = true;
+            o.workers = 2;
+            o.gateway_extra = io(backend);
+        });
+        assert!(lab.gateway().outside_ring, "{backend}: on packet rings");
+        let port = 7800 + k as u16;
+        let echo = udp_echo(&lab, port);
+        for i in 0..40 {
+            let msg = format!("ask {i}");
+            let reply = lab.envs[0].run(move || udp_ask(SocketAddrV4::new(SERVER, port), msg.as_bytes()));
+            assert!(reply.is_some(), "{backend}: ask {i}: no answer");
+        }
+        // [read, write, epoll_wait, io_uring_enter, send, recv, wake]
+        let s = lab.gateway().syscalls();
+        assert_eq!(s[5], 0, "{backend}: no recv for small frames on rings: {s:?}");
+        assert!(s[4] > 0, "{backend}: the transmit rings were kicked: {s:?}");
+        transfer_in(&lab, Direction::Download);
+        transfer_in(&lab, Direction::Upload);
+        let t = lab.gateway().totals();
+        let s = lab.gateway().syscalls();
+        let (inbound, outbound) = (t.inbound.0, t.outbound.0);
+        assert!(s[4] > 0 && outbound > 1000, "{backend}: frames out through the rings: {outbound}, sends {s:?}");
+        assert!(inbound > 1000, "{backend}: frames in through the rings: {inbound}");
+        check_fanout(&lab);
+        check_backend(&lab, backend);
+        drop(lab);
+        let _ = echo.join();
+    }
 }
 
 #[test]
@@ -577,7 +620,9 @@ fn af_packet_sends_are_gathered_with_sendmmsg_on_syscalls() {
     let lab = lab(2, |o| {
         o.af_packet = true;
         o.gateway_extra = io("syscalls");
+        o.outside_extra = "ring = false".into();
     });
+    assert!(!lab.gateway().outside_ring);
     assert!(lab.gateway().offloads);
     let echo = udp_echo(&lab, 7700);
     for i in 0..2 {
@@ -654,4 +699,32 @@ fn a_direct_attach_on_a_missing_or_too_small_interface_is_refused() {
     let text = e.to_string();
     let _ = netlab::ip_batch(None, &[format!("link del {small}")]);
     assert!(text.contains(&small) && text.contains("mtu = 1500") && text.contains("1400"), "{text}");
+}
+
+/// Issue 16: an idle gateway on packet rings sleeps: its workers make
+/// (almost) no system calls while nothing arrives, on both I/O paths (a
+/// ring that stayed readable, or a poll that kept completing, would spin).
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn an_idle_gateway_on_packet_rings_sleeps() {
+    netlab::require_root();
+    for backend in ["syscalls", "uring"] {
+        let lab = lab(1, |o| {
+            o.af_packet = true;
+            o.workers = 2;
+            o.gateway_extra = io(backend);
+        });
+        assert!(lab.gateway().outside_ring, "{backend}: on packet rings");
+        let port = 7900;
+        let echo = udp_echo(&lab, port);
+        let reply = lab.envs[0].run(move || udp_ask(SocketAddrV4::new(SERVER, port), b"wake up"));
+        assert!(reply.is_some(), "{backend}: no answer");
+        std::thread::sleep(Duration::from_millis(300));
+        let before: u64 = lab.gateway().syscalls().iter().sum();
+        std::thread::sleep(Duration::from_millis(1000));
+        let after: u64 = lab.gateway().syscalls().iter().sum();
+        assert!(after - before < 100, "{backend}: {} system calls in an idle second", after - before);
+        drop(lab);
+        let _ = echo.join();
+    }
 }

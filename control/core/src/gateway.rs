@@ -36,8 +36,8 @@ use dataplane_io::syscalls::ActiveBackend;
 use dataplane_io::vhost_user::VhostUserAttachment;
 use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
 use dataplane_io::{
-    check_net_admin, Inside, IoCounters, IoError, PacketPort, PacketReceiver, PacketSender, RxOptions, Tap, TapOptions,
-    OFFLOADS_TCP,
+    check_net_admin, Inside, IoCounters, IoError, PacketPort, PacketReceiver, PacketSender, RingConfig, RxOptions,
+    RxRing, Tap, TapOptions, TxRing, OFFLOADS_TCP,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +82,10 @@ pub struct RunningGateway {
     /// hash, the workers handing over), `"reader-thread"` (one thread
     /// reading for all).
     pub outside_rx: &'static str,
+    /// Whether the AF_PACKET outside's sockets run on packet rings
+    /// (`[outside] ring`; false for a TAP, and where the kernel refused
+    /// the rings).
+    pub outside_ring: bool,
 }
 
 fn dev(name: &str) -> impl FnOnce(IoError) -> StartError + '_ {
@@ -144,11 +148,17 @@ pub fn drop_capabilities_once_started(on: bool) {
     DROP_CAPABILITIES.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// `n` non-blocking receiving sockets on `name` joined in one new
-/// `PACKET_FANOUT` group, one per worker in worker order: steered by
-/// `prog` (`PACKET_FANOUT_CBPF`, see `dataplane_io::fanout_bpf`), or by flow
-/// hash without one.
-fn fanout_receivers(name: &str, n: usize, prog: Option<&[libc::sock_filter]>) -> Result<Vec<PacketReceiver>, IoError> {
+/// `n` receiving sockets (`open` makes one from its options) on `name`
+/// joined in one new `PACKET_FANOUT` group, one per worker in worker order:
+/// steered by `prog` (`PACKET_FANOUT_CBPF`, see `dataplane_io::fanout_bpf`;
+/// `set_prog` gives it to the group), or by flow hash without one.
+fn fanout_group<T>(
+    name: &str,
+    n: usize,
+    prog: Option<&[libc::sock_filter]>,
+    open: &impl Fn(RxOptions) -> Result<T, IoError>,
+    set_prog: &impl Fn(&T, &[libc::sock_filter]) -> Result<(), IoError>,
+) -> Result<Vec<T>, IoError> {
     static GROUPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     // Group ids are per network namespace: one another process (or another
     // gateway of this one) holds on another interface is refused
@@ -159,14 +169,59 @@ fn fanout_receivers(name: &str, n: usize, prog: Option<&[libc::sock_filter]>) ->
         let group =
             (std::process::id().wrapping_mul(0x9e37_79b9).wrapping_add(k.wrapping_mul(0x85eb_ca6b)) >> 16) as u16;
         let opts = RxOptions { vnet_hdr: true, fanout: Some(group), steer: prog.is_some(), read_timeout: None };
-        let joined = (0..n).map(|_| PacketReceiver::open(name, opts)).collect::<Result<Vec<_>, _>>();
+        let joined = (0..n).map(|_| open(opts)).collect::<Result<Vec<_>, _>>();
         match (joined, prog) {
-            (Ok(v), Some(p)) => return v[0].set_fanout_program(p).map(|()| v),
+            (Ok(v), Some(p)) => return set_prog(&v[0], p).map(|()| v),
             (Ok(v), None) => return Ok(v),
             (Err(e), _) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| IoError::NoSuchInterface { name: name.to_owned() }))
+}
+
+/// The fanout group of `n` members on `name` the kernel steers to each
+/// frame's owner where it runs the program, else one by flow hash (the
+/// workers handing over); with how it steers (`"fanout-steered"` or
+/// `"fanout-hash"`).
+fn fanout_members<T>(
+    name: &str,
+    n: usize,
+    shards: &Shards,
+    open: impl Fn(RxOptions) -> Result<T, IoError>,
+    set_prog: impl Fn(&T, &[libc::sock_filter]) -> Result<(), IoError>,
+) -> Result<(Vec<T>, &'static str), IoError> {
+    let prog = dataplane_io::fanout_bpf::program(shards);
+    match prog.as_deref().map(|p| fanout_group(name, n, Some(p), &open, &set_prog)) {
+        Some(Ok(v)) => Ok((v, "fanout-steered")),
+        other => {
+            if let Some(Err(e)) = other {
+                tracing::info!(outside = %name, error = %e, "no PACKET_FANOUT_CBPF: fanout by flow hash");
+            }
+            fanout_group(name, n, None, &open, &set_prog).map(|v| (v, "fanout-hash"))
+        }
+    }
+}
+
+/// Each worker's rings on the AF_PACKET outside `name`: a receive ring in
+/// the fanout group, a transmit ring, and a plain sender for frames longer
+/// than a transmit slot; with how the group steers.
+#[allow(clippy::type_complexity)]
+fn outside_rings(
+    name: &str,
+    n: usize,
+    shards: &Shards,
+    offloads: bool,
+) -> Result<(Vec<(Arc<RxRing>, TxRing, PacketSender)>, &'static str), IoError> {
+    let cfg = RingConfig::default();
+    let (rx, how) =
+        fanout_members(name, n, shards, |o| RxRing::open(name, o, cfg), |r: &RxRing, p| r.set_fanout_program(p))?;
+    let mut out = Vec::with_capacity(n);
+    for r in rx {
+        let tx = TxRing::open(name, offloads, cfg)?;
+        let big = PacketSender::open_with(name, offloads)?;
+        out.push((Arc::new(r), tx, big));
+    }
+    Ok((out, how))
 }
 
 /// Starts the gateway the plan describes.
@@ -184,6 +239,8 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
     let mut outside = Vec::new();
     let mut af_tx = Vec::new();
     let mut af_rx = None;
+    let mut af_rings: Vec<Option<(Arc<RxRing>, TxRing, PacketSender)>> = Vec::new();
+    let mut outside_ring = false;
     let mut outside_rx = "tap";
     match plan.outside.kind {
         OutsideKind::Tap => {
@@ -202,23 +259,30 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
             // all. Receivers skip what the workers' sockets send, and
             // always read the offload header: a veth, bridge or virtio NIC
             // hands over partial checksums and superframes whatever we ask.
-            let fanout = if plan.outside.fanout {
-                // The kernel steers to the owner where it runs the
-                // program; otherwise by flow hash, the workers handing over.
-                let prog = dataplane_io::fanout_bpf::program(&shards);
-                match prog.as_deref().map(|p| fanout_receivers(name, n, Some(p))) {
-                    Some(Ok(v)) => {
-                        outside_rx = "fanout-steered";
-                        Ok(v)
+            let rings = if plan.outside.fanout && plan.outside.ring {
+                match outside_rings(name, n, &shards, offloads) {
+                    Ok((r, how)) => {
+                        outside_rx = how;
+                        outside_ring = true;
+                        r
                     }
-                    other => {
-                        if let Some(Err(e)) = other {
-                            tracing::info!(outside = %name, error = %e, "no PACKET_FANOUT_CBPF: fanout by flow hash");
-                        }
-                        outside_rx = "fanout-hash";
-                        fanout_receivers(name, n, None)
+                    Err(e) => {
+                        tracing::warn!(outside = %name, error = %e, "no packet rings: plain sockets");
+                        Vec::new()
                     }
                 }
+            } else {
+                Vec::new()
+            };
+            af_rings = rings.into_iter().map(Some).collect();
+            let fanout = if outside_ring {
+                Ok(Vec::new())
+            } else if plan.outside.fanout {
+                fanout_members(name, n, &shards, |o| PacketReceiver::open(name, o), PacketReceiver::set_fanout_program)
+                    .map(|(v, how)| {
+                        outside_rx = how;
+                        v
+                    })
             } else {
                 Err(IoError::Sys { op: "PACKET_FANOUT", source: std::io::Error::other("outside.fanout = false") })
             };
@@ -241,6 +305,9 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
             };
             let mut receivers = receivers.into_iter();
             for _ in 0..n {
+                if outside_ring {
+                    break;
+                }
                 let tx = PacketSender::open_with(name, offloads).map_err(dev(name))?;
                 af_tx.push((tx, receivers.next().map(Arc::new)));
             }
@@ -274,9 +341,10 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
             .filter(|(j, _)| j % n == i)
             .map(|(_, (a, t))| (a.port, Arc::clone(t)))
             .collect();
-        let out = match outside.get(i) {
-            Some(t) => OutsideTx::Tap(Arc::clone(t)),
-            None => match af_tx.next() {
+        let out = match (outside.get(i), af_rings.get_mut(i).and_then(Option::take)) {
+            (Some(t), _) => OutsideTx::Tap(Arc::clone(t)),
+            (None, Some((rx, tx, big))) => OutsideTx::Ring { rx, tx, big },
+            (None, None) => match af_tx.next() {
                 Some((tx, rx)) => OutsideTx::AfPacket(tx, rx),
                 None => unreachable!("one AF_PACKET sender per worker"),
             },
@@ -308,7 +376,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         io = ?gateway.backend(),
         "gateway running"
     );
-    Ok(RunningGateway { gateway, inside, outside, events, offloads, outside_rx })
+    Ok(RunningGateway { gateway, inside, outside, events, offloads, outside_rx, outside_ring })
 }
 
 /// Each worker's weight in the port split: attachment `j` is read by

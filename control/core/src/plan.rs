@@ -113,6 +113,9 @@ pub struct OutsidePlan {
     /// AF_PACKET: one socket per worker in a fanout group (else one reader
     /// thread).
     pub fanout: bool,
+    /// AF_PACKET with a fanout group: each worker's socket on `TPACKET`
+    /// rings (else plain sockets).
+    pub ring: bool,
 }
 
 /// Control-plane timers and limits from `[gateway]`.
@@ -343,6 +346,7 @@ pub fn plan(cfg: &Config, existing: &BTreeMap<EniKey, Vec<Ipv4Addr>>) -> Result<
         mac: cfg.outside.mac.unwrap_or(OUTSIDE_MAC),
         router: cfg.outside.router,
         fanout: cfg.outside.fanout.unwrap_or(true),
+        ring: cfg.outside.ring.unwrap_or(true),
     };
     let bindings = Bindings::new(
         OutsidePort {

@@ -742,3 +742,23 @@ fn attachment_kind_vhost_user_needs_its_socket() {
         + "\n[[attachments]]\nkind = \"vhost-user\"\nname = \"vm1\"\nsocket = \"/run/vm0.sock\"\ngateway = \"172.16.1.1\"\n";
     rejects(&two, "attachments[1].socket", "also attachments[0]'s socket");
 }
+
+/// Issue 16: `outside.ring` puts an AF_PACKET outside's sockets on packet
+/// rings; a TAP outside has none, and rings need the fanout group.
+#[test]
+fn outside_ring_is_only_for_af_packet_with_fanout() {
+    rejects(
+        &edit("name = \"hp-out\"", "name = \"hp-out\"\nring = true"),
+        "outside.ring",
+        "only for kind = \"af-packet\"",
+    );
+    rejects(
+        &edit("name = \"hp-out\"", "name = \"hp-out\"\nkind = \"af-packet\"\nfanout = false\nring = true"),
+        "outside.ring",
+        "needs fanout = true",
+    );
+    let c = parse(&edit("name = \"hp-out\"", "name = \"hp-out\"\nkind = \"af-packet\"\nring = false")).unwrap();
+    assert_eq!(c.outside.ring, Some(false));
+    let c = parse(&edit("name = \"hp-out\"", "name = \"hp-out\"\nkind = \"af-packet\"")).unwrap();
+    assert_eq!(c.outside.ring, None, "default: rings (plan: true)");
+}

@@ -86,7 +86,7 @@ pub struct PacketReceiver {
 
 /// `setsockopt(fd, level, opt, &value)` for a plain-data `value`; the error
 /// names `op`.
-fn set_opt<T: Copy>(
+pub(crate) fn set_opt<T: Copy>(
     fd: &OwnedFd,
     level: libc::c_int,
     opt: libc::c_int,
@@ -113,7 +113,14 @@ fn set_opt<T: Copy>(
 /// A new `AF_PACKET` raw socket for `protocol` (host order), bound to
 /// interface `name`.
 pub(crate) fn bound_socket(name: &str, protocol: u16) -> Result<OwnedFd, IoError> {
-    let index = ifreq::index(name)?;
+    let fd = raw_socket(0)?;
+    bind(&fd, name, protocol)?;
+    Ok(fd)
+}
+
+/// A new, unbound `AF_PACKET` raw socket for `protocol` (host order; 0
+/// receives nothing until bound with another protocol).
+pub(crate) fn raw_socket(protocol: u16) -> Result<OwnedFd, IoError> {
     let proto_be = protocol.to_be();
     // SAFETY: socket(2) takes no pointers; a non-negative result is a new
     // descriptor that nothing else owns.
@@ -122,7 +129,14 @@ pub(crate) fn bound_socket(name: &str, protocol: u16) -> Result<OwnedFd, IoError
         return Err(IoError::sys("AF_PACKET socket", io::Error::last_os_error()));
     }
     // SAFETY: `raw` was just returned by socket(2) and is owned by no one else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Binds `fd` to interface `name` for `protocol` (host order): frames of
+/// that protocol start to arrive (`ETH_P_ALL`: every frame).
+pub(crate) fn bind(fd: &OwnedFd, name: &str, protocol: u16) -> Result<(), IoError> {
+    let index = ifreq::index(name)?;
+    let proto_be = protocol.to_be();
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
@@ -144,13 +158,91 @@ pub(crate) fn bound_socket(name: &str, protocol: u16) -> Result<OwnedFd, IoError
             _ => IoError::sys("AF_PACKET bind", e),
         });
     }
-    Ok(fd)
+    Ok(())
 }
 
 /// Asks for `PACKET_VNET_HDR` on `fd` (before any frame is sent or
 /// received on it).
 pub(crate) fn enable_vnet_hdr(fd: &OwnedFd) -> Result<(), IoError> {
     set_opt(fd, libc::SOL_PACKET, PACKET_VNET_HDR, 1 as libc::c_int, "PACKET_VNET_HDR")
+}
+
+/// The options a receiving socket needs before it is bound (and before a
+/// ring is set up on it): `PACKET_IGNORE_OUTGOING`, `PACKET_VNET_HDR`.
+pub(crate) fn before_bind(fd: &OwnedFd, opts: RxOptions) -> Result<(), IoError> {
+    set_opt(fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1 as libc::c_int, "PACKET_IGNORE_OUTGOING")?;
+    if opts.vnet_hdr {
+        enable_vnet_hdr(fd)?;
+    }
+    Ok(())
+}
+
+/// What a receiving socket bound to `name` needs then: promiscuous mode,
+/// the read timeout (or non-blocking), its receive buffer, and the fanout
+/// group (which only a bound socket may join).
+pub(crate) fn after_bind(fd: &OwnedFd, name: &str, opts: RxOptions) -> Result<(), IoError> {
+    let index = ifreq::index(name)?;
+    // SAFETY: packet_mreq is plain old data; all-zero is a valid value.
+    let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
+    mr.mr_ifindex = index as i32;
+    mr.mr_type = libc::PACKET_MR_PROMISC as u16;
+    set_opt(fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, mr, "PACKET_ADD_MEMBERSHIP (promiscuous)")?;
+    match opts.read_timeout {
+        Some(t) => {
+            let t = t.max(Duration::from_millis(1));
+            let tv = libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: t.subsec_micros() as _ };
+            set_opt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tv, "SO_RCVTIMEO")?;
+        }
+        None => rustix::io::ioctl_fionbio(fd, true).map_err(|e| IoError::sys("FIONBIO", e.into()))?,
+    }
+    let size = RCVBUF as libc::c_int;
+    if set_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size, "SO_RCVBUFFORCE").is_err() {
+        set_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, size, "SO_RCVBUF")?;
+    }
+    if let Some(group) = opts.fanout {
+        // No defragmentation flag: the flow hash of a fragment covers
+        // the addresses and protocol only (ports are not parsed), so
+        // every fragment of a datagram reaches the same socket anyway.
+        let mode = if opts.steer { PACKET_FANOUT_CBPF } else { PACKET_FANOUT_HASH };
+        let arg: u32 = u32::from(group) | ((mode | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16);
+        set_opt(fd, libc::SOL_PACKET, PACKET_FANOUT, arg, "PACKET_FANOUT")?;
+    }
+    Ok(())
+}
+
+/// Sets the program of `fd`'s `PACKET_FANOUT_CBPF` group.
+pub(crate) fn set_fanout_program(fd: &OwnedFd, prog: &[libc::sock_filter]) -> Result<(), IoError> {
+    let len = u16::try_from(prog.len())
+        .map_err(|_| IoError::sys("PACKET_FANOUT_DATA", io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let fprog = libc::sock_fprog { len, filter: prog.as_ptr() as *mut libc::sock_filter };
+    // The kernel copies the program during the call; `prog` outlives it.
+    set_opt(fd, libc::SOL_PACKET, PACKET_FANOUT_DATA, fprog, "PACKET_FANOUT_DATA")
+}
+
+/// Frames the kernel dropped at `fd` since the last call
+/// (`PACKET_STATISTICS`, which resets on read; with a ring, frames that
+/// found no room in it).
+pub(crate) fn take_drops(fd: &OwnedFd) -> io::Result<u64> {
+    // SAFETY: tpacket_stats is plain old data; all-zero is valid.
+    let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `st`, a live
+    // exclusive value of that size, and updates `len` (a `TPACKET_V3`
+    // socket's statistics are longer; the kernel copies the first `len`
+    // bytes, which have the same layout).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(st.tp_drops))
 }
 
 impl PacketReceiver {
@@ -163,37 +255,10 @@ impl PacketReceiver {
     /// Linux 4.20, `PACKET_FANOUT`, ...).
     pub fn open(name: &str, opts: RxOptions) -> Result<PacketReceiver, IoError> {
         ifreq::validate_name(name)?;
-        let fd = bound_socket(name, libc::ETH_P_ALL as u16)?;
-        let index = ifreq::index(name)?;
-        set_opt(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1 as libc::c_int, "PACKET_IGNORE_OUTGOING")?;
-        if opts.vnet_hdr {
-            enable_vnet_hdr(&fd)?;
-        }
-        // SAFETY: packet_mreq is plain old data; all-zero is a valid value.
-        let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
-        mr.mr_ifindex = index as i32;
-        mr.mr_type = libc::PACKET_MR_PROMISC as u16;
-        set_opt(&fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, mr, "PACKET_ADD_MEMBERSHIP (promiscuous)")?;
-        match opts.read_timeout {
-            Some(t) => {
-                let t = t.max(Duration::from_millis(1));
-                let tv = libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: t.subsec_micros() as _ };
-                set_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tv, "SO_RCVTIMEO")?;
-            }
-            None => rustix::io::ioctl_fionbio(&fd, true).map_err(|e| IoError::sys("FIONBIO", e.into()))?,
-        }
-        let size = RCVBUF as libc::c_int;
-        if set_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size, "SO_RCVBUFFORCE").is_err() {
-            set_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, size, "SO_RCVBUF")?;
-        }
-        if let Some(group) = opts.fanout {
-            // No defragmentation flag: the flow hash of a fragment covers
-            // the addresses and protocol only (ports are not parsed), so
-            // every fragment of a datagram reaches the same socket anyway.
-            let mode = if opts.steer { PACKET_FANOUT_CBPF } else { PACKET_FANOUT_HASH };
-            let arg: u32 = u32::from(group) | ((mode | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16);
-            set_opt(&fd, libc::SOL_PACKET, PACKET_FANOUT, arg, "PACKET_FANOUT")?;
-        }
+        let fd = raw_socket(0)?;
+        before_bind(&fd, opts)?;
+        bind(&fd, name, libc::ETH_P_ALL as u16)?;
+        after_bind(&fd, name, opts)?;
         Ok(PacketReceiver { fd, name: name.to_owned(), vnet_hdr: opts.vnet_hdr })
     }
 
@@ -219,34 +284,13 @@ impl PacketReceiver {
     /// [`crate::fanout_bpf`]): it returns the member's index (in join order,
     /// taken modulo the group size). Errors name `PACKET_FANOUT_DATA`.
     pub fn set_fanout_program(&self, prog: &[libc::sock_filter]) -> Result<(), IoError> {
-        let len = u16::try_from(prog.len())
-            .map_err(|_| IoError::sys("PACKET_FANOUT_DATA", io::Error::from(io::ErrorKind::InvalidInput)))?;
-        let fprog = libc::sock_fprog { len, filter: prog.as_ptr() as *mut libc::sock_filter };
-        // The kernel copies the program during the call; `prog` outlives it.
-        set_opt(&self.fd, libc::SOL_PACKET, PACKET_FANOUT_DATA, fprog, "PACKET_FANOUT_DATA")
+        set_fanout_program(&self.fd, prog)
     }
 
     /// Frames the kernel dropped for want of room in this socket's buffer
     /// since the last call (`PACKET_STATISTICS`, which resets on read).
     pub fn take_drops(&self) -> io::Result<u64> {
-        // SAFETY: tpacket_stats is plain old data; all-zero is valid.
-        let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-        // SAFETY: getsockopt(2) writes at most `len` bytes into `st`, a live
-        // exclusive value of that size, and updates `len`.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(u64::from(st.tp_drops))
+        take_drops(&self.fd)
     }
 
     /// Whether frames come with a [`PACKET_VNET_LEN`]-byte header.

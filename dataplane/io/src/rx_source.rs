@@ -11,7 +11,12 @@
 //!   `HDR - 10`, which `finish` moves to 0 (10 bytes; the frame is not
 //!   moved);
 //! - a source without a header writes the frame at `HDR`.
+//!
+//! A receive ring ([`RxSource::Ring`]) is not read by `read`: the worker
+//! walks its blocks ([`crate::RxRing::drain`]) and copies each frame to
+//! `HDR` of a buffer, its header to 0, the same layout.
 
+use crate::packet_ring::RxRing;
 use crate::packet_rx::{PacketReceiver, PACKET_VNET_LEN};
 use crate::tap::{Tap, VNET_HDR_LEN};
 use std::io;
@@ -28,6 +33,9 @@ pub enum RxSource {
     Tap(Arc<Tap>),
     /// A packet socket (the outside's fanout group member of this worker).
     Packet(Arc<PacketReceiver>),
+    /// A packet socket's receive ring (the outside's fanout group member
+    /// of this worker).
+    Ring(Arc<RxRing>),
 }
 
 impl RxSource {
@@ -41,11 +49,13 @@ impl RxSource {
     }
 
     /// One non-blocking read into `buf[self.offset()..]`; the bytes read.
+    /// A ring is not read this way (`Unsupported`).
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         let at = self.offset();
         match self {
             RxSource::Tap(t) => t.recv(&mut buf[at..]),
             RxSource::Packet(p) => p.recv(&mut buf[at..]),
+            RxSource::Ring(_) => Err(io::Error::from(io::ErrorKind::Unsupported)),
         }
     }
 
@@ -72,6 +82,7 @@ impl AsFd for RxSource {
         match self {
             RxSource::Tap(t) => t.as_fd(),
             RxSource::Packet(p) => p.as_fd(),
+            RxSource::Ring(r) => r.as_fd(),
         }
     }
 }

@@ -42,6 +42,7 @@ enum Kind {
     Free,
     Read(u32),
     Write,
+    Poll(u32),
 }
 
 struct Slot {
@@ -70,6 +71,12 @@ pub enum Done {
     },
     /// The eventfd read completed: the worker was woken.
     Wake,
+    /// Descriptor `fd` (the index given to [`Ring::post_poll`]) became
+    /// readable, or the poll failed.
+    Ready {
+        /// The caller's descriptor index.
+        fd: u32,
+    },
 }
 
 /// One worker's ring. See the module docs.
@@ -205,6 +212,23 @@ impl Ring {
         }
     }
 
+    /// Posts a one-shot wait for `raw` to become readable (`POLLIN`); `fd`
+    /// is the caller's index for it, returned in [`Done::Ready`]. False
+    /// when no slot is free or the entry cannot be queued.
+    pub fn post_poll(&mut self, fd: u32, raw: RawFd, io: &IoCounters) -> bool {
+        let Ok((i, _)) = self.take_slot(Kind::Poll(fd), Vec::new()) else {
+            return false;
+        };
+        let e = opcode::PollAdd::new(types::Fd(raw), libc::POLLIN as u32).build().user_data(u64::from(i));
+        match self.push(&e, io) {
+            Ok(()) => true,
+            Err(_) => {
+                self.untake(i);
+                false
+            }
+        }
+    }
+
     /// Posts the read on the worker's eventfd `raw` unless one is posted.
     pub fn post_wake(&mut self, raw: RawFd, io: &IoCounters) -> io::Result<()> {
         if self.wake_posted {
@@ -283,6 +307,7 @@ impl Ring {
                     match kind {
                         Kind::Read(fd) => out.push(Done::Read { fd, buf, res }),
                         Kind::Write => out.push(Done::Write { buf, res }),
+                        Kind::Poll(fd) => out.push(Done::Ready { fd }),
                         Kind::Free => {}
                     }
                 }

@@ -354,6 +354,12 @@ pub struct Outside {
     /// group). Default `true`.
     #[serde(default)]
     pub fanout: Option<bool>,
+    /// `"af-packet"` only: each worker's socket of the fanout group reads
+    /// and writes through `TPACKET` rings mapped into the gateway (no
+    /// system call per frame), falling back to plain sockets where the
+    /// kernel refuses the rings. Needs `fanout = true`. Default `true`.
+    #[serde(default)]
+    pub ring: Option<bool>,
 }
 
 fn default_mtu() -> u32 {

@@ -135,6 +135,12 @@ impl Config {
         if o.fanout.is_some() && o.kind != OutsideKind::AfPacket {
             return fail("outside.fanout", "only for kind = \"af-packet\" (a TAP outside has one queue per worker)");
         }
+        if o.ring.is_some() && o.kind != OutsideKind::AfPacket {
+            return fail("outside.ring", "only for kind = \"af-packet\" (a TAP outside has no packet rings)");
+        }
+        if o.ring == Some(true) && o.fanout == Some(false) {
+            return fail("outside.ring", "needs fanout = true (each worker has its own ring in the fanout group)");
+        }
         check_prefix("vpc.cidr".into(), self.vpc.cidr)?;
         let vpc = self.vpc.cidr;
         let mut ids = BTreeMap::new();

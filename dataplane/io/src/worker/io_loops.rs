@@ -67,13 +67,19 @@ impl Worker {
         Ok(())
     }
 
-    /// Reads up to [`BATCH`] frames from `src` (one `read` or `recv` each).
+    /// Reads up to [`BATCH`] frames from `src` (one `read` or `recv` each;
+    /// a ring: its handed-over blocks, see [`Worker::read_ring`]).
     pub(super) fn read_batch(&mut self, port: PortId, src: &RxSource) {
         for _ in 0..BATCH {
             let mut buf = self.take_spare();
             match src {
                 RxSource::Tap(_) => self.io.read.inc(),
                 RxSource::Packet(_) => self.io.recv.inc(),
+                RxSource::Ring(r) => {
+                    self.put_spare(buf);
+                    self.read_ring(r);
+                    return;
+                }
             }
             let Some(len) = read(src, &mut buf) else {
                 self.put_spare(buf);
@@ -81,6 +87,48 @@ impl Worker {
             };
             self.accept(port, buf, len);
         }
+    }
+
+    /// Takes the frames of up to [`RING_BLOCKS`] blocks the outside's
+    /// receive ring has handed over: each is copied to `HDR` of a buffer,
+    /// its offload header before it (the worker's buffer layout, see
+    /// [`RxSource`]), and accepted; one the ring queued whole on its socket
+    /// (a superframe) is received straight into the buffer instead. A frame
+    /// the ring holds only part of, or longer than [`MAX_FRAME`], is
+    /// dropped (`truncated`). Returns the frames walked.
+    pub(super) fn read_ring(&mut self, ring: &RxRing) -> usize {
+        ring.drain(RING_BLOCKS, |f| {
+            let mut buf = self.take_spare();
+            let len = if f.copied {
+                let start = if ring.vnet_hdr() { HDR - PACKET_VNET_LEN } else { HDR };
+                self.io.recv.inc();
+                match ring.recv_copied(&mut buf[start..]) {
+                    Ok(n) if n > HDR - start => {
+                        if ring.vnet_hdr() {
+                            buf.copy_within(start..HDR, 0);
+                            buf[PACKET_VNET_LEN..HDR].fill(0);
+                        } else {
+                            buf[..HDR].fill(0);
+                        }
+                        n - (HDR - start)
+                    }
+                    _ => 0,
+                }
+            } else if f.truncated() || f.frame.len() > MAX_FRAME {
+                0
+            } else {
+                let len = f.frame.len();
+                buf[..HDR].copy_from_slice(&f.vnet.unwrap_or_default().to_bytes());
+                buf[HDR..HDR + len].copy_from_slice(f.frame);
+                len
+            };
+            if len == 0 || len > MAX_FRAME {
+                self.counters.count_drop(DropReason::Truncated);
+                self.put_spare(buf);
+                return;
+            }
+            self.accept(PortId::OUTSIDE, buf, len);
+        })
     }
 
     /// Takes a frame just read: steers a frame from the outside to its
@@ -107,9 +155,17 @@ impl Worker {
     pub(super) fn run_uring(&mut self, ring: Ring) -> io::Result<()> {
         self.io.set_backend(ActiveBackend::Uring);
         self.ring = Some(ring);
-        if let Some(src) = &self.outside_rx {
-            self.ring_fds.push(RingFd { port: PortId::OUTSIDE, src: src.clone(), posted: 0, retry_at: None });
-        }
+        // A receive ring is not read by posted reads: it is walked in
+        // place, and a readiness poll posted on it wakes the worker.
+        let rx_ring = match &self.outside_rx {
+            Some(RxSource::Ring(r)) => Some(Arc::clone(r)),
+            Some(src) => {
+                self.ring_fds.push(RingFd { port: PortId::OUTSIDE, src: src.clone(), posted: 0, retry_at: None });
+                None
+            }
+            None => None,
+        };
+        let rx_ready = |r: &Option<Arc<RxRing>>| r.as_ref().is_some_and(|r| r.ready());
         for (port, dev) in &self.inside {
             if let Some(src) = dev.rx_source() {
                 self.ring_fds.push(RingFd { port: *port, src, posted: 0, retry_at: None });
@@ -120,8 +176,10 @@ impl Worker {
         self.flush();
         let busy = self.settings.busy_poll();
         while !self.fabric.stop.load(Ordering::Relaxed) {
-            let ready =
-                self.ring.as_mut().is_some_and(Ring::has_completions) || !self.inbox.is_empty() || self.vhost_more;
+            let ready = self.ring.as_mut().is_some_and(Ring::has_completions)
+                || !self.inbox.is_empty()
+                || self.vhost_more
+                || rx_ready(&rx_ring);
             let timeout = if ready { None } else { self.uring_timeout() };
             let Some(ring) = self.ring.as_mut() else { break };
             if ready {
@@ -132,7 +190,7 @@ impl Worker {
                     ring.submit(&self.io)?;
                     let end = std::time::Instant::now() + busy;
                     while std::time::Instant::now() < end {
-                        if ring.has_completions() || !self.inbox.is_empty() {
+                        if ring.has_completions() || !self.inbox.is_empty() || rx_ready(&rx_ring) {
                             got = true;
                             break;
                         }
@@ -154,10 +212,19 @@ impl Worker {
                         self.put_spare(buf);
                     }
                     Done::Wake => {}
+                    Done::Ready { .. } => self.ring_rx_polled = false,
                 }
+            }
+            if let Some(r) = &rx_ring {
+                self.read_ring(r);
             }
             self.finish_iteration();
             self.refill_reads()?;
+            if let (Some(r), Some(ring)) = (&rx_ring, self.ring.as_mut()) {
+                if !self.ring_rx_polled && !r.ready() {
+                    self.ring_rx_polled = ring.post_poll(RING_RX_POLL, r.as_raw_fd(), &self.io);
+                }
+            }
         }
         // Dropping the ring cancels the reads still posted.
         self.ring = None;
@@ -165,10 +232,16 @@ impl Worker {
     }
 
     /// The ring's wait: the engine's next timer, or the next retry of a
-    /// queue whose read failed.
+    /// queue whose read failed (or of the receive ring when no poll could
+    /// be posted on it).
     pub(super) fn uring_timeout(&self) -> Option<Duration> {
         let now = std::time::Instant::now();
-        let retry = self.ring_fds.iter().filter_map(|f| f.retry_at).map(|t| t.saturating_duration_since(now)).min();
+        let mut retry = self.ring_fds.iter().filter_map(|f| f.retry_at).map(|t| t.saturating_duration_since(now)).min();
+        if matches!(self.outside_rx, Some(RxSource::Ring(_))) && !self.ring_rx_polled {
+            // No poll could be posted on the receive ring (every slot
+            // taken): look at it again soon rather than sleep past it.
+            retry = Some(retry.map_or(RING_RX_RETRY, |r| r.min(RING_RX_RETRY)));
+        }
         match (self.timeout(), retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

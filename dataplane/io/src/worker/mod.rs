@@ -43,6 +43,11 @@
 //!   `io_uring_enter` per loop iteration, which submits them and sleeps.
 //! - syscalls: `epoll_wait`, then non-blocking `read`s (up to [`BATCH`] per
 //!   device per wake-up) and one `write` per frame sent.
+//! - an AF_PACKET outside on packet rings ([`OutsideTx::Ring`], either
+//!   path): the worker walks its receive ring in place when it is readable
+//!   (epoll, or a poll posted on the io_uring), copying each frame once
+//!   into a buffer, and frames for the outside go into its transmit ring,
+//!   kicked with one `send` at the end of the iteration.
 //!
 //! On both, the frames of one wake-up (at most [`BATCH`] at a time) are
 //! handed to the engine together, in `Worker::process_rx`; frames handed to
@@ -65,7 +70,10 @@ use crate::steer::{self, FragSteer, Shards, Steer};
 use crate::syscalls::{ActiveBackend, IoCounters};
 use crate::uring::{Done, Ring};
 use crate::vhost_user::VhostUserPort;
-use crate::{complete_checksum, Events, PacketReceiver, Poller, Tap, VnetHdr, Waker, PACKET_VNET_LEN, VNET_HDR_LEN};
+use crate::{
+    complete_checksum, Events, PacketReceiver, Poller, RxRing, Tap, TxRing, VnetHdr, Waker, PACKET_VNET_LEN,
+    VNET_HDR_LEN,
+};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use dataplane::bindings::Bindings;
 use dataplane::counters::{Counters, DropReason};
@@ -106,6 +114,16 @@ const RING_WRITES: usize = 256;
 const READ_RETRY: Duration = Duration::from_millis(100);
 /// Buffer size: header room, the largest frame, and room for a reply.
 const BUF: usize = HDR + MAX_FRAME;
+
+/// Blocks of the outside's receive ring walked per wake-up before the
+/// other devices get a turn.
+const RING_BLOCKS: usize = 2;
+/// The io_uring descriptor index of the readiness poll on the outside's
+/// receive ring (reads are indexed from 0).
+const RING_RX_POLL: u32 = u32::MAX;
+/// How soon the receive ring is looked at again when no poll could be
+/// posted on it (io_uring), and a refused transmit ring kick retried.
+const RING_RX_RETRY: Duration = Duration::from_millis(1);
 
 const TOKEN_WAKER: u64 = u64::MAX;
 const TOKEN_OUTSIDE: u64 = u64::MAX - 1;
@@ -154,6 +172,19 @@ pub enum OutsideTx {
     /// are steered to their owners. Frames sent in one wake-up go
     /// together: on the ring, or in one `sendmmsg`.
     AfPacket(PacketSender, Option<Arc<PacketReceiver>>),
+    /// Its own rings on the outside interface ([`crate::packet_ring`]): a
+    /// receive ring, its member of the outside's fanout group, and a
+    /// transmit ring, kicked once per wake-up; a frame longer than a
+    /// transmit slot (a superframe) goes out on `big` (same offload
+    /// header setting as `tx`), after the frames already in the ring.
+    Ring {
+        /// The receive ring (read by this worker only).
+        rx: Arc<RxRing>,
+        /// The transmit ring.
+        tx: TxRing,
+        /// Frames the transmit ring cannot take.
+        big: PacketSender,
+    },
 }
 
 /// What one worker is given.
@@ -287,6 +318,9 @@ pub struct Worker {
     to_guest: Vec<(PortId, Vec<u8>, usize)>,
     /// Frames just read from a guest, before they are accepted.
     from_guest: Vec<(Vec<u8>, usize)>,
+    /// On the io_uring path, whether a readiness poll is posted on the
+    /// outside's receive ring.
+    ring_rx_polled: bool,
 }
 
 impl Worker {
@@ -315,6 +349,7 @@ impl Worker {
         let outside_rx = match &spec.outside {
             OutsideTx::Tap(t) => Some(RxSource::Tap(Arc::clone(t))),
             OutsideTx::AfPacket(_, rx) => rx.as_ref().map(|r| RxSource::Packet(Arc::clone(r))),
+            OutsideTx::Ring { rx, .. } => Some(RxSource::Ring(Arc::clone(rx))),
         };
         Worker {
             outside_rx,
@@ -342,6 +377,7 @@ impl Worker {
             vhost_more: false,
             to_guest: Vec::with_capacity(BATCH),
             from_guest: Vec::with_capacity(BATCH),
+            ring_rx_polled: false,
         }
     }
 
@@ -366,11 +402,16 @@ impl Worker {
         }
     }
 
-    /// How long the engine may sleep: until its next timer (`None`: no
-    /// timer).
+    /// How long the worker may sleep: until its engine's next timer
+    /// (`None`: no timer). Slots of the outside's transmit ring that a refused kick left
+    /// marked shorten it to [`RING_RX_RETRY`], so they are kicked again soon.
     fn timeout(&self) -> Option<Duration> {
         let now = self.fabric.now();
-        self.engine.poll_timeout().map(|t| Duration::from_millis(t.millis().saturating_sub(now.millis())))
+        let t = self.engine.poll_timeout().map(|t| Duration::from_millis(t.millis().saturating_sub(now.millis())));
+        match &self.outside {
+            OutsideTx::Ring { tx, .. } if tx.pending() > 0 => Some(t.map_or(RING_RX_RETRY, |t| t.min(RING_RX_RETRY))),
+            _ => t,
+        }
     }
 
     /// The end of every loop iteration: frames from other threads, due
@@ -386,15 +427,19 @@ impl Worker {
         self.flush();
         self.flush_packets();
         self.flush_guests();
+        self.kick_ring();
         self.wake_others();
         if now.millis() >= self.drops_read_at + 1000 {
             self.drops_read_at = now.millis();
-            if let Some(RxSource::Packet(p)) = &self.outside_rx {
-                count_kernel_drops(p, &self.counters);
-            }
+            let drops = match &self.outside_rx {
+                Some(RxSource::Packet(p)) => p.take_drops(),
+                Some(RxSource::Ring(r)) => r.take_drops(),
+                _ => Ok(0),
+            };
+            count_kernel_drops(drops, &self.counters);
             for (_, dev) in &self.inside {
                 if let Inside::Packet(p) = dev.as_ref() {
-                    count_kernel_drops(&p.rx, &self.counters);
+                    count_kernel_drops(p.rx.take_drops(), &self.counters);
                 }
             }
         }

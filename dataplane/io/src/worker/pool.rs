@@ -232,7 +232,7 @@ fn af_packet_reader(rx: PacketReceiver, fabric: Arc<Fabric>, counters: Arc<Count
     while !fabric.stop.load(Ordering::Relaxed) {
         if drops_read_at.elapsed() >= Duration::from_secs(1) {
             drops_read_at = std::time::Instant::now();
-            count_kernel_drops(&rx, &counters);
+            count_kernel_drops(rx.take_drops(), &counters);
         }
         let mut b = spare.take().unwrap_or_else(|| fabric.take_buf());
         io.recv.inc();

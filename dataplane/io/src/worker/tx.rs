@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// Frames the outside's transmit ring collects before it is kicked in the
+/// middle of a wake-up (a long burst streams out instead of waiting for the
+/// end of the iteration).
+const RING_KICK: usize = 256;
+
 impl Worker {
     /// Sends the frames queued for the AF_PACKET outside: one `sendmmsg`
     /// per [`SEND_BATCH`] frames. A frame the kernel refuses is dropped
@@ -35,6 +40,17 @@ impl Worker {
         self.packets = packets;
     }
 
+    /// Has the kernel send what the outside's transmit ring holds (a
+    /// `send`, counted, or a few when the device drops a frame; none when
+    /// it holds nothing). Slots a refused kick left marked go at the next
+    /// one (the worker then sleeps at most 1 ms).
+    pub(super) fn kick_ring(&mut self) {
+        let OutsideTx::Ring { tx, .. } = &mut self.outside else {
+            return;
+        };
+        self.io.send.add(tx.kick() as u64);
+    }
+
     /// Sends `buf[HDR..HDR + len]` out of `port` with offload header `hdr`.
     pub(super) fn emit(&mut self, port: PortId, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) {
         self.fabric.capture.frame(port, &buf[HDR..HDR + len]); // capture: sent
@@ -47,6 +63,26 @@ impl Worker {
         let ok = if port == PortId::OUTSIDE {
             match outside {
                 OutsideTx::Tap(t) => tx.tap(t, buf, len, hdr),
+                OutsideTx::Ring { tx: txr, big, .. } => {
+                    let start = if txr.vnet_hdr() { HDR - PACKET_VNET_LEN } else { HDR };
+                    if txr.vnet_hdr() {
+                        buf[start..HDR].copy_from_slice(&hdr.to_bytes()[..PACKET_VNET_LEN]);
+                    }
+                    if !txr.vnet_hdr() && !finish_in_software(buf, len, hdr) {
+                        false
+                    } else if txr.push(&buf[start..HDR + len]) {
+                        if txr.pending() >= RING_KICK {
+                            tx.io.send.add(txr.kick() as u64);
+                        }
+                        true
+                    } else {
+                        // Too long for a slot, or the ring is full: after
+                        // what the ring holds, so the frames keep their order.
+                        tx.io.send.add(txr.kick() as u64);
+                        tx.io.send.inc();
+                        big.send(&buf[start..HDR + len]).is_ok()
+                    }
+                }
                 OutsideTx::AfPacket(s, _) => {
                     let start = packet_start(s);
                     if !prepare_packet(s, buf, len, hdr) {
@@ -158,10 +194,10 @@ pub(super) fn read(src: &RxSource, buf: &mut [u8]) -> Option<usize> {
     src.finish(buf, n).filter(|&l| l <= MAX_FRAME)
 }
 
-/// Adds the frames the kernel dropped at `rx` since the last read to
-/// `counters` (`rx_overflow`).
-pub(super) fn count_kernel_drops(rx: &PacketReceiver, counters: &Counters) {
-    if let Ok(n) = rx.take_drops() {
+/// Adds the frames the kernel dropped at a receiving socket since the last
+/// read (`drops`, from its `take_drops`) to `counters` (`rx_overflow`).
+pub(super) fn count_kernel_drops(drops: io::Result<u64>, counters: &Counters) {
+    if let Ok(n) = drops {
         counters.count_drops(DropReason::RxOverflow, n);
     }
 }
