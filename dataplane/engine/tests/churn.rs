@@ -182,6 +182,24 @@ fn a_port_whose_remote_closed_first_waits_out_its_time_wait_for_that_remote() {
     assert_eq!(h.out_ok(2, TCP, 10003, SERVER, 80, SYN).src().1, 30000);
 }
 
+/// A Linux server holds TIME_WAIT for 60 s (`TCP_TIMEWAIT_LEN`) but its
+/// timer wheel fires a 60 s timer up to an eighth late (the 10-minute
+/// `loadgen connect` soak lost bursts of SYNs every 60 s, 64-68 s after
+/// the first connections, when ports went back to the same server after
+/// exactly 60 s): the port waits out 67.5 s for that remote.
+#[test]
+fn a_port_waits_out_a_linux_time_wait_that_ends_late() {
+    let cfg = EngineConfig { port_range: 30000..=30000, ..EngineConfig::default() };
+    let mut h = Harness::with(cfg);
+    connection(&mut h, 0, 10000, "server-fin");
+    h.advance(Duration::from_millis(67_500));
+    let f = h.env_frame(1, TCP, 10001, SERVER, 80, SYN, b"");
+    assert!(h.send(h.env_port(1), f).forwarded().is_none(), "67.5 s after the server's close");
+    assert_eq!(h.dropped(DropReason::PortsExhausted), 1);
+    h.advance(dataplane::engine::REMOTE_TIME_WAIT - Duration::from_millis(67_500));
+    assert_eq!(h.out_ok(2, TCP, 10003, SERVER, 80, SYN).src().1, 30000);
+}
+
 #[test]
 fn ports_whose_remote_closed_first_count_towards_the_high_water_mark() {
     let cfg = EngineConfig { port_range: 30000..=30063, high_water: 40, ..EngineConfig::default() };
@@ -207,10 +225,10 @@ fn ports_cooling_in_their_remotes_time_wait_count_until_it_ends() {
     assert_eq!(h.engine.poll_event(), None);
     let cooling = |h: &Harness| h.engine.port_use()[0].closing[0];
     assert_eq!(cooling(&h), 8);
-    // A minute on, the server's TIME_WAIT is over: new connections to it
+    // Once the server's TIME_WAIT is surely over, new connections to it
     // take those ports, and the mark fires again only once seven of them
     // are cooling again.
-    h.advance(Duration::from_secs(61));
+    h.advance(dataplane::engine::REMOTE_TIME_WAIT + Duration::from_secs(1));
     for i in 0..6u16 {
         connection(&mut h, u32::from(i % 8), 20000 + i, "server-fin");
     }

@@ -9,11 +9,11 @@
 //! 2. Read each bucket and prefetch the sessions whose tags match.
 //! 3. Process the frames in order, exactly as [`Engine::process_offload`]
 //!    would: a frame of an established flow that changes nothing but its
-//!    session's counters by the fast path (`fast`, whose doc lists when it
-//!    applies), any other by the general path, with the IPv4 and transport
-//!    headers from pass 1 (the frame
-//!    is unchanged since; each is used once, for the frame it was parsed
-//!    from) and the hash handed to the session lookup.
+//!    session's counters by the established path (`fast`, whose doc lists
+//!    when it applies), any other by the general path, with the IPv4 and
+//!    transport headers from pass 1 (the frame is unchanged since; each is
+//!    used once, for the frame it was parsed from) and the hash handed to
+//!    the session lookup.
 //!
 //! Passes 1 and 2 only read frames and tables and issue prefetches: every
 //! decision is taken in pass 3 in arrival order, so a batch gives the same

@@ -162,11 +162,13 @@ pub const PROBE_LIMIT: u64 = 32 + PROBE_SCAN as u64;
 /// Ports scanned after the random probes.
 pub const PROBE_SCAN: u32 = 512;
 
-/// How long a remote that closed a connection first holds it in TIME_WAIT
-/// (Linux's `TCP_TIMEWAIT_LEN`, FreeBSD's 2MSL): until then the ENI port
-/// carries no new connection to that same remote endpoint, which would
-/// meet the old one's TIME_WAIT and lose its SYN.
-pub const REMOTE_TIME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a remote that closed a connection first may hold it in
+/// TIME_WAIT: until then the ENI port carries no new connection to that
+/// same remote endpoint, which would meet the old one's TIME_WAIT and lose
+/// its SYN. Linux's `TCP_TIMEWAIT_LEN` (FreeBSD's 2MSL) is 60 s, but Linux
+/// runs it on its timer wheel, which fires a 60 s timer up to an eighth
+/// late (64–67.5 s seen from the wire), so 70 s.
+pub const REMOTE_TIME_WAIT: std::time::Duration = std::time::Duration::from_secs(70);
 
 /// Whether `s` ended with the remote closing first less than
 /// [`REMOTE_TIME_WAIT`] ago: the remote may still hold its 5-tuple.
