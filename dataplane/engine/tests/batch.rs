@@ -107,6 +107,18 @@ fn state(h: &mut Harness) -> State {
     (tx, counters, sessions)
 }
 
+/// Each frame copied into a buffer of [`BUF`] bytes.
+fn buffers(frames: &[(PortId, Vec<u8>)]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .map(|(_, f)| {
+            let mut b = f.clone();
+            b.resize(BUF, 0);
+            b
+        })
+        .collect()
+}
+
 /// Runs `frames` through `one` frame by frame and through `batched` in
 /// batches of `size`; asserts identical outcomes.
 fn compare(one: &mut Harness, batched: &mut Harness, frames: &[(PortId, Vec<u8>)], size: usize) {
@@ -118,14 +130,7 @@ fn compare(one: &mut Harness, batched: &mut Harness, frames: &[(PortId, Vec<u8>)
         actions_one.push(one.engine.process(one.now, *port, &mut buf, f.len()));
         bufs_one.push(buf);
     }
-    let mut bufs: Vec<Vec<u8>> = frames
-        .iter()
-        .map(|(_, f)| {
-            let mut b = f.clone();
-            b.resize(BUF, 0);
-            b
-        })
-        .collect();
+    let mut bufs = buffers(frames);
     let mut actions = vec![];
     for (chunk, bufs) in frames.chunks(size).zip(bufs.chunks_mut(size)) {
         let mut batch: Vec<BatchFrame> =
@@ -171,14 +176,7 @@ fn batches_in_any_order_and_size_match() {
 #[test]
 fn actions_of_a_batch_are_the_expected_ones() {
     let (_, mut h, frames) = setup();
-    let mut bufs: Vec<Vec<u8>> = frames
-        .iter()
-        .map(|(_, f)| {
-            let mut b = f.clone();
-            b.resize(BUF, 0);
-            b
-        })
-        .collect();
+    let mut bufs = buffers(&frames);
     let mut batch: Vec<BatchFrame> =
         frames.iter().zip(bufs.iter_mut()).map(|((p, f), b)| BatchFrame::new(*p, b, f.len())).collect();
     h.engine.process_batch(h.now, &mut batch);
