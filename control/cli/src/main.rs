@@ -184,8 +184,9 @@ struct LoadgenCmd {
     /// Run against ours and the kernel in one run and print the ratios.
     #[arg(long)]
     compare: bool,
-    /// Which NAT: ours or kernel (without --compare).
-    #[arg(long, default_value = "ours")]
+    /// Which NAT: ours or kernel (without --compare; not with --inside,
+    /// which names the NAT itself).
+    #[arg(long, default_value = "ours", conflicts_with = "inside")]
     target: String,
     /// Emulated environments (default 1000; 16 for tcp-bulk).
     #[arg(long)]

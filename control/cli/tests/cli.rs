@@ -130,3 +130,19 @@ fn sessions_delete_needs_a_filter_and_its_filters_need_delete() {
     assert!(!ok);
     assert!(err.contains("no control socket"), "{err}");
 }
+
+/// `--target` names a NAT of the lab; `--inside/--outside` name the user's.
+/// Given both, the run is refused (naming both) before anything is built,
+/// instead of measuring one of them silently.
+#[test]
+fn loadgen_refuses_a_target_with_an_external_nat() {
+    for target in ["kernel", "ours"] {
+        let (ok, _, err) =
+            hyperplane(&["loadgen", "udp", "--target", target, "--inside", "hpnosuch-in", "--outside", "hpnosuch-out"]);
+        assert!(!ok, "--target {target} with --inside was accepted");
+        assert!(err.contains("--target") && err.contains("--inside"), "{err}");
+    }
+    let (ok, _, err) = hyperplane(&["loadgen", "udp", "--inside", "hpnosuch-in"]);
+    assert!(!ok);
+    assert!(err.contains("--outside"), "{err}");
+}
