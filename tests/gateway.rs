@@ -765,6 +765,7 @@ fn direct_attach_rings_read_and_write_without_a_system_call_per_frame() {
         let d: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let calls: u64 = d[..6].iter().sum();
         let per_frame = calls as f64 / (2 * N) as f64;
+        eprintln!("{backend} ring={ring}: {per_frame:.2} system calls per frame ({d:?})");
         if ring {
             assert_eq!(d[5], 0, "{backend}: no recv for small frames on rings: {d:?}");
             assert!(d[4] > 0, "{backend}: the transmit rings were kicked: {d:?}");
