@@ -775,7 +775,11 @@ fn attachment_ring_is_only_for_af_packet_and_on_by_default() {
     assert_eq!(c.attachments[0].ring, Some(false));
     assert!(!planned(&direct("\nring = false")).attachments[0].ring);
     assert!(planned(&direct("\nring = true")).attachments[0].ring);
-    rejects(&edit("name = \"hp-e0\"", "name = \"hp-e0\"\nring = true"), "attachments[0].ring", "only for kind = \"af-packet\"");
+    rejects(
+        &edit("name = \"hp-e0\"", "name = \"hp-e0\"\nring = true"),
+        "attachments[0].ring",
+        "only for kind = \"af-packet\"",
+    );
     rejects(
         &edit("name = \"hp-e0\"", "name = \"hp-e0\"\nkind = \"vhost-user\"\nsocket = \"/run/vm0.sock\"\nring = false"),
         "attachments[0].ring",

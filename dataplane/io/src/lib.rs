@@ -79,8 +79,8 @@ pub use error::{check_net_admin, keep_only_net_capabilities, IoError, KEPT_CAPAB
 pub use inside::{Inside, PacketPort, PacketRx};
 pub use packet_ring::{RingConfig, RxRing, TxRing};
 pub use packet_rx::{PacketReceiver, RxOptions, PACKET_VNET_LEN};
-pub use ring_sender::RingSender;
 pub use poll::{wait_readable, Events, Poller, Waker};
+pub use ring_sender::RingSender;
 pub use syscalls::IoCounters;
 pub use tap::{
     Tap, TapOptions, OFFLOADS_TCP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, VNET_HDR_LEN,
