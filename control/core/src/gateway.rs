@@ -214,6 +214,9 @@ fn fanout_members<T>(
     }
 }
 
+/// One worker's rings on the AF_PACKET outside.
+type WorkerRings = (Arc<RxRing>, RingSender);
+
 /// Each worker's rings on the AF_PACKET outside `name`: a receive ring in
 /// the fanout group and a transmit ring with its plain socket for frames
 /// longer than a slot; with how the group steers.
@@ -222,7 +225,7 @@ fn outside_rings(
     n: usize,
     shards: &Shards,
     offloads: bool,
-) -> Result<(Vec<(Arc<RxRing>, RingSender)>, &'static str), IoError> {
+) -> Result<(Vec<WorkerRings>, &'static str), IoError> {
     let cfg = RingConfig::default();
     let (rx, how) =
         fanout_members(name, n, shards, |o| RxRing::open(name, o, cfg), |r: &RxRing, p| r.set_fanout_program(p))?;
@@ -248,7 +251,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
     let mut outside = Vec::new();
     let mut af_tx = Vec::new();
     let mut af_rx = None;
-    let mut af_rings: Vec<Option<(Arc<RxRing>, RingSender)>> = Vec::new();
+    let mut af_rings: Vec<Option<WorkerRings>> = Vec::new();
     let mut outside_ring = false;
     let mut outside_rx = "tap";
     match plan.outside.kind {
