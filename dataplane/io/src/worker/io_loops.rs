@@ -90,8 +90,9 @@ impl Worker {
     }
 
     /// Takes the frames of up to [`RING_BLOCKS`] blocks a receive ring (of
-    /// the outside, or of attachment `port`) has handed over: each is copied to `HDR` of a buffer,
-    /// its offload header before it (the worker's buffer layout, see
+    /// the outside, or of attachment `port`) has handed over: each is
+    /// copied to `HDR` of a buffer, its offload header before it (the
+    /// worker's buffer layout, see
     /// [`RxSource`]), and accepted; one the ring queued whole on its socket
     /// (a superframe) is received straight into the buffer instead. A frame
     /// the ring holds only part of, or longer than [`MAX_FRAME`], is

@@ -117,8 +117,8 @@ const READ_RETRY: Duration = Duration::from_millis(100);
 /// Buffer size: header room, the largest frame, and room for a reply.
 const BUF: usize = HDR + MAX_FRAME;
 
-/// Blocks of the outside's receive ring walked per wake-up before the
-/// other devices get a turn.
+/// Blocks of a receive ring (the outside's, an attachment's) walked per
+/// wake-up before the other devices get a turn.
 const RING_BLOCKS: usize = 2;
 /// The io_uring descriptor index of the readiness poll on the worker's
 /// first receive ring (the outside's, when it has one); the `k`-th ring's
@@ -425,7 +425,8 @@ impl Worker {
 
     /// How long the worker may sleep: until its engine's next timer
     /// (`None`: no timer). Slots of a transmit ring (the outside's or an
-    /// attachment's) that a refused kick left marked shorten it to [`RING_RX_RETRY`], so they are kicked again soon.
+    /// attachment's) that a refused kick left marked shorten it to
+    /// [`RING_RX_RETRY`], so they are kicked again soon.
     fn timeout(&self) -> Option<Duration> {
         let now = self.fabric.now();
         let t = self.engine.poll_timeout().map(|t| Duration::from_millis(t.millis().saturating_sub(now.millis())));
