@@ -55,8 +55,9 @@
 //! the 64-byte UDP figures (one flow, new flows) from an environment
 //! namespace whose link is a veth: through a bridge joining its host-side
 //! end to a gateway TAP attachment, against a direct attach (an
-//! `af-packet` attachment on that host-side end), in alternating rounds;
-//! prints both and direct / bridged.
+//! `af-packet` attachment on that host-side end) on packet rings and on
+//! plain sockets (`ring = false`), in alternating rounds; prints all three,
+//! direct / bridged and rings / plain.
 //!
 //! `--only offer`: what the TAP writers of `loadgen udp --cpus` can offer,
 //! into a TAP whose kernel side sits alone in a namespace and discards (one
@@ -1025,9 +1026,13 @@ fn attach_main(secs: u32, rounds: usize, workers: usize) {
         eprintln!("compare: TCP bulk needs iperf3 (apt-get install iperf3); skipping");
         return;
     }
-    let (mut bridged_all, mut direct_all) = (vec![], vec![]);
+    // Bridged TAP, direct on packet rings (the default), direct on plain
+    // sockets (`ring = false`).
+    const NAMES: [&str; 3] = ["bridged TAP", "direct af-packet", "direct, ring = false"];
+    let mut all: [Vec<Figures>; 3] = [vec![], vec![], vec![]];
     for round in 1..=rounds {
-        for direct in [false, true] {
+        for (k, name) in NAMES.iter().enumerate() {
+            let direct = k > 0;
             let env = Netns::new(format!("{}e", netlab::unique("hpl"))).expect("environment namespace");
             let peer = netlab::unique("hpl");
             netlab::veth("e0", Some(&env), &peer, None).expect("environment veth");
@@ -1041,7 +1046,11 @@ fn attach_main(secs: u32, rounds: usize, workers: usize) {
             let base = Options { workers, gateway_extra: OPEN_QUOTAS.into(), ..Options::default() };
             let lab = if direct {
                 netlab::ip_batch(None, &[format!("link set {peer} up")]).expect("peer up");
-                Lab::build(&Options { direct: Some(vec![peer.clone()]), ..base }).expect("direct lab")
+                let attachment_extra = if k == 2 { "ring = false".to_string() } else { String::new() };
+                let lab = Lab::build(&Options { direct: Some(vec![peer.clone()]), attachment_extra, ..base })
+                    .expect("direct lab");
+                assert_eq!(lab.gateway().inside[0].on_rings(), k == 1, "{name}");
+                lab
             } else {
                 let lab = Lab::build(&Options { bridged_attachments: Some(1), ..base }).expect("bridged lab");
                 lab.attach_to_bridges(std::slice::from_ref(&peer), 1000).expect("bridge port");
@@ -1055,20 +1064,18 @@ fn attach_main(secs: u32, rounds: usize, workers: usize) {
                 env_link: "e0".into(),
             };
             let f = measure(&t, secs);
-            let name = if direct { "direct af-packet" } else { "bridged TAP" };
             let totals = lab.gateway().totals();
             eprintln!("round {round}: {name} ({} workers): {f:?}; drops {:?}", lab.gateway().workers(), totals.drops);
-            if direct {
-                direct_all.push(f);
-            } else {
-                bridged_all.push(f);
-            }
+            all[k].push(f);
             drop(lab);
             drop(env);
         }
     }
-    let (bridged, direct) = (Figures::median(&bridged_all), Figures::median(&direct_all));
-    println!("{:<44} {:>12} {:>12} {:>9}", "work (same run, medians)", "bridged TAP", "direct", "direct/br");
+    let [bridged, direct, plain] = [0, 1, 2].map(|k| Figures::median(&all[k]));
+    println!(
+        "{:<44} {:>12} {:>12} {:>12} {:>9} {:>9}",
+        "work (same run, medians)", "bridged TAP", "direct", "direct plain", "direct/br", "ring/plain"
+    );
     type Row = (&'static str, fn(&Figures) -> f64);
     let rows: [Row; 5] = [
         ("TCP bulk, Gbit/s", |f| f.tcp_gbps),
@@ -1078,16 +1085,18 @@ fn attach_main(secs: u32, rounds: usize, workers: usize) {
         ("steal time over the round, %", |f| f.steal_pct),
     ];
     for (name, get) in rows {
-        let (a, b) = (get(&bridged), get(&direct));
-        println!("{name:<44} {a:>12.2} {b:>12.2} {:>9}", ratio(b, a));
+        let (a, b, c) = (get(&bridged), get(&direct), get(&plain));
+        println!("{name:<44} {a:>12.2} {b:>12.2} {c:>12.2} {:>9} {:>9}", ratio(b, a), ratio(b, c));
     }
     let json = serde_json::json!({
         "seconds": secs,
         "rounds": rounds,
         "bridged_tap": bridged.json(),
         "direct_af_packet": direct.json(),
-        "rounds_bridged_tap": bridged_all.iter().map(Figures::json).collect::<Vec<_>>(),
-        "rounds_direct_af_packet": direct_all.iter().map(Figures::json).collect::<Vec<_>>(),
+        "direct_af_packet_plain": plain.json(),
+        "rounds_bridged_tap": all[0].iter().map(Figures::json).collect::<Vec<_>>(),
+        "rounds_direct_af_packet": all[1].iter().map(Figures::json).collect::<Vec<_>>(),
+        "rounds_direct_af_packet_plain": all[2].iter().map(Figures::json).collect::<Vec<_>>(),
     });
     let _ = std::fs::create_dir_all("target");
     let _ = std::fs::write("target/compare-attach.json", serde_json::to_string_pretty(&json).unwrap_or_default());

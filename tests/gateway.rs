@@ -659,9 +659,122 @@ fn direct_attach_on_a_veth_ping_hairpin_and_udp() {
     for backend in ["uring", "syscalls"] {
         let l = direct_lab(2, backend, true);
         assert!(l.gateway().inside.iter().all(|d| d.kind() == "af-packet"));
+        assert!(l.gateway().inside.iter().all(|d| d.on_rings()), "{backend}: on packet rings by default");
         ping_and_icmp_errors_in(l);
         hairpin_in(direct_lab(2, backend, true));
         udp_4000_in(direct_lab(1, backend, true));
+    }
+}
+
+/// `ring = false` on a direct attachment keeps the plain sockets (one
+/// `recv` per frame read): still ping, ICMP errors, hairpin and a
+/// 4000-byte datagram, on both I/O paths.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and veths")]
+fn direct_attach_on_plain_sockets_with_ring_false() {
+    netlab::require_root();
+    let plain = |envs: usize, backend: &str| {
+        lab(envs, |o| {
+            o.direct_veth = true;
+            o.gateway_extra = io(backend);
+            o.attachment_extra = "ring = false".into();
+        })
+    };
+    for backend in ["uring", "syscalls"] {
+        let l = plain(2, backend);
+        assert!(l.gateway().inside.iter().all(|d| d.kind() == "af-packet" && !d.on_rings()), "{backend}");
+        ping_and_icmp_errors_in(l);
+        hairpin_in(plain(2, backend));
+        let l = plain(1, backend);
+        assert!(!l.gateway().inside[0].on_rings());
+        udp_4000_in(l);
+    }
+}
+
+/// Issue 15/16: a direct attachment on packet rings reads and writes
+/// without a system call per frame. Worker 0 (the only one) is held busy
+/// while 100 datagrams queue on the attachment, and again while the 100
+/// replies queue on the outside (also on rings), so each direction is one
+/// burst: on rings, every system call the gateway makes for those 200
+/// frames comes to well under one per frame (a walk of the ring, one kick
+/// per wake-up, no `recv`); on plain sockets (`ring = false`), at least
+/// one per frame (a `recv` each in, a `send` each out on syscalls).
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and veths")]
+fn direct_attach_rings_read_and_write_without_a_system_call_per_frame() {
+    netlab::require_root();
+    const N: usize = 100;
+    for (backend, ring) in [("syscalls", true), ("uring", true), ("syscalls", false)] {
+        let l = lab(1, |o| {
+            o.direct_veth = true;
+            o.af_packet = true;
+            o.workers = 1;
+            o.gateway_extra = io(backend);
+            o.attachment_extra = format!("ring = {ring}");
+        });
+        assert_eq!(l.gateway().inside[0].on_rings(), ring, "{backend}");
+        assert!(l.gateway().outside_ring, "{backend}: the outside on rings too");
+        let port = 7950;
+        let server = l.server.run(move || UdpSocket::bind(SocketAddrV4::new(SERVER, port)).expect("bind"));
+        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let env = l.envs[0].run(|| UdpSocket::bind("0.0.0.0:0").expect("bind"));
+        env.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let dst = SocketAddrV4::new(SERVER, port);
+        let mut buf = [0u8; 2048];
+        // The session and the neighbours first, outside the count.
+        env.send_to(b"warm", dst).unwrap();
+        let (_, from) = server.recv_from(&mut buf).expect("warm-up datagram");
+        server.send_to(b"warm", from).unwrap();
+        env.recv_from(&mut buf).expect("warm-up reply");
+        let g = l.gateway();
+        let before = g.syscalls();
+        let out = std::thread::scope(|s| {
+            // Holds worker 0 until released (at most 5 s).
+            let hold = || {
+                let (held_tx, held) = std::sync::mpsc::sync_channel::<()>(1);
+                let (release, release_rx) = std::sync::mpsc::sync_channel::<()>(1);
+                s.spawn(move || {
+                    g.call(0, move |_| {
+                        let _ = held_tx.send(());
+                        let _ = release_rx.recv_timeout(Duration::from_secs(5));
+                    })
+                });
+                held.recv_timeout(Duration::from_secs(5)).expect("worker held");
+                release
+            };
+            let release = hold();
+            for i in 0..N {
+                env.send_to(format!("ask {i}").as_bytes(), dst).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            drop(release);
+            for i in 0..N {
+                server.recv_from(&mut buf).unwrap_or_else(|e| panic!("{backend} ring={ring}: request {i}: {e}"));
+            }
+            let release = hold();
+            for i in 0..N {
+                server.send_to(format!("reply {i}").as_bytes(), from).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            drop(release);
+            (0..N).filter(|_| env.recv_from(&mut buf).is_ok()).count()
+        });
+        assert_eq!(out, N, "{backend} ring={ring}: every reply arrived");
+        let after = g.syscalls();
+        // [read, write, epoll_wait, io_uring_enter, send, recv, wake]
+        let d: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let calls: u64 = d[..6].iter().sum();
+        let per_frame = calls as f64 / (2 * N) as f64;
+        eprintln!("{backend} ring={ring}: {per_frame:.2} system calls per frame ({d:?})");
+        if ring {
+            assert_eq!(d[5], 0, "{backend}: no recv for small frames on rings: {d:?}");
+            assert!(d[4] > 0, "{backend}: the transmit rings were kicked: {d:?}");
+            assert!(per_frame < 0.25, "{backend}: {per_frame:.2} system calls per frame on rings: {d:?}");
+        } else {
+            assert!(d[5] >= N as u64, "{backend}: a recv per frame read on plain sockets: {d:?}");
+            assert!(per_frame >= 1.0, "{backend}: {per_frame:.2} system calls per frame on plain sockets: {d:?}");
+        }
+        check_backend(&l, backend);
     }
 }
 

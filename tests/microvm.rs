@@ -157,7 +157,9 @@ fn run_guest(attach: Attach) {
         Attach::Direct => {
             tap_holder = Some(VmTap::create(&name, None).expect("VM TAP"));
             let opts = Options { direct: Some(vec![name.clone()]), ..Options::default() };
-            Lab::build(&opts).expect("lab builds")
+            let lab = Lab::build(&opts).expect("lab builds");
+            assert!(lab.gateway().inside[0].on_rings(), "the direct attach on packet rings (the default)");
+            lab
         }
         Attach::VhostUser => {
             tap_holder = None;

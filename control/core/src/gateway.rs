@@ -36,8 +36,8 @@ use dataplane_io::syscalls::ActiveBackend;
 use dataplane_io::vhost_user::VhostUserAttachment;
 use dataplane_io::worker::{OutsideTx, WorkerSpec, Workers};
 use dataplane_io::{
-    check_net_admin, Inside, IoCounters, IoError, PacketPort, PacketReceiver, PacketSender, RingConfig, RxOptions,
-    RxRing, Tap, TapOptions, TxRing, OFFLOADS_TCP,
+    check_net_admin, Inside, IoCounters, IoError, PacketPort, PacketReceiver, PacketSender, RingConfig, RingSender,
+    RxOptions, RxRing, Tap, TapOptions, OFFLOADS_TCP,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,8 +119,20 @@ fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool, queue: u32) 
 /// Opens an `af-packet` attachment on the existing interface `name`: it
 /// must be up and carry frames of the attachment's MTU (the gateway does
 /// not configure a device it does not own; a VMM's TAP is the VMM's).
-fn open_packet_attachment(name: &str, mtu: u16, offloads: bool) -> Result<Inside, StartError> {
-    let port = PacketPort::open(name, offloads).map_err(dev(name))?;
+/// `ring`: on packet rings of the outside's size, falling back to plain
+/// sockets with a warning where the kernel refuses them.
+fn open_packet_attachment(name: &str, mtu: u16, offloads: bool, ring: bool) -> Result<Inside, StartError> {
+    let rings = if ring {
+        PacketPort::open_rings(name, offloads, RingConfig::default())
+            .inspect_err(|e| tracing::warn!(attachment = %name, error = %e, "no packet rings: plain sockets"))
+            .ok()
+    } else {
+        None
+    };
+    let port = match rings {
+        Some(p) => p,
+        None => PacketPort::open(name, offloads).map_err(dev(name))?,
+    };
     let have = dataplane_io::ifreq::mtu(name).map_err(dev(name))?;
     if have < u32::from(mtu) {
         return Err(StartError::Device {
@@ -202,24 +214,24 @@ fn fanout_members<T>(
     }
 }
 
+/// One worker's rings on the AF_PACKET outside.
+type WorkerRings = (Arc<RxRing>, RingSender);
+
 /// Each worker's rings on the AF_PACKET outside `name`: a receive ring in
-/// the fanout group, a transmit ring, and a plain sender for frames longer
-/// than a transmit slot; with how the group steers.
-#[allow(clippy::type_complexity)]
+/// the fanout group and a transmit ring with its plain socket for frames
+/// longer than a slot; with how the group steers.
 fn outside_rings(
     name: &str,
     n: usize,
     shards: &Shards,
     offloads: bool,
-) -> Result<(Vec<(Arc<RxRing>, TxRing, PacketSender)>, &'static str), IoError> {
+) -> Result<(Vec<WorkerRings>, &'static str), IoError> {
     let cfg = RingConfig::default();
     let (rx, how) =
         fanout_members(name, n, shards, |o| RxRing::open(name, o, cfg), |r: &RxRing, p| r.set_fanout_program(p))?;
     let mut out = Vec::with_capacity(n);
     for r in rx {
-        let tx = TxRing::open(name, offloads, cfg)?;
-        let big = PacketSender::open_with(name, offloads)?;
-        out.push((Arc::new(r), tx, big));
+        out.push((Arc::new(r), RingSender::open(name, offloads, cfg)?));
     }
     Ok((out, how))
 }
@@ -239,7 +251,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
     let mut outside = Vec::new();
     let mut af_tx = Vec::new();
     let mut af_rx = None;
-    let mut af_rings: Vec<Option<(Arc<RxRing>, TxRing, PacketSender)>> = Vec::new();
+    let mut af_rings: Vec<Option<WorkerRings>> = Vec::new();
     let mut outside_ring = false;
     let mut outside_rx = "tap";
     match plan.outside.kind {
@@ -319,7 +331,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         let envs = plan.bindings.envs().iter().filter(|e| e.port == a.port).count();
         let dev = match a.kind {
             AttachmentKind::Tap => Inside::from(open_tap(&a.name, vnet, a.mtu, offloads, tap_queue(envs))?),
-            AttachmentKind::AfPacket => open_packet_attachment(&a.name, a.mtu, offloads)?,
+            AttachmentKind::AfPacket => open_packet_attachment(&a.name, a.mtu, offloads, a.ring)?,
             AttachmentKind::VhostUser => {
                 let socket = a.socket.as_deref().unwrap_or(std::path::Path::new(""));
                 Inside::VhostUser(VhostUserAttachment::bind(&a.name, socket).map_err(dev(&a.name))?)
@@ -343,7 +355,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
             .collect();
         let out = match (outside.get(i), af_rings.get_mut(i).and_then(Option::take)) {
             (Some(t), _) => OutsideTx::Tap(Arc::clone(t)),
-            (None, Some((rx, tx, big))) => OutsideTx::Ring { rx, tx, big },
+            (None, Some((rx, tx))) => OutsideTx::Ring { rx, tx },
             (None, None) => match af_tx.next() {
                 Some((tx, rx)) => OutsideTx::AfPacket(tx, rx),
                 None => unreachable!("one AF_PACKET sender per worker"),

@@ -95,6 +95,9 @@ pub struct AttachmentPlan {
     pub mtu: u16,
     /// Our MAC on it.
     pub mac: Mac,
+    /// `af-packet` only: on packet rings (else, or where the kernel
+    /// refuses them, plain sockets).
+    pub ring: bool,
 }
 
 /// The planned outside port.
@@ -323,6 +326,7 @@ pub fn plan(cfg: &Config, existing: &BTreeMap<EniKey, Vec<Ipv4Addr>>) -> Result<
             gateway: a.gateway,
             mtu: a.mtu as u16,
             mac: attachment_mac(i),
+            ring: a.ring.unwrap_or(true),
         })
         .collect();
     let port_of: BTreeMap<&str, PortId> = attachments.iter().map(|a| (a.name.as_str(), a.port)).collect();

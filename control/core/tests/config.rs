@@ -762,3 +762,28 @@ fn outside_ring_is_only_for_af_packet_with_fanout() {
     let c = parse(&edit("name = \"hp-out\"", "name = \"hp-out\"\nkind = \"af-packet\"")).unwrap();
     assert_eq!(c.outside.ring, None, "default: rings (plan: true)");
 }
+
+/// Issue 15/16: an `af-packet` attachment runs on packet rings by default
+/// (`ring`, planned true); `ring = false` keeps plain sockets; any other
+/// kind has no rings and the field is refused, naming it.
+#[test]
+fn attachment_ring_is_only_for_af_packet_and_on_by_default() {
+    let direct = |extra: &str| edit("name = \"hp-e0\"", &format!("name = \"hp-e0\"\nkind = \"af-packet\"{extra}"));
+    let p = planned(&direct(""));
+    assert!(p.attachments[0].ring, "default: rings");
+    let c = parse(&direct("\nring = false")).unwrap();
+    assert_eq!(c.attachments[0].ring, Some(false));
+    assert!(!planned(&direct("\nring = false")).attachments[0].ring);
+    assert!(planned(&direct("\nring = true")).attachments[0].ring);
+    rejects(
+        &edit("name = \"hp-e0\"", "name = \"hp-e0\"\nring = true"),
+        "attachments[0].ring",
+        "only for kind = \"af-packet\"",
+    );
+    rejects(
+        &edit("name = \"hp-e0\"", "name = \"hp-e0\"\nkind = \"vhost-user\"\nsocket = \"/run/vm0.sock\"\nring = false"),
+        "attachments[0].ring",
+        "only for kind = \"af-packet\"",
+    );
+    assert!(parse(&direct("\nring = \"yes\"")).is_err(), "a boolean");
+}

@@ -120,6 +120,9 @@ pub struct Options {
     /// attachment. Ignored with `direct`, `shared_attachment` or
     /// `bridged_attachments`.
     pub direct_veth: bool,
+    /// Lines added to every `af-packet` attachment's section (e.g.
+    /// `ring = false`).
+    pub attachment_extra: String,
     /// One-namespace-per-environment mode: environments whose attachment is
     /// in the config but the environment itself is not (yet): an `apply`
     /// with this cleared adds them.
@@ -144,6 +147,7 @@ impl Default for Options {
             direct: None,
             vhost_user: None,
             direct_veth: false,
+            attachment_extra: String::new(),
             absent_envs: Vec::new(),
         }
     }
@@ -231,9 +235,14 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
     }
     let direct_veth = opts.direct_veth && opts.shared_attachment.is_none() && opts.bridged_attachments.is_none();
     let kind = if opts.direct.is_some() || direct_veth { "af-packet" } else { "tap" };
+    let extra = if kind == "af-packet" && !opts.attachment_extra.is_empty() {
+        format!("{}\n", opts.attachment_extra)
+    } else {
+        String::new()
+    };
     for tap in taps {
         t += &format!(
-            "\n[[attachments]]\nkind = \"{kind}\"\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n",
+            "\n[[attachments]]\nkind = \"{kind}\"\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n{extra}",
             opts.mtu
         );
     }

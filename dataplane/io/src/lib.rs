@@ -22,9 +22,12 @@
 //!   ignores this host's transmissions, optionally one of a
 //!   `PACKET_FANOUT` group); [`fanout_bpf`]: the group's classic BPF
 //!   program steering each frame to the worker owning its port; [`rx_source`]: a TAP queue or packet socket as
-//!   a worker reads it (where the header and frame land in a buffer).
+//!   a worker reads it (where the header and frame land in a buffer);
+//!   [`packet_ring`]: `TPACKET` receive and transmit rings; [`ring_sender`]:
+//!   [`RingSender`], a transmit ring and its plain socket for what the ring
+//!   cannot take (the outside and direct attachments alike).
 //! - [`inside`]: [`Inside`], an attachment's device: a TAP queue, or
-//!   packet sockets on an existing interface (a VMM's TAP).
+//!   packet rings (or plain sockets) on an existing interface (a VMM's TAP).
 //! - [`poll`]: [`Poller`] (level-triggered epoll), [`Events`] and [`Waker`]
 //!   (eventfd) to stop a blocked worker.
 //! - [`error`]: [`IoError`] and [`check_net_admin`].
@@ -59,6 +62,7 @@ pub mod inside;
 pub mod packet_ring;
 pub mod packet_rx;
 pub mod poll;
+pub mod ring_sender;
 pub mod rx_source;
 pub mod steer;
 pub mod syscalls;
@@ -72,10 +76,11 @@ pub mod write_batch;
 pub use afpacket::{AfPacket, PacketSender};
 pub use backend::{Backend, IoSettings};
 pub use error::{check_net_admin, keep_only_net_capabilities, IoError, KEPT_CAPABILITIES};
-pub use inside::{Inside, PacketPort};
+pub use inside::{Inside, PacketPort, PacketRx};
 pub use packet_ring::{RingConfig, RxRing, TxRing};
 pub use packet_rx::{PacketReceiver, RxOptions, PACKET_VNET_LEN};
 pub use poll::{wait_readable, Events, Poller, Waker};
+pub use ring_sender::RingSender;
 pub use syscalls::IoCounters;
 pub use tap::{
     Tap, TapOptions, OFFLOADS_TCP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, VNET_HDR_LEN,

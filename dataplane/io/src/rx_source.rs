@@ -1,6 +1,6 @@
-//! What a worker reads frames from: a TAP queue, or its own `AF_PACKET`
-//! socket of the outside's fanout group, and where in a worker buffer a
-//! read lands.
+//! What a worker reads frames from: a TAP queue, its own `AF_PACKET`
+//! socket of the outside's fanout group, or a direct attachment's packet
+//! socket or ring, and where in a worker buffer a read lands.
 //!
 //! Invariant (the worker's buffer layout): after [`RxSource::finish`] the
 //! frame sits at `buf[HDR..HDR + len]` and `buf[..HDR]` holds a 12-byte
@@ -31,10 +31,11 @@ const HDR: usize = VNET_HDR_LEN;
 pub enum RxSource {
     /// A TAP queue.
     Tap(Arc<Tap>),
-    /// A packet socket (the outside's fanout group member of this worker).
+    /// A packet socket (the outside's fanout group member of this worker,
+    /// or a direct attachment's).
     Packet(Arc<PacketReceiver>),
     /// A packet socket's receive ring (the outside's fanout group member
-    /// of this worker).
+    /// of this worker, or a direct attachment's).
     Ring(Arc<RxRing>),
 }
 

@@ -508,6 +508,12 @@ pub struct Attachment {
     /// Default 1500.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
+    /// `af-packet` only: read and write the interface through `TPACKET`
+    /// rings mapped into the gateway (no system call per frame; the
+    /// outside's rings), falling back to plain sockets with a warning
+    /// where the kernel refuses the rings. Default `true`.
+    #[serde(default)]
+    pub ring: Option<bool>,
 }
 
 /// `[[environments]]`: an execution environment.

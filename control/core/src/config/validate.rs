@@ -336,6 +336,12 @@ impl Config {
                     return fail(format!("attachments[{i}].socket"), "only for kind = \"vhost-user\"");
                 }
             }
+            if a.ring.is_some() && a.kind != AttachmentKind::AfPacket {
+                return fail(
+                    format!("attachments[{i}].ring"),
+                    "only for kind = \"af-packet\" (a TAP or vhost-user attachment has no packet rings)",
+                );
+            }
             if let Some(p) = &a.socket {
                 if let Some(j) = self.attachments[..i].iter().position(|b| b.socket.as_ref() == Some(p)) {
                     return fail(

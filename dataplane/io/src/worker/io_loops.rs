@@ -77,7 +77,7 @@ impl Worker {
                 RxSource::Packet(_) => self.io.recv.inc(),
                 RxSource::Ring(r) => {
                     self.put_spare(buf);
-                    self.read_ring(r);
+                    self.read_ring(port, r);
                     return;
                 }
             }
@@ -89,14 +89,15 @@ impl Worker {
         }
     }
 
-    /// Takes the frames of up to [`RING_BLOCKS`] blocks the outside's
-    /// receive ring has handed over: each is copied to `HDR` of a buffer,
-    /// its offload header before it (the worker's buffer layout, see
+    /// Takes the frames of up to [`RING_BLOCKS`] blocks a receive ring (of
+    /// the outside, or of attachment `port`) has handed over: each is
+    /// copied to `HDR` of a buffer, its offload header before it (the
+    /// worker's buffer layout, see
     /// [`RxSource`]), and accepted; one the ring queued whole on its socket
     /// (a superframe) is received straight into the buffer instead. A frame
     /// the ring holds only part of, or longer than [`MAX_FRAME`], is
     /// dropped (`truncated`). Returns the frames walked.
-    pub(super) fn read_ring(&mut self, ring: &RxRing) -> usize {
+    pub(super) fn read_ring(&mut self, port: PortId, ring: &RxRing) -> usize {
         ring.drain(RING_BLOCKS, |f| {
             let mut buf = self.take_spare();
             let len = if f.copied {
@@ -127,7 +128,7 @@ impl Worker {
                 self.put_spare(buf);
                 return;
             }
-            self.accept(PortId::OUTSIDE, buf, len);
+            self.accept(port, buf, len);
         })
     }
 
@@ -157,20 +158,18 @@ impl Worker {
         self.ring = Some(ring);
         // A receive ring is not read by posted reads: it is walked in
         // place, and a readiness poll posted on it wakes the worker.
-        let rx_ring = match &self.outside_rx {
-            Some(RxSource::Ring(r)) => Some(Arc::clone(r)),
-            Some(src) => {
-                self.ring_fds.push(RingFd { port: PortId::OUTSIDE, src: src.clone(), posted: 0, retry_at: None });
-                None
-            }
-            None => None,
-        };
-        let rx_ready = |r: &Option<Arc<RxRing>>| r.as_ref().is_some_and(|r| r.ready());
-        for (port, dev) in &self.inside {
-            if let Some(src) = dev.rx_source() {
-                self.ring_fds.push(RingFd { port: *port, src, posted: 0, retry_at: None });
+        let mut rx_rings: Vec<(PortId, Arc<RxRing>)> = Vec::new();
+        let sources = self.outside_rx.iter().map(|s| (PortId::OUTSIDE, s.clone()));
+        let sources: Vec<(PortId, RxSource)> =
+            sources.chain(self.inside.iter().filter_map(|(p, d)| d.rx_source().map(|s| (*p, s)))).collect();
+        for (port, src) in sources {
+            match src {
+                RxSource::Ring(r) => rx_rings.push((port, r)),
+                src => self.ring_fds.push(RingFd { port, src, posted: 0, retry_at: None }),
             }
         }
+        self.ring_rx_polled = vec![false; rx_rings.len()];
+        let rx_ready = |r: &[(PortId, Arc<RxRing>)]| r.iter().any(|(_, r)| r.ready());
         let mut done: Vec<Done> = Vec::with_capacity(self.ring.as_ref().map_or(0, Ring::slots));
         self.refill_reads()?;
         self.flush();
@@ -179,7 +178,7 @@ impl Worker {
             let ready = self.ring.as_mut().is_some_and(Ring::has_completions)
                 || !self.inbox.is_empty()
                 || self.vhost_more
-                || rx_ready(&rx_ring);
+                || rx_ready(&rx_rings);
             let timeout = if ready { None } else { self.uring_timeout() };
             let Some(ring) = self.ring.as_mut() else { break };
             if ready {
@@ -190,7 +189,7 @@ impl Worker {
                     ring.submit(&self.io)?;
                     let end = std::time::Instant::now() + busy;
                     while std::time::Instant::now() < end {
-                        if ring.has_completions() || !self.inbox.is_empty() || rx_ready(&rx_ring) {
+                        if ring.has_completions() || !self.inbox.is_empty() || rx_ready(&rx_rings) {
                             got = true;
                             break;
                         }
@@ -212,17 +211,23 @@ impl Worker {
                         self.put_spare(buf);
                     }
                     Done::Wake => {}
-                    Done::Ready { .. } => self.ring_rx_polled = false,
+                    Done::Ready { fd } => {
+                        if let Some(p) = self.ring_rx_polled.get_mut((RING_RX_POLL - fd) as usize) {
+                            *p = false;
+                        }
+                    }
                 }
             }
-            if let Some(r) = &rx_ring {
-                self.read_ring(r);
+            for (port, r) in &rx_rings {
+                self.read_ring(*port, r);
             }
             self.finish_iteration();
             self.refill_reads()?;
-            if let (Some(r), Some(ring)) = (&rx_ring, self.ring.as_mut()) {
-                if !self.ring_rx_polled && !r.ready() {
-                    self.ring_rx_polled = ring.post_poll(RING_RX_POLL, r.as_raw_fd(), &self.io);
+            if let Some(ring) = self.ring.as_mut() {
+                for (k, (_, r)) in rx_rings.iter().enumerate() {
+                    if !self.ring_rx_polled[k] && !r.ready() {
+                        self.ring_rx_polled[k] = ring.post_poll(RING_RX_POLL - k as u32, r.as_raw_fd(), &self.io);
+                    }
                 }
             }
         }
@@ -237,8 +242,8 @@ impl Worker {
     pub(super) fn uring_timeout(&self) -> Option<Duration> {
         let now = std::time::Instant::now();
         let mut retry = self.ring_fds.iter().filter_map(|f| f.retry_at).map(|t| t.saturating_duration_since(now)).min();
-        if matches!(self.outside_rx, Some(RxSource::Ring(_))) && !self.ring_rx_polled {
-            // No poll could be posted on the receive ring (every slot
+        if self.ring_rx_polled.iter().any(|p| !p) {
+            // No poll could be posted on a receive ring (every slot
             // taken): look at it again soon rather than sleep past it.
             retry = Some(retry.map_or(RING_RX_RETRY, |r| r.min(RING_RX_RETRY)));
         }

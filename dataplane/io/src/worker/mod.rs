@@ -44,10 +44,12 @@
 //! - syscalls: `epoll_wait`, then non-blocking `read`s (up to [`BATCH`] per
 //!   device per wake-up) and one `write` per frame sent.
 //! - an AF_PACKET outside on packet rings ([`OutsideTx::Ring`], either
-//!   path): the worker walks its receive ring in place when it is readable
-//!   (epoll, or a poll posted on the io_uring), copying each frame once
-//!   into a buffer, and frames for the outside go into its transmit ring,
-//!   kicked with one `send` at the end of the iteration.
+//!   path), and direct (`af-packet`) attachments on them: the worker walks
+//!   each receive ring in place when it is readable (epoll, or a poll
+//!   posted on the io_uring), copying each frame once into a buffer, and
+//!   frames for the outside, or for an attachment it owns, go into that
+//!   interface's transmit ring ([`RingSender`]), kicked with one `send` at
+//!   the end of the iteration.
 //!
 //! On both, the frames of one wake-up (at most [`BATCH`] at a time) are
 //! handed to the engine together, in `Worker::process_rx`; frames handed to
@@ -71,7 +73,7 @@ use crate::syscalls::{ActiveBackend, IoCounters};
 use crate::uring::{Done, Ring};
 use crate::vhost_user::VhostUserPort;
 use crate::{
-    complete_checksum, Events, PacketReceiver, Poller, RxRing, Tap, TxRing, VnetHdr, Waker, PACKET_VNET_LEN,
+    complete_checksum, Events, PacketReceiver, Poller, RingSender, RxRing, Tap, VnetHdr, Waker, PACKET_VNET_LEN,
     VNET_HDR_LEN,
 };
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -115,11 +117,12 @@ const READ_RETRY: Duration = Duration::from_millis(100);
 /// Buffer size: header room, the largest frame, and room for a reply.
 const BUF: usize = HDR + MAX_FRAME;
 
-/// Blocks of the outside's receive ring walked per wake-up before the
-/// other devices get a turn.
+/// Blocks of a receive ring (the outside's, an attachment's) walked per
+/// wake-up before the other devices get a turn.
 const RING_BLOCKS: usize = 2;
-/// The io_uring descriptor index of the readiness poll on the outside's
-/// receive ring (reads are indexed from 0).
+/// The io_uring descriptor index of the readiness poll on the worker's
+/// first receive ring (the outside's, when it has one); the `k`-th ring's
+/// is `RING_RX_POLL - k` (reads are indexed from 0).
 const RING_RX_POLL: u32 = u32::MAX;
 /// How soon the receive ring is looked at again when no poll could be
 /// posted on it (io_uring), and a refused transmit ring kick retried.
@@ -174,16 +177,13 @@ pub enum OutsideTx {
     AfPacket(PacketSender, Option<Arc<PacketReceiver>>),
     /// Its own rings on the outside interface ([`crate::packet_ring`]): a
     /// receive ring, its member of the outside's fanout group, and a
-    /// transmit ring, kicked once per wake-up; a frame longer than a
-    /// transmit slot (a superframe) goes out on `big` (same offload
-    /// header setting as `tx`), after the frames already in the ring.
+    /// transmit ring with its plain socket for what the ring cannot take
+    /// ([`RingSender`]), kicked once per wake-up.
     Ring {
         /// The receive ring (read by this worker only).
         rx: Arc<RxRing>,
         /// The transmit ring.
-        tx: TxRing,
-        /// Frames the transmit ring cannot take.
-        big: PacketSender,
+        tx: RingSender,
     },
 }
 
@@ -318,10 +318,18 @@ pub struct Worker {
     to_guest: Vec<(PortId, Vec<u8>, usize)>,
     /// Frames just read from a guest, before they are accepted.
     from_guest: Vec<(Vec<u8>, usize)>,
-    /// On the io_uring path, whether a readiness poll is posted on the
-    /// outside's receive ring.
-    ring_rx_polled: bool,
+    /// On the io_uring path, per receive ring (the outside's first, then
+    /// the attachments' in `inside` order), whether a readiness poll is
+    /// posted on it.
+    ring_rx_polled: Vec<bool>,
+    /// The transmit rings of the direct attachments this worker owns.
+    inside_tx: Vec<(PortId, RingSender)>,
+    /// Index into `inside_tx` by `PortId.0` ([`NO_RING`]: none here).
+    inside_tx_at: Vec<u32>,
 }
+
+/// No transmit ring of this worker's for that port.
+const NO_RING: u32 = u32::MAX;
 
 impl Worker {
     /// A worker; `inbox` and `waker` are its entries in the fabric.
@@ -345,6 +353,17 @@ impl Worker {
             .collect();
         for (_, p) in &vhost {
             p.forward_doorbell(Arc::clone(&waker));
+        }
+        // The transmit rings of the direct attachments this worker owns.
+        let mut inside_tx = Vec::new();
+        let mut inside_tx_at = vec![NO_RING; fabric.inside.len()];
+        for (port, dev) in &spec.inside {
+            if let (Inside::Packet(p), Some(at)) = (dev.as_ref(), inside_tx_at.get_mut(usize::from(port.0))) {
+                if let Some(r) = p.take_ring_tx() {
+                    *at = inside_tx.len() as u32;
+                    inside_tx.push((*port, r));
+                }
+            }
         }
         let outside_rx = match &spec.outside {
             OutsideTx::Tap(t) => Some(RxSource::Tap(Arc::clone(t))),
@@ -377,7 +396,9 @@ impl Worker {
             vhost_more: false,
             to_guest: Vec::with_capacity(BATCH),
             from_guest: Vec::with_capacity(BATCH),
-            ring_rx_polled: false,
+            ring_rx_polled: Vec::new(),
+            inside_tx,
+            inside_tx_at,
         }
     }
 
@@ -403,13 +424,17 @@ impl Worker {
     }
 
     /// How long the worker may sleep: until its engine's next timer
-    /// (`None`: no timer). Slots of the outside's transmit ring that a refused kick left
-    /// marked shorten it to [`RING_RX_RETRY`], so they are kicked again soon.
+    /// (`None`: no timer). Slots of a transmit ring (the outside's or an
+    /// attachment's) that a refused kick left marked shorten it to
+    /// [`RING_RX_RETRY`], so they are kicked again soon.
     fn timeout(&self) -> Option<Duration> {
         let now = self.fabric.now();
         let t = self.engine.poll_timeout().map(|t| Duration::from_millis(t.millis().saturating_sub(now.millis())));
         match &self.outside {
             OutsideTx::Ring { tx, .. } if tx.pending() > 0 => Some(t.map_or(RING_RX_RETRY, |t| t.min(RING_RX_RETRY))),
+            _ if self.inside_tx.iter().any(|(_, r)| r.pending() > 0) => {
+                Some(t.map_or(RING_RX_RETRY, |t| t.min(RING_RX_RETRY)))
+            }
             _ => t,
         }
     }
@@ -439,7 +464,7 @@ impl Worker {
             count_kernel_drops(drops, &self.counters);
             for (_, dev) in &self.inside {
                 if let Inside::Packet(p) = dev.as_ref() {
-                    count_kernel_drops(p.rx.take_drops(), &self.counters);
+                    count_kernel_drops(p.take_drops(), &self.counters);
                 }
             }
         }

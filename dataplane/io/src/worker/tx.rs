@@ -1,12 +1,9 @@
-//! Transmission: frames out of a TAP (or its io_uring), gathered frames to
-//! an AF_PACKET outside, and the checks a frame needs before it leaves.
+//! Transmission: frames out of a TAP (or its io_uring), into a transmit
+//! ring (the AF_PACKET outside's, a direct attachment's), gathered frames
+//! to an AF_PACKET outside on plain sockets, and the checks a frame needs
+//! before it leaves.
 
 use super::*;
-
-/// Frames the outside's transmit ring collects before it is kicked in the
-/// middle of a wake-up (a long burst streams out instead of waiting for the
-/// end of the iteration).
-const RING_KICK: usize = 256;
 
 impl Worker {
     /// Sends the frames queued for the AF_PACKET outside: one `sendmmsg`
@@ -40,15 +37,18 @@ impl Worker {
         self.packets = packets;
     }
 
-    /// Has the kernel send what the outside's transmit ring holds (a
-    /// `send`, counted, or a few when the device drops a frame; none when
-    /// it holds nothing). Slots a refused kick left marked go at the next
-    /// one (the worker then sleeps at most 1 ms).
+    /// Has the kernel send what the transmit rings hold, the outside's and
+    /// those of the attachments this worker owns (a `send` each, counted,
+    /// or a few when the device drops a frame; none for a ring that holds
+    /// nothing). Slots a refused kick left marked go at the next one (the
+    /// worker then sleeps at most 1 ms).
     pub(super) fn kick_ring(&mut self) {
-        let OutsideTx::Ring { tx, .. } = &mut self.outside else {
-            return;
-        };
-        self.io.send.add(tx.kick() as u64);
+        if let OutsideTx::Ring { tx, .. } = &mut self.outside {
+            tx.kick(&self.io);
+        }
+        for (_, r) in &mut self.inside_tx {
+            r.kick(&self.io);
+        }
     }
 
     /// Sends `buf[HDR..HDR + len]` out of `port` with offload header `hdr`.
@@ -58,31 +58,12 @@ impl Worker {
             self.send_to_guest(owner, port, buf, len, hdr);
             return;
         }
-        let Worker { outside, fabric, ring, spare, io, packets, .. } = self;
+        let Worker { outside, fabric, ring, spare, io, packets, inside_tx, inside_tx_at, .. } = self;
         let mut tx = Tx { ring, spare, fabric, io };
         let ok = if port == PortId::OUTSIDE {
             match outside {
                 OutsideTx::Tap(t) => tx.tap(t, buf, len, hdr),
-                OutsideTx::Ring { tx: txr, big, .. } => {
-                    let start = if txr.vnet_hdr() { HDR - PACKET_VNET_LEN } else { HDR };
-                    if txr.vnet_hdr() {
-                        buf[start..HDR].copy_from_slice(&hdr.to_bytes()[..PACKET_VNET_LEN]);
-                    }
-                    if !txr.vnet_hdr() && !finish_in_software(buf, len, hdr) {
-                        false
-                    } else if txr.push(&buf[start..HDR + len]) {
-                        if txr.pending() >= RING_KICK {
-                            tx.io.send.add(txr.kick() as u64);
-                        }
-                        true
-                    } else {
-                        // Too long for a slot, or the ring is full: after
-                        // what the ring holds, so the frames keep their order.
-                        tx.io.send.add(txr.kick() as u64);
-                        tx.io.send.inc();
-                        big.send(&buf[start..HDR + len]).is_ok()
-                    }
-                }
+                OutsideTx::Ring { tx: txr, .. } => tx.ring(txr, buf, len, hdr),
                 OutsideTx::AfPacket(s, _) => {
                     let start = packet_start(s);
                     if !prepare_packet(s, buf, len, hdr) {
@@ -102,7 +83,13 @@ impl Worker {
         } else {
             match fabric.inside.get(usize::from(port.0)).map(Option::as_deref) {
                 Some(Some(Inside::Tap(t))) => tx.tap(t, buf, len, hdr),
-                Some(Some(Inside::Packet(p))) => tx.packet(&p.tx, buf, len, hdr),
+                Some(Some(Inside::Packet(p))) => {
+                    let mine = inside_tx_at.get(usize::from(port.0)).and_then(|&k| inside_tx.get_mut(k as usize));
+                    match mine {
+                        Some((_, r)) => tx.ring(r, buf, len, hdr),
+                        None => tx.packet(&p.tx, buf, len, hdr),
+                    }
+                }
                 // No worker took it (cannot happen once workers run).
                 Some(Some(Inside::VhostUser(_))) | Some(None) | None => false,
             }
@@ -159,6 +146,22 @@ impl Tx<'_> {
         }
         self.io.send.inc();
         s.send(&buf[start..HDR + len]).is_ok()
+    }
+
+    /// Sends a frame through a transmit ring (the outside's, or an
+    /// attachment's this worker owns): with its offload header when the
+    /// ring takes one, otherwise with checksums completed in software; sent
+    /// at the iteration's kick (or earlier, see [`RingSender::send`]).
+    pub(super) fn ring(&mut self, r: &mut RingSender, buf: &mut [u8], len: usize, hdr: VnetHdr) -> bool {
+        let start = if r.vnet_hdr() {
+            buf[HDR - PACKET_VNET_LEN..HDR].copy_from_slice(&hdr.to_bytes()[..PACKET_VNET_LEN]);
+            HDR - PACKET_VNET_LEN
+        } else if finish_in_software(buf, len, hdr) {
+            HDR
+        } else {
+            return false;
+        };
+        r.send(&buf[start..HDR + len], self.io)
     }
 
     /// Queues a write of `buf[range]` to `fd` on the ring, the buffer going
