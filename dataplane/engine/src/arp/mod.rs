@@ -645,8 +645,21 @@ impl ArpTable {
     ///
     /// [`expire`]: ArpTable::expire
     /// [`lookup`]: ArpTable::lookup
+    ///
+    /// Called at every wake-up of a worker: with nothing being resolved (the
+    /// common case) it answers without looking at the pending slots, and
+    /// otherwise it looks only at the active ones (`pending_index` holds
+    /// exactly those).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.iter().filter(|p| p.active).map(|p| p.last_request + self.config.retry).min()
+        if self.pending_index.is_empty() {
+            return None;
+        }
+        self.pending_index
+            .values()
+            .filter_map(|&p| self.pending.get(p as usize))
+            .filter(|p| p.active)
+            .map(|p| p.last_request + self.config.retry)
+            .min()
     }
 
     /// Entries held, including stale ones not yet forgotten by [`expire`].
