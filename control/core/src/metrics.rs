@@ -19,6 +19,7 @@
 //! | `hyperplane_drops_total` | counter | `reason` (every reason, zeros included) |
 //! | `hyperplane_sessions_table` | gauge | `state` = `live`, `recyclable`, `capacity` |
 //! | `hyperplane_sessions_recycled_total` | counter | |
+//! | `hyperplane_sessions_evicted_total` | counter | |
 //! | `hyperplane_sessions_reopened_total` | counter | |
 //! | `hyperplane_sessions_flushed_total` | counter | |
 //! | `hyperplane_port_use` | gauge | `addr`, `proto` = `tcp`, `udp`, `icmp` (ports held by live flows) |
@@ -204,6 +205,11 @@ fn families(s: &StatsReport) -> Vec<Family> {
             "hyperplane_sessions_recycled",
             "Ended or unanswered sessions removed early to make room for a new flow.",
             one(h.sessions_recycled),
+        ),
+        counter(
+            "hyperplane_sessions_evicted",
+            "Outbound sessions nobody answered, taken from a full table for a new flow.",
+            one(h.sessions_evicted),
         ),
         counter(
             "hyperplane_sessions_reopened",

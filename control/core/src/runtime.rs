@@ -582,6 +582,7 @@ impl Shared {
             sessions_recyclable: sum(&|c| c.sessions_recyclable.get()),
             sessions_capacity: sum(&|c| c.sessions_capacity.get()),
             sessions_recycled: sum(&|c| c.sessions_recycled.get()),
+            sessions_evicted: sum(&|c| c.sessions_evicted.get()),
             sessions_reopened: sum(&|c| c.sessions_reopened.get()),
             eni_addresses: self
                 .registry

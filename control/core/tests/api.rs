@@ -377,6 +377,7 @@ fn metrics_render_in_the_text_exposition_format() {
         "hyperplane_sessions_table{state=\"recyclable\"} 40",
         "hyperplane_sessions_table{state=\"capacity\"} 262144",
         "hyperplane_sessions_recycled_total 1200",
+        "hyperplane_sessions_evicted_total 3",
         "hyperplane_sessions_reopened_total 7",
         "hyperplane_sessions_flushed_total 2",
         "hyperplane_port_recyclable{addr=\"10.0.0.4\",proto=\"tcp\"} 40",
@@ -410,7 +411,7 @@ fn metrics_render_in_the_text_exposition_format() {
             assert!(value.parse::<f64>().is_ok(), "bad value in {l:?}");
         }
     }
-    assert_eq!(families, 23, "{m}");
+    assert_eq!(families, 24, "{m}");
     assert!(m.ends_with('\n'));
 }
 

@@ -292,6 +292,10 @@ pub struct Counters {
     /// Closing or unanswered sessions removed early to give a new flow their
     /// table slot or port (also counted in `sessions_expired`).
     pub sessions_recycled: Counter,
+    /// Outbound sessions nobody answered, removed from a full table to give
+    /// a new flow their slot (see [`crate::engine::UNANSWERED_GRACE`]; also
+    /// counted in `sessions_expired`).
+    pub sessions_evicted: Counter,
     /// Closing or reset TCP sessions that a new SYN on the same 5-tuple
     /// opened again.
     pub sessions_reopened: Counter,
@@ -330,6 +334,7 @@ impl Default for Counters {
             sessions_created: Default::default(),
             sessions_expired: Default::default(),
             sessions_recycled: Counter::default(),
+            sessions_evicted: Counter::default(),
             sessions_reopened: Counter::default(),
             sessions_flushed: Counter::default(),
             sessions_capacity: Gauge::default(),

@@ -30,7 +30,7 @@ pub mod testkit;
 pub mod time;
 pub mod wire;
 
-pub use engine::{Action, BatchFrame, Engine, Event, Offload};
+pub use engine::{Action, BatchFrame, Engine, Event, Offload, UNANSWERED_GRACE};
 
 /// A port of the engine: where a frame arrived or where it leaves.
 ///

@@ -143,6 +143,65 @@ fn established_sessions_are_never_recycled() {
     }
 }
 
+/// A flood of outbound flows nobody answers (a UDP scan, new 5-tuples to a
+/// black hole) fills the table; as Linux's conntrack drops unreplied
+/// entries early, a full table then gives the slot of the longest-waiting
+/// unanswered one (sent more than [`dataplane::UNANSWERED_GRACE`] ago) to a
+/// new flow, so connections keep opening after the flood. Answered flows,
+/// established connections and unanswered flows younger than the grace are
+/// never taken.
+#[test]
+fn a_table_full_of_unanswered_flows_still_opens_connections() {
+    let cfg = EngineConfig { max_sessions: 64, ..EngineConfig::default() };
+    let mut h = Harness::with(cfg);
+    // 8 flows answered by the server and 8 established connections: kept.
+    for i in 0..8u16 {
+        let out = h.out_ok(u32::from(i), UDP, 5000 + i, SERVER, 53, 0);
+        let eni = out.src();
+        let back = h.vpc_frame(SERVER, 53, eni.0, eni.1, UDP, 0, b"answer");
+        assert!(h.send(PortId::OUTSIDE, back).forwarded().is_some());
+        connection(&mut h, u32::from(i), 6000 + i, "open");
+    }
+    // 48 UDP flows to ports nobody listens on.
+    for i in 0..48u16 {
+        h.out_ok(u32::from(i % 8), UDP, 7000 + i, SERVER, 9000 + i, 0);
+    }
+    assert_eq!(h.engine.sessions().len(), 64);
+    // Within the grace a new flow is refused: those flows may yet be answered.
+    let f = h.env_frame(0, TCP, 30000, SERVER, 80, SYN, b"");
+    h.send(h.env_port(0), f);
+    assert_eq!(h.dropped(DropReason::TableFull), 1);
+    h.advance(dataplane::UNANSWERED_GRACE + Duration::from_millis(10));
+    // After it, every new connection takes an unanswered flow's slot.
+    for i in 0..40u16 {
+        connection(&mut h, u32::from(i % 8), 20000 + i, "open");
+    }
+    assert_eq!(h.dropped(DropReason::TableFull), 1);
+    assert_eq!(h.engine.counters().sessions_evicted.get(), 40);
+    for i in 0..8u16 {
+        assert_eq!(session_state(&h, u32::from(i), 6000 + i), Some("ESTABLISHED"), "established kept");
+        let again = h.out_ok(u32::from(i), UDP, 5000 + i, SERVER, 53, 0);
+        assert_eq!(h.engine.counters().sessions_evicted.get(), 40, "answered flow {i} kept: {again:?}");
+    }
+    // With only established connections and answered flows (and the 8
+    // unanswered flows left, now answered too), the table is full again.
+    for i in 40..48u16 {
+        let mut eni = None;
+        h.engine.sessions().for_each(|_, s| {
+            if s.inside.port == 7000 + i {
+                eni = Some(s.eni);
+            }
+        });
+        let eni = eni.expect("left");
+        let back = h.vpc_frame(SERVER, 9000 + i, eni.ip, eni.port, UDP, 0, b"late");
+        assert!(h.send(PortId::OUTSIDE, back).forwarded().is_some());
+    }
+    h.advance(dataplane::UNANSWERED_GRACE);
+    let f = h.env_frame(0, TCP, 31000, SERVER, 80, SYN, b"");
+    h.send(h.env_port(0), f);
+    assert_eq!(h.dropped(DropReason::TableFull), 2, "nothing left to take");
+}
+
 #[test]
 fn closed_sessions_give_their_ports_back_when_the_pool_runs_out() {
     for close in ["rst", "fin"] {

@@ -311,6 +311,10 @@ pub struct Headroom {
     pub sessions_capacity: u64,
     /// Sessions recycled for new flows so far (count).
     pub sessions_recycled: u64,
+    /// Outbound sessions nobody answered, taken from a full table for new
+    /// flows so far (count).
+    #[serde(default)]
+    pub sessions_evicted: u64,
     /// Ended connections reopened by a new SYN on the same 5-tuple (count).
     pub sessions_reopened: u64,
     /// Addresses per shared ENI against the most it may have.

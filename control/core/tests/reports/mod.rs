@@ -15,6 +15,7 @@ pub fn headroom() -> Headroom {
         sessions_recyclable: 40,
         sessions_capacity: 262144,
         sessions_recycled: 1200,
+        sessions_evicted: 3,
         sessions_reopened: 7,
         eni_addresses: vec![EniAddresses { eni: 1, addresses: 2, max: 16 }],
     }

@@ -146,6 +146,18 @@ impl Hold {
     }
 }
 
+/// How long an outbound flow nobody has answered keeps its session against
+/// a full table: after it, a new flow short of a slot may take the session
+/// (Linux's conntrack likewise drops unreplied entries early when it is
+/// full). Long enough for an answer to cross a VPC; a flow answered later
+/// just starts a new session. TCP counts as answered from its first segment
+/// from the VPC, so only SYNs nobody answered are taken.
+pub const UNANSWERED_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How many sessions a flow short of a table slot looks at for one nobody
+/// answered ([`UNANSWERED_GRACE`]) before it is refused.
+pub(super) const EVICT_SCAN: u32 = 64;
+
 /// How far a new flow looks down an address's recyclable list for a
 /// session whose removal gives it a port.
 pub(super) const RECYCLE_SCAN: usize = 64;
@@ -319,9 +331,15 @@ impl Engine {
     /// Removes recyclable session `sid` early to give its slot (and maybe
     /// its port, at once when `reuse`) to a new flow.
     pub(super) fn recycle(&mut self, now: Instant, sid: u32, reuse: bool) {
+        self.counters.sessions_recycled.inc();
+        self.remove_early(now, sid, reuse);
+    }
+
+    /// Removes session `sid` before its timer, accounting for it as an
+    /// expiry.
+    fn remove_early(&mut self, now: Instant, sid: u32, reuse: bool) {
         let s = *self.table.get(sid);
         let removed = self.table.remove(sid);
-        self.counters.sessions_recycled.inc();
         let Engine { addrs, envs, counters, cfg, .. } = self;
         Engine::account_removed(envs, addrs, counters, cfg, now, &s, removed, reuse);
     }
@@ -352,8 +370,32 @@ impl Engine {
                 self.recycle(now, sid, false);
                 true
             }
-            None => false,
+            None => self.evict_unanswered(now, keep),
         }
+    }
+
+    /// With every slot of the table taken, removes one outbound session
+    /// nobody answered for [`UNANSWERED_GRACE`] (not of mapping `keep`),
+    /// looking at up to [`EVICT_SCAN`] slots from where the last call
+    /// stopped (a clock hand over the slab, so a flood's sessions are taken
+    /// roughly in the order they were made). Whether it removed one.
+    fn evict_unanswered(&mut self, now: Instant, keep: u32) -> bool {
+        let cap = self.table.capacity() as u32;
+        if cap == 0 || self.table.len() < cap as usize {
+            return false;
+        }
+        for _ in 0..EVICT_SCAN.min(cap) {
+            let id = self.evict_at % cap;
+            self.evict_at = (id + 1) % cap;
+            let s = self.table.get(id);
+            let unanswered = !s.inbound_origin && s.in_packets == 0 && s.out_packets > 0;
+            if unanswered && s.mapping != keep && now >= s.created + UNANSWERED_GRACE {
+                self.counters.sessions_evicted.inc();
+                self.remove_early(now, id, false);
+                return true;
+            }
+        }
+        false
     }
 
     /// Frees a TCP port on `addr` for a new flow towards `remote` by

@@ -72,7 +72,7 @@ mod rewrite;
 
 pub use admin::Walk;
 pub use batch::{BatchFrame, BATCH};
-pub use hold::{PROBE_LIMIT, REMOTE_TIME_WAIT};
+pub use hold::{PROBE_LIMIT, REMOTE_TIME_WAIT, UNANSWERED_GRACE};
 
 use crate::arp::{self, ArpTable};
 use crate::bindings::{Bindings, Mac};
@@ -241,6 +241,9 @@ pub struct Engine {
     /// When every address last had its cooling sessions moved
     /// ([`Engine::cool_all`]).
     cooled_at: Instant,
+    /// Where [`Engine::evict_unanswered`] looks next in the session slab
+    /// (a clock hand).
+    evict_at: u32,
 }
 
 impl Engine {
@@ -273,6 +276,7 @@ impl Engine {
             hint: None,
             hint_flow: None,
             cooled_at: Instant::ZERO,
+            evict_at: 0,
             bindings: Arc::clone(&bindings),
             cfg: config,
         };
