@@ -1,0 +1,549 @@
+//! Our gateway against the Linux kernel's NAT (nftables masquerade), side by
+//! side in one run, on the same namespace address plan (ours: the gateway
+//! between per-environment TAPs and a TAP to the VPC router namespace; the
+//! kernel: a NAT namespace between veths):
+//!
+//! - TCP bulk, Gbit/s (iperf3, 5 s, one stream), offloads on;
+//! - UDP, 64 bytes of payload, one flow: a saturating raw sender
+//!   (`loadgen::sender`: prebuilt frames, `sendmmsg` of 64 frames on an
+//!   `AF_PACKET` socket on environment 0's link, one thread pinned to each CPU
+//!   of `--cpus`, default CPU 0), counted at the VPC side by the kernel: an
+//!   nftables netdev ingress counter on the VPC router's link from the NAT
+//!   (`netlab::meter`), which also drops what it counts, so the VPC side
+//!   discards and only the NAT's forwarding is measured. Offered (the
+//!   sender's running count) and delivered (the counter) are read over the
+//!   same window, from 0.2 s after the counter first moves to 0.3 s before
+//!   the end; a warning says when the offer did not exceed what was carried;
+//! - the same with every packet a new flow (64,000 source ports × 16
+//!   destination ports, no flow repeats within 1,024,000 frames; our
+//!   per-environment quotas are opened up for it, see `OPEN_QUOTAS`);
+//! - with `--trafgen`, trafgen (netsniff-ng, pinned to the first CPU of
+//!   `--cpus`, through the qdisc like our sender) sending the same one-flow
+//!   frame, counted the same way, and how far our sender's delivered figure
+//!   is from it;
+//! - new TCP connections per second (connect, close at once, from two
+//!   environments, four threads each, 2 s), once closing with an RST
+//!   (`SO_LINGER` 0) and once with an orderly close (the client's FIN first),
+//!   with the failed connects (not established within 3 s) of each;
+//! - the machine's steal time over each round (`/proc/stat`), so that a
+//!   noisy round can be recognised.
+//!
+//! Run as root: `cargo bench --bench compare` (`-- --quick` for 2-second
+//! runs; `--rounds N`, default 3, alternating ours and the kernel, medians
+//! reported; `--workers N` for our gateway; `--only tcp|udp|conn`;
+//! `--cpus 0,1` for the sender; `--trafgen`). Needs iperf3 (for TCP), nft, ip,
+//! sysctl, ping; trafgen for `--trafgen`. Prints each figure for both and the
+//! ratio (ours / kernel) where one means something, and writes
+//! `target/compare.json` (medians and every round). Every load is bounded in
+//! time and runs only between namespaces this program made.
+//!
+//! `--only sessions` (ours only): a lab whose gateway is first filled with
+//! ~1k and then, in a new lab, ~1M live UDP sessions (environment 0, source
+//! ports 2000.. × destination ports 10000..10063, paced at 100,000 frames/s,
+//! up to three passes until 97% are live; `max_sessions` 4,194,304 and the
+//! quotas opened), then one established flow's delivered rate as above;
+//! prints both and 1M / 1k, writes `target/compare-sessions.json`.
+//!
+//! `--only outside`: the same measurements with our gateway's outside on a
+//! TAP and on a veth read through AF_PACKET (offloads as Linux sets them,
+//! a fanout group across the workers) on packet rings and on plain sockets
+//! (`ring = false`), against the kernel, in alternating rounds; prints
+//! AF_PACKET (rings) / TAP, / kernel and / plain sockets, and how many
+//! workers took frames from the VPC side.
+//!
+//! `--only attach`: how an environment reaches our gateway, TCP bulk and
+//! the 64-byte UDP figures (one flow, new flows) from an environment
+//! namespace whose link is a veth: through a bridge joining its host-side
+//! end to a gateway TAP attachment, against a direct attach (an
+//! `af-packet` attachment on that host-side end) on packet rings and on
+//! plain sockets (`ring = false`), in alternating rounds; prints all three,
+//! direct / bridged and rings / plain.
+//!
+//! `--only offer`: what the TAP writers of `loadgen udp --cpus` can offer,
+//! into a TAP whose kernel side sits alone in a namespace and discards (one
+//! writer; one per CPU on one queue; one per CPU on a queue each of a
+//! multi-queue TAP).
+//!
+//! Connection churn (only on request, never in the default run; needs no
+//! iperf3), with `netlab::churn`:
+//!
+//! - `--only churn`: 16 environments × 2 threads connect to 16 server ports
+//!   and close at once, closed loop, for `--churn-secs S` (default 150),
+//!   closing with an RST (`SO_LINGER` 0) and with an orderly close (the
+//!   client's FIN first), against our gateway (`Lab`, 16 environments, one
+//!   TAP each, defaults otherwise) and the kernel (`KernelNat`, 16
+//!   environments), interleaved: ours rst, kernel rst, ours fin, kernel fin.
+//!   Prints completed, failures, the rate over the first and the last 30 s
+//!   (half the run when shorter), last/first, the rate every 5 s, our
+//!   gateway's drops, and ours/kernel on the sustained (last-window) rate.
+//! - `--only churn1k`: one environment alone opening 1,000 connections/s
+//!   (open loop, 4 threads, RST close) for `--churn-secs S` (default 600),
+//!   against ours and then the kernel: failures and the rate per minute.
+//!
+//! `--churn-target ours|kernel` runs one target only (default both),
+//! `--churn-port-range "LO HI"` sets the environments' ephemeral ports, and
+//! `--churn-close rst|fin|both` overrides the close modes (defaults: both
+//! for `churn`, rst for `churn1k`). Both write `target/churn.json` (the
+//! reports with their per-second timelines), after every run.
+
+use loadgen::sender::{self, Flows, FrameSpec, Plan, Source};
+use netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
+use netlab::lab::{Lab, Options};
+use netlab::meter::{self, IngressCounter, Steal, Verdict};
+use netlab::{env_addr, KernelNat, Netns, INSIDE_GATEWAY, SERVER};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod churn_runs;
+mod variants;
+use churn_runs::churn_main;
+use variants::{attach_main, offer_main, outside_main, sessions_main};
+
+/// Our gateway's per-environment quotas opened up to what one environment sends here (the kernel's masquerade has
+/// none; its conntrack table holds 262,144 entries by default): the new-flow variant sends up to 1,024,000 distinct
+/// flows from one environment.
+const OPEN_QUOTAS: &str = "env_session_quota = 2000000\nenv_port_quota = 65000\n";
+
+/// One target's topology, as the measurements see it.
+struct Topo<'a> {
+    server: &'a Netns,
+    envs: Vec<&'a Netns>,
+    /// The VPC router's namespace and its link from the NAT (where delivered UDP is counted).
+    vpc: &'a Netns,
+    vpc_link: String,
+    /// Environment 0's link towards the NAT (where the raw sender transmits).
+    env_link: String,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Figures {
+    tcp_gbps: f64,
+    /// One UDP flow, 64-byte payloads: frames the sender got out per second, and packets per second the VPC
+    /// side's kernel counter saw.
+    udp_offered_pps: f64,
+    udp_pps: f64,
+    /// Every packet a new flow.
+    new_offered_pps: f64,
+    new_pps: f64,
+    /// trafgen (one flow, pinned), counted the same way (`--trafgen` only).
+    trafgen_pps: f64,
+    conn_rst_per_s: f64,
+    conn_rst_failed: f64,
+    conn_fin_per_s: f64,
+    conn_fin_failed: f64,
+    /// The machine's steal share over the round, %.
+    steal_pct: f64,
+    /// The 1-minute load average at the round's end (other work on this machine's cores).
+    load1: f64,
+}
+
+impl Figures {
+    /// Each figure's median over `all`.
+    fn median(all: &[Figures]) -> Figures {
+        let med = |get: fn(&Figures) -> f64| {
+            let mut v: Vec<f64> = all.iter().map(get).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        Figures {
+            tcp_gbps: med(|f| f.tcp_gbps),
+            udp_offered_pps: med(|f| f.udp_offered_pps),
+            udp_pps: med(|f| f.udp_pps),
+            new_offered_pps: med(|f| f.new_offered_pps),
+            new_pps: med(|f| f.new_pps),
+            trafgen_pps: med(|f| f.trafgen_pps),
+            conn_rst_per_s: med(|f| f.conn_rst_per_s),
+            conn_rst_failed: med(|f| f.conn_rst_failed),
+            conn_fin_per_s: med(|f| f.conn_fin_per_s),
+            conn_fin_failed: med(|f| f.conn_fin_failed),
+            steal_pct: med(|f| f.steal_pct),
+            load1: med(|f| f.load1),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tcp_gbps": self.tcp_gbps,
+            "udp_one_flow": { "offered_pps": self.udp_offered_pps, "delivered_pps": self.udp_pps },
+            "udp_new_flows": { "offered_pps": self.new_offered_pps, "delivered_pps": self.new_pps },
+            "trafgen_one_flow_delivered_pps": self.trafgen_pps,
+            "conn_rst": { "per_s": self.conn_rst_per_s, "failed": self.conn_rst_failed },
+            "conn_fin": { "per_s": self.conn_fin_per_s, "failed": self.conn_fin_failed },
+            "steal_pct": self.steal_pct,
+            "load_average_1m": self.load1,
+        })
+    }
+}
+
+fn iperf(t: &Topo, args: &[&str], secs: u32) -> serde_json::Value {
+    let mut server = t.server.spawn(&["iperf3", "-s", "-1", "-p", "5201"]).expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(300));
+    let secs = secs.to_string();
+    let mut cmd = vec!["iperf3", "-c", "10.1.0.2", "-p", "5201", "-J", "-t", &secs];
+    cmd.extend_from_slice(args);
+    let out = t.envs[0].exec(&cmd);
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out.expect("iperf3 client");
+    serde_json::from_slice(&out.stdout).expect("iperf3 JSON")
+}
+
+/// A connect not established within this is a failure (the load generator's default; a SYN lost once and
+/// retransmitted a second later is a slow connect, not a failed one).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connections per second completed, and failed connects: 4 client threads per environment, connect then close at
+/// once (`rst`: with an RST, `SO_LINGER` 0; else an orderly close, the client's FIN first).
+fn connect_rate(t: &Topo, secs: f64, rst: bool) -> (f64, u64) {
+    use std::io::Read;
+    let l = Arc::new(t.server.run(|| TcpListener::bind(SocketAddrV4::new(SERVER, 7600)).expect("bind")));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four blocking acceptors; each is released at the end by one local
+    // connection made after the stop flag is set.
+    let acceptors: Vec<_> = (0..4)
+        .map(|_| {
+            let (l, stop) = (Arc::clone(&l), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((mut c, _)) = l.accept() {
+                        // The client closes first (it keeps the TIME_WAIT,
+                        // as an HTTP client would): wait for its FIN.
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+                        let _ = c.read(&mut [0u8; 16]);
+                    }
+                }
+            })
+        })
+        .collect();
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut clients = vec![];
+    for ns in &t.envs {
+        for _ in 0..4 {
+            let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
+            clients.push(ns.thread(move || {
+                let dst = SocketAddr::from(SocketAddrV4::new(SERVER, 7600));
+                while Instant::now() < deadline {
+                    match TcpStream::connect_timeout(&dst, CONNECT_TIMEOUT) {
+                        Ok(c) => {
+                            if rst {
+                                linger_zero(&c);
+                            }
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                                eprintln!("    connect failed ({:?}): {e}", churn::FailureKind::of_connect(&e));
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    let t0 = Instant::now();
+    for c in clients {
+        let _ = c.join();
+    }
+    let el = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    t.server.run(|| {
+        for _ in 0..4 {
+            let _ =
+                TcpStream::connect_timeout(&SocketAddr::from(SocketAddrV4::new(SERVER, 7600)), Duration::from_secs(1));
+        }
+    });
+    for a in acceptors {
+        let _ = a.join();
+    }
+    (done.load(Ordering::Relaxed) as f64 / el, failed.load(Ordering::Relaxed))
+}
+
+/// SO_LINGER 0: close sends an RST and leaves no TIME_WAIT.
+fn linger_zero(c: &TcpStream) {
+    let _ = churn::set_linger_zero(c);
+}
+
+/// Which measurements to run (`--only tcp|udp|conn`; all by default, and
+/// all for `--only outside`).
+fn wanted(what: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--only") {
+        Some(i) => args.get(i + 1).is_some_and(|w| w == what || w == "outside" || (w == "attach" && what != "conn")),
+        None => true,
+    }
+}
+
+/// Whether `--only what` was given (the churn workloads run only then).
+fn only(what: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).is_some_and(|w| w == what)
+}
+
+/// The value after `--name`, if any.
+fn arg_str(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+/// The raw sender's frame template from environment 0 of `t` (its link's MAC, the NAT's MAC it learned with a
+/// ping), 64 bytes of UDP payload to the server, port 40000 → 9000.
+fn template(t: &Topo) -> FrameSpec {
+    FrameSpec::from_link(t.envs[0], &t.env_link, env_addr(0), INSIDE_GATEWAY, SERVER).expect("the frame template")
+}
+
+/// The CPUs the sender runs on (`--cpus 0,1`; default CPU 0).
+fn sender_cpus() -> Vec<usize> {
+    arg_str("--cpus").map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect()).unwrap_or_else(|| vec![0])
+}
+
+/// A window's rates: (offered frames/s, delivered packets/s), both over the same window.
+///
+/// Runs `load` on another thread; the window opens 0.2 s after the VPC counter first moves (at most 3 s after the
+/// start: senders such as trafgen take a moment to set up) and lasts `window` seconds. Offered comes from
+/// `progress` (the sender's running count; None: not known, 0).
+fn counted<R: Send>(
+    counter: &IngressCounter,
+    progress: Option<&AtomicU64>,
+    window: f64,
+    load: impl FnOnce() -> R + Send,
+) -> (f64, f64, R) {
+    let read = || counter.read().expect("read the VPC counter").0;
+    let sent = || progress.map_or(0, |p| p.load(Ordering::Relaxed));
+    std::thread::scope(|s| {
+        let h = s.spawn(load);
+        let (start, c0) = (Instant::now(), read());
+        while read() == c0 && start.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let (c1, o1, t1) = (read(), sent(), Instant::now());
+        std::thread::sleep(Duration::from_secs_f64(window));
+        let (c2, o2, t2) = (read(), sent(), Instant::now());
+        let r = h.join().expect("the load thread");
+        let el = (t2 - t1).as_secs_f64();
+        (o2.saturating_sub(o1) as f64 / el, c2.saturating_sub(c1) as f64 / el, r)
+    })
+}
+
+/// The measurement window for a load of `secs`.
+fn window(secs: f64) -> f64 {
+    (secs - 0.6).max(0.4)
+}
+
+/// Our sender for `secs` with `flows`: (offered frames/s, delivered packets/s at the VPC side), over the same
+/// window; the environment link's transmit drops (frames the sender got out that the NAT's side never took) are
+/// printed.
+fn udp_raw(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, flows: Flows, secs: f64) -> (f64, f64) {
+    let progress = Arc::new(AtomicU64::new(0));
+    let plan = Plan {
+        source: Source::Flows(spec.clone(), flows),
+        cpus: sender_cpus(),
+        duration: Duration::from_secs_f64(secs),
+        rate: None,
+        max_frames: None,
+        progress: Some(Arc::clone(&progress)),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let before = meter::link_stats(t.envs[0], &t.env_link).unwrap_or_default();
+    let (offered, delivered, sent) = counted(counter, Some(&progress), window(secs), || {
+        sender::send_packet(t.envs[0], &t.env_link, &plan, &stop).expect("raw sender")
+    });
+    let after = meter::link_stats(t.envs[0], &t.env_link).unwrap_or_default();
+    eprintln!(
+        "    sender: {} frames in {:.2} s on CPUs {:?} (pinned {:?}), {} refused; {} dropped on the environment link",
+        sent.frames,
+        sent.seconds,
+        plan.cpus,
+        sent.pinned,
+        sent.errors,
+        after[3].saturating_sub(before[3])
+    );
+    (offered, delivered)
+}
+
+/// trafgen (netsniff-ng) sending `spec`'s frame (one flow) from environment 0 for `secs`, pinned to the first of
+/// `--cpus`, through the qdisc like our sender; delivered packets/s counted at the VPC side. None without trafgen.
+fn udp_trafgen(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, secs: f64) -> Option<f64> {
+    netlab::find_tool("trafgen").ok()?;
+    let cfg = spec.trafgen_config();
+    let path = std::env::temp_dir().join(format!("hp-trafgen-{}.cfg", std::process::id()));
+    std::fs::write(&path, cfg).ok()?;
+    let cpu = sender_cpus().first().copied().unwrap_or(0);
+    let args = sender::trafgen_args(&t.env_link, &path, cpu, (secs * 5e6) as u64, None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = t.envs[0].spawn(&args).ok()?;
+    let (_, pps, ()) = counted(counter, None, window(secs), || std::thread::sleep(Duration::from_secs_f64(secs + 1.0)));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&path);
+    Some(pps)
+}
+
+fn measure(t: &Topo, secs: u32) -> Figures {
+    let steal0 = Steal::now();
+    let mut f = Figures::default();
+    if wanted("tcp") {
+        let tcp = iperf(t, &[], secs);
+        f.tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+    }
+    if wanted("udp") {
+        let spec = template(t);
+        let counter = IngressCounter::install(t.vpc, &t.vpc_link, SERVER, Verdict::Drop).expect("VPC counter");
+        let s = f64::from(secs);
+        (f.udp_offered_pps, f.udp_pps) = udp_raw(t, &spec, &counter, Flows::ONE, s);
+        eprintln!("  udp one flow: offered {:.0}/s, delivered {:.0}/s", f.udp_offered_pps, f.udp_pps);
+        // 64,000 source ports × 16 destination ports: no flow repeats within 1,024,000 frames.
+        (f.new_offered_pps, f.new_pps) = udp_raw(t, &spec, &counter, Flows { sports: 64_000, dports: 16 }, s);
+        eprintln!("  udp new flows: offered {:.0}/s, delivered {:.0}/s", f.new_offered_pps, f.new_pps);
+        if std::env::args().any(|a| a == "--trafgen") {
+            f.trafgen_pps = udp_trafgen(t, &spec, &counter, s).unwrap_or(0.0);
+            eprintln!("  trafgen one flow: delivered {:.0}/s", f.trafgen_pps);
+        }
+    }
+    if wanted("conn") {
+        let (r, n) = connect_rate(t, 2.0, true);
+        (f.conn_rst_per_s, f.conn_rst_failed) = (r, n as f64);
+        let (r, n) = connect_rate(t, 2.0, false);
+        (f.conn_fin_per_s, f.conn_fin_failed) = (r, n as f64);
+    }
+    f.steal_pct = steal0.share_until(&Steal::now()) * 100.0;
+    f.load1 = meter::load_average().unwrap_or(0.0);
+    f
+}
+/// One round of [`measure`] against the kernel's masquerade (two
+/// environments, a fresh lab).
+fn measure_kernel(round: usize, secs: u32) -> Figures {
+    let k = KernelNat::build("hpkb", 2, true).expect("kernel lab");
+    let t = Topo {
+        server: k.server_ns(),
+        envs: (0..2).map(|i| k.env_ns(i)).collect(),
+        vpc: k.vpc_ns(),
+        vpc_link: "gw".into(),
+        env_link: netlab::ENV_LINK.into(),
+    };
+    let f = measure(&t, secs);
+    eprintln!("round {round}: kernel: {f:?}");
+    eprintln!("round {round}: steal {:.1}%, load average {:.1} (kernel)", f.steal_pct, f.load1);
+    f
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "—".into()
+    }
+}
+
+fn main() {
+    if !netlab::is_root() {
+        eprintln!("compare: needs root (namespaces, TAPs, nftables); skipping");
+        return;
+    }
+    for which in ["churn", "churn1k"] {
+        if only(which) {
+            churn_main(which);
+            return;
+        }
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let secs = if quick { 2 } else { 5 };
+    let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1).and_then(|v| v.parse::<usize>().ok());
+    let workers = arg("--workers").unwrap_or(0);
+    let rounds = arg("--rounds").unwrap_or(3).max(1);
+    if only("offer") {
+        offer_main(secs);
+        return;
+    }
+    if only("sessions") {
+        sessions_main(secs, rounds);
+        return;
+    }
+    if only("outside") {
+        outside_main(secs, rounds, workers);
+        return;
+    }
+    if only("attach") {
+        attach_main(secs, rounds, workers);
+        return;
+    }
+    if wanted("tcp") && netlab::find_tool("iperf3").is_err() {
+        eprintln!("compare: TCP bulk needs iperf3 (apt-get install iperf3); skipping");
+        return;
+    }
+    // Rounds alternate between the two, so drift on a shared machine hits
+    // both alike; each figure is the median over the rounds.
+    let (mut ours_all, mut kernel_all) = (vec![], vec![]);
+    for round in 1..=rounds {
+        {
+            let opts = Options { envs: 2, workers, gateway_extra: OPEN_QUOTAS.into(), ..Options::default() };
+            let lab = Lab::build(&opts).expect("our lab");
+            let t = Topo {
+                server: &lab.server,
+                envs: lab.envs.iter().collect(),
+                vpc: &lab.vpc,
+                vpc_link: lab.outside.clone(),
+                env_link: lab.taps[0].clone(),
+            };
+            let f = measure(&t, secs);
+            let totals = lab.gateway().totals();
+            eprintln!("round {round}: hyperplane ({} workers): {f:?}", lab.gateway().workers());
+            eprintln!(
+                "  gateway: {} packets out, {} in; drops {:?}",
+                totals.outbound.0, totals.inbound.0, totals.drops
+            );
+            eprintln!("round {round}: steal {:.1}%, load average {:.1} (hyperplane)", f.steal_pct, f.load1);
+            ours_all.push(f);
+        }
+        kernel_all.push(measure_kernel(round, secs));
+    }
+    let (ours, kernel) = (Figures::median(&ours_all), Figures::median(&kernel_all));
+    println!(
+        "{:<44} {:>12} {:>12} {:>7}",
+        "work (same run, same machine, medians)", "hyperplane", "kernel NAT", "ratio"
+    );
+    let rows: [(&str, f64, f64, bool); 13] = [
+        ("TCP bulk, Gbit/s (offloads on)", ours.tcp_gbps, kernel.tcp_gbps, true),
+        ("UDP 64-byte one flow: offered pkt/s", ours.udp_offered_pps, kernel.udp_offered_pps, false),
+        ("UDP 64-byte one flow: delivered pkt/s", ours.udp_pps, kernel.udp_pps, true),
+        ("UDP new flow per packet: offered pkt/s", ours.new_offered_pps, kernel.new_offered_pps, false),
+        ("UDP new flow per packet: delivered pkt/s", ours.new_pps, kernel.new_pps, true),
+        ("trafgen one flow: delivered pkt/s", ours.trafgen_pps, kernel.trafgen_pps, true),
+        ("TCP connections/s, RST close", ours.conn_rst_per_s, kernel.conn_rst_per_s, true),
+        ("  failed connects, RST close", ours.conn_rst_failed, kernel.conn_rst_failed, false),
+        ("TCP connections/s, FIN close", ours.conn_fin_per_s, kernel.conn_fin_per_s, true),
+        ("  failed connects, FIN close", ours.conn_fin_failed, kernel.conn_fin_failed, false),
+        ("steal time over the round, %", ours.steal_pct, kernel.steal_pct, false),
+        ("1-minute load average after the round", ours.load1, kernel.load1, false),
+        ("sender CPUs", sender_cpus().len() as f64, sender_cpus().len() as f64, false),
+    ];
+    for (name, a, b, with_ratio) in rows {
+        let r = if with_ratio { ratio(a, b) } else { "—".into() };
+        println!("{name:<44} {a:>12.2} {b:>12.2} {r:>7}");
+    }
+    for (who, f) in [("hyperplane", &ours), ("kernel", &kernel)] {
+        for (what, o, d) in [("one flow", f.udp_offered_pps, f.udp_pps), ("new flows", f.new_offered_pps, f.new_pps)] {
+            if o > 0.0 && o <= d * 1.05 {
+                println!("warning: {who}: UDP {what}: offered {o:.0}/s did not exceed delivered {d:.0}/s: the sender's figure");
+            }
+        }
+        if f.trafgen_pps > 0.0 {
+            let dev = (f.udp_pps - f.trafgen_pps).abs() / f.trafgen_pps;
+            println!("{who}: our sender vs trafgen (one flow, delivered): {:.1}% apart", dev * 100.0);
+        }
+    }
+    let json = serde_json::json!({
+        "seconds": secs,
+        "rounds": rounds,
+        "sender_cpus": sender_cpus(),
+        "hyperplane": ours.json(),
+        "kernel": kernel.json(),
+        "rounds_hyperplane": ours_all.iter().map(Figures::json).collect::<Vec<_>>(),
+        "rounds_kernel": kernel_all.iter().map(Figures::json).collect::<Vec<_>>(),
+    });
+    let _ = std::fs::create_dir_all("target");
+    let _ = std::fs::write("target/compare.json", serde_json::to_string_pretty(&json).unwrap_or_default());
+}
