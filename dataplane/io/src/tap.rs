@@ -164,7 +164,8 @@ impl Tap {
 
     /// Opens another queue of this (multi-queue) device, with the same
     /// options. Queues are independent descriptors; the kernel spreads
-    /// frames it transmits over them by flow hash.
+    /// frames it transmits over them by flow hash, or as the device's
+    /// steering program says ([`Tap::set_steering_program`]).
     pub fn open_queue(&self) -> Result<Tap, IoError> {
         if !self.multi_queue {
             return Err(IoError::NotTap { name: self.name.clone(), reason: "not opened with multi_queue" });
