@@ -234,8 +234,8 @@ fn prog_load(prog: &[BpfInsn], log: Option<&mut [u8]>) -> io::Result<OwnedFd> {
 /// keeps the program while a TAP holds it, so it may be closed once set).
 ///
 /// Errors: [`IoError::NotPermitted`] (`EPERM`: no privilege for BPF),
-/// [`IoError::Sys`] otherwise; a program the verifier refuses names its
-/// last log line.
+/// [`IoError::Sys`] otherwise; a program the verifier refuses names the
+/// verifier's reason (its log's last line before the statistics).
 pub fn load(prog: &[BpfInsn]) -> Result<OwnedFd, IoError> {
     match prog_load(prog, None) {
         Ok(fd) => Ok(fd),
@@ -245,7 +245,8 @@ pub fn load(prog: &[BpfInsn]) -> Result<OwnedFd, IoError> {
             let mut log = vec![0u8; LOG];
             let again = prog_load(prog, Some(&mut log));
             let text = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
-            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+            // The verifier ends with a statistics line; its reason is before.
+            let last = text.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("processed ")).unwrap_or("");
             match again {
                 Ok(fd) => Ok(fd),
                 Err(e) => Err(IoError::Sys {

@@ -690,3 +690,17 @@ fn a_steering_program_gives_each_frame_to_the_queue_owning_its_port() {
     let want: Vec<(u16, usize)> = idents.iter().map(|&i| (i, shards.owner(i))).collect();
     assert_eq!(replies, want, "each echo reply on its identifier owner's queue");
 }
+
+/// A program the verifier refuses is an error naming the load and the
+/// verifier's reason, not a panic (the gateway then keeps hashing).
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn a_refused_steering_program_is_an_error_with_the_verifiers_reason() {
+    use dataplane_io::steer_ebpf::{self, BpfInsn};
+    require_root();
+    // `exit` with r0 never written.
+    let err = steer_ebpf::load(&[BpfInsn { code: 0x95, regs: 0, off: 0, imm: 0 }]).expect_err("refused");
+    let text = err.to_string();
+    assert!(matches!(err, IoError::Sys { .. }), "{err:?}");
+    assert!(text.contains("BPF_PROG_LOAD") && text.contains("R0"), "{text}");
+}
