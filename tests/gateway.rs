@@ -495,6 +495,49 @@ fn the_kernel_steers_each_frame_from_the_vpc_to_the_worker_owning_its_port() {
     let _ = echo.join();
 }
 
+/// Issue 11: the outside TAP's steering program gives each frame from the
+/// VPC to the queue of the worker owning its ENI port: 32 datagrams from
+/// the VPC to ports of both workers' slices reach their owners with no
+/// hand-over (each would wake the owner). By flow hash about half would
+/// land on the other worker's queue. (The datagrams have no session: each
+/// owner drops its own and counts it.)
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn the_outside_tap_steers_each_frame_from_the_vpc_to_the_worker_owning_its_port() {
+    netlab::require_root();
+    let lab = lab(2, |o| {
+        o.workers = 2;
+        o.gateway_extra = "port_range = \"20000-20031\"".into();
+    });
+    let g = lab.gateway();
+    assert_eq!(g.outside_rx, "tap-steered");
+    // Two environments on two workers weigh equally: halves of the range.
+    let owner = |p: u16| usize::from(p >= 20016);
+    let eni = lab.eni;
+    let send = move |ports: Vec<u16>| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for p in ports {
+            s.send_to(b"to the owner", SocketAddrV4::new(eni, p)).unwrap();
+        }
+    };
+    // The VPC router resolves the ENI first (ARP is copied to every worker).
+    lab.server.run(move || send(vec![20000]));
+    std::thread::sleep(Duration::from_millis(300));
+    let wakes = |w: usize| g.io_counters()[w].wake.get();
+    let no_session = |w: usize| g.counters()[w].dropped(DropReason::NoSession);
+    let (wakes0, drops0) = ([wakes(0), wakes(1)], [no_session(0), no_session(1)]);
+    lab.server.run(move || send((20000..=20031).collect()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while no_session(0) + no_session(1) < drops0[0] + drops0[1] + 32 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for w in 0..2 {
+        let mine = (20000..=20031u16).filter(|&p| owner(p) == w).count() as u64;
+        assert_eq!(no_session(w) - drops0[w], mine, "worker {w} dropped the datagrams to its own ports");
+        assert_eq!(wakes(w) - wakes0[w], 0, "worker {w} handed frames over");
+    }
+}
+
 /// With `outside.fanout = false` one reader thread reads for both workers
 /// (the path taken where the kernel refuses a fanout group): the same
 /// traffic passes, the VPC's partial checksums and superframes included.

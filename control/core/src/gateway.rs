@@ -76,7 +76,10 @@ pub struct RunningGateway {
     pub events: Receiver<(usize, Event)>,
     /// Whether TAP offloads are on.
     pub offloads: bool,
-    /// How the outside is read: `"tap"` (a queue per worker),
+    /// How the outside is read: `"tap-steered"` (a queue per worker, the
+    /// kernel's steering program giving each frame to its port's owner,
+    /// see [`dataplane_io::steer_ebpf`]), `"tap"` (a queue per worker by
+    /// flow hash, the workers handing over; also a single worker),
     /// `"fanout-steered"` (an AF_PACKET socket per worker, the kernel
     /// steering each frame to its port's owner), `"fanout-hash"` (by flow
     /// hash, the workers handing over), `"reader-thread"` (one thread
@@ -214,6 +217,29 @@ fn fanout_members<T>(
     }
 }
 
+/// Sets the outside TAP's steering program ([`dataplane_io::steer_ebpf`]):
+/// the kernel then gives each frame from the VPC to the queue of the
+/// worker owning its ENI port, and stops hashing every frame the workers
+/// write. Where the kernel refuses it (no BPF, no privilege for it) the
+/// TAP keeps steering by flow hash and the workers hand over, as without
+/// it; said once, at warn. Returns how the outside is read: `"tap-steered"`
+/// or `"tap"`.
+fn steer_tap(tap: &Tap, shards: &Shards) -> &'static str {
+    use dataplane_io::steer_ebpf;
+    use std::os::fd::AsFd;
+    let set = steer_ebpf::program(shards)
+        .ok_or(IoError::Sys { op: "steering program", source: std::io::Error::other("more workers than TAP queues") })
+        .and_then(|p| steer_ebpf::load(&p))
+        .and_then(|prog| tap.set_steering_program(Some(prog.as_fd())));
+    match set {
+        Ok(()) => "tap-steered",
+        Err(e) => {
+            tracing::warn!(outside = %tap.name(), error = %e, "no TAP steering program: queues by flow hash, workers hand over");
+            "tap"
+        }
+    }
+}
+
 /// One worker's rings on the AF_PACKET outside.
 type WorkerRings = (Arc<RxRing>, RingSender);
 
@@ -263,6 +289,9 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
                 outside.push(Arc::new(first.open_queue().map_err(dev(&plan.outside.name))?));
             }
             outside.insert(0, Arc::new(first));
+            if n > 1 {
+                outside_rx = steer_tap(&outside[0], &shards);
+            }
         }
         OutsideKind::AfPacket => {
             let name = &plan.outside.name;

@@ -59,13 +59,7 @@ pub fn program(shards: &Shards) -> Option<Vec<libc::sock_filter>> {
     if n > MAX_WORKERS {
         return None;
     }
-    let slices: Vec<(usize, u16, u16)> = (0..n)
-        .filter(|&w| shards.owns_ports(w))
-        .map(|w| {
-            let r = shards.range(w);
-            (w, *r.start(), *r.end())
-        })
-        .collect();
+    let slices: Vec<(usize, u16, u16)> = shards.port_slices().collect();
     // Fixed part: 15 instructions, then three per slice, then the hash.
     const PORTS: usize = 13;
     const CMP: usize = 15;

@@ -21,7 +21,9 @@
 //!   [`PacketReceiver`], the outside's receiving socket (offload header,
 //!   ignores this host's transmissions, optionally one of a
 //!   `PACKET_FANOUT` group); [`fanout_bpf`]: the group's classic BPF
-//!   program steering each frame to the worker owning its port; [`rx_source`]: a TAP queue or packet socket as
+//!   program steering each frame to the worker owning its port;
+//!   [`steer_ebpf`]: the same steering as an eBPF program for the outside's
+//!   multi-queue TAP (`TUNSETSTEERINGEBPF`); [`rx_source`]: a TAP queue or packet socket as
 //!   a worker reads it (where the header and frame land in a buffer);
 //!   [`packet_ring`]: `TPACKET` receive and transmit rings; [`ring_sender`]:
 //!   [`RingSender`], a transmit ring and its plain socket for what the ring
@@ -65,6 +67,7 @@ pub mod poll;
 pub mod ring_sender;
 pub mod rx_source;
 pub mod steer;
+pub mod steer_ebpf;
 pub mod syscalls;
 pub mod tap;
 pub mod uring;

@@ -195,6 +195,16 @@ impl Shards {
         (lo + start) as u16..=(lo + end - 1) as u16
     }
 
+    /// The slices of the workers that own ports, in ascending port order:
+    /// `(worker, first port, last port)`. The kernel steering programs
+    /// ([`crate::fanout_bpf`], [`crate::steer_ebpf`]) are built from these.
+    pub fn port_slices(&self) -> impl Iterator<Item = (usize, u16, u16)> + '_ {
+        (0..self.len()).filter(|&w| self.owns_ports(w)).map(|w| {
+            let r = self.range(w);
+            (w, *r.start(), *r.end())
+        })
+    }
+
     /// The worker that owns `port`; ports outside the range go to worker 0
     /// (whose engine drops and counts whatever has no session).
     pub fn owner(&self, port: u16) -> usize {

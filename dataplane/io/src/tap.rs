@@ -164,7 +164,8 @@ impl Tap {
 
     /// Opens another queue of this (multi-queue) device, with the same
     /// options. Queues are independent descriptors; the kernel spreads
-    /// frames it transmits over them by flow hash.
+    /// frames it transmits over them by flow hash, or as the device's
+    /// steering program says ([`Tap::set_steering_program`]).
     pub fn open_queue(&self) -> Result<Tap, IoError> {
         if !self.multi_queue {
             return Err(IoError::NotTap { name: self.name.clone(), reason: "not opened with multi_queue" });
@@ -187,6 +188,26 @@ impl Tap {
         let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNSETOFFLOAD as _, libc::c_ulong::from(flags)) };
         if rc < 0 {
             return Err(IoError::sys("TUNSETOFFLOAD", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Sets the device's steering program (`TUNSETSTEERINGEBPF`), a loaded
+    /// socket filter program (see [`crate::steer_ebpf`]), or removes it
+    /// (`None`). The program is the device's, whichever queue sets it: it
+    /// picks the queue of every frame the kernel transmits to the device
+    /// (its return value modulo the number of queues), and with it set the
+    /// kernel no longer hashes frames written to a multi-queue device. The
+    /// device holds its own reference: `prog` may be closed afterwards.
+    pub fn set_steering_program(&self, prog: Option<BorrowedFd<'_>>) -> Result<(), IoError> {
+        /// `_IOR('T', 224, int)`.
+        const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
+        let fd: libc::c_int = prog.map_or(-1, |p| p.as_raw_fd());
+        // SAFETY: TUNSETSTEERINGEBPF reads one `int` (a program descriptor,
+        // or -1) through the pointer; `fd` is valid and outlives the call.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETSTEERINGEBPF as _, &fd as *const libc::c_int) };
+        if rc < 0 {
+            return Err(IoError::sys("TUNSETSTEERINGEBPF", io::Error::last_os_error()));
         }
         Ok(())
     }

@@ -623,3 +623,84 @@ fn a_fanout_group_ignores_frames_sent_from_this_host() {
     tap.send(&inbound).expect("tap send");
     assert!(seen(&inbound), "frames from the wire still arrive");
 }
+
+/// Issue 11: with the steering program ([`dataplane_io::steer_ebpf`]) set
+/// on a two-queue TAP, the kernel gives every UDP datagram it sends to the
+/// queue of the worker owning its destination port, and every ICMP echo
+/// reply to the owner of its identifier, for both workers. (Without a
+/// program the kernel picks a queue by flow hash: half the flows would
+/// land on the other queue.)
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn a_steering_program_gives_each_frame_to_the_queue_owning_its_port() {
+    use dataplane_io::steer::Shards;
+    use dataplane_io::steer_ebpf;
+    use std::net::Ipv4Addr;
+    require_root();
+    let shards = Shards::new(1024..=65535, 2);
+    let name = unique_name();
+    let q0 = Tap::open(&name, TapOptions { vnet_hdr: false, multi_queue: true }).expect("open tap");
+    let q1 = q0.open_queue().expect("second queue");
+    let prog = steer_ebpf::load(&steer_ebpf::program(&shards).expect("a program")).expect("the kernel loads it");
+    q0.set_steering_program(Some(std::os::fd::AsFd::as_fd(&prog))).expect("TUNSETSTEERINGEBPF");
+    drop(prog);
+    let kernel_mac = q0.hw_addr().expect("the device's MAC");
+    let ns = Netns::new();
+    run(&["ip", "link", "set", &name, "netns", &ns.0]);
+    run(&["ip", "-n", &ns.0, "addr", "add", "10.199.0.1/24", "dev", &name]);
+    run(&["ip", "-n", &ns.0, "link", "set", &name, "up"]);
+    run(&["ip", "-n", &ns.0, "neigh", "replace", "10.199.0.2", "lladdr", "02:00:00:aa:bb:cc", "dev", &name]);
+    let ports: Vec<u16> = (0..16u32).map(|k| (1100 + k * 4000) as u16).collect();
+    assert!(ports.iter().any(|&p| shards.owner(p) == 0) && ports.iter().any(|&p| shards.owner(p) == 1));
+    let script: String = ports.iter().map(|p| format!("echo x > /dev/udp/10.199.0.2/{p};")).collect();
+    run(&["ip", "netns", "exec", &ns.0, "timeout", "3", "bash", "-c", &script]);
+    // Echo requests written to queue 0: the kernel's replies carry their identifiers.
+    let idents = [1100u16, 40_000];
+    let (us, kernel) = (Ipv4Addr::from(OUR_IP), Ipv4Addr::from(KERNEL_IP));
+    for id in idents {
+        let echo = testkit::echo(true, id, 1, b"steer");
+        let f = testkit::ipv4_frame(kernel_mac, OUR_MAC, us, kernel, 1, testkit::IpOpts::default(), &echo);
+        q0.send(&f).expect("echo request");
+    }
+    let mut udp: Vec<(u16, usize)> = Vec::new();
+    let mut replies: Vec<(u16, usize)> = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while (udp.len() < ports.len() || replies.len() < idents.len()) && Instant::now() < deadline {
+        for (k, q) in [&q0, &q1].into_iter().enumerate() {
+            while let Ok(n) = q.recv(&mut buf) {
+                let f = &buf[..n];
+                if n < 42 || f[12..14] != [0x08, 0x00] || f[30..34] != OUR_IP {
+                    continue;
+                }
+                let l4 = &f[14 + usize::from(f[14] & 0x0f) * 4..];
+                match f[23] {
+                    17 => udp.push((u16::from_be_bytes([l4[2], l4[3]]), k)),
+                    1 if l4[0] == 0 => replies.push((u16::from_be_bytes([l4[4], l4[5]]), k)),
+                    _ => {}
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    udp.sort_unstable();
+    let want: Vec<(u16, usize)> = ports.iter().map(|&p| (p, shards.owner(p))).collect();
+    assert_eq!(udp, want, "each datagram on its port owner's queue");
+    replies.sort_unstable();
+    let want: Vec<(u16, usize)> = idents.iter().map(|&i| (i, shards.owner(i))).collect();
+    assert_eq!(replies, want, "each echo reply on its identifier owner's queue");
+}
+
+/// A program the verifier refuses is an error naming the load and the
+/// verifier's reason, not a panic (the gateway then keeps hashing).
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn a_refused_steering_program_is_an_error_with_the_verifiers_reason() {
+    use dataplane_io::steer_ebpf::{self, BpfInsn};
+    require_root();
+    // `exit` with r0 never written.
+    let err = steer_ebpf::load(&[BpfInsn { code: 0x95, regs: 0, off: 0, imm: 0 }]).expect_err("refused");
+    let text = err.to_string();
+    assert!(matches!(err, IoError::Sys { .. }), "{err:?}");
+    assert!(text.contains("BPF_PROG_LOAD") && text.contains("R0"), "{text}");
+}

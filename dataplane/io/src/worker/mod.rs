@@ -13,12 +13,14 @@
 //! never shared:
 //! - an environment's frames are read only by the worker that owns its
 //!   attachment, and its sessions take ports from that worker's slice;
-//! - a frame from the VPC may arrive on any worker's outside queue (the
-//!   kernel spreads them by flow hash); the reader looks up the owner of its
-//!   ENI port ([`crate::steer`]) and, when it is another worker, hands the
-//!   frame over through that worker's inbox (a crossbeam channel) and wakes
-//!   it. Replies usually return to the queue they left from, so most frames
-//!   stay on their worker;
+//! - a frame from the VPC may arrive on any worker's outside queue (where
+//!   the kernel runs the outside's steering program, [`crate::steer_ebpf`]
+//!   or [`crate::fanout_bpf`], a TCP/UDP frame or echo reply arrives on its
+//!   owner's; otherwise the kernel spreads them by flow hash, replies
+//!   usually returning to the queue they left from); the reader looks up
+//!   the owner of its ENI port ([`crate::steer`]) and, when it is another
+//!   worker, hands the frame over through that worker's inbox (a crossbeam
+//!   channel) and wakes it;
 //! - ARP from the VPC is handled by the reader and copied to every other
 //!   worker, whose engines learn from it and send no reply;
 //! - a hairpin into another worker's ports comes back from the engine as
