@@ -372,11 +372,16 @@ fn udp_trafgen(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, secs: f64) 
     let path = std::env::temp_dir().join(format!("hp-trafgen-{}.cfg", std::process::id()));
     std::fs::write(&path, cfg).ok()?;
     let cpu = sender_cpus().first().copied().unwrap_or(0);
-    let args = sender::trafgen_args(&t.env_link, &path, cpu, (secs * 5e6) as u64, None);
+    // trafgen forks its senders: a kill of the process we started would leave
+    // them flooding through the measurements that follow. `timeout` runs it
+    // in a process group of its own and signals the whole group.
+    let limit = format!("{:.1}", secs + 1.5);
+    let mut args: Vec<String> = ["timeout", "-s", "INT", "-k", "1", &limit].iter().map(|s| s.to_string()).collect();
+    args.extend(sender::trafgen_args(&t.env_link, &path, cpu, (secs * 5e6) as u64, None));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = t.envs[0].spawn(&args).ok()?;
     let (_, pps, ()) = counted(counter, None, window(secs), || std::thread::sleep(Duration::from_secs_f64(secs + 1.0)));
-    let _ = child.kill();
+    // `timeout` ends the group 1.5 s after the start, or 1 s later by SIGKILL.
     let _ = child.wait();
     let _ = std::fs::remove_file(&path);
     Some(pps)
