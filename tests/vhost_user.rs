@@ -47,6 +47,19 @@ fn arp(op: u16, src_mac: [u8; 6], src_ip: Ipv4Addr, dst_mac: [u8; 6], dst_ip: Ip
     f
 }
 
+/// The guest asks for its default gateway's MAC, as a guest's first frame
+/// does; returns it.
+fn resolve_gateway(fe: &mut TestFrontend) -> [u8; 6] {
+    fe.send(&[&arp(1, GUEST_MAC, env_addr(0), [0; 6], INSIDE_GATEWAY)]);
+    let reply = guest_wait(fe, Duration::from_secs(5), |f| {
+        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == INSIDE_GATEWAY.octets()
+    })
+    .expect("the gateway answers ARP for its address");
+    let mut gw_mac = [0u8; 6];
+    gw_mac.copy_from_slice(&reply[22..28]);
+    gw_mac
+}
+
 /// The guest's side: answers ARP requests for its address; returns the
 /// first frame `want` accepts.
 fn guest_wait(fe: &mut TestFrontend, timeout: Duration, want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
@@ -83,13 +96,7 @@ fn exchange(backend: &str) {
     let me = env_addr(0);
 
     // ARP for the default gateway.
-    fe.send(&[&arp(1, GUEST_MAC, me, [0; 6], INSIDE_GATEWAY)]);
-    let reply = guest_wait(&mut fe, Duration::from_secs(5), |f| {
-        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == INSIDE_GATEWAY.octets()
-    })
-    .expect("the gateway answers ARP for its address");
-    let mut gw_mac = [0u8; 6];
-    gw_mac.copy_from_slice(&reply[22..28]);
+    let gw_mac = resolve_gateway(&mut fe);
 
     // One datagram out, seen from the ENI address; the answer comes back in.
     let seg = testkit::udp_segment(me, 5555, SERVER, 7777, b"hello from the guest");
@@ -167,13 +174,7 @@ fn handed_over(backend: &str) {
     let mut fe = TestFrontend::connect(socket, QUEUE_SIZE, 0).expect("the gateway's vhost-user socket");
     fe.post_rx(BUF_LEN as u32);
     let me = env_addr(0);
-    fe.send(&[&arp(1, GUEST_MAC, me, [0; 6], INSIDE_GATEWAY)]);
-    let reply = guest_wait(&mut fe, Duration::from_secs(5), |f| {
-        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == INSIDE_GATEWAY.octets()
-    })
-    .expect("the gateway answers ARP for its address");
-    let mut gw_mac = [0u8; 6];
-    gw_mac.copy_from_slice(&reply[22..28]);
+    let gw_mac = resolve_gateway(&mut fe);
 
     // The guest's datagram, processed by the other worker's engine (the
     // engines' clock: milliseconds since the gateway started, plus 1000;

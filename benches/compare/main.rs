@@ -117,6 +117,20 @@ struct Topo<'a> {
     env_link: String,
 }
 
+impl<'a> Topo<'a> {
+    /// Our lab as the bench sees it: its environments, the VPC router's
+    /// link from the gateway, environment 0's TAP.
+    fn of(lab: &'a Lab) -> Topo<'a> {
+        Topo {
+            server: &lab.server,
+            envs: lab.envs.iter().collect(),
+            vpc: &lab.vpc,
+            vpc_link: lab.outside.clone(),
+            env_link: lab.taps[0].clone(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Figures {
     tcp_gbps: f64,
@@ -486,13 +500,7 @@ fn main() {
         {
             let opts = Options { envs: 2, workers, gateway_extra: OPEN_QUOTAS.into(), ..Options::default() };
             let lab = Lab::build(&opts).expect("our lab");
-            let t = Topo {
-                server: &lab.server,
-                envs: lab.envs.iter().collect(),
-                vpc: &lab.vpc,
-                vpc_link: lab.outside.clone(),
-                env_link: lab.taps[0].clone(),
-            };
+            let t = Topo::of(&lab);
             let f = measure(&t, secs);
             let totals = lab.gateway().totals();
             eprintln!("round {round}: hyperplane ({} workers): {f:?}", lab.gateway().workers());

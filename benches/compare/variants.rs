@@ -10,13 +10,7 @@ fn sessions_round(n: u64, secs: f64) -> (u64, f64, f64) {
     let extra = format!("max_sessions = 4194304\n{OPEN_QUOTAS}");
     let workers = arg_str("--workers").and_then(|v| v.parse().ok()).unwrap_or(0);
     let lab = Lab::build(&Options { envs: 1, workers, gateway_extra: extra, ..Options::default() }).expect("our lab");
-    let t = Topo {
-        server: &lab.server,
-        envs: lab.envs.iter().collect(),
-        vpc: &lab.vpc,
-        vpc_link: lab.outside.clone(),
-        env_link: lab.taps[0].clone(),
-    };
+    let t = Topo::of(&lab);
     let spec = template(&t);
     let counter = IngressCounter::install(t.vpc, &t.vpc_link, SERVER, Verdict::Drop).expect("VPC counter");
     let dports = 64u16;
@@ -168,13 +162,7 @@ pub(super) fn outside_main(secs: u32, rounds: usize, workers: usize) {
             };
             let lab = Lab::build(&opts).expect("our lab");
             let vpc_link = if af_packet { "hplvo".to_string() } else { lab.outside.clone() };
-            let t = Topo {
-                server: &lab.server,
-                envs: lab.envs.iter().collect(),
-                vpc: &lab.vpc,
-                vpc_link,
-                env_link: lab.taps[0].clone(),
-            };
+            let t = Topo { vpc_link, ..Topo::of(&lab) };
             let f = measure(&t, secs);
             let name = match (af_packet, lab.gateway().outside_ring) {
                 (false, _) => "tap",
