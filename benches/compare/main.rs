@@ -143,6 +143,8 @@ struct Figures {
     new_pps: f64,
     /// trafgen (one flow, pinned), counted the same way (`--trafgen` only).
     trafgen_pps: f64,
+    /// What trafgen got out of the environment's link, frames/s (`--trafgen` only).
+    trafgen_offered_pps: f64,
     conn_rst_per_s: f64,
     conn_rst_failed: f64,
     conn_fin_per_s: f64,
@@ -168,6 +170,7 @@ impl Figures {
             new_offered_pps: med(|f| f.new_offered_pps),
             new_pps: med(|f| f.new_pps),
             trafgen_pps: med(|f| f.trafgen_pps),
+            trafgen_offered_pps: med(|f| f.trafgen_offered_pps),
             conn_rst_per_s: med(|f| f.conn_rst_per_s),
             conn_rst_failed: med(|f| f.conn_rst_failed),
             conn_fin_per_s: med(|f| f.conn_fin_per_s),
@@ -183,6 +186,7 @@ impl Figures {
             "udp_one_flow": { "offered_pps": self.udp_offered_pps, "delivered_pps": self.udp_pps },
             "udp_new_flows": { "offered_pps": self.new_offered_pps, "delivered_pps": self.new_pps },
             "trafgen_one_flow_delivered_pps": self.trafgen_pps,
+            "trafgen_one_flow_offered_pps": self.trafgen_offered_pps,
             "conn_rst": { "per_s": self.conn_rst_per_s, "failed": self.conn_rst_failed },
             "conn_fin": { "per_s": self.conn_fin_per_s, "failed": self.conn_fin_failed },
             "steal_pct": self.steal_pct,
@@ -379,8 +383,10 @@ fn udp_raw(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, flows: Flows, s
 }
 
 /// trafgen (netsniff-ng) sending `spec`'s frame (one flow) from environment 0 for `secs`, pinned to the first of
-/// `--cpus`, through the qdisc like our sender; delivered packets/s counted at the VPC side. None without trafgen.
-fn udp_trafgen(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, secs: f64) -> Option<f64> {
+/// `--cpus`, through the qdisc like our sender: (offered frames/s, delivered packets/s at the VPC side) over the
+/// same window. Offered is what left the environment's link (its transmitted and transmit-dropped frames, read
+/// every 200 ms). None without trafgen.
+fn udp_trafgen(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, secs: f64) -> Option<(f64, f64)> {
     netlab::find_tool("trafgen").ok()?;
     let cfg = spec.trafgen_config();
     let path = std::env::temp_dir().join(format!("hp-trafgen-{}.cfg", std::process::id()));
@@ -389,16 +395,25 @@ fn udp_trafgen(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, secs: f64) 
     // trafgen forks its senders: a kill of the process we started would leave
     // them flooding through the measurements that follow. `timeout` runs it
     // in a process group of its own and signals the whole group.
-    let limit = format!("{:.1}", secs + 1.5);
+    let limit = format!("{:.1}", secs + 2.5);
     let mut args: Vec<String> = ["timeout", "-s", "INT", "-k", "1", &limit].iter().map(|s| s.to_string()).collect();
     args.extend(sender::trafgen_args(&t.env_link, &path, cpu, (secs * 5e6) as u64, None));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = t.envs[0].spawn(&args).ok()?;
-    let (_, pps, ()) = counted(counter, None, window(secs), || std::thread::sleep(Duration::from_secs_f64(secs + 1.0)));
-    // `timeout` ends the group 1.5 s after the start, or 1 s later by SIGKILL.
+    let out = AtomicU64::new(0);
+    let left = || meter::link_stats(t.envs[0], &t.env_link).map(|s| s[2] + s[3]).unwrap_or(0);
+    let base = left();
+    let (offered, pps, ()) = counted(counter, Some(&out), window(secs), || {
+        let end = Instant::now() + Duration::from_secs_f64(secs + 1.0);
+        while Instant::now() < end {
+            out.store(left().saturating_sub(base), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    // `timeout` ends the group 2.5 s after the start, or 1 s later by SIGKILL.
     let _ = child.wait();
     let _ = std::fs::remove_file(&path);
-    Some(pps)
+    Some((offered, pps))
 }
 
 fn measure(t: &Topo, secs: u32) -> Figures {
@@ -418,8 +433,9 @@ fn measure(t: &Topo, secs: u32) -> Figures {
         (f.new_offered_pps, f.new_pps) = udp_raw(t, &spec, &counter, Flows { sports: 64_000, dports: 16 }, s);
         eprintln!("  udp new flows: offered {:.0}/s, delivered {:.0}/s", f.new_offered_pps, f.new_pps);
         if std::env::args().any(|a| a == "--trafgen") {
-            f.trafgen_pps = udp_trafgen(t, &spec, &counter, s).unwrap_or(0.0);
-            eprintln!("  trafgen one flow: delivered {:.0}/s", f.trafgen_pps);
+            let (offered, delivered) = udp_trafgen(t, &spec, &counter, s).unwrap_or_default();
+            (f.trafgen_offered_pps, f.trafgen_pps) = (offered, delivered);
+            eprintln!("  trafgen one flow: offered {offered:.0}/s, delivered {delivered:.0}/s");
         }
     }
     if wanted("conn") {
@@ -518,12 +534,13 @@ fn main() {
         "{:<44} {:>12} {:>12} {:>7}",
         "work (same run, same machine, medians)", "hyperplane", "kernel NAT", "ratio"
     );
-    let rows: [(&str, f64, f64, bool); 13] = [
+    let rows: [(&str, f64, f64, bool); 14] = [
         ("TCP bulk, Gbit/s (offloads on)", ours.tcp_gbps, kernel.tcp_gbps, true),
         ("UDP 64-byte one flow: offered pkt/s", ours.udp_offered_pps, kernel.udp_offered_pps, false),
         ("UDP 64-byte one flow: delivered pkt/s", ours.udp_pps, kernel.udp_pps, true),
         ("UDP new flow per packet: offered pkt/s", ours.new_offered_pps, kernel.new_offered_pps, false),
         ("UDP new flow per packet: delivered pkt/s", ours.new_pps, kernel.new_pps, true),
+        ("trafgen one flow: offered pkt/s", ours.trafgen_offered_pps, kernel.trafgen_offered_pps, false),
         ("trafgen one flow: delivered pkt/s", ours.trafgen_pps, kernel.trafgen_pps, true),
         ("TCP connections/s, RST close", ours.conn_rst_per_s, kernel.conn_rst_per_s, true),
         ("  failed connects, RST close", ours.conn_rst_failed, kernel.conn_rst_failed, false),
