@@ -415,8 +415,12 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
 }
 
 /// The loadgen's TAPs (closing a TAP's last descriptor deletes the device, so dropping this removes them).
+use std::os::fd::AsFd;
+
 struct TapSet {
     taps: Vec<Tap>,
+    /// The multi-queue TAP's steering program (see [`TapSet::open`]).
+    _steering: Option<std::os::fd::OwnedFd>,
 }
 
 impl TapSet {
@@ -428,11 +432,28 @@ impl TapSet {
             for _ in 1..queues {
                 taps.push(first.open_queue()?);
             }
+            // Frames towards the TAP all go to the first queue, which the
+            // reader reads; and with a steering program set the kernel no
+            // longer hashes every frame the writers write into its flow table.
+            let prog = dataplane_io::steer_ebpf::constant(0);
+            let steering = match dataplane_io::steer_ebpf::load(&prog) {
+                Ok(fd) => match first.set_steering_program(Some(fd.as_fd())) {
+                    Ok(()) => Some(fd),
+                    Err(e) => {
+                        tracing::warn!("loadgen TAP {name}: no steering program ({e}); the kernel hashes each write");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("loadgen TAP {name}: no steering program ({e}); the kernel hashes each write");
+                    None
+                }
+            };
             taps.insert(0, first);
-            return Ok(TapSet { taps });
+            return Ok(TapSet { taps, _steering: steering });
         }
         let taps = names.iter().map(|t| Tap::open(t, TapOptions::default())).collect::<Result<Vec<_>, _>>()?;
-        Ok(TapSet { taps })
+        Ok(TapSet { taps, _steering: None })
     }
 }
 

@@ -13,7 +13,6 @@
 use super::{
     io_err, raw, sender, Addresses, IngressCounter, LoadArgs, LoadError, LoadReport, Port, Rate, Scenario, Verdict,
 };
-use dataplane_io::tap::{Tap, TapOptions};
 use netlab::Netns;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,19 +32,14 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     let ns = Netns::new(netlab::unique("lgof"))?;
     let name = netlab::unique("lgof");
     let queues = args.cpus.len().max(1);
-    let first = Tap::open(&name, TapOptions { multi_queue: queues > 1, ..TapOptions::default() })?;
-    let mut taps = vec![first];
-    for _ in 1..queues {
-        let q = taps[0].open_queue()?;
-        taps.push(q);
-    }
+    let set = crate::TapSet::open(std::slice::from_ref(&name), queues)?;
     netlab::move_link(&name, &ns)?;
     ns.ip_batch(&[format!("link set {name} up")])?;
     let mac = netlab::meter::link_mac(&ns, &name)?;
     let addrs = Addresses::lab();
     let counter = IngressCounter::install(&ns, &name, addrs.server, Verdict::Drop)?;
     let frames: Vec<Vec<u8>> = (0..n).map(|i| raw::frame(&addrs, i, mac, args.payload)).collect();
-    let ports: Vec<Port> = taps.into_iter().map(Port::Tap).collect();
+    let ports: Vec<Port> = set.taps.into_iter().map(Port::Tap).collect();
     let plan = sender::Plan {
         source: sender::Source::Fixed(Arc::new(frames)),
         cpus: args.cpus.clone(),

@@ -114,6 +114,17 @@ fn header_len() -> [Ins; 4] {
     ]
 }
 
+/// A steering program that gives every frame to queue `queue`: for a
+/// multi-queue TAP whose frames towards its queues need no spreading (the
+/// load generator's, written from several queues, read from the first),
+/// where it spares every write the kernel's flow hash.
+pub fn constant(queue: u32) -> Vec<BpfInsn> {
+    vec![
+        BpfInsn { code: ALU64 | MOV | K, regs: R0, off: 0, imm: queue as i32 },
+        BpfInsn { code: JMP | EXIT, regs: 0, off: 0, imm: 0 },
+    ]
+}
+
 /// The outside TAP's steering program for `shards` (one queue per worker,
 /// in order); `None` with more than [`MAX_WORKERS`] workers.
 pub fn program(shards: &Shards) -> Option<Vec<BpfInsn>> {
