@@ -435,20 +435,12 @@ impl TapSet {
             // Frames towards the TAP all go to the first queue, which the
             // reader reads; and with a steering program set the kernel no
             // longer hashes every frame the writers write into its flow table.
-            let prog = dataplane_io::steer_ebpf::constant(0);
-            let steering = match dataplane_io::steer_ebpf::load(&prog) {
-                Ok(fd) => match first.set_steering_program(Some(fd.as_fd())) {
-                    Ok(()) => Some(fd),
-                    Err(e) => {
-                        tracing::warn!("loadgen TAP {name}: no steering program ({e}); the kernel hashes each write");
-                        None
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!("loadgen TAP {name}: no steering program ({e}); the kernel hashes each write");
-                    None
-                }
-            };
+            let steering = dataplane_io::steer_ebpf::load(&dataplane_io::steer_ebpf::constant(0))
+                .and_then(|fd| first.set_steering_program(Some(fd.as_fd())).map(|()| fd))
+                .inspect_err(|e| {
+                    tracing::warn!("loadgen TAP {name}: no steering program ({e}); the kernel hashes each write")
+                })
+                .ok();
             taps.insert(0, first);
             return Ok(TapSet { taps, _steering: steering });
         }
