@@ -29,9 +29,15 @@ use crate::time::Instant;
 use crate::wire::{self, Ipv4, ETH_LEN};
 use crate::PortId;
 
-/// Frames a batch is worked through in (a longer slice is taken in chunks
-/// of this many).
+/// Frames a worker reads for one [`Engine::process_batch`] call.
 pub const BATCH: usize = 64;
+
+/// Frames the passes work through at a time (a longer slice is taken in
+/// chunks of this many). Smaller than [`BATCH`] so that a chunk's frames,
+/// index buckets and prefetched sessions stay in the first-level cache
+/// until their turn: 16 was 10% faster than 64 at 100,000 sessions and
+/// as fast at 1,000 (`cargo bench --bench engine`).
+const CHUNK: usize = 16;
 
 /// One frame of a batch for [`Engine::process_batch`].
 #[derive(Debug)]
@@ -79,13 +85,13 @@ impl Engine {
     /// releases meanwhile wait for [`Engine::poll_transmit`] as usual. No
     /// allocation on the established path.
     pub fn process_batch(&mut self, now: Instant, frames: &mut [BatchFrame<'_>]) {
-        for chunk in frames.chunks_mut(BATCH) {
+        for chunk in frames.chunks_mut(CHUNK) {
             self.process_chunk(now, chunk);
         }
     }
 
     fn process_chunk(&mut self, now: Instant, frames: &mut [BatchFrame<'_>]) {
-        let mut hints: [Option<Hint>; BATCH] = [None; BATCH];
+        let mut hints: [Option<Hint>; CHUNK] = [None; CHUNK];
         // Pass 1: keys, hashes, index buckets.
         for (f, h) in frames.iter().zip(hints.iter_mut()) {
             *h = flow_key(f.port, &f.buf[..f.len.min(f.buf.len())]).map(|(ip, key, flow)| {

@@ -4,7 +4,7 @@
 
 use crate::checksum::{self, Delta};
 use crate::flow::{Endpoint, TCP, UDP};
-use crate::wire::{self, get16, ip, put16, put_ip, Ipv4, ETH_LEN, L4};
+use crate::wire::{self, get16, ip, put16, Ipv4, ETH_LEN, L4};
 use core::net::Ipv4Addr;
 
 /// Completes a partial TCP/UDP checksum (the field holds the pseudo-header
@@ -40,21 +40,24 @@ pub(super) fn swap_macs(frame: &mut [u8]) {
 /// pseudo-header delta for the transport checksum.
 #[inline]
 pub(super) fn rewrite_ip(frame: &mut [u8], ip: &Ipv4, side: Side, new: Ipv4Addr, dec_ttl: bool) -> Delta {
+    // The fixed header once (`parse_ipv4` checked it lies in the frame), so
+    // the fields below are read and written without a bounds check each.
+    let h: &mut [u8; 20] = (&mut frame[ip.off..ip.off + 20]).try_into().expect("20 bytes");
     let (off, old) = match side {
-        Side::Src => (ip.off + ip::SRC, ip.src),
-        Side::Dst => (ip.off + ip::DST, ip.dst),
+        Side::Src => (ip::SRC, ip.src),
+        Side::Dst => (ip::DST, ip.dst),
     };
     let addr = Delta::ZERO.addr(old, new);
     let mut d = addr;
     if dec_ttl {
-        let ttl = frame[ip.off + ip::TTL];
+        let ttl = h[ip::TTL];
         let t = ttl.saturating_sub(1);
         d = d.word(u16::from(ttl) << 8 | u16::from(ip.proto), u16::from(t) << 8 | u16::from(ip.proto));
-        frame[ip.off + ip::TTL] = t;
+        h[ip::TTL] = t;
     }
-    put_ip(frame, off, new);
-    let c = d.apply(get16(frame, ip.off + ip::CHECKSUM));
-    put16(frame, ip.off + ip::CHECKSUM, c);
+    h[off..off + 4].copy_from_slice(&new.octets());
+    let c = d.apply(u16::from_be_bytes([h[ip::CHECKSUM], h[ip::CHECKSUM + 1]]));
+    h[ip::CHECKSUM..ip::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
     addr
 }
 
@@ -74,16 +77,21 @@ pub(super) fn rewrite(frame: &mut [u8], ip: &Ipv4, l4: L4, side: Side, new: Endp
 pub(super) fn rewrite_l4(frame: &mut [u8], ip: &Ipv4, l4: L4, side: Side, addr: Delta, port: u16) {
     let l = ip.l4();
     let port_off = if side == Side::Src { 0 } else { 2 };
+    // (port or identifier offset, checksum offset, UDP's zero rule, the
+    // checksum covers the pseudo-header); offsets from the transport header.
     let (at, coff, udp, pseudo) = match l4 {
-        L4::Tcp { .. } => (l + port_off, l + 16, false, true),
-        L4::Udp { .. } => (l + port_off, l + 6, true, true),
-        L4::Echo { .. } => (l + 4, l + 2, false, false),
+        L4::Tcp { .. } => (port_off, 16, false, true),
+        L4::Udp { .. } => (port_off, 6, true, true),
+        L4::Echo { .. } => (4, 2, false, false),
         L4::IcmpError { .. } => return,
     };
-    let old = get16(frame, at);
-    put16(frame, at, port);
+    // The header up to the end of its checksum, once (`parse_l4` checked it
+    // lies in the segment).
+    let seg = &mut frame[l..l + coff + 2];
+    let old = get16(seg, at);
+    put16(seg, at, port);
     let base = if pseudo { addr } else { Delta::ZERO };
-    let c = get16(frame, coff);
+    let c = get16(seg, coff);
     let c = if ip.partial {
         base.apply_partial(c)
     } else if udp {
@@ -91,7 +99,7 @@ pub(super) fn rewrite_l4(frame: &mut [u8], ip: &Ipv4, l4: L4, side: Side, addr: 
     } else {
         base.word(old, port).apply(c)
     };
-    put16(frame, coff, c);
+    put16(seg, coff, c);
 }
 
 /// The inbound rewrite: destination endpoint.
