@@ -132,7 +132,7 @@ pub(super) enum Hold {
 
 impl Hold {
     pub(super) fn of(s: &Session) -> Hold {
-        Hold::from_parts(s.inbound_origin && s.out_packets == 0, s.proto == TCP && s.tcp.closing(), warm(s))
+        Hold::from_parts(s.inbound_origin && s.no_out(), s.proto == TCP && s.tcp.closing(), warm(s))
     }
 
     pub(super) const fn from_parts(unanswered: bool, closing: bool, warm: bool) -> Hold {
@@ -354,7 +354,7 @@ impl Engine {
             // Skip (at most a few) sessions of the kept mapping.
             for _ in 0..RECYCLE_SCAN {
                 match id {
-                    Some(i) if keep != NIL && self.table.get(i).mapping == keep => id = self.table.list_next(i),
+                    Some(i) if keep != NIL && self.table.mapping_of(i) == keep => id = self.table.list_next(i),
                     _ => break,
                 }
             }
@@ -388,8 +388,8 @@ impl Engine {
             let id = self.evict_at % cap;
             self.evict_at = (id + 1) % cap;
             let s = self.table.get(id);
-            let unanswered = !s.inbound_origin && s.in_packets == 0 && s.out_packets > 0;
-            if unanswered && s.mapping != keep && now >= s.created + UNANSWERED_GRACE {
+            let unanswered = !s.inbound_origin && s.no_in() && !s.no_out();
+            if unanswered && self.table.mapping_of(id) != keep && now >= self.table.created(id) + UNANSWERED_GRACE {
                 self.counters.sessions_evicted.inc();
                 self.remove_early(now, id, false);
                 return true;
@@ -424,7 +424,7 @@ impl Engine {
                     && s.eni.ip == addr
                     && !(s.remote == remote && cooling(s, now))
                     && match self.cfg.mapping {
-                        Mapping::EndpointIndependent => self.table.mapping(s.mapping).live == 0,
+                        Mapping::EndpointIndependent => self.table.mapping(self.table.mapping_of(i)).live == 0,
                         Mapping::AddressAndPortDependent => s.remote == remote,
                     };
                 if fits {
@@ -437,7 +437,7 @@ impl Engine {
         let Some(sid) = victim else {
             return false;
         };
-        let m = self.table.get(sid).mapping;
+        let m = self.table.mapping_of(sid);
         if m == NIL {
             self.recycle(now, sid, true);
             return true;

@@ -50,14 +50,16 @@ impl Engine {
             FlowKey { proto: ip.proto, local: Endpoint::new(ip.src, sport), remote: Endpoint::new(ip.dst, dport) };
         let sid = match self.table.find_inside_hashed(&key, self.key_hash(&key)) {
             Some(sid) => {
-                let s = self.table.get_mut(sid);
-                if s.port != port {
+                if self.table.get(sid).port != port {
                     return Action::Drop(DropReason::Spoofed);
                 }
-                let unanswered = s.inbound_origin && s.out_packets == 0;
+                let unanswered = {
+                    let s = self.table.get(sid);
+                    s.inbound_origin && s.no_out()
+                };
+                self.table.count_out(sid, ip.total);
+                let s = self.table.get_mut(sid);
                 s.last_seen = now;
-                s.out_packets += 1;
-                s.out_bytes += ip.total as u64;
                 let mut before = None;
                 if ip.proto == TCP {
                     let f = tcp::Flags::from_byte(flags);
@@ -71,9 +73,7 @@ impl Engine {
                     if next != prev {
                         s.tcp = next;
                         if reopen {
-                            s.created = now;
-                            s.remote_closed_first = false;
-                            (s.out_packets, s.out_bytes, s.in_packets, s.in_bytes) = (1, ip.total as u64, 0, 0);
+                            self.table.reopen(sid, now, ip.total);
                             self.counters.sessions_reopened.inc();
                         }
                         self.table.reschedule(sid);
@@ -199,8 +199,7 @@ impl Engine {
         };
         let mut s = Session::new(key.proto, key.local, key.remote, eni_ep, port, src_mac, now);
         s.tcp = tcp::State::initial(Dir::Out);
-        s.out_packets = 1;
-        s.out_bytes = bytes as u64;
+        s.count_first(true, bytes);
         let sid = loop {
             match self.table.insert(s, mapping) {
                 Ok(sid) => break sid,
