@@ -457,27 +457,33 @@ impl Engine {
         }
     }
 
-    /// A port for a new mapping of `key` on one of `addrs`: on the paired
-    /// address if there is one (a free port, or one recycled from an ended
+    /// A port for a new mapping of `key` on one of the addresses of ENI
+    /// `eni` (its index in the bindings' ENIs): on the paired address if
+    /// there is one (a free port, or one recycled from an ended
     /// connection), else a free port on the first address below the
     /// high-water mark, else a free port anywhere, else a recycled one
     /// anywhere. The address to report as exhausted otherwise.
     pub(super) fn find_port(
         &mut self,
         now: Instant,
-        addrs: &[Ipv4Addr],
+        eni: usize,
         paired: Option<Ipv4Addr>,
         pi: usize,
         key: FlowKey,
     ) -> Result<Endpoint, Ipv4Addr> {
-        let paired = paired.filter(|p| addrs.contains(p));
+        // The ENI's addresses are read through `self.bindings` by position
+        // (the bindings do not change while a frame is processed).
+        let addr_at = |e: &Engine, i: usize| e.bindings.enis()[eni].addrs.get(i).copied();
+        let n = self.bindings.enis()[eni].addrs.len();
+        let paired = paired.filter(|p| self.bindings.enis()[eni].addrs.contains(p));
         self.cool_all(now);
         if let Some(ep) = paired.and_then(|p| self.take_port(now, p, pi, key)) {
             return Ok(ep);
         }
         let m = self.cfg.mapping;
         for below in [true, false] {
-            for &a in addrs {
+            for i in 0..n {
+                let Some(a) = addr_at(self, i) else { break };
                 let free = self
                     .addrs
                     .get(&a)
@@ -489,12 +495,16 @@ impl Engine {
                 }
             }
         }
-        for &a in addrs.iter().filter(|&&a| Some(a) != paired) {
+        for i in 0..n {
+            let Some(a) = addr_at(self, i) else { break };
+            if Some(a) == paired {
+                continue;
+            }
             if let Some(ep) = self.take_port(now, a, pi, key) {
                 return Ok(ep);
             }
         }
-        Err(paired.or(addrs.first().copied()).unwrap_or(Ipv4Addr::UNSPECIFIED))
+        Err(paired.or(addr_at(self, 0)).unwrap_or(Ipv4Addr::UNSPECIFIED))
     }
 
     /// Moves the sessions of `addr`'s cooling list whose remote's
@@ -591,14 +601,42 @@ impl Engine {
     pub(super) fn check_high_water(&mut self, addr: Ipv4Addr, proto: u8) {
         let pi = proto_index(proto);
         let Some(a) = self.addrs.get_mut(&addr) else { return };
-        Engine::publish(&self.counters, a, pi, &self.cfg);
+        if let Some(in_use) = Engine::publish_and_check(&self.counters, a, pi, &self.cfg) {
+            self.raise_high_water(addr, proto, in_use);
+        }
+    }
+
+    /// A new flow's port (its session, when `apdm`: address-and-port-
+    /// dependent mapping) on `addr` is now held live: counted, published
+    /// and checked against the high-water mark, with one lookup of the
+    /// address ([`Engine::check_high_water`] after the counts).
+    pub(super) fn count_live_port(&mut self, addr: Ipv4Addr, proto: u8, apdm: bool) {
+        let pi = proto_index(proto);
+        let Some(a) = self.addrs.get_mut(&addr) else { return };
+        a.live[pi] += 1;
+        if apdm {
+            a.apdm[pi] += 1;
+        }
+        if let Some(in_use) = Engine::publish_and_check(&self.counters, a, pi, &self.cfg) {
+            self.raise_high_water(addr, proto, in_use);
+        }
+    }
+
+    /// [`Engine::publish`], then the ports in use if they reached the
+    /// high-water mark and no event is armed for it.
+    fn publish_and_check(counters: &Counters, a: &mut Addr, pi: usize, cfg: &EngineConfig) -> Option<u32> {
+        Engine::publish(counters, a, pi, cfg);
         let in_use = a.live[pi] + a.warm[pi];
-        if in_use >= a.mark(pi, &self.cfg) && !a.high[pi] {
-            // Armed until the event is queued: a full queue does not lose it.
-            let queued = self.event(Event::HighWater { addr, proto, in_use });
-            if let Some(a) = self.addrs.get_mut(&addr) {
-                a.high[pi] = queued;
-            }
+        (in_use >= a.mark(pi, cfg) && !a.high[pi]).then_some(in_use)
+    }
+
+    /// Queues the high-water event of `addr`; armed until it is queued (a
+    /// full queue does not lose it).
+    #[cold]
+    fn raise_high_water(&mut self, addr: Ipv4Addr, proto: u8, in_use: u32) {
+        let queued = self.event(Event::HighWater { addr, proto, in_use });
+        if let Some(a) = self.addrs.get_mut(&addr) {
+            a.high[proto_index(proto)] = queued;
         }
     }
 }

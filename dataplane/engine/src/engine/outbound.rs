@@ -19,7 +19,6 @@ use crate::time::Instant;
 use crate::wire::{self, get16, icmp, ip, put16, put_ip, Ipv4};
 use crate::PortId;
 use core::net::Ipv4Addr;
-use std::sync::Arc;
 
 impl Engine {
     pub(super) fn outbound(&mut self, now: Instant, port: PortId, frame: &mut [u8], ip: Ipv4) -> Action {
@@ -48,7 +47,8 @@ impl Engine {
         };
         let key =
             FlowKey { proto: ip.proto, local: Endpoint::new(ip.src, sport), remote: Endpoint::new(ip.dst, dport) };
-        let sid = match self.table.find_inside_hashed(&key, self.key_hash(&key)) {
+        let hash = self.key_hash(&key);
+        let sid = match self.table.find_inside_hashed(&key, hash) {
             Some(sid) => {
                 let s = self.table.get_mut(sid);
                 if s.port != port {
@@ -90,7 +90,7 @@ impl Engine {
             }
             None => {
                 let src_mac = wire::mac_at(frame, 6);
-                match self.new_outbound(now, port, key, flags, src_mac, ip.total) {
+                match self.new_outbound(now, port, key, hash, flags, src_mac, ip.total) {
                     Ok(sid) => sid,
                     Err(r) => return self.refuse(frame, ip, r, gateway),
                 }
@@ -128,27 +128,32 @@ impl Engine {
     /// Creates the session for a new outbound flow. Short of a table slot,
     /// a mapping slot or a port, it recycles closing and unanswered
     /// sessions (oldest first); live ones are never touched (RFC 6888
-    /// REQ-11d).
+    /// REQ-11d). `hash` is the key's [`crate::session::SessionTable::hash`].
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new_outbound(
         &mut self,
         now: Instant,
         port: PortId,
         key: FlowKey,
+        hash: u64,
         flags: u8,
         src_mac: Mac,
         bytes: usize,
     ) -> Result<u32, DropReason> {
-        let b = Arc::clone(&self.bindings);
-        let env = b.env(key.local.ip).filter(|e| e.port == port).ok_or(DropReason::Spoofed)?;
+        // The bindings are read through `self` (no `Arc` clone per flow);
+        // the ENI is kept as its index for the port search below.
+        let b = &*self.bindings;
+        let (_, ei) = b.env_with_eni(key.local.ip).filter(|(e, _)| e.port == port).ok_or(DropReason::Spoofed)?;
         if key.proto == TCP && !tcp::Flags::from_byte(flags).opens() {
             return Err(DropReason::TcpNotSyn);
         }
-        let Some(eni) = b.eni(env.eni).filter(|e| !e.addrs.is_empty()) else {
+        let eni = &b.enis()[ei];
+        if eni.addrs.is_empty() {
             // Its function has no active ENI (being created, or reclaimed
             // while idle): the control plane wants to know.
             let _ = self.event(Event::NoEni { env: key.local.ip });
             return Err(DropReason::NoEni);
-        };
+        }
         if !eni.egress.allows(key.proto, key.remote.ip, key.remote.port) {
             return Err(DropReason::PolicyDenied);
         }
@@ -157,8 +162,10 @@ impl Engine {
         if st.sessions >= self.cfg.env_session_quota {
             return Err(DropReason::QuotaExceeded);
         }
+        // The inside endpoint's mapping hash, for the lookup and the insert.
+        let mhash = self.table.mapping_hash(key.proto, key.local);
         let existing = match self.cfg.mapping {
-            Mapping::EndpointIndependent => self.table.find_mapping_inside(key.proto, key.local),
+            Mapping::EndpointIndependent => self.table.find_mapping_inside_hashed(key.proto, key.local, mhash),
             Mapping::AddressAndPortDependent => None,
         };
         // A mapping held only by recyclable sessions becomes live again.
@@ -172,7 +179,7 @@ impl Engine {
                 // Paired pooling (RFC 4787 REQ-2) while the environment
                 // holds a live port: the same address for all its flows.
                 let paired = st.addr.filter(|_| st.ports.iter().any(|&n| n > 0));
-                let ep = match self.find_port(now, &eni.addrs, paired, pi, key) {
+                let ep = match self.find_port(now, ei, paired, pi, key) {
                     Ok(ep) => ep,
                     Err(addr) => {
                         let _ = self.event(Event::Exhausted { addr, proto: key.proto });
@@ -181,7 +188,7 @@ impl Engine {
                 };
                 let m = match self.cfg.mapping {
                     Mapping::EndpointIndependent => loop {
-                        match self.table.insert_mapping(key.proto, key.local, ep, port, src_mac) {
+                        match self.table.insert_mapping_hashed(key.proto, key.local, ep, port, src_mac, mhash) {
                             Ok(m) => break m,
                             // Mappings are never more than sessions: a full
                             // mapping slab is a full table.
@@ -202,7 +209,7 @@ impl Engine {
         s.out_packets = 1;
         s.out_bytes = bytes as u64;
         let sid = loop {
-            match self.table.insert(s, mapping) {
+            match self.table.insert_hashed(s, mapping, hash) {
                 Ok(sid) => break sid,
                 Err(_) if self.recycle_session(now, mapping) => {}
                 Err(_) => {
@@ -224,13 +231,8 @@ impl Engine {
         if fresh || revived {
             st.ports[pi] += 1;
             st.addr = Some(eni_ep.ip);
-            if let Some(a) = self.addrs.get_mut(&eni_ep.ip) {
-                a.live[pi] += 1;
-                if fresh && self.cfg.mapping == Mapping::AddressAndPortDependent {
-                    a.apdm[pi] += 1;
-                }
-            }
-            self.check_high_water(eni_ep.ip, key.proto);
+            let apdm = fresh && self.cfg.mapping == Mapping::AddressAndPortDependent;
+            self.count_live_port(eni_ep.ip, key.proto, apdm);
         }
         Ok(sid)
     }

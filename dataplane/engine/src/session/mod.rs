@@ -466,9 +466,25 @@ impl SessionTable {
         total as f64 / self.sessions.len().max(1) as f64
     }
 
+    /// The hash of a mapping key (proto, endpoint), as both mapping indexes
+    /// use it: for [`SessionTable::find_mapping_inside_hashed`] and
+    /// [`SessionTable::insert_mapping_hashed`], so a new flow hashes its
+    /// inside endpoint once.
+    #[inline]
+    pub fn mapping_hash(&self, proto: u8, ep: Endpoint) -> u64 {
+        hash2(&self.hasher, proto, ep)
+    }
+
     /// Finds a mapping by (proto, environment endpoint).
     pub fn find_mapping_inside(&self, proto: u8, inside: Endpoint) -> Option<u32> {
-        let b = (hash2(&self.hasher, proto, inside) & self.mask) as usize;
+        self.find_mapping_inside_hashed(proto, inside, self.mapping_hash(proto, inside))
+    }
+
+    /// [`SessionTable::find_mapping_inside`] with the key's
+    /// [`SessionTable::mapping_hash`] `h`.
+    #[inline]
+    pub fn find_mapping_inside_hashed(&self, proto: u8, inside: Endpoint, h: u64) -> Option<u32> {
+        let b = (h & self.mask) as usize;
         find_on_chain(self.map_in_buckets[b], &self.mappings, Link::Inside, |m| m.inside == inside && m.proto == proto)
     }
 
@@ -501,8 +517,23 @@ impl SessionTable {
         port: PortId,
         env_mac: Mac,
     ) -> Result<u32, Full> {
+        let hi = self.mapping_hash(proto, inside);
+        self.insert_mapping_hashed(proto, inside, eni, port, env_mac, hi)
+    }
+
+    /// [`SessionTable::insert_mapping`] with the inside key's
+    /// [`SessionTable::mapping_hash`] `hi`.
+    pub fn insert_mapping_hashed(
+        &mut self,
+        proto: u8,
+        inside: Endpoint,
+        eni: Endpoint,
+        port: PortId,
+        env_mac: Mac,
+        hi: u64,
+    ) -> Result<u32, Full> {
         let id = self.map_free.pop().ok_or(Full)?;
-        let bi = (hash2(&self.hasher, proto, inside) & self.mask) as usize;
+        let bi = (hi & self.mask) as usize;
         let bo = (hash2(&self.hasher, proto, eni) & self.mask) as usize;
         self.mappings[id as usize] = Mapping {
             proto,
@@ -540,9 +571,15 @@ impl SessionTable {
 
     /// Inserts a session (under `mapping`, or [`NIL`]). The caller has made
     /// sure neither key is present.
-    pub fn insert(&mut self, mut s: Session, mapping: u32) -> Result<u32, Full> {
-        let id = self.free.pop().ok_or(Full)?;
+    pub fn insert(&mut self, s: Session, mapping: u32) -> Result<u32, Full> {
         let hi = hash3(&self.hasher, s.proto, s.inside, s.remote);
+        self.insert_hashed(s, mapping, hi)
+    }
+
+    /// [`SessionTable::insert`] with the inside key's
+    /// [`SessionTable::hash`] `hi`.
+    pub fn insert_hashed(&mut self, mut s: Session, mapping: u32, hi: u64) -> Result<u32, Full> {
+        let id = self.free.pop().ok_or(Full)?;
         let ho = hash3(&self.hasher, s.proto, s.eni, s.remote);
         // Each index is sized for every slot: an insert always finds room.
         if !self.in_index.insert(hi, id) {
