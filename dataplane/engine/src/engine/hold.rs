@@ -233,7 +233,14 @@ impl Engine {
     /// Publishes one address's port use for other threads, and re-arms its
     /// high-water mark once live use is back below it.
     pub(super) fn publish(counters: &Counters, a: &mut Addr, pi: usize, cfg: &EngineConfig) {
-        if a.live[pi] + a.warm[pi] < a.mark(pi, cfg) {
+        let below = a.live[pi] + a.warm[pi] < a.mark(pi, cfg);
+        Engine::publish_marked(counters, a, pi, cfg, below);
+    }
+
+    /// [`Engine::publish`] with whether live use is `below` the mark.
+    #[inline]
+    fn publish_marked(counters: &Counters, a: &mut Addr, pi: usize, cfg: &EngineConfig, below: bool) {
+        if below {
             a.high[pi] = false;
         }
         if let Some(g) = a.gauge {
@@ -536,28 +543,47 @@ impl Engine {
 
     /// A port on `addr` for a new mapping of `key`: a free one, or one a
     /// recycled ended connection gave back.
+    #[inline]
     pub(super) fn take_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
-        for _ in 0..2 {
-            let ep = match self.cfg.mapping {
-                Mapping::EndpointIndependent => {
-                    let a = self.addrs.get_mut(&addr)?;
-                    let p = if self.cfg.port_preservation {
-                        a.pools[pi].allocate_preferred(now, key.local.port)
-                    } else {
-                        a.pools[pi].allocate(now)
-                    };
-                    p.map(|p| Endpoint::new(addr, p))
-                }
-                Mapping::AddressAndPortDependent => self.probe_port(addr, key),
-            };
-            if ep.is_some() {
-                return ep;
-            }
-            if !self.recycle_port(now, addr, pi, key.remote) {
-                return None;
-            }
+        // The common case, a free port, inline; recycling out of line.
+        match self.free_port(now, addr, pi, key) {
+            Some(ep) => Some(ep),
+            None => self.take_recycled_port(now, addr, pi, key),
         }
+    }
+
+    /// [`Engine::take_port`] once a free port was not found: recycles an
+    /// ended connection's port and tries again, twice at most.
+    #[cold]
+    #[inline(never)]
+    fn take_recycled_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+        if !self.recycle_port(now, addr, pi, key.remote) {
+            return None;
+        }
+        if let Some(ep) = self.free_port(now, addr, pi, key) {
+            return Some(ep);
+        }
+        // A second recycling whose port the next flow finds free.
+        let _ = self.recycle_port(now, addr, pi, key.remote);
         None
+    }
+
+    /// A free port on `addr` (under address-and-port-dependent mapping, one
+    /// whose outside key towards this remote is unused), no recycling.
+    #[inline]
+    fn free_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+        match self.cfg.mapping {
+            Mapping::EndpointIndependent => {
+                let a = self.addrs.get_mut(&addr)?;
+                let p = if self.cfg.port_preservation {
+                    a.pools[pi].allocate_preferred(now, key.local.port)
+                } else {
+                    a.pools[pi].allocate(now)
+                };
+                p.map(|p| Endpoint::new(addr, p))
+            }
+            Mapping::AddressAndPortDependent => self.probe_port(addr, key),
+        }
     }
 
     /// Address-and-port-dependent mapping: a random port whose outside key
@@ -624,10 +650,12 @@ impl Engine {
 
     /// [`Engine::publish`], then the ports in use if they reached the
     /// high-water mark and no event is armed for it.
+    #[inline]
     fn publish_and_check(counters: &Counters, a: &mut Addr, pi: usize, cfg: &EngineConfig) -> Option<u32> {
-        Engine::publish(counters, a, pi, cfg);
         let in_use = a.live[pi] + a.warm[pi];
-        (in_use >= a.mark(pi, cfg) && !a.high[pi]).then_some(in_use)
+        let mark = a.mark(pi, cfg);
+        Engine::publish_marked(counters, a, pi, cfg, in_use < mark);
+        (in_use >= mark && !a.high[pi]).then_some(in_use)
     }
 
     /// Queues the high-water event of `addr`; armed until it is queued (a

@@ -13,7 +13,7 @@ use crate::checksum;
 use crate::config::Mapping;
 use crate::counters::DropReason;
 use crate::flow::{proto_index, Endpoint, FlowKey, ICMP, TCP};
-use crate::session::{Session, NIL};
+use crate::session::{Session, SessionTable, NIL};
 use crate::tcp::{self, Dir};
 use crate::time::Instant;
 use crate::wire::{self, get16, icmp, ip, put16, put_ip, Ipv4};
@@ -158,7 +158,8 @@ impl Engine {
             return Err(DropReason::PolicyDenied);
         }
         let pi = proto_index(key.proto);
-        let st = *self.envs.entry(key.local.ip).or_default();
+        // A new environment's entry is made once its session is.
+        let st = self.envs.get(&key.local.ip).copied().unwrap_or_default();
         if st.sessions >= self.cfg.env_session_quota {
             return Err(DropReason::QuotaExceeded);
         }
@@ -170,8 +171,13 @@ impl Engine {
         };
         // A mapping held only by recyclable sessions becomes live again.
         let revived = existing.is_some_and(|m| self.table.mapping(m).live == 0);
-        let (mapping, eni_ep, fresh) = match existing {
-            Some(m) => (m, self.table.mapping(m).eni, false),
+        // The outside key's hash, for the insert.
+        let outside_hash = |t: &SessionTable, eni: Endpoint| t.hash(&FlowKey { local: eni, ..key });
+        let (mapping, eni_ep, fresh, ohash) = match existing {
+            Some(m) => {
+                let eni = self.table.mapping(m).eni;
+                (m, eni, false, outside_hash(&self.table, eni))
+            }
             None => {
                 if st.ports[pi] >= self.cfg.env_port_quota {
                     return Err(DropReason::QuotaExceeded);
@@ -186,9 +192,11 @@ impl Engine {
                         return Err(DropReason::PortsExhausted);
                     }
                 };
+                let ohash = outside_hash(&self.table, ep);
                 let m = match self.cfg.mapping {
                     Mapping::EndpointIndependent => loop {
-                        match self.table.insert_mapping_hashed(key.proto, key.local, ep, port, src_mac, mhash) {
+                        let omhash = self.table.mapping_hash(key.proto, ep);
+                        match self.table.insert_mapping_hashed(key.proto, key.local, ep, port, src_mac, mhash, omhash) {
                             Ok(m) => break m,
                             // Mappings are never more than sessions: a full
                             // mapping slab is a full table.
@@ -201,7 +209,7 @@ impl Engine {
                     },
                     Mapping::AddressAndPortDependent => NIL,
                 };
-                (m, ep, true)
+                (m, ep, true, ohash)
             }
         };
         let mut s = Session::new(key.proto, key.local, key.remote, eni_ep, port, src_mac, now);
@@ -209,7 +217,7 @@ impl Engine {
         s.out_packets = 1;
         s.out_bytes = bytes as u64;
         let sid = loop {
-            match self.table.insert_hashed(s, mapping, hash) {
+            match self.table.insert_hashed(s, mapping, hash, ohash) {
                 Ok(sid) => break sid,
                 Err(_) if self.recycle_session(now, mapping) => {}
                 Err(_) => {

@@ -517,12 +517,13 @@ impl SessionTable {
         port: PortId,
         env_mac: Mac,
     ) -> Result<u32, Full> {
-        let hi = self.mapping_hash(proto, inside);
-        self.insert_mapping_hashed(proto, inside, eni, port, env_mac, hi)
+        let (hi, ho) = (self.mapping_hash(proto, inside), self.mapping_hash(proto, eni));
+        self.insert_mapping_hashed(proto, inside, eni, port, env_mac, hi, ho)
     }
 
-    /// [`SessionTable::insert_mapping`] with the inside key's
-    /// [`SessionTable::mapping_hash`] `hi`.
+    /// [`SessionTable::insert_mapping`] with the [`SessionTable::mapping_hash`]
+    /// of its inside (`hi`) and ENI (`ho`) endpoints.
+    #[inline]
     pub fn insert_mapping_hashed(
         &mut self,
         proto: u8,
@@ -531,10 +532,11 @@ impl SessionTable {
         port: PortId,
         env_mac: Mac,
         hi: u64,
+        ho: u64,
     ) -> Result<u32, Full> {
         let id = self.map_free.pop().ok_or(Full)?;
         let bi = (hi & self.mask) as usize;
-        let bo = (hash2(&self.hasher, proto, eni) & self.mask) as usize;
+        let bo = (ho & self.mask) as usize;
         self.mappings[id as usize] = Mapping {
             proto,
             port,
@@ -573,14 +575,15 @@ impl SessionTable {
     /// sure neither key is present.
     pub fn insert(&mut self, s: Session, mapping: u32) -> Result<u32, Full> {
         let hi = hash3(&self.hasher, s.proto, s.inside, s.remote);
-        self.insert_hashed(s, mapping, hi)
+        let ho = hash3(&self.hasher, s.proto, s.eni, s.remote);
+        self.insert_hashed(s, mapping, hi, ho)
     }
 
-    /// [`SessionTable::insert`] with the inside key's
-    /// [`SessionTable::hash`] `hi`.
-    pub fn insert_hashed(&mut self, mut s: Session, mapping: u32, hi: u64) -> Result<u32, Full> {
+    /// [`SessionTable::insert`] with the [`SessionTable::hash`] of its
+    /// inside (`hi`) and outside (`ho`) keys.
+    #[inline]
+    pub fn insert_hashed(&mut self, mut s: Session, mapping: u32, hi: u64, ho: u64) -> Result<u32, Full> {
         let id = self.free.pop().ok_or(Full)?;
-        let ho = hash3(&self.hasher, s.proto, s.eni, s.remote);
         // Each index is sized for every slot: an insert always finds room.
         if !self.in_index.insert(hi, id) {
             self.free.push(id);
