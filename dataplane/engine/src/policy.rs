@@ -267,4 +267,30 @@ mod tests {
         assert!(!RuleSet::default().allows(TCP, ip("10.0.0.1"), 443));
         assert!(RuleSet::allow_all().allows(UDP, ip("192.0.2.1"), 9));
     }
+
+    /// The compiled lists admit exactly the flows some rule admits
+    /// ([`Rule::allows`]), for every protocol (TCP, UDP, ICMP, others),
+    /// `All` rules, empty and single-port ranges, /0 to /32 prefixes.
+    #[test]
+    fn compiled_lists_agree_with_the_rules() {
+        use proptest::prelude::*;
+        let proto = prop_oneof![Just(TCP), Just(UDP), Just(ICMP), Just(47u8), any::<u8>()];
+        let kind = prop_oneof![Just(RuleProto::All), Just(RuleProto::Tcp), Just(RuleProto::Udp), Just(RuleProto::Icmp)];
+        // Few distinct addresses and ports, so flows hit rules often.
+        let addr = (0u32..4).prop_map(|x| Ipv4Addr::from(0x0a00_0000 | (x << 6) | x));
+        let port = prop_oneof![0u16..8, Just(443u16), Just(u16::MAX)];
+        let rule = (kind, port.clone(), port.clone(), addr.clone(), 0u8..=32).prop_map(|(proto, a, b, net, len)| Rule {
+            proto,
+            ports: a..=b,
+            dst: Cidr::new(net, len).unwrap(),
+        });
+        let flows = proptest::collection::vec((proto, addr, port), 1..16);
+        proptest!(|(rules in proptest::collection::vec(rule, 0..12), flows in flows)| {
+            let set = RuleSet::new(rules.clone());
+            for (p, dst, dport) in flows {
+                let want = rules.iter().any(|r| r.allows(p, dst, dport));
+                prop_assert_eq!(set.allows(p, dst, dport), want, "proto {} to {}:{}", p, dst, dport);
+            }
+        });
+    }
 }
