@@ -279,11 +279,8 @@ mod tests {
         // Few distinct addresses and ports, so flows hit rules often.
         let addr = (0u32..4).prop_map(|x| Ipv4Addr::from(0x0a00_0000 | (x << 6) | x));
         let port = prop_oneof![0u16..8, Just(443u16), Just(u16::MAX)];
-        let rule = (kind, port.clone(), port.clone(), addr.clone(), 0u8..=32).prop_map(|(proto, a, b, net, len)| Rule {
-            proto,
-            ports: a..=b,
-            dst: Cidr::new(net, len).unwrap(),
-        });
+        let rule = (kind, port.clone(), port.clone(), addr.clone(), 0u8..=32)
+            .prop_map(|(proto, a, b, net, len)| Rule { proto, ports: a..=b, dst: Cidr::new(net, len).unwrap() });
         let flows = proptest::collection::vec((proto, addr, port), 1..16);
         proptest!(|(rules in proptest::collection::vec(rule, 0..12), flows in flows)| {
             let set = RuleSet::new(rules.clone());

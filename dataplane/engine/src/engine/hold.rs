@@ -514,6 +514,40 @@ impl Engine {
         Err(paired.or(addr_at(self, 0)).unwrap_or(Ipv4Addr::UNSPECIFIED))
     }
 
+    /// The common case of [`Engine::find_port`], under endpoint-independent
+    /// mapping: a free port on the paired address, taken and at once
+    /// counted as held live there and published (one lookup of the
+    /// address). Returns the port and whether the address reached its
+    /// high-water mark (the caller checks it again once the flow's session
+    /// exists: [`Engine::check_high_water`]). `None`, with nothing counted
+    /// or taken, sends the caller the long way ([`Engine::find_port`],
+    /// which finds the same state: the pool's failed allocation and
+    /// [`Engine::cool_all`] change nothing a second time).
+    #[inline]
+    pub(super) fn take_paired_port(
+        &mut self,
+        now: Instant,
+        eni: usize,
+        paired: Option<Ipv4Addr>,
+        pi: usize,
+        key: FlowKey,
+    ) -> Option<(Endpoint, bool)> {
+        if self.cfg.mapping != Mapping::EndpointIndependent {
+            return None;
+        }
+        let p = paired.filter(|p| self.bindings.enis()[eni].addrs.contains(p))?;
+        self.cool_all(now);
+        let a = self.addrs.get_mut(&p)?;
+        let port = if self.cfg.port_preservation {
+            a.pools[pi].allocate_preferred(now, key.local.port)
+        } else {
+            a.pools[pi].allocate(now)
+        }?;
+        a.live[pi] += 1;
+        let high = Engine::publish_and_check(&self.counters, a, pi, &self.cfg).is_some();
+        Some((Endpoint::new(p, port), high))
+    }
+
     /// Moves the sessions of `addr`'s cooling list whose remote's
     /// TIME_WAIT has passed to its ready list (oldest first, at most
     /// [`RECYCLE_SCAN`] a call: each moves once, so new flows keep up), and
@@ -615,9 +649,13 @@ impl Engine {
 
     /// Gives back a port taken for a flow that could not be created: it
     /// was never used, so it needs no quarantine.
-    pub(super) fn release_unused_port(&mut self, ep: Endpoint, pi: usize) {
+    /// `counted`: [`Engine::take_paired_port`] counted it as held live.
+    pub(super) fn release_unused_port(&mut self, ep: Endpoint, pi: usize, counted: bool) {
         if self.cfg.mapping == Mapping::EndpointIndependent {
             if let Some(a) = self.addrs.get_mut(&ep.ip) {
+                if counted {
+                    step(&mut a.live[pi], false);
+                }
                 a.pools[pi].release_now(ep.port);
                 Engine::publish(&self.counters, a, pi, &self.cfg);
             }

@@ -171,6 +171,11 @@ impl Engine {
         };
         // A mapping held only by recyclable sessions becomes live again.
         let revived = existing.is_some_and(|m| self.table.mapping(m).live == 0);
+        // Whether the port was counted live when taken
+        // ([`Engine::take_paired_port`]), and its address then reached its
+        // high-water mark; whether a session was recycled since.
+        let mut counted: Option<bool> = None;
+        let mut recycled = false;
         // The outside key's hash, for the insert.
         let outside_hash = |t: &SessionTable, eni: Endpoint| t.hash(&FlowKey { local: eni, ..key });
         let (mapping, eni_ep, fresh, ohash) = match existing {
@@ -185,12 +190,18 @@ impl Engine {
                 // Paired pooling (RFC 4787 REQ-2) while the environment
                 // holds a live port: the same address for all its flows.
                 let paired = st.addr.filter(|_| st.ports.iter().any(|&n| n > 0));
-                let ep = match self.find_port(now, ei, paired, pi, key) {
-                    Ok(ep) => ep,
-                    Err(addr) => {
-                        let _ = self.event(Event::Exhausted { addr, proto: key.proto });
-                        return Err(DropReason::PortsExhausted);
+                let ep = match self.take_paired_port(now, ei, paired, pi, key) {
+                    Some((ep, high)) => {
+                        counted = Some(high);
+                        ep
                     }
+                    None => match self.find_port(now, ei, paired, pi, key) {
+                        Ok(ep) => ep,
+                        Err(addr) => {
+                            let _ = self.event(Event::Exhausted { addr, proto: key.proto });
+                            return Err(DropReason::PortsExhausted);
+                        }
+                    },
                 };
                 let ohash = outside_hash(&self.table, ep);
                 let m = match self.cfg.mapping {
@@ -200,9 +211,9 @@ impl Engine {
                             Ok(m) => break m,
                             // Mappings are never more than sessions: a full
                             // mapping slab is a full table.
-                            Err(_) if self.recycle_session(now, NIL) => {}
+                            Err(_) if self.recycle_session(now, NIL) => recycled = true,
                             Err(_) => {
-                                self.release_unused_port(ep, pi);
+                                self.release_unused_port(ep, pi, counted.is_some());
                                 return Err(DropReason::TableFull);
                             }
                         }
@@ -219,14 +230,14 @@ impl Engine {
         let sid = loop {
             match self.table.insert_hashed(s, mapping, hash, ohash) {
                 Ok(sid) => break sid,
-                Err(_) if self.recycle_session(now, mapping) => {}
+                Err(_) if self.recycle_session(now, mapping) => recycled = true,
                 Err(_) => {
                     if fresh {
                         if mapping != NIL {
                             // The mapping has no session: drop it with its port.
                             self.table.drop_empty_mapping(mapping);
                         }
-                        self.release_unused_port(eni_ep, pi);
+                        self.release_unused_port(eni_ep, pi, counted.is_some());
                     }
                     return Err(DropReason::TableFull);
                 }
@@ -239,8 +250,19 @@ impl Engine {
         if fresh || revived {
             st.ports[pi] += 1;
             st.addr = Some(eni_ep.ip);
-            let apdm = fresh && self.cfg.mapping == Mapping::AddressAndPortDependent;
-            self.count_live_port(eni_ep.ip, key.proto, apdm);
+            match counted {
+                // Counted already; the mark is checked again (as after
+                // counting) when it was reached or recycling moved counts.
+                Some(high) => {
+                    if high || recycled {
+                        self.check_high_water(eni_ep.ip, key.proto);
+                    }
+                }
+                None => {
+                    let apdm = fresh && self.cfg.mapping == Mapping::AddressAndPortDependent;
+                    self.count_live_port(eni_ep.ip, key.proto, apdm);
+                }
+            }
         }
         Ok(sid)
     }
