@@ -2,6 +2,16 @@
 //! created (security groups, quotas, a port), the source rewritten, the
 //! frame sent to its next hop, hairpinned or redirected to the worker that
 //! owns its port.
+//!
+//! # A new flow's cost
+//! A new flow looks up, once each: its environment and ENI (one lookup in
+//! the bindings), the environment's quotas, its mapping, the paired
+//! address (which hands out the port and counts it live in the same
+//! lookup), and hashes each key once (inside key, inside and ENI
+//! endpoints, outside key), passing the hashes to the table's `*_hashed`
+//! calls. The security group is checked from the protocol's compiled
+//! list ([`crate::policy`]). Nothing is allocated once the environment's
+//! quota entry exists.
 
 use super::fragment::set_ident;
 use super::hold::{warm, Hold};

@@ -11,7 +11,9 @@
 //! bucket line and the session's hot lines, and a miss one bucket line. The
 //! key's hash ([`SessionTable::hash`]) can be computed once and passed to
 //! the `*_hashed` lookups, and buckets and sessions prefetched before them
-//! (the engine's batch path does).
+//! (the engine's batch path does). A new flow likewise passes the hashes
+//! it computed to [`SessionTable::insert_hashed`] and the mapping calls
+//! ([`SessionTable::mapping_hash`]), so no key is hashed twice.
 //!
 //! A session's fields are laid out hot first: everything an established
 //! packet touches (key, translation, attachment, MAC, `last_seen`, the four
