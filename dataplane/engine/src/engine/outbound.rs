@@ -217,7 +217,8 @@ impl Engine {
                 let m = match self.cfg.mapping {
                     Mapping::EndpointIndependent => loop {
                         let omhash = self.table.mapping_hash(key.proto, ep);
-                        match self.table.insert_mapping_hashed(key.proto, key.local, ep, port, src_mac, mhash, omhash) {
+                        match self.table.insert_mapping_hashed(key.proto, key.local, ep, port, src_mac, (mhash, omhash))
+                        {
                             Ok(m) => break m,
                             // Mappings are never more than sessions: a full
                             // mapping slab is a full table.

@@ -520,11 +520,11 @@ impl SessionTable {
         env_mac: Mac,
     ) -> Result<u32, Full> {
         let (hi, ho) = (self.mapping_hash(proto, inside), self.mapping_hash(proto, eni));
-        self.insert_mapping_hashed(proto, inside, eni, port, env_mac, hi, ho)
+        self.insert_mapping_hashed(proto, inside, eni, port, env_mac, (hi, ho))
     }
 
-    /// [`SessionTable::insert_mapping`] with the [`SessionTable::mapping_hash`]
-    /// of its inside (`hi`) and ENI (`ho`) endpoints.
+    /// [`SessionTable::insert_mapping`] with the [`SessionTable::mapping_hash`]es
+    /// of its inside and ENI endpoints, in that order.
     #[inline]
     pub fn insert_mapping_hashed(
         &mut self,
@@ -533,8 +533,7 @@ impl SessionTable {
         eni: Endpoint,
         port: PortId,
         env_mac: Mac,
-        hi: u64,
-        ho: u64,
+        (hi, ho): (u64, u64),
     ) -> Result<u32, Full> {
         let id = self.map_free.pop().ok_or(Full)?;
         let bi = (hi & self.mask) as usize;
