@@ -261,6 +261,26 @@ mod tests {
         assert_eq!(b.next_hop("10.1.0.5".parse().unwrap()), Some("10.0.0.1".parse().unwrap()));
     }
 
+    /// The one-lookup index gives each environment its own function's ENI,
+    /// whatever the order of ENIs and environments in the snapshot.
+    #[test]
+    fn each_environment_finds_its_eni_in_one_lookup() {
+        let b = Bindings::new(
+            outside(),
+            vec![inside(1), inside(2)],
+            vec![eni(9, "10.0.0.19"), eni(7, "10.0.0.17"), eni(8, "10.0.0.18")],
+            vec![env("172.16.0.2", 1, 7), env("172.16.0.3", 2, 8), env("172.16.0.4", 1, 9), env("172.16.0.5", 2, 7)],
+        )
+        .unwrap();
+        for v in b.envs() {
+            let (found, e) = b.env_with_eni(v.ip).unwrap();
+            assert_eq!(found, v);
+            assert_eq!(b.enis()[e].id, v.eni, "{}", v.ip);
+            assert_eq!(&b.enis()[e], b.eni(v.eni).unwrap());
+        }
+        assert!(b.env_with_eni("172.16.0.9".parse().unwrap()).is_none());
+    }
+
     #[test]
     fn errors_name_the_field() {
         let e = Bindings::new(outside(), vec![inside(1)], vec![eni(7, "10.0.0.10")], vec![env("172.16.0.2", 2, 7)])
