@@ -11,7 +11,9 @@
 //! bucket line and the session's hot lines, and a miss one bucket line. The
 //! key's hash ([`SessionTable::hash`]) can be computed once and passed to
 //! the `*_hashed` lookups, and buckets and sessions prefetched before them
-//! (the engine's batch path does).
+//! (the engine's batch path does). A new flow likewise passes the hashes
+//! it computed to [`SessionTable::insert_hashed`] and the mapping calls
+//! ([`SessionTable::mapping_hash`]), so no key is hashed twice.
 //!
 //! A slot is split hot and cold: everything an established packet touches
 //! (key, translation, attachment, MAC, recyclable list, `last_seen`, the
@@ -574,9 +576,25 @@ impl SessionTable {
         total as f64 / self.sessions.len().max(1) as f64
     }
 
+    /// The hash of a mapping key (proto, endpoint), as both mapping indexes
+    /// use it: for [`SessionTable::find_mapping_inside_hashed`] and
+    /// [`SessionTable::insert_mapping_hashed`], so a new flow hashes its
+    /// inside endpoint once.
+    #[inline]
+    pub fn mapping_hash(&self, proto: u8, ep: Endpoint) -> u64 {
+        hash2(&self.hasher, proto, ep)
+    }
+
     /// Finds a mapping by (proto, environment endpoint).
     pub fn find_mapping_inside(&self, proto: u8, inside: Endpoint) -> Option<u32> {
-        let b = (hash2(&self.hasher, proto, inside) & self.mask) as usize;
+        self.find_mapping_inside_hashed(proto, inside, self.mapping_hash(proto, inside))
+    }
+
+    /// [`SessionTable::find_mapping_inside`] with the key's
+    /// [`SessionTable::mapping_hash`] `h`.
+    #[inline]
+    pub fn find_mapping_inside_hashed(&self, proto: u8, inside: Endpoint, h: u64) -> Option<u32> {
+        let b = (h & self.mask) as usize;
         find_on_chain(self.map_in_buckets[b], &self.mappings, Link::Inside, |m| m.inside == inside && m.proto == proto)
     }
 
@@ -609,9 +627,25 @@ impl SessionTable {
         port: PortId,
         env_mac: Mac,
     ) -> Result<u32, Full> {
+        let (hi, ho) = (self.mapping_hash(proto, inside), self.mapping_hash(proto, eni));
+        self.insert_mapping_hashed(proto, inside, eni, port, env_mac, (hi, ho))
+    }
+
+    /// [`SessionTable::insert_mapping`] with the [`SessionTable::mapping_hash`]es
+    /// of its inside and ENI endpoints, in that order.
+    #[inline]
+    pub fn insert_mapping_hashed(
+        &mut self,
+        proto: u8,
+        inside: Endpoint,
+        eni: Endpoint,
+        port: PortId,
+        env_mac: Mac,
+        (hi, ho): (u64, u64),
+    ) -> Result<u32, Full> {
         let id = self.map_free.pop().ok_or(Full)?;
-        let bi = (hash2(&self.hasher, proto, inside) & self.mask) as usize;
-        let bo = (hash2(&self.hasher, proto, eni) & self.mask) as usize;
+        let bi = (hi & self.mask) as usize;
+        let bo = (ho & self.mask) as usize;
         self.mappings[id as usize] = Mapping {
             proto,
             port,
@@ -648,10 +682,17 @@ impl SessionTable {
 
     /// Inserts a session (under `mapping`, or [`NIL`]). The caller has made
     /// sure neither key is present.
-    pub fn insert(&mut self, mut s: Session, mapping: u32) -> Result<u32, Full> {
-        let id = self.free.pop().ok_or(Full)?;
+    pub fn insert(&mut self, s: Session, mapping: u32) -> Result<u32, Full> {
         let hi = hash3(&self.hasher, s.proto, s.inside, s.remote);
         let ho = hash3(&self.hasher, s.proto, s.eni, s.remote);
+        self.insert_hashed(s, mapping, hi, ho)
+    }
+
+    /// [`SessionTable::insert`] with the [`SessionTable::hash`] of its
+    /// inside (`hi`) and outside (`ho`) keys.
+    #[inline]
+    pub fn insert_hashed(&mut self, mut s: Session, mapping: u32, hi: u64, ho: u64) -> Result<u32, Full> {
+        let id = self.free.pop().ok_or(Full)?;
         // Each index is sized for every slot: an insert always finds room.
         if !self.in_index.insert(hi, id) {
             self.free.push(id);
