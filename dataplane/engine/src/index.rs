@@ -108,7 +108,7 @@ impl FlowIndex {
     }
 
     /// The first id stored under hash `h` that `eq` accepts.
-    #[inline]
+    #[inline(always)]
     pub fn find(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         let t = tag(h);
         let mut b = self.home(h);

@@ -38,7 +38,7 @@ pub(super) fn swap_macs(frame: &mut [u8]) {
 /// Rewrites one IP address of the header at `ip` (and decrements TTL when
 /// `dec_ttl`), updating the header checksum incrementally. Returns the
 /// pseudo-header delta for the transport checksum.
-#[inline]
+#[inline(always)]
 pub(super) fn rewrite_ip(frame: &mut [u8], ip: &Ipv4, side: Side, new: Ipv4Addr, dec_ttl: bool) -> Delta {
     // The fixed header once (`parse_ipv4` checked it lies in the frame), so
     // the fields below are read and written without a bounds check each.
@@ -73,7 +73,7 @@ pub(super) fn rewrite(frame: &mut [u8], ip: &Ipv4, l4: L4, side: Side, new: Endp
 /// the transport checksum with the address delta `addr` from
 /// [`rewrite_ip`]. A partial checksum (offload) takes only the address
 /// delta: the ports are summed by whoever completes it.
-#[inline]
+#[inline(always)]
 pub(super) fn rewrite_l4(frame: &mut [u8], ip: &Ipv4, l4: L4, side: Side, addr: Delta, port: u16) {
     let l = ip.l4();
     let port_off = if side == Side::Src { 0 } else { 2 };
