@@ -46,6 +46,23 @@ pub struct Bucket {
     _pad: u16,
 }
 
+impl Bucket {
+    /// A bit per slot whose tag is `t` (bit `i` for slot `i`; empty slots
+    /// may match): the ten tags compared at once, without a branch per
+    /// slot, which the compiler makes a vector compare. A branch per slot
+    /// mispredicts more the fuller the buckets: this was 7–12% faster at
+    /// 100,000 and 1,000,000 sessions and 1–3 ns slower at 1,000 (`cargo
+    /// bench --bench engine`, the two side by side).
+    #[inline]
+    fn matches(&self, t: u16) -> u32 {
+        let mut m = 0u32;
+        for (i, &x) in self.tags.iter().enumerate() {
+            m |= u32::from(x == t) << i;
+        }
+        m
+    }
+}
+
 const EMPTY: Bucket = Bucket { ids: [NIL; SLOTS], tags: [0; SLOTS], overflow: 0, _pad: 0 };
 
 /// The tag of a hash: its low 16 bits (the home bucket takes the high bits).
@@ -98,10 +115,12 @@ impl FlowIndex {
     /// left out).
     #[inline]
     pub fn candidates(&self, h: u64, mut f: impl FnMut(u32)) {
-        let t = tag(h);
         let bucket = &self.buckets[self.home(h)];
-        for i in 0..SLOTS {
-            if bucket.tags[i] == t && bucket.ids[i] != NIL {
+        let mut m = bucket.matches(tag(h));
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            m &= m - 1;
+            if bucket.ids[i] != NIL {
                 f(bucket.ids[i]);
             }
         }
@@ -114,8 +133,11 @@ impl FlowIndex {
         let mut b = self.home(h);
         for _ in 0..self.buckets.len() {
             let bucket = &self.buckets[b];
-            for i in 0..SLOTS {
-                if bucket.tags[i] == t && bucket.ids[i] != NIL && eq(bucket.ids[i]) {
+            let mut m = bucket.matches(t);
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                if bucket.ids[i] != NIL && eq(bucket.ids[i]) {
                     return Some(bucket.ids[i]);
                 }
             }
