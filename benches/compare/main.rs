@@ -289,6 +289,9 @@ fn linger_zero(c: &TcpStream) {
 /// all for `--only outside`).
 fn wanted(what: &str) -> bool {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--tcp-only") {
+        return what == "tcp";
+    }
     match args.iter().position(|a| a == "--only") {
         Some(i) => args.get(i + 1).is_some_and(|w| w == what || w == "outside" || (w == "attach" && what != "conn")),
         None => true,
@@ -422,6 +425,15 @@ fn measure(t: &Topo, secs: u32) -> Figures {
     if wanted("tcp") {
         let tcp = iperf(t, &[], secs);
         f.tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+        let sender = &tcp["end"]["streams"][0]["sender"];
+        eprintln!(
+            "  tcp bulk: {:.2} Gbit/s, {} retransmits, mean RTT {} us, sender CPU {:.0}%, receiver CPU {:.0}%",
+            f.tcp_gbps,
+            tcp["end"]["sum_sent"]["retransmits"],
+            sender["mean_rtt"],
+            tcp["end"]["cpu_utilization_percent"]["host_total"].as_f64().unwrap_or(0.0),
+            tcp["end"]["cpu_utilization_percent"]["remote_total"].as_f64().unwrap_or(0.0),
+        );
     }
     if wanted("udp") {
         let spec = template(t);
