@@ -359,6 +359,7 @@ fn session_line(
     now: Instant,
     s: &dataplane::session::Session,
     deadline: Instant,
+    (packets_out, packets_in): (u64, u64),
 ) -> SessionLine {
     let v4 = |ep: dataplane::flow::Endpoint| std::net::SocketAddrV4::new(ep.ip, ep.port);
     SessionLine {
@@ -376,9 +377,9 @@ fn session_line(
         original_dst: v4(s.remote),
         translated_src: v4(s.eni),
         translated_dst: v4(s.remote),
-        packets_out: s.out_packets,
+        packets_out,
         bytes_out: s.out_bytes,
-        packets_in: s.in_packets,
+        packets_in,
         bytes_in: s.in_bytes,
     }
 }
@@ -657,16 +658,17 @@ impl Shared {
             move |e, start, slots| {
                 let t = *e.sessions().timeouts();
                 let mut v = vec![];
-                let w = e.walk_sessions(start, slots, |s| {
+                let table = e.sessions();
+                let w = e.walk_sessions(start, slots, |id, s| {
                     if env.is_none_or(|a| a == s.inside.ip) {
-                        v.push((*s, s.deadline(&t)));
+                        v.push((*s, s.deadline(&t), table.out_packets(id), table.in_packets(id)));
                     }
                 });
                 (v, w.next)
             },
             |chunk| {
-                for (s, deadline) in chunk {
-                    let line = session_line(&owners, now, &s, deadline);
+                for (s, deadline, packets_out, packets_in) in chunk {
+                    let line = session_line(&owners, now, &s, deadline, (packets_out, packets_in));
                     if eni.is_none() || line.eni == eni {
                         total += 1;
                         lines.push(line);

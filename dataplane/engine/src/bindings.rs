@@ -90,9 +90,15 @@ pub struct Bindings {
     envs: Vec<Env>,
     /// Index into `inside` by port number (dense: port numbers are small).
     inside_by_port: Vec<Option<u16>>,
-    eni_by_id: HashMap<u32, usize>,
-    env_by_ip: HashMap<Ipv4Addr, usize>,
+    eni_by_id: HashMap<u32, usize, Hasher>,
+    /// Index into `envs` and into `enis` (its function's ENI) by address:
+    /// a new flow finds both with one lookup.
+    env_by_ip: HashMap<Ipv4Addr, (u32, u32), Hasher>,
 }
+
+/// The indexes' hasher: seeded per process, cheap for small keys (a new
+/// flow looks an environment up by address).
+type Hasher = foldhash::fast::RandomState;
 
 fn fail<T>(field: String, reason: impl Into<String>) -> Result<T, BindingError> {
     Err(BindingError { field, reason: reason.into() })
@@ -125,7 +131,7 @@ impl Bindings {
                 return fail(format!("inside[{i}].id"), format!("port {} listed twice", p.id.0));
             }
         }
-        let mut eni_by_id = HashMap::new();
+        let mut eni_by_id = HashMap::default();
         let mut addr_owner = HashMap::new();
         for (i, e) in enis.iter().enumerate() {
             if eni_by_id.insert(e.id, i).is_some() {
@@ -137,18 +143,18 @@ impl Bindings {
                 }
             }
         }
-        let mut env_by_ip = HashMap::new();
+        let mut env_by_ip = HashMap::default();
         for (i, v) in envs.iter().enumerate() {
             if inside_by_port.get(usize::from(v.port.0)).copied().flatten().is_none() {
                 return fail(format!("envs[{i}].port"), format!("no inside port {}", v.port.0));
             }
-            if !eni_by_id.contains_key(&v.eni) {
+            let Some(&eni) = eni_by_id.get(&v.eni) else {
                 return fail(format!("envs[{i}].eni"), format!("no ENI {}", v.eni));
-            }
+            };
             if addr_owner.contains_key(&v.ip) {
                 return fail(format!("envs[{i}].ip"), format!("{} is an ENI address", v.ip));
             }
-            if env_by_ip.insert(v.ip, i).is_some() {
+            if env_by_ip.insert(v.ip, (i as u32, eni as u32)).is_some() {
                 return fail(format!("envs[{i}].ip"), format!("{} is used by two environments", v.ip));
             }
         }
@@ -174,7 +180,15 @@ impl Bindings {
     /// An environment by address.
     #[inline]
     pub fn env(&self, ip: Ipv4Addr) -> Option<&Env> {
-        self.envs.get(*self.env_by_ip.get(&ip)?)
+        self.envs.get(self.env_by_ip.get(&ip)?.0 as usize)
+    }
+
+    /// An environment by address with the index in [`Bindings::enis`] of
+    /// its function's ENI ([`Env::eni`]), in one lookup.
+    #[inline]
+    pub fn env_with_eni(&self, ip: Ipv4Addr) -> Option<(&Env, usize)> {
+        let &(env, eni) = self.env_by_ip.get(&ip)?;
+        Some((self.envs.get(env as usize)?, eni as usize))
     }
 
     /// Every environment.
@@ -240,8 +254,31 @@ mod tests {
             .unwrap();
         assert_eq!(b.env("172.16.0.2".parse().unwrap()).unwrap().eni, 7);
         assert_eq!(b.eni(7).unwrap().addrs.len(), 1);
+        let (v, e) = b.env_with_eni("172.16.0.2".parse().unwrap()).unwrap();
+        assert_eq!((v.port, b.enis()[e].id), (PortId(1), 7));
+        assert!(b.env_with_eni("172.16.0.3".parse().unwrap()).is_none());
         assert_eq!(b.next_hop("10.0.0.5".parse().unwrap()), Some("10.0.0.5".parse().unwrap()));
         assert_eq!(b.next_hop("10.1.0.5".parse().unwrap()), Some("10.0.0.1".parse().unwrap()));
+    }
+
+    /// The one-lookup index gives each environment its own function's ENI,
+    /// whatever the order of ENIs and environments in the snapshot.
+    #[test]
+    fn each_environment_finds_its_eni_in_one_lookup() {
+        let b = Bindings::new(
+            outside(),
+            vec![inside(1), inside(2)],
+            vec![eni(9, "10.0.0.19"), eni(7, "10.0.0.17"), eni(8, "10.0.0.18")],
+            vec![env("172.16.0.2", 1, 7), env("172.16.0.3", 2, 8), env("172.16.0.4", 1, 9), env("172.16.0.5", 2, 7)],
+        )
+        .unwrap();
+        for v in b.envs() {
+            let (found, e) = b.env_with_eni(v.ip).unwrap();
+            assert_eq!(found, v);
+            assert_eq!(b.enis()[e].id, v.eni, "{}", v.ip);
+            assert_eq!(&b.enis()[e], b.eni(v.eni).unwrap());
+        }
+        assert!(b.env_with_eni("172.16.0.9".parse().unwrap()).is_none());
     }
 
     #[test]

@@ -6,6 +6,15 @@
 //! when the control plane publishes it. It is consulted only when a session
 //! is created; packets of an established session (and replies) never see it.
 //! An empty rule set denies every new flow.
+//!
+//! # Compiled form
+//! Besides the rules as given, a rule set keeps one compact list per
+//! protocol class (TCP, UDP, ICMP, any other protocol): each entry a
+//! destination network and mask and an inclusive port range, 12 bytes, the
+//! rules that can admit that protocol (`All` rules in every list, their and
+//! ICMP rules' ports as the whole range). [`RuleSet::allows`] scans only the
+//! list of the flow's protocol, with no branch on the rule's kind. Both are
+//! built together in [`RuleSet::new`] and never change after.
 
 use core::fmt;
 use core::net::Ipv4Addr;
@@ -145,10 +154,36 @@ impl Rule {
     }
 }
 
+/// One rule as [`RuleSet::allows`] checks it: `dst & mask == net` and
+/// `lo <= dst_port <= hi`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Compiled {
+    net: u32,
+    mask: u32,
+    lo: u16,
+    hi: u16,
+}
+
+/// Compiled lists: TCP, UDP, ICMP, every other protocol.
+const CLASSES: usize = 4;
+
+/// The class (index into the compiled lists) of an IP protocol number.
+#[inline]
+const fn class(proto: u8) -> usize {
+    match proto {
+        crate::flow::TCP => 0,
+        crate::flow::UDP => 1,
+        crate::flow::ICMP => 2,
+        _ => 3,
+    }
+}
+
 /// The union of the egress rules of one ENI's security groups.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    /// Per protocol class, the rules that can admit it (see the module doc).
+    compiled: [Box<[Compiled]>; CLASSES],
 }
 
 impl RuleSet {
@@ -156,7 +191,20 @@ impl RuleSet {
     pub fn new(mut rules: Vec<Rule>) -> RuleSet {
         let mut seen = std::collections::HashSet::new();
         rules.retain(|r| seen.insert(r.clone()));
-        RuleSet { rules }
+        let mut lists: [Vec<Compiled>; CLASSES] = Default::default();
+        for r in &rules {
+            let (net, mask) = (u32::from(r.dst.network()), r.dst.mask());
+            let any_port = Compiled { net, mask, lo: 0, hi: u16::MAX };
+            let ports = Compiled { net, mask, lo: *r.ports.start(), hi: *r.ports.end() };
+            match r.proto {
+                RuleProto::All => lists.iter_mut().for_each(|l| l.push(any_port)),
+                // An empty range (start > end) admits no port, as `contains`.
+                RuleProto::Tcp => lists[class(crate::flow::TCP)].push(ports),
+                RuleProto::Udp => lists[class(crate::flow::UDP)].push(ports),
+                RuleProto::Icmp => lists[class(crate::flow::ICMP)].push(any_port),
+            }
+        }
+        RuleSet { rules, compiled: lists.map(Vec::into_boxed_slice) }
     }
 
     /// A rule set that allows every flow.
@@ -165,8 +213,10 @@ impl RuleSet {
     }
 
     /// Whether a new flow of `proto` to `dst:dst_port` is allowed.
+    #[inline]
     pub fn allows(&self, proto: u8, dst: Ipv4Addr, dst_port: u16) -> bool {
-        self.rules.iter().any(|r| r.allows(proto, dst, dst_port))
+        let d = u32::from(dst);
+        self.compiled[class(proto)].iter().any(|c| d & c.mask == c.net && c.lo <= dst_port && dst_port <= c.hi)
     }
 
     /// The rules.
@@ -216,5 +266,28 @@ mod tests {
         assert!(set.allows(ICMP, ip("10.0.5.1"), 0));
         assert!(!RuleSet::default().allows(TCP, ip("10.0.0.1"), 443));
         assert!(RuleSet::allow_all().allows(UDP, ip("192.0.2.1"), 9));
+    }
+
+    /// The compiled lists admit exactly the flows some rule admits
+    /// ([`Rule::allows`]), for every protocol (TCP, UDP, ICMP, others),
+    /// `All` rules, empty and single-port ranges, /0 to /32 prefixes.
+    #[test]
+    fn compiled_lists_agree_with_the_rules() {
+        use proptest::prelude::*;
+        let proto = prop_oneof![Just(TCP), Just(UDP), Just(ICMP), Just(47u8), any::<u8>()];
+        let kind = prop_oneof![Just(RuleProto::All), Just(RuleProto::Tcp), Just(RuleProto::Udp), Just(RuleProto::Icmp)];
+        // Few distinct addresses and ports, so flows hit rules often.
+        let addr = (0u32..4).prop_map(|x| Ipv4Addr::from(0x0a00_0000 | (x << 6) | x));
+        let port = prop_oneof![0u16..8, Just(443u16), Just(u16::MAX)];
+        let rule = (kind, port.clone(), port.clone(), addr.clone(), 0u8..=32)
+            .prop_map(|(proto, a, b, net, len)| Rule { proto, ports: a..=b, dst: Cidr::new(net, len).unwrap() });
+        let flows = proptest::collection::vec((proto, addr, port), 1..16);
+        proptest!(|(rules in proptest::collection::vec(rule, 0..12), flows in flows)| {
+            let set = RuleSet::new(rules.clone());
+            for (p, dst, dport) in flows {
+                let want = rules.iter().any(|r| r.allows(p, dst, dport));
+                prop_assert_eq!(set.allows(p, dst, dport), want, "proto {} to {}:{}", p, dst, dport);
+            }
+        });
     }
 }

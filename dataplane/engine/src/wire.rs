@@ -148,6 +148,7 @@ fn bad_address(a: u32) -> bool {
 
 /// Validates the IPv4 header at `off` in `frame` (version, header length,
 /// total length, header checksum, addresses).
+#[inline]
 pub fn parse_ipv4(frame: &[u8], off: usize) -> Result<Ipv4, DropReason> {
     let b = frame.get(off..).ok_or(DropReason::Truncated)?;
     // The fixed 20 bytes read once, without a bounds check per field.
@@ -249,6 +250,7 @@ pub const fn is_icmp_error(kind: u8) -> bool {
 /// Parses the transport header of a datagram's first (or only) fragment.
 /// `whole` is false for a first fragment (the rest of the datagram is not
 /// here, so lengths that cover it are not checked).
+#[inline]
 pub fn parse_l4(frame: &[u8], ip: &Ipv4) -> Result<L4, DropReason> {
     let seg = frame.get(ip.l4()..ip.end()).ok_or(DropReason::Truncated)?;
     match ip.proto {

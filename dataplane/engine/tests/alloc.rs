@@ -1,6 +1,8 @@
 //! The established-flow path allocates nothing: a counting global allocator
 //! watches the engine translate packets of established UDP, TCP and ICMP echo
-//! sessions in both directions.
+//! sessions in both directions. Nor does the new-flow path once the
+//! environment is known: first packets of new UDP flows and TCP SYNs from
+//! environments that already have sessions.
 //!
 //! Everything runs in ONE `#[test]` so no other test of this binary runs
 //! concurrently; counting is further limited to the test's own thread (a
@@ -206,4 +208,34 @@ fn established_flows_do_not_allocate() {
     assert_eq!(forwarded, ROUNDS / 10 * t.len(), "every packet of every batch was forwarded");
     assert_eq!(allocs, 0, "established-flow batches allocated {allocs} times");
     assert_eq!(frees, 0, "established-flow batches freed {frees} times");
+
+    // New flows (each its own source port, so its own mapping, port and
+    // session) from environments 0 to 3, which have sessions already:
+    // frames built before counting.
+    const NEW: u16 = 2_000;
+    let firsts: Vec<(PortId, Vec<u8>)> = (0..NEW)
+        .map(|i| {
+            let env = u32::from(i % 4);
+            let (proto, flags) = if i % 2 == 0 { (UDP, 0) } else { (TCP, SYN) };
+            (h.env_port(env), h.env_frame(env, proto, 20_000 + i, SERVER2, 443, flags, b""))
+        })
+        .collect();
+    let before = h.engine.sessions().len();
+    let engine = &mut h.engine;
+    let (forwarded, allocs, frees) = count(|| {
+        let mut forwarded = 0usize;
+        for (port, f) in &firsts {
+            buf[..f.len()].copy_from_slice(f);
+            let a = engine.process(now, *port, black_box(&mut buf), f.len());
+            if matches!(a, Action::Forward { port: PortId::OUTSIDE, .. }) {
+                forwarded += 1;
+            }
+            while engine.poll_transmit(now, &mut buf).is_some() {}
+        }
+        forwarded
+    });
+    assert_eq!(forwarded, usize::from(NEW), "every first packet was forwarded");
+    assert_eq!(h.engine.sessions().len(), before + usize::from(NEW), "every first packet made a session");
+    assert_eq!(allocs, 0, "new flows allocated {allocs} times");
+    assert_eq!(frees, 0, "new flows freed {frees} times");
 }

@@ -389,7 +389,7 @@ fn inbound_sessions_from_the_vpc_never_crowd_out_outbound_ones() {
         }
         let unanswered = || {
             let mut n = 0;
-            h.engine.sessions().for_each(|_, s| n += usize::from(s.inbound_origin && s.out_packets == 0));
+            h.engine.sessions().for_each(|_, s| n += usize::from(s.inbound_origin && s.no_out()));
             n
         };
         let quota = h.engine.config().env_inbound_quota as usize;

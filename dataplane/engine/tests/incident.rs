@@ -40,7 +40,7 @@ fn a_chunked_walk_visits_every_session_once_and_looks_at_most_at_its_chunk() {
     let mut cursor = Some(0);
     let mut chunks = 0;
     while let Some(start) = cursor {
-        let w = h.engine.walk_sessions(start, 64, |s| {
+        let w = h.engine.walk_sessions(start, 64, |_, s| {
             assert!(seen.insert((s.inside, s.remote, s.proto)), "visited twice");
         });
         assert!(w.matched <= 64);

@@ -213,20 +213,21 @@ fn check_invariants(h: &Harness) -> Result<(), TestCaseError> {
         if !s.recyclable() {
             *live_per_addr.entry((s.eni.ip, proto_index(s.proto))).or_default() += 1;
         }
+        let mapping = t.mapping_of(id);
         if mode == MappingMode::EndpointIndependent {
-            *mapping_ids.entry(s.mapping).or_default() += 1;
+            *mapping_ids.entry(mapping).or_default() += 1;
             if !s.recyclable() {
-                *mapping_live.entry(s.mapping).or_default() += 1;
+                *mapping_live.entry(mapping).or_default() += 1;
             }
-            if s.mapping == dataplane::session::NIL {
+            if mapping == dataplane::session::NIL {
                 err.get_or_insert(format!("session {id} without a mapping: {s:?}"));
             } else {
-                let m = t.mapping(s.mapping);
+                let m = t.mapping(mapping);
                 if m.eni != s.eni || m.inside != s.inside || m.proto != s.proto || m.port != s.port {
                     err.get_or_insert(format!("session {id} {s:?} disagrees with its mapping {m:?}"));
                 }
             }
-        } else if s.mapping != dataplane::session::NIL {
+        } else if mapping != dataplane::session::NIL {
             err.get_or_insert(format!("session {id} has a mapping under symmetric mapping"));
         }
     });

@@ -24,13 +24,14 @@ pub struct Walk {
 }
 
 impl Engine {
-    /// Calls `f` for each session in table slots `start..start + slots`.
+    /// Calls `f` with the slot id and the session of each session in table
+    /// slots `start..start + slots`.
     /// See [`crate::session::SessionTable::for_each_from`].
-    pub fn walk_sessions(&self, start: u32, slots: usize, mut f: impl FnMut(&Session)) -> Walk {
+    pub fn walk_sessions(&self, start: u32, slots: usize, mut f: impl FnMut(u32, &Session)) -> Walk {
         let mut matched = 0;
-        let next = self.table.for_each_from(start, slots, |_, s| {
+        let next = self.table.for_each_from(start, slots, |id, s| {
             matched += 1;
-            f(s)
+            f(id, s)
         });
         Walk { matched, next }
     }

@@ -24,6 +24,7 @@
 
 use super::{flow_of, Action, Engine, Flow, Offload};
 use crate::flow::{Endpoint, FlowKey};
+use crate::session::SessionTable;
 use crate::tcp::Dir;
 use crate::time::Instant;
 use crate::wire::{self, Ipv4, ETH_LEN};
@@ -94,11 +95,7 @@ impl Engine {
         let mut hints: [Option<Hint>; CHUNK] = [None; CHUNK];
         // Pass 1: keys, hashes, index buckets.
         for (f, h) in frames.iter().zip(hints.iter_mut()) {
-            *h = flow_key(f.port, &f.buf[..f.len.min(f.buf.len())]).map(|(ip, key, flow)| {
-                let hash = self.table.hash(&key);
-                self.table.prefetch_bucket(hash, !f.port.is_inside());
-                Hint { ip, key, hash, flow }
-            });
+            *h = hint(&self.table, f.port, &f.buf[..f.len.min(f.buf.len())]);
         }
         // Pass 2: the sessions the buckets point at.
         for (f, h) in frames.iter().zip(hints.iter()) {
@@ -131,11 +128,13 @@ impl Engine {
     }
 }
 
-/// The IPv4 header of a frame from `port` and the session key it would be
-/// looked up by, if it is an unfragmented IPv4 TCP, UDP or ICMP echo packet
-/// that parses. Reads the frame only; the decisions are left to the frame's
-/// turn.
-fn flow_key(port: PortId, frame: &[u8]) -> Option<(Ipv4, FlowKey, Flow)> {
+/// The hint of a frame from `port` (its IPv4 header, the session key it
+/// would be looked up by and that key's hash; the key's index bucket
+/// prefetched), if it is an unfragmented IPv4 TCP, UDP or ICMP echo packet
+/// that parses. Reads the frame only; the decisions are left to the
+/// frame's turn.
+#[inline(always)]
+fn hint(table: &SessionTable, port: PortId, frame: &[u8]) -> Option<Hint> {
     if frame.len() < ETH_LEN || wire::ethertype(frame) != wire::ETHERTYPE_IPV4 {
         return None;
     }
@@ -151,5 +150,7 @@ fn flow_key(port: PortId, frame: &[u8]) -> Option<(Ipv4, FlowKey, Flow)> {
         Dir::Out => FlowKey { proto: ip.proto, local: src, remote: dst },
         Dir::In => FlowKey { proto: ip.proto, local: dst, remote: src },
     };
-    Some((ip, key, flow))
+    let hash = table.hash(&key);
+    table.prefetch_bucket(hash, dir == Dir::In);
+    Some(Hint { ip, key, hash, flow })
 }

@@ -62,7 +62,7 @@ impl Engine {
             let out_mac = out.mac;
             let Some(sid) = self.table.find_inside_hashed(&h.key, h.hash) else { return false };
             let s = self.table.get(sid);
-            if s.port != f.port || (s.inbound_origin && s.out_packets == 0) {
+            if s.port != f.port || (s.inbound_origin && s.no_out()) {
                 return false;
             }
             if ip.proto == TCP && s.tcp.next(Dir::Out, tcp::Flags::from_byte(flags)) != s.tcp {
@@ -70,10 +70,9 @@ impl Engine {
             }
             let Some(hop) = self.bindings.next_hop(ip.dst) else { return false };
             let Some(mac) = self.arp.lookup(now, hop) else { return false };
+            self.table.count_out(sid, ip.total);
             let s = self.table.get_mut(sid);
             s.last_seen = now;
-            s.out_packets += 1;
-            s.out_bytes += ip.total as u64;
             let eni = s.eni;
             rewrite(frame, ip, l4, Side::Src, eni);
             wire::set_macs(frame, mac, out_mac);
@@ -94,9 +93,8 @@ impl Engine {
                 return false;
             }
             let port_mac = inside.mac;
+            self.table.count_in(sid, ip.total);
             let s = self.table.get_mut(sid);
-            s.in_packets += 1;
-            s.in_bytes += ip.total as u64;
             if ip.proto == TCP {
                 s.last_seen = now;
             }

@@ -132,7 +132,7 @@ pub(super) enum Hold {
 
 impl Hold {
     pub(super) fn of(s: &Session) -> Hold {
-        Hold::from_parts(s.inbound_origin && s.out_packets == 0, s.proto == TCP && s.tcp.closing(), warm(s))
+        Hold::from_parts(s.inbound_origin && s.no_out(), s.proto == TCP && s.tcp.closing(), warm(s))
     }
 
     pub(super) const fn from_parts(unanswered: bool, closing: bool, warm: bool) -> Hold {
@@ -233,7 +233,14 @@ impl Engine {
     /// Publishes one address's port use for other threads, and re-arms its
     /// high-water mark once live use is back below it.
     pub(super) fn publish(counters: &Counters, a: &mut Addr, pi: usize, cfg: &EngineConfig) {
-        if a.live[pi] + a.warm[pi] < a.mark(pi, cfg) {
+        let below = a.live[pi] + a.warm[pi] < a.mark(pi, cfg);
+        Engine::publish_marked(counters, a, pi, cfg, below);
+    }
+
+    /// [`Engine::publish`] with whether live use is `below` the mark.
+    #[inline]
+    fn publish_marked(counters: &Counters, a: &mut Addr, pi: usize, cfg: &EngineConfig, below: bool) {
+        if below {
             a.high[pi] = false;
         }
         if let Some(g) = a.gauge {
@@ -354,7 +361,7 @@ impl Engine {
             // Skip (at most a few) sessions of the kept mapping.
             for _ in 0..RECYCLE_SCAN {
                 match id {
-                    Some(i) if keep != NIL && self.table.get(i).mapping == keep => id = self.table.list_next(i),
+                    Some(i) if keep != NIL && self.table.mapping_of(i) == keep => id = self.table.list_next(i),
                     _ => break,
                 }
             }
@@ -388,8 +395,8 @@ impl Engine {
             let id = self.evict_at % cap;
             self.evict_at = (id + 1) % cap;
             let s = self.table.get(id);
-            let unanswered = !s.inbound_origin && s.in_packets == 0 && s.out_packets > 0;
-            if unanswered && s.mapping != keep && now >= s.created + UNANSWERED_GRACE {
+            let unanswered = !s.inbound_origin && s.no_in() && !s.no_out();
+            if unanswered && self.table.mapping_of(id) != keep && now >= self.table.created(id) + UNANSWERED_GRACE {
                 self.counters.sessions_evicted.inc();
                 self.remove_early(now, id, false);
                 return true;
@@ -424,7 +431,7 @@ impl Engine {
                     && s.eni.ip == addr
                     && !(s.remote == remote && cooling(s, now))
                     && match self.cfg.mapping {
-                        Mapping::EndpointIndependent => self.table.mapping(s.mapping).live == 0,
+                        Mapping::EndpointIndependent => self.table.mapping(self.table.mapping_of(i)).live == 0,
                         Mapping::AddressAndPortDependent => s.remote == remote,
                     };
                 if fits {
@@ -437,7 +444,7 @@ impl Engine {
         let Some(sid) = victim else {
             return false;
         };
-        let m = self.table.get(sid).mapping;
+        let m = self.table.mapping_of(sid);
         if m == NIL {
             self.recycle(now, sid, true);
             return true;
@@ -457,27 +464,33 @@ impl Engine {
         }
     }
 
-    /// A port for a new mapping of `key` on one of `addrs`: on the paired
-    /// address if there is one (a free port, or one recycled from an ended
+    /// A port for a new mapping of `key` on one of the addresses of ENI
+    /// `eni` (its index in the bindings' ENIs): on the paired address if
+    /// there is one (a free port, or one recycled from an ended
     /// connection), else a free port on the first address below the
     /// high-water mark, else a free port anywhere, else a recycled one
     /// anywhere. The address to report as exhausted otherwise.
     pub(super) fn find_port(
         &mut self,
         now: Instant,
-        addrs: &[Ipv4Addr],
+        eni: usize,
         paired: Option<Ipv4Addr>,
         pi: usize,
         key: FlowKey,
     ) -> Result<Endpoint, Ipv4Addr> {
-        let paired = paired.filter(|p| addrs.contains(p));
+        // The ENI's addresses are read through `self.bindings` by position
+        // (the bindings do not change while a frame is processed).
+        let addr_at = |e: &Engine, i: usize| e.bindings.enis()[eni].addrs.get(i).copied();
+        let n = self.bindings.enis()[eni].addrs.len();
+        let paired = paired.filter(|p| self.bindings.enis()[eni].addrs.contains(p));
         self.cool_all(now);
         if let Some(ep) = paired.and_then(|p| self.take_port(now, p, pi, key)) {
             return Ok(ep);
         }
         let m = self.cfg.mapping;
         for below in [true, false] {
-            for &a in addrs {
+            for i in 0..n {
+                let Some(a) = addr_at(self, i) else { break };
                 let free = self
                     .addrs
                     .get(&a)
@@ -489,12 +502,50 @@ impl Engine {
                 }
             }
         }
-        for &a in addrs.iter().filter(|&&a| Some(a) != paired) {
+        for i in 0..n {
+            let Some(a) = addr_at(self, i) else { break };
+            if Some(a) == paired {
+                continue;
+            }
             if let Some(ep) = self.take_port(now, a, pi, key) {
                 return Ok(ep);
             }
         }
-        Err(paired.or(addrs.first().copied()).unwrap_or(Ipv4Addr::UNSPECIFIED))
+        Err(paired.or(addr_at(self, 0)).unwrap_or(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// The common case of [`Engine::find_port`], under endpoint-independent
+    /// mapping: a free port on the paired address, taken and at once
+    /// counted as held live there and published (one lookup of the
+    /// address). Returns the port and whether the address reached its
+    /// high-water mark (the caller checks it again once the flow's session
+    /// exists: [`Engine::check_high_water`]). `None`, with nothing counted
+    /// or taken, sends the caller the long way ([`Engine::find_port`],
+    /// which finds the same state: the pool's failed allocation and
+    /// [`Engine::cool_all`] change nothing a second time).
+    #[inline]
+    pub(super) fn take_paired_port(
+        &mut self,
+        now: Instant,
+        eni: usize,
+        paired: Option<Ipv4Addr>,
+        pi: usize,
+        key: FlowKey,
+    ) -> Option<(Endpoint, bool)> {
+        if self.cfg.mapping != Mapping::EndpointIndependent {
+            return None;
+        }
+        let p = paired.filter(|p| self.bindings.enis()[eni].addrs.contains(p))?;
+        self.cool_all(now);
+        let a = self.addrs.get_mut(&p)?;
+        let port = if self.cfg.port_preservation {
+            a.pools[pi].allocate_preferred(now, key.local.port)
+        } else {
+            a.pools[pi].allocate(now)
+        }?;
+        a.live[pi] += 1;
+        let high = Engine::publish_and_check(&self.counters, a, pi, &self.cfg).is_some();
+        Some((Endpoint::new(p, port), high))
     }
 
     /// Moves the sessions of `addr`'s cooling list whose remote's
@@ -526,28 +577,47 @@ impl Engine {
 
     /// A port on `addr` for a new mapping of `key`: a free one, or one a
     /// recycled ended connection gave back.
+    #[inline]
     pub(super) fn take_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
-        for _ in 0..2 {
-            let ep = match self.cfg.mapping {
-                Mapping::EndpointIndependent => {
-                    let a = self.addrs.get_mut(&addr)?;
-                    let p = if self.cfg.port_preservation {
-                        a.pools[pi].allocate_preferred(now, key.local.port)
-                    } else {
-                        a.pools[pi].allocate(now)
-                    };
-                    p.map(|p| Endpoint::new(addr, p))
-                }
-                Mapping::AddressAndPortDependent => self.probe_port(addr, key),
-            };
-            if ep.is_some() {
-                return ep;
-            }
-            if !self.recycle_port(now, addr, pi, key.remote) {
-                return None;
-            }
+        // The common case, a free port, inline; recycling out of line.
+        match self.free_port(now, addr, pi, key) {
+            Some(ep) => Some(ep),
+            None => self.take_recycled_port(now, addr, pi, key),
         }
+    }
+
+    /// [`Engine::take_port`] once a free port was not found: recycles an
+    /// ended connection's port and tries again, twice at most.
+    #[cold]
+    #[inline(never)]
+    fn take_recycled_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+        if !self.recycle_port(now, addr, pi, key.remote) {
+            return None;
+        }
+        if let Some(ep) = self.free_port(now, addr, pi, key) {
+            return Some(ep);
+        }
+        // A second recycling whose port the next flow finds free.
+        let _ = self.recycle_port(now, addr, pi, key.remote);
         None
+    }
+
+    /// A free port on `addr` (under address-and-port-dependent mapping, one
+    /// whose outside key towards this remote is unused), no recycling.
+    #[inline]
+    fn free_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+        match self.cfg.mapping {
+            Mapping::EndpointIndependent => {
+                let a = self.addrs.get_mut(&addr)?;
+                let p = if self.cfg.port_preservation {
+                    a.pools[pi].allocate_preferred(now, key.local.port)
+                } else {
+                    a.pools[pi].allocate(now)
+                };
+                p.map(|p| Endpoint::new(addr, p))
+            }
+            Mapping::AddressAndPortDependent => self.probe_port(addr, key),
+        }
     }
 
     /// Address-and-port-dependent mapping: a random port whose outside key
@@ -579,9 +649,13 @@ impl Engine {
 
     /// Gives back a port taken for a flow that could not be created: it
     /// was never used, so it needs no quarantine.
-    pub(super) fn release_unused_port(&mut self, ep: Endpoint, pi: usize) {
+    /// `counted`: [`Engine::take_paired_port`] counted it as held live.
+    pub(super) fn release_unused_port(&mut self, ep: Endpoint, pi: usize, counted: bool) {
         if self.cfg.mapping == Mapping::EndpointIndependent {
             if let Some(a) = self.addrs.get_mut(&ep.ip) {
+                if counted {
+                    step(&mut a.live[pi], false);
+                }
                 a.pools[pi].release_now(ep.port);
                 Engine::publish(&self.counters, a, pi, &self.cfg);
             }
@@ -591,14 +665,44 @@ impl Engine {
     pub(super) fn check_high_water(&mut self, addr: Ipv4Addr, proto: u8) {
         let pi = proto_index(proto);
         let Some(a) = self.addrs.get_mut(&addr) else { return };
-        Engine::publish(&self.counters, a, pi, &self.cfg);
+        if let Some(in_use) = Engine::publish_and_check(&self.counters, a, pi, &self.cfg) {
+            self.raise_high_water(addr, proto, in_use);
+        }
+    }
+
+    /// A new flow's port (its session, when `apdm`: address-and-port-
+    /// dependent mapping) on `addr` is now held live: counted, published
+    /// and checked against the high-water mark, with one lookup of the
+    /// address ([`Engine::check_high_water`] after the counts).
+    pub(super) fn count_live_port(&mut self, addr: Ipv4Addr, proto: u8, apdm: bool) {
+        let pi = proto_index(proto);
+        let Some(a) = self.addrs.get_mut(&addr) else { return };
+        a.live[pi] += 1;
+        if apdm {
+            a.apdm[pi] += 1;
+        }
+        if let Some(in_use) = Engine::publish_and_check(&self.counters, a, pi, &self.cfg) {
+            self.raise_high_water(addr, proto, in_use);
+        }
+    }
+
+    /// [`Engine::publish`], then the ports in use if they reached the
+    /// high-water mark and no event is armed for it.
+    #[inline]
+    fn publish_and_check(counters: &Counters, a: &mut Addr, pi: usize, cfg: &EngineConfig) -> Option<u32> {
         let in_use = a.live[pi] + a.warm[pi];
-        if in_use >= a.mark(pi, &self.cfg) && !a.high[pi] {
-            // Armed until the event is queued: a full queue does not lose it.
-            let queued = self.event(Event::HighWater { addr, proto, in_use });
-            if let Some(a) = self.addrs.get_mut(&addr) {
-                a.high[pi] = queued;
-            }
+        let mark = a.mark(pi, cfg);
+        Engine::publish_marked(counters, a, pi, cfg, in_use < mark);
+        (in_use >= mark && !a.high[pi]).then_some(in_use)
+    }
+
+    /// Queues the high-water event of `addr`; armed until it is queued (a
+    /// full queue does not lose it).
+    #[cold]
+    fn raise_high_water(&mut self, addr: Ipv4Addr, proto: u8, in_use: u32) {
+        let queued = self.event(Event::HighWater { addr, proto, in_use });
+        if let Some(a) = self.addrs.get_mut(&addr) {
+            a.high[proto_index(proto)] = queued;
         }
     }
 }

@@ -37,9 +37,8 @@ impl Engine {
             FlowKey { proto: ip.proto, local: Endpoint::new(ip.dst, dport), remote: Endpoint::new(ip.src, sport) };
         let sid = match self.table.find_outside_hashed(&key, self.key_hash(&key)) {
             Some(sid) => {
+                self.table.count_in(sid, ip.total);
                 let s = self.table.get_mut(sid);
-                s.in_packets += 1;
-                s.in_bytes += ip.total as u64;
                 if ip.proto == TCP {
                     // TCP is refreshed by both directions; UDP and ICMP only
                     // by outbound traffic (RFC 4787 REQ-6, REQ-6a not taken).
@@ -120,8 +119,7 @@ impl Engine {
         let mut s = Session::new(key.proto, map.inside, key.remote, map.eni, map.port, map.env_mac, now);
         s.inbound_origin = true;
         s.tcp = tcp::State::initial(Dir::In);
-        s.in_packets = 1;
-        s.in_bytes = bytes as u64;
+        s.count_first(false, bytes);
         let sid = self.table.insert(s, m).map_err(|_| DropReason::TableFull)?;
         self.counters.sessions_created[proto_index(key.proto)].inc();
         self.envs.entry(map.inside.ip).or_default().unanswered += 1;

@@ -676,6 +676,7 @@ type Flow = (L4, u16, u16, u8);
 /// of a reply coming in; an echo the other way is dropped (`UnsupportedIcmp`
 /// going out, `NoSession` coming in). `Ok(None)`: an ICMP error, which has
 /// its own path.
+#[inline]
 fn flow_of(frame: &[u8], ip: &Ipv4, dir: Dir) -> Result<Option<Flow>, DropReason> {
     let l4 = wire::parse_l4(frame, ip)?;
     let (sport, dport, flags) = match (l4, dir) {

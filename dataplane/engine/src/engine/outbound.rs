@@ -2,6 +2,16 @@
 //! created (security groups, quotas, a port), the source rewritten, the
 //! frame sent to its next hop, hairpinned or redirected to the worker that
 //! owns its port.
+//!
+//! # A new flow's cost
+//! A new flow looks up, once each: its environment and ENI (one lookup in
+//! the bindings), the environment's quotas, its mapping, the paired
+//! address (which hands out the port and counts it live in the same
+//! lookup), and hashes each key once (inside key, inside and ENI
+//! endpoints, outside key), passing the hashes to the table's `*_hashed`
+//! calls. The security group is checked from the protocol's compiled
+//! list ([`crate::policy`]). Nothing is allocated once the environment's
+//! quota entry exists.
 
 use super::fragment::set_ident;
 use super::hold::{warm, Hold};
@@ -13,13 +23,12 @@ use crate::checksum;
 use crate::config::Mapping;
 use crate::counters::DropReason;
 use crate::flow::{proto_index, Endpoint, FlowKey, ICMP, TCP};
-use crate::session::{Session, NIL};
+use crate::session::{Session, SessionTable, NIL};
 use crate::tcp::{self, Dir};
 use crate::time::Instant;
 use crate::wire::{self, get16, icmp, ip, put16, put_ip, Ipv4};
 use crate::PortId;
 use core::net::Ipv4Addr;
-use std::sync::Arc;
 
 impl Engine {
     pub(super) fn outbound(&mut self, now: Instant, port: PortId, frame: &mut [u8], ip: Ipv4) -> Action {
@@ -48,16 +57,19 @@ impl Engine {
         };
         let key =
             FlowKey { proto: ip.proto, local: Endpoint::new(ip.src, sport), remote: Endpoint::new(ip.dst, dport) };
-        let sid = match self.table.find_inside_hashed(&key, self.key_hash(&key)) {
+        let hash = self.key_hash(&key);
+        let sid = match self.table.find_inside_hashed(&key, hash) {
             Some(sid) => {
-                let s = self.table.get_mut(sid);
-                if s.port != port {
+                if self.table.get(sid).port != port {
                     return Action::Drop(DropReason::Spoofed);
                 }
-                let unanswered = s.inbound_origin && s.out_packets == 0;
+                let unanswered = {
+                    let s = self.table.get(sid);
+                    s.inbound_origin && s.no_out()
+                };
+                self.table.count_out(sid, ip.total);
+                let s = self.table.get_mut(sid);
                 s.last_seen = now;
-                s.out_packets += 1;
-                s.out_bytes += ip.total as u64;
                 let mut before = None;
                 if ip.proto == TCP {
                     let f = tcp::Flags::from_byte(flags);
@@ -71,9 +83,7 @@ impl Engine {
                     if next != prev {
                         s.tcp = next;
                         if reopen {
-                            s.created = now;
-                            s.remote_closed_first = false;
-                            (s.out_packets, s.out_bytes, s.in_packets, s.in_bytes) = (1, ip.total as u64, 0, 0);
+                            self.table.reopen(sid, now, ip.total);
                             self.counters.sessions_reopened.inc();
                         }
                         self.table.reschedule(sid);
@@ -90,7 +100,7 @@ impl Engine {
             }
             None => {
                 let src_mac = wire::mac_at(frame, 6);
-                match self.new_outbound(now, port, key, flags, src_mac, ip.total) {
+                match self.new_outbound(now, port, key, hash, flags, src_mac, ip.total) {
                     Ok(sid) => sid,
                     Err(r) => return self.refuse(frame, ip, r, gateway),
                 }
@@ -128,43 +138,61 @@ impl Engine {
     /// Creates the session for a new outbound flow. Short of a table slot,
     /// a mapping slot or a port, it recycles closing and unanswered
     /// sessions (oldest first); live ones are never touched (RFC 6888
-    /// REQ-11d).
+    /// REQ-11d). `hash` is the key's [`crate::session::SessionTable::hash`].
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new_outbound(
         &mut self,
         now: Instant,
         port: PortId,
         key: FlowKey,
+        hash: u64,
         flags: u8,
         src_mac: Mac,
         bytes: usize,
     ) -> Result<u32, DropReason> {
-        let b = Arc::clone(&self.bindings);
-        let env = b.env(key.local.ip).filter(|e| e.port == port).ok_or(DropReason::Spoofed)?;
+        // The bindings are read through `self` (no `Arc` clone per flow);
+        // the ENI is kept as its index for the port search below.
+        let b = &*self.bindings;
+        let (_, ei) = b.env_with_eni(key.local.ip).filter(|(e, _)| e.port == port).ok_or(DropReason::Spoofed)?;
         if key.proto == TCP && !tcp::Flags::from_byte(flags).opens() {
             return Err(DropReason::TcpNotSyn);
         }
-        let Some(eni) = b.eni(env.eni).filter(|e| !e.addrs.is_empty()) else {
+        let eni = &b.enis()[ei];
+        if eni.addrs.is_empty() {
             // Its function has no active ENI (being created, or reclaimed
             // while idle): the control plane wants to know.
             let _ = self.event(Event::NoEni { env: key.local.ip });
             return Err(DropReason::NoEni);
-        };
+        }
         if !eni.egress.allows(key.proto, key.remote.ip, key.remote.port) {
             return Err(DropReason::PolicyDenied);
         }
         let pi = proto_index(key.proto);
-        let st = *self.envs.entry(key.local.ip).or_default();
+        // A new environment's entry is made once its session is.
+        let st = self.envs.get(&key.local.ip).copied().unwrap_or_default();
         if st.sessions >= self.cfg.env_session_quota {
             return Err(DropReason::QuotaExceeded);
         }
+        // The inside endpoint's mapping hash, for the lookup and the insert.
+        let mhash = self.table.mapping_hash(key.proto, key.local);
         let existing = match self.cfg.mapping {
-            Mapping::EndpointIndependent => self.table.find_mapping_inside(key.proto, key.local),
+            Mapping::EndpointIndependent => self.table.find_mapping_inside_hashed(key.proto, key.local, mhash),
             Mapping::AddressAndPortDependent => None,
         };
         // A mapping held only by recyclable sessions becomes live again.
         let revived = existing.is_some_and(|m| self.table.mapping(m).live == 0);
-        let (mapping, eni_ep, fresh) = match existing {
-            Some(m) => (m, self.table.mapping(m).eni, false),
+        // Whether the port was counted live when taken
+        // ([`Engine::take_paired_port`]), and its address then reached its
+        // high-water mark; whether a session was recycled since.
+        let mut counted: Option<bool> = None;
+        let mut recycled = false;
+        // The outside key's hash, for the insert.
+        let outside_hash = |t: &SessionTable, eni: Endpoint| t.hash(&FlowKey { local: eni, ..key });
+        let (mapping, eni_ep, fresh, ohash) = match existing {
+            Some(m) => {
+                let eni = self.table.mapping(m).eni;
+                (m, eni, false, outside_hash(&self.table, eni))
+            }
             None => {
                 if st.ports[pi] >= self.cfg.env_port_quota {
                     return Err(DropReason::QuotaExceeded);
@@ -172,46 +200,54 @@ impl Engine {
                 // Paired pooling (RFC 4787 REQ-2) while the environment
                 // holds a live port: the same address for all its flows.
                 let paired = st.addr.filter(|_| st.ports.iter().any(|&n| n > 0));
-                let ep = match self.find_port(now, &eni.addrs, paired, pi, key) {
-                    Ok(ep) => ep,
-                    Err(addr) => {
-                        let _ = self.event(Event::Exhausted { addr, proto: key.proto });
-                        return Err(DropReason::PortsExhausted);
+                let ep = match self.take_paired_port(now, ei, paired, pi, key) {
+                    Some((ep, high)) => {
+                        counted = Some(high);
+                        ep
                     }
+                    None => match self.find_port(now, ei, paired, pi, key) {
+                        Ok(ep) => ep,
+                        Err(addr) => {
+                            let _ = self.event(Event::Exhausted { addr, proto: key.proto });
+                            return Err(DropReason::PortsExhausted);
+                        }
+                    },
                 };
+                let ohash = outside_hash(&self.table, ep);
                 let m = match self.cfg.mapping {
                     Mapping::EndpointIndependent => loop {
-                        match self.table.insert_mapping(key.proto, key.local, ep, port, src_mac) {
+                        let omhash = self.table.mapping_hash(key.proto, ep);
+                        match self.table.insert_mapping_hashed(key.proto, key.local, ep, port, src_mac, (mhash, omhash))
+                        {
                             Ok(m) => break m,
                             // Mappings are never more than sessions: a full
                             // mapping slab is a full table.
-                            Err(_) if self.recycle_session(now, NIL) => {}
+                            Err(_) if self.recycle_session(now, NIL) => recycled = true,
                             Err(_) => {
-                                self.release_unused_port(ep, pi);
+                                self.release_unused_port(ep, pi, counted.is_some());
                                 return Err(DropReason::TableFull);
                             }
                         }
                     },
                     Mapping::AddressAndPortDependent => NIL,
                 };
-                (m, ep, true)
+                (m, ep, true, ohash)
             }
         };
         let mut s = Session::new(key.proto, key.local, key.remote, eni_ep, port, src_mac, now);
         s.tcp = tcp::State::initial(Dir::Out);
-        s.out_packets = 1;
-        s.out_bytes = bytes as u64;
+        s.count_first(true, bytes);
         let sid = loop {
-            match self.table.insert(s, mapping) {
+            match self.table.insert_hashed(s, mapping, hash, ohash) {
                 Ok(sid) => break sid,
-                Err(_) if self.recycle_session(now, mapping) => {}
+                Err(_) if self.recycle_session(now, mapping) => recycled = true,
                 Err(_) => {
                     if fresh {
                         if mapping != NIL {
                             // The mapping has no session: drop it with its port.
                             self.table.drop_empty_mapping(mapping);
                         }
-                        self.release_unused_port(eni_ep, pi);
+                        self.release_unused_port(eni_ep, pi, counted.is_some());
                     }
                     return Err(DropReason::TableFull);
                 }
@@ -224,13 +260,19 @@ impl Engine {
         if fresh || revived {
             st.ports[pi] += 1;
             st.addr = Some(eni_ep.ip);
-            if let Some(a) = self.addrs.get_mut(&eni_ep.ip) {
-                a.live[pi] += 1;
-                if fresh && self.cfg.mapping == Mapping::AddressAndPortDependent {
-                    a.apdm[pi] += 1;
+            match counted {
+                // Counted already; the mark is checked again (as after
+                // counting) when it was reached or recycling moved counts.
+                Some(high) => {
+                    if high || recycled {
+                        self.check_high_water(eni_ep.ip, key.proto);
+                    }
+                }
+                None => {
+                    let apdm = fresh && self.cfg.mapping == Mapping::AddressAndPortDependent;
+                    self.count_live_port(eni_ep.ip, key.proto, apdm);
                 }
             }
-            self.check_high_water(eni_ep.ip, key.proto);
         }
         Ok(sid)
     }

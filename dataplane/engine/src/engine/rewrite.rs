@@ -85,9 +85,9 @@ pub(super) fn rewrite_l4(frame: &mut [u8], ip: &Ipv4, l4: L4, side: Side, addr: 
         L4::Echo { .. } => (4, 2, false, false),
         L4::IcmpError { .. } => return,
     };
-    // The header up to the end of its checksum, once (`parse_l4` checked it
-    // lies in the segment).
-    let seg = &mut frame[l..l + coff + 2];
+    // The header up to the end of the later of the two fields, once
+    // (`parse_l4` checked it lies in the segment).
+    let seg = &mut frame[l..l + at.max(coff) + 2];
     let old = get16(seg, at);
     put16(seg, at, port);
     let base = if pseudo { addr } else { Delta::ZERO };

@@ -14,16 +14,16 @@ impl SessionTable {
     pub fn set_recyclable(&mut self, id: u32, list: Option<u16>) -> bool {
         let was = self.sessions[id as usize].recyclable();
         self.list_remove(id);
-        let m = self.sessions[id as usize].mapping;
+        let m = self.links[id as usize].mapping;
         if let Some(l) = list {
             let l = l.min(LISTS as u16 - 1);
             let (head, tail, len) = self.lists[l as usize];
-            let s = &mut self.sessions[id as usize];
-            s.list = l;
-            s.list_prev = tail;
-            s.list_next = NIL;
+            self.sessions[id as usize].list = l;
+            let k = &mut self.links[id as usize];
+            k.list_prev = tail;
+            k.list_next = NIL;
             if tail != NIL {
-                self.sessions[tail as usize].list_next = id;
+                self.links[tail as usize].list_next = id;
             }
             self.lists[l as usize] = (if head == NIL { id } else { head }, id, len + 1);
         }
@@ -44,26 +44,27 @@ impl SessionTable {
     }
 
     pub(super) fn list_remove(&mut self, id: u32) {
-        let s = self.sessions[id as usize];
-        if s.list == NIL16 {
+        let list = self.sessions[id as usize].list;
+        if list == NIL16 {
             return;
         }
-        let (mut head, mut tail, len) = self.lists[s.list as usize];
-        if s.list_prev != NIL {
-            self.sessions[s.list_prev as usize].list_next = s.list_next;
+        let l = self.links[id as usize];
+        let (mut head, mut tail, len) = self.lists[list as usize];
+        if l.list_prev != NIL {
+            self.links[l.list_prev as usize].list_next = l.list_next;
         } else {
-            head = s.list_next;
+            head = l.list_next;
         }
-        if s.list_next != NIL {
-            self.sessions[s.list_next as usize].list_prev = s.list_prev;
+        if l.list_next != NIL {
+            self.links[l.list_next as usize].list_prev = l.list_prev;
         } else {
-            tail = s.list_prev;
+            tail = l.list_prev;
         }
-        self.lists[s.list as usize] = (head, tail, len - 1);
-        let s = &mut self.sessions[id as usize];
-        s.list = NIL16;
-        s.list_prev = NIL;
-        s.list_next = NIL;
+        self.lists[list as usize] = (head, tail, len - 1);
+        self.sessions[id as usize].list = NIL16;
+        let l = &mut self.links[id as usize];
+        l.list_prev = NIL;
+        l.list_next = NIL;
     }
 
     /// The session that has been on recyclable list `list` longest.
@@ -74,7 +75,7 @@ impl SessionTable {
 
     /// The session after `id` on its recyclable list.
     pub fn list_next(&self, id: u32) -> Option<u32> {
-        let n = self.sessions[id as usize].list_next;
+        let n = self.links[id as usize].list_next;
         (n != NIL).then_some(n)
     }
 

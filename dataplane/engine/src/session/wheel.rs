@@ -19,30 +19,30 @@ impl SessionTable {
         let due = due.clamp(self.wheel_now + 1, self.wheel_now + WHEEL_SLOTS as u64 - 1);
         let slot = (due as usize) & (WHEEL_SLOTS - 1);
         let head = self.wheel[slot];
-        let s = &mut self.sessions[id as usize];
-        s.wheel_slot = slot as u16;
-        s.wheel_prev = NIL;
-        s.wheel_next = head;
+        let l = &mut self.links[id as usize];
+        l.wheel_slot = slot as u16;
+        l.wheel_prev = NIL;
+        l.wheel_next = head;
         if head != NIL {
-            self.sessions[head as usize].wheel_prev = id;
+            self.links[head as usize].wheel_prev = id;
         }
         self.wheel[slot] = id;
     }
 
     pub(super) fn wheel_remove(&mut self, id: u32) {
-        let s = self.sessions[id as usize];
-        if s.wheel_slot == NIL16 {
+        let l = self.links[id as usize];
+        if l.wheel_slot == NIL16 {
             return;
         }
-        if s.wheel_prev != NIL {
-            self.sessions[s.wheel_prev as usize].wheel_next = s.wheel_next;
+        if l.wheel_prev != NIL {
+            self.links[l.wheel_prev as usize].wheel_next = l.wheel_next;
         } else {
-            self.wheel[s.wheel_slot as usize] = s.wheel_next;
+            self.wheel[l.wheel_slot as usize] = l.wheel_next;
         }
-        if s.wheel_next != NIL {
-            self.sessions[s.wheel_next as usize].wheel_prev = s.wheel_prev;
+        if l.wheel_next != NIL {
+            self.links[l.wheel_next as usize].wheel_prev = l.wheel_prev;
         }
-        self.sessions[id as usize].wheel_slot = NIL16;
+        self.links[id as usize].wheel_slot = NIL16;
     }
 
     /// When [`SessionTable::expire`] next has work: the next second boundary
@@ -76,8 +76,8 @@ impl SessionTable {
             let mut id = std::mem::replace(&mut self.wheel[slot], NIL);
             while id != NIL {
                 let s = self.sessions[id as usize];
-                let next = s.wheel_next;
-                self.sessions[id as usize].wheel_slot = NIL16;
+                let next = self.links[id as usize].wheel_next;
+                self.links[id as usize].wheel_slot = NIL16;
                 let deadline = s.deadline(&self.timeouts);
                 if deadline <= now {
                     let m = self.remove(id);
