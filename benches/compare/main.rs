@@ -57,7 +57,14 @@
 //! end to a gateway TAP attachment, against a direct attach (an
 //! `af-packet` attachment on that host-side end) on packet rings and on
 //! plain sockets (`ring = false`), in alternating rounds; prints all three,
-//! direct / bridged and rings / plain.
+//! direct / bridged and rings / plain. Per round it also prints the TCP
+//! stream's retransmits, mean RTT and CPU shares (iperf3's), and the
+//! gateway's frames, bytes per frame and system calls by kind.
+//! `--tcp-only` runs only the TCP bulk, `--attach-variants
+//! bridged,rings,plain` (any of them) only those paths, and with
+//! `HP_ATTACH_DIAG=1` each round ends with the kernel's nonzero drop,
+//! retransmit and reordering counters of every namespace (`nstat`) and
+//! every link's statistics (`ip -s -s link`).
 //!
 //! `--only offer`: what the TAP writers of `loadgen udp --cpus` can offer,
 //! into a TAP whose kernel side sits alone in a namespace and discards (one
