@@ -61,7 +61,8 @@
 //! stream's retransmits, mean RTT and CPU shares (iperf3's), and the
 //! gateway's frames, bytes per frame and system calls by kind.
 //! `--tcp-only` runs only the TCP bulk, `--attach-variants
-//! bridged,rings,plain` (any of them) only those paths, and with
+//! bridged,rings,plain` (any of them) only those paths, `--io
+//! uring|syscalls` sets the gateway's I/O path (`[gateway.io] backend`), and with
 //! `HP_ATTACH_DIAG=1` each round ends with the kernel's nonzero drop,
 //! retransmit and reordering counters of every namespace (`nstat`) and
 //! every link's statistics (`ip -s -s link`).
