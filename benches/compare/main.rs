@@ -57,7 +57,15 @@
 //! end to a gateway TAP attachment, against a direct attach (an
 //! `af-packet` attachment on that host-side end) on packet rings and on
 //! plain sockets (`ring = false`), in alternating rounds; prints all three,
-//! direct / bridged and rings / plain.
+//! direct / bridged and rings / plain. Per round it also prints the TCP
+//! stream's retransmits, mean RTT and CPU shares (iperf3's), and the
+//! gateway's frames, bytes per frame and system calls by kind.
+//! `--tcp-only` runs only the TCP bulk, `--attach-variants
+//! bridged,rings,plain` (any of them) only those paths, `--io
+//! uring|syscalls` sets the gateway's I/O path (`[gateway.io] backend`), and with
+//! `HP_ATTACH_DIAG=1` each round ends with the kernel's nonzero drop,
+//! retransmit and reordering counters of every namespace (`nstat`) and
+//! every link's statistics (`ip -s -s link`).
 //!
 //! `--only offer`: what the TAP writers of `loadgen udp --cpus` can offer,
 //! into a TAP whose kernel side sits alone in a namespace and discards (one
@@ -289,6 +297,9 @@ fn linger_zero(c: &TcpStream) {
 /// all for `--only outside`).
 fn wanted(what: &str) -> bool {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--tcp-only") {
+        return what == "tcp";
+    }
     match args.iter().position(|a| a == "--only") {
         Some(i) => args.get(i + 1).is_some_and(|w| w == what || w == "outside" || (w == "attach" && what != "conn")),
         None => true,
@@ -422,6 +433,15 @@ fn measure(t: &Topo, secs: u32) -> Figures {
     if wanted("tcp") {
         let tcp = iperf(t, &[], secs);
         f.tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+        let sender = &tcp["end"]["streams"][0]["sender"];
+        eprintln!(
+            "  tcp bulk: {:.2} Gbit/s, {} retransmits, mean RTT {} us, sender CPU {:.0}%, receiver CPU {:.0}%",
+            f.tcp_gbps,
+            tcp["end"]["sum_sent"]["retransmits"],
+            sender["mean_rtt"],
+            tcp["end"]["cpu_utilization_percent"]["host_total"].as_f64().unwrap_or(0.0),
+            tcp["end"]["cpu_utilization_percent"]["remote_total"].as_f64().unwrap_or(0.0),
+        );
     }
     if wanted("udp") {
         let spec = template(t);

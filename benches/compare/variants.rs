@@ -238,6 +238,9 @@ pub(super) fn attach_main(secs: u32, rounds: usize, workers: usize) {
     let mut all: [Vec<Figures>; 3] = [vec![], vec![], vec![]];
     for round in 1..=rounds {
         for (k, name) in NAMES.iter().enumerate() {
+            if !attach_variant_wanted(k) {
+                continue;
+            }
             let direct = k > 0;
             let env = Netns::new(format!("{}e", netlab::unique("hpl"))).expect("environment namespace");
             let peer = netlab::unique("hpl");
@@ -249,7 +252,9 @@ pub(super) fn attach_main(secs: u32, rounds: usize, workers: usize) {
                 format!("route add default via {INSIDE_GATEWAY}"),
             ])
             .expect("environment address");
-            let base = Options { workers, gateway_extra: OPEN_QUOTAS.into(), ..Options::default() };
+            // `--io uring|syscalls|auto`: the workers' I/O path (default auto).
+            let io = arg_str("--io").map(|b| format!("\n[gateway.io]\nbackend = \"{b}\"\n")).unwrap_or_default();
+            let base = Options { workers, gateway_extra: format!("{OPEN_QUOTAS}{io}"), ..Options::default() };
             let lab = if direct {
                 netlab::ip_batch(None, &[format!("link set {peer} up")]).expect("peer up");
                 let attachment_extra = if k == 2 { "ring = false".to_string() } else { String::new() };
@@ -270,7 +275,17 @@ pub(super) fn attach_main(secs: u32, rounds: usize, workers: usize) {
                 env_link: "e0".into(),
             };
             let f = measure(&t, secs);
+            if std::env::var_os("HP_ATTACH_DIAG").is_some() {
+                attach_diag(&[("env", &env), ("server", &lab.server), ("vpc", &lab.vpc)], lab.bridge.as_ref());
+            }
             let totals = lab.gateway().totals();
+            eprintln!(
+                "  gateway: outbound {} frames, {:.0} bytes each; inbound {} frames; system calls (read, write, epoll_wait, uring_enter, send, recv, wake) {:?}",
+                totals.outbound.0,
+                totals.outbound.1 as f64 / totals.outbound.0.max(1) as f64,
+                totals.inbound.0,
+                lab.gateway().syscalls()
+            );
             eprintln!("round {round}: {name} ({} workers): {f:?}; drops {:?}", lab.gateway().workers(), totals.drops);
             all[k].push(f);
             drop(lab);
@@ -306,4 +321,47 @@ pub(super) fn attach_main(secs: u32, rounds: usize, workers: usize) {
     });
     let _ = std::fs::create_dir_all("target");
     let _ = std::fs::write("target/compare-attach.json", serde_json::to_string_pretty(&json).unwrap_or_default());
+}
+
+/// `--attach-variants bridged,rings,plain` (any of them; all by default): which of the attach bench's paths run.
+fn attach_variant_wanted(k: usize) -> bool {
+    let Some(list) = arg_str("--attach-variants") else { return true };
+    let name = ["bridged", "rings", "plain"][k];
+    list.split(',').any(|w| w.trim() == name)
+}
+
+/// `HP_ATTACH_DIAG=1`: the kernel's nonzero drop, retransmit and
+/// reordering counters in each namespace, and every link's statistics.
+fn attach_diag(nss: &[(&str, &Netns)], bridge: Option<&Netns>) {
+    let keys = [
+        "Retrans", "Drop", "Reorder", "Lost", "Prune", "Collapse", "OFO", "Backlog", "SACK", "Overflow", "Discards",
+        "InErrors",
+    ];
+    for (what, ns) in nss {
+        if let Ok(o) = ns.exec(&["nstat", "-asz"]) {
+            let text = String::from_utf8_lossy(&o.stdout);
+            for l in text.lines().filter(|l| keys.iter().any(|k| l.contains(k))) {
+                let v: Vec<&str> = l.split_whitespace().collect();
+                if v.len() >= 2 && v[1] != "0" {
+                    eprintln!("  diag {what}: {} {}", v[0], v[1]);
+                }
+            }
+        }
+    }
+    let mut links: Vec<(String, Option<&Netns>)> = nss.iter().map(|(w, n)| (w.to_string(), Some(*n))).collect();
+    links.push(("root".into(), None));
+    if let Some(b) = bridge {
+        links.push(("bridge".into(), Some(b)));
+    }
+    for (what, ns) in links {
+        let out = match ns {
+            Some(n) => n.exec(&["ip", "-s", "-s", "link"]),
+            None => Netns::current().exec(&["ip", "-s", "-s", "link"]),
+        };
+        if let Ok(o) = out {
+            for l in String::from_utf8_lossy(&o.stdout).lines() {
+                eprintln!("  diag link {what}: {l}");
+            }
+        }
+    }
 }
