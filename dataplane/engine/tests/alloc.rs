@@ -2,7 +2,9 @@
 //! watches the engine translate packets of established UDP, TCP and ICMP echo
 //! sessions in both directions. Nor does the new-flow path once the
 //! environment is known: first packets of new UDP flows and TCP SYNs from
-//! environments that already have sessions.
+//! environments that already have sessions. First flows of new
+//! environments allocate at most once (the quota entries, sized for every
+//! bound environment).
 //!
 //! Everything runs in ONE `#[test]` so no other test of this binary runs
 //! concurrently; counting is further limited to the test's own thread (a
@@ -238,4 +240,29 @@ fn established_flows_do_not_allocate() {
     assert_eq!(h.engine.sessions().len(), before + usize::from(NEW), "every first packet made a session");
     assert_eq!(allocs, 0, "new flows allocated {allocs} times");
     assert_eq!(frees, 0, "new flows freed {frees} times");
+
+    // First flows of environments the engine has not seen yet: the quota
+    // entries grow once for all bound environments, not by doubling.
+    const ENVS: u32 = 200;
+    let mut h = Harness::new(Default::default(), testkit::Topology::new(2, ENVS));
+    let firsts: Vec<(PortId, Vec<u8>)> =
+        (0..ENVS).map(|env| (h.env_port(env), h.env_frame(env, UDP, 30_000, SERVER2, 443, 0, b""))).collect();
+    let now = h.now;
+    let engine = &mut h.engine;
+    let (forwarded, allocs, frees) = count(|| {
+        let mut forwarded = 0usize;
+        for (port, f) in &firsts {
+            buf[..f.len()].copy_from_slice(f);
+            let a = engine.process(now, *port, black_box(&mut buf), f.len());
+            if matches!(a, Action::Forward { port: PortId::OUTSIDE, .. }) {
+                forwarded += 1;
+            }
+            while engine.poll_transmit(now, &mut buf).is_some() {}
+        }
+        forwarded
+    });
+    assert_eq!(forwarded, ENVS as usize, "every first packet was forwarded");
+    assert_eq!(h.engine.sessions().len(), ENVS as usize, "every first packet made a session");
+    assert!(allocs <= 1, "first flows of {ENVS} new environments allocated {allocs} times");
+    assert!(frees <= 1, "first flows of {ENVS} new environments freed {frees} times");
 }

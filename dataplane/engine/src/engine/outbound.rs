@@ -11,7 +11,8 @@
 //! endpoints, outside key), passing the hashes to the table's `*_hashed`
 //! calls. The security group is checked from the protocol's compiled
 //! list ([`crate::policy`]). Nothing is allocated once the environment's
-//! quota entry exists.
+//! quota entry exists; the first new environment past the entries map's
+//! capacity grows it to hold every bound environment at once.
 
 use super::fragment::set_ident;
 use super::hold::{warm, Hold};
@@ -169,7 +170,8 @@ impl Engine {
         }
         let pi = proto_index(key.proto);
         // A new environment's entry is made once its session is.
-        let st = self.envs.get(&key.local.ip).copied().unwrap_or_default();
+        let known = self.envs.get(&key.local.ip).copied();
+        let st = known.unwrap_or_default();
         if st.sessions >= self.cfg.env_session_quota {
             return Err(DropReason::QuotaExceeded);
         }
@@ -254,6 +256,9 @@ impl Engine {
             }
         };
         self.counters.sessions_created[pi].inc();
+        if known.is_none() {
+            self.reserve_envs();
+        }
         let st = self.envs.entry(key.local.ip).or_default();
         st.mac = src_mac;
         st.sessions += 1;
@@ -275,6 +280,17 @@ impl Engine {
             }
         }
         Ok(sid)
+    }
+
+    /// Before a new environment's quota entry is made: room for every bound
+    /// environment, so that the entries map grows at most once per
+    /// bindings (not by doubling as environments appear; they are few and
+    /// small). Without room to add, it grows as usual.
+    fn reserve_envs(&mut self) {
+        let bound = self.bindings.envs().len();
+        if self.envs.len() == self.envs.capacity() && bound > self.envs.len() {
+            let _ = self.envs.try_reserve(bound - self.envs.len());
+        }
     }
 
     /// A new flow that could not be created: dropped, and for port
