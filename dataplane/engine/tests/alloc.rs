@@ -15,7 +15,8 @@ mod common;
 use common::*;
 use dataplane::flow::{ICMP, TCP, UDP};
 use dataplane::testkit::{self, flags::*, SERVER, SERVER2};
-use dataplane::{Action, BatchFrame, PortId};
+use dataplane::time::Instant;
+use dataplane::{Action, BatchFrame, Engine, PortId};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
@@ -79,6 +80,21 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// Runs `f` with counting on; returns (allocations, deallocations) it made.
+/// Sends each of `frames` through `engine` one by one (releasing whatever it
+/// queues meanwhile); how many went out to the VPC.
+fn send_all(engine: &mut Engine, now: Instant, buf: &mut [u8], frames: &[(PortId, Vec<u8>)]) -> usize {
+    let mut forwarded = 0usize;
+    for (port, f) in frames {
+        buf[..f.len()].copy_from_slice(f);
+        let a = engine.process(now, *port, black_box(&mut *buf), f.len());
+        if matches!(a, Action::Forward { port: PortId::OUTSIDE, .. }) {
+            forwarded += 1;
+        }
+        while engine.poll_transmit(now, buf).is_some() {}
+    }
+    forwarded
+}
+
 fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
     ALLOCS.store(0, Ordering::SeqCst);
     FREES.store(0, Ordering::SeqCst);
@@ -224,18 +240,7 @@ fn established_flows_do_not_allocate() {
         .collect();
     let before = h.engine.sessions().len();
     let engine = &mut h.engine;
-    let (forwarded, allocs, frees) = count(|| {
-        let mut forwarded = 0usize;
-        for (port, f) in &firsts {
-            buf[..f.len()].copy_from_slice(f);
-            let a = engine.process(now, *port, black_box(&mut buf), f.len());
-            if matches!(a, Action::Forward { port: PortId::OUTSIDE, .. }) {
-                forwarded += 1;
-            }
-            while engine.poll_transmit(now, &mut buf).is_some() {}
-        }
-        forwarded
-    });
+    let (forwarded, allocs, frees) = count(|| send_all(engine, now, &mut buf, &firsts));
     assert_eq!(forwarded, usize::from(NEW), "every first packet was forwarded");
     assert_eq!(h.engine.sessions().len(), before + usize::from(NEW), "every first packet made a session");
     assert_eq!(allocs, 0, "new flows allocated {allocs} times");
@@ -249,18 +254,7 @@ fn established_flows_do_not_allocate() {
         (0..ENVS).map(|env| (h.env_port(env), h.env_frame(env, UDP, 30_000, SERVER2, 443, 0, b""))).collect();
     let now = h.now;
     let engine = &mut h.engine;
-    let (forwarded, allocs, frees) = count(|| {
-        let mut forwarded = 0usize;
-        for (port, f) in &firsts {
-            buf[..f.len()].copy_from_slice(f);
-            let a = engine.process(now, *port, black_box(&mut buf), f.len());
-            if matches!(a, Action::Forward { port: PortId::OUTSIDE, .. }) {
-                forwarded += 1;
-            }
-            while engine.poll_transmit(now, &mut buf).is_some() {}
-        }
-        forwarded
-    });
+    let (forwarded, allocs, frees) = count(|| send_all(engine, now, &mut buf, &firsts));
     assert_eq!(forwarded, ENVS as usize, "every first packet was forwarded");
     assert_eq!(h.engine.sessions().len(), ENVS as usize, "every first packet made a session");
     assert!(allocs <= 1, "first flows of {ENVS} new environments allocated {allocs} times");
