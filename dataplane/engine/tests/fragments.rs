@@ -154,10 +154,10 @@ fn a_df0_datagram_over_the_egress_mtu_is_fragmented_in_order() {
     assert_eq!(frames.len(), 3);
     for (i, f) in frames.iter().enumerate() {
         let ip = parse_ipv4(f, 14).expect("valid header");
-        assert!(ip.total <= 576);
+        assert!(ip.total() <= 576);
         assert_eq!(ip.src, ENI);
         assert_eq!(ip.mf, i < 2, "MF on all but the last");
-        assert_eq!(ip.hlen, if i == 0 { 28 } else { 24 }, "only the copied option (router alert) is repeated");
+        assert_eq!(ip.hlen(), if i == 0 { 28 } else { 24 }, "only the copied option (router alert) is repeated");
     }
     assert!(udp_checksum_ok(&frames));
     assert_eq!(&testkit::reassemble(&frames).unwrap()[8..], &data[..]);

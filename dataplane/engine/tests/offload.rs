@@ -175,7 +175,7 @@ fn a_partial_datagram_fragmented_on_the_way_out_has_a_valid_checksum() {
     frames.extend(h.drain().into_iter().map(|(_, f)| f));
     assert_eq!(frames.len(), 3, "3,008 bytes of UDP in 1,500-byte fragments");
     for f in &frames {
-        assert!(wire::parse_ipv4(f, ETH_LEN).unwrap().total <= 1500);
+        assert!(wire::parse_ipv4(f, ETH_LEN).unwrap().total() <= 1500);
     }
     let seg = testkit::reassemble(&frames).unwrap();
     assert_eq!(&seg[8..], &data[..]);

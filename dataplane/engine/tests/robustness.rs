@@ -79,13 +79,13 @@ fn world() -> World {
         bases.extend(errors[errors.len() - 2..].iter().cloned());
         // The router reports the outbound packet unreachable.
         let oip = out.ip();
-        let quote = &out.frame[oip.off..oip.end().min(oip.off + oip.hlen + 8)];
+        let quote = &out.frame[oip.off()..oip.end().min(oip.off() + oip.hlen() + 8)];
         let msg = testkit::icmp_message(3, 3, [0; 4], quote);
         bases.push((
             PortId::OUTSIDE,
             testkit::ipv4_frame(OUTSIDE_MAC, ROUTER_MAC, ROUTER, ENI, ICMP, IpOpts::default(), &msg),
         ));
-        let msg = testkit::icmp_message(11, 0, [0; 4], &out.frame[oip.off..oip.end()]);
+        let msg = testkit::icmp_message(11, 0, [0; 4], &out.frame[oip.off()..oip.end()]);
         bases.push((
             PortId::OUTSIDE,
             testkit::ipv4_frame(OUTSIDE_MAC, ROUTER_MAC, ROUTER, ENI, ICMP, IpOpts::default(), &msg),
@@ -97,7 +97,7 @@ fn world() -> World {
         let back = h.send(PortId::OUTSIDE, reply);
         if back.forwarded().is_some() {
             let bip = back.ip();
-            let msg = testkit::icmp_message(3, 3, [0; 4], &back.frame[bip.off..bip.off + bip.hlen + 8]);
+            let msg = testkit::icmp_message(3, 3, [0; 4], &back.frame[bip.off()..bip.off() + bip.hlen() + 8]);
             let src = testkit::env_ip(env);
             let e = testkit::ipv4_frame(
                 testkit::inside_mac(port.0),

@@ -433,7 +433,7 @@ fn ip_options_pass_through() {
     let out = h.send(h.env_port(0), f);
     assert_eq!(out.forwarded(), Some(PortId::OUTSIDE));
     assert!(testkit::checksums_ok(&out.frame));
-    assert_eq!(out.ip().hlen, 24);
+    assert_eq!(out.ip().hlen(), 24);
     assert_eq!(&out.frame[34..38], &[1, 1, 1, 1]);
     assert_eq!(out.src().0, ENI);
 }

@@ -139,7 +139,7 @@ fn hint(table: &SessionTable, port: PortId, frame: &[u8]) -> Option<Hint> {
         return None;
     }
     let ip = wire::parse_ipv4(frame, ETH_LEN).ok()?;
-    if ip.frag_off != 0 {
+    if ip.frag_off() != 0 {
         return None;
     }
     let dir = if port.is_inside() { Dir::Out } else { Dir::In };

@@ -54,7 +54,7 @@ impl Engine {
             let out = self.bindings.outside();
             if wire::mac_at(frame, 0) != inside.mac
                 || ip.dst == inside.gateway
-                || ip.total > usize::from(out.mtu)
+                || ip.total() > usize::from(out.mtu)
                 || self.is_eni(ip.dst)
             {
                 return false;
@@ -70,13 +70,13 @@ impl Engine {
             }
             let Some(hop) = self.bindings.next_hop(ip.dst) else { return false };
             let Some(mac) = self.arp.lookup(now, hop) else { return false };
-            self.table.count_out(sid, ip.total);
+            self.table.count_out(sid, ip.total());
             let s = self.table.get_mut(sid);
             s.last_seen = now;
             let eni = s.eni;
             rewrite(frame, ip, l4, Side::Src, eni);
             wire::set_macs(frame, mac, out_mac);
-            self.counters.outbound.count(ip.total);
+            self.counters.outbound.count(ip.total());
             Action::Forward { port: PortId::OUTSIDE, len: ip.end() }
         } else {
             let our_mac = self.bindings.outside().mac;
@@ -89,11 +89,11 @@ impl Engine {
                 return false;
             }
             let Some(inside) = self.bindings.inside(s.port) else { return false };
-            if ip.total > usize::from(inside.mtu) {
+            if ip.total() > usize::from(inside.mtu) {
                 return false;
             }
             let port_mac = inside.mac;
-            self.table.count_in(sid, ip.total);
+            self.table.count_in(sid, ip.total());
             let s = self.table.get_mut(sid);
             if ip.proto == TCP {
                 s.last_seen = now;
@@ -101,7 +101,7 @@ impl Engine {
             let (s_port, s_inside, s_env_mac) = (s.port, s.inside, s.env_mac);
             rewrite_inbound(frame, ip, l4, s_inside, true);
             wire::set_macs(frame, s_env_mac, port_mac);
-            self.counters.inbound.count(ip.total);
+            self.counters.inbound.count(ip.total());
             Action::Forward { port: s_port, len: ip.end() }
         };
         self.counters.rx_frames.inc();

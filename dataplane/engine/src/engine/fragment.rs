@@ -35,8 +35,8 @@ impl Engine {
             return Action::Drop(DropReason::MtuExceeded);
         };
         let mut opts = [0u8; 40];
-        let olen = copied_options(&frame[ip.off + 20..ip.off + ip.hlen], &mut opts);
-        let first = mtu.saturating_sub(ip.hlen) / 8 * 8;
+        let olen = copied_options(&frame[ip.off() + 20..ip.off() + ip.hlen()], &mut opts);
+        let first = mtu.saturating_sub(ip.hlen()) / 8 * 8;
         let step = mtu.saturating_sub(20 + olen) / 8 * 8;
         let payload = ip.payload_len();
         if first == 0 || step == 0 {
@@ -47,7 +47,7 @@ impl Engine {
         // first fragment then leaves without the offload
         // ([`Engine::forwarded_offload`]).
         if self.rx.csum_partial {
-            if ip.frag_off == 0 {
+            if ip.frag_off() == 0 {
                 finish_partial(&mut frame[..len]);
             }
             self.rx.csum_partial = false;
@@ -60,16 +60,16 @@ impl Engine {
             }
             let mut f = self.spare.pop().unwrap_or_default();
             f.clear();
-            f.extend_from_slice(&frame[..ip.off + 20]);
+            f.extend_from_slice(&frame[..ip.off() + 20]);
             f.extend_from_slice(&opts[..olen]);
             f.extend_from_slice(&frame[ip.l4() + off..ip.l4() + end]);
             let more = end < payload || ip.mf;
-            write_fragment_header(&mut f[ip.off..], 20 + olen, end - off, ip.frag_off + off, more);
+            write_fragment_header(&mut f[ip.off()..], 20 + olen, end - off, ip.frag_off() + off, more);
             self.frag_out.push_back((port, f));
             off = end;
         }
-        write_fragment_header(&mut frame[ip.off..], ip.hlen, first, ip.frag_off, true);
-        Action::Forward { port, len: ip.off + ip.hlen + first }
+        write_fragment_header(&mut frame[ip.off()..], ip.hlen(), first, ip.frag_off(), true);
+        Action::Forward { port, len: ip.off() + ip.hlen() + first }
     }
 
     /// Records how the first fragment of a datagram was translated, so its
@@ -88,9 +88,9 @@ impl Engine {
             _ => return,
         };
         let t = FragXlate {
-            src: get_ip(frame, ip.off + ip::SRC),
-            dst: get_ip(frame, ip.off + ip::DST),
-            ident: get16(frame, ip.off + ip::IDENT),
+            src: get_ip(frame, ip.off() + ip::SRC),
+            dst: get_ip(frame, ip.off() + ip::DST),
+            ident: get16(frame, ip.off() + ip::IDENT),
             egress,
             mac,
         };
@@ -104,7 +104,7 @@ impl Engine {
     pub(super) fn later_fragment(&mut self, now: Instant, port: PortId, frame: &mut [u8], ip: Ipv4) -> Action {
         let key = FragKey { src: ip.src, dst: ip.dst, protocol: ip.proto, ident: ip.ident };
         let len = ip.end();
-        match self.frags.later(now, key, port, &frame[..len], ip.frag_off as u32, ip.payload_len() as u32, ip.mf) {
+        match self.frags.later(now, key, port, &frame[..len], ip.frag_off() as u32, ip.payload_len() as u32, ip.mf) {
             Later::Translate(t) => self.forward_fragment(now, t, frame, len),
             Later::Buffered => Action::Consumed,
             Later::Drop => Action::Drop(DropReason::Fragment),
@@ -122,20 +122,20 @@ impl Engine {
         }
         let mut d = Delta::ZERO.addr(ip.src, t.src).addr(ip.dst, t.dst).word(ip.ident, t.ident);
         d = d.word(u16::from(ip.ttl) << 8 | u16::from(ip.proto), u16::from(ip.ttl - 1) << 8 | u16::from(ip.proto));
-        put_ip(frame, ip.off + ip::SRC, t.src);
-        put_ip(frame, ip.off + ip::DST, t.dst);
-        put16(frame, ip.off + ip::IDENT, t.ident);
-        frame[ip.off + ip::TTL] = ip.ttl - 1;
-        let c = d.apply(get16(frame, ip.off + ip::CHECKSUM));
-        put16(frame, ip.off + ip::CHECKSUM, c);
+        put_ip(frame, ip.off() + ip::SRC, t.src);
+        put_ip(frame, ip.off() + ip::DST, t.dst);
+        put16(frame, ip.off() + ip::IDENT, t.ident);
+        frame[ip.off() + ip::TTL] = ip.ttl - 1;
+        let c = d.apply(get16(frame, ip.off() + ip::CHECKSUM));
+        put16(frame, ip.off() + ip::CHECKSUM, c);
         if t.egress == PortId::OUTSIDE {
-            self.counters.outbound.count(ip.total);
+            self.counters.outbound.count(ip.total());
             self.send_outside(now, frame, ip.end(), t.src, t.dst)
         } else {
             let Some(mac) = self.port_mac(t.egress) else {
                 return Action::Drop(DropReason::NoRoute);
             };
-            self.counters.inbound.count(ip.total);
+            self.counters.inbound.count(ip.total());
             wire::set_macs(frame, t.mac, mac);
             Action::Forward { port: t.egress, len: ip.end() }
         }
@@ -181,8 +181,8 @@ pub(super) fn write_fragment_header(h: &mut [u8], hlen: usize, payload: usize, o
 }
 
 pub(super) fn set_ident(frame: &mut [u8], ip: &Ipv4, id: u16) {
-    let old = get16(frame, ip.off + ip::IDENT);
-    put16(frame, ip.off + ip::IDENT, id);
-    let c = Delta::ZERO.word(old, id).apply(get16(frame, ip.off + ip::CHECKSUM));
-    put16(frame, ip.off + ip::CHECKSUM, c);
+    let old = get16(frame, ip.off() + ip::IDENT);
+    put16(frame, ip.off() + ip::IDENT, id);
+    let c = Delta::ZERO.word(old, id).apply(get16(frame, ip.off() + ip::CHECKSUM));
+    put16(frame, ip.off() + ip::CHECKSUM, c);
 }

@@ -37,7 +37,7 @@ impl Engine {
         let port_mac = inside.mac;
         self.translate_icmp_error(frame, &ip, &emb, Side::Src, s.inside, !hairpin);
         wire::set_macs(frame, s.env_mac, port_mac);
-        self.counters.inbound.count(ip.total);
+        self.counters.inbound.count(ip.total());
         Action::Forward { port: s.port, len: ip.end() }
     }
 
@@ -53,10 +53,10 @@ impl Engine {
             return Action::Drop(DropReason::Spoofed);
         }
         self.translate_icmp_error(frame, &ip, &emb, Side::Dst, s.eni, true);
-        self.counters.outbound.count(ip.total);
+        self.counters.outbound.count(ip.total());
         if self.is_eni(ip.dst) {
             self.counters.hairpinned.inc();
-            let ip2 = Ipv4 { src: s.eni.ip, ttl: ip.ttl - 1, ..ip };
+            let ip2 = ip.with_src_ttl(s.eni.ip, ip.ttl - 1);
             return self.inbound(now, frame, ip2, true);
         }
         self.send_outside(now, frame, ip.end(), s.eni.ip, ip.dst)
@@ -111,7 +111,7 @@ impl Engine {
         counted: DropReason,
     ) -> Action {
         let about_error =
-            ip.proto == ICMP && ip.frag_off == 0 && frame.get(ip.l4()).is_some_and(|&t| wire::is_icmp_error(t));
+            ip.proto == ICMP && ip.frag_off() == 0 && frame.get(ip.l4()).is_some_and(|&t| wire::is_icmp_error(t));
         let allowed = match kind {
             icmp::TIME_EXCEEDED => self.cfg.icmp_time_exceeded,
             _ => true,
@@ -119,15 +119,15 @@ impl Engine {
         // The reply needs room for its own IP and ICMP headers in the
         // caller's buffer; a buffer that cannot hold them gets no error.
         let fits = frame.len() >= ETH_LEN + 28;
-        if about_error || ip.frag_off != 0 || !allowed || !fits {
+        if about_error || ip.frag_off() != 0 || !allowed || !fits {
             return Action::Drop(counted);
         }
         self.counters.count_drop(counted);
         self.counters.icmp_generated.inc();
         let room = frame.len().saturating_sub(ETH_LEN + 28);
-        let quote = ip.total.min(ICMP_QUOTE).min(room);
+        let quote = ip.total().min(ICMP_QUOTE).min(room);
         let mut q = [0u8; ICMP_QUOTE];
-        q[..quote].copy_from_slice(&frame[ip.off..ip.off + quote]);
+        q[..quote].copy_from_slice(&frame[ip.off()..ip.off() + quote]);
         swap_macs(frame);
         let ident = self.next_ident();
         let total = 28 + quote;

@@ -25,7 +25,7 @@ impl Engine {
         if !hairpin && ip.ttl <= 1 {
             return self.icmp_error(frame, ip, icmp::TIME_EXCEEDED, 0, 0, ip.dst, DropReason::TtlExceeded);
         }
-        if ip.frag_off != 0 {
+        if ip.frag_off() != 0 {
             return self.later_fragment(now, PortId::OUTSIDE, frame, ip);
         }
         let (l4, sport, dport, flags) = match self.flow_of_frame(frame, &ip, Dir::In) {
@@ -37,7 +37,7 @@ impl Engine {
             FlowKey { proto: ip.proto, local: Endpoint::new(ip.dst, dport), remote: Endpoint::new(ip.src, sport) };
         let sid = match self.table.find_outside_hashed(&key, self.key_hash(&key)) {
             Some(sid) => {
-                self.table.count_in(sid, ip.total);
+                self.table.count_in(sid, ip.total());
                 let s = self.table.get_mut(sid);
                 if ip.proto == TCP {
                     // TCP is refreshed by both directions; UDP and ICMP only
@@ -56,7 +56,7 @@ impl Engine {
                 }
                 sid
             }
-            None => match self.new_inbound(now, key, flags, ip.total) {
+            None => match self.new_inbound(now, key, flags, ip.total()) {
                 Ok(sid) => sid,
                 Err(r) => return Action::Drop(r),
             },
@@ -68,7 +68,7 @@ impl Engine {
             return Action::Drop(DropReason::NoRoute);
         };
         let (mtu, port_mac) = (usize::from(inside.mtu), inside.mac);
-        if ip.df && ip.wire_len > mtu {
+        if ip.df && ip.wire_len() > mtu {
             if hairpin {
                 return self.hairpin_too_big(now, frame, ip, mtu as u32);
             }
@@ -77,7 +77,7 @@ impl Engine {
         }
         rewrite_inbound(frame, &ip, l4, s_inside, !hairpin);
         wire::set_macs(frame, s_env_mac, port_mac);
-        self.counters.inbound.count(ip.total);
+        self.counters.inbound.count(ip.total());
         let action = Action::Forward { port: s_port, len: ip.end() };
         if ip.mf && !hairpin {
             self.remember_first_fragment(now, PortId::OUTSIDE, frame, &ip, action);

@@ -645,14 +645,14 @@ impl Engine {
     /// only on TCP/UDP first fragments, and the on-wire length of one GSO
     /// segment (IP header + transport header + `gso_size`).
     fn apply_offload(&self, frame: &[u8], ip: &mut Ipv4) {
-        let transport = (ip.proto == TCP || ip.proto == UDP) && ip.frag_off == 0;
+        let transport = (ip.proto == TCP || ip.proto == UDP) && ip.frag_off() == 0;
         ip.partial = self.rx.csum_partial && transport;
         if self.rx.gso_size != 0 && transport {
             let l4_len = match ip.proto {
                 TCP => frame.get(ip.l4() + 12).map_or(20, |b| usize::from(b >> 4) * 4),
                 _ => 8,
             };
-            ip.wire_len = (ip.hlen + l4_len + usize::from(self.rx.gso_size)).min(ip.total);
+            ip.set_wire_len(ip.hlen() + l4_len + usize::from(self.rx.gso_size));
         }
     }
 

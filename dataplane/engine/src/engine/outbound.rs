@@ -43,11 +43,11 @@ impl Engine {
         if ip.ttl <= 1 {
             return self.icmp_error(frame, ip, icmp::TIME_EXCEEDED, 0, 0, gateway, DropReason::TtlExceeded);
         }
-        if ip.frag_off != 0 {
+        if ip.frag_off() != 0 {
             return self.later_fragment(now, port, frame, ip);
         }
         let hairpin = self.is_eni(ip.dst);
-        if ip.df && !hairpin && ip.wire_len > usize::from(self.bindings.outside().mtu) {
+        if ip.df && !hairpin && ip.wire_len() > usize::from(self.bindings.outside().mtu) {
             let mtu = u32::from(self.bindings.outside().mtu);
             return self.too_big(frame, ip, mtu, gateway);
         }
@@ -68,7 +68,7 @@ impl Engine {
                     let s = self.table.get(sid);
                     s.inbound_origin && s.no_out()
                 };
-                self.table.count_out(sid, ip.total);
+                self.table.count_out(sid, ip.total());
                 let s = self.table.get_mut(sid);
                 s.last_seen = now;
                 let mut before = None;
@@ -84,7 +84,7 @@ impl Engine {
                     if next != prev {
                         s.tcp = next;
                         if reopen {
-                            self.table.reopen(sid, now, ip.total);
+                            self.table.reopen(sid, now, ip.total());
                             self.counters.sessions_reopened.inc();
                         }
                         self.table.reschedule(sid);
@@ -101,7 +101,7 @@ impl Engine {
             }
             None => {
                 let src_mac = wire::mac_at(frame, 6);
-                match self.new_outbound(now, port, key, hash, flags, src_mac, ip.total) {
+                match self.new_outbound(now, port, key, hash, flags, src_mac, ip.total()) {
                     Ok(sid) => sid,
                     Err(r) => return self.refuse(frame, ip, r, gateway),
                 }
@@ -114,7 +114,7 @@ impl Engine {
             let id = self.next_ident();
             set_ident(frame, &ip, id);
         }
-        self.counters.outbound.count(ip.total);
+        self.counters.outbound.count(ip.total());
         let foreign = hairpin && ip.proto != ICMP && !self.cfg.port_range.contains(&dport);
         let action = if foreign {
             // Another worker's mapping: it continues there, as a frame from
@@ -125,7 +125,7 @@ impl Engine {
             Action::Redirect { len: ip.end() }
         } else if hairpin {
             self.counters.hairpinned.inc();
-            let ip2 = Ipv4 { src: eni.ip, ttl: ip.ttl - 1, ..ip };
+            let ip2 = ip.with_src_ttl(eni.ip, ip.ttl - 1);
             self.inbound(now, frame, ip2, true)
         } else {
             self.send_outside(now, frame, ip.end(), eni.ip, ip.dst)
@@ -353,8 +353,8 @@ impl Engine {
         frame[l4] = icmp::ECHO_REPLY;
         let c = checksum::update16(get16(frame, l4 + 2), u16::from(icmp::ECHO_REQUEST) << 8, 0);
         put16(frame, l4 + 2, c);
-        put_ip(frame, ip.off + ip::SRC, ip.dst);
-        put_ip(frame, ip.off + ip::DST, ip.src);
+        put_ip(frame, ip.off() + ip::SRC, ip.dst);
+        put_ip(frame, ip.off() + ip::DST, ip.src);
         swap_macs(frame);
         Action::Reply { len: ip.end() }
     }

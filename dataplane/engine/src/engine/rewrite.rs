@@ -42,7 +42,7 @@ pub(super) fn swap_macs(frame: &mut [u8]) {
 pub(super) fn rewrite_ip(frame: &mut [u8], ip: &Ipv4, side: Side, new: Ipv4Addr, dec_ttl: bool) -> Delta {
     // The fixed header once (`parse_ipv4` checked it lies in the frame), so
     // the fields below are read and written without a bounds check each.
-    let h: &mut [u8; 20] = (&mut frame[ip.off..ip.off + 20]).try_into().expect("20 bytes");
+    let h: &mut [u8; 20] = (&mut frame[ip.off()..ip.off() + 20]).try_into().expect("20 bytes");
     let (off, old) = match side {
         Side::Src => (ip::SRC, ip.src),
         Side::Dst => (ip::DST, ip.dst),

@@ -86,7 +86,7 @@ pub fn l4_header_len(proto: u8) -> usize {
 /// identifier) and the transport checksum.
 pub fn mutable_ranges(frame: &[u8], proto: u8, outbound: bool) -> Vec<std::ops::Range<usize>> {
     let ip = wire::parse_ipv4(frame, ETH_LEN).expect("valid frame");
-    let (o, l) = (ip.off, ip.l4());
+    let (o, l) = (ip.off(), ip.l4());
     let addr = if outbound { o + 12..o + 16 } else { o + 16..o + 20 };
     let (port, csum) = match proto {
         TCP => (if outbound { 0 } else { 2 }, 16),
