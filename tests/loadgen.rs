@@ -117,6 +117,31 @@ fn udp_delivered_matches_the_vpc_kernel_counter_with_pinned_writers() {
 
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn unpaced_udp_is_counted_at_the_vpc_edge_beside_trafgen_on_the_same_link() {
+    netlab::require_root();
+    netlab::find_tool("trafgen").expect("trafgen (netsniff-ng; .ci/run installs it)");
+    // Unpaced, one pinned writer through the veth, then trafgen's one flow on the same link and counter: the
+    // report's delivered figure is the kernel counter's, and trafgen's figures sit beside it. (How close the two
+    // are is a figure, not asserted: see `udp_compare_against_trafgen_figures`.)
+    for target in [Target::Ours, Target::Kernel] {
+        let r = loadgen::run(&LoadArgs { cpus: vec![0], trafgen: true, target, ..args(Scenario::Udp, 50) })
+            .expect("unpaced udp with the trafgen check");
+        eprintln!("{}", r.table());
+        let vpc = r.vpc_counted.as_ref().expect("the VPC counter");
+        assert!(r.delivered_at_vpc_edge, "{target:?}");
+        assert_eq!(r.delivered.packets, vpc.packets, "{target:?}: delivered is the counter's");
+        assert_eq!(r.responder.udp_packets, 0, "{target:?}: discarded at the VPC edge");
+        assert!(vpc.packets > 0, "{target:?}: {vpc:?}");
+        let udp = r.udp.as_ref().expect("udp figures");
+        assert_eq!(r.loss.packets, udp.sent - vpc.packets, "{target:?}");
+        let t = r.trafgen.expect("trafgen's figures");
+        assert!(t.rates.offered_pps > 0.0 && t.rates.delivered_pps > 0.0, "{target:?}: {t:?}");
+        assert!(t.apart.is_finite(), "{target:?}: {t:?}");
+    }
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn connect_counts_match_the_responder_and_come_from_the_eni() {
     netlab::require_root();
     // Open loop at 3000 connections/s: every environment connects more than once.
@@ -421,6 +446,29 @@ fn compare_figures() {
             println!("{}", k.table());
         }
         println!("{}", c.table());
+    }
+}
+
+/// `loadgen udp --compare --cpus 0 --trafgen` (and with `--spread-receive`): the load generator's delivered figure
+/// beside trafgen's one flow on the same link and counter, for both targets, in rounds. Figures, not assertions:
+/// `cargo test --release --test loadgen -- --ignored --nocapture udp_compare_against_trafgen_figures`
+/// (`LOADGEN_ROUNDS`, default 3; `LOADGEN_ENVS`, default 200).
+#[test]
+#[ignore]
+fn udp_compare_against_trafgen_figures() {
+    netlab::require_root();
+    let var = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let a = LoadArgs {
+        duration: Duration::from_secs(4),
+        cpus: vec![0],
+        trafgen: true,
+        ..args(Scenario::Udp, var("LOADGEN_ENVS", 200))
+    };
+    for round in 0..var("LOADGEN_ROUNDS", 3) {
+        let c = loadgen::compare(&a).expect("compare with trafgen");
+        println!("round {round}, writer and trafgen pinned to CPU 0:\n{}", c.table());
+        let s = loadgen::compare(&LoadArgs { spread_receive: true, trafgen: false, ..a.clone() }).expect("spread");
+        println!("round {round}, --spread-receive (the targets' receive path on CPU 1):\n{}", s.table());
     }
 }
 

@@ -95,6 +95,7 @@
 //! reports with their per-second timelines), after every run.
 
 use loadgen::sender::{self, Flows, FrameSpec, Plan, Source};
+use loadgen::trafgen;
 use netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
 use netlab::lab::{Lab, Options};
 use netlab::meter::{self, IngressCounter, Steal, Verdict};
@@ -328,40 +329,6 @@ fn sender_cpus() -> Vec<usize> {
     arg_str("--cpus").map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect()).unwrap_or_else(|| vec![0])
 }
 
-/// A window's rates: (offered frames/s, delivered packets/s), both over the same window.
-///
-/// Runs `load` on another thread; the window opens 0.2 s after the VPC counter first moves (at most 3 s after the
-/// start: senders such as trafgen take a moment to set up) and lasts `window` seconds. Offered comes from
-/// `progress` (the sender's running count; None: not known, 0).
-fn counted<R: Send>(
-    counter: &IngressCounter,
-    progress: Option<&AtomicU64>,
-    window: f64,
-    load: impl FnOnce() -> R + Send,
-) -> (f64, f64, R) {
-    let read = || counter.read().expect("read the VPC counter").0;
-    let sent = || progress.map_or(0, |p| p.load(Ordering::Relaxed));
-    std::thread::scope(|s| {
-        let h = s.spawn(load);
-        let (start, c0) = (Instant::now(), read());
-        while read() == c0 && start.elapsed() < Duration::from_secs(3) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let (c1, o1, t1) = (read(), sent(), Instant::now());
-        std::thread::sleep(Duration::from_secs_f64(window));
-        let (c2, o2, t2) = (read(), sent(), Instant::now());
-        let r = h.join().expect("the load thread");
-        let el = (t2 - t1).as_secs_f64();
-        (o2.saturating_sub(o1) as f64 / el, c2.saturating_sub(c1) as f64 / el, r)
-    })
-}
-
-/// The measurement window for a load of `secs`.
-fn window(secs: f64) -> f64 {
-    (secs - 0.6).max(0.4)
-}
-
 /// Our sender for `secs` with `flows`: (offered frames/s, delivered packets/s at the VPC side), over the same
 /// window; the environment link's transmit drops (frames the sender got out that the NAT's side never took) are
 /// printed.
@@ -377,7 +344,7 @@ fn udp_raw(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, flows: Flows, s
     };
     let stop = Arc::new(AtomicBool::new(false));
     let before = meter::link_stats(t.envs[0], &t.env_link).unwrap_or_default();
-    let (offered, delivered, sent) = counted(counter, Some(&progress), window(secs), || {
+    let (offered, delivered, sent) = meter::window_rates(counter, Some(&progress), trafgen::window(secs), || {
         sender::send_packet(t.envs[0], &t.env_link, &plan, &stop).expect("raw sender")
     });
     let after = meter::link_stats(t.envs[0], &t.env_link).unwrap_or_default();
@@ -391,40 +358,6 @@ fn udp_raw(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, flows: Flows, s
         after[3].saturating_sub(before[3])
     );
     (offered, delivered)
-}
-
-/// trafgen (netsniff-ng) sending `spec`'s frame (one flow) from environment 0 for `secs`, pinned to the first of
-/// `--cpus`, through the qdisc like our sender: (offered frames/s, delivered packets/s at the VPC side) over the
-/// same window. Offered is what left the environment's link (its transmitted and transmit-dropped frames, read
-/// every 200 ms). None without trafgen.
-fn udp_trafgen(t: &Topo, spec: &FrameSpec, counter: &IngressCounter, secs: f64) -> Option<(f64, f64)> {
-    netlab::find_tool("trafgen").ok()?;
-    let cfg = spec.trafgen_config();
-    let path = std::env::temp_dir().join(format!("hp-trafgen-{}.cfg", std::process::id()));
-    std::fs::write(&path, cfg).ok()?;
-    let cpu = sender_cpus().first().copied().unwrap_or(0);
-    // trafgen forks its senders: a kill of the process we started would leave
-    // them flooding through the measurements that follow. `timeout` runs it
-    // in a process group of its own and signals the whole group.
-    let limit = format!("{:.1}", secs + 2.5);
-    let mut args: Vec<String> = ["timeout", "-s", "INT", "-k", "1", &limit].iter().map(|s| s.to_string()).collect();
-    args.extend(sender::trafgen_args(&t.env_link, &path, cpu, (secs * 5e6) as u64, None));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = t.envs[0].spawn(&args).ok()?;
-    let out = AtomicU64::new(0);
-    let left = || meter::link_stats(t.envs[0], &t.env_link).map(|s| s[2] + s[3]).unwrap_or(0);
-    let base = left();
-    let (offered, pps, ()) = counted(counter, Some(&out), window(secs), || {
-        let end = Instant::now() + Duration::from_secs_f64(secs + 1.0);
-        while Instant::now() < end {
-            out.store(left().saturating_sub(base), Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
-    // `timeout` ends the group 2.5 s after the start, or 1 s later by SIGKILL.
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&path);
-    Some((offered, pps))
 }
 
 fn measure(t: &Topo, secs: u32) -> Figures {
@@ -453,7 +386,9 @@ fn measure(t: &Topo, secs: u32) -> Figures {
         (f.new_offered_pps, f.new_pps) = udp_raw(t, &spec, &counter, Flows { sports: 64_000, dports: 16 }, s);
         eprintln!("  udp new flows: offered {:.0}/s, delivered {:.0}/s", f.new_offered_pps, f.new_pps);
         if std::env::args().any(|a| a == "--trafgen") {
-            let (offered, delivered) = udp_trafgen(t, &spec, &counter, s).unwrap_or_default();
+            let cpu = sender_cpus().first().copied().unwrap_or(0);
+            let r = trafgen::one_flow(t.envs[0], &t.env_link, &spec, cpu, s, &counter).unwrap_or_default();
+            let (offered, delivered) = (r.offered_pps, r.delivered_pps);
             (f.trafgen_offered_pps, f.trafgen_pps) = (offered, delivered);
             eprintln!("  trafgen one flow: offered {offered:.0}/s, delivered {delivered:.0}/s");
         }

@@ -247,6 +247,11 @@ struct LoadgenCmd {
     /// offer can exceed what the target carries.
     #[arg(long, requires = "cpus")]
     spread_receive: bool,
+    /// udp: after each target's load, trafgen (netsniff-ng) sends one
+    /// flow for as long, pinned to the first of --cpus, on the same link
+    /// and counter; the report puts its figure beside the load's.
+    #[arg(long)]
+    trafgen: bool,
     /// Any NAT: the link towards its inside (the environments send
     /// and receive here; a packet socket, promiscuous). With --outside.
     #[arg(long, requires = "outside")]
@@ -355,6 +360,7 @@ fn main() -> ExitCode {
                 offer_only,
                 tap_writes,
                 spread_receive,
+                trafgen,
             } = *cmd;
             let external = match (&inside, &outside) {
                 (Some(i), Some(o)) => {
@@ -386,6 +392,7 @@ fn main() -> ExitCode {
                 external,
                 tap_writes: loadgen::sender::TapWrites::parse(&tap_writes)?,
                 spread_receive,
+                trafgen,
                 envs,
                 duration: loadgen::parse_duration("duration", &duration)?,
                 rate,

@@ -140,6 +140,9 @@ pub struct LoadArgs {
     /// steering, `rps_cpus`); off, it runs inside the writers' own system calls, as a sender's does through a veth.
     /// Frames the receiving CPUs' backlogs cannot take are counted as `receive_backlog_overflow` (machine-wide).
     pub spread_receive: bool,
+    /// udp: after the load, trafgen (netsniff-ng) sends one flow for as long from the first of `cpus` (CPU 0 without
+    /// them) on the same link, counted by the same VPC counter ([`crate::trafgen`]); the report carries both.
+    pub trafgen: bool,
 }
 
 impl Default for LoadArgs {
@@ -168,6 +171,7 @@ impl Default for LoadArgs {
             external: None,
             tap_writes: sender::TapWrites::default(),
             spread_receive: false,
+            trafgen: false,
         }
     }
 }
@@ -204,7 +208,10 @@ impl LoadArgs {
             ));
         }
         if self.spread_receive && (self.cpus.is_empty() || self.target == Target::External) {
-            return Err(invalid("spread_receive", "needs pinned writers (--cpus) into the loadgen's TAP".into()));
+            return Err(invalid("spread_receive", "needs pinned writers (--cpus) into a built-in target".into()));
+        }
+        if self.trafgen && (self.scenario != Scenario::Udp || self.rate.is_some()) {
+            return Err(invalid("trafgen", "the trafgen check is for the unpaced udp scenario".into()));
         }
         if !self.cpus.is_empty() && self.scenario != Scenario::Udp {
             return Err(invalid("cpus", "writer threads per CPU are for the udp scenario".into()));

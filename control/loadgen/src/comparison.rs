@@ -76,7 +76,11 @@ fn offered_datagrams(r: &LoadReport) -> f64 {
 }
 
 fn delivered_datagrams(r: &LoadReport) -> f64 {
-    r.responder.udp_packets as f64 / secs(r)
+    match Scenario::parse(&r.scenario) {
+        // The VPC counter's count without --echo, the responder's with it (see `LoadReport::delivered`).
+        Ok(Scenario::Udp) => r.delivered.pps,
+        _ => r.responder.udp_packets as f64 / secs(r),
+    }
 }
 
 fn offered_gbps(r: &LoadReport) -> f64 {
@@ -145,6 +149,12 @@ impl CompareReport {
                 // The kernel's own count at the VPC side, next to the responder's.
                 row("VPC counter, packets/s", Kind::Ratio, &|r| r.vpc_counted.as_ref().map_or(0.0, |c| c.pps));
                 row("loss, %", Kind::Plain, &|r| r.loss.ratio * 100.0);
+            }
+            if ours.trafgen.is_some() || k.trafgen.is_some() {
+                let t = |r: &LoadReport, f: fn(&super::TrafgenCheck) -> f64| r.trafgen.as_ref().map_or(0.0, f);
+                row("trafgen one flow, offered/s", Kind::Ratio, &|r| t(r, |c| c.rates.offered_pps));
+                row("trafgen one flow, delivered/s", Kind::Ratio, &|r| t(r, |c| c.rates.delivered_pps));
+                row("delivered vs trafgen, % apart", Kind::Plain, &|r| t(r, |c| c.apart * 100.0));
             }
             if matches!(scenario, Scenario::Connect | Scenario::Mixed) {
                 let c = |r: &LoadReport, f: fn(&super::ConnectFigures) -> f64| r.connect.as_ref().map_or(0.0, f);

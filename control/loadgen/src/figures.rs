@@ -154,7 +154,8 @@ pub struct LoadReport {
     pub gateway_config: Option<String>,
     /// Frames the load generator wrote.
     pub offered: Rate,
-    /// What the responder received.
+    /// What the responder received; for unpaced `udp` without `--echo`, what the VPC counter counted (the
+    /// datagrams are discarded there, see [`LoadReport::delivered_at_vpc`]). Bytes are UDP payload bytes.
     pub delivered: Rate,
     /// UDP loss.
     pub loss: Loss,
@@ -190,6 +191,22 @@ pub struct LoadReport {
     /// Figures that measure the load generator rather than the NAT: offered no more than delivered (see
     /// [`crate::comparison::saturation_warnings`]); with a `rate`, expected (the offer is paced).
     pub warnings: Vec<String>,
+    /// `--trafgen`: trafgen's one flow on the same link and counter, and how far this run's delivered figure is
+    /// from trafgen's; else null.
+    pub trafgen: Option<TrafgenCheck>,
+    /// Delivered was counted (and discarded) at the VPC edge: the responder was not in the path
+    /// ([`LoadReport::delivered_at_vpc`]).
+    pub delivered_at_vpc_edge: bool,
+}
+
+/// The load generator's delivered figure beside trafgen's on the same target, link and counter.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TrafgenCheck {
+    /// trafgen's rates.
+    #[serde(flatten)]
+    pub rates: crate::trafgen::TrafgenRates,
+    /// `|delivered − trafgen's delivered| / trafgen's delivered` (0.1: 10% apart).
+    pub apart: f64,
 }
 
 /// What the environments' side measured.
@@ -283,6 +300,25 @@ pub(crate) fn assemble(
         vpc_counted: None,
         writers: None,
         warnings: Vec::new(),
+        trafgen: None,
+        delivered_at_vpc_edge: false,
+    }
+}
+
+impl LoadReport {
+    /// Takes delivered (and the loss) from the VPC counter: for raw UDP the counter discards what it counts, so the
+    /// responder is not in the path and the kernel's count is the only one. Bytes are the payload's, as the
+    /// responder would count them.
+    pub(crate) fn delivered_at_vpc(&mut self) {
+        let Some(c) = &self.vpc_counted else { return };
+        self.delivered_at_vpc_edge = true;
+        let secs = self.duration_s.max(1e-3);
+        let bytes = c.packets * self.payload as u64;
+        self.delivered = Rate { packets: c.packets, bytes, pps: c.pps, bps: bytes as f64 * 8.0 / secs };
+        if let Some(u) = self.udp.as_ref().filter(|u| u.sent > 0) {
+            let lost = u.sent.saturating_sub(c.packets);
+            self.loss = Loss { packets: lost, ratio: lost as f64 / u.sent as f64 };
+        }
     }
 }
 
@@ -388,10 +424,16 @@ impl LoadReport {
             );
         }
         let r = &self.responder;
-        t += &format!(
-            "  responder  udp {} pkts, connect accepted {}, bulk {} bytes; {} sources from {} address(es): {:?}\n",
-            r.udp_packets, r.tcp_accepted, r.bulk_bytes, r.distinct_sources, r.distinct_addresses, r.addresses
-        );
+        if self.delivered_at_vpc_edge {
+            t +=
+                "  responder  not in the path: unpaced udp is counted and discarded at the VPC edge (--rate or --echo \
+                  take it on to the responder)\n";
+        } else {
+            t += &format!(
+                "  responder  udp {} pkts, connect accepted {}, bulk {} bytes; {} sources from {} address(es): {:?}\n",
+                r.udp_packets, r.tcp_accepted, r.bulk_bytes, r.distinct_sources, r.distinct_addresses, r.addresses
+            );
+        }
         if !self.errors.is_empty() {
             t += &format!("  errors     {:?}\n", self.errors);
         }
@@ -411,6 +453,15 @@ impl LoadReport {
         }
         for p in &self.plots {
             t += &format!("  plot       {p}\n");
+        }
+        if let Some(c) = &self.trafgen {
+            t += &format!(
+                "  trafgen    one flow, same link and counter: offered {:.0} pps, delivered {:.0} pps; this run's \
+                 delivered is {:.1}% from it\n",
+                c.rates.offered_pps,
+                c.rates.delivered_pps,
+                c.apart * 100.0
+            );
         }
         for w in &self.warnings {
             t += &format!("warning: {w}\n");

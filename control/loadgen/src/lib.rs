@@ -9,6 +9,16 @@
 //!  kernel:  loadgen TAP (lg-…) ── gw ns: 172.16.0.1/16, nft masquerade out of `vpc` ─ VPC ns ─ server ns
 //! ```
 //!
+//! The raw `udp` scenario takes a veth instead of the loadgen TAP (`VethFeed`): its end `feed` in a namespace of
+//! the load generator's own (`lgv-…`), written and read through a packet socket as an external NAT's inside link
+//! is ([`Port::packet`]), its far end where the TAP would be (a port of `br0`, or the kernel NAT's inside link):
+//!
+//! ```text
+//!  udp:     lgv ns: feed (AF_PACKET) ── veth ── br0 (ours) / gw ns (kernel) ── … as above
+//! ```
+//!
+//! So the frames leave through a link's transmit path as trafgen's do, and `--trafgen` can send on the same link.
+//!
 //! Against our gateway the lab runs in shared-attachment mode ([`lab::Options::shared_attachment`]): one attachment,
 //! `envs` environments configured on it with addresses [`env_addr`]`(i)`. Against the kernel,
 //! [`KernelNat::build_with_tap`] puts the loadgen TAP into the NAT namespace. Environment `i` has MAC
@@ -34,14 +44,16 @@
 //!  external: packet socket on --inside ── the user's NAT ── --outside (responder, kernel counter)
 //! ```
 //!
-//! With `udp --cpus`, the loadgen TAP is multi-queue, one queue per writer. [`offer`] (`--offer-only`) runs the
-//! writers into a TAP alone, its kernel side discarding.
+//! With `udp --cpus`, the veth has one queue per writer. [`offer`] (`--offer-only`) runs the writers into a TAP
+//! alone, its kernel side discarding.
 //!
 //! # Scenarios and units
 //!
 //! - `udp` ([`raw`]): prebuilt Ethernet+IPv4+UDP frames, `payload` bytes of UDP data (64..=1472), round-robin over
-//!   the environments, open loop at `rate` packets/s or as fast as one writer thread can go. Delivered = datagrams
-//!   the responder received.
+//!   the environments, open loop at `rate` packets/s or as fast as the writers go. Delivered = datagrams the
+//!   responder received; unpaced and without `echo`, the VPC counter's count, the datagrams discarded there
+//!   ([`LoadReport::delivered_at_vpc_edge`]). `trafgen`: trafgen's one flow on the same link and counter afterwards
+//!   ([`trafgen`]).
 //! - `tcp-bulk` ([`envs`], smoltcp): each of the environments streams to the responder for `duration`; delivered =
 //!   bytes the responder read, in Gbit/s (10^9 bit/s).
 //! - `connect` ([`envs`], smoltcp): each environment connects, sends a request line, reads the response line, and
@@ -97,6 +109,7 @@ pub mod responder;
 pub mod sender;
 pub mod settings;
 pub mod timeline;
+pub mod trafgen;
 
 pub use addresses::Addresses;
 pub(crate) use args::{invalid, io_err};
@@ -105,7 +118,8 @@ pub use comparison::{compare, CompareReport, CompareRow};
 pub use external::ExternalNat;
 pub(crate) use figures::{assemble, Measured};
 pub use figures::{
-    BulkFigures, ConnectFigures, GatewayFigures, Latency, LoadReport, Loss, Rate, ResponderReport, UdpFigures,
+    BulkFigures, ConnectFigures, GatewayFigures, Latency, LoadReport, Loss, Rate, ResponderReport, TrafgenCheck,
+    UdpFigures,
 };
 pub use port::Port;
 pub use settings::{parse_duration, GatewayTable};
@@ -238,11 +252,22 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     } else {
         1
     };
-    let tap_names: Vec<String> = (0..ntaps).map(|_| netlab::unique("lg")).collect();
-    // The raw UDP writers get a TAP queue each (`--cpus`).
+    // The raw UDP writers get a queue each (`--cpus`).
     let queues = if args.scenario == Scenario::Udp { args.cpus.len().max(1) } else { 1 };
-    let taps = TapSet::open(&tap_names, queues)?;
-    let tap_name = tap_names.first().map_or("", String::as_str);
+    // Raw UDP reaches a built-in target through a veth, as it reaches any other NAT (and as trafgen sends); the
+    // emulated environments' TCP/IP stacks through a TAP. Declared before the world: it drops after it.
+    let feed = match (args.scenario, ntaps) {
+        (Scenario::Udp, 1) => Some(VethFeed::create(queues)?),
+        _ => None,
+    };
+    let tap_names: Vec<String> = (0..ntaps).map(|_| netlab::unique("lg")).collect();
+    let taps = match feed {
+        Some(_) => TapSet { taps: Vec::new(), _steering: None },
+        None => TapSet::open(&tap_names, queues)?,
+    };
+    // The link the world takes in (moves into its namespace): the loadgen TAP, or the veth's far end.
+    let inside_links: Vec<String> = feed.as_ref().map_or_else(|| tap_names.clone(), |f| vec![f.peer.clone()]);
+    let tap_name = inside_links.first().map_or("", String::as_str);
     let addrs = args.external.as_ref().map_or(Addresses::lab(), |x| x.addrs);
     // Field order of this function's locals: the world (namespaces) drops after the responder and the TAPs.
     let world = match args.target {
@@ -263,17 +288,17 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
             };
             let lab = Lab::build(&opts)?;
             if args.tap_per_env {
-                lab.attach_to_bridges(&tap_names, TAP_QUEUE_LEN)?;
+                lab.attach_to_bridges(&inside_links, TAP_QUEUE_LEN)?;
             } else {
                 lab.attach_to_bridge(tap_name)?;
             }
             World::Ours(Box::new(lab))
         }
         Target::Kernel if args.tap_per_env => {
-            let k = KernelNat::build_with_taps("lgk", &tap_names, TAP_QUEUE_LEN)?;
+            let k = KernelNat::build_with_taps("lgk", &inside_links, TAP_QUEUE_LEN)?;
             if n > 512 {
                 // Permanent entries do not count against gc_thresh3 (see below).
-                let lines: Vec<String> = tap_names.iter().enumerate().map(|(i, t)| neigh_line(i, t)).collect();
+                let lines: Vec<String> = inside_links.iter().enumerate().map(|(i, t)| neigh_line(i, t)).collect();
                 k.gw_ns().ip_batch(&lines)?;
             }
             World::Kernel(k)
@@ -312,7 +337,10 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
             let link = &args.external.as_ref().map_or("", |x| x.inside.as_str());
             vec![Port::packet(inside, link).map_err(|e| invalid("inside", format!("{link}: {e}")))?]
         }
-        _ => taps.taps.into_iter().map(Port::Tap).collect(),
+        _ => match &feed {
+            Some(f) => vec![Port::packet(&f.ns, &f.link)?],
+            None => taps.taps.into_iter().map(Port::Tap).collect(),
+        },
     };
 
     // Raw UDP needs the gateway's MAC before the clock starts.
@@ -324,13 +352,19 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     if args.stop.is_stopped() {
         return Err(LoadError::Stopped);
     }
-    // The kernel's own count of what reached the VPC side (accepted on to the responder).
+    // The kernel's own count of what reached the VPC side. Unpaced raw UDP (a capacity measurement) is counted and
+    // discarded there, so no CPU goes to carrying it on to the responder (on a small machine that work would be
+    // charged to whichever CPU runs the NAT or the writer); paced, echoed or mixed, it goes on to the responder.
+    let verdict = match (args.scenario, args.echo, args.rate) {
+        (Scenario::Udp, false, None) => Verdict::Drop,
+        _ => Verdict::Accept,
+    };
     let counter = match (&world, args.scenario) {
         (_, Scenario::TcpBulk | Scenario::Connect) => None,
-        (World::Ours(l), _) => Some(IngressCounter::install(&l.vpc, &l.outside, SERVER, Verdict::Accept)?),
-        (World::Kernel(k), _) => Some(IngressCounter::install(k.vpc_ns(), "gw", SERVER, Verdict::Accept)?),
+        (World::Ours(l), _) => Some(IngressCounter::install(&l.vpc, &l.outside, SERVER, verdict)?),
+        (World::Kernel(k), _) => Some(IngressCounter::install(k.vpc_ns(), "gw", SERVER, verdict)?),
         (World::External { outside, outside_link, .. }, _) => {
-            Some(IngressCounter::install(outside, outside_link, addrs.server, Verdict::Accept)?)
+            Some(IngressCounter::install(outside, outside_link, addrs.server, verdict)?)
         }
     };
     let grace = args.connect_timeout + Duration::from_secs(1);
@@ -379,7 +413,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         _ => None,
     };
     let mut measured = measured;
-    for (k, v) in world.overflows(&tap_names) {
+    for (k, v) in world.overflows(&tap_names).into_iter().chain(feed.as_ref().map(VethFeed::overflow)) {
         if v > 0 {
             measured.errors.insert(k.into(), v);
         }
@@ -394,11 +428,36 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     let hist = measured.latency.clone();
     let load_secs = measured.load.as_secs_f64().max(1e-3);
     let mut report = assemble(args, n, eni, measured, seen, gateway, &tl, span);
-    report.warnings = comparison::saturation_warnings(&report);
     if let Some(c) = &counter {
         let (packets, bytes) = c.read()?;
         report.vpc_counted =
             Some(Rate { packets, bytes, pps: packets as f64 / load_secs, bps: bytes as f64 * 8.0 / load_secs });
+        if verdict == Verdict::Drop {
+            report.delivered_at_vpc();
+        }
+    }
+    report.warnings = comparison::saturation_warnings(&report);
+    if let (true, Some(c), Some(mac)) = (args.trafgen, &counter, gw_mac) {
+        // The same link, frame layout and counter; environment 0's flow.
+        let (ns, link) = match (&feed, &world, &args.external) {
+            (Some(f), _, _) => (&f.ns, f.link.as_str()),
+            (None, World::External { inside, .. }, Some(x)) => (inside, x.inside.as_str()),
+            _ => return Err(invalid("trafgen", "needs the udp scenario's packet-socket link".into())),
+        };
+        let spec = sender::FrameSpec {
+            src_mac: env_mac(0),
+            dst_mac: mac,
+            src: addrs.env(0),
+            dst: addrs.server,
+            sport: raw::RAW_SPORT,
+            dport: UDP_PORT,
+            payload: args.payload,
+        };
+        let cpu = args.cpus.first().copied().unwrap_or(0);
+        let rates = trafgen::one_flow(ns, link, &spec, cpu, args.duration.as_secs_f64(), c)
+            .ok_or_else(|| invalid("trafgen", "trafgen (netsniff-ng) is not installed or did not start".into()))?;
+        let apart = (report.delivered.pps - rates.delivered_pps).abs() / rates.delivered_pps.max(1e-9);
+        report.trafgen = Some(TrafgenCheck { rates, apart });
     }
     drop(counter);
     report.timeline_csv = csv_path.map(|p| p.display().to_string());
@@ -412,6 +471,39 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     drop(ports);
     drop(world);
     Ok(report)
+}
+
+/// The raw UDP scenario's link into a built-in target: a veth pair, `link` in a namespace of the load generator's
+/// own (its packet socket sends and reads there), `peer` created in the root namespace for the world to move in
+/// (the bridge towards our gateway, or the kernel NAT's namespace) with as many queues as there are writers.
+/// Dropping it deletes the namespace, and with it the pair.
+struct VethFeed {
+    ns: Netns,
+    link: String,
+    peer: String,
+}
+
+impl VethFeed {
+    /// The generator's end of the pair, in its namespace.
+    const LINK: &'static str = "feed";
+
+    fn create(queues: usize) -> Result<VethFeed, LoadError> {
+        let ns = Netns::new(netlab::unique("lgv"))?;
+        let peer = netlab::unique("lg");
+        let q = format!("numtxqueues {queues} numrxqueues {queues}");
+        netlab::ip_batch(
+            None,
+            &[format!("link add {} netns {} {q} type veth peer name {peer} {q}", Self::LINK, ns.name())],
+        )?;
+        ns.ip_batch(&["link set lo up".to_string(), format!("link set {} up", Self::LINK)])?;
+        Ok(VethFeed { ns, link: Self::LINK.to_string(), peer })
+    }
+
+    /// Frames the generator's end could not hand to the far end (its transmit drops: the receiving CPU's backlog
+    /// was full).
+    fn overflow(&self) -> (&'static str, u64) {
+        ("loadgen_veth_overflow", netlab::meter::link_stats(&self.ns, &self.link).map_or(0, |s| s[3]))
+    }
 }
 
 /// The loadgen's TAPs (closing a TAP's last descriptor deletes the device, so dropping this removes them).
@@ -579,5 +671,40 @@ mod tests {
         assert!(matches!(connect.validate(), Err(LoadError::Invalid { param: "cpus", .. })));
         let missing = LoadArgs { cpus: vec![100_000], ..udp };
         assert!(matches!(missing.validate(), Err(LoadError::Invalid { param: "cpus", .. })));
+    }
+
+    #[test]
+    fn the_trafgen_check_is_for_unpaced_udp() {
+        let udp = LoadArgs { trafgen: true, ..LoadArgs::default() };
+        assert!(udp.validate().is_ok());
+        for bad in [
+            LoadArgs { scenario: Scenario::Connect, ..udp.clone() },
+            LoadArgs { scenario: Scenario::Mixed, ..udp.clone() },
+            LoadArgs { rate: Some(1000.0), ..udp },
+        ] {
+            assert!(matches!(bad.validate(), Err(LoadError::Invalid { param: "trafgen", .. })), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn delivered_at_the_vpc_edge_takes_the_counter_and_the_loss_from_it() {
+        let mut r = LoadReport {
+            scenario: "udp".into(),
+            duration_s: 2.0,
+            payload: 64,
+            udp: Some(UdpFigures { sent: 1000, echoed: 0, lost_by_echo: None }),
+            vpc_counted: Some(Rate { packets: 600, bytes: 600 * 92, pps: 300.0, bps: 300.0 * 92.0 * 8.0 }),
+            ..LoadReport::default()
+        };
+        r.delivered_at_vpc();
+        assert!(r.delivered_at_vpc_edge);
+        assert_eq!((r.delivered.packets, r.delivered.bytes, r.delivered.pps), (600, 600 * 64, 300.0));
+        assert_eq!(r.loss.packets, 400);
+        assert!((r.loss.ratio - 0.4).abs() < 1e-12);
+        assert!(r.table().contains("counted and discarded at the VPC edge"), "{}", r.table());
+        // The comparison's delivered datagrams are the counter's.
+        let c = comparison::CompareReport::new(r.clone(), Some(r));
+        let row = c.rows.iter().find(|x| x.figure == "delivered datagrams/s").expect("row");
+        assert_eq!((row.ours, row.kernel), (300.0, 300.0));
     }
 }

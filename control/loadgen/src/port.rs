@@ -21,11 +21,14 @@ pub enum Port {
 }
 
 impl Port {
-    /// A packet socket on `link` in `ns` (see the module doc).
+    /// A packet socket on `link` in `ns` (see the module doc), with a deep send buffer
+    /// ([`crate::sender::deep_send_buffer`]).
     pub fn packet(ns: &netlab::Netns, link: &str) -> Result<Port, dataplane_io::IoError> {
         let link = link.to_owned();
-        ns.run(move || PacketReceiver::open(&link, RxOptions { read_timeout: None, ..RxOptions::default() }))
-            .map(Port::Packet)
+        let p =
+            ns.run(move || PacketReceiver::open(&link, RxOptions { read_timeout: None, ..RxOptions::default() }))?;
+        crate::sender::deep_send_buffer(&p);
+        Ok(Port::Packet(p))
     }
 
     /// Sends one frame; the bytes taken.

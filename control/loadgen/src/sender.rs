@@ -23,7 +23,9 @@
 //!
 //! Every run is bounded by `duration` and, when given, `max_frames` (in all); `rate` (frames/s, in all, split
 //! evenly over the threads) paces per batch. "Sent" counts frames the kernel accepted (`sendmmsg`'s count, or a
-//! successful `write`); a frame the kernel accepted can still be dropped further on (e.g. a full TAP queue, counted
+//! successful `write`), and on a packet socket also those the link dropped because its receiving side's queue was
+//! full (`ENOBUFS`: the frame left the generator, as on a wire, and the link's `tx_dropped` counts it); a frame the
+//! kernel accepted can still be dropped further on (e.g. a full TAP queue, counted
 //! by that link's `tx_dropped`), which is why delivered figures come from a kernel counter on the far side
 //! ([`netlab::meter`]), never from here.
 
@@ -363,12 +365,27 @@ fn packet_socket(link: &str) -> Result<OwnedFd, SendError> {
     };
     drop(pnet_datalink::channel(&iface, cfg).map_err(io("bind(AF_PACKET)"))?);
     rustix::io::ioctl_fionbio(&fd, false).map_err(|e| io("FIONBIO")(e.into()))?;
-    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&fd, 4 << 20);
+    deep_send_buffer(&fd);
     debug_assert!(fd.as_raw_fd() >= 0);
     Ok(fd)
 }
 
-/// `sendmmsg` of a batch on a bound packet socket: how many the kernel took.
+/// Bytes of frames a writer's packet socket may have in flight (see [`deep_send_buffer`]).
+pub const SEND_BUFFER: usize = 32 << 20;
+
+/// Gives a packet socket room for [`SEND_BUFFER`] bytes of frames in flight (`SO_SNDBUFFORCE`, root; else
+/// `SO_SNDBUF`, capped by `net.core.wmem_max`). A frame sent on a veth keeps its socket's send-buffer charge until
+/// the frame is freed, wherever that is (the kernel keeps the socket reference across the veth); with the default
+/// (about 200 KB, some 270 frames) a writer whose frames a NAT forwards on another CPU waits on that CPU's queue
+/// rather than offering more than it carries.
+pub fn deep_send_buffer(fd: impl std::os::fd::AsFd) {
+    if rustix::net::sockopt::set_socket_send_buffer_size_force(&fd, SEND_BUFFER).is_err() {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&fd, SEND_BUFFER);
+    }
+}
+
+/// `sendmmsg` of a batch on a bound packet socket: how many left the generator (taken by the kernel, or dropped by
+/// the link for want of room on its receiving side).
 fn send_batch(fd: impl std::os::fd::AsFd, frames: &[Vec<u8>]) -> std::io::Result<usize> {
     let iovs: Vec<[IoSlice<'_>; 1]> = frames.iter().map(|f| [IoSlice::new(f)]).collect();
     let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
@@ -380,6 +397,9 @@ fn send_batch(fd: impl std::os::fd::AsFd, frames: &[Vec<u8>]) -> std::io::Result
             Ok(0) => break,
             Ok(n) => done += n,
             Err(rustix::io::Errno::INTR) => continue,
+            // The link took the frame and dropped it: the receiving side's queue was full (a veth whose peer's CPU
+            // is behind). It left the generator, as on a wire; the link's transmit drops count it.
+            Err(rustix::io::Errno::NOBUFS) => done += 1,
             Err(e) if done == 0 => return Err(e.into()),
             Err(_) => break,
         }

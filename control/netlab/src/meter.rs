@@ -10,12 +10,16 @@
 //!   counter deletes the table (deleting the namespace removes it too). The counter counts frames as the link
 //!   receives them, whole IPv4 packets in bytes (nftables counts from the network header), so its figure does not
 //!   depend on the sender's own bookkeeping.
+//! * [`window_rates`] runs a load on another thread and measures it over a window that opens once the counter
+//!   moves: (offered frames/s, counted packets/s, the load's result), both rates over the same window.
 //! * [`load_average`] is the 1-minute load average (runnable tasks, all CPUs together).
 //! * [`Steal`] reads the `cpu` line of `/proc/stat` (units: clock ticks, summed over all CPUs); the steal share of
 //!   an interval is steal ticks / all ticks, 0..=1.
 
 use crate::{LabError, Netns};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// The nftables table the counter lives in.
 pub const TABLE: &str = "hpmeter";
@@ -103,6 +107,39 @@ pub fn parse_counter(json: &[u8]) -> Option<(u64, u64)> {
                 Some((c.get("packets")?.as_u64()?, c.get("bytes")?.as_u64()?))
             })
         })
+    })
+}
+
+/// A window's rates: (offered frames/s, counted packets/s, what `load` returned), both over the same window.
+///
+/// Runs `load` on another thread; the window opens 0.2 s after `counter` first moves (at most 3 s after the start:
+/// senders such as trafgen take a moment to set up) and lasts `window` seconds (it must end before the load does).
+/// Offered comes from `progress` (the sender's running count; None: not known, 0). A counter that cannot be read
+/// counts as not moving.
+pub fn window_rates<R: Send>(
+    counter: &IngressCounter,
+    progress: Option<&AtomicU64>,
+    window: f64,
+    load: impl FnOnce() -> R + Send,
+) -> (f64, f64, R) {
+    let read = || counter.read().map_or(0, |c| c.0);
+    let sent = || progress.map_or(0, |p| p.load(Ordering::Relaxed));
+    std::thread::scope(|s| {
+        let h = s.spawn(load);
+        let (start, c0) = (Instant::now(), read());
+        while read() == c0 && start.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let (c1, o1, t1) = (read(), sent(), Instant::now());
+        std::thread::sleep(Duration::from_secs_f64(window));
+        let (c2, o2, t2) = (read(), sent(), Instant::now());
+        let r = match h.join() {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        let el = (t2 - t1).as_secs_f64();
+        (o2.saturating_sub(o1) as f64 / el, c2.saturating_sub(c1) as f64 / el, r)
     })
 }
 
