@@ -247,9 +247,10 @@ struct LoadgenCmd {
     /// offer can exceed what the target carries.
     #[arg(long, requires = "cpus")]
     spread_receive: bool,
-    /// udp: after each target's load, trafgen (netsniff-ng) sends one
-    /// flow for as long, pinned to the first of --cpus, on the same link
-    /// and counter; the report puts its figure beside the load's.
+    /// udp (unpaced, not with --spread-receive): after each target's
+    /// load, trafgen (netsniff-ng) sends one flow for as long, pinned to
+    /// the first of --cpus, on the same link and counter; the report puts
+    /// its figure beside the load's.
     #[arg(long)]
     trafgen: bool,
     /// Any NAT: the link towards its inside (the environments send

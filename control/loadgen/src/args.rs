@@ -213,6 +213,12 @@ impl LoadArgs {
         if self.trafgen && (self.scenario != Scenario::Udp || self.rate.is_some()) {
             return Err(invalid("trafgen", "the trafgen check is for the unpaced udp scenario".into()));
         }
+        if self.trafgen && self.spread_receive {
+            return Err(invalid(
+                "trafgen",
+                "trafgen stops at the first frame a receiving CPU refuses, which --spread-receive makes happen".into(),
+            ));
+        }
         if !self.cpus.is_empty() && self.scenario != Scenario::Udp {
             return Err(invalid("cpus", "writer threads per CPU are for the udp scenario".into()));
         }

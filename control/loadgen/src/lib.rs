@@ -11,10 +11,12 @@
 //!
 //! The raw `udp` scenario takes a veth instead of the loadgen TAP (`VethFeed`): its end `feed` in a namespace of
 //! the load generator's own (`lgv-…`), written and read through a packet socket as an external NAT's inside link
-//! is ([`Port::packet`]), its far end where the TAP would be (a port of `br0`, or the kernel NAT's inside link):
+//! is ([`Port::packet`]); its far end is our gateway's own `af-packet` attachment (direct attach, no bridge), or
+//! the kernel NAT's inside link:
 //!
 //! ```text
-//!  udp:     lgv ns: feed (AF_PACKET) ── veth ── br0 (ours) / gw ns (kernel) ── … as above
+//!  udp, ours:   lgv ns: feed (AF_PACKET) ── veth ── af-packet attachment ─ hyperplane ─ VPC ns ─ server ns
+//!  udp, kernel: lgv ns: feed (AF_PACKET) ── veth ── gw ns: 172.16.0.1/16, nft masquerade ─ VPC ns ─ server ns
 //! ```
 //!
 //! So the frames leave through a link's transmit path as trafgen's do, and `--trafgen` can send on the same link.
@@ -279,6 +281,9 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         Target::Ours => {
             let gw = gateway_plan(args)?;
             let opts = lab::Options {
+                // The veth's far end is the gateway's own attachment (direct attach, `af-packet`), as it is the
+                // kernel NAT's inside link; the loadgen TAP goes through a bridge to an attachment TAP.
+                direct: feed.as_ref().map(|f| vec![f.peer.clone()]),
                 shared_attachment: (!args.tap_per_env).then_some(n),
                 bridged_attachments: args.tap_per_env.then_some(n),
                 workers: gw.workers,
@@ -289,7 +294,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
             let lab = Lab::build(&opts)?;
             if args.tap_per_env {
                 lab.attach_to_bridges(&inside_links, TAP_QUEUE_LEN)?;
-            } else {
+            } else if feed.is_none() {
                 lab.attach_to_bridge(tap_name)?;
             }
             World::Ours(Box::new(lab))
@@ -314,11 +319,16 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
             World::Kernel(k)
         }
     };
-    if let (Some(ns), false) = (world.tap_ns(), args.tap_per_env) {
+    // The namespace of the link the world took in: the veth's far end stays in this one for our direct attach.
+    let link_ns = match (&world, &feed) {
+        (World::Ours(_), Some(f)) => Some(&f.here),
+        _ => world.tap_ns(),
+    };
+    if let (Some(ns), false) = (link_ns, args.tap_per_env) {
         ns.ip_batch(&[format!("link set {tap_name} txqueuelen {TAP_QUEUE_LEN}")])?;
     }
-    // With --spread-receive, the TAP's receive path (the kernel's NAT, or the bridge to ours) on the other CPUs.
-    let spread = match (world.tap_ns(), args.scenario, args.spread_receive) {
+    // With --spread-receive, the link's receive path (the kernel's NAT, or our attachment) on the other CPUs.
+    let spread = match (link_ns, args.scenario, args.spread_receive) {
         (Some(ns), Scenario::Udp, true) => spread_receive(ns, tap_name, queues, &args.cpus)?,
         _ => false,
     };
@@ -474,13 +484,15 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
 }
 
 /// The raw UDP scenario's link into a built-in target: a veth pair, `link` in a namespace of the load generator's
-/// own (its packet socket sends and reads there), `peer` created in the root namespace for the world to move in
-/// (the bridge towards our gateway, or the kernel NAT's namespace) with as many queues as there are writers.
+/// own (its packet socket sends and reads there), `peer` created in this namespace with as many queues as there
+/// are writers: our gateway's direct (`af-packet`) attachment, or moved in as the kernel NAT's inside link.
 /// Dropping it deletes the namespace, and with it the pair.
 struct VethFeed {
     ns: Netns,
     link: String,
     peer: String,
+    /// The namespace the load generator runs in, where `peer` is made (never deleted).
+    here: Netns,
 }
 
 impl VethFeed {
@@ -493,16 +505,26 @@ impl VethFeed {
         let q = format!("numtxqueues {queues} numrxqueues {queues}");
         netlab::ip_batch(
             None,
-            &[format!("link add {} netns {} {q} type veth peer name {peer} {q}", Self::LINK, ns.name())],
+            &[
+                format!("link add {} netns {} {q} type veth peer name {peer} {q}", Self::LINK, ns.name()),
+                format!("link set {peer} up"),
+            ],
         )?;
         ns.ip_batch(&["link set lo up".to_string(), format!("link set {} up", Self::LINK)])?;
-        Ok(VethFeed { ns, link: Self::LINK.to_string(), peer })
+        Ok(VethFeed { ns, link: Self::LINK.to_string(), peer, here: Netns::current() })
     }
 
     /// Frames the generator's end could not hand to the far end (its transmit drops: the receiving CPU's backlog
     /// was full).
     fn overflow(&self) -> (&'static str, u64) {
         ("loadgen_veth_overflow", netlab::meter::link_stats(&self.ns, &self.link).map_or(0, |s| s[3]))
+    }
+}
+
+impl Drop for VethFeed {
+    /// Deletes the pair at once (a deleted namespace's links go later, when the kernel gets to it).
+    fn drop(&mut self) {
+        let _ = self.ns.ip_batch(&[format!("link del {}", self.link)]);
     }
 }
 
@@ -680,7 +702,8 @@ mod tests {
         for bad in [
             LoadArgs { scenario: Scenario::Connect, ..udp.clone() },
             LoadArgs { scenario: Scenario::Mixed, ..udp.clone() },
-            LoadArgs { rate: Some(1000.0), ..udp },
+            LoadArgs { rate: Some(1000.0), ..udp.clone() },
+            LoadArgs { cpus: vec![0], spread_receive: true, ..udp },
         ] {
             assert!(matches!(bad.validate(), Err(LoadError::Invalid { param: "trafgen", .. })), "{bad:?}");
         }

@@ -106,7 +106,9 @@ pub struct Options {
     /// veth end the caller made and owns), one environment each
     /// ([`env_addr`]`(i)`); nothing is moved and no environment namespaces
     /// are made. Takes precedence over `shared_attachment` and
-    /// `bridged_attachments`.
+    /// `bridged_attachments`, except that one name with
+    /// `shared_attachment = Some(n)` is one `af-packet` attachment with `n`
+    /// environments (e.g. a load generator's link; no bridge namespace).
     pub direct: Option<Vec<String>>,
     /// `Some(sockets)`: one attachment of kind `"vhost-user"` per socket
     /// path (named `vm{i}`; the gateway binds the socket, a VMM connects),
@@ -224,7 +226,12 @@ pub fn config_text(opts: &Options, outside: &str, taps: &[String]) -> String {
         return t;
     }
     if let (Some(n), Some(tap)) = (opts.shared_attachment, taps.first()) {
-        t += &format!("\n[[attachments]]\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n", opts.mtu);
+        // With `direct`, the one attachment is an `af-packet` one on the caller's interface.
+        let kind = if opts.direct.is_some() { "af-packet" } else { "tap" };
+        t += &format!(
+            "\n[[attachments]]\nkind = \"{kind}\"\nname = \"{tap}\"\ngateway = \"{INSIDE_GATEWAY}\"\nmtu = {}\n",
+            opts.mtu
+        );
         for i in 0..n {
             t += &format!(
                 "\n[[environments]]\nfunction = \"lab\"\naddress = \"{}\"\nattachment = \"{tap}\"\n",
@@ -261,7 +268,9 @@ impl Lab {
         let outside = crate::unique("hpl");
         let vhost = opts.vhost_user.is_some();
         let direct = opts.direct.as_ref().filter(|_| !vhost);
-        let shared = if direct.is_some() || vhost { None } else { opts.shared_attachment };
+        // A shared attachment with `direct` is one af-packet attachment on the caller's interface.
+        let shared_direct = direct.is_some_and(|d| d.len() == 1) && opts.shared_attachment.is_some();
+        let shared = if (direct.is_some() && !shared_direct) || vhost { None } else { opts.shared_attachment };
         let bridged = if shared.is_some() || direct.is_some() || vhost { None } else { opts.bridged_attachments };
         let (ntaps, nenvs) = match (direct, shared, bridged) {
             _ if vhost => (0, 0),
@@ -270,7 +279,7 @@ impl Lab {
             (None, None, Some(n)) => (n, 0),
             (None, None, None) => (opts.envs, opts.envs),
         };
-        let bridge_ns = shared.is_some() || bridged.is_some();
+        let bridge_ns = (shared.is_some() && !shared_direct) || bridged.is_some();
         let taps: Vec<String> = match direct {
             Some(d) => d.clone(),
             None => (0..ntaps).map(|_| crate::unique("hpl")).collect(),
