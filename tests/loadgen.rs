@@ -159,6 +159,32 @@ fn connect_counts_match_the_responder_and_come_from_the_eni() {
 
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn environments_spread_over_pinned_threads_still_count_every_connection_and_stream() {
+    netlab::require_root();
+    // `--cpus 0,1`: two environment threads, each with half the environments, a reader handing them their frames.
+    // Every environment connects (the pacer's rate is split between the threads), nothing fails, and the
+    // responder's counts match the environments' own, against both targets.
+    for target in [Target::Ours, Target::Kernel] {
+        let a = LoadArgs { rate: Some(2000.0), cpus: vec![0, 1], target, ..args(Scenario::Connect, 250) };
+        let r = loadgen::run(&a).expect("connect over two threads");
+        eprintln!("{}", r.table());
+        let c = r.connect.as_ref().expect("connect figures");
+        assert!(c.completed >= 250, "{target:?}: every environment completed at least once: {c:?}");
+        assert_eq!(c.failed, 0, "{target:?}: {c:?}");
+        assert_eq!(r.responder.tcp_accepted, c.established, "{target:?}: {c:?} {:?}", r.responder);
+        assert_eq!(c.latency_us.count, c.established, "{target:?}: both threads' latencies merged");
+        one_source_address(&r);
+    }
+    let r = loadgen::run(&LoadArgs { cpus: vec![0, 1], ..args(Scenario::TcpBulk, 6) }).expect("bulk over two threads");
+    eprintln!("{}", r.table());
+    let b = r.tcp_bulk.as_ref().expect("bulk figures");
+    assert_eq!((b.streams, r.responder.bulk_streams), (6, 6), "{b:?}");
+    assert!(b.delivered_bytes > 1_000_000 && b.delivered_bytes <= b.sent_bytes, "{b:?}");
+    one_source_address(&r);
+}
+
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn tcp_bulk_bytes_reach_the_responder_from_the_eni() {
     netlab::require_root();
     let r = loadgen::run(&args(Scenario::TcpBulk, 16)).expect("bulk run");

@@ -230,8 +230,10 @@ struct LoadgenCmd {
     /// attachment per environment); at most 1000 environments.
     #[arg(long)]
     tap_per_env: bool,
-    /// udp: one writer thread per CPU listed (e.g. 0,1), each pinned
-    /// to its CPU (a TAP queue each); default one unpinned writer.
+    /// One thread per CPU listed (e.g. 0,1), each pinned to its CPU:
+    /// udp, a writer each; tcp-bulk, connect, mixed, a shard of the
+    /// environments each (a reader thread hands them their frames).
+    /// Default: one unpinned writer, or all environments on one thread.
     #[arg(long)]
     cpus: Option<String>,
     /// udp: no NAT; measure what the writers offer into a TAP whose

@@ -130,7 +130,9 @@ pub struct LoadArgs {
     pub gateway: Option<GatewayTable>,
     /// Stops the run early (also SIGINT/SIGTERM).
     pub stop: StopHandle,
-    /// udp: one writer thread per CPU listed, pinned to it ([`sender`]); empty: one unpinned writer.
+    /// One thread per CPU listed, pinned to it: udp, a writer each ([`sender`]); tcp-bulk, connect and mixed, a
+    /// shard of the environments each (environment `i` on thread `i mod len`, see [`envs`]), with a reader thread
+    /// handing them their frames. Empty: one unpinned writer, or every environment on the calling thread.
     pub cpus: Vec<usize>,
     /// The NAT under test when `target` is [`Target::External`] (`--inside`, `--outside`, ...; see [`external`]).
     pub external: Option<ExternalNat>,
@@ -207,8 +209,13 @@ impl LoadArgs {
                 ),
             ));
         }
-        if self.spread_receive && (self.cpus.is_empty() || self.target == Target::External) {
-            return Err(invalid("spread_receive", "needs pinned writers (--cpus) into a built-in target".into()));
+        if self.spread_receive
+            && (self.cpus.is_empty() || self.target == Target::External || self.scenario != Scenario::Udp)
+        {
+            return Err(invalid(
+                "spread_receive",
+                "needs the udp scenario's pinned writers (--cpus) into a built-in target".into(),
+            ));
         }
         if self.trafgen && (self.scenario != Scenario::Udp || self.rate.is_some()) {
             return Err(invalid("trafgen", "the trafgen check is for the unpaced udp scenario".into()));
@@ -218,9 +225,6 @@ impl LoadArgs {
                 "trafgen",
                 "trafgen stops at the first frame a receiving CPU refuses, which --spread-receive makes happen".into(),
             ));
-        }
-        if !self.cpus.is_empty() && self.scenario != Scenario::Udp {
-            return Err(invalid("cpus", "writer threads per CPU are for the udp scenario".into()));
         }
         let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Some(c) = self.cpus.iter().find(|&&c| c >= ncpu) {

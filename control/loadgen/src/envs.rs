@@ -2,7 +2,11 @@
 //! address `i` ([`Addresses::env`]) with the plan's prefix, default route via the plan's gateway, ARP answered for
 //! its address) and its own socket per environment, all behind one port (the TAP, or a packet socket on an external
 //! NAT's inside link; with `tap_per_env`, environment `i` behind TAP `i`), driven by one poll loop on the calling
-//! thread. Frames from a packet socket may carry a checksum the sender's kernel left to offload (a veth passes them
+//! thread, or with `cpus` by one loop per shard: `cpus.len()` threads, each pinned to its CPU and holding
+//! environments `i ≡ t (mod shards)`, and a reader thread (the calling one) that reads the ports, demultiplexes as
+//! in step 1 below and hands each frame to its shard's channel; a shard's loop takes its frames from that channel
+//! instead of the ports and waits on it. Results (counts, latency histograms, frames written) are added up at the
+//! end; the timeline is shared. Frames from a packet socket may carry a checksum the sender's kernel left to offload (a veth passes them
 //! on so), so there received checksums are not verified; from a TAP they are.
 //!
 //! # The loop
@@ -213,7 +217,7 @@ impl Device for Wire<'_> {
 }
 
 /// Counters the loop keeps.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Stats {
     attempted: u64,
     established: u64,
@@ -229,6 +233,26 @@ struct Stats {
     udp_errors: u64,
     unclaimed: u64,
     rx_errors: u64,
+}
+
+impl Stats {
+    /// Adds another shard's counts.
+    fn add(&mut self, o: &Stats) {
+        self.attempted += o.attempted;
+        self.established += o.established;
+        self.completed += o.completed;
+        self.refused += o.refused;
+        self.timeout += o.timeout;
+        self.reset += o.reset;
+        self.bulk_streams += o.bulk_streams;
+        self.bulk_clean += o.bulk_clean;
+        self.bulk_sent += o.bulk_sent;
+        self.udp_sent += o.udp_sent;
+        self.udp_echoed += o.udp_echoed;
+        self.udp_errors += o.udp_errors;
+        self.unclaimed += o.unclaimed;
+        self.rx_errors += o.rx_errors;
+    }
 }
 
 struct Ctx<'a> {
@@ -297,8 +321,153 @@ fn new_env(addrs: &Addresses, i: usize, kind: Kind, bulk_buf: usize, tap: &Port,
     }
 }
 
+/// Where a shard's frames come from: the ports themselves ([`PortFeed`], one shard), or the reader thread's
+/// channel ([`ChanFeed`], several).
+trait Feed {
+    /// Takes what has arrived, up to a batch, handing each frame to `deliver` with its environment's index (all
+    /// environments); returns how many were taken.
+    fn pull(&mut self, deliver: &mut dyn FnMut(usize, Vec<u8>)) -> usize;
+    /// Waits at most `ms` milliseconds for something to arrive.
+    fn wait(&mut self, ms: u64);
+}
+
+/// Reads the ports and demultiplexes: by destination MAC ([`env_of_mac`]), broadcast ARP by its target address.
+struct PortFeed<'a> {
+    taps: &'a [Port],
+    addrs: &'a Addresses,
+    n: usize,
+    poller: Option<Poller>,
+    events: Events,
+    readable: Vec<usize>,
+    buf: Vec<u8>,
+    unclaimed: u64,
+    rx_errors: u64,
+}
+
+impl<'a> PortFeed<'a> {
+    fn new(taps: &'a [Port], addrs: &'a Addresses, n: usize) -> Result<PortFeed<'a>, LoadError> {
+        let poller = if taps.len() > 1 {
+            let p = Poller::new().map_err(|e| io_err("epoll_create1", e))?;
+            for (j, t) in taps.iter().enumerate() {
+                p.add(t, j as u64).map_err(|e| io_err(format!("epoll add {}", t.name()), e))?;
+            }
+            Some(p)
+        } else {
+            None
+        };
+        Ok(PortFeed {
+            taps,
+            addrs,
+            n,
+            poller,
+            events: Events::with_capacity(taps.len().min(1024)),
+            readable: Vec::with_capacity(taps.len()),
+            buf: vec![0u8; 65536],
+            unclaimed: 0,
+            rx_errors: 0,
+        })
+    }
+}
+
+impl Feed for PortFeed<'_> {
+    fn pull(&mut self, deliver: &mut dyn FnMut(usize, Vec<u8>)) -> usize {
+        self.readable.clear();
+        match &self.poller {
+            Some(p) => {
+                if p.wait(&mut self.events, Some(Duration::ZERO)).is_ok() {
+                    self.readable.extend(self.events.tokens().map(|t| t as usize));
+                }
+            }
+            None => self.readable.push(0),
+        }
+        let mut got = 0;
+        for &j in &self.readable {
+            let tap = &self.taps[j];
+            let mut got_here = 0;
+            while got_here < RX_BATCH {
+                match tap.recv(&mut self.buf) {
+                    Ok(len) => {
+                        got += 1;
+                        got_here += 1;
+                        let f = &self.buf[..len];
+                        let to = if len < 14 {
+                            None
+                        } else if f[..6] == [0xff; 6] {
+                            raw::parse_arp(f).and_then(|(_, _, _, tpa)| self.addrs.env_index(tpa))
+                        } else {
+                            env_of_mac(&f[..6])
+                        };
+                        match to.filter(|&i| i < self.n) {
+                            Some(i) => deliver(i, f.to_vec()),
+                            None => self.unclaimed += 1,
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.rx_errors += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        got
+    }
+
+    fn wait(&mut self, ms: u64) {
+        match &self.poller {
+            Some(p) => {
+                let _ = p.wait(&mut self.events, Some(Duration::from_millis(ms)));
+            }
+            None => raw::wait(&self.taps[0], ms),
+        }
+    }
+}
+
+/// One shard's share of the reader thread's frames.
+struct ChanFeed {
+    rx: crossbeam_channel::Receiver<(usize, Vec<u8>)>,
+    /// A frame [`Feed::wait`] received, handed over by the next pull.
+    pending: Option<(usize, Vec<u8>)>,
+}
+
+impl Feed for ChanFeed {
+    fn pull(&mut self, deliver: &mut dyn FnMut(usize, Vec<u8>)) -> usize {
+        let mut got = 0;
+        if let Some((i, f)) = self.pending.take() {
+            deliver(i, f);
+            got += 1;
+        }
+        while got < RX_BATCH {
+            match self.rx.try_recv() {
+                Ok((i, f)) => {
+                    deliver(i, f);
+                    got += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
+    fn wait(&mut self, ms: u64) {
+        if self.pending.is_none() {
+            self.pending = self.rx.recv_timeout(Duration::from_millis(ms)).ok();
+        }
+    }
+}
+
+/// What one shard measured.
+struct ShardResult {
+    stats: Stats,
+    hist: Histogram<u64>,
+    tx: TxCount,
+    end_us: i64,
+    stopped: bool,
+}
+
 /// Runs a smoltcp scenario (`tcp-bulk`, `connect`, `mixed`) with `n` environments (see the module doc): all behind
-/// `taps[0]`, or environment `i` behind `taps[i]` when there are `n` TAPs.
+/// `taps[0]`, or environment `i` behind `taps[i]` when there are `n` TAPs. With `args.cpus`, one shard per CPU
+/// listed, pinned to it, holds environments `i ≡ t (mod shards)`, and a reader thread hands each shard its frames.
 pub(crate) fn run(
     taps: &[Port],
     addrs: &Addresses,
@@ -309,222 +478,67 @@ pub(crate) fn run(
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<Measured, LoadError> {
     let kinds = kinds(args.scenario, n);
-    let per_env = taps.len() > 1;
-    assert!(!per_env || taps.len() == n, "one TAP, or one per environment");
-    let tap_of = |i: usize| if per_env { &taps[i] } else { &taps[0] };
-    let poller = if per_env {
-        let p = Poller::new().map_err(|e| io_err("epoll_create1", e))?;
-        for (j, t) in taps.iter().enumerate() {
-            p.add(t, j as u64).map_err(|e| io_err(format!("epoll add {}", t.name()), e))?;
-        }
-        Some(p)
-    } else {
-        None
-    };
-    let mut events = Events::with_capacity(taps.len().min(1024));
-    let mut readable: Vec<usize> = Vec::with_capacity(taps.len());
-    let mut tx = TxCount::default();
+    assert!(taps.len() <= 1 || taps.len() == n, "one TAP, or one per environment");
+    let shards = args.cpus.len().clamp(1, n.max(1));
     let bulk_buf = bulk_tx_buf(kinds.iter().filter(|&&k| k == Kind::Bulk).count());
-    let mut envs: Vec<Env> =
-        kinds.iter().enumerate().map(|(i, &k)| new_env(addrs, i, k, bulk_buf, tap_of(i), &mut tx)).collect();
-    let us = |d: Duration| d.as_micros() as i64;
-    let hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let plan = ShardPlan { taps, addrs, n, shards, kinds: &kinds, bulk_buf, args, grace, tl };
     let t0 = Instant::now();
     tl.start(t0);
-    let mut cx = Ctx {
-        server: addrs.server,
-        t0,
-        end_us: us(args.duration),
-        timeout_us: us(args.connect_timeout),
-        repeat: !args.once,
-        payload: args.payload,
-        pacer: args.rate.is_some(),
-        tl,
-        hist,
-        stats: Stats::default(),
-        idle: VecDeque::new(),
+    let (results, unclaimed, rx_errors) = if shards == 1 {
+        let mut feed = PortFeed::new(taps, addrs, n)?;
+        let r = plan.run(0, &mut feed, t0, bar);
+        (vec![r], feed.unclaimed, feed.rx_errors)
+    } else {
+        let mut feed = PortFeed::new(taps, addrs, n)?;
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
+        let finished = std::sync::atomic::AtomicUsize::new(0);
+        let results = std::thread::scope(|s| {
+            let handles: Vec<_> = rxs
+                .into_iter()
+                .enumerate()
+                .map(|(t, rx)| {
+                    let (plan, finished, cpu) = (&plan, &finished, args.cpus[t]);
+                    let bar = if t == 0 { bar } else { None };
+                    s.spawn(move || {
+                        let _ = super::sender::pin_to(cpu);
+                        let r = plan.run(t, &mut ChanFeed { rx, pending: None }, t0, bar);
+                        finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        r
+                    })
+                })
+                .collect();
+            // The reader: every frame to the shard that holds its environment, until every shard is done.
+            while finished.load(std::sync::atomic::Ordering::Relaxed) < shards {
+                let got = feed.pull(&mut |i, f| {
+                    let _ = txs[i % shards].send((i, f));
+                });
+                if got == 0 {
+                    feed.wait(1);
+                }
+            }
+            handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+        });
+        let results: Vec<ShardResult> = results
+            .into_iter()
+            .map(|r| r.map_err(|_| io_err("an environment thread", std::io::Error::other("panicked"))))
+            .collect::<Result<_, _>>()?;
+        (results, feed.unclaimed, feed.rx_errors)
     };
-    let mut hard_end = us(args.duration + grace);
-    let mut stopped = false;
-    // Frames already put on the timeline, and when.
-    let (mut tl_frames, mut tl_at) = (0u64, t0);
-    let mut heap: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::with_capacity(2 * n);
-    for (i, e) in envs.iter_mut().enumerate() {
-        let at = (us(args.ramp) as i128 * i as i128 / n as i128) as i64;
-        e.wake = Some(at);
-        heap.push(Reverse((at, i as u32)));
+    // Merge the shards.
+    let mut s = Stats { unclaimed, rx_errors, ..Stats::default() };
+    let mut tx = TxCount::default();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let (mut end_us, mut stopped) = (0i64, false);
+    for r in results {
+        s.add(&r.stats);
+        tx.frames += r.tx.frames;
+        tx.bytes += r.tx.bytes;
+        tx.errors += r.tx.errors;
+        let _ = hist.add(&r.hist);
+        end_us = end_us.max(r.end_us);
+        stopped |= r.stopped;
     }
-    let mut ready: Vec<u32> = Vec::with_capacity(n);
-    let mut buf = vec![0u8; 65536];
-    let mut started_paced = 0u64;
-    let mut closed_out = false;
-    let mut last_bar = t0;
-    loop {
-        let now_us = us(t0.elapsed());
-        if !stopped && args.stop.is_stopped() {
-            // Stop: the offered load ends now; connections in flight get STOP_GRACE.
-            stopped = true;
-            cx.end_us = cx.end_us.min(now_us);
-            hard_end = hard_end.min(now_us + us(super::STOP_GRACE));
-        }
-        if now_us >= hard_end {
-            break;
-        }
-        if tx.frames > tl_frames && t0 + Duration::from_micros(now_us as u64) >= tl_at + Duration::from_millis(10) {
-            tl_at = t0 + Duration::from_micros(now_us as u64);
-            tl.add(&tl.offered, tl_at, tx.frames - tl_frames);
-            tl_frames = tx.frames;
-        }
-        if now_us >= cx.end_us && !closed_out {
-            // End of the offered load: nothing new starts; streams close.
-            closed_out = true;
-            for (i, e) in envs.iter_mut().enumerate() {
-                if matches!(e.phase, Phase::Waiting | Phase::Idle | Phase::Sending | Phase::Streaming) {
-                    if e.phase == Phase::Streaming {
-                        e.sockets.get_mut::<tcp::Socket>(e.handle).close();
-                        e.phase = Phase::Closing;
-                        e.since = now_us;
-                    } else {
-                        e.phase = Phase::Done;
-                    }
-                    if !e.ready {
-                        e.ready = true;
-                        ready.push(i as u32);
-                    }
-                }
-            }
-            cx.idle.clear();
-        }
-        if closed_out && ready.is_empty() && envs.iter().all(|e| e.phase == Phase::Done) {
-            break;
-        }
-        // 1. Read a batch from each readable TAP.
-        readable.clear();
-        match &poller {
-            Some(p) => {
-                if p.wait(&mut events, Some(Duration::ZERO)).is_ok() {
-                    readable.extend(events.tokens().map(|t| t as usize));
-                }
-            }
-            None => readable.push(0),
-        }
-        let mut got = 0;
-        for &j in &readable {
-            let tap = &taps[j];
-            let mut got_here = 0;
-            while got_here < RX_BATCH {
-                match tap.recv(&mut buf) {
-                    Ok(len) => {
-                        got += 1;
-                        got_here += 1;
-                        let f = &buf[..len];
-                        let to = if len < 14 {
-                            None
-                        } else if f[..6] == [0xff; 6] {
-                            raw::parse_arp(f).and_then(|(_, _, _, tpa)| addrs.env_index(tpa))
-                        } else {
-                            env_of_mac(&f[..6])
-                        };
-                        match to.filter(|&i| i < n) {
-                            Some(i) => {
-                                let e = &mut envs[i];
-                                e.inbox.push_back(f.to_vec());
-                                if !e.ready {
-                                    e.ready = true;
-                                    ready.push(i as u32);
-                                }
-                            }
-                            None => cx.stats.unclaimed += 1,
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        cx.stats.rx_errors += 1;
-                        break;
-                    }
-                }
-            }
-        }
-        // 2. Timers.
-        while let Some(&Reverse((at, i))) = heap.peek() {
-            if at > now_us {
-                break;
-            }
-            heap.pop();
-            let e = &mut envs[i as usize];
-            if e.wake == Some(at) {
-                e.wake = None;
-                if !e.ready {
-                    e.ready = true;
-                    ready.push(i);
-                }
-            }
-        }
-        // 3. The pacer releases idle connect environments at `rate` per second.
-        if let Some(rate) = args.rate {
-            let due = (rate * now_us as f64 / 1e6) as u64;
-            while started_paced < due {
-                let Some(i) = cx.idle.pop_front() else { break };
-                started_paced += 1;
-                let e = &mut envs[i as usize];
-                start_connect(e, now_us, &mut cx);
-                if !e.ready {
-                    e.ready = true;
-                    ready.push(i);
-                }
-            }
-        }
-        // 4. Poll the ready environments.
-        let work = !ready.is_empty();
-        for i in std::mem::take(&mut ready) {
-            let e = &mut envs[i as usize];
-            e.ready = false;
-            let now_us = us(t0.elapsed());
-            step(e, i, now_us, closed_out, tap_of(i as usize), &mut tx, &mut cx);
-            let ts = SInstant::from_micros(now_us);
-            let next = e.iface.poll_at(ts, &e.sockets).map(|t| t.total_micros());
-            let next = match (next, e.app_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if let Some(t) = next {
-                let t = t.max(now_us + 1);
-                if e.wake != Some(t) {
-                    e.wake = Some(t);
-                    heap.push(Reverse((t, i)));
-                }
-            }
-        }
-        if let Some(b) = bar {
-            let now = Instant::now();
-            if now - last_bar >= Duration::from_millis(100) {
-                last_bar = now;
-                b.set_position(now.duration_since(t0).as_millis() as u64);
-                b.set_message(format!(
-                    "{} connects, {} failed, {} MB streamed, {} udp",
-                    cx.stats.completed,
-                    cx.stats.refused + cx.stats.timeout + cx.stats.reset,
-                    cx.stats.bulk_sent >> 20,
-                    cx.stats.udp_sent
-                ));
-            }
-        }
-        if got == 0 && !work {
-            let next = heap.peek().map_or(1000, |Reverse((at, _))| (at - us(t0.elapsed())).clamp(0, 1000));
-            if next > 50 {
-                let ms = if next >= 1000 { 1 } else { 0 };
-                match &poller {
-                    Some(p) => {
-                        let _ = p.wait(&mut events, Some(Duration::from_millis(ms)));
-                    }
-                    None => raw::wait(&taps[0], ms),
-                }
-            }
-        }
-    }
-    tl.add(&tl.offered, Instant::now(), tx.frames - tl_frames);
-    let s = &cx.stats;
-    let load = Duration::from_micros(cx.end_us.min(us(t0.elapsed())).max(0) as u64);
+    let load = Duration::from_micros(end_us.max(0) as u64);
     let mut m = Measured {
         load,
         stopped: stopped && load < args.duration,
@@ -543,7 +557,7 @@ pub(crate) fn run(
             reset: s.reset,
             ..ConnectFigures::default()
         });
-        m.latency = Some(cx.hist.clone());
+        m.latency = Some(hist);
     }
     if kinds.contains(&Kind::Udp) {
         m.udp = Some(UdpFigures {
@@ -569,6 +583,188 @@ pub(crate) fn run(
         }
     }
     Ok(m)
+}
+
+/// What every shard shares.
+struct ShardPlan<'a> {
+    taps: &'a [Port],
+    addrs: &'a Addresses,
+    n: usize,
+    shards: usize,
+    kinds: &'a [Kind],
+    bulk_buf: usize,
+    args: &'a LoadArgs,
+    grace: Duration,
+    tl: &'a Timeline,
+}
+
+impl ShardPlan<'_> {
+    /// Shard `t`'s loop over its environments `i = t + j × shards` (local index `j`), fed by `feed` (see the
+    /// module doc for the loop).
+    fn run(&self, t: usize, feed: &mut dyn Feed, t0: Instant, bar: Option<&indicatif::ProgressBar>) -> ShardResult {
+        let (args, n, shards, tl) = (self.args, self.n, self.shards, self.tl);
+        let per_env = self.taps.len() > 1;
+        let tap_of = |i: usize| if per_env { &self.taps[i] } else { &self.taps[0] };
+        let global = |j: usize| t + j * shards;
+        let mine: Vec<usize> = (t..n).step_by(shards).collect();
+        let mut tx = TxCount::default();
+        let mut envs: Vec<Env> =
+            mine.iter().map(|&i| new_env(self.addrs, i, self.kinds[i], self.bulk_buf, tap_of(i), &mut tx)).collect();
+        let us = |d: Duration| d.as_micros() as i64;
+        let hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+        let mut cx = Ctx {
+            server: self.addrs.server,
+            t0,
+            end_us: us(args.duration),
+            timeout_us: us(args.connect_timeout),
+            repeat: !args.once,
+            payload: args.payload,
+            pacer: args.rate.is_some(),
+            tl,
+            hist,
+            stats: Stats::default(),
+            idle: VecDeque::new(),
+        };
+        let mut hard_end = us(args.duration + self.grace);
+        let mut stopped = false;
+        // Frames already put on the timeline, and when.
+        let (mut tl_frames, mut tl_at) = (0u64, t0);
+        let mut heap: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::with_capacity(2 * envs.len());
+        for (j, e) in envs.iter_mut().enumerate() {
+            let at = (us(args.ramp) as i128 * global(j) as i128 / n as i128) as i64;
+            e.wake = Some(at);
+            heap.push(Reverse((at, j as u32)));
+        }
+        let mut ready: Vec<u32> = Vec::with_capacity(envs.len());
+        // The pacer's share: `rate / shards` connections per second.
+        let rate = args.rate.map(|r| r / shards as f64);
+        let mut started_paced = 0u64;
+        let mut closed_out = false;
+        let mut last_bar = t0;
+        loop {
+            let now_us = us(t0.elapsed());
+            if !stopped && args.stop.is_stopped() {
+                // Stop: the offered load ends now; connections in flight get STOP_GRACE.
+                stopped = true;
+                cx.end_us = cx.end_us.min(now_us);
+                hard_end = hard_end.min(now_us + us(super::STOP_GRACE));
+            }
+            if now_us >= hard_end {
+                break;
+            }
+            if tx.frames > tl_frames && t0 + Duration::from_micros(now_us as u64) >= tl_at + Duration::from_millis(10) {
+                tl_at = t0 + Duration::from_micros(now_us as u64);
+                tl.add(&tl.offered, tl_at, tx.frames - tl_frames);
+                tl_frames = tx.frames;
+            }
+            if now_us >= cx.end_us && !closed_out {
+                // End of the offered load: nothing new starts; streams close.
+                closed_out = true;
+                for (j, e) in envs.iter_mut().enumerate() {
+                    if matches!(e.phase, Phase::Waiting | Phase::Idle | Phase::Sending | Phase::Streaming) {
+                        if e.phase == Phase::Streaming {
+                            e.sockets.get_mut::<tcp::Socket>(e.handle).close();
+                            e.phase = Phase::Closing;
+                            e.since = now_us;
+                        } else {
+                            e.phase = Phase::Done;
+                        }
+                        if !e.ready {
+                            e.ready = true;
+                            ready.push(j as u32);
+                        }
+                    }
+                }
+                cx.idle.clear();
+            }
+            if closed_out && ready.is_empty() && envs.iter().all(|e| e.phase == Phase::Done) {
+                break;
+            }
+            // 1. What arrived, into the environments' inboxes.
+            let got = feed.pull(&mut |i, f| {
+                let j = i / shards;
+                let e = &mut envs[j];
+                e.inbox.push_back(f);
+                if !e.ready {
+                    e.ready = true;
+                    ready.push(j as u32);
+                }
+            });
+            // 2. Timers.
+            while let Some(&Reverse((at, j))) = heap.peek() {
+                if at > now_us {
+                    break;
+                }
+                heap.pop();
+                let e = &mut envs[j as usize];
+                if e.wake == Some(at) {
+                    e.wake = None;
+                    if !e.ready {
+                        e.ready = true;
+                        ready.push(j);
+                    }
+                }
+            }
+            // 3. The pacer releases idle connect environments at `rate` per second.
+            if let Some(rate) = rate {
+                let due = (rate * now_us as f64 / 1e6) as u64;
+                while started_paced < due {
+                    let Some(j) = cx.idle.pop_front() else { break };
+                    started_paced += 1;
+                    let e = &mut envs[j as usize];
+                    start_connect(e, now_us, &mut cx);
+                    if !e.ready {
+                        e.ready = true;
+                        ready.push(j);
+                    }
+                }
+            }
+            // 4. Poll the ready environments.
+            let work = !ready.is_empty();
+            for j in std::mem::take(&mut ready) {
+                let e = &mut envs[j as usize];
+                e.ready = false;
+                let now_us = us(t0.elapsed());
+                step(e, j, now_us, closed_out, tap_of(global(j as usize)), &mut tx, &mut cx);
+                let ts = SInstant::from_micros(now_us);
+                let next = e.iface.poll_at(ts, &e.sockets).map(|t| t.total_micros());
+                let next = match (next, e.app_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(t) = next {
+                    let t = t.max(now_us + 1);
+                    if e.wake != Some(t) {
+                        e.wake = Some(t);
+                        heap.push(Reverse((t, j)));
+                    }
+                }
+            }
+            if let Some(b) = bar {
+                let now = Instant::now();
+                if now - last_bar >= Duration::from_millis(100) {
+                    last_bar = now;
+                    b.set_position(now.duration_since(t0).as_millis() as u64);
+                    let who = if shards > 1 { format!("thread 0 of {shards}: ") } else { String::new() };
+                    b.set_message(format!(
+                        "{who}{} connects, {} failed, {} MB streamed, {} udp",
+                        cx.stats.completed,
+                        cx.stats.refused + cx.stats.timeout + cx.stats.reset,
+                        cx.stats.bulk_sent >> 20,
+                        cx.stats.udp_sent
+                    ));
+                }
+            }
+            if got == 0 && !work {
+                let next = heap.peek().map_or(1000, |Reverse((at, _))| (at - us(t0.elapsed())).clamp(0, 1000));
+                if next > 50 {
+                    feed.wait(if next >= 1000 { 1 } else { 0 });
+                }
+            }
+        }
+        tl.add(&tl.offered, Instant::now(), tx.frames - tl_frames);
+        ShardResult { end_us: cx.end_us.min(us(t0.elapsed())), stopped, stats: cx.stats, hist: cx.hist, tx }
+    }
 }
 
 fn start_connect(e: &mut Env, now_us: i64, cx: &mut Ctx) {

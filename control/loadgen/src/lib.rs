@@ -686,11 +686,13 @@ mod tests {
     }
 
     #[test]
-    fn cpus_are_for_udp_and_must_exist() {
+    fn cpus_must_exist_and_spread_receive_is_for_udp() {
         let udp = LoadArgs { cpus: vec![0], target: Target::Kernel, ..LoadArgs::default() };
         assert!(udp.validate().is_ok());
         let connect = LoadArgs { scenario: Scenario::Connect, ..udp.clone() };
-        assert!(matches!(connect.validate(), Err(LoadError::Invalid { param: "cpus", .. })));
+        assert!(connect.validate().is_ok(), "environment threads");
+        let spread = LoadArgs { spread_receive: true, ..connect };
+        assert!(matches!(spread.validate(), Err(LoadError::Invalid { param: "spread_receive", .. })));
         let missing = LoadArgs { cpus: vec![100_000], ..udp };
         assert!(matches!(missing.validate(), Err(LoadError::Invalid { param: "cpus", .. })));
     }
