@@ -146,6 +146,17 @@ impl Hold {
     }
 }
 
+/// A port [`Engine::find_port`] took for a new mapping, already counted as
+/// held live on its address and published.
+#[derive(Copy, Clone, Debug)]
+pub(super) struct Taken {
+    pub(super) ep: Endpoint,
+    /// Its address reached its high-water mark with it: the caller checks
+    /// again ([`Engine::check_high_water`], which raises the event) once
+    /// the flow's session exists, so a flow refused after all raises none.
+    pub(super) high: bool,
+}
+
 /// How long an outbound flow nobody has answered keeps its session against
 /// a full table: after it, a new flow short of a slot may take the session
 /// (Linux's conntrack likewise drops unreplied entries early when it is
@@ -469,7 +480,13 @@ impl Engine {
     /// there is one (a free port, or one recycled from an ended
     /// connection), else a free port on the first address below the
     /// high-water mark, else a free port anywhere, else a recycled one
-    /// anywhere. The address to report as exhausted otherwise.
+    /// anywhere. The port comes back [`Taken`]: already counted as held
+    /// live on its address and published, in the lookup that took it. The
+    /// address to report as exhausted otherwise, with nothing counted.
+    ///
+    /// The common case, a free port on the paired address, is inline and
+    /// costs one lookup of the address; the rest is out of line.
+    #[inline]
     pub(super) fn find_port(
         &mut self,
         now: Instant,
@@ -477,16 +494,33 @@ impl Engine {
         paired: Option<Ipv4Addr>,
         pi: usize,
         key: FlowKey,
-    ) -> Result<Endpoint, Ipv4Addr> {
+    ) -> Result<Taken, Ipv4Addr> {
+        let paired = paired.filter(|p| self.bindings.enis()[eni].addrs.contains(p));
+        self.cool_all(now);
+        if let Some(t) = paired.and_then(|p| self.free_port(now, p, pi, key)) {
+            return Ok(t);
+        }
+        self.find_port_further(now, eni, paired, pi, key)
+    }
+
+    /// [`Engine::find_port`] once the paired address (if any) had no free
+    /// port.
+    #[inline(never)]
+    fn find_port_further(
+        &mut self,
+        now: Instant,
+        eni: usize,
+        paired: Option<Ipv4Addr>,
+        pi: usize,
+        key: FlowKey,
+    ) -> Result<Taken, Ipv4Addr> {
+        if let Some(t) = paired.and_then(|p| self.take_recycled_port(now, p, pi, key)) {
+            return Ok(t);
+        }
         // The ENI's addresses are read through `self.bindings` by position
         // (the bindings do not change while a frame is processed).
         let addr_at = |e: &Engine, i: usize| e.bindings.enis()[eni].addrs.get(i).copied();
         let n = self.bindings.enis()[eni].addrs.len();
-        let paired = paired.filter(|p| self.bindings.enis()[eni].addrs.contains(p));
-        self.cool_all(now);
-        if let Some(ep) = paired.and_then(|p| self.take_port(now, p, pi, key)) {
-            return Ok(ep);
-        }
         let m = self.cfg.mapping;
         for below in [true, false] {
             for i in 0..n {
@@ -496,8 +530,8 @@ impl Engine {
                     .get(&a)
                     .is_some_and(|s| s.has_room(pi, m) && (!below || s.live[pi] + s.warm[pi] < s.mark(pi, &self.cfg)));
                 if free {
-                    if let Some(ep) = self.take_port(now, a, pi, key) {
-                        return Ok(ep);
+                    if let Some(t) = self.take_port(now, a, pi, key) {
+                        return Ok(t);
                     }
                 }
             }
@@ -507,45 +541,11 @@ impl Engine {
             if Some(a) == paired {
                 continue;
             }
-            if let Some(ep) = self.take_port(now, a, pi, key) {
-                return Ok(ep);
+            if let Some(t) = self.take_port(now, a, pi, key) {
+                return Ok(t);
             }
         }
         Err(paired.or(addr_at(self, 0)).unwrap_or(Ipv4Addr::UNSPECIFIED))
-    }
-
-    /// The common case of [`Engine::find_port`], under endpoint-independent
-    /// mapping: a free port on the paired address, taken and at once
-    /// counted as held live there and published (one lookup of the
-    /// address). Returns the port and whether the address reached its
-    /// high-water mark (the caller checks it again once the flow's session
-    /// exists: [`Engine::check_high_water`]). `None`, with nothing counted
-    /// or taken, sends the caller the long way ([`Engine::find_port`],
-    /// which finds the same state: the pool's failed allocation and
-    /// [`Engine::cool_all`] change nothing a second time).
-    #[inline]
-    pub(super) fn take_paired_port(
-        &mut self,
-        now: Instant,
-        eni: usize,
-        paired: Option<Ipv4Addr>,
-        pi: usize,
-        key: FlowKey,
-    ) -> Option<(Endpoint, bool)> {
-        if self.cfg.mapping != Mapping::EndpointIndependent {
-            return None;
-        }
-        let p = paired.filter(|p| self.bindings.enis()[eni].addrs.contains(p))?;
-        self.cool_all(now);
-        let a = self.addrs.get_mut(&p)?;
-        let port = if self.cfg.port_preservation {
-            a.pools[pi].allocate_preferred(now, key.local.port)
-        } else {
-            a.pools[pi].allocate(now)
-        }?;
-        a.live[pi] += 1;
-        let high = Engine::publish_and_check(&self.counters, a, pi, &self.cfg).is_some();
-        Some((Endpoint::new(p, port), high))
     }
 
     /// Moves the sessions of `addr`'s cooling list whose remote's
@@ -576,12 +576,12 @@ impl Engine {
     }
 
     /// A port on `addr` for a new mapping of `key`: a free one, or one a
-    /// recycled ended connection gave back.
+    /// recycled ended connection gave back; [`Taken`].
     #[inline]
-    pub(super) fn take_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+    fn take_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Taken> {
         // The common case, a free port, inline; recycling out of line.
         match self.free_port(now, addr, pi, key) {
-            Some(ep) => Some(ep),
+            Some(t) => Some(t),
             None => self.take_recycled_port(now, addr, pi, key),
         }
     }
@@ -590,12 +590,12 @@ impl Engine {
     /// ended connection's port and tries again, twice at most.
     #[cold]
     #[inline(never)]
-    fn take_recycled_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+    fn take_recycled_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Taken> {
         if !self.recycle_port(now, addr, pi, key.remote) {
             return None;
         }
-        if let Some(ep) = self.free_port(now, addr, pi, key) {
-            return Some(ep);
+        if let Some(t) = self.free_port(now, addr, pi, key) {
+            return Some(t);
         }
         // A second recycling whose port the next flow finds free.
         let _ = self.recycle_port(now, addr, pi, key.remote);
@@ -603,18 +603,20 @@ impl Engine {
     }
 
     /// A free port on `addr` (under address-and-port-dependent mapping, one
-    /// whose outside key towards this remote is unused), no recycling.
-    #[inline]
-    fn free_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+    /// whose outside key towards this remote is unused), no recycling;
+    /// [`Taken`].
+    #[inline(always)]
+    fn free_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Taken> {
         match self.cfg.mapping {
             Mapping::EndpointIndependent => {
-                let a = self.addrs.get_mut(&addr)?;
-                let p = if self.cfg.port_preservation {
+                let Engine { addrs, counters, cfg, .. } = self;
+                let a = addrs.get_mut(&addr)?;
+                let p = if cfg.port_preservation {
                     a.pools[pi].allocate_preferred(now, key.local.port)
                 } else {
                     a.pools[pi].allocate(now)
-                };
-                p.map(|p| Endpoint::new(addr, p))
+                }?;
+                Some(Engine::count_taken(counters, cfg, a, pi, Endpoint::new(addr, p)))
             }
             Mapping::AddressAndPortDependent => self.probe_port(addr, key),
         }
@@ -622,44 +624,60 @@ impl Engine {
 
     /// Address-and-port-dependent mapping: a random port whose outside key
     /// towards this remote is unused (random probes, then a scan; at most
-    /// [`PROBE_LIMIT`] lookups).
-    pub(super) fn probe_port(&mut self, addr: Ipv4Addr, key: FlowKey) -> Option<Endpoint> {
+    /// [`PROBE_LIMIT`] lookups); [`Taken`].
+    fn probe_port(&mut self, addr: Ipv4Addr, key: FlowKey) -> Option<Taken> {
         let range = self.cfg.port_range.clone();
-        let a = self.addrs.get_mut(&addr)?;
+        let Engine { addrs, table, port_probes, counters, cfg, .. } = self;
+        let a = addrs.get_mut(&addr)?;
         let pi = proto_index(key.proto);
-        let probes = &mut self.port_probes;
         let mut free = |t: &SessionTable, p: u16| {
-            *probes += 1;
+            *port_probes += 1;
             t.find_outside(&FlowKey { proto: key.proto, local: Endpoint::new(addr, p), remote: key.remote }).is_none()
         };
+        let mut found = None;
         for _ in 0..32 {
             let p = a.pools[pi].random_port();
-            if free(&self.table, p) {
-                return Some(Endpoint::new(addr, p));
+            if free(table, p) {
+                found = Some(p);
+                break;
             }
         }
-        let start = a.pools[pi].random_port();
-        let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
-        let n = hi - lo + 1;
-        (0..n.min(PROBE_SCAN))
-            .map(|i| (lo + (u32::from(start) - lo + i) % n) as u16)
-            .find(|&p| free(&self.table, p))
-            .map(|p| Endpoint::new(addr, p))
+        if found.is_none() {
+            let start = a.pools[pi].random_port();
+            let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
+            let n = hi - lo + 1;
+            found =
+                (0..n.min(PROBE_SCAN)).map(|i| (lo + (u32::from(start) - lo + i) % n) as u16).find(|&p| free(table, p));
+        }
+        found.map(|p| Engine::count_taken(counters, cfg, a, pi, Endpoint::new(addr, p)))
     }
 
-    /// Gives back a port taken for a flow that could not be created: it
-    /// was never used, so it needs no quarantine.
-    /// `counted`: [`Engine::take_paired_port`] counted it as held live.
-    pub(super) fn release_unused_port(&mut self, ep: Endpoint, pi: usize, counted: bool) {
-        if self.cfg.mapping == Mapping::EndpointIndependent {
-            if let Some(a) = self.addrs.get_mut(&ep.ip) {
-                if counted {
-                    step(&mut a.live[pi], false);
-                }
-                a.pools[pi].release_now(ep.port);
-                Engine::publish(&self.counters, a, pi, &self.cfg);
-            }
+    /// Counts port `ep` just taken on its address `a` as held live (under
+    /// address-and-port-dependent mapping, its session as held too) and
+    /// publishes it: the one place a new mapping's port is counted.
+    #[inline(always)]
+    fn count_taken(counters: &Counters, cfg: &EngineConfig, a: &mut Addr, pi: usize, ep: Endpoint) -> Taken {
+        a.live[pi] += 1;
+        if cfg.mapping == Mapping::AddressAndPortDependent {
+            a.apdm[pi] += 1;
         }
+        let high = Engine::publish_and_check(counters, a, pi, cfg).is_some();
+        Taken { ep, high }
+    }
+
+    /// Gives back a port [`Engine::find_port`] took for a flow that could
+    /// not be created: no longer counted, and (never used) free again
+    /// without quarantine.
+    pub(super) fn release_unused_port(&mut self, ep: Endpoint, pi: usize) {
+        let Some(a) = self.addrs.get_mut(&ep.ip) else { return };
+        step(&mut a.live[pi], false);
+        match self.cfg.mapping {
+            Mapping::EndpointIndependent => {
+                a.pools[pi].release_now(ep.port);
+            }
+            Mapping::AddressAndPortDependent => step(&mut a.apdm[pi], false),
+        }
+        Engine::publish(&self.counters, a, pi, &self.cfg);
     }
 
     pub(super) fn check_high_water(&mut self, addr: Ipv4Addr, proto: u8) {
@@ -670,17 +688,14 @@ impl Engine {
         }
     }
 
-    /// A new flow's port (its session, when `apdm`: address-and-port-
-    /// dependent mapping) on `addr` is now held live: counted, published
-    /// and checked against the high-water mark, with one lookup of the
-    /// address ([`Engine::check_high_water`] after the counts).
-    pub(super) fn count_live_port(&mut self, addr: Ipv4Addr, proto: u8, apdm: bool) {
+    /// A mapping held only by recyclable sessions that a new flow made live
+    /// again: its port on `addr` is held live once more (counted,
+    /// published and checked against the high-water mark, one lookup).
+    /// Ports a new mapping takes are counted by [`Engine::find_port`].
+    pub(super) fn count_revived_port(&mut self, addr: Ipv4Addr, proto: u8) {
         let pi = proto_index(proto);
         let Some(a) = self.addrs.get_mut(&addr) else { return };
         a.live[pi] += 1;
-        if apdm {
-            a.apdm[pi] += 1;
-        }
         if let Some(in_use) = Engine::publish_and_check(&self.counters, a, pi, &self.cfg) {
             self.raise_high_water(addr, proto, in_use);
         }

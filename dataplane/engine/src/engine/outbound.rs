@@ -7,7 +7,7 @@
 //! A new flow looks up, once each: its environment and ENI (one lookup in
 //! the bindings), the environment's quotas, its mapping, the paired
 //! address (which hands out the port and counts it live in the same
-//! lookup), and hashes each key once (inside key, inside and ENI
+//! lookup: [`Engine::find_port`]), and hashes each key once (inside key, inside and ENI
 //! endpoints, outside key), passing the hashes to the table's `*_hashed`
 //! calls. The security group is checked from the protocol's compiled
 //! list ([`crate::policy`]). Nothing is allocated once the environment's
@@ -183,10 +183,9 @@ impl Engine {
         };
         // A mapping held only by recyclable sessions becomes live again.
         let revived = existing.is_some_and(|m| self.table.mapping(m).live == 0);
-        // Whether the port was counted live when taken
-        // ([`Engine::take_paired_port`]), and its address then reached its
-        // high-water mark; whether a session was recycled since.
-        let mut counted: Option<bool> = None;
+        // Whether the address of a port taken here reached its high-water
+        // mark ([`Taken::high`]); whether a session was recycled since.
+        let mut high = false;
         let mut recycled = false;
         // The outside key's hash, for the insert.
         let outside_hash = |t: &SessionTable, eni: Endpoint| t.hash(&FlowKey { local: eni, ..key });
@@ -202,18 +201,17 @@ impl Engine {
                 // Paired pooling (RFC 4787 REQ-2) while the environment
                 // holds a live port: the same address for all its flows.
                 let paired = st.addr.filter(|_| st.ports.iter().any(|&n| n > 0));
-                let ep = match self.take_paired_port(now, ei, paired, pi, key) {
-                    Some((ep, high)) => {
-                        counted = Some(high);
-                        ep
+                // Counted as held live from here: every way out below
+                // that does not create the flow gives it back.
+                let ep = match self.find_port(now, ei, paired, pi, key) {
+                    Ok(t) => {
+                        high = t.high;
+                        t.ep
                     }
-                    None => match self.find_port(now, ei, paired, pi, key) {
-                        Ok(ep) => ep,
-                        Err(addr) => {
-                            let _ = self.event(Event::Exhausted { addr, proto: key.proto });
-                            return Err(DropReason::PortsExhausted);
-                        }
-                    },
+                    Err(addr) => {
+                        let _ = self.event(Event::Exhausted { addr, proto: key.proto });
+                        return Err(DropReason::PortsExhausted);
+                    }
                 };
                 let ohash = outside_hash(&self.table, ep);
                 let m = match self.cfg.mapping {
@@ -226,7 +224,7 @@ impl Engine {
                             // mapping slab is a full table.
                             Err(_) if self.recycle_session(now, NIL) => recycled = true,
                             Err(_) => {
-                                self.release_unused_port(ep, pi, counted.is_some());
+                                self.release_unused_port(ep, pi);
                                 return Err(DropReason::TableFull);
                             }
                         }
@@ -249,7 +247,7 @@ impl Engine {
                             // The mapping has no session: drop it with its port.
                             self.table.drop_empty_mapping(mapping);
                         }
-                        self.release_unused_port(eni_ep, pi, counted.is_some());
+                        self.release_unused_port(eni_ep, pi);
                     }
                     return Err(DropReason::TableFull);
                 }
@@ -265,19 +263,15 @@ impl Engine {
         if fresh || revived {
             st.ports[pi] += 1;
             st.addr = Some(eni_ep.ip);
-            match counted {
-                // Counted already; the mark is checked again (as after
-                // counting) when it was reached or recycling moved counts.
-                Some(high) => {
-                    if high || recycled {
-                        self.check_high_water(eni_ep.ip, key.proto);
-                    }
-                }
-                None => {
-                    let apdm = fresh && self.cfg.mapping == Mapping::AddressAndPortDependent;
-                    self.count_live_port(eni_ep.ip, key.proto, apdm);
-                }
+        }
+        if fresh {
+            // Counted when taken; the mark is checked again (as after
+            // counting) when it was reached or recycling moved counts.
+            if high || recycled {
+                self.check_high_water(eni_ep.ip, key.proto);
             }
+        } else if revived {
+            self.count_revived_port(eni_ep.ip, key.proto);
         }
         Ok(sid)
     }
