@@ -5,14 +5,14 @@
 //!
 //! # A new flow's cost
 //! A new flow looks up, once each: its environment and ENI (one lookup in
-//! the bindings), the environment's quotas, its mapping, the paired
+//! the bindings, which gives the environment's index: its quotas are at
+//! that index, no lookup of their own), its mapping, the paired
 //! address (which hands out the port and counts it live in the same
 //! lookup: [`Engine::find_port`]), and hashes each key once (inside key, inside and ENI
 //! endpoints, outside key), passing the hashes to the table's `*_hashed`
 //! calls. The security group is checked from the protocol's compiled
-//! list ([`crate::policy`]). Nothing is allocated once the environment's
-//! quota entry exists; the first new environment past the entries map's
-//! capacity grows it to hold every bound environment at once.
+//! list ([`crate::policy`]). Nothing is allocated: every bound
+//! environment's quota entry is made when the bindings are set.
 
 use super::fragment::set_ident;
 use super::hold::{warm, Hold};
@@ -154,7 +154,7 @@ impl Engine {
         // The bindings are read through `self` (no `Arc` clone per flow);
         // the ENI is kept as its index for the port search below.
         let b = &*self.bindings;
-        let (_, ei) = b.env_with_eni(key.local.ip).filter(|(e, _)| e.port == port).ok_or(DropReason::Spoofed)?;
+        let (vi, _, ei) = b.env_with_eni(key.local.ip).filter(|(_, e, _)| e.port == port).ok_or(DropReason::Spoofed)?;
         if key.proto == TCP && !tcp::Flags::from_byte(flags).opens() {
             return Err(DropReason::TcpNotSyn);
         }
@@ -169,9 +169,8 @@ impl Engine {
             return Err(DropReason::PolicyDenied);
         }
         let pi = proto_index(key.proto);
-        // A new environment's entry is made once its session is.
-        let known = self.envs.get(&key.local.ip).copied();
-        let st = known.unwrap_or_default();
+        // The environment's quotas, by its index in the bindings.
+        let st = *self.envs.at(vi);
         if st.sessions >= self.cfg.env_session_quota {
             return Err(DropReason::QuotaExceeded);
         }
@@ -254,10 +253,8 @@ impl Engine {
             }
         };
         self.counters.sessions_created[pi].inc();
-        if known.is_none() {
-            self.reserve_envs();
-        }
-        let st = self.envs.entry(key.local.ip).or_default();
+        // Again: recycling above may have changed its counts.
+        let st = self.envs.at(vi);
         st.mac = src_mac;
         st.sessions += 1;
         if fresh || revived {
@@ -274,17 +271,6 @@ impl Engine {
             self.count_revived_port(eni_ep.ip, key.proto);
         }
         Ok(sid)
-    }
-
-    /// Before a new environment's quota entry is made: room for every bound
-    /// environment, so that the entries map grows at most once per
-    /// bindings (not by doubling as environments appear; they are few and
-    /// small). Without room to add, it grows as usual.
-    fn reserve_envs(&mut self) {
-        let bound = self.bindings.envs().len();
-        if self.envs.len() == self.envs.capacity() && bound > self.envs.len() {
-            let _ = self.envs.try_reserve(bound - self.envs.len());
-        }
     }
 
     /// A new flow that could not be created: dropped, and for port
