@@ -237,7 +237,7 @@ impl Engine {
         s.tcp = tcp::State::initial(Dir::Out);
         s.count_first(true, bytes);
         let sid = loop {
-            match self.table.insert_hashed(s, mapping, hash, ohash) {
+            match self.table.insert_hashed(&s, mapping, hash, ohash) {
                 Ok(sid) => break sid,
                 Err(_) if self.recycle_session(now, mapping) => recycled = true,
                 Err(_) => {
