@@ -285,6 +285,7 @@ impl Engine {
     }
 
     /// Sends a translated frame to its next hop on the VPC side.
+    #[inline]
     pub(super) fn send_outside(
         &mut self,
         now: Instant,

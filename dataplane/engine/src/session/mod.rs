@@ -565,7 +565,7 @@ impl SessionTable {
     /// inside (`hi`) and outside (`ho`) keys. The session is copied into
     /// its slot once, and its links (mapping chain, wheel slot) are written
     /// once, whole.
-    #[inline]
+    #[inline(always)]
     pub fn insert_hashed(&mut self, s: &Session, mapping: u32, hi: u64, ho: u64) -> Result<u32, Full> {
         let id = self.free.pop().ok_or(Full)?;
         // Each index is sized for every slot: an insert always finds room.
