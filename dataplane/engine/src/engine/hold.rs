@@ -590,6 +590,7 @@ impl Engine {
 
     /// [`Engine::find_port`] once the paired address (if any) had no free
     /// port.
+    #[cold]
     #[inline(never)]
     fn find_port_further(
         &mut self,
@@ -649,10 +650,17 @@ impl Engine {
     /// (only what a pass left at [`RECYCLE_SCAN`] waits for the next
     /// millisecond). New flows call it, so a burst of them pays for one
     /// pass, not one per flow and address.
+    #[inline]
     pub(super) fn cool_all(&mut self, now: Instant) {
-        if self.cooled_at == now {
-            return;
+        if self.cooled_at != now {
+            self.cool_all_now(now);
         }
+    }
+
+    /// [`Engine::cool_all`]'s pass, out of line (once a millisecond).
+    #[cold]
+    #[inline(never)]
+    fn cool_all_now(&mut self, now: Instant) {
         self.cooled_at = now;
         let Engine { addrs, table, .. } = self;
         for a in addrs.values_mut() {
