@@ -595,14 +595,8 @@ impl SessionTable {
             self.links[wheel_next as usize].wheel_prev = id;
         }
         self.wheel[slot] = id;
-        self.links[id as usize] = Links {
-            created: s.last_seen,
-            mapping,
-            map_next,
-            wheel_next,
-            wheel_slot: slot as u16,
-            ..BLANK_LINKS
-        };
+        self.links[id as usize] =
+            Links { created: s.last_seen, mapping, map_next, wheel_next, wheel_slot: slot as u16, ..BLANK_LINKS };
         let d = &mut self.sessions[id as usize];
         *d = *s;
         d.list = NIL16;
