@@ -183,12 +183,19 @@ impl Bindings {
         self.envs.get(self.env_by_ip.get(&ip)?.0 as usize)
     }
 
-    /// An environment by address with the index in [`Bindings::enis`] of
-    /// its function's ENI ([`Env::eni`]), in one lookup.
+    /// An environment by address with its index in [`Bindings::envs`] and
+    /// the index in [`Bindings::enis`] of its function's ENI
+    /// ([`Env::eni`]), in one lookup: `(env index, env, ENI index)`.
     #[inline]
-    pub fn env_with_eni(&self, ip: Ipv4Addr) -> Option<(&Env, usize)> {
+    pub fn env_with_eni(&self, ip: Ipv4Addr) -> Option<(usize, &Env, usize)> {
         let &(env, eni) = self.env_by_ip.get(&ip)?;
-        Some((self.envs.get(env as usize)?, eni as usize))
+        Some((env as usize, self.envs.get(env as usize)?, eni as usize))
+    }
+
+    /// An environment's index in [`Bindings::envs`], by address.
+    #[inline]
+    pub fn env_index(&self, ip: Ipv4Addr) -> Option<usize> {
+        self.env_by_ip.get(&ip).map(|&(env, _)| env as usize)
     }
 
     /// Every environment.
@@ -254,8 +261,10 @@ mod tests {
             .unwrap();
         assert_eq!(b.env("172.16.0.2".parse().unwrap()).unwrap().eni, 7);
         assert_eq!(b.eni(7).unwrap().addrs.len(), 1);
-        let (v, e) = b.env_with_eni("172.16.0.2".parse().unwrap()).unwrap();
-        assert_eq!((v.port, b.enis()[e].id), (PortId(1), 7));
+        let (i, v, e) = b.env_with_eni("172.16.0.2".parse().unwrap()).unwrap();
+        assert_eq!((i, v.port, b.enis()[e].id), (0, PortId(1), 7));
+        assert_eq!(b.env_index("172.16.0.2".parse().unwrap()), Some(0));
+        assert_eq!(b.env_index("172.16.0.3".parse().unwrap()), None);
         assert!(b.env_with_eni("172.16.0.3".parse().unwrap()).is_none());
         assert_eq!(b.next_hop("10.0.0.5".parse().unwrap()), Some("10.0.0.5".parse().unwrap()));
         assert_eq!(b.next_hop("10.1.0.5".parse().unwrap()), Some("10.0.0.1".parse().unwrap()));
@@ -272,9 +281,10 @@ mod tests {
             vec![env("172.16.0.2", 1, 7), env("172.16.0.3", 2, 8), env("172.16.0.4", 1, 9), env("172.16.0.5", 2, 7)],
         )
         .unwrap();
-        for v in b.envs() {
-            let (found, e) = b.env_with_eni(v.ip).unwrap();
-            assert_eq!(found, v);
+        for (i, v) in b.envs().iter().enumerate() {
+            let (j, found, e) = b.env_with_eni(v.ip).unwrap();
+            assert_eq!((j, found), (i, v));
+            assert_eq!(b.env_index(v.ip), Some(i));
             assert_eq!(b.enis()[e].id, v.eni, "{}", v.ip);
             assert_eq!(&b.enis()[e], b.eni(v.eni).unwrap());
         }

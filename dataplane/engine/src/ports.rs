@@ -210,8 +210,8 @@ impl PortPool {
             return None;
         }
         let r = self.rng.below(free);
-        let slot = self.wrap(self.avail_start() + r);
-        Some(self.take_slot(slot))
+        let first = self.avail_start();
+        Some(self.take_at(self.wrap(first + r), first))
     }
 
     /// Exactly `port` if it is available (port preservation), else a random
@@ -397,9 +397,22 @@ impl PortPool {
     /// Moves the available port at `slot` into the allocated arc; its port.
     fn take_slot(&mut self, slot: u32) -> u16 {
         let first = self.avail_start();
-        self.swap(slot, first);
+        self.take_at(slot, first)
+    }
+
+    /// [`PortPool::take_slot`] with the first available slot, `first`,
+    /// known: the port at `slot` trades places with the one at `first`,
+    /// which becomes the allocated arc's last.
+    #[inline]
+    fn take_at(&mut self, slot: u32, first: u32) -> u16 {
+        let (s, f) = (slot as usize, first as usize);
+        let (port, other) = (self.perm[s], self.perm[f]);
+        self.perm[s] = other;
+        self.perm[f] = port;
+        self.pos[usize::from(other)] = slot as u16;
+        self.pos[usize::from(port)] = first as u16;
         self.a_len += 1;
-        (u32::from(self.start) + u32::from(self.perm[first as usize])) as u16
+        (u32::from(self.start) + u32::from(port)) as u16
     }
 
     /// Notes one release at `at` ms, the newest port of the quarantine arc.

@@ -359,6 +359,67 @@ fn quotas_count_what_an_environment_holds_live() {
     assert_eq!(h.dropped(DropReason::QuotaExceeded), 1);
 }
 
+/// An environment's quota counts follow it by address through bindings
+/// changes: reordered, dropped while its sessions live on, and bound
+/// again, it is held to what it holds; once its sessions expire it has its
+/// whole quota back, and no other environment was charged for it.
+#[test]
+fn quotas_follow_an_environment_through_bindings_changes() {
+    let cfg = EngineConfig { env_session_quota: 3, ..EngineConfig::default() };
+    let mut h = Harness::with(cfg);
+    let refused = |h: &mut Harness, env: u32, sport: u16| {
+        let f = h.env_frame(env, UDP, sport, SERVER, 53, 0, b"x");
+        h.send(h.env_port(env), f).forwarded().is_none()
+    };
+    let active = |h: &Harness| {
+        let mut v = vec![];
+        h.engine.active_envs(|ip| v.push(ip));
+        v.sort();
+        v
+    };
+    for p in 0..3 {
+        h.out_ok(1, UDP, 1000 + p, SERVER, 53, 0);
+    }
+    h.out_ok(2, UDP, 1000, SERVER, 53, 0);
+    // Reordered: environment 1 is still full, environment 2 has two left.
+    let mut topo = h.topo.clone();
+    topo.envs.reverse();
+    h.engine.set_bindings(topo.bindings());
+    assert!(refused(&mut h, 1, 2000));
+    assert_eq!(h.dropped(DropReason::QuotaExceeded), 1);
+    h.out_ok(2, UDP, 1001, SERVER, 53, 0);
+    h.out_ok(2, UDP, 1002, SERVER, 53, 0);
+    assert!(refused(&mut h, 2, 2000));
+    assert_eq!(h.dropped(DropReason::QuotaExceeded), 2);
+    // Dropped from the bindings, its sessions live on and it stays active.
+    let ip1 = testkit::env_ip(1);
+    topo.envs.retain(|e| e.ip != ip1);
+    h.engine.set_bindings(topo.bindings());
+    assert!(active(&h).contains(&ip1));
+    assert!(refused(&mut h, 1, 2001), "no longer bound");
+    assert_eq!(h.dropped(DropReason::Spoofed), 1);
+    // Bound again (at another index): still full.
+    topo.envs.push(h.topo.envs[1].clone());
+    h.engine.set_bindings(topo.bindings());
+    assert!(refused(&mut h, 1, 2002));
+    assert_eq!(h.dropped(DropReason::QuotaExceeded), 3);
+    // Dropped again; its sessions expire while it is unbound.
+    topo.envs.retain(|e| e.ip != ip1);
+    h.engine.set_bindings(topo.bindings());
+    h.advance(Duration::from_secs(301));
+    assert!(h.engine.sessions().is_empty());
+    assert!(active(&h).is_empty());
+    // Bound again, and everyone has the whole quota.
+    h.engine.set_bindings(h.topo.bindings());
+    for env in [1, 2] {
+        for p in 0..3 {
+            h.out_ok(env, UDP, 3000 + p, SERVER, 53, 0);
+        }
+        assert!(refused(&mut h, env, 4000));
+    }
+    assert_eq!(h.dropped(DropReason::QuotaExceeded), 5);
+}
+
 #[test]
 fn aws_profile_port_quota_comes_back_when_flows_expire() {
     let cfg = EngineConfig { env_port_quota: 3, ..EngineConfig::aws() };

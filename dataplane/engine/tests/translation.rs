@@ -364,6 +364,31 @@ fn session_table_full_is_a_counted_drop() {
     assert_eq!(pu[0].in_use[1], 4, "the refused flow's port went back");
 }
 
+/// Under address-and-port-dependent mapping (the aws profile) a port is
+/// counted as held (a session per port) when it is chosen: a flow the full
+/// table refuses gives that count back, as under endpoint-independent
+/// mapping above.
+#[test]
+fn a_full_table_gives_the_refused_flows_port_back_under_symmetric_mapping() {
+    let cfg = EngineConfig { max_sessions: 4, ..EngineConfig::aws() };
+    let mut h = Harness::with(cfg);
+    for p in 0..4 {
+        h.out_ok(0, UDP, 5000 + p, SERVER, 9, 0);
+    }
+    for p in 0..3 {
+        let f = h.env_frame(0, UDP, 5010 + p, SERVER, 9, 0, b"x");
+        assert_eq!(h.send(h.env_port(0), f).action, Action::Drop(DropReason::TableFull));
+    }
+    let pu = h.engine.port_use();
+    assert_eq!((pu[0].in_use[1], pu[0].closing[1]), (4, 0), "the refused flows' ports went back");
+    // Once the sessions expire (350 s idle in this profile), nothing is
+    // left held.
+    h.advance(Duration::from_secs(351));
+    assert_eq!(h.engine.sessions().len(), 0);
+    let pu = h.engine.port_use();
+    assert_eq!((pu[0].in_use[1], pu[0].closing[1]), (0, 0));
+}
+
 #[test]
 fn high_water_mark_raises_one_event() {
     let cfg = EngineConfig { high_water: 3, ..EngineConfig::default() };

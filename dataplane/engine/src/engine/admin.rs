@@ -59,8 +59,8 @@ impl Engine {
             let s = *self.table.get(id);
             let removed = self.table.remove(id);
             self.counters.sessions_flushed.inc();
-            let Engine { addrs, envs, counters, cfg, .. } = self;
-            Engine::account_removed(envs, addrs, counters, cfg, now, &s, removed, false);
+            let Engine { addrs, envs, bindings, counters, cfg, .. } = self;
+            Engine::account_removed(envs, bindings, addrs, counters, cfg, now, &s, removed, false);
         }
         if !ids.is_empty() {
             self.counters.sessions_recyclable.set(self.table.recyclable_len() as u64);
@@ -71,11 +71,7 @@ impl Engine {
     /// Calls `f` with each environment that has live sessions (or sessions
     /// from the VPC not answered yet). Costs the number of environments the
     /// engine knows, not the table size; allocates nothing.
-    pub fn active_envs(&self, mut f: impl FnMut(Ipv4Addr)) {
-        for (ip, e) in &self.envs {
-            if e.sessions > 0 || e.unanswered > 0 {
-                f(*ip);
-            }
-        }
+    pub fn active_envs(&self, f: impl FnMut(Ipv4Addr)) {
+        self.envs.for_each_active(&self.bindings, f);
     }
 }

@@ -3,7 +3,7 @@
 //! when a new flow is short of a slot or a port.
 
 use super::{Engine, Event};
-use crate::bindings::Mac;
+use crate::bindings::{Bindings, Mac};
 use crate::config::{EngineConfig, Mapping};
 use crate::counters::Counters;
 use crate::flow::{proto_index, Endpoint, FlowKey, TCP};
@@ -110,6 +110,90 @@ impl EnvState {
     }
 }
 
+impl EnvState {
+    /// Whether it holds anything (sessions, unanswered sessions, ports).
+    fn holds(&self) -> bool {
+        self.sessions > 0 || self.unanswered > 0 || self.ports.iter().any(|&n| n > 0)
+    }
+}
+
+/// Every environment's [`EnvState`]: a bound environment's by its index in
+/// the bindings' environments ([`Bindings::envs`]), so a new flow reaches
+/// it through the index its bindings lookup gave (no lookup of its own);
+/// an environment the bindings no longer list, while it still holds
+/// anything, by address.
+///
+/// Invariants: `bound` is as long as the environments of the bindings in
+/// force ([`EnvQuotas::rebind`] keeps it so on every change); an address
+/// is in at most one of the two; a state moves with its environment's
+/// address whatever index the bindings give it.
+#[derive(Default)]
+pub(super) struct EnvQuotas {
+    bound: Vec<EnvState>,
+    unbound: HashMap<Ipv4Addr, EnvState, foldhash::fast::RandomState>,
+}
+
+impl EnvQuotas {
+    /// The state of the environment at index `i` of the bindings in force.
+    #[inline]
+    pub(super) fn at(&mut self, i: usize) -> &mut EnvState {
+        &mut self.bound[i]
+    }
+
+    /// The state of environment `ip` under bindings `b` (those in force),
+    /// if there is one.
+    pub(super) fn get_mut(&mut self, b: &Bindings, ip: Ipv4Addr) -> Option<&mut EnvState> {
+        match b.env_index(ip) {
+            Some(i) => self.bound.get_mut(i),
+            None => self.unbound.get_mut(&ip),
+        }
+    }
+
+    /// [`EnvQuotas::get_mut`], made (empty) if there is none.
+    pub(super) fn entry(&mut self, b: &Bindings, ip: Ipv4Addr) -> &mut EnvState {
+        match b.env_index(ip).filter(|&i| i < self.bound.len()) {
+            Some(i) => &mut self.bound[i],
+            None => self.unbound.entry(ip).or_default(),
+        }
+    }
+
+    /// Moves every state from where bindings `old` put it to where `new`
+    /// does, by address: bound environments to their new index, those
+    /// `new` drops to `unbound` while they hold anything, those it binds
+    /// again back from there. Costs the environments of both; allocates
+    /// the new index vector.
+    pub(super) fn rebind(&mut self, old: &Bindings, new: &Bindings) {
+        let mut prev = core::mem::take(&mut self.bound);
+        let mut next = Vec::with_capacity(new.envs().len());
+        for v in new.envs() {
+            let st = match old.env_index(v.ip).and_then(|i| prev.get_mut(i)) {
+                Some(s) => core::mem::take(s),
+                None => self.unbound.remove(&v.ip).unwrap_or_default(),
+            };
+            next.push(st);
+        }
+        for (v, st) in old.envs().iter().zip(prev) {
+            if new.env_index(v.ip).is_none() && st.holds() {
+                self.unbound.insert(v.ip, st);
+            }
+        }
+        self.unbound.retain(|_, s| s.holds());
+        self.bound = next;
+    }
+
+    /// Calls `f` with every environment (bound under `b`, the bindings in
+    /// force, or not) that has live sessions or sessions from the VPC not
+    /// answered yet.
+    pub(super) fn for_each_active(&self, b: &Bindings, mut f: impl FnMut(Ipv4Addr)) {
+        let bound = b.envs().iter().map(|v| v.ip).zip(&self.bound);
+        for (ip, e) in bound.chain(self.unbound.iter().map(|(&ip, e)| (ip, e))) {
+            if e.sessions > 0 || e.unanswered > 0 {
+                f(ip);
+            }
+        }
+    }
+}
+
 /// One up or down (never below zero).
 fn step(n: &mut u32, up: bool) {
     *n = if up { *n + 1 } else { n.saturating_sub(1) };
@@ -144,6 +228,17 @@ impl Hold {
             Hold::Live
         }
     }
+}
+
+/// A port [`Engine::find_port`] took for a new mapping, already counted as
+/// held live on its address and published.
+#[derive(Copy, Clone, Debug)]
+pub(super) struct Taken {
+    pub(super) ep: Endpoint,
+    /// Its address reached its high-water mark with it: the caller checks
+    /// again ([`Engine::check_high_water`], which raises the event) once
+    /// the flow's session exists, so a flow refused after all raises none.
+    pub(super) high: bool,
 }
 
 /// How long an outbound flow nobody has answered keeps its session against
@@ -259,7 +354,7 @@ impl Engine {
             return;
         }
         let pi = proto_index(s.proto);
-        let env = self.envs.entry(s.inside.ip).or_default();
+        let env = self.envs.entry(&self.bindings, s.inside.ip);
         env.count(before, false);
         env.count(after, true);
         let live = after == Hold::Live;
@@ -294,7 +389,8 @@ impl Engine {
     /// once for a flow that cannot meet that TIME_WAIT.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn account_removed(
-        envs: &mut HashMap<Ipv4Addr, EnvState, foldhash::fast::RandomState>,
+        envs: &mut EnvQuotas,
+        bindings: &Bindings,
         addrs: &mut HashMap<Ipv4Addr, Addr, foldhash::fast::RandomState>,
         counters: &Counters,
         cfg: &EngineConfig,
@@ -306,7 +402,7 @@ impl Engine {
         let pi = proto_index(s.proto);
         counters.sessions_expired[pi].inc();
         let hold = if s.recyclable() { Hold::of(s) } else { Hold::Live };
-        if let Some(e) = envs.get_mut(&s.inside.ip) {
+        if let Some(e) = envs.get_mut(bindings, s.inside.ip) {
             e.count(hold, false);
             if removed.port_left_live {
                 step(&mut e.ports[pi], false);
@@ -347,8 +443,8 @@ impl Engine {
     fn remove_early(&mut self, now: Instant, sid: u32, reuse: bool) {
         let s = *self.table.get(sid);
         let removed = self.table.remove(sid);
-        let Engine { addrs, envs, counters, cfg, .. } = self;
-        Engine::account_removed(envs, addrs, counters, cfg, now, &s, removed, reuse);
+        let Engine { addrs, envs, bindings, counters, cfg, .. } = self;
+        Engine::account_removed(envs, bindings, addrs, counters, cfg, now, &s, removed, reuse);
     }
 
     /// Frees one session slot: recycles the session that has been
@@ -469,7 +565,13 @@ impl Engine {
     /// there is one (a free port, or one recycled from an ended
     /// connection), else a free port on the first address below the
     /// high-water mark, else a free port anywhere, else a recycled one
-    /// anywhere. The address to report as exhausted otherwise.
+    /// anywhere. The port comes back [`Taken`]: already counted as held
+    /// live on its address and published, in the lookup that took it. The
+    /// address to report as exhausted otherwise, with nothing counted.
+    ///
+    /// The common case, a free port on the paired address, is inline and
+    /// costs one lookup of the address; the rest is out of line.
+    #[inline]
     pub(super) fn find_port(
         &mut self,
         now: Instant,
@@ -477,16 +579,34 @@ impl Engine {
         paired: Option<Ipv4Addr>,
         pi: usize,
         key: FlowKey,
-    ) -> Result<Endpoint, Ipv4Addr> {
+    ) -> Result<Taken, Ipv4Addr> {
+        let paired = paired.filter(|p| self.bindings.enis()[eni].addrs.contains(p));
+        self.cool_all(now);
+        if let Some(t) = paired.and_then(|p| self.free_port(now, p, pi, key)) {
+            return Ok(t);
+        }
+        self.find_port_further(now, eni, paired, pi, key)
+    }
+
+    /// [`Engine::find_port`] once the paired address (if any) had no free
+    /// port.
+    #[cold]
+    #[inline(never)]
+    fn find_port_further(
+        &mut self,
+        now: Instant,
+        eni: usize,
+        paired: Option<Ipv4Addr>,
+        pi: usize,
+        key: FlowKey,
+    ) -> Result<Taken, Ipv4Addr> {
+        if let Some(t) = paired.and_then(|p| self.take_recycled_port(now, p, pi, key)) {
+            return Ok(t);
+        }
         // The ENI's addresses are read through `self.bindings` by position
         // (the bindings do not change while a frame is processed).
         let addr_at = |e: &Engine, i: usize| e.bindings.enis()[eni].addrs.get(i).copied();
         let n = self.bindings.enis()[eni].addrs.len();
-        let paired = paired.filter(|p| self.bindings.enis()[eni].addrs.contains(p));
-        self.cool_all(now);
-        if let Some(ep) = paired.and_then(|p| self.take_port(now, p, pi, key)) {
-            return Ok(ep);
-        }
         let m = self.cfg.mapping;
         for below in [true, false] {
             for i in 0..n {
@@ -496,8 +616,8 @@ impl Engine {
                     .get(&a)
                     .is_some_and(|s| s.has_room(pi, m) && (!below || s.live[pi] + s.warm[pi] < s.mark(pi, &self.cfg)));
                 if free {
-                    if let Some(ep) = self.take_port(now, a, pi, key) {
-                        return Ok(ep);
+                    if let Some(t) = self.take_port(now, a, pi, key) {
+                        return Ok(t);
                     }
                 }
             }
@@ -507,45 +627,11 @@ impl Engine {
             if Some(a) == paired {
                 continue;
             }
-            if let Some(ep) = self.take_port(now, a, pi, key) {
-                return Ok(ep);
+            if let Some(t) = self.take_port(now, a, pi, key) {
+                return Ok(t);
             }
         }
         Err(paired.or(addr_at(self, 0)).unwrap_or(Ipv4Addr::UNSPECIFIED))
-    }
-
-    /// The common case of [`Engine::find_port`], under endpoint-independent
-    /// mapping: a free port on the paired address, taken and at once
-    /// counted as held live there and published (one lookup of the
-    /// address). Returns the port and whether the address reached its
-    /// high-water mark (the caller checks it again once the flow's session
-    /// exists: [`Engine::check_high_water`]). `None`, with nothing counted
-    /// or taken, sends the caller the long way ([`Engine::find_port`],
-    /// which finds the same state: the pool's failed allocation and
-    /// [`Engine::cool_all`] change nothing a second time).
-    #[inline]
-    pub(super) fn take_paired_port(
-        &mut self,
-        now: Instant,
-        eni: usize,
-        paired: Option<Ipv4Addr>,
-        pi: usize,
-        key: FlowKey,
-    ) -> Option<(Endpoint, bool)> {
-        if self.cfg.mapping != Mapping::EndpointIndependent {
-            return None;
-        }
-        let p = paired.filter(|p| self.bindings.enis()[eni].addrs.contains(p))?;
-        self.cool_all(now);
-        let a = self.addrs.get_mut(&p)?;
-        let port = if self.cfg.port_preservation {
-            a.pools[pi].allocate_preferred(now, key.local.port)
-        } else {
-            a.pools[pi].allocate(now)
-        }?;
-        a.live[pi] += 1;
-        let high = Engine::publish_and_check(&self.counters, a, pi, &self.cfg).is_some();
-        Some((Endpoint::new(p, port), high))
     }
 
     /// Moves the sessions of `addr`'s cooling list whose remote's
@@ -564,10 +650,17 @@ impl Engine {
     /// (only what a pass left at [`RECYCLE_SCAN`] waits for the next
     /// millisecond). New flows call it, so a burst of them pays for one
     /// pass, not one per flow and address.
+    #[inline]
     pub(super) fn cool_all(&mut self, now: Instant) {
-        if self.cooled_at == now {
-            return;
+        if self.cooled_at != now {
+            self.cool_all_now(now);
         }
+    }
+
+    /// [`Engine::cool_all`]'s pass, out of line (once a millisecond).
+    #[cold]
+    #[inline(never)]
+    fn cool_all_now(&mut self, now: Instant) {
         self.cooled_at = now;
         let Engine { addrs, table, .. } = self;
         for a in addrs.values_mut() {
@@ -576,12 +669,12 @@ impl Engine {
     }
 
     /// A port on `addr` for a new mapping of `key`: a free one, or one a
-    /// recycled ended connection gave back.
+    /// recycled ended connection gave back; [`Taken`].
     #[inline]
-    pub(super) fn take_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+    fn take_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Taken> {
         // The common case, a free port, inline; recycling out of line.
         match self.free_port(now, addr, pi, key) {
-            Some(ep) => Some(ep),
+            Some(t) => Some(t),
             None => self.take_recycled_port(now, addr, pi, key),
         }
     }
@@ -590,12 +683,12 @@ impl Engine {
     /// ended connection's port and tries again, twice at most.
     #[cold]
     #[inline(never)]
-    fn take_recycled_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+    fn take_recycled_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Taken> {
         if !self.recycle_port(now, addr, pi, key.remote) {
             return None;
         }
-        if let Some(ep) = self.free_port(now, addr, pi, key) {
-            return Some(ep);
+        if let Some(t) = self.free_port(now, addr, pi, key) {
+            return Some(t);
         }
         // A second recycling whose port the next flow finds free.
         let _ = self.recycle_port(now, addr, pi, key.remote);
@@ -603,18 +696,20 @@ impl Engine {
     }
 
     /// A free port on `addr` (under address-and-port-dependent mapping, one
-    /// whose outside key towards this remote is unused), no recycling.
-    #[inline]
-    fn free_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Endpoint> {
+    /// whose outside key towards this remote is unused), no recycling;
+    /// [`Taken`].
+    #[inline(always)]
+    fn free_port(&mut self, now: Instant, addr: Ipv4Addr, pi: usize, key: FlowKey) -> Option<Taken> {
         match self.cfg.mapping {
             Mapping::EndpointIndependent => {
-                let a = self.addrs.get_mut(&addr)?;
-                let p = if self.cfg.port_preservation {
+                let Engine { addrs, counters, cfg, .. } = self;
+                let a = addrs.get_mut(&addr)?;
+                let p = if cfg.port_preservation {
                     a.pools[pi].allocate_preferred(now, key.local.port)
                 } else {
                     a.pools[pi].allocate(now)
-                };
-                p.map(|p| Endpoint::new(addr, p))
+                }?;
+                Some(Engine::count_taken(counters, cfg, a, pi, Endpoint::new(addr, p)))
             }
             Mapping::AddressAndPortDependent => self.probe_port(addr, key),
         }
@@ -622,44 +717,60 @@ impl Engine {
 
     /// Address-and-port-dependent mapping: a random port whose outside key
     /// towards this remote is unused (random probes, then a scan; at most
-    /// [`PROBE_LIMIT`] lookups).
-    pub(super) fn probe_port(&mut self, addr: Ipv4Addr, key: FlowKey) -> Option<Endpoint> {
+    /// [`PROBE_LIMIT`] lookups); [`Taken`].
+    fn probe_port(&mut self, addr: Ipv4Addr, key: FlowKey) -> Option<Taken> {
         let range = self.cfg.port_range.clone();
-        let a = self.addrs.get_mut(&addr)?;
+        let Engine { addrs, table, port_probes, counters, cfg, .. } = self;
+        let a = addrs.get_mut(&addr)?;
         let pi = proto_index(key.proto);
-        let probes = &mut self.port_probes;
         let mut free = |t: &SessionTable, p: u16| {
-            *probes += 1;
+            *port_probes += 1;
             t.find_outside(&FlowKey { proto: key.proto, local: Endpoint::new(addr, p), remote: key.remote }).is_none()
         };
+        let mut found = None;
         for _ in 0..32 {
             let p = a.pools[pi].random_port();
-            if free(&self.table, p) {
-                return Some(Endpoint::new(addr, p));
+            if free(table, p) {
+                found = Some(p);
+                break;
             }
         }
-        let start = a.pools[pi].random_port();
-        let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
-        let n = hi - lo + 1;
-        (0..n.min(PROBE_SCAN))
-            .map(|i| (lo + (u32::from(start) - lo + i) % n) as u16)
-            .find(|&p| free(&self.table, p))
-            .map(|p| Endpoint::new(addr, p))
+        if found.is_none() {
+            let start = a.pools[pi].random_port();
+            let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
+            let n = hi - lo + 1;
+            found =
+                (0..n.min(PROBE_SCAN)).map(|i| (lo + (u32::from(start) - lo + i) % n) as u16).find(|&p| free(table, p));
+        }
+        found.map(|p| Engine::count_taken(counters, cfg, a, pi, Endpoint::new(addr, p)))
     }
 
-    /// Gives back a port taken for a flow that could not be created: it
-    /// was never used, so it needs no quarantine.
-    /// `counted`: [`Engine::take_paired_port`] counted it as held live.
-    pub(super) fn release_unused_port(&mut self, ep: Endpoint, pi: usize, counted: bool) {
-        if self.cfg.mapping == Mapping::EndpointIndependent {
-            if let Some(a) = self.addrs.get_mut(&ep.ip) {
-                if counted {
-                    step(&mut a.live[pi], false);
-                }
-                a.pools[pi].release_now(ep.port);
-                Engine::publish(&self.counters, a, pi, &self.cfg);
-            }
+    /// Counts port `ep` just taken on its address `a` as held live (under
+    /// address-and-port-dependent mapping, its session as held too) and
+    /// publishes it: the one place a new mapping's port is counted.
+    #[inline(always)]
+    fn count_taken(counters: &Counters, cfg: &EngineConfig, a: &mut Addr, pi: usize, ep: Endpoint) -> Taken {
+        a.live[pi] += 1;
+        if cfg.mapping == Mapping::AddressAndPortDependent {
+            a.apdm[pi] += 1;
         }
+        let high = Engine::publish_and_check(counters, a, pi, cfg).is_some();
+        Taken { ep, high }
+    }
+
+    /// Gives back a port [`Engine::find_port`] took for a flow that could
+    /// not be created: no longer counted, and (never used) free again
+    /// without quarantine.
+    pub(super) fn release_unused_port(&mut self, ep: Endpoint, pi: usize) {
+        let Some(a) = self.addrs.get_mut(&ep.ip) else { return };
+        step(&mut a.live[pi], false);
+        match self.cfg.mapping {
+            Mapping::EndpointIndependent => {
+                a.pools[pi].release_now(ep.port);
+            }
+            Mapping::AddressAndPortDependent => step(&mut a.apdm[pi], false),
+        }
+        Engine::publish(&self.counters, a, pi, &self.cfg);
     }
 
     pub(super) fn check_high_water(&mut self, addr: Ipv4Addr, proto: u8) {
@@ -670,17 +781,14 @@ impl Engine {
         }
     }
 
-    /// A new flow's port (its session, when `apdm`: address-and-port-
-    /// dependent mapping) on `addr` is now held live: counted, published
-    /// and checked against the high-water mark, with one lookup of the
-    /// address ([`Engine::check_high_water`] after the counts).
-    pub(super) fn count_live_port(&mut self, addr: Ipv4Addr, proto: u8, apdm: bool) {
+    /// A mapping held only by recyclable sessions that a new flow made live
+    /// again: its port on `addr` is held live once more (counted,
+    /// published and checked against the high-water mark, one lookup).
+    /// Ports a new mapping takes are counted by [`Engine::find_port`].
+    pub(super) fn count_revived_port(&mut self, addr: Ipv4Addr, proto: u8) {
         let pi = proto_index(proto);
         let Some(a) = self.addrs.get_mut(&addr) else { return };
         a.live[pi] += 1;
-        if apdm {
-            a.apdm[pi] += 1;
-        }
         if let Some(in_use) = Engine::publish_and_check(&self.counters, a, pi, &self.cfg) {
             self.raise_high_water(addr, proto, in_use);
         }

@@ -110,7 +110,7 @@ impl Engine {
             return Err(DropReason::Filtered);
         }
         let map = *self.table.mapping(m);
-        let st = self.envs.entry(map.inside.ip).or_default();
+        let st = self.envs.entry(&self.bindings, map.inside.ip);
         // Its own budget: never the environment's quotas, and recyclable by
         // any new outbound flow until the environment answers.
         if st.unanswered >= self.cfg.env_inbound_quota {
@@ -122,7 +122,7 @@ impl Engine {
         s.count_first(false, bytes);
         let sid = self.table.insert(s, m).map_err(|_| DropReason::TableFull)?;
         self.counters.sessions_created[proto_index(key.proto)].inc();
-        self.envs.entry(map.inside.ip).or_default().unanswered += 1;
+        self.envs.entry(&self.bindings, map.inside.ip).unanswered += 1;
         // Inserted as live for the instant: taking it off again leaves the
         // mapping's live count as it was.
         let list = self.addrs.get(&map.eni.ip).map_or(crate::session::LISTS as u16 - 1, |a| a.list);

@@ -88,7 +88,7 @@ use crate::wire::{self, Ipv4, ETH_LEN, L4};
 use crate::PortId;
 use core::net::Ipv4Addr;
 use fragment::FragXlate;
-use hold::{Addr, EnvState};
+use hold::{Addr, EnvQuotas};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -206,7 +206,8 @@ pub struct Engine {
     addrs: HashMap<Ipv4Addr, Addr, foldhash::fast::RandomState>,
     /// The keys of `addrs`, for the per-frame membership test.
     addr_set: addr_set::AddrSet,
-    envs: HashMap<Ipv4Addr, EnvState, foldhash::fast::RandomState>,
+    /// Environments' quotas and learned MACs.
+    envs: EnvQuotas,
     arp: ArpTable,
     frags: FragTable<FragXlate>,
     tx: VecDeque<(PortId, [u8; TX_FRAME], usize)>,
@@ -259,7 +260,7 @@ impl Engine {
             frags: FragTable::with_seed(config.frag, config.seed ^ 0x6672_6167_6d65_6e74),
             addrs: HashMap::default(),
             addr_set: addr_set::AddrSet::new(),
-            envs: HashMap::default(),
+            envs: EnvQuotas::default(),
             tx: VecDeque::with_capacity(TX_QUEUE),
             frag_out: VecDeque::with_capacity(TX_QUEUE),
             announce: Vec::new(),
@@ -368,6 +369,7 @@ impl Engine {
         if let Some(sender) = sender {
             self.arp.set_sender(sender);
         }
+        self.envs.rebind(&self.bindings, &b);
         self.bindings = b;
         self.forget_idle_addrs();
     }
@@ -460,9 +462,9 @@ impl Engine {
     /// ARP resolutions and fragment buffers that timed out.
     pub fn expire(&mut self, now: Instant) {
         self.now = now;
-        let Engine { table, addrs, envs, counters, cfg, .. } = self;
+        let Engine { table, addrs, envs, bindings, counters, cfg, .. } = self;
         table.expire(now, |s, removed| {
-            Engine::account_removed(envs, addrs, counters, cfg, now, s, removed, false);
+            Engine::account_removed(envs, bindings, addrs, counters, cfg, now, s, removed, false);
         });
         self.counters.sessions_recyclable.set(self.table.recyclable_len() as u64);
         for a in self.addrs.values_mut() {

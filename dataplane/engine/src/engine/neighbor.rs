@@ -17,9 +17,9 @@ impl Engine {
         };
         let ours = if port.is_inside() {
             // Learn the environment's MAC, if the sender is one of ours here.
-            if let Some(env) = self.bindings.env(msg.sender_ip) {
+            if let Some((i, env, _)) = self.bindings.env_with_eni(msg.sender_ip) {
                 if env.port == port {
-                    self.envs.entry(msg.sender_ip).or_default().mac = msg.sender_mac;
+                    self.envs.at(i).mac = msg.sender_mac;
                 }
             }
             self.bindings.inside(port).is_some_and(|p| p.gateway == msg.target_ip)

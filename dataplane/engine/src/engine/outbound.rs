@@ -5,14 +5,14 @@
 //!
 //! # A new flow's cost
 //! A new flow looks up, once each: its environment and ENI (one lookup in
-//! the bindings), the environment's quotas, its mapping, the paired
+//! the bindings, which gives the environment's index: its quotas are at
+//! that index, no lookup of their own), its mapping, the paired
 //! address (which hands out the port and counts it live in the same
-//! lookup), and hashes each key once (inside key, inside and ENI
+//! lookup: [`Engine::find_port`]), and hashes each key once (inside key, inside and ENI
 //! endpoints, outside key), passing the hashes to the table's `*_hashed`
 //! calls. The security group is checked from the protocol's compiled
-//! list ([`crate::policy`]). Nothing is allocated once the environment's
-//! quota entry exists; the first new environment past the entries map's
-//! capacity grows it to hold every bound environment at once.
+//! list ([`crate::policy`]). Nothing is allocated: every bound
+//! environment's quota entry is made when the bindings are set.
 
 use super::fragment::set_ident;
 use super::hold::{warm, Hold};
@@ -154,7 +154,7 @@ impl Engine {
         // The bindings are read through `self` (no `Arc` clone per flow);
         // the ENI is kept as its index for the port search below.
         let b = &*self.bindings;
-        let (_, ei) = b.env_with_eni(key.local.ip).filter(|(e, _)| e.port == port).ok_or(DropReason::Spoofed)?;
+        let (vi, _, ei) = b.env_with_eni(key.local.ip).filter(|(_, e, _)| e.port == port).ok_or(DropReason::Spoofed)?;
         if key.proto == TCP && !tcp::Flags::from_byte(flags).opens() {
             return Err(DropReason::TcpNotSyn);
         }
@@ -169,9 +169,8 @@ impl Engine {
             return Err(DropReason::PolicyDenied);
         }
         let pi = proto_index(key.proto);
-        // A new environment's entry is made once its session is.
-        let known = self.envs.get(&key.local.ip).copied();
-        let st = known.unwrap_or_default();
+        // The environment's quotas, by its index in the bindings.
+        let st = *self.envs.at(vi);
         if st.sessions >= self.cfg.env_session_quota {
             return Err(DropReason::QuotaExceeded);
         }
@@ -183,10 +182,9 @@ impl Engine {
         };
         // A mapping held only by recyclable sessions becomes live again.
         let revived = existing.is_some_and(|m| self.table.mapping(m).live == 0);
-        // Whether the port was counted live when taken
-        // ([`Engine::take_paired_port`]), and its address then reached its
-        // high-water mark; whether a session was recycled since.
-        let mut counted: Option<bool> = None;
+        // Whether the address of a port taken here reached its high-water
+        // mark ([`Taken::high`]); whether a session was recycled since.
+        let mut high = false;
         let mut recycled = false;
         // The outside key's hash, for the insert.
         let outside_hash = |t: &SessionTable, eni: Endpoint| t.hash(&FlowKey { local: eni, ..key });
@@ -202,18 +200,17 @@ impl Engine {
                 // Paired pooling (RFC 4787 REQ-2) while the environment
                 // holds a live port: the same address for all its flows.
                 let paired = st.addr.filter(|_| st.ports.iter().any(|&n| n > 0));
-                let ep = match self.take_paired_port(now, ei, paired, pi, key) {
-                    Some((ep, high)) => {
-                        counted = Some(high);
-                        ep
+                // Counted as held live from here: every way out below
+                // that does not create the flow gives it back.
+                let ep = match self.find_port(now, ei, paired, pi, key) {
+                    Ok(t) => {
+                        high = t.high;
+                        t.ep
                     }
-                    None => match self.find_port(now, ei, paired, pi, key) {
-                        Ok(ep) => ep,
-                        Err(addr) => {
-                            let _ = self.event(Event::Exhausted { addr, proto: key.proto });
-                            return Err(DropReason::PortsExhausted);
-                        }
-                    },
+                    Err(addr) => {
+                        let _ = self.event(Event::Exhausted { addr, proto: key.proto });
+                        return Err(DropReason::PortsExhausted);
+                    }
                 };
                 let ohash = outside_hash(&self.table, ep);
                 let m = match self.cfg.mapping {
@@ -226,7 +223,7 @@ impl Engine {
                             // mapping slab is a full table.
                             Err(_) if self.recycle_session(now, NIL) => recycled = true,
                             Err(_) => {
-                                self.release_unused_port(ep, pi, counted.is_some());
+                                self.release_unused_port(ep, pi);
                                 return Err(DropReason::TableFull);
                             }
                         }
@@ -240,7 +237,7 @@ impl Engine {
         s.tcp = tcp::State::initial(Dir::Out);
         s.count_first(true, bytes);
         let sid = loop {
-            match self.table.insert_hashed(s, mapping, hash, ohash) {
+            match self.table.insert_hashed(&s, mapping, hash, ohash) {
                 Ok(sid) => break sid,
                 Err(_) if self.recycle_session(now, mapping) => recycled = true,
                 Err(_) => {
@@ -249,48 +246,31 @@ impl Engine {
                             // The mapping has no session: drop it with its port.
                             self.table.drop_empty_mapping(mapping);
                         }
-                        self.release_unused_port(eni_ep, pi, counted.is_some());
+                        self.release_unused_port(eni_ep, pi);
                     }
                     return Err(DropReason::TableFull);
                 }
             }
         };
         self.counters.sessions_created[pi].inc();
-        if known.is_none() {
-            self.reserve_envs();
-        }
-        let st = self.envs.entry(key.local.ip).or_default();
+        // Again: recycling above may have changed its counts.
+        let st = self.envs.at(vi);
         st.mac = src_mac;
         st.sessions += 1;
         if fresh || revived {
             st.ports[pi] += 1;
             st.addr = Some(eni_ep.ip);
-            match counted {
-                // Counted already; the mark is checked again (as after
-                // counting) when it was reached or recycling moved counts.
-                Some(high) => {
-                    if high || recycled {
-                        self.check_high_water(eni_ep.ip, key.proto);
-                    }
-                }
-                None => {
-                    let apdm = fresh && self.cfg.mapping == Mapping::AddressAndPortDependent;
-                    self.count_live_port(eni_ep.ip, key.proto, apdm);
-                }
+        }
+        if fresh {
+            // Counted when taken; the mark is checked again (as after
+            // counting) when it was reached or recycling moved counts.
+            if high || recycled {
+                self.check_high_water(eni_ep.ip, key.proto);
             }
+        } else if revived {
+            self.count_revived_port(eni_ep.ip, key.proto);
         }
         Ok(sid)
-    }
-
-    /// Before a new environment's quota entry is made: room for every bound
-    /// environment, so that the entries map grows at most once per
-    /// bindings (not by doubling as environments appear; they are few and
-    /// small). Without room to add, it grows as usual.
-    fn reserve_envs(&mut self) {
-        let bound = self.bindings.envs().len();
-        if self.envs.len() == self.envs.capacity() && bound > self.envs.len() {
-            let _ = self.envs.try_reserve(bound - self.envs.len());
-        }
     }
 
     /// A new flow that could not be created: dropped, and for port
@@ -305,6 +285,7 @@ impl Engine {
     }
 
     /// Sends a translated frame to its next hop on the VPC side.
+    #[inline]
     pub(super) fn send_outside(
         &mut self,
         now: Instant,

@@ -558,13 +558,15 @@ impl SessionTable {
     pub fn insert(&mut self, s: Session, mapping: u32) -> Result<u32, Full> {
         let hi = hash3(&self.hasher, s.proto, s.inside, s.remote);
         let ho = hash3(&self.hasher, s.proto, s.eni, s.remote);
-        self.insert_hashed(s, mapping, hi, ho)
+        self.insert_hashed(&s, mapping, hi, ho)
     }
 
     /// [`SessionTable::insert`] with the [`SessionTable::hash`] of its
-    /// inside (`hi`) and outside (`ho`) keys.
-    #[inline]
-    pub fn insert_hashed(&mut self, mut s: Session, mapping: u32, hi: u64, ho: u64) -> Result<u32, Full> {
+    /// inside (`hi`) and outside (`ho`) keys. The session is copied into
+    /// its slot once, and its links (mapping chain, wheel slot) are written
+    /// once, whole.
+    #[inline(always)]
+    pub fn insert_hashed(&mut self, s: &Session, mapping: u32, hi: u64, ho: u64) -> Result<u32, Full> {
         let id = self.free.pop().ok_or(Full)?;
         // Each index is sized for every slot: an insert always finds room.
         if !self.in_index.insert(hi, id) {
@@ -576,22 +578,28 @@ impl SessionTable {
             self.free.push(id);
             return Err(Full);
         }
-        s.list = NIL16;
-        let mut l = Links { created: s.last_seen, mapping, ..BLANK_LINKS };
+        let mut map_next = NIL;
         if mapping != NIL {
             let m = &mut self.mappings[mapping as usize];
-            l.map_next = m.head;
+            map_next = m.head;
             m.head = id;
             m.sessions += 1;
             m.live += 1;
-            if l.map_next != NIL {
-                self.links[l.map_next as usize].map_prev = id;
+            if map_next != NIL {
+                self.links[map_next as usize].map_prev = id;
             }
         }
-        self.links[id as usize] = l;
-        self.sessions[id as usize] = s;
-        let deadline = s.deadline(&self.timeouts);
-        self.wheel_insert(id, deadline);
+        let slot = self.wheel_slot(s.deadline(&self.timeouts));
+        let wheel_next = self.wheel[slot];
+        if wheel_next != NIL {
+            self.links[wheel_next as usize].wheel_prev = id;
+        }
+        self.wheel[slot] = id;
+        self.links[id as usize] =
+            Links { created: s.last_seen, mapping, map_next, wheel_next, wheel_slot: slot as u16, ..BLANK_LINKS };
+        let d = &mut self.sessions[id as usize];
+        *d = *s;
+        d.list = NIL16;
         Ok(id)
     }
 

@@ -13,11 +13,17 @@ impl SessionTable {
         self.wheel_insert(id, deadline);
     }
 
-    pub(super) fn wheel_insert(&mut self, id: u32, deadline: Instant) {
-        // Round up to the next whole second, and keep within the wheel.
+    /// The wheel slot of `deadline`: rounded up to the next whole second,
+    /// and kept within the wheel.
+    #[inline]
+    pub(super) fn wheel_slot(&self, deadline: Instant) -> usize {
         let due = deadline.millis().div_ceil(1000);
         let due = due.clamp(self.wheel_now + 1, self.wheel_now + WHEEL_SLOTS as u64 - 1);
-        let slot = (due as usize) & (WHEEL_SLOTS - 1);
+        (due as usize) & (WHEEL_SLOTS - 1)
+    }
+
+    pub(super) fn wheel_insert(&mut self, id: u32, deadline: Instant) {
+        let slot = self.wheel_slot(deadline);
         let head = self.wheel[slot];
         let l = &mut self.links[id as usize];
         l.wheel_slot = slot as u16;

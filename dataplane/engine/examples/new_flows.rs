@@ -1,0 +1,124 @@
+//! A fixed number of new flows through one engine, for instruction counts
+//! that do not depend on how long a bench ran: the setup of `cargo bench
+//! --bench engine`'s `new_flow` group (256 environments on 8 attachments,
+//! one ENI address, a 20-rule security group, 128 source ports each towards
+//! 64 remote servers, in the bench's shuffled order), each engine taking all
+//! 32,768 first packets, the first 256 of them from environments new to it.
+//!
+//! ```text
+//! cargo build --release -p dataplane --example new_flows
+//! valgrind --tool=callgrind --toggle-collect='*Engine*process_offload*' \
+//!     target/release/examples/new_flows udp     # or tcp (SYNs); then engines (default 1)
+//! ```
+//! Instructions per new flow: the total over the calls of `Engine::process`
+//! divided by their number (one more call per engine: the router's ARP).
+
+use dataplane::arp;
+use dataplane::config::EngineConfig;
+use dataplane::flow::{TCP, UDP};
+use dataplane::policy::{Cidr, Rule, RuleProto, RuleSet};
+use dataplane::testkit::{self, flags, IpOpts, Topology, ROUTER, ROUTER_MAC};
+use dataplane::time::Instant;
+use dataplane::{Action, Engine, PortId};
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// Flows each engine takes (the bench's `NEW_FLOWS_PER_ENGINE`).
+const FLOWS: u32 = 32_768;
+/// Environments they come from.
+const ENVS: u32 = 256;
+
+/// The bench's shuffle (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = ((u128::from(self.next()) * (i as u128 + 1)) >> 64) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+fn remote(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, (i / 250) as u8, (1 + i % 250) as u8)
+}
+
+const ENI: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+
+/// The bench's security group: the flows' rule (443 to 10.1.0.0/16) near
+/// the end of 20.
+fn security_group() -> RuleSet {
+    let p = |s: &str| s.parse::<Cidr>().expect("literal prefix");
+    let tcp = |port: u16, dst: &str| Rule { proto: RuleProto::Tcp, ports: port..=port, dst: p(dst) };
+    let udp = |port: u16, dst: &str| Rule { proto: RuleProto::Udp, ports: port..=port, dst: p(dst) };
+    RuleSet::new(vec![
+        udp(53, "10.0.0.2/32"),
+        tcp(53, "10.0.0.2/32"),
+        tcp(5432, "10.2.0.0/16"),
+        tcp(3306, "10.2.0.0/16"),
+        tcp(6379, "10.3.0.0/24"),
+        tcp(11211, "10.3.1.0/24"),
+        tcp(9092, "10.4.0.0/20"),
+        tcp(2181, "10.4.16.0/20"),
+        Rule { proto: RuleProto::Tcp, ports: 8000..=8099, dst: p("10.5.0.0/16") },
+        tcp(27017, "10.6.0.0/16"),
+        tcp(5439, "10.7.0.0/16"),
+        tcp(9200, "10.8.0.0/16"),
+        tcp(80, "52.94.0.0/22"),
+        tcp(443, "52.94.0.0/22"),
+        tcp(443, "54.239.0.0/16"),
+        udp(123, "169.254.169.123/32"),
+        Rule { proto: RuleProto::Icmp, ports: 0..=0, dst: p("10.0.0.0/8") },
+        udp(443, "10.1.0.0/16"),
+        tcp(443, "10.1.0.0/16"),
+        tcp(22, "10.9.0.0/24"),
+    ])
+}
+
+fn main() {
+    let syn = std::env::args().nth(1).is_some_and(|a| a == "tcp");
+    let engines: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let mut topo = Topology::new(8, ENVS);
+    topo.enis[0].addrs = vec![ENI];
+    topo.enis[0].egress = Arc::new(security_group());
+    let cfg = EngineConfig { max_sessions: FLOWS as usize * 2, high_water: 60_000, ..EngineConfig::default() };
+    let now = Instant::from_secs(1);
+    let per_env = FLOWS / ENVS;
+    let mut firsts: Vec<(PortId, Vec<u8>)> = (0..ENVS)
+        .flat_map(|env| (0..per_env).map(move |k| (env, k)))
+        .map(|(env, k)| {
+            let (src, dst, sport) = (testkit::env_ip(env), remote((env * per_env + k) % 64), 10_000 + k as u16);
+            let port = topo.envs[env as usize].port;
+            let (proto, seg) = if syn {
+                (TCP, testkit::tcp_segment(src, sport, dst, 443, flags::SYN, &[]))
+            } else {
+                (UDP, testkit::udp_segment(src, sport, dst, 443, &[0x5a; 32]))
+            };
+            let mac = (testkit::inside_mac(port.0), testkit::env_mac(env));
+            (port, testkit::ipv4_frame(mac.0, mac.1, src, dst, proto, IpOpts::default(), &seg))
+        })
+        .collect();
+    Rng(if syn { 8 } else { 7 }).shuffle(&mut firsts);
+    let mut buf = [0u8; 2048];
+    for _ in 0..engines {
+        let mut e = Engine::new(cfg.clone(), topo.bindings()).expect("valid config");
+        let n = arp::write_request(&mut buf, ROUTER_MAC, ROUTER, ENI);
+        assert!(matches!(e.process(now, PortId::OUTSIDE, &mut buf, n), Action::Reply { .. }));
+        while e.poll_transmit(now, &mut buf).is_some() {}
+        for (port, f) in &firsts {
+            buf[..f.len()].copy_from_slice(f);
+            black_box(e.process(now, *port, &mut buf, f.len()));
+        }
+        assert_eq!(e.sessions().len(), firsts.len(), "every first packet made a session");
+    }
+}
