@@ -1150,8 +1150,11 @@ mod tests {
             t.expire(ms(now));
             drain(&mut t);
         }
-        assert_eq!(t.entries.capacity(), entries);
-        assert_eq!(t.pending_index.capacity(), pending);
+        // A map's `capacity()` is its items plus the inserts left before it must rehash: erased entries leave
+        // tombstones that lower it until the next rehash, which happens in place while the map is at most half
+        // full. A map that grew would report more than it started with.
+        assert!(t.entries.capacity() <= entries, "{} > {entries}", t.entries.capacity());
+        assert!(t.pending_index.capacity() <= pending, "{} > {pending}", t.pending_index.capacity());
         assert_eq!(t.storage.as_ptr(), storage);
         assert!(t.len() <= 16);
     }
