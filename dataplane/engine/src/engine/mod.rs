@@ -68,6 +68,7 @@ mod icmp;
 mod inbound;
 mod neighbor;
 mod outbound;
+mod quotas;
 mod rewrite;
 
 pub use admin::Walk;
@@ -88,7 +89,8 @@ use crate::wire::{self, Ipv4, ETH_LEN, L4};
 use crate::PortId;
 use core::net::Ipv4Addr;
 use fragment::FragXlate;
-use hold::{Addr, EnvQuotas};
+use hold::Addr;
+use quotas::EnvQuotas;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
