@@ -148,7 +148,7 @@ fn hint(table: &SessionTable, port: PortId, frame: &[u8]) -> Option<Hint> {
     if frame.len() < ETH_LEN || wire::ethertype(frame) != wire::ETHERTYPE_IPV4 {
         return None;
     }
-    let ip = wire::parse_ipv4(frame, ETH_LEN).ok()?;
+    let ip = wire::parse_ipv4_inlined(frame, ETH_LEN).ok()?;
     if ip.frag_off() != 0 {
         return None;
     }
