@@ -6,10 +6,17 @@
 //!   reads them); the figure is per packet. The packets follow a stream laid
 //!   out in a random permutation of all the sessions, so successive packets
 //!   hit random places of the whole table (as real traffic does) while the
-//!   stream itself is read sequentially (so fetching the packet does not add
-//!   a cache miss of its own). Each packet is copied from its template into
-//!   its receive buffer first (the engine rewrites in place and decrements
-//!   TTL); that copy of a 74-byte frame is part of the figure.
+//!   stream itself is read sequentially. Each packet is copied from its
+//!   template into its receive buffer first (the engine rewrites in place
+//!   and decrements TTL); that copy of a 74-byte frame is part of the
+//!   figure. A worker finds its frames in cache (the kernel has just copied
+//!   them into its buffers), but a stream of 100,000 packets (7.6 MB) is not
+//!   (1,000 packets are): read cold, the copy waited for memory on every
+//!   packet, 4–5 ns a packet at 100,000 sessions that grew with the table
+//!   and was not the engine's (rough A/B, `BENCH_CLOCK=cpu`). So the next
+//!   vector's packets are prefetched while a vector is processed;
+//!   `BENCH_STREAM=cold` reads the stream as before, for comparison with
+//!   older figures.
 //! - `established/{..}/{outbound,inbound}_single`: the same streams through
 //!   `Engine::process`, one frame at a time.
 //! - `established/{..}/hashbrown`: the same-run baseline: a `hashbrown`
@@ -327,6 +334,7 @@ fn run_batches(
     i: &mut usize,
     iters: u64,
 ) -> Duration {
+    let warm = std::env::var("BENCH_STREAM").map_or(true, |v| v != "cold");
     let t = Clock::start();
     let mut left = iters as usize;
     while left > 0 {
@@ -340,6 +348,17 @@ fn run_batches(
             f.buf[..FRAME_LEN].copy_from_slice(&p.frame);
             f.port = p.port;
             f.len = FRAME_LEN;
+        }
+        if warm {
+            // The next vector's packets, fetched while this one is
+            // processed (see the module doc).
+            let next = left.saturating_sub(n).min(frames.len());
+            for k in 0..next {
+                let j = *i + k;
+                let p = &stream[if j >= stream.len() { j - stream.len() } else { j }];
+                dataplane::index::prefetch(&p.frame[0]);
+                dataplane::index::prefetch(&p.frame[FRAME_LEN - 1]);
+            }
         }
         engine.process_batch(now, black_box(&mut frames[..n]));
         black_box(&frames[..n]);

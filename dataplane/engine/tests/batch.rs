@@ -280,3 +280,38 @@ fn the_established_path_leaves_every_exception_to_the_general_path() {
     v.push(later);
     compare(&mut one, &mut batched, &v, v.len());
 }
+
+/// The established path takes the session its key's bucket pointed at when
+/// the batch started (pass 2) only if that slot still holds the key: here a
+/// new flow earlier in the same batch recycles the slot of a reset TCP
+/// connection (the table is full), and a late segment of that connection
+/// must then find no session, as frame by frame, instead of being
+/// translated with the new flow's session.
+#[test]
+fn a_slot_recycled_earlier_in_the_batch_is_not_taken_for_its_old_flow() {
+    let cfg = || dataplane::config::EngineConfig { max_sessions: 2, ..Default::default() };
+    let (mut one, mut batched) = (Harness::with(cfg()), Harness::with(cfg()));
+    for h in [&mut one, &mut batched] {
+        let tcp = h.out_ok(1, TCP, 6000, SERVER, 443, SYN).src().1;
+        let synack = h.vpc_frame(SERVER, 443, ENI, tcp, TCP, SYN | ACK, b"");
+        assert_eq!(h.send(PortId::OUTSIDE, synack).forwarded(), Some(h.env_port(1)));
+        h.out_ok(1, TCP, 6000, SERVER, 443, ACK);
+        h.out_ok(0, UDP, 5000, SERVER, 53, 0);
+        let rst = h.vpc_frame(SERVER, 443, ENI, tcp, TCP, RST, b"");
+        assert_eq!(h.send(PortId::OUTSIDE, rst).forwarded(), Some(h.env_port(1)));
+        assert_eq!(h.engine.sessions().len(), 2, "the table is full");
+        assert!(h.drain().is_empty());
+    }
+    let h = &one;
+    let v = vec![
+        // Same attachment, so the recycled slot's session has the old
+        // flow's port.
+        (h.env_port(1), h.env_frame(1, TCP, 6001, SERVER2, 443, SYN, b"")),
+        (h.env_port(1), h.env_frame(1, TCP, 6000, SERVER, 443, ACK, b"late")),
+    ];
+    compare(&mut one, &mut batched, &v, v.len());
+    let mut keys = vec![];
+    one.engine.sessions().for_each(|_, s| keys.push((s.proto, s.inside.port)));
+    keys.sort();
+    assert_eq!(keys, [(TCP, 6001), (UDP, 5000)], "the new flow took the reset connection's slot");
+}

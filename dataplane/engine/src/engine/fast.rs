@@ -36,6 +36,24 @@ use crate::PortId;
 const OPEN_CLOSE: u8 = 0x07;
 
 impl Engine {
+    /// The session of the hint's key (its inside key, or its outside key
+    /// when `outside`): the hint's candidate if that is it, else looked up.
+    #[inline(always)]
+    fn find_hinted(&self, h: &Hint, outside: bool) -> Option<u32> {
+        if (h.cand as usize) < self.table.capacity() {
+            let s = self.table.get(h.cand);
+            let local = if outside { s.eni } else { s.inside };
+            if local == h.key.local && s.remote == h.key.remote && s.proto == h.key.proto {
+                return Some(h.cand);
+            }
+        }
+        if outside {
+            self.table.find_outside_hashed(&h.key, h.hash)
+        } else {
+            self.table.find_inside_hashed(&h.key, h.hash)
+        }
+    }
+
     /// Handles `f` as an established-flow frame if it is one (see the
     /// module doc) and says whether it did.
     #[inline]
@@ -60,7 +78,7 @@ impl Engine {
                 return false;
             }
             let out_mac = out.mac;
-            let Some(sid) = self.table.find_inside_hashed(&h.key, h.hash) else { return false };
+            let Some(sid) = self.find_hinted(h, false) else { return false };
             let s = self.table.get(sid);
             if s.port != f.port || (s.inbound_origin && s.no_out()) {
                 return false;
@@ -83,7 +101,7 @@ impl Engine {
             if wire::mac_at(frame, 0) != our_mac || wire::mac_at(frame, 6) == our_mac || !self.is_eni(ip.dst) {
                 return false;
             }
-            let Some(sid) = self.table.find_outside_hashed(&h.key, h.hash) else { return false };
+            let Some(sid) = self.find_hinted(h, true) else { return false };
             let s = self.table.get(sid);
             if ip.proto == TCP && s.tcp.next(Dir::In, tcp::Flags::from_byte(flags)) != s.tcp {
                 return false;

@@ -529,11 +529,21 @@ impl SessionTable {
 
     /// Prefetches the sessions that the home bucket of hash `h` holds under
     /// its tag, in the inside (`outside` false) or outside index: a hint,
-    /// no effect on results.
+    /// no effect on results. Returns the first of them, or [`NIL`] (the
+    /// likely hit, for the caller to check against its key: a free slot
+    /// has protocol 0, so a slot whose key equals a key of a real protocol
+    /// is that key's live session).
     #[inline]
-    pub fn prefetch_candidates(&self, h: u64, outside: bool) {
+    pub fn prefetch_candidates(&self, h: u64, outside: bool) -> u32 {
         let index = if outside { &self.out_index } else { &self.in_index };
-        index.candidates(h, |id| self.prefetch_session(id));
+        let mut first = NIL;
+        index.candidates(h, |id| {
+            if first == NIL {
+                first = id;
+            }
+            self.prefetch_session(id);
+        });
+        first
     }
 
     /// Prefetches the cache line of session `id` (all an established
