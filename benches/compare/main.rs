@@ -31,7 +31,8 @@
 //! Run as root: `cargo bench --bench compare` (`-- --quick` for 2-second
 //! runs; `--rounds N`, default 3, alternating ours and the kernel, medians
 //! reported; `--workers N` for our gateway; `--only tcp|udp|conn`;
-//! `--cpus 0,1` for the sender; `--trafgen`). Needs iperf3 (for TCP), nft, ip,
+//! `--cpus 0,1` for the sender; `--trafgen`; `--cc NAME` for the TCP bulk sender's congestion control, iperf3's
+//! `-C`, default the machine's `net.ipv4.tcp_congestion_control`). Needs iperf3 (for TCP), nft, ip,
 //! sysctl, ping; trafgen for `--trafgen`. Prints each figure for both and the
 //! ratio (ours / kernel) where one means something, and writes
 //! `target/compare.json` (medians and every round). Every load is bounded in
@@ -210,6 +211,11 @@ fn iperf(t: &Topo, args: &[&str], secs: u32) -> serde_json::Value {
     let secs = secs.to_string();
     let mut cmd = vec!["iperf3", "-c", "10.1.0.2", "-p", "5201", "-J", "-t", &secs];
     cmd.extend_from_slice(args);
+    // `--cc NAME`: the sender's congestion control (iperf3 `-C`); default the machine's.
+    let cc = arg_str("--cc");
+    if let Some(cc) = &cc {
+        cmd.extend(["-C", cc.as_str()]);
+    }
     let out = t.envs[0].exec(&cmd);
     let _ = server.kill();
     let _ = server.wait();
@@ -368,8 +374,9 @@ fn measure(t: &Topo, secs: u32) -> Figures {
         f.tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
         let sender = &tcp["end"]["streams"][0]["sender"];
         eprintln!(
-            "  tcp bulk: {:.2} Gbit/s, {} retransmits, mean RTT {} us, sender CPU {:.0}%, receiver CPU {:.0}%",
+            "  tcp bulk: {:.2} Gbit/s ({}), {} retransmits, mean RTT {} us, sender CPU {:.0}%, receiver CPU {:.0}%",
             f.tcp_gbps,
+            tcp["end"]["sender_tcp_congestion"].as_str().unwrap_or("?"),
             tcp["end"]["sum_sent"]["retransmits"],
             sender["mean_rtt"],
             tcp["end"]["cpu_utilization_percent"]["host_total"].as_f64().unwrap_or(0.0),
