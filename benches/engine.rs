@@ -58,8 +58,10 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use dataplane::arp;
 use dataplane::config::EngineConfig;
 use dataplane::flow::{Endpoint, FlowKey, TCP, UDP};
-use dataplane::policy::{Cidr, Rule, RuleProto, RuleSet};
-use dataplane::testkit::{self, flags, IpOpts, Topology, OUTSIDE_MAC, ROUTER, ROUTER_MAC};
+use dataplane::testkit::{
+    self, bench_remote as remote, bench_security_group as security_group, flags, IpOpts, Rng, Topology, OUTSIDE_MAC,
+    ROUTER, ROUTER_MAC,
+};
 use dataplane::time::Instant;
 use dataplane::wire::{get16, get_ip, ETH_LEN};
 use dataplane::{Action, BatchFrame, Engine, PortId};
@@ -101,67 +103,8 @@ struct Packet {
     frame: [u8; FRAME_LEN],
 }
 
-/// Small deterministic PRNG (splitmix64) for the shuffles.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i + 1);
-            v.swap(i, j);
-        }
-    }
-}
-
-fn remote(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 1, (i / 250) as u8, (1 + i % 250) as u8)
-}
-
 fn eni_addr(i: u32) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, 10 + i as u8)
-}
-
-/// A security group of 20 egress rules, as a real function's might be; the
-/// rule the benchmark traffic matches (UDP/TCP 443 to 10.1.0.0/16) is among
-/// the last, so a new flow checks most of them.
-fn security_group() -> RuleSet {
-    let p = |s: &str| s.parse::<Cidr>().expect("literal prefix");
-    let tcp = |port: u16, dst: &str| Rule { proto: RuleProto::Tcp, ports: port..=port, dst: p(dst) };
-    let udp = |port: u16, dst: &str| Rule { proto: RuleProto::Udp, ports: port..=port, dst: p(dst) };
-    RuleSet::new(vec![
-        udp(53, "10.0.0.2/32"),
-        tcp(53, "10.0.0.2/32"),
-        tcp(5432, "10.2.0.0/16"),
-        tcp(3306, "10.2.0.0/16"),
-        tcp(6379, "10.3.0.0/24"),
-        tcp(11211, "10.3.1.0/24"),
-        tcp(9092, "10.4.0.0/20"),
-        tcp(2181, "10.4.16.0/20"),
-        Rule { proto: RuleProto::Tcp, ports: 8000..=8099, dst: p("10.5.0.0/16") },
-        tcp(27017, "10.6.0.0/16"),
-        tcp(5439, "10.7.0.0/16"),
-        tcp(9200, "10.8.0.0/16"),
-        tcp(80, "52.94.0.0/22"),
-        tcp(443, "52.94.0.0/22"),
-        tcp(443, "54.239.0.0/16"),
-        udp(123, "169.254.169.123/32"),
-        Rule { proto: RuleProto::Icmp, ports: 0..=0, dst: p("10.0.0.0/8") },
-        udp(443, "10.1.0.0/16"),
-        tcp(443, "10.1.0.0/16"),
-        tcp(22, "10.9.0.0/24"),
-    ])
 }
 
 /// Bindings: `addrs` ENI addresses, `envs` environments, 20-rule SG.

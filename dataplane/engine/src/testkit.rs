@@ -8,7 +8,7 @@
 use crate::bindings::{Bindings, Eni, Env, InsidePort, Mac, OutsidePort};
 use crate::checksum;
 use crate::flow::{ICMP, TCP, UDP};
-use crate::policy::RuleSet;
+use crate::policy::{Cidr, Rule, RuleProto, RuleSet};
 use crate::wire::{get16, put16, put_ip, ETH_LEN};
 use crate::PortId;
 use core::net::Ipv4Addr;
@@ -347,4 +347,69 @@ pub fn reassemble(frames: &[Vec<u8>]) -> Option<Vec<u8>> {
         out.extend_from_slice(p);
     }
     Some(out)
+}
+
+// The engine bench's workload (`benches/engine.rs`, `examples/new_flows.rs`).
+
+/// Small deterministic PRNG (splitmix64) for the shuffles.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next()) * n as u128) >> 64) as usize
+    }
+
+    /// Shuffles `v` (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// The bench's remote server `i`: `10.1.(i / 250).(1 + i % 250)`.
+pub fn bench_remote(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, (i / 250) as u8, (1 + i % 250) as u8)
+}
+
+/// A security group of 20 egress rules, as a real function's might be; the
+/// rule the benchmark traffic matches (UDP/TCP 443 to 10.1.0.0/16) is among
+/// the last, so a new flow checks most of them.
+pub fn bench_security_group() -> RuleSet {
+    let p = |s: &str| s.parse::<Cidr>().expect("literal prefix");
+    let tcp = |port: u16, dst: &str| Rule { proto: RuleProto::Tcp, ports: port..=port, dst: p(dst) };
+    let udp = |port: u16, dst: &str| Rule { proto: RuleProto::Udp, ports: port..=port, dst: p(dst) };
+    RuleSet::new(vec![
+        udp(53, "10.0.0.2/32"),
+        tcp(53, "10.0.0.2/32"),
+        tcp(5432, "10.2.0.0/16"),
+        tcp(3306, "10.2.0.0/16"),
+        tcp(6379, "10.3.0.0/24"),
+        tcp(11211, "10.3.1.0/24"),
+        tcp(9092, "10.4.0.0/20"),
+        tcp(2181, "10.4.16.0/20"),
+        Rule { proto: RuleProto::Tcp, ports: 8000..=8099, dst: p("10.5.0.0/16") },
+        tcp(27017, "10.6.0.0/16"),
+        tcp(5439, "10.7.0.0/16"),
+        tcp(9200, "10.8.0.0/16"),
+        tcp(80, "52.94.0.0/22"),
+        tcp(443, "52.94.0.0/22"),
+        tcp(443, "54.239.0.0/16"),
+        udp(123, "169.254.169.123/32"),
+        Rule { proto: RuleProto::Icmp, ports: 0..=0, dst: p("10.0.0.0/8") },
+        udp(443, "10.1.0.0/16"),
+        tcp(443, "10.1.0.0/16"),
+        tcp(22, "10.9.0.0/24"),
+    ])
 }
