@@ -228,6 +228,8 @@ struct Stats {
     udp_errors: u64,
     unclaimed: u64,
     rx_errors: u64,
+    /// Frames the reader dropped because their environment's thread was a whole queue behind (`shard`).
+    behind: u64,
 }
 
 impl Stats {
@@ -247,6 +249,7 @@ impl Stats {
         self.udp_errors += o.udp_errors;
         self.unclaimed += o.unclaimed;
         self.rx_errors += o.rx_errors;
+        self.behind += o.behind;
     }
 }
 

@@ -38,14 +38,15 @@ pub(crate) fn run(
     let plan = ShardPlan { taps, addrs, n, shards, kinds: &kinds, bulk_buf, args, grace, tl };
     let t0 = Instant::now();
     tl.start(t0);
-    let (results, unclaimed, rx_errors) = if shards == 1 {
+    let (results, (unclaimed, behind), rx_errors) = if shards == 1 {
         let mut feed = PortFeed::new(taps, addrs, n)?;
         let r = plan.run(0, &mut feed, t0, bar);
-        (vec![r], feed.unclaimed, feed.rx_errors)
+        (vec![r], (feed.unclaimed, 0), feed.rx_errors)
     } else {
         let mut feed = PortFeed::new(taps, addrs, n)?;
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::bounded(SHARD_QUEUE)).unzip();
         let finished = std::sync::atomic::AtomicUsize::new(0);
+        let mut behind = 0u64;
         let results = std::thread::scope(|s| {
             let handles: Vec<_> = rxs
                 .into_iter()
@@ -64,7 +65,9 @@ pub(crate) fn run(
             // The reader: every frame to the shard that holds its environment, until every shard is done.
             while finished.load(std::sync::atomic::Ordering::Relaxed) < shards {
                 let got = feed.pull(&mut |i, f| {
-                    let _ = txs[i % shards].send((i, f));
+                    if txs[i % shards].try_send((i, f)).is_err() {
+                        behind += 1;
+                    }
                 });
                 if got == 0 {
                     feed.wait(1);
@@ -76,10 +79,10 @@ pub(crate) fn run(
             .into_iter()
             .map(|r| r.map_err(|_| io_err("an environment thread", std::io::Error::other("panicked"))))
             .collect::<Result<_, _>>()?;
-        (results, feed.unclaimed, feed.rx_errors)
+        (results, (feed.unclaimed, behind), feed.rx_errors)
     };
     // Merge the shards.
-    let mut s = Stats { unclaimed, rx_errors, ..Stats::default() };
+    let mut s = Stats { unclaimed, rx_errors, behind, ..Stats::default() };
     let mut tx = TxCount::default();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let (mut end_us, mut stopped) = (0i64, false);
@@ -131,6 +134,7 @@ pub(crate) fn run(
         ("tap_read", s.rx_errors),
         ("udp_send", s.udp_errors),
         ("frames_unclaimed", s.unclaimed),
+        ("environment_thread_behind", s.behind),
     ] {
         if v > 0 {
             m.errors.insert(k.into(), v);
@@ -138,6 +142,10 @@ pub(crate) fn run(
     }
     Ok(m)
 }
+
+/// Frames waiting for one environment thread, at most; the reader drops (and counts as
+/// `environment_thread_behind`) what a thread that far behind cannot take, so memory stays bounded.
+const SHARD_QUEUE: usize = 65_536;
 
 /// What every shard shares.
 struct ShardPlan<'a> {
