@@ -247,26 +247,21 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     }
     netlab::sweep_stale("lg");
     let external = args.target == Target::External;
-    let ntaps = if external {
-        0
-    } else if args.tap_per_env {
-        n
-    } else {
-        1
-    };
     // The raw UDP writers get a queue each (`--cpus`).
     let queues = if args.scenario == Scenario::Udp { args.cpus.len().max(1) } else { 1 };
     // Raw UDP reaches a built-in target through a veth, as it reaches any other NAT (and as trafgen sends); the
     // emulated environments' TCP/IP stacks through a TAP. Declared before the world: it drops after it.
-    let feed = match (args.scenario, ntaps) {
-        (Scenario::Udp, 1) => Some(VethFeed::create(queues)?),
+    let feed = match (args.scenario, external || args.tap_per_env) {
+        (Scenario::Udp, false) => Some(VethFeed::create(queues)?),
         _ => None,
     };
-    let tap_names: Vec<String> = (0..ntaps).map(|_| netlab::unique("lg")).collect();
-    let taps = match feed {
-        Some(_) => TapSet { taps: Vec::new(), _steering: None },
-        None => TapSet::open(&tap_names, queues)?,
+    let ntaps = match (external || feed.is_some(), args.tap_per_env) {
+        (true, _) => 0,
+        (false, true) => n,
+        (false, false) => 1,
     };
+    let tap_names: Vec<String> = (0..ntaps).map(|_| netlab::unique("lg")).collect();
+    let taps = TapSet::open(&tap_names, queues)?;
     // The link the world takes in (moves into its namespace): the loadgen TAP, or the veth's far end.
     let inside_links: Vec<String> = feed.as_ref().map_or_else(|| tap_names.clone(), |f| vec![f.peer.clone()]);
     let tap_name = inside_links.first().map_or("", String::as_str);
