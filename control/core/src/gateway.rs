@@ -119,6 +119,17 @@ fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool, queue: u32) 
     Ok(tap)
 }
 
+/// An `af-packet` attachment's ring sizes: with offloads on, slots that
+/// hold a superframe (a guest's or a namespace's TCP stream arrives in
+/// 64 KiB frames), else 2 KiB slots for MTU-sized frames.
+fn attachment_rings(offloads: bool) -> RingConfig {
+    if offloads {
+        RingConfig::superframes()
+    } else {
+        RingConfig::default()
+    }
+}
+
 /// Opens an `af-packet` attachment on the existing interface `name`: it
 /// must be up and carry frames of the attachment's MTU (the gateway does
 /// not configure a device it does not own; a VMM's TAP is the VMM's).
@@ -126,7 +137,7 @@ fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool, queue: u32) 
 /// sockets with a warning where the kernel refuses them.
 fn open_packet_attachment(name: &str, mtu: u16, offloads: bool, ring: bool) -> Result<Inside, StartError> {
     let rings = if ring {
-        PacketPort::open_rings(name, offloads, RingConfig::default())
+        PacketPort::open_rings(name, offloads, attachment_rings(offloads))
             .inspect_err(|e| tracing::warn!(attachment = %name, error = %e, "no packet rings: plain sockets"))
             .ok()
     } else {

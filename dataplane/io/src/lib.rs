@@ -80,7 +80,7 @@ pub use afpacket::{AfPacket, PacketSender};
 pub use backend::{Backend, IoSettings};
 pub use error::{check_net_admin, keep_only_net_capabilities, IoError, KEPT_CAPABILITIES};
 pub use inside::{Inside, PacketPort, PacketRx};
-pub use packet_ring::{RingConfig, RxRing, TxRing};
+pub use packet_ring::{RingConfig, RxRing, TxRing, SUPERFRAME_SLOT};
 pub use packet_rx::{PacketReceiver, RxOptions, PACKET_VNET_LEN};
 pub use poll::{wait_readable, Events, Poller, Waker};
 pub use ring_sender::RingSender;

@@ -10,7 +10,9 @@
 use dataplane::testkit;
 use dataplane_io::packet_ring::RxLayout;
 use dataplane_io::vnet::F_NEEDS_CSUM;
-use dataplane_io::{PacketReceiver, PacketSender, RingConfig, RxOptions, RxRing, TxRing, VnetHdr, PACKET_VNET_LEN};
+use dataplane_io::{
+    PacketReceiver, PacketSender, RingConfig, RxOptions, RxRing, TxRing, VnetHdr, PACKET_VNET_LEN, SUPERFRAME_SLOT,
+};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::Command;
@@ -252,6 +254,51 @@ fn a_frame_longer_than_a_slot_is_received_whole_from_the_socket() {
     }
     assert_eq!(seen, [1, u32::MAX, 2], "in order, the big one whole (slots copied: {walk:?})");
     assert_eq!(walk, [false, true, false]);
+}
+
+/// With slots of [`RingConfig::superframes`], a frame of 60,000 bytes (on
+/// a link whose MTU lets the peer send it, as a superframe) lands in its
+/// slot like the small frames around it: nothing is queued on the socket.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and veth pairs")]
+fn a_superframe_lands_in_its_slot_of_a_superframe_ring() {
+    require_root();
+    let v = Veth::new();
+    run(&["ip", "link", "set", &v.ours, "mtu", "65535"]);
+    run(&["ip", "netns", "exec", &v.ns, "ip", "link", "set", &v.peer, "mtu", "65535"]);
+    let opts = RxOptions { vnet_hdr: true, ..RxOptions::default() };
+    let cfg = RingConfig::superframes();
+    assert!(cfg.rx_frame_size >= SUPERFRAME_SLOT && SUPERFRAME_SLOT > 65_535 + 14 + PACKET_VNET_LEN);
+    let ring = RxRing::open(&v.ours, opts, cfg).expect("rx ring");
+    let (mac, peer) = (v.peer_mac, v.peer.clone());
+    let big = {
+        let udp = testkit::udp_segment(PEER_IP, 9001, OUR_IP, 7000, &[0xa5; 60_000 - 42]);
+        testkit::ipv4_frame(mac, OURS, PEER_IP, OUR_IP, 17, testkit::IpOpts::default(), &udp)
+    };
+    let sent = big.clone();
+    v.in_peer(move || {
+        let tx = PacketSender::open(&peer).expect("peer sender");
+        tx.send(&udp_frame(mac, 9000, 1)).expect("before");
+        tx.send(&sent).expect("big");
+        tx.send(&udp_frame(mac, 9000, 2)).expect("after");
+    });
+    let mut seen = Vec::new();
+    let mut walk = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while seen.len() < 3 && Instant::now() < deadline {
+        ring.drain(usize::MAX, |f| {
+            walk.push(f.copied);
+            assert!(!f.truncated(), "{} bytes", f.frame.len());
+            if f.frame == &big[..] {
+                seen.push(u32::MAX);
+            } else {
+                seen.extend(tag(f.frame));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(seen, [1, u32::MAX, 2], "in order, the big one whole");
+    assert_eq!(walk, [false, false, false], "nothing was queued on the socket");
 }
 
 /// Two rings of one fanout group share the frames: each frame reaches
