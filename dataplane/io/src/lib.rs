@@ -70,6 +70,7 @@ pub mod steer;
 pub mod steer_ebpf;
 pub mod syscalls;
 pub mod tap;
+pub mod tx_ring;
 pub mod uring;
 pub mod vhost_user;
 pub mod vnet;
@@ -80,7 +81,7 @@ pub use afpacket::{AfPacket, PacketSender};
 pub use backend::{Backend, IoSettings};
 pub use error::{check_net_admin, keep_only_net_capabilities, IoError, KEPT_CAPABILITIES};
 pub use inside::{Inside, PacketPort, PacketRx};
-pub use packet_ring::{RingConfig, RxRing, TxRing, SUPERFRAME_SLOT};
+pub use packet_ring::{RingConfig, RxRing, SUPERFRAME_SLOT};
 pub use packet_rx::{PacketReceiver, RxOptions, PACKET_VNET_LEN};
 pub use poll::{wait_readable, Events, Poller, Waker};
 pub use ring_sender::RingSender;
@@ -88,5 +89,6 @@ pub use syscalls::IoCounters;
 pub use tap::{
     Tap, TapOptions, OFFLOADS_TCP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, VNET_HDR_LEN,
 };
+pub use tx_ring::TxRing;
 pub use vnet::{complete_checksum, VnetHdr};
 pub use write_batch::WriteBatch;

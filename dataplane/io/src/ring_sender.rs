@@ -15,8 +15,9 @@
 
 use crate::afpacket::PacketSender;
 use crate::error::IoError;
-use crate::packet_ring::{RingConfig, TxRing};
+use crate::packet_ring::RingConfig;
 use crate::syscalls::IoCounters;
+use crate::tx_ring::TxRing;
 
 /// Frames a transmit ring collects before it is kicked in the middle of a
 /// wake-up (a long burst streams out instead of waiting for the end of the
