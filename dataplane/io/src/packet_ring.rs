@@ -144,7 +144,8 @@ pub const MIN_BLOCK: usize = 128 << 10;
 pub const SUPERFRAME_SLOT: usize = 65 << 10;
 
 impl RingConfig {
-    /// Receive slots of [`SUPERFRAME_SLOT`] bytes, 256 of them (17 MiB),
+    /// Receive slots of [`SUPERFRAME_SLOT`] bytes, 256 asked for (270 in
+    /// 18 blocks of 1 MiB: 18 MiB),
     /// for a socket that takes offloads (`PACKET_VNET_HDR`): every frame,
     /// a superframe too, is handed over in its slot. Transmit as
     /// [`RingConfig::default`].
