@@ -25,7 +25,7 @@
 //! configure that interface, it only checks its MTU.
 
 use crate::config::{AttachmentKind, OutsideKind};
-use crate::plan::Plan;
+use crate::plan::{AttachmentPlan, Plan};
 use crossbeam_channel::Receiver;
 use dataplane::bindings::Bindings;
 use dataplane::config::EngineConfigError;
@@ -121,23 +121,22 @@ fn open_tap(name: &str, opts: TapOptions, mtu: u16, offloads: bool, queue: u32) 
 
 /// An `af-packet` attachment's ring sizes: with offloads on, slots that
 /// hold a superframe (a guest's or a namespace's TCP stream arrives in
-/// 64 KiB frames), else 2 KiB slots for MTU-sized frames.
-fn attachment_rings(offloads: bool) -> RingConfig {
-    if offloads {
-        RingConfig::superframes()
-    } else {
-        RingConfig::default()
-    }
+/// 64 KiB frames), else 2 KiB slots for MTU-sized frames; `slots` of them
+/// where the attachment says (`ring_slots`), else the default for the size.
+fn attachment_rings(offloads: bool, slots: Option<usize>) -> RingConfig {
+    let cfg = if offloads { RingConfig::superframes() } else { RingConfig::default() };
+    RingConfig { rx_frames: slots.unwrap_or(cfg.rx_frames), ..cfg }
 }
 
-/// Opens an `af-packet` attachment on the existing interface `name`: it
-/// must be up and carry frames of the attachment's MTU (the gateway does
-/// not configure a device it does not own; a VMM's TAP is the VMM's).
-/// `ring`: on packet rings of the outside's size, falling back to plain
+/// Opens `af-packet` attachment `a` on its existing interface: it must be
+/// up and carry frames of the attachment's MTU (the gateway does not
+/// configure a device it does not own; a VMM's TAP is the VMM's). With
+/// `ring`: on packet rings ([`attachment_rings`]), falling back to plain
 /// sockets with a warning where the kernel refuses them.
-fn open_packet_attachment(name: &str, mtu: u16, offloads: bool, ring: bool) -> Result<Inside, StartError> {
+fn open_packet_attachment(a: &AttachmentPlan, offloads: bool) -> Result<Inside, StartError> {
+    let (name, mtu, ring) = (a.name.as_str(), a.mtu, a.ring);
     let rings = if ring {
-        PacketPort::open_rings(name, offloads, attachment_rings(offloads))
+        PacketPort::open_rings(name, offloads, attachment_rings(offloads, a.ring_slots))
             .inspect_err(|e| tracing::warn!(attachment = %name, error = %e, "no packet rings: plain sockets"))
             .ok()
     } else {
@@ -371,7 +370,7 @@ pub fn start(plan: &Plan) -> Result<RunningGateway, StartError> {
         let envs = plan.bindings.envs().iter().filter(|e| e.port == a.port).count();
         let dev = match a.kind {
             AttachmentKind::Tap => Inside::from(open_tap(&a.name, vnet, a.mtu, offloads, tap_queue(envs))?),
-            AttachmentKind::AfPacket => open_packet_attachment(&a.name, a.mtu, offloads, a.ring)?,
+            AttachmentKind::AfPacket => open_packet_attachment(a, offloads)?,
             AttachmentKind::VhostUser => {
                 let socket = a.socket.as_deref().unwrap_or(std::path::Path::new(""));
                 Inside::VhostUser(VhostUserAttachment::bind(&a.name, socket).map_err(dev(&a.name))?)
@@ -626,6 +625,19 @@ impl RunningGateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dataplane_io::SUPERFRAME_SLOT;
+
+    /// An attachment's receive ring: superframe slots with offloads, 2 KiB
+    /// slots without, as many as `ring_slots` says, else the default.
+    #[test]
+    fn attachment_rings_follow_offloads_and_ring_slots() {
+        let with = attachment_rings(true, None);
+        assert_eq!((with.rx_frame_size, with.rx_frames), (SUPERFRAME_SLOT, 256));
+        let without = attachment_rings(false, None);
+        assert_eq!((without.rx_frame_size, without.rx_frames), (2048, 2048));
+        assert_eq!(attachment_rings(true, Some(64)).rx_frames, 64);
+        assert_eq!(attachment_rings(false, Some(4096)).rx_frames, 4096);
+    }
 
     /// Issue 12 item 3: a worker that reads an attachment with no
     /// environment at start must still own ports of its own, or an

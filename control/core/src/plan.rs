@@ -98,6 +98,9 @@ pub struct AttachmentPlan {
     /// `af-packet` only: on packet rings (else, or where the kernel
     /// refuses them, plain sockets).
     pub ring: bool,
+    /// `af-packet` on rings: receive slots asked for (`None`: the default
+    /// for the slot size, see [`crate::gateway`]).
+    pub ring_slots: Option<usize>,
 }
 
 /// The planned outside port.
@@ -327,6 +330,7 @@ pub fn plan(cfg: &Config, existing: &BTreeMap<EniKey, Vec<Ipv4Addr>>) -> Result<
             mtu: a.mtu as u16,
             mac: attachment_mac(i),
             ring: a.ring.unwrap_or(true),
+            ring_slots: a.ring_slots.map(|n| n as usize),
         })
         .collect();
     let port_of: BTreeMap<&str, PortId> = attachments.iter().map(|a| (a.name.as_str(), a.port)).collect();

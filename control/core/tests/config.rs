@@ -787,3 +787,23 @@ fn attachment_ring_is_only_for_af_packet_and_on_by_default() {
     );
     assert!(parse(&direct("\nring = \"yes\"")).is_err(), "a boolean");
 }
+
+/// An `af-packet` attachment's receive slots (`ring_slots`): planned as
+/// given, the default for the slot size when absent; refused, naming the
+/// field, out of range, on another kind, or with `ring = false`.
+#[test]
+fn attachment_ring_slots_are_bounded_and_only_for_rings() {
+    let direct = |extra: &str| edit("name = \"hp-e0\"", &format!("name = \"hp-e0\"\nkind = \"af-packet\"{extra}"));
+    assert_eq!(planned(&direct("")).attachments[0].ring_slots, None, "default: by slot size");
+    assert_eq!(planned(&direct("\nring_slots = 64")).attachments[0].ring_slots, Some(64));
+    assert_eq!(planned(&direct("\nring_slots = 4096")).attachments[0].ring_slots, Some(4096));
+    rejects(&direct("\nring_slots = 63"), "attachments[0].ring_slots", "63 is outside 64..=4096");
+    rejects(&direct("\nring_slots = 4097"), "attachments[0].ring_slots", "outside 64..=4096");
+    rejects(&direct("\nring = false\nring_slots = 128"), "attachments[0].ring_slots", "ring = false has no slots");
+    rejects(
+        &edit("name = \"hp-e0\"", "name = \"hp-e0\"\nring_slots = 128"),
+        "attachments[0].ring_slots",
+        "only for kind = \"af-packet\"",
+    );
+    assert!(parse(&direct("\nring_slots = -1")).is_err(), "a count");
+}

@@ -80,6 +80,11 @@ pub const MAX_RULES_PER_DIRECTION: usize = 60;
 pub const MAX_WORKERS: usize = 256;
 /// Longest busy-poll, microseconds (`gateway.io.busy_poll_us`).
 pub const MAX_BUSY_POLL_US: u64 = 1000;
+/// Fewest receive slots of an `af-packet` attachment's ring
+/// (`attachments[].ring_slots`): a worker's batch.
+pub const MIN_RING_SLOTS: u32 = 64;
+/// Most receive slots of an `af-packet` attachment's ring.
+pub const MAX_RING_SLOTS: u32 = 4096;
 /// Smallest MTU accepted (RFC 791: every host handles 68-byte datagrams).
 pub const MIN_MTU: u32 = 68;
 /// Largest MTU accepted (Linux's limit for a TAP device).

@@ -514,6 +514,14 @@ pub struct Attachment {
     /// where the kernel refuses the rings. Default `true`.
     #[serde(default)]
     pub ring: Option<bool>,
+    /// `af-packet` on rings only: receive slots, 64..=4096. A slot holds
+    /// a superframe with offloads on (65 KiB: the default 256 slots take
+    /// 18 MiB of kernel memory), an MTU-sized frame without (2 KiB: the
+    /// default 2,048 take 4 MiB). Fewer slots for hosts with many
+    /// attachments; frames the ring has no room for are dropped and
+    /// counted (`rx_overflow`).
+    #[serde(default)]
+    pub ring_slots: Option<u32>,
 }
 
 /// `[[environments]]`: an execution environment.

@@ -342,6 +342,15 @@ impl Config {
                     "only for kind = \"af-packet\" (a TAP or vhost-user attachment has no packet rings)",
                 );
             }
+            if let Some(n) = a.ring_slots {
+                let field = format!("attachments[{i}].ring_slots");
+                if a.kind != AttachmentKind::AfPacket || a.ring == Some(false) {
+                    return fail(field, "only for kind = \"af-packet\" on rings (ring = false has no slots)");
+                }
+                if !(MIN_RING_SLOTS..=MAX_RING_SLOTS).contains(&n) {
+                    return fail(field, format!("{n} is outside {MIN_RING_SLOTS}..={MAX_RING_SLOTS}"));
+                }
+            }
             if let Some(p) = &a.socket {
                 if let Some(j) = self.attachments[..i].iter().position(|b| b.socket.as_ref() == Some(p)) {
                     return fail(
