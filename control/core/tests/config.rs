@@ -763,12 +763,17 @@ fn outside_ring_is_only_for_af_packet_with_fanout() {
     assert_eq!(c.outside.ring, None, "default: rings (plan: true)");
 }
 
+/// The base config with its first attachment made `af-packet`, plus `extra`
+/// lines in that attachment.
+fn direct(extra: &str) -> String {
+    edit("name = \"hp-e0\"", &format!("name = \"hp-e0\"\nkind = \"af-packet\"{extra}"))
+}
+
 /// Issue 15/16: an `af-packet` attachment runs on packet rings by default
 /// (`ring`, planned true); `ring = false` keeps plain sockets; any other
 /// kind has no rings and the field is refused, naming it.
 #[test]
 fn attachment_ring_is_only_for_af_packet_and_on_by_default() {
-    let direct = |extra: &str| edit("name = \"hp-e0\"", &format!("name = \"hp-e0\"\nkind = \"af-packet\"{extra}"));
     let p = planned(&direct(""));
     assert!(p.attachments[0].ring, "default: rings");
     let c = parse(&direct("\nring = false")).unwrap();
@@ -793,7 +798,6 @@ fn attachment_ring_is_only_for_af_packet_and_on_by_default() {
 /// field, out of range, on another kind, or with `ring = false`.
 #[test]
 fn attachment_ring_slots_are_bounded_and_only_for_rings() {
-    let direct = |extra: &str| edit("name = \"hp-e0\"", &format!("name = \"hp-e0\"\nkind = \"af-packet\"{extra}"));
     assert_eq!(planned(&direct("")).attachments[0].ring_slots, None, "default: by slot size");
     assert_eq!(planned(&direct("\nring_slots = 64")).attachments[0].ring_slots, Some(64));
     assert_eq!(planned(&direct("\nring_slots = 4096")).attachments[0].ring_slots, Some(4096));
