@@ -427,6 +427,11 @@ fn measure_kernel(round: usize, secs: u32) -> Figures {
     f
 }
 
+/// `--io uring|syscalls|auto`: our workers' I/O path (`[gateway.io] backend`; default auto), as config lines.
+fn io_extra() -> String {
+    arg_str("--io").map(|b| format!("\n[gateway.io]\nbackend = \"{b}\"\n")).unwrap_or_default()
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}x", a / b)
@@ -476,7 +481,12 @@ fn main() {
     let (mut ours_all, mut kernel_all) = (vec![], vec![]);
     for round in 1..=rounds {
         {
-            let opts = Options { envs: 2, workers, gateway_extra: OPEN_QUOTAS.into(), ..Options::default() };
+            let opts = Options {
+                envs: 2,
+                workers,
+                gateway_extra: format!("{OPEN_QUOTAS}{}", io_extra()),
+                ..Options::default()
+            };
             let lab = Lab::build(&opts).expect("our lab");
             let t = Topo::of(&lab);
             let f = measure(&t, secs);

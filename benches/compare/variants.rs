@@ -252,9 +252,7 @@ pub(super) fn attach_main(secs: u32, rounds: usize, workers: usize) {
                 format!("route add default via {INSIDE_GATEWAY}"),
             ])
             .expect("environment address");
-            // `--io uring|syscalls|auto`: the workers' I/O path (default auto).
-            let io = arg_str("--io").map(|b| format!("\n[gateway.io]\nbackend = \"{b}\"\n")).unwrap_or_default();
-            let base = Options { workers, gateway_extra: format!("{OPEN_QUOTAS}{io}"), ..Options::default() };
+            let base = Options { workers, gateway_extra: format!("{OPEN_QUOTAS}{}", io_extra()), ..Options::default() };
             let lab = if direct {
                 netlab::ip_batch(None, &[format!("link set {peer} up")]).expect("peer up");
                 let attachment_extra = if k == 2 { "ring = false".to_string() } else { String::new() };
