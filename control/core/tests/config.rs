@@ -384,7 +384,7 @@ fn io_backend_and_busy_poll() {
     assert_eq!(p.io.busy_poll, std::time::Duration::from_micros(50));
     assert_eq!(planned(&gw("io.backend = \"uring\"")).io.backend, dataplane_io::Backend::Uring);
     let d = planned(&gw(""));
-    assert_eq!((d.io.backend, d.io.busy_poll), (dataplane_io::Backend::Syscalls, std::time::Duration::ZERO));
+    assert_eq!((d.io.backend, d.io.busy_poll), (dataplane_io::Backend::Auto, std::time::Duration::ZERO));
     parse(&gw("[gateway.io]\nbusy_poll_us = 1000")).unwrap();
     let e = rejects(&gw("[gateway.io]\nbusy_poll_us = 1001"), "gateway.io.busy_poll_us", "more than 1000");
     assert!(e.line.is_some(), "{e}");

@@ -1,22 +1,14 @@
 //! Which I/O path the workers run, and the fallback between them.
 //!
-//! - [`Backend::Syscalls`] (the default): `epoll_wait`, then non-blocking
-//!   `read(2)`/`write(2)`, one call per frame.
 //! - [`Backend::Uring`]: one io_uring per worker ([`crate::uring`]): reads
 //!   kept posted on every TAP queue and on the worker's eventfd,
 //!   transmissions queued while a wake-up is processed, and one
 //!   `io_uring_enter` per loop iteration that submits them and waits.
-//! - [`Backend::Auto`]: io_uring when a ring with the needed features can
-//!   be set up, otherwise the syscalls path; the reason is logged once per
-//!   process.
-//!
-//! Why syscalls is the default: io_uring makes about a fifth as many
-//! system calls, but on a TAP each posted read or write costs the worker
-//! more CPU than the `read` or `write` it replaces (measured on Linux 6.18:
-//! about 0.38 µs of io_uring's own work per operation against 0.19 µs of
-//! system-call entry and exit), so a worker saturated by 64-byte frames
-//! forwards about a fifth more of them on syscalls. The README's "I/O
-//! paths" section has the figures.
+//! - [`Backend::Syscalls`]: the portable path: `epoll_wait`, then
+//!   non-blocking `read(2)`/`write(2)`, one call per frame.
+//! - [`Backend::Auto`] (the default): io_uring when a ring with the needed
+//!   features can be set up, otherwise the syscalls path; the reason is
+//!   logged once per process.
 //!
 //! [`resolve`] is the one place that decides; it is given the probe so a
 //! failure can be injected in tests.
@@ -35,11 +27,11 @@ pub const MAX_BUSY_POLL: Duration = Duration::from_millis(1);
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// io_uring when it can be set up, otherwise syscalls.
+    #[default]
     Auto,
     /// io_uring, or fail to start.
     Uring,
-    /// `read`/`write` and `epoll` (the default).
-    #[default]
+    /// `read`/`write` and `epoll`.
     Syscalls,
 }
 

@@ -457,6 +457,54 @@ fn workers_on_io_uring_answer_calls_and_stop() {
     assert!(t0.elapsed() < Duration::from_secs(2), "posted reads cancelled at stop");
 }
 
+/// A TAP queue found busy on io_uring (both of its posted reads brought a
+/// frame in one loop iteration) has the rest of its backlog read at once
+/// with plain `read`s: 300 frames queued while the worker was held in a
+/// call all reach the engine, and the worker made `read` calls beside its
+/// `io_uring_enter`s (it makes none on an idle queue).
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn workers_on_io_uring_read_a_busy_queue_in_batches() {
+    use dataplane::counters::DropReason;
+    use dataplane_io::syscalls::ActiveBackend;
+    use dataplane_io::Backend;
+    require_root();
+    if dataplane_io::uring::probe().is_err() {
+        eprintln!("skipping: no io_uring on this kernel");
+        return;
+    }
+    const FRAMES: u64 = 300;
+    let (w, taps) = workers_with(Backend::Uring, dataplane_io::uring::probe);
+    let w = w.expect("starts");
+    assert_eq!(active(&w), ActiveBackend::Uring);
+    let inside = &taps[1];
+    inside.set_up().expect("up");
+    let tx = dataplane_io::PacketSender::open(inside.name()).expect("packet socket on the inside TAP");
+    assert_eq!(w.counters()[0].dropped(DropReason::NotForUs), 0);
+    assert_eq!(w.io_counters()[0].read.get(), 0, "no read before any frame");
+    // Hold the worker in a call while the frames queue on the TAP.
+    let (go, wait) = crossbeam_channel::bounded::<()>(1);
+    std::thread::scope(|s| {
+        let held = s.spawn(|| w.call(0, move |_| wait.recv_timeout(Duration::from_secs(5)).is_ok()));
+        std::thread::sleep(Duration::from_millis(50));
+        for k in 0..FRAMES {
+            tx.send(&udp_frame(40_000 + k as u16, k as u32)).expect("send");
+        }
+        go.send(()).expect("release the worker");
+        assert_eq!(held.join().expect("call"), Some(true), "the worker was held while the frames queued");
+    });
+    let t0 = Instant::now();
+    while w.counters()[0].dropped(DropReason::NotForUs) < FRAMES && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Addressed to a MAC that is not the gateway's: each frame is refused as not ours.
+    assert_eq!(w.counters()[0].dropped(DropReason::NotForUs), FRAMES, "every queued frame reached the engine");
+    let io = &w.io_counters()[0];
+    assert!(io.read.get() > 0 && io.uring_enter.get() > 0, "plain reads drained the busy queue: {io:?}");
+    assert!(io.uring_enter.get() < FRAMES / 4, "frames taken in batches, not a few per io_uring_enter: {io:?}");
+    w.stop().expect("stops");
+}
+
 /// Issue 12 item 9: the AF_PACKET reader of a gateway with several workers
 /// must not read back what the workers' own sockets transmit (each such
 /// frame would cost a hand-over and a drop). A plain socket sees another

@@ -297,12 +297,11 @@ pub struct FragSettings {
 #[serde(rename_all = "kebab-case")]
 pub enum IoBackend {
     /// io_uring when the kernel allows it, otherwise `syscalls` (logged).
+    #[default]
     Auto,
     /// One io_uring per worker; the gateway does not start without it.
     Uring,
-    /// `read`/`write` and `epoll_wait`, one system call per frame (the
-    /// default: the faster of the two on a TAP, see `dataplane_io::backend`).
-    #[default]
+    /// `read`/`write` and `epoll_wait`, one system call per frame.
     Syscalls,
 }
 
@@ -310,7 +309,7 @@ pub enum IoBackend {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IoConfig {
-    /// `"syscalls"`, `"uring"` or `"auto"`. Default `"syscalls"`.
+    /// `"auto"`, `"uring"` or `"syscalls"`. Default `"auto"`.
     pub backend: IoBackend,
     /// Microseconds a worker with nothing to do polls before it sleeps;
     /// 0..=1000, 0 = sleep at once (an idle gateway then uses no CPU).

@@ -109,7 +109,10 @@ const SPARE_LOCAL: usize = 2 * BATCH;
 /// the queue's wait queue, and a frame's arrival wakes all of them (only
 /// one gets it): more than 2 cost more than they save (measured with
 /// `benches/io_churn.rs`: 16 per queue was ~25% slower at connection
-/// churn than 2).
+/// churn than 2). A queue whose posted reads all brought a frame in one
+/// iteration is busy: the rest of its backlog (up to [`BATCH`] frames) is
+/// read at once with plain `read`s, so a loaded queue is taken in whole
+/// batches rather than two frames per `io_uring_enter`.
 const READS_PER_FD: usize = 2;
 /// Ring slots for writes in flight, beyond the reads.
 const RING_WRITES: usize = 256;
@@ -269,6 +272,8 @@ struct RingFd {
     src: RxSource,
     /// Reads posted now.
     posted: usize,
+    /// Posted reads that brought a frame in this loop iteration.
+    filled: usize,
     /// After a read error: no read is posted before this time.
     retry_at: Option<std::time::Instant>,
 }
