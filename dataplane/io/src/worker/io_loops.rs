@@ -1,7 +1,6 @@
 //! The workers' two I/O loops: read/write + epoll, and io_uring (reads
-//! kept posted, writes queued, one `io_uring_enter` per iteration, and one
-//! more that reads a busy queue's backlog in a batch). Both hand what they
-//! read to [`Worker::accept`].
+//! kept posted, writes queued, one `io_uring_enter` per iteration). Both
+//! hand what they read to [`Worker::accept`].
 
 use super::tx::read;
 use super::*;
