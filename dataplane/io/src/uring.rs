@@ -190,28 +190,6 @@ impl Ring {
         }
     }
 
-    /// Posts a read like [`Ring::post_read`] that does not wait
-    /// (`RWF_NOWAIT`): it completes in the submission that carries it, with
-    /// a frame or with `-EAGAIN` when the queue is empty.
-    pub fn post_read_now(
-        &mut self,
-        fd: u32,
-        raw: RawFd,
-        buf: Vec<u8>,
-        offset: usize,
-        io: &IoCounters,
-    ) -> Result<(), Vec<u8>> {
-        let len = buf.len().saturating_sub(offset).min(u32::MAX as usize) as u32;
-        let (i, ptr) = self.take_slot(Kind::Read(fd), buf)?;
-        // As in `post_read`: the pointer stays inside the block.
-        let ptr = ptr.wrapping_add(offset.min(self.slots[i as usize].buf.len()));
-        let e = opcode::Read::new(types::Fd(raw), ptr, len).rw_flags(libc::RWF_NOWAIT).build().user_data(u64::from(i));
-        match self.push(&e, io) {
-            Ok(()) => Ok(()),
-            Err(_) => Err(self.untake(i)),
-        }
-    }
-
     /// Posts a write of `buf[range]` to `raw`. Gives the buffer back when no
     /// slot is free or the entry cannot be queued.
     pub fn post_write(

@@ -459,9 +459,9 @@ fn workers_on_io_uring_answer_calls_and_stop() {
 
 /// A TAP queue found busy on io_uring (both of its posted reads brought a
 /// frame in one loop iteration) has the rest of its backlog read at once
-/// by a batch of reads that do not wait: 300 frames queued while the
-/// worker was held in a call all reach the engine in a few
-/// `io_uring_enter`s (two frames per call without the batch).
+/// with plain `read`s: 300 frames queued while the worker was held in a
+/// call all reach the engine, and the worker made `read` calls beside its
+/// `io_uring_enter`s (it makes none on an idle queue).
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn workers_on_io_uring_read_a_busy_queue_in_batches() {
@@ -481,6 +481,7 @@ fn workers_on_io_uring_read_a_busy_queue_in_batches() {
     inside.set_up().expect("up");
     let tx = dataplane_io::PacketSender::open(inside.name()).expect("packet socket on the inside TAP");
     assert_eq!(w.counters()[0].dropped(DropReason::NotForUs), 0);
+    assert_eq!(w.io_counters()[0].read.get(), 0, "no read before any frame");
     // Hold the worker in a call while the frames queue on the TAP.
     let (go, wait) = crossbeam_channel::bounded::<()>(1);
     std::thread::scope(|s| {
@@ -499,8 +500,8 @@ fn workers_on_io_uring_read_a_busy_queue_in_batches() {
     // Addressed to a MAC that is not the gateway's: each frame is refused as not ours.
     assert_eq!(w.counters()[0].dropped(DropReason::NotForUs), FRAMES, "every queued frame reached the engine");
     let io = &w.io_counters()[0];
-    assert!(io.uring_enter.get() < FRAMES / 4, "frames taken in batches, not two per io_uring_enter: {io:?}");
-    assert_eq!((io.read.get(), io.epoll_wait.get()), (0, 0), "no system call but io_uring_enter: {io:?}");
+    assert!(io.read.get() > 0 && io.uring_enter.get() > 0, "plain reads drained the busy queue: {io:?}");
+    assert!(io.uring_enter.get() < FRAMES / 4, "frames taken in batches, not a few per io_uring_enter: {io:?}");
     w.stop().expect("stops");
 }
 

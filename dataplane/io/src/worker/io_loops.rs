@@ -202,19 +202,23 @@ impl Worker {
             }
             ring.reap(&mut done);
             for d in done.drain(..) {
-                self.done(d);
-            }
-            if self.post_busy_reads() {
-                // The reads complete in this submission: their frames are
-                // reaped at once, behind the ones before them.
-                if let Some(ring) = self.ring.as_mut() {
-                    ring.submit(&self.io)?;
-                    ring.reap(&mut done);
+                match d {
+                    Done::Read { fd, buf, res } => self.read_done(fd as usize, buf, res),
+                    Done::Write { buf, res } => {
+                        if res < 0 {
+                            self.counters.count_drop(DropReason::TxFailed);
+                        }
+                        self.put_spare(buf);
+                    }
+                    Done::Wake => {}
+                    Done::Ready { fd } => {
+                        if let Some(p) = self.ring_rx_polled.get_mut((RING_RX_POLL - fd) as usize) {
+                            *p = false;
+                        }
+                    }
                 }
-                for d in done.drain(..) {
-                    self.done(d);
-                }
             }
+            self.drain_busy_queues();
             for (port, r) in &rx_rings {
                 self.read_ring(*port, r);
             }
@@ -282,58 +286,20 @@ impl Worker {
         }
     }
 
-    /// One reaped completion.
-    fn done(&mut self, d: Done) {
-        match d {
-            Done::Read { fd, buf, res } => self.read_done(fd as usize, buf, res),
-            Done::Write { buf, res } => {
-                if res < 0 {
-                    self.counters.count_drop(DropReason::TxFailed);
-                }
-                self.put_spare(buf);
-            }
-            Done::Wake => {}
-            Done::Ready { fd } => {
-                if let Some(p) = self.ring_rx_polled.get_mut((RING_RX_POLL - fd) as usize) {
-                    *p = false;
-                }
-            }
-        }
-    }
-
-    /// For every ring queue whose posted reads all brought a frame in this
-    /// iteration (see `READS_PER_FD`), posts [`BATCH`] reads that do not
-    /// wait, for the rest of its backlog; none of its waiting reads is
-    /// posted now, so the frames stay in order. True when any was posted.
-    pub(super) fn post_busy_reads(&mut self) -> bool {
-        let Some(mut ring) = self.ring.take() else {
-            return false;
-        };
-        let mut posted = false;
+    /// Reads the rest of the backlog of every ring queue whose posted reads
+    /// all brought a frame in this iteration (see `READS_PER_FD`), with
+    /// plain `read`s: none of its reads is posted now, so the frames stay
+    /// in order.
+    pub(super) fn drain_busy_queues(&mut self) {
         for i in 0..self.ring_fds.len() {
             let f = &mut self.ring_fds[i];
             let busy = f.filled >= self.reads_per_fd && f.posted == 0;
             f.filled = 0;
-            for _ in 0..if busy { BATCH } else { 0 } {
-                if !ring.has_room() {
-                    break;
-                }
-                let buf = self.take_spare();
-                let f = &mut self.ring_fds[i];
-                match ring.post_read_now(i as u32, f.src.as_raw_fd(), buf, f.src.offset(), &self.io) {
-                    Ok(()) => {
-                        f.posted += 1;
-                        posted = true;
-                    }
-                    Err(buf) => {
-                        self.put_spare(buf);
-                        break;
-                    }
-                }
+            if busy {
+                let (port, src) = (f.port, f.src.clone());
+                self.read_batch(port, &src);
             }
         }
-        self.ring = Some(ring);
-        posted
     }
 
     /// Posts reads until every ring queue has its share posted, and the

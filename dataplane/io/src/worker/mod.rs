@@ -110,11 +110,9 @@ const SPARE_LOCAL: usize = 2 * BATCH;
 /// one gets it): more than 2 cost more than they save (measured with
 /// `benches/io_churn.rs`: 16 per queue was ~25% slower at connection
 /// churn than 2). A queue whose posted reads all brought a frame in one
-/// iteration is busy: the rest of its backlog is read at once by
-/// [`BATCH`] reads that do not wait (`RWF_NOWAIT`), submitted together in
-/// one more `io_uring_enter`, so a loaded queue is taken in whole batches
-/// rather than two frames per call (measured with `benches/compare.rs`,
-/// 64-byte UDP through one TAP: about 1.5× the frames forwarded).
+/// iteration is busy: the rest of its backlog (up to [`BATCH`] frames) is
+/// read at once with plain `read`s, so a loaded queue is taken in whole
+/// batches rather than two frames per `io_uring_enter`.
 const READS_PER_FD: usize = 2;
 /// Ring slots for writes in flight, beyond the reads.
 const RING_WRITES: usize = 256;
