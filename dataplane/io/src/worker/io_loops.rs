@@ -1,6 +1,7 @@
 //! The workers' two I/O loops: read/write + epoll, and io_uring (reads
-//! kept posted, writes queued, one `io_uring_enter` per iteration). Both
-//! hand what they read to [`Worker::accept`].
+//! kept posted, writes queued, one `io_uring_enter` per iteration, and a
+//! busy queue's backlog read at once with plain `read`s). Both hand what
+//! they read to [`Worker::accept`].
 
 use super::tx::read;
 use super::*;
