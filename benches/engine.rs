@@ -465,14 +465,37 @@ fn new_flow(c: &mut Criterion) {
     Rng(8).shuffle(&mut syn);
 
     let fresh = || engine(cfg.clone(), &topo, now);
+    // Vectors of `VECTOR` first packets through `process_batch`, as a
+    // worker reads them (the figure the goals are about), then one by one.
+    let mut bufs = vec![[0u8; BUF_LEN + 64]; VECTOR];
+    let mut frames: Vec<BatchFrame> =
+        bufs.iter_mut().map(|b| BatchFrame::new(PortId::OUTSIDE, b, FRAME_LEN)).collect();
     g.bench_function("udp", |b| {
+        b.iter_custom(|iters| {
+            time_new_flow_batches(iters, now, fresh, &mut frames, |f, i| {
+                let p = &udp[i];
+                f.buf[..FRAME_LEN].copy_from_slice(&p.frame);
+                (f.port, f.len) = (p.port, FRAME_LEN);
+            })
+        })
+    });
+    g.bench_function("tcp_syn", |b| {
+        b.iter_custom(|iters| {
+            time_new_flow_batches(iters, now, fresh, &mut frames, |f, i| {
+                let (port, s) = &syn[i];
+                f.buf[..SYN_LEN].copy_from_slice(s);
+                (f.port, f.len) = (*port, SYN_LEN);
+            })
+        })
+    });
+    g.bench_function("udp_single", |b| {
         b.iter_custom(|iters| {
             time_new_flows(iters, fresh, |e, buf, i| {
                 black_box(run(e, now, buf, black_box(&udp[i])));
             })
         })
     });
-    g.bench_function("tcp_syn", |b| {
+    g.bench_function("tcp_syn_single", |b| {
         b.iter_custom(|iters| {
             time_new_flows(iters, fresh, |e, buf, i| {
                 let (port, f) = &syn[i];
@@ -500,6 +523,40 @@ fn time_new_flows(
         let t = Clock::start();
         for i in 0..k {
             step(&mut e, &mut buf, i);
+        }
+        total += t.elapsed();
+        assert_eq!(e.sessions().len(), k, "every first packet created a session");
+        left -= k as u64;
+    }
+    total
+}
+
+/// Times `iters` new flows through `process_batch` in vectors of
+/// `frames.len()`, `fill(frame, i)` putting first packet `i` in a frame
+/// (timed, as `run_batches` copies each packet); every engine (from
+/// `fresh`, not timed) takes at most `NEW_FLOWS_PER_ENGINE`.
+fn time_new_flow_batches(
+    iters: u64,
+    now: Instant,
+    fresh: impl Fn() -> Engine,
+    frames: &mut [BatchFrame<'_>],
+    mut fill: impl FnMut(&mut BatchFrame<'_>, usize),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let mut e = fresh();
+        let k = left.min(u64::from(NEW_FLOWS_PER_ENGINE)) as usize;
+        let t = Clock::start();
+        let mut i = 0;
+        while i < k {
+            let n = (k - i).min(frames.len());
+            for (j, f) in frames[..n].iter_mut().enumerate() {
+                fill(f, i + j);
+            }
+            e.process_batch(now, black_box(&mut frames[..n]));
+            black_box(&frames[..n]);
+            i += n;
         }
         total += t.elapsed();
         assert_eq!(e.sessions().len(), k, "every first packet created a session");

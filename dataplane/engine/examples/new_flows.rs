@@ -9,9 +9,12 @@
 //! cargo build --release -p dataplane --example new_flows
 //! valgrind --tool=callgrind --toggle-collect='*Engine*process_offload*' \
 //!     target/release/examples/new_flows udp     # or tcp (SYNs); then engines (default 1)
+//! valgrind --tool=callgrind --toggle-collect='*Engine*process_batch*' \
+//!     target/release/examples/new_flows udp 1 batch   # vectors of 64, as a worker reads
 //! ```
-//! Instructions per new flow: the total over the calls of `Engine::process`
-//! divided by their number (one more call per engine: the router's ARP).
+//! Instructions per new flow: the total over the toggled calls divided by
+//! 32,768 (one more `process` call per engine: the router's ARP, outside
+//! the batch toggle). Toggle one function only: nested toggles cancel.
 
 use dataplane::arp;
 use dataplane::config::EngineConfig;
@@ -21,7 +24,7 @@ use dataplane::testkit::{
     ROUTER_MAC,
 };
 use dataplane::time::Instant;
-use dataplane::{Action, Engine, PortId};
+use dataplane::{Action, BatchFrame, Engine, PortId};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -32,10 +35,13 @@ const FLOWS: u32 = 32_768;
 const ENVS: u32 = 256;
 /// The one ENI address (the bench's first).
 const ENI: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+/// Frames per `process_batch` call in `batch` mode (a worker's read).
+const BATCH: usize = 64;
 
 fn main() {
     let syn = std::env::args().nth(1).is_some_and(|a| a == "tcp");
     let engines: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let batch = std::env::args().nth(3).is_some_and(|a| a == "batch");
     let mut topo = Topology::new(8, ENVS);
     topo.enis[0].addrs = vec![ENI];
     topo.enis[0].egress = Arc::new(security_group());
@@ -58,14 +64,29 @@ fn main() {
         .collect();
     Rng(if syn { 8 } else { 7 }).shuffle(&mut firsts);
     let mut buf = [0u8; 2048];
+    let mut bufs = vec![[0u8; 2048 + 64]; BATCH];
     for _ in 0..engines {
         let mut e = Engine::new(cfg.clone(), topo.bindings()).expect("valid config");
         let n = arp::write_request(&mut buf, ROUTER_MAC, ROUTER, ENI);
         assert!(matches!(e.process(now, PortId::OUTSIDE, &mut buf, n), Action::Reply { .. }));
         while e.poll_transmit(now, &mut buf).is_some() {}
-        for (port, f) in &firsts {
-            buf[..f.len()].copy_from_slice(f);
-            black_box(e.process(now, *port, &mut buf, f.len()));
+        if batch {
+            for chunk in firsts.chunks(BATCH) {
+                let mut frames: Vec<BatchFrame> = bufs
+                    .iter_mut()
+                    .zip(chunk)
+                    .map(|(b, (port, f))| {
+                        b[..f.len()].copy_from_slice(f);
+                        BatchFrame::new(*port, b, f.len())
+                    })
+                    .collect();
+                e.process_batch(now, black_box(&mut frames));
+            }
+        } else {
+            for (port, f) in &firsts {
+                buf[..f.len()].copy_from_slice(f);
+                black_box(e.process(now, *port, &mut buf, f.len()));
+            }
         }
         assert_eq!(e.sessions().len(), firsts.len(), "every first packet made a session");
     }

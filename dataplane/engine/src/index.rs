@@ -112,9 +112,11 @@ impl FlowIndex {
 
     /// Calls `f` with every id in the home bucket of `h` whose tag matches
     /// (the likely hits, to prefetch; entries that overflowed further are
-    /// left out).
+    /// left out). Returns whether those are all the ids stored under `h`
+    /// (the home bucket's overflow count is zero, so no entry of `h` was
+    /// placed further): then a key `f` was not called for is not stored.
     #[inline]
-    pub fn candidates(&self, h: u64, mut f: impl FnMut(u32)) {
+    pub fn candidates(&self, h: u64, mut f: impl FnMut(u32)) -> bool {
         let bucket = &self.buckets[self.home(h)];
         let mut m = bucket.matches(tag(h));
         while m != 0 {
@@ -124,6 +126,7 @@ impl FlowIndex {
                 f(bucket.ids[i]);
             }
         }
+        bucket.overflow == 0
     }
 
     /// The first id stored under hash `h` that `eq` accepts.
@@ -285,5 +288,32 @@ mod tests {
             Some(3)
         );
         assert_eq!(compared, 1, "only the entry with the matching tag is compared");
+    }
+
+    /// `candidates` says it gave every id stored under a hash only while no
+    /// entry of its home bucket went further: an id that overflowed into
+    /// the next bucket is not among the candidates, and the answer is then
+    /// "maybe more".
+    #[test]
+    fn candidates_are_complete_only_without_overflow() {
+        let mut ix = FlowIndex::new(90);
+        // Home bucket 0 for all; tags 0, 1, 2.
+        let h = |i: u32| u64::from(i % 3);
+        let mut got = vec![];
+        assert!(ix.candidates(h(0), |id| got.push(id)), "an empty index holds nothing");
+        assert!(got.is_empty());
+        for i in 0..SLOTS as u32 {
+            assert!(ix.insert(h(i), i));
+        }
+        assert!(ix.candidates(h(1), |id| got.push(id)), "a full bucket that overflowed nothing");
+        assert_eq!(got, [1, 4, 7]);
+        // The eleventh goes to bucket 1: bucket 0 now says "maybe further".
+        assert!(ix.insert(h(10), 10));
+        got.clear();
+        assert!(!ix.candidates(h(1), |id| got.push(id)));
+        assert_eq!(got, [1, 4, 7], "the overflowed id 10 is not a candidate");
+        assert_eq!(ix.find(h(10), |id| id == 10), Some(10));
+        assert!(ix.remove(h(10), 10));
+        assert!(ix.candidates(h(1), |_| {}), "complete again once it is gone");
     }
 }

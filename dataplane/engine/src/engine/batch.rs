@@ -7,14 +7,19 @@
 //!    an attachment, outside key for one from the VPC); prefetch the key's
 //!    index bucket.
 //! 2. Read each bucket and prefetch the sessions whose tags match; keep
-//!    the first of them in the frame's hint (the likely hit).
+//!    the first of them in the frame's hint (the likely hit), or the
+//!    finding that the index holds no session under the hash at all (no
+//!    tag matched and the home bucket never overflowed).
 //! 3. Process the frames in order, exactly as [`Engine::process_offload`]
 //!    would: a frame of an established flow that changes nothing but its
 //!    session's counters by the established path (`fast`, whose doc lists
 //!    when it applies), any other by the general path, with the IPv4 and
 //!    transport headers from pass 1 (the frame is unchanged since; each is
 //!    used once, for the frame it was parsed from) and the hash handed to
-//!    the session lookup.
+//!    the session lookup. A frame whose key pass 2 found stored nowhere (a
+//!    new flow) skips the established path's lookup and goes to the
+//!    general path at once, which looks the key up again (an earlier frame
+//!    of the chunk may have created its session since).
 //!
 //! Passes 1 and 2 only read frames and tables and issue prefetches: every
 //! decision is taken in pass 3 in arrival order, so a batch gives the same
@@ -31,7 +36,7 @@
 
 use super::{flow_of, Action, Engine, Flow, Offload};
 use crate::flow::{Endpoint, FlowKey};
-use crate::session::SessionTable;
+use crate::session::{SessionTable, NIL};
 use crate::tcp::Dir;
 use crate::time::Instant;
 use crate::wire::{self, Ipv4, ETH_LEN};
@@ -85,7 +90,10 @@ pub(super) struct Hint {
     /// What `flow_of` gave for the frame (the key's ports come from it).
     pub(super) flow: Flow,
     /// The first session the key's home bucket holds under the hash's tag
-    /// (pass 2), or `NIL`: likely the key's session, to be checked.
+    /// (pass 2): likely the key's session, to be checked. `NIL` when the
+    /// index held no session under the hash at pass 2, `MAYBE` when it may
+    /// hold one outside the home bucket (see
+    /// [`SessionTable::prefetch_candidates`]).
     pub(super) cand: u32,
 }
 
@@ -113,10 +121,12 @@ impl Engine {
                 h.cand = self.table.prefetch_candidates(h.hash, !f.port.is_inside());
             }
         }
-        // Pass 3: in order, as one by one.
+        // Pass 3: in order, as one by one. A frame whose key pass 2 found
+        // stored nowhere (a new flow, or one whose session an earlier frame
+        // of the chunk creates) goes to the general path straight away.
         for (f, h) in frames.iter_mut().zip(hints.iter()) {
             if let Some(h) = h {
-                if self.fast(now, f, h) {
+                if h.cand != NIL && self.fast(now, f, h) {
                     continue;
                 }
             }
@@ -162,5 +172,5 @@ fn hint(table: &SessionTable, port: PortId, frame: &[u8]) -> Option<Hint> {
     };
     let hash = table.hash(&key);
     table.prefetch_bucket(hash, dir == Dir::In);
-    Some(Hint { ip, key, hash, flow, cand: crate::session::NIL })
+    Some(Hint { ip, key, hash, flow, cand: NIL })
 }

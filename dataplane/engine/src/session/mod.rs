@@ -81,6 +81,10 @@ use std::time::Duration;
 
 /// No entry.
 pub const NIL: u32 = u32::MAX;
+/// [`SessionTable::prefetch_candidates`]: no candidate in the home bucket,
+/// but an entry may have been placed further (not a slot id: capacities
+/// stay below it).
+pub const MAYBE: u32 = u32::MAX - 1;
 /// Slots of the timer wheel (seconds it spans).
 pub const WHEEL_SLOTS: usize = 8192;
 /// Recyclable lists a table keeps.
@@ -532,18 +536,24 @@ impl SessionTable {
     /// no effect on results. Returns the first of them, or [`NIL`] (the
     /// likely hit, for the caller to check against its key: a free slot
     /// has protocol 0, so a slot whose key equals a key of a real protocol
-    /// is that key's live session).
+    /// is that key's live session). [`NIL`] when the index proves that no
+    /// session is stored under `h`, and [`MAYBE`] when it holds none under
+    /// `h` in the home bucket but may hold one further (a lookup decides).
     #[inline]
     pub fn prefetch_candidates(&self, h: u64, outside: bool) -> u32 {
         let index = if outside { &self.out_index } else { &self.in_index };
         let mut first = NIL;
-        index.candidates(h, |id| {
+        let complete = index.candidates(h, |id| {
             if first == NIL {
                 first = id;
             }
             self.prefetch_session(id);
         });
-        first
+        if first == NIL && !complete {
+            MAYBE
+        } else {
+            first
+        }
     }
 
     /// Prefetches the cache line of session `id` (all an established
