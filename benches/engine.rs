@@ -468,8 +468,7 @@ fn new_flow(c: &mut Criterion) {
     // Vectors of `VECTOR` first packets through `process_batch`, as a
     // worker reads them (the figure the goals are about), then one by one.
     let mut bufs = vec![[0u8; BUF_LEN + 64]; VECTOR];
-    let mut frames: Vec<BatchFrame> =
-        bufs.iter_mut().map(|b| BatchFrame::new(PortId::OUTSIDE, b, FRAME_LEN)).collect();
+    let mut frames: Vec<BatchFrame> = bufs.iter_mut().map(|b| BatchFrame::new(PortId::OUTSIDE, b, FRAME_LEN)).collect();
     g.bench_function("udp", |b| {
         b.iter_custom(|iters| {
             time_new_flow_batches(iters, now, fresh, &mut frames, |f, i| {

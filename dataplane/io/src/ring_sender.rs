@@ -10,6 +10,18 @@
 //! `send()` at its end ([`RingSender::kick`]), or earlier once
 //! [`RING_KICK`] have gathered.
 //!
+//! A worker with an io_uring queues such a frame as a write on the plain
+//! socket ([`RingSender::divert`]) instead of sending it at once: the
+//! write goes with the wake-up's other writes in its one
+//! `io_uring_enter`, and the worker goes on with its frames meanwhile (a
+//! 64 KB superframe sent at once has the worker run the receiver's side
+//! of a veth inside its `send`). Until the wake-up's kick, every later
+//! frame of the wake-up is diverted too ([`RingSender::diverted`]): the
+//! kick comes before the queued writes are submitted, and a frame kicked
+//! from the ring would overtake them. (An io_uring with no free slot
+//! left sends the frame the usual way, which may overtake writes already
+//! queued: the worker's ring is sized so that a wake-up rarely fills it.)
+//!
 //! Invariant: one owner (the worker that writes through it; `&mut self`
 //! for every frame), so no lock per frame.
 
@@ -30,6 +42,9 @@ pub const RING_KICK: usize = 256;
 pub struct RingSender {
     ring: TxRing,
     big: PacketSender,
+    /// A frame went to the plain socket's queued writes since the last
+    /// [`RingSender::kick`] (see the module docs).
+    diverted: bool,
 }
 
 impl RingSender {
@@ -40,7 +55,7 @@ impl RingSender {
     pub fn open(name: &str, vnet_hdr: bool, cfg: RingConfig) -> Result<RingSender, IoError> {
         let ring = TxRing::open(name, vnet_hdr, cfg)?;
         let big = PacketSender::open_with(name, vnet_hdr)?;
-        Ok(RingSender { ring, big })
+        Ok(RingSender { ring, big, diverted: false })
     }
 
     /// Whether frames start with their offload header.
@@ -65,9 +80,33 @@ impl RingSender {
         self.big.send(frame).is_ok()
     }
 
+    /// Whether `frame` must go the plain socket's way: it does not fit a
+    /// slot, or frames of this wake-up already went that way as queued
+    /// writes ([`RingSender::divert`]).
+    pub fn takes_plain(&self, frame: &[u8]) -> bool {
+        self.diverted || frame.is_empty() || frame.len() > self.ring.max_frame()
+    }
+
+    /// Before `frame` goes to the plain socket as a queued write (the
+    /// caller queues it on its io_uring): the ring is kicked first, so the
+    /// frames pushed before it go first; every later frame of the wake-up
+    /// takes the same way, until [`RingSender::kick`]. The plain socket's
+    /// descriptor, to write the frame to.
+    pub fn divert(&mut self, io: &IoCounters) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        if !self.diverted {
+            io.send.add(self.ring.kick() as u64);
+            self.diverted = true;
+        }
+        self.big.as_raw_fd()
+    }
+
     /// Has the kernel send what the ring holds (see [`TxRing::kick`]); the
-    /// system calls made, counted in `io` too.
+    /// system calls made, counted in `io` too. Ends a wake-up: frames after
+    /// it use the ring again (the writes diverted before it are submitted
+    /// before any frame of the next wake-up is pushed).
     pub fn kick(&mut self, io: &IoCounters) -> usize {
+        self.diverted = false;
         let n = self.ring.kick();
         io.send.add(n as u64);
         n

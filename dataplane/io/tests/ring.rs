@@ -11,7 +11,8 @@ use dataplane::testkit;
 use dataplane_io::packet_ring::RxLayout;
 use dataplane_io::vnet::F_NEEDS_CSUM;
 use dataplane_io::{
-    PacketReceiver, PacketSender, RingConfig, RxOptions, RxRing, TxRing, VnetHdr, PACKET_VNET_LEN, SUPERFRAME_SLOT,
+    IoCounters, PacketReceiver, PacketSender, RingConfig, RingSender, RxOptions, RxRing, TxRing, VnetHdr,
+    PACKET_VNET_LEN, SUPERFRAME_SLOT,
 };
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
@@ -380,4 +381,63 @@ fn the_transmit_ring_sends_and_no_ring_reads_our_own_frames() {
     }
     // A frame longer than a slot is refused (it goes another way).
     assert!(!tx.push(&vec![0u8; tx.max_frame() + 1]));
+}
+
+/// A frame the transmit ring cannot take goes to the plain socket as a
+/// queued write ([`RingSender::divert`]): the frames pushed before it are
+/// kicked first, and every frame after it in the same wake-up takes the
+/// plain way too until the wake-up's kick, so the peer gets them all in
+/// the order they were sent.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and veth pairs")]
+fn a_diverted_frame_keeps_its_place_among_the_ring_frames() {
+    require_root();
+    let v = Veth::new();
+    let io = IoCounters::default();
+    let mut tx = RingSender::open(&v.ours, true, small_ring()).expect("ring sender");
+    let peer = v.peer.clone();
+    let peer_rx = v.in_peer(move || {
+        let t = Some(Duration::from_millis(20));
+        PacketReceiver::open(&peer, RxOptions { vnet_hdr: true, read_timeout: t, ..RxOptions::default() })
+            .expect("peer receiver")
+    });
+    // Frame `i` carries `i` in its payload, padded to `len` bytes of UDP payload.
+    let frame = |i: u32, len: usize| {
+        let mut payload = vec![0u8; len];
+        payload[..4].copy_from_slice(&(0xb000_0000 | i).to_be_bytes());
+        let udp = testkit::udp_segment(OUR_IP, 7000, PEER_IP, 6000, &payload);
+        let f = testkit::ipv4_frame(OURS, v.peer_mac, OUR_IP, PEER_IP, 17, testkit::IpOpts::default(), &udp);
+        let mut framed = VnetHdr::default().to_bytes()[..PACKET_VNET_LEN].to_vec();
+        framed.extend_from_slice(&f);
+        framed
+    };
+    // The veth's MTU is 1500: 1400 bytes fit it, and not a 2 KiB slot.
+    let (small, big) = (frame(0, 4), frame(1, 1400));
+    assert!(!tx.takes_plain(&small));
+    assert!(tx.takes_plain(&frame(1, 2100)), "longer than a slot");
+    assert!(tx.send(&small, &io), "frame 0 into the ring");
+    assert_eq!(tx.pending(), 1);
+    // Frame 1 as the worker does it for a frame the ring cannot take.
+    let fd = tx.divert(&io);
+    assert_eq!(tx.pending(), 0, "the ring was kicked before the diverted frame");
+    // SAFETY: write(2) of a buffer we own, on a descriptor the sender keeps open.
+    let n = unsafe { libc::write(fd, big.as_ptr().cast(), big.len()) };
+    assert_eq!(n, big.len() as isize, "the diverted write");
+    assert!(tx.takes_plain(&frame(2, 4)), "the rest of the wake-up follows it");
+    tx.kick(&io);
+    assert!(!tx.takes_plain(&frame(2, 4)), "the kick ends the wake-up");
+    assert!(tx.send(&frame(2, 4), &io));
+    tx.kick(&io);
+    let mut buf = vec![0u8; 65_600];
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while got.len() < 3 && Instant::now() < deadline {
+        if let Ok(n) = peer_rx.recv(&mut buf) {
+            let f = &buf[PACKET_VNET_LEN..n];
+            if f.len() >= 46 && f[36..38] == 6000u16.to_be_bytes() && f[42] == 0xb0 {
+                got.push(f[45]);
+            }
+        }
+    }
+    assert_eq!(got, [0, 1, 2], "in the order sent");
 }

@@ -151,8 +151,11 @@ impl Tx<'_> {
     /// Sends a frame through a transmit ring (the outside's, or an
     /// attachment's this worker owns): with its offload header when the
     /// ring takes one, otherwise with checksums completed in software; sent
-    /// at the iteration's kick (or earlier, see [`RingSender::send`]).
-    pub(super) fn ring(&mut self, r: &mut RingSender, buf: &mut [u8], len: usize, hdr: VnetHdr) -> bool {
+    /// at the iteration's kick (or earlier, see [`RingSender::send`]). A
+    /// frame the ring cannot take (a superframe) is queued as a write on
+    /// the ring sender's plain socket when the worker has an io_uring
+    /// ([`RingSender::divert`]), else sent on it at once.
+    pub(super) fn ring(&mut self, r: &mut RingSender, buf: &mut Vec<u8>, len: usize, hdr: VnetHdr) -> bool {
         let start = if r.vnet_hdr() {
             buf[HDR - PACKET_VNET_LEN..HDR].copy_from_slice(&hdr.to_bytes()[..PACKET_VNET_LEN]);
             HDR - PACKET_VNET_LEN
@@ -161,6 +164,13 @@ impl Tx<'_> {
         } else {
             return false;
         };
+        let queued = self.ring.as_ref().is_some_and(Ring::has_room);
+        if queued && r.takes_plain(&buf[start..HDR + len]) {
+            let fd = r.divert(self.io);
+            if self.ring_write(fd, buf, start..HDR + len) {
+                return true;
+            }
+        }
         r.send(&buf[start..HDR + len], self.io)
     }
 
