@@ -36,6 +36,9 @@
 //!   quota checks, port allocation, mapping and session insert, rewrite.
 //!   Each engine takes `NEW_FLOWS_PER_ENGINE` fresh (env, sport) pairs and
 //!   is then replaced (outside the timed part), so the table never fills.
+//!   `udp` and `tcp_syn` hand the first packets over in vectors of 64
+//!   (`Engine::process_batch`, as a worker does); `udp_single` and
+//!   `tcp_syn_single` one by one (`Engine::process`).
 //! - `expire/100k`: `Engine::expire` removing 100,000 idle UDP sessions
 //!   (created over 100 s of virtual time) once the clock passed their 300 s
 //!   timeout; each iteration builds its engine outside the timed part.
