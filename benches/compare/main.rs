@@ -22,7 +22,9 @@
 //!   frame, counted the same way, and how far our sender's delivered figure
 //!   is from it;
 //! - new TCP connections per second (connect, close at once, from two
-//!   environments, four threads each, 2 s), once closing with an RST
+//!   environments, four threads each in a closed loop, 4 s, to 16 server
+//!   ports served by non-blocking threads: `netlab::churn`, the client and
+//!   server of `cargo bench --bench io_churn`), once closing with an RST
 //!   (`SO_LINGER` 0) and once with an orderly close (the client's FIN first),
 //!   with the failed connects (not established within 3 s) of each;
 //! - the machine's steal time over each round (`/proc/stat`), so that a
@@ -101,7 +103,6 @@ use netlab::churn::{self, ChurnReport, ClientConfig, CloseMode, ServerReport};
 use netlab::lab::{Lab, Options};
 use netlab::meter::{self, IngressCounter, Steal, Verdict};
 use netlab::{env_addr, KernelNat, Netns, INSIDE_GATEWAY, SERVER};
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -227,77 +228,35 @@ fn iperf(t: &Topo, args: &[&str], secs: u32) -> serde_json::Value {
 /// retransmitted a second later is a slow connect, not a failed one).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Connections per second completed, and failed connects: 4 client threads per environment, connect then close at
-/// once (`rst`: with an RST, `SO_LINGER` 0; else an orderly close, the client's FIN first).
-fn connect_rate(t: &Topo, secs: f64, rst: bool) -> (f64, u64) {
-    use std::io::Read;
-    let l = Arc::new(t.server.run(|| TcpListener::bind(SocketAddrV4::new(SERVER, 7600)).expect("bind")));
-    let stop = Arc::new(AtomicBool::new(false));
-    // Four blocking acceptors; each is released at the end by one local
-    // connection made after the stop flag is set.
-    let acceptors: Vec<_> = (0..4)
-        .map(|_| {
-            let (l, stop) = (Arc::clone(&l), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((mut c, _)) = l.accept() {
-                        // The client closes first (it keeps the TIME_WAIT,
-                        // as an HTTP client would): wait for its FIN.
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
-                        let _ = c.read(&mut [0u8; 16]);
-                    }
-                }
-            })
-        })
-        .collect();
-    let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let mut clients = vec![];
-    for ns in &t.envs {
-        for _ in 0..4 {
-            let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
-            clients.push(ns.thread(move || {
-                let dst = SocketAddr::from(SocketAddrV4::new(SERVER, 7600));
-                while Instant::now() < deadline {
-                    match TcpStream::connect_timeout(&dst, CONNECT_TIMEOUT) {
-                        Ok(c) => {
-                            if rst {
-                                linger_zero(&c);
-                            }
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            if failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                                eprintln!("    connect failed ({:?}): {e}", churn::FailureKind::of_connect(&e));
-                            }
-                        }
-                    }
-                }
-            }));
-        }
-    }
-    let t0 = Instant::now();
-    for c in clients {
-        let _ = c.join();
-    }
-    let el = t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    t.server.run(|| {
-        for _ in 0..4 {
-            let _ =
-                TcpStream::connect_timeout(&SocketAddr::from(SocketAddrV4::new(SERVER, 7600)), Duration::from_secs(1));
-        }
-    });
-    for a in acceptors {
-        let _ = a.join();
-    }
-    (done.load(Ordering::Relaxed) as f64 / el, failed.load(Ordering::Relaxed))
-}
+/// Length of each connection phase (RST close, FIN close), seconds.
+const CONNECT_SECS: u32 = 4;
 
-/// SO_LINGER 0: close sends an RST and leaves no TIME_WAIT.
-fn linger_zero(c: &TcpStream) {
-    let _ = churn::set_linger_zero(c);
+/// Connections per second completed, and failed connects, over `secs` seconds: the churn client of
+/// `netlab::churn` (the one `cargo bench --bench io_churn` and `hyperplane loadgen churn` use), 4 threads per
+/// environment in a closed loop, each connecting to one of 16 server ports in turn on the churn server's
+/// non-blocking threads, then closing (`rst`: with an RST, `SO_LINGER` 0; else an orderly close, the client's FIN
+/// first, the server's FIN awaited).
+fn connect_rate(t: &Topo, secs: u32, rst: bool) -> (f64, u64) {
+    let cfg = ClientConfig {
+        threads_per_env: 4,
+        mode: if rst { CloseMode::Rst } else { CloseMode::Fin },
+        secs,
+        window_secs: (secs / 2).max(1),
+        connect_timeout: CONNECT_TIMEOUT,
+        ..ClientConfig::default()
+    };
+    match churn::run(t.server, &t.envs, &cfg) {
+        Ok((r, _)) => {
+            if r.failed > 0 {
+                eprintln!("    {} connects failed: {:?}", r.failed, r.failures);
+            }
+            (r.rate, r.failed)
+        }
+        Err(e) => {
+            eprintln!("    connection churn did not run: {e}");
+            (0.0, 0)
+        }
+    }
 }
 
 /// Which measurements to run (`--only tcp|udp|conn`; all by default, and
@@ -401,9 +360,9 @@ fn measure(t: &Topo, secs: u32) -> Figures {
         }
     }
     if wanted("conn") {
-        let (r, n) = connect_rate(t, 2.0, true);
+        let (r, n) = connect_rate(t, CONNECT_SECS, true);
         (f.conn_rst_per_s, f.conn_rst_failed) = (r, n as f64);
-        let (r, n) = connect_rate(t, 2.0, false);
+        let (r, n) = connect_rate(t, CONNECT_SECS, false);
         (f.conn_fin_per_s, f.conn_fin_failed) = (r, n as f64);
     }
     f.steal_pct = steal0.share_until(&Steal::now()) * 100.0;
