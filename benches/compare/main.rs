@@ -342,6 +342,16 @@ fn measure(t: &Topo, secs: u32) -> Figures {
             tcp["end"]["cpu_utilization_percent"]["remote_total"].as_f64().unwrap_or(0.0),
         );
     }
+    // Connections before the UDP floods: the new-flow flood leaves the kernel's
+    // connection tracking full (262,144 entries here, unreplied UDP kept 30 s),
+    // and a SYN that finds it full is dropped ("nf_conntrack: table full"), so
+    // measured after it the kernel's connection rate was the flood's leftover.
+    if wanted("conn") {
+        let (r, n) = connect_rate(t, CONNECT_SECS, true);
+        (f.conn_rst_per_s, f.conn_rst_failed) = (r, n as f64);
+        let (r, n) = connect_rate(t, CONNECT_SECS, false);
+        (f.conn_fin_per_s, f.conn_fin_failed) = (r, n as f64);
+    }
     if wanted("udp") {
         let spec = template(t);
         let counter = IngressCounter::install(t.vpc, &t.vpc_link, SERVER, Verdict::Drop).expect("VPC counter");
@@ -358,12 +368,6 @@ fn measure(t: &Topo, secs: u32) -> Figures {
             (f.trafgen_offered_pps, f.trafgen_pps) = (offered, delivered);
             eprintln!("  trafgen one flow: offered {offered:.0}/s, delivered {delivered:.0}/s");
         }
-    }
-    if wanted("conn") {
-        let (r, n) = connect_rate(t, CONNECT_SECS, true);
-        (f.conn_rst_per_s, f.conn_rst_failed) = (r, n as f64);
-        let (r, n) = connect_rate(t, CONNECT_SECS, false);
-        (f.conn_fin_per_s, f.conn_fin_failed) = (r, n as f64);
     }
     f.steal_pct = steal0.share_until(&Steal::now()) * 100.0;
     f.load1 = meter::load_average().unwrap_or(0.0);
