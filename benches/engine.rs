@@ -509,23 +509,17 @@ fn new_flow(c: &mut Criterion) {
     g.finish();
 }
 
-/// Times `iters` new flows, `step(engine, buf, i)` each; every engine
-/// (from `fresh`, not timed) takes at most `NEW_FLOWS_PER_ENGINE`.
-fn time_new_flows(
-    iters: u64,
-    fresh: impl Fn() -> Engine,
-    mut step: impl FnMut(&mut Engine, &mut [u8; BUF_LEN], usize),
-) -> Duration {
-    let mut buf = [0u8; BUF_LEN];
+/// Times `iters` new flows: `run(engine, k)` gives a fresh engine (from
+/// `fresh`, not timed) its first `k` first packets, at most
+/// `NEW_FLOWS_PER_ENGINE` an engine.
+fn time_per_engine(iters: u64, fresh: impl Fn() -> Engine, mut run: impl FnMut(&mut Engine, usize)) -> Duration {
     let mut total = Duration::ZERO;
     let mut left = iters;
     while left > 0 {
         let mut e = fresh();
         let k = left.min(u64::from(NEW_FLOWS_PER_ENGINE)) as usize;
         let t = Clock::start();
-        for i in 0..k {
-            step(&mut e, &mut buf, i);
-        }
+        run(&mut e, k);
         total += t.elapsed();
         assert_eq!(e.sessions().len(), k, "every first packet created a session");
         left -= k as u64;
@@ -533,10 +527,24 @@ fn time_new_flows(
     total
 }
 
+/// Times `iters` new flows one by one, `step(engine, buf, i)` each (see
+/// [`time_per_engine`]).
+fn time_new_flows(
+    iters: u64,
+    fresh: impl Fn() -> Engine,
+    mut step: impl FnMut(&mut Engine, &mut [u8; BUF_LEN], usize),
+) -> Duration {
+    let mut buf = [0u8; BUF_LEN];
+    time_per_engine(iters, fresh, |e, k| {
+        for i in 0..k {
+            step(e, &mut buf, i);
+        }
+    })
+}
+
 /// Times `iters` new flows through `process_batch` in vectors of
 /// `frames.len()`, `fill(frame, i)` putting first packet `i` in a frame
-/// (timed, as `run_batches` copies each packet); every engine (from
-/// `fresh`, not timed) takes at most `NEW_FLOWS_PER_ENGINE`.
+/// (timed, as `run_batches` copies each packet; see [`time_per_engine`]).
 fn time_new_flow_batches(
     iters: u64,
     now: Instant,
@@ -544,12 +552,7 @@ fn time_new_flow_batches(
     frames: &mut [BatchFrame<'_>],
     mut fill: impl FnMut(&mut BatchFrame<'_>, usize),
 ) -> Duration {
-    let mut total = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let mut e = fresh();
-        let k = left.min(u64::from(NEW_FLOWS_PER_ENGINE)) as usize;
-        let t = Clock::start();
+    time_per_engine(iters, fresh, |e, k| {
         let mut i = 0;
         while i < k {
             let n = (k - i).min(frames.len());
@@ -560,11 +563,7 @@ fn time_new_flow_batches(
             black_box(&frames[..n]);
             i += n;
         }
-        total += t.elapsed();
-        assert_eq!(e.sessions().len(), k, "every first packet created a session");
-        left -= k as u64;
-    }
-    total
+    })
 }
 
 fn expire(c: &mut Criterion) {
