@@ -16,7 +16,7 @@
 //! `io_uring_enter`, and the worker goes on with its frames meanwhile (a
 //! 64 KB superframe sent at once has the worker run the receiver's side
 //! of a veth inside its `send`). Until the wake-up's kick, every later
-//! frame of the wake-up is diverted too ([`RingSender::diverted`]): the
+//! frame of the wake-up is diverted too ([`RingSender::takes_plain`]): the
 //! kick comes before the queued writes are submitted, and a frame kicked
 //! from the ring would overtake them. (An io_uring with no free slot
 //! left sends the frame the usual way, which may overtake writes already
@@ -87,10 +87,10 @@ impl RingSender {
         self.diverted || frame.is_empty() || frame.len() > self.ring.max_frame()
     }
 
-    /// Before `frame` goes to the plain socket as a queued write (the
-    /// caller queues it on its io_uring): the ring is kicked first, so the
-    /// frames pushed before it go first; every later frame of the wake-up
-    /// takes the same way, until [`RingSender::kick`]. The plain socket's
+    /// Readies a frame for the plain socket as a write the caller queues
+    /// (on its io_uring): the ring is kicked first, so the frames pushed
+    /// before it go first; every later frame of the wake-up takes the same
+    /// way, until [`RingSender::kick`]. Returns the plain socket's
     /// descriptor, to write the frame to.
     pub fn divert(&mut self, io: &IoCounters) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
