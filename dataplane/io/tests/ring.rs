@@ -72,6 +72,17 @@ impl Veth {
         v
     }
 
+    /// A receiver on the peer's end, opened in its namespace: frames with
+    /// their virtio-net header, reads that give up after 20 ms.
+    fn peer_receiver(&self) -> PacketReceiver {
+        let peer = self.peer.clone();
+        self.in_peer(move || {
+            let t = Some(Duration::from_millis(20));
+            PacketReceiver::open(&peer, RxOptions { vnet_hdr: true, read_timeout: t, ..RxOptions::default() })
+                .expect("peer receiver")
+        })
+    }
+
     /// Runs `f` on a thread inside the peer's namespace.
     fn in_peer<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         std::thread::scope(|s| {
@@ -333,12 +344,7 @@ fn the_transmit_ring_sends_and_no_ring_reads_our_own_frames() {
         RxRing::open(&v.ours, RxOptions { vnet_hdr: true, fanout: Some(group), ..RxOptions::default() }, small_ring())
             .expect("member");
     let mut tx = TxRing::open(&v.ours, true, small_ring()).expect("tx ring");
-    let peer = v.peer.clone();
-    let peer_rx = v.in_peer(move || {
-        let t = Some(Duration::from_millis(20));
-        PacketReceiver::open(&peer, RxOptions { vnet_hdr: true, read_timeout: t, ..RxOptions::default() })
-            .expect("peer receiver")
-    });
+    let peer_rx = v.peer_receiver();
     // Our frames: to the peer, from us.
     const OUT: u32 = 300;
     for i in 0..OUT {
@@ -395,12 +401,7 @@ fn a_diverted_frame_keeps_its_place_among_the_ring_frames() {
     let v = Veth::new();
     let io = IoCounters::default();
     let mut tx = RingSender::open(&v.ours, true, small_ring()).expect("ring sender");
-    let peer = v.peer.clone();
-    let peer_rx = v.in_peer(move || {
-        let t = Some(Duration::from_millis(20));
-        PacketReceiver::open(&peer, RxOptions { vnet_hdr: true, read_timeout: t, ..RxOptions::default() })
-            .expect("peer receiver")
-    });
+    let peer_rx = v.peer_receiver();
     // Frame `i` carries `i` in its payload, padded to `len` bytes of UDP payload.
     let frame = |i: u32, len: usize| {
         let mut payload = vec![0u8; len];
