@@ -492,6 +492,9 @@ pub struct Totals {
     pub live: [u64; 3],
     /// Ended or unanswered sessions recycled for new flows so far.
     pub recycled: u64,
+    /// ARP on the outside so far: requests sent to resolve a next hop, and
+    /// requests for an ENI address answered.
+    pub arp: (u64, u64),
     /// Drops by reason, only the non-zero ones, in [`DropReason::ALL`] order.
     pub drops: Vec<(DropReason, u64)>,
 }
@@ -508,6 +511,8 @@ impl Totals {
             t.inbound.1 += c.inbound.bytes.get();
             t.hairpinned += c.hairpinned.get();
             t.recycled += c.sessions_recycled.get();
+            t.arp.0 += c.arp_requests.get();
+            t.arp.1 += c.arp_replies.get();
             for (i, p) in [
                 dataplane::counters::ProtoIndex::Tcp,
                 dataplane::counters::ProtoIndex::Udp,

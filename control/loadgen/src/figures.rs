@@ -129,6 +129,10 @@ pub struct GatewayFigures {
     pub drops: BTreeMap<String, u64>,
     /// Ended or unanswered sessions recycled for new flows during the run.
     pub sessions_recycled: u64,
+    /// ARP requests the gateway sent to resolve a VPC next hop during the run.
+    pub arp_requests: u64,
+    /// ARP requests for an ENI address the gateway answered during the run.
+    pub arp_replies: u64,
 }
 
 /// The result of one run. Field docs are in the module doc.
@@ -439,12 +443,14 @@ impl LoadReport {
         }
         if let Some(g) = &self.gateway {
             t += &format!(
-                "  gateway    live tcp {} udp {} icmp {}; out {} in {}; drops {:?}\n",
+                "  gateway    live tcp {} udp {} icmp {}; out {} in {}; arp asked {} answered {}; drops {:?}\n",
                 g.live_sessions[0],
                 g.live_sessions[1],
                 g.live_sessions[2],
                 g.outbound_packets,
                 g.inbound_packets,
+                g.arp_requests,
+                g.arp_replies,
                 g.drops
             );
         }

@@ -656,6 +656,8 @@ fn gateway_delta(b: &control::gateway::Totals, a: &control::gateway::Totals) -> 
         inbound_packets: a.inbound.0 - b.inbound.0,
         drops,
         sessions_recycled: a.recycled - b.recycled,
+        arp_requests: a.arp.0 - b.arp.0,
+        arp_replies: a.arp.1 - b.arp.1,
     }
 }
 
