@@ -6,7 +6,25 @@
 
 use loadgen::{LoadArgs, LoadReport, Scenario, Target};
 use std::path::PathBuf;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
+
+/// Unpaced UDP floods fill the kernel's per-CPU receive backlog (`net.core.netdev_max_backlog`), which every
+/// namespace shares: a test running beside one loses ARP, SYNs and datagrams that no NAT dropped. So a flood runs
+/// alone ([`alone`]) and the other tests run beside each other ([`beside`]).
+static FLOODS: RwLock<()> = RwLock::new(());
+
+/// A test that sends no unpaced UDP: it runs beside the others, never beside a flood. Needs root.
+fn beside() -> RwLockReadGuard<'static, ()> {
+    netlab::require_root();
+    FLOODS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A test that floods: it runs alone. Needs root.
+fn alone() -> RwLockWriteGuard<'static, ()> {
+    netlab::require_root();
+    FLOODS.write().unwrap_or_else(|e| e.into_inner())
+}
 
 fn args(scenario: Scenario, envs: usize) -> LoadArgs {
     LoadArgs {
@@ -70,7 +88,7 @@ fn documented_fields(r: &LoadReport) {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn udp_counts_match_the_responder_and_come_from_the_eni() {
-    netlab::require_root();
+    let _turn = beside();
     // A modest rate, with echoes, so nothing is lost either way: then the datagrams the responder counted equal
     // sent - lost, where lost is what the environments measured (sent - echoes received).
     let out = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
@@ -99,7 +117,7 @@ fn udp_counts_match_the_responder_and_come_from_the_eni() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn udp_delivered_matches_the_vpc_kernel_counter_with_pinned_writers() {
-    netlab::require_root();
+    let _turn = beside();
     // Two writer threads pinned to CPUs 0 and 1 (`--cpus 0,1`), at a rate both NATs carry: the kernel's own count at
     // the VPC router (nftables netdev ingress) and the responder's count are independent and must agree, for both.
     for target in [Target::Ours, Target::Kernel] {
@@ -118,7 +136,7 @@ fn udp_delivered_matches_the_vpc_kernel_counter_with_pinned_writers() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn unpaced_udp_is_counted_at_the_vpc_edge_beside_trafgen_on_the_same_link() {
-    netlab::require_root();
+    let _turn = alone();
     netlab::find_tool("trafgen").expect("trafgen (netsniff-ng; .ci/run installs it)");
     // Unpaced, one pinned writer through the veth, then trafgen's one flow on the same link and counter: the
     // report's delivered figure is the kernel counter's, and trafgen's figures sit beside it. (How close the two
@@ -143,7 +161,7 @@ fn unpaced_udp_is_counted_at_the_vpc_edge_beside_trafgen_on_the_same_link() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn connect_counts_match_the_responder_and_come_from_the_eni() {
-    netlab::require_root();
+    let _turn = beside();
     // Open loop at 3000 connections/s: every environment connects more than once.
     let r = loadgen::run(&LoadArgs { rate: Some(3000.0), ..args(Scenario::Connect, 250) }).expect("connect run");
     eprintln!("{}", r.table());
@@ -160,7 +178,7 @@ fn connect_counts_match_the_responder_and_come_from_the_eni() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn environments_spread_over_pinned_threads_still_count_every_connection_and_stream() {
-    netlab::require_root();
+    let _turn = beside();
     // `--cpus 0,1`: two environment threads, each with half the environments, a reader handing them their frames.
     // Every environment connects (the pacer's rate is split between the threads), nothing fails, and the
     // responder's counts match the environments' own, against both targets.
@@ -186,7 +204,7 @@ fn environments_spread_over_pinned_threads_still_count_every_connection_and_stre
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn tcp_bulk_bytes_reach_the_responder_from_the_eni() {
-    netlab::require_root();
+    let _turn = beside();
     let r = loadgen::run(&args(Scenario::TcpBulk, 16)).expect("bulk run");
     eprintln!("{}", r.table());
     let b = r.tcp_bulk.as_ref().expect("bulk figures");
@@ -207,7 +225,7 @@ fn tcp_bulk_bytes_reach_the_responder_from_the_eni() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn mixed_runs_every_kind_through_the_eni() {
-    netlab::require_root();
+    let _turn = beside();
     // Connects paced at 1000/s; the four bulk streams are unpaced, so the gateway's attachment queue may overflow
     // and a handshake may need a retransmission: every completed connection was accepted, and nothing was accepted
     // that the environments did not see established.
@@ -224,7 +242,7 @@ fn mixed_runs_every_kind_through_the_eni() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn connect_with_one_tap_per_environment_through_its_own_attachment() {
-    netlab::require_root();
+    let _turn = beside();
     // 100 loadgen TAPs, each bridged alone to its own gateway attachment: every environment connects once through
     // its own attachment, and all leave through the one shared ENI.
     let r = loadgen::run(&LoadArgs { once: true, tap_per_env: true, ..args(Scenario::Connect, 100) })
@@ -243,7 +261,7 @@ fn connect_with_one_tap_per_environment_through_its_own_attachment() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn port_exhaustion_is_visible_in_the_report_and_the_drop_counter() {
-    netlab::require_root();
+    let _turn = beside();
     // 50 ports for 200 environments that each connect once, all at the same moment: 50 get a port, the other 150
     // SYNs are refused (`ports_exhausted`, ICMP 3/13) and retried until the connect timeout. A port comes back for a
     // retried SYN only if its connection ended without leaving the server in TIME_WAIT (the environment's FIN came
@@ -294,7 +312,7 @@ fn read_csv(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn timeline_csv_has_one_line_per_second_with_the_gateway_gauges() {
-    netlab::require_root();
+    let _turn = beside();
     let out = out_dir("csv");
     let r = loadgen::run(&LoadArgs {
         rate: Some(1000.0),
@@ -343,7 +361,7 @@ fn timeline_csv_has_one_line_per_second_with_the_gateway_gauges() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn a_run_stopped_early_reports_what_it_measured() {
-    netlab::require_root();
+    let _turn = beside();
     // Asked for a minute, stopped (as SIGINT would) 2 s into the load: the report covers those 2 s.
     let out = out_dir("stop");
     let a = LoadArgs {
@@ -389,7 +407,7 @@ fn a_run_stopped_early_reports_what_it_measured() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn config_file_gateway_settings_reach_our_gateway() {
-    netlab::require_root();
+    let _turn = beside();
     // A session table of 100 for 200 environments connecting once, each connection closed by the server after its
     // response: the table never holds more than 100 sessions, and the ended connections' sessions are recycled for
     // the later ones, so every connection still completes.
@@ -451,7 +469,7 @@ fn duration_is_checked_and_reads_like_people_write_it() {
 #[test]
 #[ignore]
 fn compare_figures() {
-    netlab::require_root();
+    let _turn = alone();
     let only = std::env::var("LOADGEN_ONLY").ok();
     for (scenario, envs) in [(Scenario::Udp, 1000), (Scenario::TcpBulk, 16), (Scenario::Connect, 10_000)] {
         if only.as_deref().is_some_and(|o| o != scenario.name()) {
@@ -482,7 +500,7 @@ fn compare_figures() {
 #[test]
 #[ignore]
 fn udp_compare_against_trafgen_figures() {
-    netlab::require_root();
+    let _turn = alone();
     let var = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let a = LoadArgs {
         duration: Duration::from_secs(4),
@@ -554,7 +572,7 @@ impl HandMadeNat {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn any_nat_between_two_links_counts_as_the_kernel_target_does() {
-    netlab::require_root();
+    let _turn = beside();
     let nat = HandMadeNat::build();
     let external = Some(nat.external());
     let ext = |a: LoadArgs| LoadArgs { target: Target::External, external: external.clone(), ..a };
@@ -624,7 +642,7 @@ fn external_arguments_are_checked() {
 #[test]
 #[ignore]
 fn external_against_kernel_figures() {
-    netlab::require_root();
+    let _turn = alone();
     let nat = HandMadeNat::build();
     let external = Some(nat.external());
     for scenario in [Scenario::Udp, Scenario::Connect] {
@@ -649,7 +667,7 @@ fn external_against_kernel_figures() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn offer_only_counts_every_frame_the_writers_wrote_at_the_tap() {
-    netlab::require_root();
+    let _turn = beside();
     // Paced: the kernel's count at the TAP's ingress is every frame the writers' writes took, whichever way they
     // write.
     for writes in [loadgen::sender::TapWrites::Write, loadgen::sender::TapWrites::Uring] {
@@ -677,7 +695,7 @@ fn offer_only_counts_every_frame_the_writers_wrote_at_the_tap() {
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn spread_receive_lets_the_offer_exceed_what_the_kernel_nat_carries() {
-    netlab::require_root();
+    let _turn = alone();
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         eprintln!("skipping: needs a CPU besides the writer's");
         return;
