@@ -334,20 +334,22 @@ fn timeline_csv_has_one_line_per_second_with_the_gateway_gauges() {
             "bytes_delivered",
             "gateway_sessions",
             "gateway_ports_in_use",
-            "eni_addresses"
+            "eni_addresses",
+            "gateway_ports_cooling"
         ]
     );
     // One line per second: t_s = 1, 2, 3 (the load), then the seconds of the grace period and the drain.
     assert!((3..=8).contains(&rows.len()), "{rows:?}");
     let num = |row: &[String], k: usize| row[k].parse::<u64>().unwrap_or_else(|_| panic!("column {k} of {row:?}"));
     for (i, row) in rows.iter().enumerate() {
-        assert_eq!(row.len(), 9, "{row:?}");
+        assert_eq!(row.len(), 10, "{row:?}");
         assert_eq!(num(row, 0), i as u64 + 1, "consecutive seconds: {rows:?}");
     }
     // Each second of the load saw connections, and the counts add up to the report's.
     for row in &rows[..3] {
         assert!(num(row, 1) > 0 && num(row, 3) > 0 && num(row, 4) > 0, "{row:?}");
         assert!(num(row, 6) > 0 && num(row, 7) > 0 && num(row, 8) == 1, "gauges against ours: {row:?}");
+        assert!(num(row, 9) <= num(row, 7), "cooling ports are among the held ones: {row:?}");
     }
     let c = r.connect.as_ref().expect("connect figures");
     assert_eq!(rows.iter().map(|row| num(row, 1)).sum::<u64>(), c.completed, "{rows:?}");

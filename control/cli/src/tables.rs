@@ -138,25 +138,32 @@ pub fn format_headroom<'a>(h: &Headroom, ports: impl Iterator<Item = &'a PortUse
     }
     let rows: Vec<Vec<String>> = ports
         .flat_map(|l| {
-            [("tcp", l.tcp, l.closing.tcp, l.quarantined.tcp), ("udp", l.udp, l.closing.udp, l.quarantined.udp)]
-                .into_iter()
-                .chain([("icmp", l.icmp, l.closing.icmp, l.quarantined.icmp)])
-                .map(move |(proto, live, closing, q)| {
-                    let free = l.capacity.saturating_sub(live + closing + q);
-                    vec![
-                        l.addr.to_string(),
-                        proto.to_string(),
-                        live.to_string(),
-                        closing.to_string(),
-                        q.to_string(),
-                        free.to_string(),
-                        format!("{:.1}%", percent(u64::from(live), u64::from(l.capacity))),
-                    ]
-                })
+            [
+                ("tcp", l.tcp, l.closing.tcp, l.cooling.tcp, l.quarantined.tcp),
+                ("udp", l.udp, l.closing.udp, l.cooling.udp, l.quarantined.udp),
+                ("icmp", l.icmp, l.closing.icmp, l.cooling.icmp, l.quarantined.icmp),
+            ]
+            .into_iter()
+            .map(move |(proto, live, closing, cooling, q)| {
+                let free = l.capacity.saturating_sub(live + closing + q);
+                vec![
+                    l.addr.to_string(),
+                    proto.to_string(),
+                    live.to_string(),
+                    closing.to_string(),
+                    cooling.to_string(),
+                    q.to_string(),
+                    free.to_string(),
+                    format!("{:.1}%", percent(u64::from(live), u64::from(l.capacity))),
+                ]
+            })
         })
         .collect();
     if !rows.is_empty() {
-        out.push_str(&table(&["  ADDRESS", "PROTO", "LIVE", "RECYCLABLE", "QUARANTINED", "FREE", "LIVE%"], &rows));
+        out.push_str(&table(
+            &["  ADDRESS", "PROTO", "LIVE", "RECYCLABLE", "COOLING", "QUARANTINED", "FREE", "LIVE%"],
+            &rows,
+        ));
     }
     out
 }

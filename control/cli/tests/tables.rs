@@ -30,13 +30,15 @@ fn status_text_has_the_eni_and_function_tables() {
         "sessions: 5 live + 40 recyclable of 262144 (0.0% used); 1200 recycled, 7 reopened",
         "eni 1: 2 of 16 addresses",
         "RECYCLABLE",
+        "COOLING",
     ] {
         assert!(t.contains(want), "missing {want:?} in\n{t}");
     }
-    // Per address and protocol: live, recyclable, quarantined, free.
+    // Per address and protocol: live, recyclable (and of those, cooling in the remote's TIME_WAIT), quarantined,
+    // free.
     let tcp = t.lines().find(|l| l.contains("10.0.0.4") && l.contains(" tcp ")).expect("tcp port line");
     let cols: Vec<&str> = tcp.split_whitespace().collect();
-    assert_eq!(cols[1..6], ["tcp", "12", "40", "0", "64460"], "{tcp}");
+    assert_eq!(cols[1..7], ["tcp", "12", "40", "25", "0", "64460"], "{tcp}");
     let empty = format_status(&StatusReport { enis: vec![], functions: vec![], headroom: Default::default() });
     assert!(empty.contains("no shared ENIs") && empty.contains("no functions"), "{empty}");
 }

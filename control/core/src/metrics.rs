@@ -24,6 +24,7 @@
 //! | `hyperplane_sessions_flushed_total` | counter | |
 //! | `hyperplane_port_use` | gauge | `addr`, `proto` = `tcp`, `udp`, `icmp` (ports held by live flows) |
 //! | `hyperplane_port_recyclable` | gauge | `addr`, `proto` |
+//! | `hyperplane_port_cooling` | gauge | `addr`, `proto` (of the recyclable: the remote closed first; they count towards the high-water mark) |
 //! | `hyperplane_port_quarantined` | gauge | `addr`, `proto` |
 //! | `hyperplane_port_capacity` | gauge | `addr` |
 //! | `hyperplane_eni_addresses` | gauge | `eni`, `limit` = `in_use`, `max` |
@@ -224,7 +225,7 @@ fn families(s: &StatsReport) -> Vec<Family> {
     ];
 
     // One series per address even if a report lists an address twice.
-    let mut ports: BTreeMap<Ipv4Addr, [[u64; 3]; 3]> = BTreeMap::new();
+    let mut ports: BTreeMap<Ipv4Addr, [[u64; 3]; 4]> = BTreeMap::new();
     let mut caps: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
     for p in &s.port_use {
         let e = ports.entry(p.addr).or_default();
@@ -232,6 +233,7 @@ fn families(s: &StatsReport) -> Vec<Family> {
             [p.tcp, p.udp, p.icmp],
             [p.closing.tcp, p.closing.udp, p.closing.icmp],
             [p.quarantined.tcp, p.quarantined.udp, p.quarantined.icmp],
+            [p.cooling.tcp, p.cooling.udp, p.cooling.icmp],
         ]
         .into_iter()
         .enumerate()
@@ -255,6 +257,12 @@ fn families(s: &StatsReport) -> Vec<Family> {
             "NAT ports held only by ended or unanswered sessions, which new flows recycle.",
         ),
         (2, "hyperplane_port_quarantined", "NAT ports resting before reuse (RFC 6888 REQ-8)."),
+        (
+            3,
+            "hyperplane_port_cooling",
+            "Of the recyclable NAT ports, those whose remote closed first: they may sit in its TIME_WAIT and count \
+             towards the high-water mark that adds an ENI address.",
+        ),
     ] {
         let mut samples = Vec::new();
         for (addr, n) in &ports {

@@ -554,6 +554,7 @@ impl Shared {
                 for i in 0..3 {
                     e.in_use[i] += g.in_use[i];
                     e.closing[i] += g.closing[i];
+                    e.cooling[i] += g.cooling[i];
                     e.quarantined[i] += g.quarantined[i];
                 }
             }
@@ -567,6 +568,7 @@ impl Shared {
                 udp: g.in_use[1],
                 icmp: g.in_use[2],
                 closing: counts(g.closing),
+                cooling: counts(g.cooling),
                 quarantined: counts(g.quarantined),
                 capacity,
             })

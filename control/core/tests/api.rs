@@ -381,6 +381,7 @@ fn metrics_render_in_the_text_exposition_format() {
         "hyperplane_sessions_reopened_total 7",
         "hyperplane_sessions_flushed_total 2",
         "hyperplane_port_recyclable{addr=\"10.0.0.4\",proto=\"tcp\"} 40",
+        "hyperplane_port_cooling{addr=\"10.0.0.4\",proto=\"tcp\"} 25",
         "hyperplane_port_quarantined{addr=\"10.0.0.4\",proto=\"udp\"} 2",
         "hyperplane_eni_addresses{eni=\"1\",limit=\"in_use\"} 2",
         "hyperplane_eni_addresses{eni=\"1\",limit=\"max\"} 16",
@@ -411,7 +412,7 @@ fn metrics_render_in_the_text_exposition_format() {
             assert!(value.parse::<f64>().is_ok(), "bad value in {l:?}");
         }
     }
-    assert_eq!(families, 24, "{m}");
+    assert_eq!(families, 25, "{m}");
     assert!(m.ends_with('\n'));
 }
 

@@ -14,15 +14,18 @@
 //! every second it finished):
 //!
 //! ```text
-//! t_s,connections_completed,connect_failures,packets_offered,packets_delivered,bytes_delivered,gateway_sessions,gateway_ports_in_use,eni_addresses
+//! t_s,connections_completed,connect_failures,packets_offered,packets_delivered,bytes_delivered,gateway_sessions,gateway_ports_in_use,eni_addresses,gateway_ports_cooling
 //! ```
 //!
 //! `t_s` is the end of the second the line covers (1 for the first second); the five counts are what happened
 //! within that second (connections the environments completed, connections that failed (refused, timed out or
 //! reset), frames the load generator wrote, packets (UDP datagrams, accepted connections) the responder received,
-//! payload bytes it received). The last three are gauges read when the line is written, against our gateway only
-//! (empty for the kernel): live sessions summed over the workers, ENI ports in use (all protocols, summed over the
-//! workers' per-address gauges) and the number of distinct ENI addresses with a gauge. A line is written
+//! payload bytes it received). The last four are gauges read when the line is written, against our gateway only
+//! (empty for the kernel): live sessions summed over the workers, ENI ports held by live or ended connections (all
+//! protocols, summed over the workers' per-address gauges), the number of distinct ENI addresses with a gauge, and
+//! of the ports held by ended connections those whose remote closed first (they may sit in its TIME_WAIT, so they
+//! count towards the high-water mark that adds an ENI address: when `eni_addresses` grows, this column says how much
+//! of it is the remotes' TIME_WAIT). A line is written
 //! [`CSV_LAG`] after its second ends, so late counts land first; when the run ends (also when it is stopped early)
 //! the remaining seconds are written, the last one possibly covering less than a second.
 
@@ -47,7 +50,7 @@ pub const FINE_SPAN: Duration = Duration::from_secs(600);
 pub const CSV_LAG: Duration = Duration::from_millis(150);
 /// The `timeline.csv` header.
 pub const CSV_HEADER: &str = "t_s,connections_completed,connect_failures,packets_offered,packets_delivered,\
-                              bytes_delivered,gateway_sessions,gateway_ports_in_use,eni_addresses";
+                              bytes_delivered,gateway_sessions,gateway_ports_in_use,eni_addresses,gateway_ports_cooling";
 
 const NOT_STARTED: u64 = u64::MAX;
 
@@ -163,10 +166,11 @@ pub struct Bucket {
 }
 
 /// Our gateway's gauges, summed over its workers: (sessions in the tables, ENI ports held by live or ended
-/// connections, distinct ENI addresses).
-pub fn gateway_gauges(workers: &[Arc<Counters>]) -> (u64, u64, usize) {
+/// connections, distinct ENI addresses, ports of ended connections whose remote closed first).
+pub fn gateway_gauges(workers: &[Arc<Counters>]) -> (u64, u64, usize, u64) {
     let mut sessions = 0u64;
     let mut ports = 0u64;
+    let mut cooling = 0u64;
     let mut addrs = BTreeSet::new();
     for c in workers {
         for p in [ProtoIndex::Tcp, ProtoIndex::Udp, ProtoIndex::Icmp] {
@@ -177,10 +181,11 @@ pub fn gateway_gauges(workers: &[Arc<Counters>]) -> (u64, u64, usize) {
         }
         for (a, g) in c.port_gauges() {
             ports += (0..3).map(|i| u64::from(g.in_use[i] + g.closing[i])).sum::<u64>();
+            cooling += g.cooling.iter().map(|&c| u64::from(c)).sum::<u64>();
             addrs.insert(a);
         }
     }
-    (sessions, ports, addrs.len())
+    (sessions, ports, addrs.len(), cooling)
 }
 
 /// Writes `timeline.csv` from a thread (see the module doc); [`CsvWriter::finish`] (or Drop) writes the remaining
@@ -278,10 +283,10 @@ fn line(w: &mut impl Write, tl: &Timeline, gateway: Option<&[Arc<Counters>]>, k:
     let (a, b) = ((k - 1) * 1000, k * 1000);
     let gauges = match gateway {
         Some(g) => {
-            let (s, p, n) = gateway_gauges(g);
-            format!("{s},{p},{n}")
+            let (s, p, n, c) = gateway_gauges(g);
+            format!("{s},{p},{n},{c}")
         }
-        None => ",,".into(),
+        None => ",,,".into(),
     };
     writeln!(
         w,
@@ -319,7 +324,7 @@ mod tests {
         assert_eq!(tl.sum(&tl.connects, 1000, 2000), 4);
         let mut out = Vec::new();
         line(&mut out, &tl, None, 2).expect("writes");
-        assert_eq!(String::from_utf8(out).expect("utf-8"), "2,4,0,0,0,0,,,\n");
-        assert_eq!(CSV_HEADER.split(',').count(), 9);
+        assert_eq!(String::from_utf8(out).expect("utf-8"), "2,4,0,0,0,0,,,,\n");
+        assert_eq!(CSV_HEADER.split(',').count(), 10);
     }
 }

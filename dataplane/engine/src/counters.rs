@@ -191,12 +191,14 @@ pub const ADDR_GAUGES: usize = 256;
 /// Per protocol, every port of the worker's slice is in exactly one of four
 /// states: held by a live flow (`in_use`), held only by closing or
 /// unanswered sessions that a new flow may recycle (`closing`), resting in
-/// quarantine (`quarantined`), or free.
+/// quarantine (`quarantined`), or free. `cooling` is the part of `closing`
+/// whose connections the remote closed first (see [`PortGauge::cooling`]).
 #[derive(Debug, Default)]
 pub struct AddrGauge {
     addr: AtomicU32,
     in_use: [AtomicU32; 3],
     closing: [AtomicU32; 3],
+    cooling: [AtomicU32; 3],
     quarantined: [AtomicU32; 3],
     capacity: AtomicU32,
 }
@@ -208,6 +210,13 @@ pub struct PortGauge {
     pub in_use: [u32; 3],
     /// Ports held only by recyclable (closing or unanswered) sessions.
     pub closing: [u32; 3],
+    /// Of `closing`: ports of ended TCP connections that the remote closed
+    /// first. The remote may hold them in its TIME_WAIT, so they carry no
+    /// new connection to it for [`crate::engine::REMOTE_TIME_WAIT`] and
+    /// count towards the high-water mark that grows the ENI by an address.
+    /// Updated when a new flow takes a port or a timer fires, so on an idle
+    /// gateway it may lag by up to the next timer.
+    pub cooling: [u32; 3],
     /// Ports in quarantine.
     pub quarantined: [u32; 3],
     /// Ports per protocol in this worker's slice.
@@ -234,6 +243,7 @@ impl AddrGauge {
         PortGauge {
             in_use: load(&self.in_use),
             closing: load(&self.closing),
+            cooling: load(&self.cooling),
             quarantined: load(&self.quarantined),
             capacity: self.capacity.load(Ordering::Relaxed),
         }
@@ -245,16 +255,18 @@ impl AddrGauge {
         self.addr.store(a.map_or(0, u32::from), Ordering::Relaxed);
         self.capacity.store(capacity, Ordering::Relaxed);
         if a.is_none() {
-            for g in self.in_use.iter().chain(&self.closing).chain(&self.quarantined) {
+            for g in self.in_use.iter().chain(&self.closing).chain(&self.cooling).chain(&self.quarantined) {
                 g.store(0, Ordering::Relaxed);
             }
         }
     }
 
-    /// Publishes one protocol's port states. Owning worker only.
-    pub fn set(&self, proto: usize, in_use: u32, closing: u32, quarantined: u32) {
+    /// Publishes one protocol's port states (`cooling`: of `closing`).
+    /// Owning worker only.
+    pub fn set(&self, proto: usize, in_use: u32, closing: u32, cooling: u32, quarantined: u32) {
         self.in_use[proto].store(in_use, Ordering::Relaxed);
         self.closing[proto].store(closing, Ordering::Relaxed);
+        self.cooling[proto].store(cooling, Ordering::Relaxed);
         self.quarantined[proto].store(quarantined, Ordering::Relaxed);
     }
 }

@@ -282,12 +282,19 @@ fn ports_cooling_in_their_remotes_time_wait_count_until_it_ends() {
     // port waits in the server's TIME_WAIT.
     assert!(matches!(h.engine.poll_event(), Some(Event::HighWater { .. })));
     assert_eq!(h.engine.poll_event(), None);
-    let cooling = |h: &Harness| h.engine.port_use()[0].closing[0];
-    assert_eq!(cooling(&h), 8);
-    // Once the server's TIME_WAIT is surely over, new connections to it
-    // take those ports, and the mark fires again only once seven of them
-    // are cooling again.
+    let closing = |h: &Harness| h.engine.port_use()[0].closing[0];
+    assert_eq!(closing(&h), 8);
+    // All eight are cooling, in the engine's port use and in the gauge
+    // other threads read (what `hyperplane status` and the metrics show).
+    let cooling = |h: &Harness| (h.engine.port_use()[0].cooling[0], h.engine.counters().port_gauges()[0].1.cooling[0]);
+    assert_eq!(cooling(&h), (8, 8));
+    // Once the server's TIME_WAIT is surely over, the next timer tick
+    // counts them as plain recyclable ports; new connections to it take
+    // those ports, and the mark fires again only once seven of them are
+    // cooling again.
     h.advance(dataplane::engine::REMOTE_TIME_WAIT + Duration::from_secs(1));
+    assert_eq!(cooling(&h), (0, 0), "the server's TIME_WAIT is over");
+    assert_eq!(closing(&h), 8);
     for i in 0..6u16 {
         connection(&mut h, u32::from(i % 8), 20000 + i, "server-fin");
     }

@@ -280,6 +280,11 @@ pub struct PortUseLine {
     /// new flow recycles when it needs them (count, by protocol).
     #[serde(default)]
     pub closing: ProtoCounts,
+    /// Of `closing`: ports of connections the remote closed first, which may
+    /// sit in its TIME_WAIT; they count towards the high-water mark that
+    /// adds an ENI address (count, by protocol).
+    #[serde(default)]
+    pub cooling: ProtoCounts,
     /// Ports resting in quarantine before reuse (count, by protocol).
     #[serde(default)]
     pub quarantined: ProtoCounts,

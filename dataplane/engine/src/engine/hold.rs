@@ -227,7 +227,8 @@ impl Engine {
         }
         if let Some(g) = a.gauge {
             let held = a.held(pi, cfg.mapping);
-            counters.addrs[g].set(pi, a.live[pi], held.saturating_sub(a.live[pi]), a.pools[pi].quarantined());
+            let closing = held.saturating_sub(a.live[pi]);
+            counters.addrs[g].set(pi, a.live[pi], closing, a.warm[pi].min(closing), a.pools[pi].quarantined());
         }
     }
 

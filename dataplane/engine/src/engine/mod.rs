@@ -186,6 +186,10 @@ pub struct PortUse {
     /// reset TCP connections, sessions the VPC opened that were never
     /// answered. A new flow takes them when nothing else is free.
     pub closing: [u32; 3],
+    /// Of `closing`: ports of connections the remote closed first less than
+    /// [`REMOTE_TIME_WAIT`] ago, which count towards the high-water mark
+    /// (see [`crate::counters::PortGauge::cooling`]).
+    pub cooling: [u32; 3],
     /// Ports resting in quarantine.
     pub quarantined: [u32; 3],
     /// Ports per protocol in the range.
@@ -386,6 +390,7 @@ impl Engine {
                 addr,
                 in_use: a.live,
                 closing: [0, 1, 2].map(|i| a.held(i, m).saturating_sub(a.live[i])),
+                cooling: a.warm,
                 quarantined: [0, 1, 2].map(|i| a.pools[i].quarantined()),
                 capacity: a.pools[0].capacity(),
                 bound: a.bound,
@@ -469,12 +474,13 @@ impl Engine {
             Engine::account_removed(envs, bindings, addrs, counters, cfg, now, s, removed, false);
         });
         self.counters.sessions_recyclable.set(self.table.recyclable_len() as u64);
+        self.cool_all(now);
         for a in self.addrs.values_mut() {
             for pi in 0..3 {
                 if a.pools[pi].quarantined() > 0 {
                     a.pools[pi].expire(now);
-                    Engine::publish(&self.counters, a, pi, &self.cfg);
                 }
+                Engine::publish(&self.counters, a, pi, &self.cfg);
             }
         }
         self.forget_idle_addrs();
