@@ -51,6 +51,16 @@ impl Addr {
         }
     }
 
+    /// Ports (or sessions) held only by recyclable sessions: held, not live.
+    pub(super) fn closing(&self, pi: usize, mapping: Mapping) -> u32 {
+        self.held(pi, mapping).saturating_sub(self.live[pi])
+    }
+
+    /// Of [`Addr::closing`], those cooling in their remote's TIME_WAIT.
+    pub(super) fn cooling(&self, pi: usize, mapping: Mapping) -> u32 {
+        self.warm[pi].min(self.closing(pi, mapping))
+    }
+
     /// The high-water mark of live ports for protocol `pi`. A mark above the
     /// pool (65,000 against 64,512 ports by default) must still fire while
     /// there is room for the time an address takes to add (its probe): at
@@ -226,9 +236,8 @@ impl Engine {
             a.high[pi] = false;
         }
         if let Some(g) = a.gauge {
-            let held = a.held(pi, cfg.mapping);
-            let closing = held.saturating_sub(a.live[pi]);
-            counters.addrs[g].set(pi, a.live[pi], closing, a.warm[pi].min(closing), a.pools[pi].quarantined());
+            let (closing, cooling) = (a.closing(pi, cfg.mapping), a.cooling(pi, cfg.mapping));
+            counters.addrs[g].set(pi, a.live[pi], closing, cooling, a.pools[pi].quarantined());
         }
     }
 

@@ -389,8 +389,8 @@ impl Engine {
             .map(|(&addr, a)| PortUse {
                 addr,
                 in_use: a.live,
-                closing: [0, 1, 2].map(|i| a.held(i, m).saturating_sub(a.live[i])),
-                cooling: a.warm,
+                closing: [0, 1, 2].map(|i| a.closing(i, m)),
+                cooling: [0, 1, 2].map(|i| a.cooling(i, m)),
                 quarantined: [0, 1, 2].map(|i| a.pools[i].quarantined()),
                 capacity: a.pools[0].capacity(),
                 bound: a.bound,
