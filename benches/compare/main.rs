@@ -32,7 +32,8 @@
 //!
 //! Run as root: `cargo bench --bench compare` (`-- --quick` for 2-second
 //! runs; `--rounds N`, default 3, alternating ours and the kernel, medians
-//! reported; `--workers N` for our gateway; `--only tcp|udp|conn`;
+//! reported; `--workers N` for our gateway; `--only tcp|udp|conn`; `--work tcp,conn,udp` to run only those
+//! measurements, in any mode;
 //! `--cpus 0,1` for the sender; `--trafgen`; `--cc NAME` for the TCP bulk sender's congestion control, iperf3's
 //! `-C`, default the machine's `net.ipv4.tcp_congestion_control`). Needs iperf3 (for TCP), nft, ip,
 //! sysctl, ping; trafgen for `--trafgen`. Prints each figure for both and the
@@ -260,9 +261,14 @@ fn connect_rate(t: &Topo, secs: u32, rst: bool) -> (f64, u64) {
 }
 
 /// Which measurements to run (`--only tcp|udp|conn`; all by default, and
-/// all for `--only outside`).
+/// all for `--only outside`); `--work tcp,conn,udp` narrows any of them.
 fn wanted(what: &str) -> bool {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(list) = arg_str("--work") {
+        if !list.split(',').any(|w| w.trim() == what) {
+            return false;
+        }
+    }
     if args.iter().any(|a| a == "--tcp-only") {
         return what == "tcp";
     }
