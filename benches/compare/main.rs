@@ -53,7 +53,7 @@
 //! a fanout group across the workers) on packet rings and on plain sockets
 //! (`ring = false`), against the kernel, in alternating rounds; prints
 //! AF_PACKET (rings) / TAP, / kernel and / plain sockets, and how many
-//! workers took frames from the VPC side.
+//! workers took frames from the VPC side; `--outside-variants tap,rings,plain,kernel` runs only those.
 //!
 //! `--only attach`: how an environment reaches our gateway, TCP bulk and
 //! the 64-byte UDP figures (one flow, new flows) from an environment

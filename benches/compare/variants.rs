@@ -150,7 +150,10 @@ pub(super) fn outside_main(secs: u32, rounds: usize, workers: usize) {
     for round in 1..=rounds {
         // The TAP outside, AF_PACKET on rings (the default), AF_PACKET on
         // plain sockets (`ring = false`).
-        for (af_packet, ring) in [(false, false), (true, true), (true, false)] {
+        for (k, (af_packet, ring)) in [(false, false), (true, true), (true, false)].into_iter().enumerate() {
+            if !outside_variant_wanted(k) {
+                continue;
+            }
             let outside_extra = if af_packet && !ring { "ring = false".into() } else { String::new() };
             let opts = Options {
                 envs: 2,
@@ -184,7 +187,9 @@ pub(super) fn outside_main(secs: u32, rounds: usize, workers: usize) {
                 (true, false) => plain_all.push(f),
             }
         }
-        kernel_all.push(measure_kernel(round, secs));
+        if outside_variant_wanted(3) {
+            kernel_all.push(measure_kernel(round, secs));
+        }
     }
     let tap = Figures::median(&tap_all);
     let (af, plain, kernel) = (Figures::median(&af_all), Figures::median(&plain_all), Figures::median(&kernel_all));
@@ -319,6 +324,13 @@ pub(super) fn attach_main(secs: u32, rounds: usize, workers: usize) {
     });
     let _ = std::fs::create_dir_all("target");
     let _ = std::fs::write("target/compare-attach.json", serde_json::to_string_pretty(&json).unwrap_or_default());
+}
+
+/// `--outside-variants tap,rings,plain,kernel` (any of them; all by default): which targets `--only outside` runs.
+fn outside_variant_wanted(k: usize) -> bool {
+    let Some(list) = arg_str("--outside-variants") else { return true };
+    let name = ["tap", "rings", "plain", "kernel"][k];
+    list.split(',').any(|w| w.trim() == name)
 }
 
 /// `--attach-variants bridged,rings,plain` (any of them; all by default): which of the attach bench's paths run.
