@@ -599,6 +599,13 @@ fn any_nat_between_two_links_counts_as_the_kernel_target_does() {
         "udp at 20,000/s: external delivered {:.0}/s (counted {:.0}/s), kernel target {:.0}/s (counted {:.0}/s)",
         r.delivered.pps, vpc.pps, k.delivered.pps, kv.pps
     );
+    // The same NAT, made by hand or by the load generator, offered the same paced load: the same figure.
+    assert!(
+        (r.delivered.pps - k.delivered.pps).abs() <= 0.1 * k.delivered.pps,
+        "udp delivered: external {:.0}/s, kernel target {:.0}/s",
+        r.delivered.pps,
+        k.delivered.pps
+    );
 
     // Connections: every one completes, the responder accepted each one the environments saw established.
     let connect = LoadArgs { rate: Some(1000.0), ..args(Scenario::Connect, 200) };
@@ -613,6 +620,12 @@ fn any_nat_between_two_links_counts_as_the_kernel_target_does() {
     let kc = k.connect.as_ref().expect("connect figures");
     assert_eq!(kc.failed, 0, "{kc:?}");
     eprintln!("connect at 1,000/s: external {:.0}/s, kernel target {:.0}/s", c.per_s, kc.per_s);
+    assert!(
+        (c.per_s - kc.per_s).abs() <= 0.1 * kc.per_s,
+        "connections/s: external {}, kernel target {}",
+        c.per_s,
+        kc.per_s
+    );
     drop(nat);
 }
 
