@@ -513,7 +513,7 @@ fn udp_compare_against_trafgen_figures() {
     for round in 0..var("LOADGEN_ROUNDS", 3) {
         let c = loadgen::compare(&a).expect("compare with trafgen");
         println!("round {round}, writer and trafgen pinned to CPU 0:\n{}", c.table());
-        let s = loadgen::compare(&LoadArgs { spread_receive: true, trafgen: false, ..a.clone() }).expect("spread");
+        let s = loadgen::compare(&LoadArgs { spread_receive: true, ..a.clone() }).expect("spread");
         println!("round {round}, --spread-receive (the targets' receive path on CPU 1):\n{}", s.table());
     }
 }

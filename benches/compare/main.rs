@@ -369,7 +369,7 @@ fn measure(t: &Topo, secs: u32) -> Figures {
         eprintln!("  udp new flows: offered {:.0}/s, delivered {:.0}/s", f.new_offered_pps, f.new_pps);
         if std::env::args().any(|a| a == "--trafgen") {
             let cpu = sender_cpus().first().copied().unwrap_or(0);
-            let r = trafgen::one_flow(t.envs[0], &t.env_link, &spec, cpu, s, &counter).unwrap_or_default();
+            let r = trafgen::one_flow(t.envs[0], &t.env_link, &t.env_link, &spec, cpu, s, &counter).unwrap_or_default();
             let (offered, delivered) = (r.offered_pps, r.delivered_pps);
             (f.trafgen_offered_pps, f.trafgen_pps) = (offered, delivered);
             eprintln!("  trafgen one flow: offered {offered:.0}/s, delivered {delivered:.0}/s");

@@ -244,15 +244,17 @@ struct LoadgenCmd {
     /// per system call) or write (one per frame).
     #[arg(long, default_value = "uring")]
     tap_writes: String,
-    /// udp --cpus: the TAP's receive path (the kernel's NAT, the bridge
-    /// to ours) on the CPUs not writing (receive packet steering), so the
-    /// offer can exceed what the target carries.
+    /// udp --cpus: the target's receive path (the kernel's NAT, our
+    /// attachment) on the CPUs not writing (receive packet steering), so
+    /// the offer can exceed what the target carries; the writers' link
+    /// hands its frames on through a tc redirect, so a frame those CPUs
+    /// refuse is dropped (and counted) after the sender's system call.
     #[arg(long, requires = "cpus")]
     spread_receive: bool,
-    /// udp (unpaced, not with --spread-receive): after each target's
-    /// load, trafgen (netsniff-ng) sends one flow for as long, pinned to
-    /// the first of --cpus, on the same link and counter; the report puts
-    /// its figure beside the load's.
+    /// udp (unpaced): after each target's load, trafgen (netsniff-ng)
+    /// sends one flow for as long, pinned to the first of --cpus, on the
+    /// same link and counter; the report puts its figure beside the
+    /// load's.
     #[arg(long)]
     trafgen: bool,
     /// Any NAT: the link towards its inside (the environments send

@@ -220,12 +220,6 @@ impl LoadArgs {
         if self.trafgen && (self.scenario != Scenario::Udp || self.rate.is_some()) {
             return Err(invalid("trafgen", "the trafgen check is for the unpaced udp scenario".into()));
         }
-        if self.trafgen && self.spread_receive {
-            return Err(invalid(
-                "trafgen",
-                "trafgen stops at the first frame a receiving CPU refuses, which --spread-receive makes happen".into(),
-            ));
-        }
         let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Some(c) = self.cpus.iter().find(|&&c| c >= ncpu) {
             return Err(invalid("cpus", format!("CPU {c} is not one of this machine's {ncpu} (0..{ncpu})")));

@@ -194,6 +194,16 @@ impl World {
         }
     }
 
+    /// The VPC side's link the built-in target's traffic arrives on (where the kernel's counter sits), and its
+    /// namespace.
+    fn vpc_link(&self) -> Option<(&Netns, &str)> {
+        match self {
+            World::Ours(l) => Some((&l.vpc, l.outside.as_str())),
+            World::Kernel(k) => Some((k.vpc_ns(), "gw")),
+            World::External { .. } => None,
+        }
+    }
+
     /// The namespace holding the loadgen TAP's kernel side.
     fn tap_ns(&self) -> Option<&Netns> {
         match self {
@@ -252,7 +262,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     // Raw UDP reaches a built-in target through a veth, as it reaches any other NAT (and as trafgen sends); the
     // emulated environments' TCP/IP stacks through a TAP. Declared before the world: it drops after it.
     let feed = match (args.scenario, external || args.tap_per_env) {
-        (Scenario::Udp, false) => Some(VethFeed::create(queues)?),
+        (Scenario::Udp, false) => Some(VethFeed::create(queues, args.spread_receive)?),
         _ => None,
     };
     let ntaps = match (external || feed.is_some(), args.tap_per_env) {
@@ -366,11 +376,13 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     };
     let counter = match (&world, args.scenario) {
         (_, Scenario::TcpBulk | Scenario::Connect) => None,
-        (World::Ours(l), _) => Some(IngressCounter::install(&l.vpc, &l.outside, SERVER, verdict)?),
-        (World::Kernel(k), _) => Some(IngressCounter::install(k.vpc_ns(), "gw", SERVER, verdict)?),
         (World::External { outside, outside_link, .. }, _) => {
             Some(IngressCounter::install(outside, outside_link, addrs.server, verdict)?)
         }
+        (w, _) => match w.vpc_link() {
+            Some((ns, link)) => Some(IngressCounter::install(ns, link, SERVER, verdict)?),
+            None => None,
+        },
     };
     let grace = args.connect_timeout + Duration::from_secs(1);
     // Room for the grace period, the drain below and the raw reader's limit.
@@ -444,9 +456,9 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     report.warnings = comparison::saturation_warnings(&report);
     if let (true, Some(c), Some(mac)) = (args.trafgen, &counter, gw_mac) {
         // The same link, frame layout and counter; environment 0's flow.
-        let (ns, link) = match (&feed, &world, &args.external) {
-            (Some(f), _, _) => (&f.ns, f.link.as_str()),
-            (None, World::External { inside, .. }, Some(x)) => (inside, x.inside.as_str()),
+        let (ns, link, counted) = match (&feed, &world, &args.external) {
+            (Some(f), _, _) => (&f.ns, f.link.as_str(), f.counted()),
+            (None, World::External { inside, .. }, Some(x)) => (inside, x.inside.as_str(), x.inside.as_str()),
             _ => return Err(invalid("trafgen", "needs the udp scenario's packet-socket link".into())),
         };
         let spec = sender::FrameSpec {
@@ -459,7 +471,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
             payload: args.payload,
         };
         let cpu = args.cpus.first().copied().unwrap_or(0);
-        let rates = trafgen::one_flow(ns, link, &spec, cpu, args.duration.as_secs_f64(), c)
+        let rates = trafgen::one_flow(ns, link, counted, &spec, cpu, args.duration.as_secs_f64(), c)
             .ok_or_else(|| invalid("trafgen", "trafgen (netsniff-ng) is not installed or did not start".into()))?;
         let apart = (report.delivered.pps - rates.delivered_pps).abs() / rates.delivered_pps.max(1e-9);
         report.trafgen = Some(TrafgenCheck { rates, apart });
@@ -482,44 +494,88 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
 /// own (its packet socket sends and reads there), `peer` created in this namespace with as many queues as there
 /// are writers: our gateway's direct (`af-packet`) attachment, or moved in as the kernel NAT's inside link.
 /// Dropping it deletes the namespace, and with it the pair.
+///
+/// Decoupled (`--spread-receive`): the generator's `link` is one end of a veth pair of its own (the other end,
+/// `stub`, carries nothing), and a tc redirect hands every frame sent on it to a second pair, `hop` ↔ `peer`, and
+/// every frame `hop` receives back to `link` as received there. With the target's receive path on other CPUs, a
+/// frame their backlog refuses is dropped at `hop` (its transmit drops) after the sender's system call has
+/// returned: senders (the load generator's writers, trafgen) keep offering instead of failing, and what left is
+/// `hop`'s transmitted and dropped frames ([`VethFeed::counted`]).
 struct VethFeed {
     ns: Netns,
     link: String,
     peer: String,
     /// The namespace the load generator runs in, where `peer` is made (never deleted).
     here: Netns,
+    /// Decoupled: the end of the second pair, in `ns` (see above).
+    hop: Option<String>,
 }
 
 impl VethFeed {
     /// The generator's end of the pair, in its namespace.
     const LINK: &'static str = "feed";
+    /// Decoupled: the far end of the generator's own pair, and the second pair's end in the generator's namespace.
+    const STUB: &'static str = "stub";
+    const HOP: &'static str = "hop";
 
-    fn create(queues: usize) -> Result<VethFeed, LoadError> {
+    fn create(queues: usize, decoupled: bool) -> Result<VethFeed, LoadError> {
         let ns = Netns::new(netlab::unique("lgv"))?;
         let peer = netlab::unique("lg");
         let q = format!("numtxqueues {queues} numrxqueues {queues}");
-        netlab::ip_batch(
-            None,
-            &[
-                format!("link add {} netns {} {q} type veth peer name {peer} {q}", Self::LINK, ns.name()),
-                format!("link set {peer} up"),
-            ],
-        )?;
-        ns.ip_batch(&["link set lo up".to_string(), format!("link set {} up", Self::LINK)])?;
-        Ok(VethFeed { ns, link: Self::LINK.to_string(), peer, here: Netns::current() })
+        let (link, hop) = (Self::LINK, Self::HOP);
+        let mut lines = vec![];
+        if decoupled {
+            lines.push(format!("link add {link} netns {} {q} type veth peer name {} netns {0}", ns.name(), Self::STUB));
+            lines.push(format!("link add {hop} netns {} {q} type veth peer name {peer} {q}", ns.name()));
+        } else {
+            lines.push(format!("link add {link} netns {} {q} type veth peer name {peer} {q}", ns.name()));
+        }
+        lines.push(format!("link set {peer} up"));
+        netlab::ip_batch(None, &lines)?;
+        let mut up = vec!["link set lo up".to_string(), format!("link set {link} up")];
+        if decoupled {
+            up.extend([format!("link set {} up", Self::STUB), format!("link set {hop} up")]);
+        }
+        ns.ip_batch(&up)?;
+        let feed = VethFeed {
+            ns,
+            link: link.to_string(),
+            peer,
+            here: Netns::current(),
+            hop: decoupled.then(|| hop.to_string()),
+        };
+        if !decoupled {
+            return Ok(feed);
+        }
+        // Every frame, whatever its protocol (`u32 match u32 0 0`: the first word masked to nothing).
+        let all = ["protocol", "all", "u32", "match", "u32", "0", "0", "action", "mirred"];
+        let tc = |args: &[&str]| feed.ns.exec(&[&["tc"][..], args].concat()).map(drop);
+        tc(&["qdisc", "add", "dev", link, "clsact"])?;
+        tc(&[&["filter", "add", "dev", link, "egress"][..], &all, &["egress", "redirect", "dev", hop]].concat())?;
+        tc(&["qdisc", "add", "dev", hop, "clsact"])?;
+        tc(&[&["filter", "add", "dev", hop, "ingress"][..], &all, &["ingress", "redirect", "dev", link]].concat())?;
+        Ok(feed)
     }
 
-    /// Frames the generator's end could not hand to the far end (its transmit drops: the receiving CPU's backlog
-    /// was full).
+    /// The link whose transmit counters (sent and dropped) show the frames that left the generator: `hop` when
+    /// decoupled, else `link`.
+    fn counted(&self) -> &str {
+        self.hop.as_deref().unwrap_or(&self.link)
+    }
+
+    /// Frames the generator's side could not hand to the far end (transmit drops: the receiving CPU's backlog was
+    /// full).
     fn overflow(&self) -> (&'static str, u64) {
-        ("loadgen_veth_overflow", netlab::meter::link_stats(&self.ns, &self.link).map_or(0, |s| s[3]))
+        ("loadgen_veth_overflow", netlab::meter::link_stats(&self.ns, self.counted()).map_or(0, |s| s[3]))
     }
 }
 
 impl Drop for VethFeed {
-    /// Deletes the pair at once (a deleted namespace's links go later, when the kernel gets to it).
+    /// Deletes the pairs at once (a deleted namespace's links go later, when the kernel gets to it).
     fn drop(&mut self) {
-        let _ = self.ns.ip_batch(&[format!("link del {}", self.link)]);
+        let mut lines = vec![format!("link del {}", self.link)];
+        lines.extend(self.hop.iter().map(|h| format!("link del {h}")));
+        let _ = self.ns.ip_batch(&lines);
     }
 }
 
@@ -698,11 +754,12 @@ mod tests {
     fn the_trafgen_check_is_for_unpaced_udp() {
         let udp = LoadArgs { trafgen: true, ..LoadArgs::default() };
         assert!(udp.validate().is_ok());
+        // With the receive path on the other CPUs too: trafgen sends through the decoupled feed.
+        assert!(LoadArgs { cpus: vec![0], spread_receive: true, ..udp.clone() }.validate().is_ok());
         for bad in [
             LoadArgs { scenario: Scenario::Connect, ..udp.clone() },
             LoadArgs { scenario: Scenario::Mixed, ..udp.clone() },
             LoadArgs { rate: Some(1000.0), ..udp.clone() },
-            LoadArgs { cpus: vec![0], spread_receive: true, ..udp },
         ] {
             assert!(matches!(bad.validate(), Err(LoadError::Invalid { param: "trafgen", .. })), "{bad:?}");
         }

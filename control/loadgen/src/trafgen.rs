@@ -6,8 +6,11 @@
 //!
 //! [`one_flow`] runs trafgen from a namespace out of a link for a bounded time and count (at most `secs + 2.5` s:
 //! `timeout` signals trafgen's whole process group, so the senders it forks stop too), and returns what left the
-//! link (its transmitted and transmit-dropped frames) and what the counter counted, per second over the same
-//! window ([`netlab::meter::window_rates`]). `None` when trafgen is not installed or could not start.
+//! link (the transmitted and transmit-dropped frames of the link, or of the link a tc redirect hands its frames to:
+//! the load generator's decoupled feed with `--spread-receive`, where a frame the receiving CPUs refuse is dropped
+//! after trafgen's system call returned, so trafgen's packet ring keeps sending) and what the counter counted, per
+//! second over the same window ([`netlab::meter::window_rates`]). `None` when trafgen is not installed or could not
+//! start.
 
 use crate::sender::{self, FrameSpec};
 use netlab::meter::{self, IngressCounter};
@@ -31,10 +34,12 @@ pub fn window(secs: f64) -> f64 {
 }
 
 /// Runs trafgen sending `spec`'s frame (one flow) out of `link` in `ns` for `secs`, pinned to `cpu`, counted by
-/// `counter` (see the module doc).
+/// `counter`; what left is read from `counted`'s transmit counters (`link` itself, or the link a tc redirect hands
+/// `link`'s frames to; see the module doc).
 pub fn one_flow(
     ns: &Netns,
     link: &str,
+    counted: &str,
     spec: &FrameSpec,
     cpu: usize,
     secs: f64,
@@ -53,7 +58,7 @@ pub fn one_flow(
         return None;
     };
     let out = AtomicU64::new(0);
-    let left = || meter::link_stats(ns, link).map(|s| s[2] + s[3]).unwrap_or(0);
+    let left = || meter::link_stats(ns, counted).map(|s| s[2] + s[3]).unwrap_or(0);
     let base = left();
     let (offered_pps, delivered_pps, ()) = meter::window_rates(counter, Some(&out), window(secs), || {
         let end = Instant::now() + Duration::from_secs_f64(secs + 1.0);
