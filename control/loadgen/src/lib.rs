@@ -522,20 +522,16 @@ impl VethFeed {
         let ns = Netns::new(netlab::unique("lgv"))?;
         let peer = netlab::unique("lg");
         let q = format!("numtxqueues {queues} numrxqueues {queues}");
-        let (link, hop) = (Self::LINK, Self::HOP);
-        let mut lines = vec![];
-        if decoupled {
-            lines.push(format!("link add {link} netns {} {q} type veth peer name {} netns {0}", ns.name(), Self::STUB));
-            lines.push(format!("link add {hop} netns {} {q} type veth peer name {peer} {q}", ns.name()));
+        let (link, hop, stub, n) = (Self::LINK, Self::HOP, Self::STUB, ns.name());
+        // The pairs, and the ends in the generator's namespace to bring up.
+        let (pairs, ends) = if decoupled {
+            let own = format!("link add {link} netns {n} {q} type veth peer name {stub} netns {n}");
+            (vec![own, format!("link add {hop} netns {n} {q} type veth peer name {peer} {q}")], vec![link, stub, hop])
         } else {
-            lines.push(format!("link add {link} netns {} {q} type veth peer name {peer} {q}", ns.name()));
-        }
-        lines.push(format!("link set {peer} up"));
-        netlab::ip_batch(None, &lines)?;
-        let mut up = vec!["link set lo up".to_string(), format!("link set {link} up")];
-        if decoupled {
-            up.extend([format!("link set {} up", Self::STUB), format!("link set {hop} up")]);
-        }
+            (vec![format!("link add {link} netns {n} {q} type veth peer name {peer} {q}")], vec![link])
+        };
+        netlab::ip_batch(None, &[pairs, vec![format!("link set {peer} up")]].concat())?;
+        let up = std::iter::once("lo").chain(ends).map(|e| format!("link set {e} up")).collect::<Vec<_>>();
         ns.ip_batch(&up)?;
         let feed = VethFeed {
             ns,
