@@ -154,7 +154,9 @@ impl CompareReport {
                 let t = |r: &LoadReport, f: fn(&super::TrafgenCheck) -> f64| r.trafgen.as_ref().map_or(0.0, f);
                 row("trafgen one flow, offered/s", Kind::Ratio, &|r| t(r, |c| c.rates.offered_pps));
                 row("trafgen one flow, delivered/s", Kind::Ratio, &|r| t(r, |c| c.rates.delivered_pps));
-                row("delivered vs trafgen, % apart", Kind::Plain, &|r| t(r, |c| c.apart * 100.0));
+                row("delivered vs trafgen, % apart", Kind::Plain, &|r| {
+                    t(r, |c| c.apart.map_or(f64::NAN, |a| a * 100.0))
+                });
             }
             if matches!(scenario, Scenario::Connect | Scenario::Mixed) {
                 let c = |r: &LoadReport, f: fn(&super::ConnectFigures) -> f64| r.connect.as_ref().map_or(0.0, f);
@@ -199,6 +201,10 @@ impl CompareReport {
 
 /// A figure for the table: grouped integers from 100 up, else up to three decimals.
 pub(crate) fn num(v: f64) -> String {
+    if v.is_nan() {
+        // A figure that does not exist (nothing to compare with).
+        return "—".into();
+    }
     if !v.is_finite() {
         return v.to_string();
     }
@@ -252,6 +258,19 @@ pub fn compare(args: &LoadArgs) -> Result<CompareReport, LoadError> {
 mod tests {
     use super::*;
     use crate::{ConnectFigures, Latency};
+
+    #[test]
+    fn a_trafgen_run_that_delivered_nothing_has_no_distance_to_show() {
+        let mut r = connect_report("kernel", 10, 10, 0, 100);
+        r.scenario = "udp".into();
+        let nothing = crate::trafgen::TrafgenRates { offered_pps: 0.0, delivered_pps: 0.0 };
+        r.trafgen = Some(crate::TrafgenCheck { rates: nothing, apart: None });
+        let c = CompareReport::new(r.clone(), Some(r));
+        let row = c.rows.iter().find(|x| x.figure.contains("apart")).expect("the distance row");
+        assert!(row.ours.is_nan() && row.kernel.is_nan(), "{row:?}");
+        assert!(c.table().lines().any(|l| l.starts_with("delivered vs trafgen") && l.contains('—')), "{}", c.table());
+        assert_eq!(num(f64::NAN), "—");
+    }
 
     fn connect_report(target: &str, attempted: u64, completed: u64, failed: u64, p50: u64) -> LoadReport {
         LoadReport {

@@ -209,8 +209,9 @@ pub struct TrafgenCheck {
     /// trafgen's rates.
     #[serde(flatten)]
     pub rates: crate::trafgen::TrafgenRates,
-    /// `|delivered − trafgen's delivered| / trafgen's delivered` (0.1: 10% apart).
-    pub apart: f64,
+    /// `|delivered − trafgen's delivered| / trafgen's delivered` (0.1: 10% apart); `None` when trafgen delivered
+    /// nothing (it stopped or did not send), so there is nothing to compare with.
+    pub apart: Option<f64>,
 }
 
 /// What the environments' side measured.
@@ -461,12 +462,13 @@ impl LoadReport {
             t += &format!("  plot       {p}\n");
         }
         if let Some(c) = &self.trafgen {
+            let apart = match c.apart {
+                Some(a) => format!("this run's delivered is {:.1}% from it", a * 100.0),
+                None => "trafgen delivered nothing (it stopped or did not send): no comparison".into(),
+            };
             t += &format!(
-                "  trafgen    one flow, same link and counter: offered {:.0} pps, delivered {:.0} pps; this run's \
-                 delivered is {:.1}% from it\n",
-                c.rates.offered_pps,
-                c.rates.delivered_pps,
-                c.apart * 100.0
+                "  trafgen    one flow, same link and counter: offered {:.0} pps, delivered {:.0} pps; {apart}\n",
+                c.rates.offered_pps, c.rates.delivered_pps,
             );
         }
         for w in &self.warnings {

@@ -473,7 +473,8 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         let cpu = args.cpus.first().copied().unwrap_or(0);
         let rates = trafgen::one_flow(ns, link, counted, &spec, cpu, args.duration.as_secs_f64(), c)
             .ok_or_else(|| invalid("trafgen", "trafgen (netsniff-ng) is not installed or did not start".into()))?;
-        let apart = (report.delivered.pps - rates.delivered_pps).abs() / rates.delivered_pps.max(1e-9);
+        let apart = (rates.delivered_pps > 0.0)
+            .then(|| (report.delivered.pps - rates.delivered_pps).abs() / rates.delivered_pps);
         report.trafgen = Some(TrafgenCheck { rates, apart });
     }
     drop(counter);
