@@ -194,16 +194,6 @@ impl World {
         }
     }
 
-    /// The VPC side's link the built-in target's traffic arrives on (where the kernel's counter sits), and its
-    /// namespace.
-    fn vpc_link(&self) -> Option<(&Netns, &str)> {
-        match self {
-            World::Ours(l) => Some((&l.vpc, l.outside.as_str())),
-            World::Kernel(k) => Some((k.vpc_ns(), "gw")),
-            World::External { .. } => None,
-        }
-    }
-
     /// The namespace holding the loadgen TAP's kernel side.
     fn tap_ns(&self) -> Option<&Netns> {
         match self {
@@ -376,13 +366,11 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     };
     let counter = match (&world, args.scenario) {
         (_, Scenario::TcpBulk | Scenario::Connect) => None,
+        (World::Ours(l), _) => Some(IngressCounter::install(&l.vpc, &l.outside, SERVER, verdict)?),
+        (World::Kernel(k), _) => Some(IngressCounter::install(k.vpc_ns(), "gw", SERVER, verdict)?),
         (World::External { outside, outside_link, .. }, _) => {
             Some(IngressCounter::install(outside, outside_link, addrs.server, verdict)?)
         }
-        (w, _) => match w.vpc_link() {
-            Some((ns, link)) => Some(IngressCounter::install(ns, link, SERVER, verdict)?),
-            None => None,
-        },
     };
     let grace = args.connect_timeout + Duration::from_secs(1);
     // Room for the grace period, the drain below and the raw reader's limit.
