@@ -475,23 +475,31 @@ fn main() {
         "{:<44} {:>12} {:>12} {:>7}",
         "work (same run, same machine, medians)", "hyperplane", "kernel NAT", "ratio"
     );
-    let rows: [(&str, f64, f64, bool); 14] = [
-        ("TCP bulk, Gbit/s (offloads on)", ours.tcp_gbps, kernel.tcp_gbps, true),
-        ("UDP 64-byte one flow: offered pkt/s", ours.udp_offered_pps, kernel.udp_offered_pps, false),
-        ("UDP 64-byte one flow: delivered pkt/s", ours.udp_pps, kernel.udp_pps, true),
-        ("UDP new flow per packet: offered pkt/s", ours.new_offered_pps, kernel.new_offered_pps, false),
-        ("UDP new flow per packet: delivered pkt/s", ours.new_pps, kernel.new_pps, true),
-        ("trafgen one flow: offered pkt/s", ours.trafgen_offered_pps, kernel.trafgen_offered_pps, false),
-        ("trafgen one flow: delivered pkt/s", ours.trafgen_pps, kernel.trafgen_pps, true),
-        ("TCP connections/s, RST close", ours.conn_rst_per_s, kernel.conn_rst_per_s, true),
-        ("  failed connects, RST close", ours.conn_rst_failed, kernel.conn_rst_failed, false),
-        ("TCP connections/s, FIN close", ours.conn_fin_per_s, kernel.conn_fin_per_s, true),
-        ("  failed connects, FIN close", ours.conn_fin_failed, kernel.conn_fin_failed, false),
-        ("steal time over the round, %", ours.steal_pct, kernel.steal_pct, false),
-        ("1-minute load average after the round", ours.load1, kernel.load1, false),
-        ("sender CPUs", sender_cpus().len() as f64, sender_cpus().len() as f64, false),
+    // Each row with the measurement it comes from ("" for every run): rows of a measurement
+    // `--only` or `--work` left out are not printed.
+    let trafgen = std::env::args().any(|a| a == "--trafgen");
+    let rows: [(&str, &str, f64, f64, bool); 14] = [
+        ("tcp", "TCP bulk, Gbit/s (offloads on)", ours.tcp_gbps, kernel.tcp_gbps, true),
+        ("udp", "UDP 64-byte one flow: offered pkt/s", ours.udp_offered_pps, kernel.udp_offered_pps, false),
+        ("udp", "UDP 64-byte one flow: delivered pkt/s", ours.udp_pps, kernel.udp_pps, true),
+        ("udp", "UDP new flow per packet: offered pkt/s", ours.new_offered_pps, kernel.new_offered_pps, false),
+        ("udp", "UDP new flow per packet: delivered pkt/s", ours.new_pps, kernel.new_pps, true),
+        ("trafgen", "trafgen one flow: offered pkt/s", ours.trafgen_offered_pps, kernel.trafgen_offered_pps, false),
+        ("trafgen", "trafgen one flow: delivered pkt/s", ours.trafgen_pps, kernel.trafgen_pps, true),
+        ("conn", "TCP connections/s, RST close", ours.conn_rst_per_s, kernel.conn_rst_per_s, true),
+        ("conn", "  failed connects, RST close", ours.conn_rst_failed, kernel.conn_rst_failed, false),
+        ("conn", "TCP connections/s, FIN close", ours.conn_fin_per_s, kernel.conn_fin_per_s, true),
+        ("conn", "  failed connects, FIN close", ours.conn_fin_failed, kernel.conn_fin_failed, false),
+        ("", "steal time over the round, %", ours.steal_pct, kernel.steal_pct, false),
+        ("", "1-minute load average after the round", ours.load1, kernel.load1, false),
+        ("udp", "sender CPUs", sender_cpus().len() as f64, sender_cpus().len() as f64, false),
     ];
-    for (name, a, b, with_ratio) in rows {
+    let ran = |w: &str| match w {
+        "" => true,
+        "trafgen" => trafgen && wanted("udp"),
+        w => wanted(w),
+    };
+    for (_, name, a, b, with_ratio) in rows.into_iter().filter(|r| ran(r.0)) {
         let r = if with_ratio { ratio(a, b) } else { "—".into() };
         println!("{name:<44} {a:>12.2} {b:>12.2} {r:>7}");
     }

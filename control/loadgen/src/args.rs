@@ -224,6 +224,12 @@ impl LoadArgs {
         if let Some(c) = self.cpus.iter().find(|&&c| c >= ncpu) {
             return Err(invalid("cpus", format!("CPU {c} is not one of this machine's {ncpu} (0..{ncpu})")));
         }
+        if self.spread_receive && (0..ncpu).all(|c| self.cpus.contains(&c)) {
+            return Err(invalid(
+                "spread_receive",
+                format!("--cpus names every CPU of this machine's {ncpu}: none is left to receive on"),
+            ));
+        }
         if self.cpus.len() > 64 {
             return Err(invalid("cpus", format!("{} threads; at most 64", self.cpus.len())));
         }
