@@ -41,6 +41,10 @@
 //! `target/compare.json` (medians and every round). Every load is bounded in
 //! time and runs only between namespaces this program made.
 //!
+//! `--veths`: our gateway on the kernel's own link kinds instead of TAPs: each environment namespace's veth
+//! attached directly (`af-packet` attachments on packet rings) and the outside on AF_PACKET on the veth to the VPC
+//! router (rings), so both targets sit between the same kinds of links.
+//!
 //! `--only sessions` (ours only): a lab whose gateway is first filled with
 //! ~1k and then, in a new lab, ~1M live UDP sessions (environment 0, source
 //! ports 2000.. × destination ports 10000..10063, paced at 100,000 frames/s,
@@ -450,14 +454,21 @@ fn main() {
     let (mut ours_all, mut kernel_all) = (vec![], vec![]);
     for round in 1..=rounds {
         {
+            let veths = std::env::args().any(|a| a == "--veths");
             let opts = Options {
                 envs: 2,
                 workers,
                 gateway_extra: format!("{OPEN_QUOTAS}{}", io_extra()),
+                direct_veth: veths,
+                af_packet: veths,
                 ..Options::default()
             };
             let lab = Lab::build(&opts).expect("our lab");
-            let t = Topo::of(&lab);
+            let t = if veths {
+                Topo { vpc_link: "hplvo".into(), env_link: netlab::lab::DIRECT_ENV_LINK.into(), ..Topo::of(&lab) }
+            } else {
+                Topo::of(&lab)
+            };
             let f = measure(&t, secs);
             let totals = lab.gateway().totals();
             eprintln!("round {round}: hyperplane ({} workers): {f:?}", lab.gateway().workers());
