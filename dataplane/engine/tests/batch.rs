@@ -9,10 +9,12 @@
 mod common;
 
 use common::*;
+use dataplane::counters::DropReason;
 use dataplane::flow::{ICMP, TCP, UDP};
 use dataplane::testkit::{self, flags::*, IpOpts, OUTSIDE_MAC, ROUTER, ROUTER_MAC, SERVER, SERVER2};
 use dataplane::wire::ETH_LEN;
 use dataplane::{arp, Action, BatchFrame, PortId};
+use std::net::Ipv4Addr;
 
 /// Buffer per frame (room for ICMP errors).
 const BUF: usize = 2048;
@@ -314,4 +316,85 @@ fn a_slot_recycled_earlier_in_the_batch_is_not_taken_for_its_old_flow() {
     one.engine.sessions().for_each(|_, s| keys.push((s.proto, s.inside.port)));
     keys.sort();
     assert_eq!(keys, [(TCP, 6001), (UDP, 5000)], "the new flow took the reset connection's slot");
+}
+
+/// The new-flow path of a batch takes only a plain first packet of an
+/// outbound TCP or UDP flow whose key the index does not hold; everything
+/// else is the general path's, and whatever the flow's creation gives
+/// (a session, a refusal answered or dropped, a frame waiting for ARP) is
+/// what the general path gives. Each frame opens a flow no earlier frame
+/// did, so each reaches the new-flow path's checks.
+#[test]
+fn the_new_flow_path_leaves_every_exception_to_the_general_path() {
+    use dataplane::config::EngineConfig;
+    use dataplane::policy::{Rule, RuleProto, RuleSet};
+    use std::sync::Arc;
+    // Environment 2 may hold two sessions; a refused flow is answered.
+    let cfg = || EngineConfig { env_session_quota: 2, icmp_on_exhaustion: true, ..EngineConfig::default() };
+    // UDP only towards SERVER and to SERVER2 port 53; TCP anywhere.
+    let topo = || {
+        let mut t = testkit::Topology::new(2, 8);
+        let cidr = |s: &str| s.parse().expect("literal prefix");
+        t.enis[0].egress = Arc::new(RuleSet::new(vec![
+            Rule { proto: RuleProto::Udp, ports: 1..=65535, dst: cidr("10.0.0.100/32") },
+            Rule { proto: RuleProto::Udp, ports: 53..=53, dst: cidr("10.0.9.9/32") },
+            Rule { proto: RuleProto::Tcp, ports: 1..=65535, dst: cidr("0.0.0.0/0") },
+        ]));
+        t
+    };
+    let (mut one, mut batched) = (Harness::new(cfg(), topo()), Harness::new(cfg(), topo()));
+    let unresolved = Ipv4Addr::new(10, 0, 0, 77);
+    // One set of first packets; `base` makes every flow of a set new.
+    let frames = |h: &Harness, base: u16| -> Vec<(PortId, Vec<u8>)> {
+        let udp = |env: u32, k: u16, dst: Ipv4Addr, dport: u16, data: &[u8], o: IpOpts| {
+            (h.env_port(env), h.env_frame_opts(env, UDP, base + k, dst, dport, 0, data, o))
+        };
+        let tcp =
+            |env: u32, k: u16, flags: u8| (h.env_port(env), h.env_frame(env, TCP, base + k, SERVER2, 443, flags, b""));
+        let plain = IpOpts::default();
+        let mut wrong_mac = udp(0, 9, SERVER, 53, b"not ours", plain);
+        wrong_mac.1[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x44]);
+        let mut wrong_port = udp(0, 10, SERVER, 53, b"wrong port", plain);
+        wrong_port.0 = h.env_port(1);
+        wrong_port.1[0..6].copy_from_slice(&testkit::inside_mac(wrong_port.0 .0));
+        assert_ne!(wrong_port.0, h.env_port(0));
+        vec![
+            udp(0, 0, SERVER, 53, b"plain", plain),
+            udp(0, 1, SERVER, 53, b"ttl 1", IpOpts { ttl: 1, ..plain }),
+            udp(0, 2, SERVER, 53, &[1u8; 1600], IpOpts { df: true, ..plain }),
+            udp(0, 3, SERVER, 53, &[2u8; 1600], plain),
+            udp(0, 4, SERVER, 53, b"options", IpOpts { options: &[1, 1, 1, 0], ..plain }),
+            udp(0, 5, testkit::GATEWAY, 53, b"to the gateway", plain),
+            udp(0, 6, ENI, 4000, b"hairpin to no mapping", plain),
+            udp(0, 7, unresolved, 53, b"waits for ARP", plain),
+            udp(0, 8, SERVER2, 123, b"denied", plain),
+            udp(0, 11, SERVER2, 53, b"allowed", plain),
+            wrong_mac,
+            wrong_port,
+            tcp(1, 0, SYN),
+            tcp(1, 1, ACK),
+            tcp(1, 2, SYN | ACK),
+            tcp(1, 3, RST),
+            // Environment 2: the third flow is over its quota.
+            udp(2, 0, SERVER, 53, b"first", plain),
+            udp(2, 1, SERVER, 53, b"second", plain),
+            udp(2, 2, SERVER, 53, b"over the quota", plain),
+        ]
+    };
+    // One frame a batch, the state compared after each; then whole sets
+    // (new flows again) in batches of 3 and of all of them.
+    let v = frames(&one, 10_000);
+    for f in v.chunks(1) {
+        compare(&mut one, &mut batched, f, 1);
+    }
+    for (base, size) in [(20_000, 3), (30_000, 64)] {
+        one.advance(std::time::Duration::from_secs(400));
+        batched.advance(std::time::Duration::from_secs(400));
+        let v = frames(&one, base);
+        compare(&mut one, &mut batched, &v, size.min(v.len()));
+    }
+    for r in [DropReason::PolicyDenied, DropReason::Spoofed, DropReason::TcpNotSyn, DropReason::NotForUs] {
+        assert!(one.dropped(r) > 0, "{r:?} was exercised");
+    }
+    assert!(one.engine.counters().icmp_generated.get() > 0, "a refusal was answered");
 }

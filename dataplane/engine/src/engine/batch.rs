@@ -17,9 +17,11 @@
 //!    transport headers from pass 1 (the frame is unchanged since; each is
 //!    used once, for the frame it was parsed from) and the hash handed to
 //!    the session lookup. A frame whose key pass 2 found stored nowhere (a
-//!    new flow) skips the established path's lookup and goes to the
-//!    general path at once, which looks the key up again (an earlier frame
-//!    of the chunk may have created its session since).
+//!    new flow) skips the established path's lookup; the first packet of an
+//!    outbound TCP or UDP flow goes to the new-flow path (`fast_new`, whose
+//!    doc lists when it applies), any other to the general path, and both
+//!    look the key up again (an earlier frame of the chunk may have created
+//!    its session since).
 //!
 //! Passes 1 and 2 only read frames and tables and issue prefetches: every
 //! decision is taken in pass 3 in arrival order, so a batch gives the same
@@ -127,6 +129,9 @@ impl Engine {
         for (f, h) in frames.iter_mut().zip(hints.iter()) {
             if let Some(h) = h {
                 if h.cand != NIL && self.fast(now, f, h) {
+                    continue;
+                }
+                if h.cand == NIL && self.fast_new(now, f, h) {
                     continue;
                 }
             }

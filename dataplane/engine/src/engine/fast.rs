@@ -1,6 +1,8 @@
-//! The established path of a batch: a frame of a flow whose session exists
-//! and whose packet changes nothing but the session's counters, handled in
-//! one pass without the general path's detours.
+//! The direct paths of a batch, each handling one common kind of frame in
+//! one pass without the general path's detours: the established path (a
+//! frame of a flow whose session exists and whose packet changes nothing
+//! but the session's counters) and the new-flow path (the first packet of
+//! an outbound flow).
 //!
 //! [`Engine::fast`] takes a frame of a batch (with its parsed header, flow
 //! and hash from pass 1) only when every one of these holds, and otherwise
@@ -21,6 +23,25 @@
 //! before anything is changed, so a frame left to the general path finds
 //! the engine as it was (the next hop's entry may be marked used, which the
 //! general path does too). `tests/batch.rs` holds the two paths to that.
+//!
+//! [`Engine::fast_new`] takes a frame whose key pass 2 found stored nowhere
+//! when every one of these holds, and otherwise leaves it, untouched, to
+//! the general path:
+//! - as the established path: no offload state, not a fragment, TCP or UDP,
+//!   TTL above 1, addressed to the port's MAC, not to the attachment's
+//!   gateway, not a hairpin, the datagram fits the egress MTU;
+//! - outbound; TCP: a segment that may open a connection (a SYN without
+//!   ACK or RST);
+//! - the index holds no session under the key now (an earlier frame of
+//!   the batch may have created it since pass 2).
+//!
+//! The flow is then created exactly as by the general path (the same
+//! [`Engine::new_outbound`]), and the frame leaves the same way: translated
+//! and sent towards its next hop (queued for ARP when the hop's MAC is not
+//! known), or, when the flow is refused, dropped or answered as the general
+//! path would ([`Engine::refuse`]); both end in [`Engine::settle`], as every
+//! frame does. In vectors of first packets it costs about 150 instructions
+//! a flow less than the general path (`examples/new_flows.rs`).
 
 use super::batch::{BatchFrame, Hint};
 use super::rewrite::{rewrite, rewrite_inbound, Side};
@@ -127,6 +148,53 @@ impl Engine {
         self.now = now;
         f.action = action;
         f.offload = Offload::default();
+        true
+    }
+
+    /// Handles `f` as the first frame of a new outbound flow if it is one
+    /// (see the module doc) and says whether it did.
+    #[inline]
+    pub(super) fn fast_new(&mut self, now: Instant, f: &mut BatchFrame<'_>, h: &Hint) -> bool {
+        let ip = &h.ip;
+        if f.offload != Offload::default()
+            || ip.mf
+            || (ip.proto != TCP && ip.proto != UDP)
+            || ip.ttl <= 1
+            || !f.port.is_inside()
+        {
+            return false;
+        }
+        let frame = &mut *f.buf;
+        let (l4, _, _, flags) = h.flow;
+        if ip.proto == TCP && !tcp::Flags::from_byte(flags).opens() {
+            return false;
+        }
+        let Some(inside) = self.bindings.inside(f.port) else { return false };
+        let gateway = inside.gateway;
+        if wire::mac_at(frame, 0) != inside.mac
+            || ip.dst == gateway
+            || ip.total() > usize::from(self.bindings.outside().mtu)
+            || self.is_eni(ip.dst)
+            || self.table.find_inside_hashed(&h.key, h.hash).is_some()
+        {
+            return false;
+        }
+        // From here on the frame is the general path's new outbound flow.
+        self.counters.rx_frames.inc();
+        self.rx = Offload::default();
+        self.now = now;
+        let src_mac = wire::mac_at(frame, 6);
+        let action = match self.new_outbound(now, f.port, h.key, h.hash, flags, src_mac, ip.total()) {
+            Ok(sid) => {
+                let eni = self.table.get(sid).eni;
+                rewrite(frame, ip, l4, Side::Src, eni);
+                self.counters.outbound.count(ip.total());
+                self.send_outside(now, frame, ip.end(), eni.ip, ip.dst)
+            }
+            Err(r) => self.refuse(frame, *ip, r, gateway),
+        };
+        f.action = self.settle(frame, action, Offload::default());
+        f.offload = self.forwarded_offload();
         true
     }
 }

@@ -553,8 +553,16 @@ impl Engine {
         self.rx = offload;
         self.now = now;
         let len = len.min(frame.len());
-        let mut action = self.dispatch(now, port, frame, len);
+        let action = self.dispatch(now, port, frame, len);
         self.hint_flow = None;
+        self.settle(frame, action, offload)
+    }
+
+    /// The end of every frame's processing, whichever path took it: a
+    /// forwarded datagram longer than its port's MTU fragmented (unless the
+    /// device segments it), a drop counted under its reason.
+    #[inline]
+    pub(super) fn settle(&mut self, frame: &mut [u8], mut action: Action, offload: Offload) -> Action {
         if let Action::Forward { port, len } = action {
             let mtu = self.mtu(port);
             if len - ETH_LEN > mtu && offload.gso_size == 0 {
