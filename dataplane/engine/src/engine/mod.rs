@@ -561,7 +561,7 @@ impl Engine {
     /// The end of every frame's processing, whichever path took it: a
     /// forwarded datagram longer than its port's MTU fragmented (unless the
     /// device segments it), a drop counted under its reason.
-    #[inline]
+    #[inline(always)]
     pub(super) fn settle(&mut self, frame: &mut [u8], mut action: Action, offload: Offload) -> Action {
         if let Action::Forward { port, len } = action {
             let mtu = self.mtu(port);
