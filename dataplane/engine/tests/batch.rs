@@ -398,3 +398,83 @@ fn the_new_flow_path_leaves_every_exception_to_the_general_path() {
     }
     assert!(one.engine.counters().icmp_generated.get() > 0, "a refusal was answered");
 }
+
+/// One frame of a random run: from an environment (a new or an existing
+/// flow, any TCP flags, sometimes TTL 1, IP options or too big for the
+/// VPC's MTU), or from the VPC back to the ENI endpoint of a flow an
+/// earlier frame opened (or to no mapping at all when it opened none).
+#[derive(Clone, Debug)]
+enum Op {
+    Out { env: u32, proto: u8, sport: u16, dest: usize, dport: u16, flags: u8, ttl1: bool, opts: usize, big: bool },
+    Reply { of: proptest::sample::Index, flags: u8 },
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    const FLAGS: [u8; 7] = [SYN, SYN | ACK, ACK, FIN | ACK, RST, RST | ACK, 0];
+    let flags = proptest::sample::select(&FLAGS[..]);
+    prop_oneof![
+        4 => (0..8u32, proptest::sample::select(&[UDP, TCP, ICMP][..]), 0..4u16, 0..6usize, 0..3u16, flags.clone(),
+              proptest::bool::weighted(0.05), 0..5usize, proptest::bool::weighted(0.05))
+            .prop_map(|(env, proto, sport, dest, dport, flags, ttl1, opts, big)| Op::Out {
+                env, proto, sport, dest, dport, flags, ttl1, opts, big
+            }),
+        2 => (any::<proptest::sample::Index>(), flags).prop_map(|(of, flags)| Op::Reply { of, flags }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(common::props::config(48))]
+
+    /// Random traffic (new flows, established flows both ways, TCP opening
+    /// and closing in any order, exceptions) through one engine frame by
+    /// frame and through another in batches of a random size: the same
+    /// bytes, actions, counters, transmit queue and sessions. A table of 16
+    /// sessions makes new flows recycle and be refused too.
+    #[test]
+    fn random_traffic_in_batches_is_the_frames_one_by_one(
+        ops in proptest::collection::vec(op(), 1..90),
+        size in 1usize..40,
+        small in proptest::bool::ANY,
+    ) {
+        use common::props::{harness, DESTS, OPTIONS};
+        use dataplane::config::EngineConfig;
+        let cfg = || EngineConfig { max_sessions: if small { 16 } else { 1024 }, ..EngineConfig::default() };
+        let topo = || testkit::Topology::new(2, 8);
+        let (mut one, mut batched, mut oracle) = (harness(cfg(), topo()), harness(cfg(), topo()), harness(cfg(), topo()));
+        // The frames, each made once the oracle (frame by frame) has seen
+        // the ones before it, so a reply carries the ENI port of its flow.
+        let mut frames: Vec<(PortId, Vec<u8>)> = vec![];
+        let mut outs: Vec<(u32, u8, u16, Ipv4Addr, u16)> = vec![];
+        for op in &ops {
+            let f = match op.clone() {
+                Op::Out { env, proto, sport, dest, dport, flags, ttl1, opts, big } => {
+                    let (dst, _) = DESTS[dest];
+                    let (sport, dport) = (40_000 + sport, [53, 443, 8080][usize::from(dport)]);
+                    let o = IpOpts { ttl: if ttl1 { 1 } else { 64 }, options: OPTIONS[opts], ..IpOpts::default() };
+                    let data = if big { vec![9u8; 1600] } else { b"data".to_vec() };
+                    outs.push((env, proto, sport, dst, dport));
+                    (oracle.env_port(env), oracle.env_frame_opts(env, proto, sport, dst, dport, flags, &data, o))
+                }
+                Op::Reply { of, flags } => {
+                    let Some(&(env, proto, sport, dst, dport)) = outs.get(of.index(outs.len().max(1))) else { continue };
+                    let mut eni = (ENI, 1);
+                    oracle.engine.sessions().for_each(|_, s| {
+                        if s.proto == proto && s.inside.ip == testkit::env_ip(env) && s.inside.port == sport
+                            && s.remote.ip == dst && s.remote.port == dport {
+                            eni = (s.eni.ip, s.eni.port);
+                        }
+                    });
+                    let (sport_back, dport_back) = if proto == ICMP { (0, eni.1) } else { (dport, eni.1) };
+                    (PortId::OUTSIDE, oracle.vpc_frame(dst, sport_back, eni.0, dport_back, proto, flags, b"back"))
+                }
+            };
+            let mut buf = f.1.clone();
+            buf.resize(BUF, 0);
+            oracle.engine.process(oracle.now, f.0, &mut buf, f.1.len());
+            oracle.drain();
+            frames.push(f);
+        }
+        compare(&mut one, &mut batched, &frames, size);
+    }
+}
