@@ -558,9 +558,11 @@ impl Engine {
         self.settle(frame, action, offload)
     }
 
-    /// The end of every frame's processing, whichever path took it: a
-    /// forwarded datagram longer than its port's MTU fragmented (unless the
-    /// device segments it), a drop counted under its reason.
+    /// The end of a frame's processing on the general path and the batch's
+    /// new-flow path: a forwarded datagram longer than its port's MTU
+    /// fragmented (unless the device segments it), a drop counted under its
+    /// reason. (The established path forwards only what fits and drops
+    /// nothing.)
     #[inline(always)]
     pub(super) fn settle(&mut self, frame: &mut [u8], mut action: Action, offload: Offload) -> Action {
         if let Action::Forward { port, len } = action {
