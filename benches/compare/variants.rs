@@ -204,15 +204,16 @@ pub(super) fn outside_main(secs: u32, rounds: usize, workers: usize) {
         "AF/kernel",
         "rings/plain"
     );
-    type Row = (&'static str, fn(&Figures) -> f64);
+    // Each row with the measurement it comes from: rows of one `--work` left out are not printed.
+    type Row = (&'static str, &'static str, fn(&Figures) -> f64);
     let rows: [Row; 5] = [
-        ("TCP bulk, Gbit/s", |f| f.tcp_gbps),
-        ("UDP 64-byte one flow, delivered pkt/s", |f| f.udp_pps),
-        ("UDP new flow per packet, delivered pkt/s", |f| f.new_pps),
-        ("TCP connections/s, RST close", |f| f.conn_rst_per_s),
-        ("TCP connections/s, FIN close", |f| f.conn_fin_per_s),
+        ("tcp", "TCP bulk, Gbit/s", |f| f.tcp_gbps),
+        ("udp", "UDP 64-byte one flow, delivered pkt/s", |f| f.udp_pps),
+        ("udp", "UDP new flow per packet, delivered pkt/s", |f| f.new_pps),
+        ("conn", "TCP connections/s, RST close", |f| f.conn_rst_per_s),
+        ("conn", "TCP connections/s, FIN close", |f| f.conn_fin_per_s),
     ];
-    for (name, get) in rows {
+    for (_, name, get) in rows.into_iter().filter(|r| wanted(r.0)) {
         let (a, b, p, c) = (get(&tap), get(&af), get(&plain), get(&kernel));
         println!(
             "{name:<40} {a:>12.2} {b:>12.2} {p:>12.2} {c:>12.2} {:>9} {:>9} {:>11}",
