@@ -11,6 +11,7 @@
 //!     target/release/examples/new_flows udp     # or tcp (SYNs); then engines (default 1)
 //! valgrind --tool=callgrind --toggle-collect='*Engine*process_batch*' \
 //!     target/release/examples/new_flows udp 1 batch   # vectors of 64, as a worker reads
+//!     # (a fourth argument sets the vector's length, 1..=64)
 //! ```
 //! Instructions per new flow: the total over the toggled calls divided by
 //! 32,768 (one more `process` call per engine: the router's ARP, outside
@@ -42,6 +43,9 @@ fn main() {
     let syn = std::env::args().nth(1).is_some_and(|a| a == "tcp");
     let engines: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1);
     let batch = std::env::args().nth(3).is_some_and(|a| a == "batch");
+    // Frames per `process_batch` call (a worker woken for one or two
+    // frames hands over vectors that short).
+    let size: usize = std::env::args().nth(4).and_then(|a| a.parse().ok()).unwrap_or(BATCH).clamp(1, BATCH);
     let mut topo = Topology::new(8, ENVS);
     topo.enis[0].addrs = vec![ENI];
     topo.enis[0].egress = Arc::new(security_group());
@@ -71,7 +75,7 @@ fn main() {
         assert!(matches!(e.process(now, PortId::OUTSIDE, &mut buf, n), Action::Reply { .. }));
         while e.poll_transmit(now, &mut buf).is_some() {}
         if batch {
-            for chunk in firsts.chunks(BATCH) {
+            for chunk in firsts.chunks(size) {
                 let mut frames: Vec<BatchFrame> = bufs
                     .iter_mut()
                     .zip(chunk)
