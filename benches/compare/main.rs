@@ -135,14 +135,14 @@ struct Topo<'a> {
 
 impl<'a> Topo<'a> {
     /// Our lab as the bench sees it: its environments, the VPC router's
-    /// link from the gateway, environment 0's TAP.
+    /// link from the gateway, environment 0's link.
     fn of(lab: &'a Lab) -> Topo<'a> {
         Topo {
             server: &lab.server,
             envs: lab.envs.iter().collect(),
             vpc: &lab.vpc,
-            vpc_link: lab.outside.clone(),
-            env_link: lab.taps[0].clone(),
+            vpc_link: lab.vpc_link().to_string(),
+            env_link: lab.env_link(0).to_string(),
         }
     }
 }
@@ -464,11 +464,7 @@ fn main() {
                 ..Options::default()
             };
             let lab = Lab::build(&opts).expect("our lab");
-            let t = if veths {
-                Topo { vpc_link: "hplvo".into(), env_link: netlab::lab::DIRECT_ENV_LINK.into(), ..Topo::of(&lab) }
-            } else {
-                Topo::of(&lab)
-            };
+            let t = Topo::of(&lab);
             let f = measure(&t, secs);
             let totals = lab.gateway().totals();
             eprintln!("round {round}: hyperplane ({} workers): {f:?}", lab.gateway().workers());

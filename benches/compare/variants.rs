@@ -164,8 +164,7 @@ pub(super) fn outside_main(secs: u32, rounds: usize, workers: usize) {
                 ..Options::default()
             };
             let lab = Lab::build(&opts).expect("our lab");
-            let vpc_link = if af_packet { "hplvo".to_string() } else { lab.outside.clone() };
-            let t = Topo { vpc_link, ..Topo::of(&lab) };
+            let t = Topo::of(&lab);
             let f = measure(&t, secs);
             let name = match (af_packet, lab.gateway().outside_ring) {
                 (false, _) => "tap",

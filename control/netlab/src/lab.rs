@@ -182,6 +182,9 @@ pub struct Lab {
 
 /// An environment namespace's link with [`Options::direct_veth`].
 pub const DIRECT_ENV_LINK: &str = "e0";
+/// With [`Options::af_packet`]: the VPC router's end of the veth the
+/// gateway's AF_PACKET outside sits on (in the VPC namespace).
+pub const VPC_AF_PACKET_LINK: &str = "hplvo";
 
 /// The bridge's name inside the bridge namespace (shared-attachment mode).
 pub const BRIDGE: &str = "br0";
@@ -308,7 +311,7 @@ impl Lab {
         vpc.sysctl("net.ipv4.ip_forward", "1")?;
 
         // AF_PACKET: the outside is a veth whose other end is the router's.
-        let vpc_link = if opts.af_packet { "hplvo".to_string() } else { outside.clone() };
+        let vpc_link = if opts.af_packet { VPC_AF_PACKET_LINK.to_string() } else { outside.clone() };
         if opts.af_packet {
             crate::veth(&outside, None, &vpc_link, Some(&vpc))?;
             ip_batch(None, &[format!("link set {outside} up")])?;
@@ -480,6 +483,17 @@ impl Lab {
         let mut o = self.opts.clone();
         change(&mut o);
         config_text(&o, &self.outside, &self.taps)
+    }
+
+    /// The VPC router's link from the gateway, in the VPC namespace: the
+    /// outside TAP, or with [`Options::af_packet`] the veth end
+    /// [`VPC_AF_PACKET_LINK`].
+    pub fn vpc_link(&self) -> &str {
+        if self.opts.af_packet {
+            VPC_AF_PACKET_LINK
+        } else {
+            &self.outside
+        }
     }
 
     /// The running gateway.
