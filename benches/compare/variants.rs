@@ -326,18 +326,20 @@ pub(super) fn attach_main(secs: u32, rounds: usize, workers: usize) {
     let _ = std::fs::write("target/compare-attach.json", serde_json::to_string_pretty(&json).unwrap_or_default());
 }
 
+/// Whether variant `names[k]` runs: every one without `flag`, else those its comma-separated list names.
+fn variant_wanted(flag: &str, names: &[&str], k: usize) -> bool {
+    let Some(list) = arg_str(flag) else { return true };
+    list.split(',').any(|w| w.trim() == names[k])
+}
+
 /// `--outside-variants tap,rings,plain,kernel` (any of them; all by default): which targets `--only outside` runs.
 fn outside_variant_wanted(k: usize) -> bool {
-    let Some(list) = arg_str("--outside-variants") else { return true };
-    let name = ["tap", "rings", "plain", "kernel"][k];
-    list.split(',').any(|w| w.trim() == name)
+    variant_wanted("--outside-variants", &["tap", "rings", "plain", "kernel"], k)
 }
 
 /// `--attach-variants bridged,rings,plain` (any of them; all by default): which of the attach bench's paths run.
 fn attach_variant_wanted(k: usize) -> bool {
-    let Some(list) = arg_str("--attach-variants") else { return true };
-    let name = ["bridged", "rings", "plain"][k];
-    list.split(',').any(|w| w.trim() == name)
+    variant_wanted("--attach-variants", &["bridged", "rings", "plain"], k)
 }
 
 /// `HP_ATTACH_DIAG=1`: the kernel's nonzero drop, retransmit and
