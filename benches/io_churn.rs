@@ -2,7 +2,8 @@
 //! calls the workers made per forwarded packet.
 //!
 //! For each round, for each path (`syscalls`, then `uring`, then `uring`
-//! with a busy-poll when `--busy-poll-us` is given), a fresh lab (`--envs`
+//! with a busy-poll when `--busy-poll-us` is given, then `uring` with the
+//! workers pinned when `--pin 0,1` names CPUs: `io.cpus`), a fresh lab (`--envs`
 //! environment namespaces, one TAP each, default worker count) carries a
 //! closed-loop connect + RST churn (`--threads` per environment) for
 //! `--secs` seconds; with `--kernel`, the kernel's masquerade carries the
@@ -12,7 +13,7 @@
 //!
 //! Run as root: `cargo bench --bench io_churn -- --secs 10
 //! --rounds 2 --kernel` (`--only syscalls|uring` for one path; `--envs`,
-//! `--threads`, `--busy-poll-us`). Every load is bounded in time and stays between
+//! `--threads`, `--busy-poll-us`, `--pin`). Every load is bounded in time and stays between
 //! namespaces this program made. Figures on a shared machine are noisy:
 //! compare paths within one run.
 
@@ -96,6 +97,7 @@ fn main() {
     let rounds = arg("--rounds").unwrap_or(1).max(1);
     let busy = arg("--busy-poll-us");
     let with_kernel = std::env::args().any(|a| a == "--kernel");
+    let pin = std::env::args().skip_while(|a| a != "--pin").nth(1);
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let run = |path: &str| only.as_deref().is_none_or(|o| o == path);
     let cfg = ClientConfig {
@@ -117,6 +119,10 @@ fn main() {
         if let Some(us) = busy {
             let extra = format!("io.backend = \"uring\"\nio.busy_poll_us = {us}");
             runs.push(ours(&format!("uring+busy{us}us"), extra, envs, &cfg));
+        }
+        if let Some(cpus) = &pin {
+            let extra = format!("io.backend = \"uring\"\nio.cpus = [{cpus}]");
+            runs.push(ours(&format!("uring+pin{}", cpus.replace(',', "-")), extra, envs, &cfg));
         }
         if with_kernel {
             runs.push(kernel(envs, &cfg));

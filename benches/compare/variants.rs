@@ -209,8 +209,8 @@ pub(super) fn outside_main(secs: u32, rounds: usize, workers: usize) {
         ("tcp", "TCP bulk, Gbit/s", |f| f.tcp_gbps),
         ("udp", "UDP 64-byte one flow, delivered pkt/s", |f| f.udp_pps),
         ("udp", "UDP new flow per packet, delivered pkt/s", |f| f.new_pps),
-        ("conn", "TCP connections/s, RST close", |f| f.conn_rst_per_s),
-        ("conn", "TCP connections/s, FIN close", |f| f.conn_fin_per_s),
+        ("conn", "TCP connections/s, RST close, sustained", |f| f.conn_rst_per_s),
+        ("conn", "TCP connections/s, FIN close, sustained", |f| f.conn_fin_per_s),
     ];
     for (_, name, get) in rows.into_iter().filter(|r| wanted(r.0)) {
         let (a, b, p, c) = (get(&tap), get(&af), get(&plain), get(&kernel));

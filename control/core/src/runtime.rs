@@ -102,6 +102,9 @@ fn restart_fields(old: &Config, new: &Config) -> Result<(), ConfigError> {
     if (a.workers, a.offloads, &a.control_socket) != (b.workers, b.offloads, &b.control_socket) {
         return restart("gateway (workers, offloads or control_socket)");
     }
+    if a.io != b.io {
+        return restart("gateway.io");
+    }
     Ok(())
 }
 
@@ -744,6 +747,29 @@ impl Shared {
                     _ => None,
                 })
                 .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workers' I/O path (`[gateway.io]`: backend, busy poll, CPUs) is
+    /// set when they start: a change is refused, naming it, not taken
+    /// silently.
+    #[test]
+    fn the_io_path_needs_a_restart() {
+        let old = crate::config::parse(include_str!("../examples/gateway.toml")).expect("the example parses");
+        assert!(restart_fields(&old, &old.clone()).is_ok());
+        let mut pinned = old.clone();
+        pinned.gateway.io.cpus = vec![0];
+        let mut polling = old.clone();
+        polling.gateway.io.busy_poll_us = 10;
+        for new in [pinned, polling] {
+            let e = restart_fields(&old, &new).expect_err("refused");
+            assert_eq!(e.field, "gateway.io");
+            assert!(e.reason.contains("restart"), "{e}");
         }
     }
 }

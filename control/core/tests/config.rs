@@ -394,6 +394,23 @@ fn io_backend_and_busy_poll() {
 }
 
 #[test]
+fn worker_cpus() {
+    // CPU 0 is one every process here may run on (tests are not confined).
+    let p = planned(&gw("[gateway.io]\ncpus = [0]"));
+    assert_eq!(p.io.cpus.iter().collect::<Vec<_>>(), [0]);
+    assert_eq!(p.io.cpus.for_worker(3), Some(0));
+    assert!(planned(&gw("")).io.cpus.is_empty());
+    rejects(&gw("[gateway.io]\ncpus = [0, 0]"), "gateway.io.cpus", "CPU 0 is listed twice");
+    let e = rejects(
+        &gw("[gateway.io]\ncpus = [0, 5000]"),
+        "gateway.io.cpus",
+        "CPU 5000 is not one this process may run on",
+    );
+    assert!(e.reason.contains("it may run on 0"), "{e}");
+    rejects(&gw("[gateway.io]\ncpus = [-1]"), "gateway.io.cpus[0]", "expected usize");
+}
+
+#[test]
 fn udp_timeout_floor() {
     let e = rejects(&gw("[gateway.timeouts]\nudp = 119"), "gateway.timeouts.udp", "at least 120");
     assert_eq!(e.line, Some(3));

@@ -14,7 +14,8 @@
 //! failure can be injected in tests.
 //!
 //! Units: [`IoSettings::busy_poll`] is a duration, at most
-//! [`MAX_BUSY_POLL`].
+//! [`MAX_BUSY_POLL`]; [`WorkerCpus`] holds CPU numbers as the kernel counts
+//! them (`sched_setaffinity`), below [`WorkerCpus::MAX`].
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,12 +45,59 @@ pub struct IoSettings {
     /// sleeping) before it blocks; zero: block at once. At most
     /// [`MAX_BUSY_POLL`] (longer values are clamped).
     pub busy_poll: Duration,
+    /// The CPUs the workers are pinned to; none: the scheduler places them.
+    pub cpus: WorkerCpus,
 }
 
 impl IoSettings {
     /// The busy-poll time, clamped to [`MAX_BUSY_POLL`].
     pub fn busy_poll(&self) -> Duration {
         self.busy_poll.min(MAX_BUSY_POLL)
+    }
+}
+
+/// The CPUs the workers run on: worker `i` is pinned to the `i mod n`-th
+/// of the `n` CPUs held, in ascending order (so with as many CPUs as
+/// workers each has its own). Empty (the default): no worker is pinned.
+/// A set of CPU numbers below [`WorkerCpus::MAX`], `Copy` as the rest of
+/// [`IoSettings`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerCpus {
+    bits: [u64; WorkerCpus::MAX / 64],
+}
+
+impl WorkerCpus {
+    /// One more than the highest CPU number held (the kernel's default
+    /// `cpu_set_t` size).
+    pub const MAX: usize = 1024;
+
+    /// The set of `cpus` (repeats count once); `None` if one is
+    /// [`WorkerCpus::MAX`] or more.
+    pub fn new(cpus: &[usize]) -> Option<WorkerCpus> {
+        let mut set = WorkerCpus::default();
+        for &c in cpus {
+            if c >= WorkerCpus::MAX {
+                return None;
+            }
+            set.bits[c / 64] |= 1 << (c % 64);
+        }
+        Some(set)
+    }
+
+    /// The CPUs held, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..WorkerCpus::MAX).filter(|&c| self.bits[c / 64] & (1 << (c % 64)) != 0)
+    }
+
+    /// No CPU held: workers are not pinned.
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|&b| b == 0)
+    }
+
+    /// The CPU worker `i` is pinned to; `None` when the set is empty.
+    pub fn for_worker(&self, i: usize) -> Option<usize> {
+        let n = self.iter().count();
+        (n > 0).then(|| self.iter().nth(i % n)).flatten()
     }
 }
 
@@ -102,6 +150,18 @@ mod tests {
     fn syscalls_requested_never_probes() {
         let r = resolve(Backend::Syscalls, || panic!("probed"));
         assert_eq!(r.unwrap(), Backend::Syscalls);
+    }
+
+    #[test]
+    fn workers_take_the_cpus_in_turn() {
+        let set = WorkerCpus::new(&[5, 1, 3, 1]).unwrap();
+        assert_eq!(set.iter().collect::<Vec<_>>(), [1, 3, 5]);
+        let cpus: Vec<_> = (0..5).map(|i| set.for_worker(i)).collect();
+        assert_eq!(cpus, [Some(1), Some(3), Some(5), Some(1), Some(3)]);
+        assert_eq!(WorkerCpus::default().for_worker(0), None);
+        assert!(WorkerCpus::default().is_empty() && !set.is_empty());
+        assert_eq!(WorkerCpus::new(&[WorkerCpus::MAX - 1]).unwrap().for_worker(7), Some(1023));
+        assert_eq!(WorkerCpus::new(&[2, WorkerCpus::MAX]), None);
     }
 
     #[test]

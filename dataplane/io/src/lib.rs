@@ -78,7 +78,7 @@ pub mod worker;
 pub mod write_batch;
 
 pub use afpacket::{AfPacket, PacketSender};
-pub use backend::{Backend, IoSettings};
+pub use backend::{Backend, IoSettings, WorkerCpus};
 pub use error::{check_net_admin, keep_only_net_capabilities, IoError, KEPT_CAPABILITIES};
 pub use inside::{Inside, PacketPort, PacketRx};
 pub use packet_ring::{RingConfig, RxRing, SUPERFRAME_SLOT};

@@ -377,6 +377,15 @@ fn workers_with(
     backend: dataplane_io::Backend,
     probe: impl FnOnce() -> std::io::Result<()>,
 ) -> (std::io::Result<dataplane_io::worker::Workers>, Vec<std::sync::Arc<Tap>>) {
+    workers_on(backend, probe, dataplane_io::WorkerCpus::default())
+}
+
+/// [`workers_with`], the workers pinned to `cpus`.
+fn workers_on(
+    backend: dataplane_io::Backend,
+    probe: impl FnOnce() -> std::io::Result<()>,
+    cpus: dataplane_io::WorkerCpus,
+) -> (std::io::Result<dataplane_io::worker::Workers>, Vec<std::sync::Arc<Tap>>) {
     use dataplane::config::EngineConfig;
     use dataplane::PortId;
     use dataplane_io::steer::Shards;
@@ -393,7 +402,7 @@ fn workers_with(
         outside: OutsideTx::Tap(Arc::clone(&outside)),
     };
     let (tx, _rx) = crossbeam_channel::bounded(16);
-    let settings = dataplane_io::IoSettings { backend, busy_poll: Duration::from_micros(200) };
+    let settings = dataplane_io::IoSettings { backend, busy_poll: Duration::from_micros(200), cpus };
     let shards = Shards::weighted(EngineConfig::default().port_range, &[1]);
     let w = Workers::start_with_probe(vec![spec], vec![None, Some(dev)], shards, None, tx, settings, probe);
     (w, vec![outside, inside])
@@ -432,6 +441,31 @@ fn workers_fall_back_to_syscalls_when_io_uring_cannot_be_set_up() {
     let (w, _taps) = workers_with(Backend::Uring, uring_unavailable);
     let e = w.err().expect("uring required: no start without it");
     assert!(e.to_string().contains("io_uring"), "{e}");
+}
+
+/// `gateway.io.cpus`: a worker runs on the CPU it was given, and only there
+/// (its thread's affinity, read on the worker itself); unpinned, it keeps
+/// every CPU the process has.
+#[test]
+#[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
+fn workers_run_on_the_cpus_given() {
+    use dataplane_io::{Backend, WorkerCpus};
+    use rustix::thread::{sched_getaffinity, CpuSet};
+    require_root();
+    fn cpus_of(set: CpuSet) -> Vec<usize> {
+        (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
+    }
+    let mine = cpus_of(sched_getaffinity(None).expect("affinity"));
+    let last = *mine.last().expect("a CPU");
+    let (w, _taps) = workers_on(Backend::Auto, dataplane_io::uring::probe, WorkerCpus::new(&[last]).unwrap());
+    let w = w.expect("starts");
+    let on = w.call(0, |_| sched_getaffinity(None).map(cpus_of).ok()).flatten();
+    assert_eq!(on, Some(vec![last]));
+    w.stop().expect("stops");
+    let (w, _taps) = workers_with(Backend::Auto, dataplane_io::uring::probe);
+    let w = w.expect("starts");
+    assert_eq!(w.call(0, |_| sched_getaffinity(None).map(cpus_of).ok()).flatten(), Some(mine));
+    w.stop().expect("stops");
 }
 
 #[test]

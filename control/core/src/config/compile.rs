@@ -76,6 +76,8 @@ impl Config {
                 IoBackend::Syscalls => dataplane_io::Backend::Syscalls,
             },
             busy_poll: Duration::from_micros(io.busy_poll_us.min(MAX_BUSY_POLL_US)),
+            // Checked by `validate` (every CPU one this process may run on).
+            cpus: dataplane_io::WorkerCpus::new(&io.cpus).unwrap_or_default(),
         }
     }
 

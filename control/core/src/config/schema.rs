@@ -315,6 +315,10 @@ pub struct IoConfig {
     /// 0..=1000, 0 = sleep at once (an idle gateway then uses no CPU).
     /// Default 0.
     pub busy_poll_us: u64,
+    /// CPUs to pin the workers to: worker `i` runs on the `i mod n`-th of
+    /// the `n` CPUs listed, in ascending order. Each must be one this
+    /// process may run on, none listed twice. Default `[]`: not pinned.
+    pub cpus: Vec<usize>,
 }
 
 /// How the outside interface is opened.

@@ -53,6 +53,29 @@ fn engine_field(field: &str) -> String {
     format!("gateway.{f}")
 }
 
+/// `gateway.io.cpus`: none listed twice, each one this process may run on
+/// (its affinity mask, as `taskset` or a cgroup's cpuset left it).
+fn check_worker_cpus(cpus: &[usize]) -> Result<(), String> {
+    for (i, c) in cpus.iter().enumerate() {
+        if cpus[..i].contains(c) {
+            return Err(format!("CPU {c} is listed twice"));
+        }
+    }
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    let allowed =
+        rustix::thread::sched_getaffinity(None).map_err(|e| format!("cannot read this process's CPUs: {e}"))?;
+    let may: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| allowed.is_set(c)).collect();
+    match cpus.iter().find(|&&c| !may.contains(&c)) {
+        Some(c) => {
+            let list: Vec<String> = may.iter().map(usize::to_string).collect();
+            Err(format!("CPU {c} is not one this process may run on (it may run on {})", list.join(", ")))
+        }
+        None => Ok(()),
+    }
+}
+
 impl Config {
     /// Checks the whole configuration; the first problem found is returned,
     /// naming the field path and the reason (no line: [`parse`] adds it).
@@ -108,6 +131,9 @@ impl Config {
                 "gateway.io.busy_poll_us",
                 format!("{} is more than {MAX_BUSY_POLL_US} microseconds", g.io.busy_poll_us),
             );
+        }
+        if let Err(reason) = check_worker_cpus(&g.io.cpus) {
+            return fail("gateway.io.cpus", reason);
         }
         if g.frag.timeout_secs == Some(0) {
             return fail("gateway.frag.timeout_secs", "must be positive");

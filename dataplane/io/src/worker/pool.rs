@@ -13,6 +13,23 @@ pub struct Workers {
     reader: Option<JoinHandle<()>>,
 }
 
+/// Pins the calling thread (worker `i`) to `cpu`. A CPU the process may not
+/// run on was refused with the config (`gateway.io.cpus`); one that went
+/// away since (taken offline) leaves the worker where the scheduler puts
+/// it, logged.
+fn pin(i: usize, cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    let pinned = cpu < rustix::thread::CpuSet::MAX_CPU && {
+        set.set(cpu);
+        rustix::thread::sched_setaffinity(None, &set).is_ok()
+    };
+    if pinned {
+        tracing::debug!(worker = i, cpu, "worker pinned");
+    } else {
+        tracing::warn!(worker = i, cpu, "worker not pinned: the kernel refused the CPU");
+    }
+}
+
 impl Workers {
     /// Starts one thread per spec. `outside_rx`: for an AF_PACKET outside,
     /// the socket the reader thread receives on (it steers every frame to
@@ -73,7 +90,11 @@ impl Workers {
         let mut threads = Vec::with_capacity(n);
         for (i, (spec, rx)) in specs.into_iter().zip(receivers).enumerate() {
             let w = Worker::new(i, spec, Arc::clone(&fabric), rx, Arc::clone(&io[i]), settings);
+            let cpu = settings.cpus.for_worker(i);
             let t = std::thread::Builder::new().name(format!("hp-worker-{i}")).spawn(move || {
+                if let Some(c) = cpu {
+                    pin(i, c);
+                }
                 let r = w.run();
                 if let Err(e) = &r {
                     tracing::error!(worker = i, error = %e, "worker stopped");
