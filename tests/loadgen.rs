@@ -707,21 +707,6 @@ fn offer_only_counts_every_frame_the_writers_wrote_at_the_tap() {
     assert!(matches!(not_udp, Err(loadgen::LoadError::Invalid { param: "offer_only", .. })), "{not_udp:?}");
 }
 
-/// Frames each CPU took from its receive backlogs so far (`/proc/net/softnet_stat`: the first column, hexadecimal;
-/// the CPU from the 13th column where the kernel prints it, else the line's position), by CPU.
-fn backlog_processed() -> std::collections::BTreeMap<usize, u64> {
-    let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
-    let hex = |v: &str| u64::from_str_radix(v, 16).ok();
-    text.lines()
-        .enumerate()
-        .filter_map(|(i, l)| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let cpu = f.get(12).and_then(|v| hex(v)).map_or(i, |c| c as usize);
-            Some((cpu, hex(f.first()?)?))
-        })
-        .collect()
-}
-
 #[test]
 #[cfg_attr(not(root_tests), ignore = "needs root: network namespaces and TAP devices")]
 fn spread_receive_runs_the_kernel_nat_off_the_writers_cpu() {
@@ -742,9 +727,10 @@ fn spread_receive_runs_the_kernel_nat_off_the_writers_cpu() {
     }
     let a =
         LoadArgs { cpus: vec![0], target: Target::Kernel, spread_receive: true, trafgen, ..args(Scenario::Udp, 250) };
-    let before = backlog_processed();
+    // Frames each CPU took from its receive backlogs.
+    let before = loadgen::softnet(0);
     let r = loadgen::run(&a).expect("udp with the receive path spread");
-    let after = backlog_processed();
+    let after = loadgen::softnet(0);
     eprintln!("{}", r.table());
     if trafgen {
         let t = r.trafgen.as_ref().expect("trafgen's figures").rates;

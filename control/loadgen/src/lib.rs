@@ -665,11 +665,26 @@ fn spread_receive(ns: &Netns, tap: &str, queues: usize, cpus: &[usize]) -> Resul
     Ok(true)
 }
 
-/// Frames dropped for want of room in the CPUs' receive backlogs, all CPUs together (`/proc/net/softnet_stat`, the
-/// second column, hexadecimal); 0 if unreadable.
+/// Frames dropped for want of room in the CPUs' receive backlogs, all CPUs together ([`softnet`] column 1); 0 if
+/// unreadable.
 fn backlog_drops() -> u64 {
+    softnet(1).values().sum()
+}
+
+/// One column of `/proc/net/softnet_stat` (hexadecimal; 0: frames taken from the CPU's receive backlogs, 1: frames
+/// dropped for want of room in them) by CPU: the CPU from the line's 13th column where the kernel prints it, else
+/// the line's position. Empty if unreadable.
+pub fn softnet(column: usize) -> BTreeMap<usize, u64> {
     let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
-    text.lines().filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok()).sum()
+    let hex = |v: &str| u64::from_str_radix(v, 16).ok();
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let cpu = f.get(12).and_then(|v| hex(v)).map_or(i, |c| c as usize);
+            Some((cpu, hex(f.get(column)?)?))
+        })
+        .collect()
 }
 
 /// A permanent neighbour entry for environment `i` on `dev` (an `ip -batch` line).
